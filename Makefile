@@ -1,0 +1,28 @@
+# Two entry points do all set-up themselves:  `make demo`  and  `make test`.
+# Both create (or refresh, when pyproject.toml changes) the virtual environment in .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+# The local torch build (pip cache on the development machines); override for other platforms,
+# e.g. `make test TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.meddet-installed
+
+.PHONY: demo test venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python scripts/demo.py
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,214 @@
+"""Default configuration: detectron2's key names where detectron2 has the concept, our own
+sections (AUG, EVAL, DICOM) for what it lacks.
+
+Values follow detectron2's defaults unless noted; `configs/Base-RCNN-FPN.yaml` sets what a
+from-scratch medical run needs (trainable norm, pixel std near the data's spread).
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 2
+
+# ---------------------------------------------------------------------------- model
+_C.MODEL = CN()
+# auto | torchvision | detectron2 (auto: detectron2 when importable, else torchvision)
+_C.MODEL.ENGINE = "auto"
+# auto | cpu | cuda | mps (auto: cuda when available, else cpu)
+_C.MODEL.DEVICE = "auto"
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# Local checkpoint to start from ("" = random init; nothing is downloaded).
+_C.MODEL.WEIGHTS = ""
+# Pixel statistics in INPUT.FORMAT channel order, on the 0..255 scale.
+_C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
+_C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+# Stages frozen: 0 none, 1 stem, 2 stem+res2, ... (detectron2 semantics)
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+# FrozenBN | BN | GN | SyncBN ; from scratch needs BN or GN
+_C.MODEL.RESNETS.NORM = "FrozenBN"
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
+_C.MODEL.RESNETS.RES5_DILATION = 1
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+_C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.OUT_CHANNELS = 256
+_C.MODEL.FPN.NORM = ""
+_C.MODEL.FPN.FUSE_TYPE = "sum"
+
+_C.MODEL.ANCHOR_GENERATOR = CN()
+_C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
+# One list of sizes per FPN level (p2..p6).
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+_C.MODEL.ANCHOR_GENERATOR.ANGLES = [[-90, 0, 90]]
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+
+_C.MODEL.PROPOSAL_GENERATOR = CN()
+_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+_C.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = 0
+
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
+_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+_C.MODEL.RPN.BOUNDARY_THRESH = -1
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.NMS_THRESH = 0.7
+_C.MODEL.RPN.CONV_DIMS = [-1]
+
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 3
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+
+_C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+_C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+_C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
+_C.MODEL.ROI_BOX_HEAD.NORM = ""
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+_C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False
+
+# ---------------------------------------------------------------------------- input
+_C.INPUT = CN()
+# Shortest-edge resize (detectron2 ResizeShortestEdge semantics).
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+# "horizontal" | "vertical" | "both" | "none"
+_C.INPUT.RANDOM_FLIP = "horizontal"
+# Channel order the model sees ("BGR" as detectron2; greyscale images become 3 equal channels).
+_C.INPUT.FORMAT = "BGR"
+
+# Photometric / geometric augmentation beyond detectron2's flip (our section).
+_C.AUG = CN()
+_C.AUG.ENABLED = True
+_C.AUG.FLIP_PROB = 0.5
+# Probability of a rotation by a random multiple of 90 degrees (boxes stay exact).
+_C.AUG.ROT90_PROB = 0.0
+_C.AUG.BRIGHTNESS = 0.0  # max relative brightness change, e.g. 0.1
+_C.AUG.CONTRAST = 0.0  # max relative contrast change, e.g. 0.1
+_C.AUG.GAMMA = (1.0, 1.0)  # gamma range, e.g. (0.8, 1.2)
+_C.AUG.PROB = 0.5  # probability of each photometric change
+
+# ---------------------------------------------------------------------------- data
+_C.DATASETS = CN()
+# COCO JSON files (file_name resolved against DATASETS.IMAGE_ROOT, else the JSON's folder).
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.VAL = ()
+_C.DATASETS.TEST = ()
+_C.DATASETS.IMAGE_ROOT = ""
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 2
+_C.DATALOADER.ASPECT_RATIO_GROUPING = False
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+_C.DATALOADER.REPEAT_THRESHOLD = 0.0
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+
+# ---------------------------------------------------------------------------- solver
+_C.SOLVER = CN()
+# SGD | AdamW (our key; detectron2 builds SGD only)
+_C.SOLVER.OPTIMIZER = "SGD"
+# WarmupMultiStepLR | WarmupCosineLR
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+_C.SOLVER.MAX_ITER = 40000
+_C.SOLVER.BASE_LR = 0.001
+_C.SOLVER.BASE_LR_END = 0.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (30000,)
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
+_C.SOLVER.WARMUP_ITERS = 1000
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Global batch size (images per iteration over all devices).
+_C.SOLVER.IMS_PER_BATCH = 16
+_C.SOLVER.CLIP_GRADIENTS = CN()
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = False
+# "value" | "norm"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+_C.SOLVER.AMP = CN()
+# Automatic mixed precision; only ever used on CUDA.
+_C.SOLVER.AMP.ENABLED = False
+
+# ---------------------------------------------------------------------------- test / eval
+_C.TEST = CN()
+# Evaluate on DATASETS.VAL every N iterations (0 = never during training).
+_C.TEST.EVAL_PERIOD = 0
+_C.TEST.DETECTIONS_PER_IMAGE = 100
+# Score threshold for P/R/F1, the confusion matrix and drawn predictions (our key).
+_C.TEST.SCORE_THRESH = 0.5
+
+_C.EVAL = CN()
+# IoU at which a detection matches a ground truth for P/R/F1 and the confusion matrix.
+_C.EVAL.IOU_THRESH = 0.5
+# "faster_coco_eval" | "pycocotools"
+_C.EVAL.BACKEND = "faster_coco_eval"
+
+# ---------------------------------------------------------------------------- DICOM / pixels
+_C.DICOM = CN()
+_C.DICOM.BIT_DEPTH = 8
+# Apply the VOI LUT sequence or window centre/width when present.
+_C.DICOM.APPLY_VOI = True
+_C.DICOM.WINDOW_INDEX = 0
+# "minmax" | "percentile" | "zscore" | "fixed"
+_C.DICOM.NORMALIZE = "minmax"
+_C.DICOM.GAMMA = 0.8
+
+# ---------------------------------------------------------------------------- misc
+_C.OUTPUT_DIR = "./output"
+# Seeds Python, NumPy, torch and the data order; < 0 picks one at random (saved in the run's config).
+_C.SEED = -1
+_C.CUDNN_BENCHMARK = False
+_C.VIS_PERIOD = 0
+
+
+def get_cfg() -> CN:
+    """A fresh copy of the default config."""
+    return _C.clone()

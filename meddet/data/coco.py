@@ -1,0 +1,114 @@
+"""COCO JSON: loading with validation, writing atomically, and turning it into records.
+
+The meddet COCO contract (ARCHITECTURE.md): category ids 1..K with names; each image may carry
+`patient_id`, `source`, and for tiles `parent_id` and `offset`; boxes are [x, y, w, h] in the
+image's own pixels. `file_name` is resolved against an explicit image root, else the JSON's folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from meddet.errors import DataError
+
+REQUIRED_TOP = ("images", "annotations", "categories")
+
+
+def load_coco(path: str | os.PathLike) -> dict:
+    """Read and check a COCO detection file; errors name the file and the offending field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: COCO file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a COCO object with images/annotations/categories")
+    for key in REQUIRED_TOP:
+        if key not in data or not isinstance(data[key], list):
+            raise DataError(f"{path}: missing or non-list field {key!r} (expected a COCO detection file)")
+    cat_ids = set()
+    for i, c in enumerate(data["categories"]):
+        if "id" not in c or "name" not in c:
+            raise DataError(f"{path}: categories[{i}] needs 'id' and 'name', found {c!r}")
+        cat_ids.add(c["id"])
+    img_ids = set()
+    for i, im in enumerate(data["images"]):
+        for k in ("id", "file_name", "height", "width"):
+            if k not in im:
+                raise DataError(f"{path}: images[{i}] has no {k!r} field")
+        img_ids.add(im["id"])
+    for i, a in enumerate(data["annotations"]):
+        for k in ("image_id", "category_id", "bbox"):
+            if k not in a:
+                raise DataError(f"{path}: annotations[{i}] has no {k!r} field")
+        if a["image_id"] not in img_ids:
+            raise DataError(f"{path}: annotations[{i}] refers to unknown image_id {a['image_id']!r}")
+        if a["category_id"] not in cat_ids:
+            raise DataError(
+                f"{path}: annotations[{i}] has category_id {a['category_id']!r}; "
+                f"expected one of {sorted(cat_ids)}"
+            )
+        b = a["bbox"]
+        if not (isinstance(b, (list, tuple)) and len(b) == 4):
+            raise DataError(f"{path}: annotations[{i}].bbox must be [x, y, w, h], found {b!r}")
+    return data
+
+
+def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int | None = None) -> None:
+    """Write JSON to a temporary file then rename, so a killed run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)
+
+
+def class_names(coco: dict) -> list[str]:
+    """Category names ordered by id; model class index k is the k-th of these."""
+    return [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+
+
+def category_id_to_index(coco: dict) -> dict[int, int]:
+    return {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+
+
+def resolve_image_path(file_name: str, json_path: str | os.PathLike, image_root: str | os.PathLike = "") -> Path:
+    p = Path(file_name)
+    if p.is_absolute():
+        return p
+    root = Path(image_root) if image_root else Path(json_path).parent
+    return root / p
+
+
+def coco_to_records(coco: dict, json_path: str | os.PathLike, image_root: str | os.PathLike = "") -> list[dict]:
+    """detectron2-style dataset dicts: one per image, boxes as XYXY floats and 0-based classes."""
+    cat_index = category_id_to_index(coco)
+    by_image: dict[Any, list] = {}
+    for a in coco["annotations"]:
+        if a.get("iscrowd", 0):
+            continue
+        by_image.setdefault(a["image_id"], []).append(a)
+    records = []
+    for im in coco["images"]:
+        anns = []
+        for a in by_image.get(im["id"], []):
+            x, y, w, h = (float(v) for v in a["bbox"])
+            if w <= 0 or h <= 0:
+                continue
+            anns.append({"bbox": [x, y, x + w, y + h], "category": cat_index[a["category_id"]]})
+        records.append(
+            {
+                "file_name": str(resolve_image_path(im["file_name"], json_path, image_root)),
+                "image_id": im["id"],
+                "height": int(im["height"]),
+                "width": int(im["width"]),
+                "annotations": anns,
+            }
+        )
+    return records
