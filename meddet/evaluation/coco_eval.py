@@ -1,0 +1,156 @@
+"""COCO box metrics (AP, AP50, AP75, APs/m/l, AR1/10/100, per-class AP and AP50).
+
+Two backends compute the same numbers: faster-coco-eval (C++, the default) and pycocotools
+(the reference). Both get private copies of the ground truth and predictions with contiguous
+integer ids, so the caller's dicts are never modified (both libraries write into the dicts they
+are given) and image ids of any hashable type work. Neither library is asked to print:
+pycocotools' prints are captured and logged at DEBUG level.
+
+Edge cases: with no predictions every AP is 0 for classes that have ground truth (pycocotools
+cannot load an empty result list; the results object is built directly instead); a class with
+no ground truth has AP NaN and is left out of the means, as COCO does; with no ground truth at
+all every metric is NaN.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from meddet.errors import ConfigError
+from meddet.evaluation.matching import EvalData
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BACKENDS", "CocoMetrics", "check_backend", "coco_evaluate"]
+
+BACKENDS = ("faster_coco_eval", "pycocotools")
+
+# detectron2's names for the COCO summary (all: IoU 0.50:0.95, area all, 100 detections).
+SUMMARY_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+
+
+@dataclass(frozen=True)
+class CocoMetrics:
+    """COCO results as fractions in [0, 1] (NaN where undefined).
+
+    `summary` maps ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100`` to values; `per_class_ap`
+    and `per_class_ap50` are indexed by class index. `precision` is COCO's accumulated array
+    ``[T(IoU) x R(recall) x K x A(area) x M(maxDets)]`` (-1 where undefined) for PR curves;
+    `iou_thresholds` and `recall_thresholds` index its first two axes.
+    """
+
+    summary: dict[str, float]
+    per_class_ap: np.ndarray
+    per_class_ap50: np.ndarray
+    precision: np.ndarray
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+
+    def to_metrics(self, class_names: list[str]) -> dict[str, float]:
+        """detectron2-style flat dict in percent: ``bbox/AP``, ``bbox/AP50``, …, ``bbox/AR100``,
+        ``bbox/AP-<class>`` and ``bbox/AP50-<class>`` (NaN stays NaN)."""
+        out = {f"bbox/{k}": 100.0 * v for k, v in self.summary.items()}
+        for name, ap in zip(class_names, self.per_class_ap):
+            out[f"bbox/AP-{name}"] = 100.0 * float(ap)
+        for name, ap in zip(class_names, self.per_class_ap50):
+            out[f"bbox/AP50-{name}"] = 100.0 * float(ap)
+        return out
+
+
+def check_backend(backend: str) -> str:
+    """`backend` if it is one of `BACKENDS`, else a ConfigError naming EVAL.BACKEND."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"EVAL.BACKEND is {backend!r}; expected one of {list(BACKENDS)}")
+    return backend
+
+
+def _mean_valid(a: np.ndarray) -> float:
+    v = a[a > -1]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _coco_dicts(data: EvalData) -> tuple[dict, dict]:
+    """Ground truth and results datasets with ids image 1..I, category 1..K, annotation 1..N."""
+    images = [{"id": i + 1} for i in range(data.num_images)]
+    categories = [{"id": k + 1, "name": n} for k, n in enumerate(data.class_names)]
+    gt_anns = [
+        {"id": j + 1, "image_id": im + 1, "category_id": c + 1, "bbox": box, "area": area, "iscrowd": int(crowd)}
+        for j, (im, c, box, area, crowd) in enumerate(zip(
+            data.gt_image.tolist(), data.gt_class.tolist(), data.gt_xywh.tolist(), data.gt_area.tolist(),
+            data.gt_crowd.tolist()))
+    ]
+    dt_area = (data.det_xywh[:, 2] * data.det_xywh[:, 3]).tolist()
+    dt_anns = [
+        {"id": j + 1, "image_id": im + 1, "category_id": c + 1, "bbox": box, "score": s, "area": area, "iscrowd": 0}
+        for j, (im, c, box, s, area) in enumerate(zip(
+            data.det_image.tolist(), data.det_class.tolist(), data.det_xywh.tolist(), data.det_score.tolist(),
+            dt_area))
+    ]
+    gt = {"images": images, "categories": categories, "annotations": gt_anns}
+    dt = {"images": list(images), "categories": [dict(c) for c in categories], "annotations": dt_anns}
+    return gt, dt
+
+
+def _run_faster(gt: dict, dt: dict):
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    coco_gt = COCO(gt, print_function=logger.debug)
+    coco_dt = COCO(dt, print_function=logger.debug)
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=logger.debug)
+    ev.evaluate()
+    ev.accumulate()
+    return ev
+
+
+def _run_pycocotools(gt: dict, dt: dict):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        # Built directly rather than with loadRes, which fails on an empty result list.
+        coco_dt = COCO()
+        coco_dt.dataset = dt
+        coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    logger.debug("pycocotools: %s", buf.getvalue().strip())
+    return ev
+
+
+def coco_evaluate(data: EvalData, backend: str = "faster_coco_eval") -> CocoMetrics:
+    """Run the COCO box evaluation of `data` with `backend` (``"faster_coco_eval"`` or
+    ``"pycocotools"``)."""
+    check_backend(backend)
+    gt, dt = _coco_dicts(data)
+    ev = _run_faster(gt, dt) if backend == "faster_coco_eval" else _run_pycocotools(gt, dt)
+    p = ev.params
+    precision = np.asarray(ev.eval["precision"], dtype=np.float64)
+    recall = np.asarray(ev.eval["recall"], dtype=np.float64)
+    K = data.num_classes
+
+    area = list(p.areaRngLbl)
+    a_all, m100 = area.index("all"), list(p.maxDets).index(100)
+    t50 = int(np.flatnonzero(np.isclose(p.iouThrs, 0.5))[0])
+    t75 = int(np.flatnonzero(np.isclose(p.iouThrs, 0.75))[0])
+    summary = {
+        "AP": _mean_valid(precision[:, :, :, a_all, m100]),
+        "AP50": _mean_valid(precision[t50, :, :, a_all, m100]),
+        "AP75": _mean_valid(precision[t75, :, :, a_all, m100]),
+        "APs": _mean_valid(precision[:, :, :, area.index("small"), m100]),
+        "APm": _mean_valid(precision[:, :, :, area.index("medium"), m100]),
+        "APl": _mean_valid(precision[:, :, :, area.index("large"), m100]),
+    }
+    for n in (1, 10, 100):
+        summary[f"AR{n}"] = _mean_valid(recall[:, :, a_all, list(p.maxDets).index(n)])
+    per_ap = np.array([_mean_valid(precision[:, :, k, a_all, m100]) for k in range(K)])
+    per_ap50 = np.array([_mean_valid(precision[t50, :, k, a_all, m100]) for k in range(K)])
+    return CocoMetrics(summary, per_ap, per_ap50, precision, np.asarray(p.iouThrs), np.asarray(p.recThrs))
