@@ -138,6 +138,9 @@ _C.DATASETS.TRAIN = ()
 _C.DATASETS.VAL = ()
 _C.DATASETS.TEST = ()
 _C.DATASETS.IMAGE_ROOT = ""
+# Class names in model-index order (our key). Empty: taken from the training COCO's categories;
+# the trainer writes them into the run's config.yaml so evaluate/predict know them.
+_C.DATASETS.CLASS_NAMES = []
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
@@ -182,14 +185,34 @@ _C.TEST = CN()
 # Evaluate on DATASETS.VAL every N iterations (0 = never during training).
 _C.TEST.EVAL_PERIOD = 0
 _C.TEST.DETECTIONS_PER_IMAGE = 100
-# Score threshold for P/R/F1, the confusion matrix and drawn predictions (our key).
+# Score threshold for P/R/F1, the confusion matrix, image-level sensitivity/specificity, error
+# analysis and drawn predictions (our key).
 _C.TEST.SCORE_THRESH = 0.5
+# Per-class score thresholds, one per class in class-index order (our key; written by `-c tune`).
+# Empty: every class uses TEST.SCORE_THRESH.
+_C.TEST.CLASS_SCORE_THRESH = []
 
 _C.EVAL = CN()
 # IoU at which a detection matches a ground truth for P/R/F1 and the confusion matrix.
 _C.EVAL.IOU_THRESH = 0.5
 # "faster_coco_eval" | "pycocotools"
 _C.EVAL.BACKEND = "faster_coco_eval"
+# FROC hit rule: "center" (the detection's centre lies inside the lesion's box, the usual rule in
+# mammography CAD) or "iou" (IoU >= EVAL.FROC_IOU).
+_C.EVAL.FROC_HIT = "center"
+_C.EVAL.FROC_IOU = 0.5
+# Mean false positives per image at which FROC sensitivity is reported.
+_C.EVAL.FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# 95% confidence intervals by bootstrap over images: number of resamples (0 = none) and seed.
+_C.EVAL.BOOTSTRAP_SAMPLES = 1000
+_C.EVAL.BOOTSTRAP_SEED = 0
+# Crops per error gallery (highest-scoring false positives, missed ground truths; 0 = no galleries).
+_C.EVAL.GALLERY_SIZE = 16
+# Post-hoc tuning (`-c tune`): NMS IoU thresholds swept, and the objective per class:
+# "f1" (best F1) or "froc" (best sensitivity at EVAL.TUNE_TARGET_FPI false positives per image).
+_C.EVAL.TUNE_NMS_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+_C.EVAL.TUNE_OBJECTIVE = "f1"
+_C.EVAL.TUNE_TARGET_FPI = 1.0
 
 # ---------------------------------------------------------------------------- DICOM / pixels
 _C.DICOM = CN()
@@ -197,8 +220,11 @@ _C.DICOM.BIT_DEPTH = 8
 # Apply the VOI LUT sequence or window centre/width when present.
 _C.DICOM.APPLY_VOI = True
 _C.DICOM.WINDOW_INDEX = 0
-# "minmax" | "percentile" | "zscore" | "fixed"
+# "minmax" | "percentile" | "zscore" | "fixed" (see meddet.io.dicom.NORMALIZATIONS)
 _C.DICOM.NORMALIZE = "minmax"
+# Low/high percentiles mapped to black/white by NORMALIZE "percentile".
+_C.DICOM.PERCENTILES = (0.5, 99.5)
+# out = max * (x / max) ** GAMMA after normalization (< 1 brightens mid-tones).
 _C.DICOM.GAMMA = 0.8
 
 # ---------------------------------------------------------------------------- misc

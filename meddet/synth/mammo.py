@@ -1,0 +1,740 @@
+"""Synthetic mammograms stored exactly like the CBIS-DDSM release (DICOM tree + description CSVs).
+
+What is drawn (all sizes scale with the image; the numbers are for the default 1024 x 640):
+
+- a breast: half-ellipse against the chest wall (left edge for LEFT breasts, right edge for RIGHT),
+  thickness fall-off towards the skin, a thin bright skin line, smooth fibroglandular texture
+  (multi-scale filtered noise, denser for higher breast density), a pectoral muscle on MLO views,
+  zero background;
+- ``mass_low`` (BI-RADS 2-3): smooth round/oval blobs with soft margins, ~30-48 px;
+- ``mass_high`` (BI-RADS 4-5): larger, brighter, irregular bodies with spicules, ~65-90 px;
+- calcifications (BI-RADS 2-5): clusters of 1-3 px bright specks, ~20-60 px per cluster; about a
+  third of the calcification abnormalities have two clusters (a two-region ROI mask).
+
+How it is stored (as the release, see ARCHITECTURE.md "CBIS-DDSM facts"):
+
+- ``<root>/Mass-Training_P_00001_LEFT_CC/<StudyUID>/<SeriesUID>/000000.dcm`` (or ``1-1.dcm``)
+  full mammograms, written under each prefix (Mass-/Calc-, Training/Test) that references them;
+  a mix of BitsStored 12/16, MONOCHROME1/2, window tags (one or two windows), a VOI LUT Sequence,
+  rescale slope/intercept;
+- ``<root>/Mass-Training_P_00001_LEFT_CC_1/<StudyUID>/<SeriesUID>/`` per abnormality with the
+  cropped patch and the full-size 0/255 ROI mask, named ``000000.dcm``/``000001.dcm`` or
+  ``1-1.dcm``/``1-2.dcm`` with the mask first or second (the CSV always names the legacy
+  ``000000.dcm`` crop and ``000001.dcm`` mask, as the release's CSVs do);
+- ``mass_case_description_{train,test}_set.csv`` and ``calc_case_description_{train,test}_set.csv``
+  with the release's exact headers.
+
+Everything is a pure function of the seed: the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from meddet.data.formats.cbis_ddsm import CALC_HEADER, MASS_HEADER
+from meddet.errors import ConfigError
+from meddet.io.image import write_png
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DIGITAL_MAMMOGRAPHY",
+    "SECONDARY_CAPTURE",
+    "encode_dicom",
+    "make_box_csv_dataset",
+    "make_cbis_ddsm",
+    "render_mammogram",
+    "save_dicom",
+]
+
+CSV_NAMES = {
+    ("Mass", "Training"): "mass_case_description_train_set.csv",
+    ("Mass", "Test"): "mass_case_description_test_set.csv",
+    ("Calc", "Training"): "calc_case_description_train_set.csv",
+    ("Calc", "Test"): "calc_case_description_test_set.csv",
+}
+DIGITAL_MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; the suffix is a hash of the entropy sources
+
+# Lesion extents as fractions of the breast's horizontal semi-axis (~0.84 x width), with floors in px.
+_SIZE = {
+    "mass_low": ((0.056, 0.088), 10.0),
+    "mass_high": ((0.12, 0.165), 18.0),
+    "calcification": ((0.045, 0.11), 8.0),
+}
+
+
+# ------------------------------------------------------------------------------ DICOM encoding
+def encode_dicom(
+    image01: np.ndarray,
+    *,
+    bits_stored: int = 16,
+    photometric: str = "MONOCHROME2",
+    rescale: tuple[float, float] | None = None,
+    windows: Sequence[tuple[float, float]] | None = None,
+    voi_lut: np.ndarray | None = None,
+    sop_class: str = DIGITAL_MAMMOGRAPHY,
+    attributes: dict[str, Any] | None = None,
+    uid_entropy: Sequence[str] = (),
+) -> Dataset:
+    """Encode a display image with values in [0, 1] (1 = bright) as a DICOM dataset.
+
+    Stored values are ``round(image01 * (2**bits_stored - 1))`` (8-bit data when
+    ``bits_stored == 8``, else 16-bit words), inverted for MONOCHROME1 so that a viewer that
+    applies the photometric interpretation shows the same picture.
+
+    Args:
+        rescale: ``(slope, intercept)`` tags; the modality output is ``stored * slope + intercept``.
+        windows: ``(center, width)`` pairs in modality-output units (several = alternative views).
+        voi_lut: one VOI LUT (16-bit entries) indexed by the modality output from 0; requires
+            ``rescale=None``.
+        attributes: extra DICOM keywords and values (PatientID, Laterality, ...).
+        uid_entropy: strings hashed into the SOP instance UID (same strings, same UID).
+    """
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ConfigError(f"photometric: expected MONOCHROME1 or MONOCHROME2, found {photometric!r}")
+    if not 1 <= bits_stored <= 16:
+        raise ConfigError(f"bits_stored: expected 1..16, found {bits_stored!r}")
+    if voi_lut is not None and rescale is not None:
+        raise ConfigError("voi_lut and rescale together are not supported by the synthetic encoder")
+    smax = 2**bits_stored - 1
+    stored = np.rint(np.clip(image01, 0.0, 1.0) * smax).astype(np.int64)
+    if photometric == "MONOCHROME1":
+        stored = smax - stored
+    eight = bits_stored <= 8
+    pixel_bytes = stored.astype("<u2" if not eight else np.uint8).tobytes()
+    if len(pixel_bytes) % 2:
+        pixel_bytes += b"\x00"  # DICOM values have even length
+
+    sop_uid = generate_uid(_UID_ROOT, entropy_srcs=["meddet-synth", *uid_entropy, "sop"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "MG"
+    for key, value in (attributes or {}).items():
+        setattr(ds, key, value)
+    if sop_class == DIGITAL_MAMMOGRAPHY:
+        ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = int(image01.shape[0]), int(image01.shape[1])
+    ds.BitsAllocated = 8 if eight else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = float(rescale[0]), float(rescale[1])
+        ds.RescaleType = "US"
+    if windows:
+        ds.WindowCenter = (
+            [round(float(c), 3) for c, _ in windows] if len(windows) > 1 else round(float(windows[0][0]), 3)
+        )
+        ds.WindowWidth = (
+            [round(float(w), 3) for _, w in windows] if len(windows) > 1 else round(float(windows[0][1]), 3)
+        )
+        ds.VOILUTFunction = "LINEAR"
+    if voi_lut is not None:
+        lut = np.asarray(voi_lut, dtype=np.uint16)
+        item = Dataset()
+        item.add_new(0x00283002, "US", [len(lut) if len(lut) < 65536 else 0, 0, 16])  # LUT Descriptor
+        item.LUTExplanation = "synthetic VOI LUT"
+        item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())  # LUT Data
+        ds.VOILUTSequence = [item]
+    ds.add_new(0x7FE00010, "OB" if eight else "OW", pixel_bytes)
+    return ds
+
+
+def save_dicom(ds: Dataset, path: str | os.PathLike) -> None:
+    """Write ``ds`` as a DICOM Part-10 file (preamble, file meta), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+# ------------------------------------------------------------------------------ rendering
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
+    gh, gw = max(2, int(h / cell) + 2), max(2, int(w / cell) + 2)
+    grid = rng.standard_normal((gh, gw)).astype(np.float32)
+    up = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (up - up.mean()) / (up.std() + 1e-6)
+
+
+def _breast(
+    rng: np.random.Generator, h: int, w: int, side: str, view: str, density: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    """The breast image (float32 in [0, 1]), its region, the pectoral muscle and the geometry."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cx = 0.0 if side == "LEFT" else float(w - 1)
+    a = w * rng.uniform(0.8, 0.88)
+    if view == "CC":
+        cy, b = h * rng.uniform(0.47, 0.53), h * rng.uniform(0.40, 0.44)
+    else:
+        cy, b = h * rng.uniform(0.52, 0.56), h * rng.uniform(0.42, 0.45)
+    r = np.sqrt(((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2)
+    breast = r <= 1.0
+    muscle = np.zeros((h, w), np.uint8)
+    if view == "MLO":
+        pw, ph = w * rng.uniform(0.28, 0.36), h * rng.uniform(0.38, 0.46)
+        sign = 1 if side == "LEFT" else -1
+        tri = np.array([[cx, 0], [cx + sign * pw, 0], [cx, ph]], np.float32)
+        cv2.fillPoly(muscle, [np.rint(tri).astype(np.int32)], 1)
+        breast |= muscle.astype(bool)
+    texture = (
+        0.6 * _smooth_noise(rng, h, w, h / 6)
+        + 0.3 * _smooth_noise(rng, h, w, h / 22)
+        + 0.1 * _smooth_noise(rng, h, w, h / 90)
+    )
+    thickness = np.power(np.clip(1.0 - r**2, 0.0, 1.0), 0.3)
+    tissue = (0.30 + 0.03 * density + (0.03 + 0.008 * density) * texture) * (0.4 + 0.6 * thickness)
+    skin_px = max(1.0, 2.5 * h / 1024)
+    skin = breast & (r > 1.0 - skin_px / min(a, b))
+    tissue[skin] = 0.42
+    if view == "MLO":
+        m = cv2.GaussianBlur(muscle.astype(np.float32), (0, 0), max(1.0, h / 400))
+        tissue = tissue * (1 - m) + (0.62 + 0.02 * texture) * m
+    img = np.where(breast, tissue, 0.0).astype(np.float32)
+    return img, breast, muscle.astype(bool), (cx, cy, a, b)
+
+
+def _place(
+    rng: np.random.Generator,
+    geom: tuple[float, float, float, float],
+    radius: float,
+    taken: list[tuple[float, float, float]],
+    muscle: np.ndarray,
+    h: int,
+    w: int,
+    side: str,
+) -> tuple[float, float] | None:
+    """A lesion centre inside the breast, away from the skin, the muscle, the image edges and
+    other lesions (``taken``: list of (x, y, r))."""
+    cx, cy, a, b = geom
+    sign = 1 if side == "LEFT" else -1
+    for _ in range(300):
+        rho = math.sqrt(rng.uniform(0.02, 0.6))
+        th = rng.uniform(-math.pi / 2, math.pi / 2)
+        x = cx + sign * a * rho * math.cos(th)
+        y = cy + b * rho * math.sin(th)
+        rn = math.hypot((x - cx) / a, (y - cy) / b)
+        if rn + radius / min(a, b) > 0.9:
+            continue
+        if not (radius + 4 <= x <= w - radius - 5 and radius + 4 <= y <= h - radius - 5):
+            continue
+        if any(math.hypot(x - tx, y - ty) < radius + tr + 6 for tx, ty, tr in taken):
+            continue
+        x0, x1 = int(max(0, x - radius - 3)), int(min(w, x + radius + 4))
+        y0, y1 = int(max(0, y - radius - 3)), int(min(h, y + radius + 4))
+        if muscle[y0:y1, x0:x1].any():
+            continue
+        taken.append((x, y, radius))
+        return x, y
+    return None
+
+
+def _size(rng: np.random.Generator, kind: str, a: float) -> float:
+    (lo, hi), floor = _SIZE[kind]
+    return max(floor, rng.uniform(lo, hi) * a)
+
+
+def _draw_mass(rng: np.random.Generator, img: np.ndarray, x: float, y: float, extent: float, high: bool) -> np.ndarray:
+    """Add a mass centred at (x, y) with overall extent ``extent`` px; return its bool mask."""
+    h, w = img.shape
+    R = extent / 2.0
+    pad = int(math.ceil(R)) + 4
+    x0, y0 = int(round(x)) - pad, int(round(y)) - pad
+    size = 2 * pad + 1
+    c = np.array([x - x0, y - y0])
+    body = np.zeros((size, size), np.uint8)
+    spic = np.zeros((size, size), np.uint8)
+    if not high:
+        rx, ry = R, R * rng.uniform(0.7, 1.0)
+        cv2.ellipse(
+            body,
+            (int(round(c[0] * 16)), int(round(c[1] * 16))),
+            (int(rx * 16), int(ry * 16)),
+            rng.uniform(0, 180),
+            0,
+            360,
+            1,
+            -1,
+            cv2.LINE_8,
+            4,
+        )
+        amp, sigma = rng.uniform(0.24, 0.30), max(0.8, 0.12 * R)
+    else:
+        Rb = R / 1.35
+        th = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+        rr = np.ones_like(th)
+        for k in range(2, 7):
+            rr += rng.uniform(0.04, 0.10) * np.cos(k * th + rng.uniform(0, 2 * np.pi))
+        rr *= Rb / rr.max() * 1.05
+        pts = np.stack([c[0] + rr * np.cos(th), c[1] + rr * np.sin(th)], 1)
+        cv2.fillPoly(body, [np.rint(pts * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+        thick = max(1, int(round(Rb / 9)))
+        n_spic = int(rng.integers(9, 15))
+        base = rng.uniform(0, 2 * np.pi)
+        for k in range(n_spic):  # spread around the body, so the extent is ~2R in every direction
+            ang = base + (k + rng.uniform(-0.3, 0.3)) * 2 * np.pi / n_spic
+            r0, r1 = 0.6 * Rb, R * rng.uniform(0.9, 0.99)
+            p0 = (int(round(c[0] + r0 * math.cos(ang))), int(round(c[1] + r0 * math.sin(ang))))
+            p1 = (int(round(c[0] + r1 * math.cos(ang))), int(round(c[1] + r1 * math.sin(ang))))
+            cv2.line(spic, p0, p1, 1, thick)
+        amp, sigma = rng.uniform(0.40, 0.46), max(0.6, 0.04 * R)
+    soft = cv2.GaussianBlur(body.astype(np.float32), (0, 0), sigma)
+    dist = cv2.distanceTransform(body, cv2.DIST_L2, 3)
+    dome = 0.8 + 0.2 * dist / max(float(dist.max()), 1.0)
+    layer = amp * soft * np.maximum(dome, 0.8)
+    if high:
+        layer = np.maximum(layer, 0.75 * amp * cv2.GaussianBlur(spic.astype(np.float32), (0, 0), 0.5))
+    region = (body | spic).astype(bool)
+    _paste_add(img, layer, x0, y0)
+    full = np.zeros((h, w), bool)
+    _paste_or(full, region, x0, y0)
+    return full
+
+
+def _draw_calc_cluster(rng: np.random.Generator, img: np.ndarray, x: float, y: float, extent: float) -> np.ndarray:
+    """Add a cluster of tiny bright specks; return the cluster's bool mask (hull + margin)."""
+    h, w = img.shape
+    R = extent / 2.0
+    dil = max(2, int(round(0.1 * extent)))
+    pad = int(math.ceil(R)) + 4
+    x0, y0 = int(round(x)) - pad, int(round(y)) - pad
+    size = 2 * pad + 1
+    cx, cy = x - x0, y - y0
+    n = int(rng.integers(6, 14)) + int(extent / 10)
+    rad = (R - dil - 1) * np.sqrt(rng.uniform(0.0, 1.0, n))
+    ang = rng.uniform(0, 2 * np.pi, n)
+    pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1)
+    specks = np.zeros((size, size), np.float32)
+    unit = h / 1024
+    for (px, py), s in zip(pts, rng.integers(1, 4, n)):
+        sp = max(1, int(round(s * unit)))
+        ix, iy = int(round(px - (sp - 1) / 2)), int(round(py - (sp - 1) / 2))
+        specks[iy : iy + sp, ix : ix + sp] = rng.uniform(0.5, 0.6)
+    hull = cv2.convexHull(np.rint(pts).astype(np.int32))
+    region = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(region, [hull], 1)
+    region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dil + 1, 2 * dil + 1)))
+    _paste_add(img, specks, x0, y0)
+    full = np.zeros((h, w), bool)
+    _paste_or(full, region.astype(bool), x0, y0)
+    return full
+
+
+def _paste_add(img: np.ndarray, patch: np.ndarray, x0: int, y0: int) -> None:
+    h, w = img.shape
+    ph, pw = patch.shape
+    ys, xs = slice(max(0, y0), min(h, y0 + ph)), slice(max(0, x0), min(w, x0 + pw))
+    img[ys, xs] += patch[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+
+
+def _paste_or(mask: np.ndarray, patch: np.ndarray, x0: int, y0: int) -> None:
+    h, w = mask.shape
+    ph, pw = patch.shape
+    ys, xs = slice(max(0, y0), min(h, y0 + ph)), slice(max(0, x0), min(w, x0 + pw))
+    mask[ys, xs] |= patch[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+
+
+def render_mammogram(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    side: str,
+    view: str,
+    density: int,
+    lesions: Sequence[tuple[str, int]],
+) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """Draw one mammogram with the given lesions.
+
+    Args:
+        lesions: ``(kind, n_regions)`` per abnormality; kind is ``mass_low``, ``mass_high`` or
+            ``calcification`` (only calcifications may have 2 regions).
+
+    Returns the image (float32 in [0, 1], 0 = background, 1 = brightest) and, per abnormality,
+    one bool mask per region (an abnormality that does not fit in the breast gets no masks).
+    """
+    img, breast, muscle, geom = _breast(rng, height, width, side, view, density)
+    a = geom[2]
+    taken: list[tuple[float, float, float]] = []
+    masks: list[list[np.ndarray]] = []
+    for kind, n_regions in lesions:
+        regions = []
+        for _ in range(n_regions):
+            extent = _size(rng, kind, a) * (0.85 if n_regions > 1 else 1.0)
+            pos = _place(rng, geom, extent / 2 + 1, taken, muscle, height, width, side)
+            if pos is None:
+                continue
+            if kind == "calcification":
+                regions.append(_draw_calc_cluster(rng, img, pos[0], pos[1], extent))
+            else:
+                regions.append(_draw_mass(rng, img, pos[0], pos[1], extent, high=kind == "mass_high"))
+        masks.append(regions)
+    noise = cv2.GaussianBlur(rng.standard_normal((height, width)).astype(np.float32), (0, 0), 0.7)
+    img = np.where(breast, img + 0.012 * noise, 0.0)
+    return np.clip(img, 0.0, 1.0).astype(np.float32), masks
+
+
+# ------------------------------------------------------------------------------ CBIS-DDSM tree
+@dataclass
+class _Abn:
+    kind: str
+    regions: int
+    assessment: int
+    pathology: str
+    subtlety: int
+    shape_or_type: str
+    margins_or_distribution: str
+
+
+def _plan_abnormalities(rng: np.random.Generator, forced: Sequence[tuple[str, int]] | None) -> list[_Abn]:
+    if forced is None:
+        n = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
+        kinds = [(str(rng.choice(["mass_low", "mass_high", "calcification"])), 1) for _ in range(n)]
+        kinds = [(k, 2 if k == "calcification" and rng.random() < 0.35 else 1) for k, _ in kinds]
+    else:
+        kinds = list(forced)
+    out = []
+    for kind, regions in kinds:
+        if kind == "mass_low":
+            assessment = int(rng.integers(2, 4))
+            pathology = str(rng.choice(["BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT"], p=[0.6, 0.3, 0.1]))
+            a, b = str(rng.choice(["ROUND", "OVAL"])), "CIRCUMSCRIBED"
+        elif kind == "mass_high":
+            assessment = int(rng.integers(4, 6))
+            pathology = str(rng.choice(["MALIGNANT", "BENIGN"], p=[0.85, 0.15]))
+            a, b = str(rng.choice(["IRREGULAR", "LOBULATED"])), str(
+                rng.choice(["SPICULATED", "ILL_DEFINED"], p=[0.8, 0.2])
+            )
+        else:
+            assessment = int(rng.integers(2, 6))
+            p_malignant = 0.7 if assessment >= 4 else 0.1
+            pathology = (
+                "MALIGNANT" if rng.random() < p_malignant else str(rng.choice(["BENIGN", "BENIGN_WITHOUT_CALLBACK"]))
+            )
+            a = str(rng.choice(["PUNCTATE", "AMORPHOUS", "PLEOMORPHIC", "FINE_LINEAR_BRANCHING"]))
+            b = "SEGMENTAL" if regions > 1 else "CLUSTERED"
+        out.append(_Abn(kind, regions, assessment, pathology, int(rng.integers(1, 6)), a, b))
+    return out
+
+
+def _uid(seed: int, *parts: str) -> str:
+    return str(generate_uid(_UID_ROOT, entropy_srcs=["meddet-synth", str(seed), *parts]))
+
+
+def _encoding(k: int) -> dict[str, Any]:
+    """Storage variant of the k-th unique mammogram; cycles so that small trees cover every case."""
+    bits = 12 if k % 2 else 16
+    rescale = (2.0, -1024.0) if k % 4 == 3 else None
+    smax = 2**bits - 1
+    lo, hi = (0.0, float(smax)) if rescale is None else (-1024.0, smax * 2.0 - 1024.0)
+    windows = None
+    if k % 4 == 1:
+        full = ((lo + hi) / 2 + 0.5, hi - lo + 1)
+        windows = [full, (lo + 0.6 * (hi - lo), 0.5 * (hi - lo))] if k % 8 == 5 else [full]
+    voi = None
+    if k % 5 == 2 and rescale is None:
+        voi = np.rint(65535 * np.power(np.arange(smax + 1) / smax, 0.8)).astype(np.uint16)
+    return {
+        "bits_stored": bits,
+        "photometric": "MONOCHROME1" if k % 3 == 1 else "MONOCHROME2",
+        "rescale": rescale,
+        "windows": windows,
+        "voi_lut": voi,
+    }
+
+
+def _orientation(side: str, view: str) -> list[str]:
+    row = "A" if side == "LEFT" else "P"
+    col = ("R" if side == "LEFT" else "L") if view == "CC" else "F"
+    return [row, col]
+
+
+def make_cbis_ddsm(
+    out_dir: str | os.PathLike,
+    n_patients: int = 20,
+    seed: int = 0,
+    image_size: tuple[int, int] = (1024, 640),
+    test_every: int = 5,
+) -> dict[str, Any]:
+    """Write a synthetic CBIS-DDSM release under ``out_dir``.
+
+    Args:
+        n_patients: patients ``P_xxxxx`` (ids with gaps, as in the release); each has one or
+            both breasts with abnormalities, each such breast a CC and an MLO image with 1-3
+            abnormalities. The first patient always has both breasts, a high-suspicion mass and
+            a two-cluster calcification on one image.
+        seed: everything is a function of it (pixels, CSVs, UIDs).
+        image_size: ``(height, width)`` of the full mammograms (at least 64 x 48).
+        test_every: every n-th patient is a "Test" case (``Mass-Test_``/``Calc-Test_``), the
+            others "Training".
+
+    Returns a dict with ``root`` (``out_dir``), ``dicom_root`` (``out_dir/CBIS-DDSM``),
+    ``mass_csvs`` and ``calc_csvs`` (train and test CSV paths), ``n_patients``, ``n_images``
+    (unique mammograms), ``n_abnormalities``, ``n_dicom_files`` and ``abnormalities``: one dict
+    per CSV row with ``image`` (``P_00001_LEFT_CC``), ``csv``, ``kind`` (``mass_low``,
+    ``mass_high``, ``calcification``), ``assessment`` and ``regions``.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    if h < 64 or w < 48:
+        raise ConfigError(f"image_size: expected at least (64, 48), found {tuple(image_size)}")
+    if n_patients < 1:
+        raise ConfigError(f"n_patients: expected at least 1, found {n_patients}")
+    out = Path(out_dir)
+    root = out / "CBIS-DDSM"
+    rows: dict[tuple[str, str], list[list[str]]] = {key: [] for key in CSV_NAMES}
+    abn_list: list[dict[str, Any]] = []
+    image_counter = 0
+    abn_counter = 0
+    n_files = 0
+    pid_num = 0
+    id_rng = np.random.default_rng([seed, 0])
+    for i in range(n_patients):
+        rng = np.random.default_rng([seed, i + 1])
+        pid_num += 1 + (int(id_rng.integers(0, 3)) if i else 0)
+        pid = f"P_{pid_num:05d}"
+        split = "Test" if test_every > 0 and i % test_every == test_every - 1 else "Training"
+        density = int(rng.integers(1, 5))
+        if i == 0:
+            sides = ["LEFT", "RIGHT"]
+        else:
+            sides = [str(rng.choice(["LEFT", "RIGHT"]))]
+            if rng.random() < 0.4:
+                sides = ["LEFT", "RIGHT"]
+        for side in sides:
+            for view in ("CC", "MLO"):
+                forced = None
+                if i == 0 and side == "LEFT" and view == "CC":
+                    forced = [("mass_high", 1), ("calcification", 2)]
+                elif i == 1 and side == sides[0] and view == "CC":
+                    forced = [("mass_low", 1)]
+                plan = _plan_abnormalities(rng, forced)
+                img01, masks = render_mammogram(rng, h, w, side, view, density, [(a.kind, a.regions) for a in plan])
+                kept = [(a, m) for a, m in zip(plan, masks) if m]
+                if not kept:
+                    continue
+                enc = _encoding(image_counter)
+                full_name = "1-1.dcm" if image_counter % 3 == 2 else "000000.dcm"
+                image_counter += 1
+                key = f"{pid}_{side}_{view}"
+                written: dict[str, str] = {}
+                per_type_id = {"Mass": 0, "Calc": 0}
+                for abn, regions in kept:
+                    kind = "Calc" if abn.kind == "calcification" else "Mass"
+                    prefix = f"{kind}-{split}"
+                    image_folder = f"{prefix}_{key}"
+                    if prefix not in written:
+                        study, series = _uid(seed, image_folder, "study"), _uid(seed, image_folder, "series")
+                        ds = encode_dicom(
+                            img01,
+                            **enc,
+                            attributes=_attrs(pid, image_folder, side, view, study, series, "full mammogram images"),
+                            uid_entropy=[str(seed), image_folder],
+                        )
+                        save_dicom(ds, root / image_folder / study / series / full_name)
+                        n_files += 1
+                        written[prefix] = f"{image_folder}/{study}/{series}/000000.dcm"
+                    per_type_id[kind] += 1
+                    abn_id = per_type_id[kind]
+                    abn_folder = f"{image_folder}_{abn_id}"
+                    crop_path, mask_path = _write_abnormality(
+                        root, abn_folder, img01, enc, regions, pid, side, view, seed, abn_counter
+                    )
+                    abn_counter += 1
+                    n_files += 2
+                    common = [str(density), side, view, str(abn_id)]
+                    if kind == "Mass":
+                        row = [pid, *common, "mass", abn.shape_or_type, abn.margins_or_distribution]
+                    else:
+                        row = [pid, *common, "calcification", abn.shape_or_type, abn.margins_or_distribution]
+                    row += [
+                        str(abn.assessment),
+                        abn.pathology,
+                        str(abn.subtlety),
+                        written[prefix],
+                        crop_path,
+                        mask_path,
+                    ]
+                    rows[(kind, split)].append(row)
+                    abn_list.append(
+                        {
+                            "image": key,
+                            "csv": CSV_NAMES[(kind, split)],
+                            "kind": abn.kind,
+                            "assessment": abn.assessment,
+                            "regions": len(regions),
+                        }
+                    )
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for (kind, split), name in CSV_NAMES.items():
+        path = out / name
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(MASS_HEADER if kind == "Mass" else CALC_HEADER)
+            writer.writerows(rows[(kind, split)])
+        paths[(kind, split)] = path
+    logger.info(
+        "synthetic CBIS-DDSM: %d patients, %d mammograms, %d abnormalities in %s",
+        n_patients,
+        image_counter,
+        abn_counter,
+        root,
+    )
+    return {
+        "root": out,
+        "dicom_root": root,
+        "mass_csvs": [paths[("Mass", "Training")], paths[("Mass", "Test")]],
+        "calc_csvs": [paths[("Calc", "Training")], paths[("Calc", "Test")]],
+        "n_patients": n_patients,
+        "n_images": image_counter,
+        "n_abnormalities": abn_counter,
+        "n_dicom_files": n_files,
+        "abnormalities": abn_list,
+    }
+
+
+def _attrs(pid: str, folder: str, side: str, view: str, study: str, series: str, description: str) -> dict[str, Any]:
+    return {
+        "PatientID": pid,
+        "PatientName": folder,
+        "BodyPartExamined": "BREAST",
+        "StudyInstanceUID": study,
+        "SeriesInstanceUID": series,
+        "SeriesDescription": description,
+        "Laterality": side[0],
+        "ViewPosition": view,
+        "PatientOrientation": _orientation(side, view),
+    }
+
+
+def _write_abnormality(
+    root: Path,
+    folder: str,
+    img01: np.ndarray,
+    enc: dict[str, Any],
+    regions: list[np.ndarray],
+    pid: str,
+    side: str,
+    view: str,
+    seed: int,
+    counter: int,
+) -> tuple[str, str]:
+    """Write the crop and the ROI mask of one abnormality; return the CSV's (crop, mask) paths."""
+    h, w = img01.shape
+    union = np.logical_or.reduce(regions)
+    ys, xs = np.nonzero(union)
+    my, mx = max(4, int(0.2 * (ys.max() - ys.min()))), max(4, int(0.2 * (xs.max() - xs.min())))
+    y0, y1 = max(0, ys.min() - my), min(h, ys.max() + my + 1)
+    x0, x1 = max(0, xs.min() - mx), min(w, xs.max() + mx + 1)
+    study, series = _uid(seed, folder, "study"), _uid(seed, folder, "series")
+    crop_ds = encode_dicom(
+        img01[y0:y1, x0:x1],
+        bits_stored=enc["bits_stored"],
+        photometric=enc["photometric"],
+        sop_class=SECONDARY_CAPTURE,
+        attributes=_attrs(pid, folder, side, view, study, series, "cropped images"),
+        uid_entropy=[str(seed), folder, "crop"],
+    )
+    mask_ds = encode_dicom(
+        union.astype(np.float32),
+        bits_stored=8,
+        sop_class=SECONDARY_CAPTURE,
+        attributes=_attrs(pid, folder, side, view, study, series, "ROI mask images"),
+        uid_entropy=[str(seed), folder, "mask"],
+    )
+    # Naming styles seen in the release and in newer downloads; the mask is not always second.
+    style = counter % 4
+    names = {
+        0: ("000000.dcm", "000001.dcm"),
+        1: ("1-2.dcm", "1-1.dcm"),
+        2: ("000001.dcm", "000000.dcm"),
+        3: ("1-1.dcm", "1-2.dcm"),
+    }[style]
+    folder_path = root / folder / study / series
+    save_dicom(crop_ds, folder_path / names[0])
+    save_dicom(mask_ds, folder_path / names[1])
+    rel = f"{folder}/{study}/{series}"
+    return f"{rel}/000000.dcm", f"{rel}/000001.dcm"
+
+
+# ------------------------------------------------------------------------------ box CSV
+def make_box_csv_dataset(
+    out_dir: str | os.PathLike,
+    n_images: int = 8,
+    seed: int = 0,
+    image_size: tuple[int, int] = (128, 128),
+    n_patients: int = 4,
+) -> dict[str, Any]:
+    """Write a small dataset in the box-CSV format: ``images/*.png`` + ``boxes.csv`` with the
+    columns ``image,x,y,width,height,class,patient_id``.
+
+    Classes ``round`` (bright discs) and ``square`` (bright squares) on a noisy background; every
+    third image is 16-bit; the last image has no objects (one row with empty box fields).
+    Returns ``csv``, ``images_dir`` and ``boxes``: ``{image name: [(x, y, w, h, class), ...]}``.
+    """
+    out = Path(out_dir)
+    images_dir = out / "images"
+    h, w = int(image_size[0]), int(image_size[1])
+    rng = np.random.default_rng(seed)
+    boxes: dict[str, list[tuple[int, int, int, int, str]]] = {}
+    rows: list[list[str]] = []
+    for i in range(n_images):
+        name = f"img_{i:03d}.png"
+        img = np.clip(0.2 + 0.05 * rng.standard_normal((h, w)), 0, 1).astype(np.float32)
+        objs: list[tuple[int, int, int, int, str]] = []
+        n_obj = 0 if i == n_images - 1 else int(rng.integers(1, 4))
+        for _ in range(n_obj):
+            s = int(rng.integers(max(4, h // 12), max(5, h // 5)))
+            x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+            if any(x < ox + ow and ox < x + s and y < oy + oh and oy < y + s for ox, oy, ow, oh, _ in objs):
+                continue
+            cls = str(rng.choice(["round", "square"]))
+            if cls == "square":
+                img[y : y + s, x : x + s] = 0.9
+            else:
+                canvas = np.zeros((h, w), np.uint8)
+                cv2.circle(canvas, (x * 16 + (s - 1) * 8, y * 16 + (s - 1) * 8), (s - 1) * 8, 1, -1, cv2.LINE_8, 4)
+                ys, xs = np.nonzero(canvas)
+                img[canvas.astype(bool)] = 0.9
+                x, y, s_w, s_h = (
+                    int(xs.min()),
+                    int(ys.min()),
+                    int(xs.max() - xs.min() + 1),
+                    int(ys.max() - ys.min() + 1),
+                )
+                objs.append((x, y, s_w, s_h, cls))
+                continue
+            objs.append((x, y, s, s, cls))
+        deep = i % 3 == 2
+        write_png(images_dir / name, np.rint(img * (65535 if deep else 255)).astype(np.uint16 if deep else np.uint8))
+        patient = f"case{i % max(1, n_patients):02d}"
+        boxes[name] = objs
+        if objs:
+            rows += [[name, str(x), str(y), str(bw), str(bh), c, patient] for x, y, bw, bh, c in objs]
+        else:
+            rows.append([name, "", "", "", "", "", patient])
+    csv_path = out / "boxes.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["image", "x", "y", "width", "height", "class", "patient_id"])
+        writer.writerows(rows)
+    return {"csv": csv_path, "images_dir": images_dir, "boxes": boxes}
