@@ -248,8 +248,10 @@ def test_writes_all_files_and_leaves_inputs_untouched(small_gt, tmp_path):
     assert per_class.columns.tolist() == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
     assert per_class["Class"].tolist() == ["all", "mass", "calc"]
     assert per_class.set_index("Class").loc["all", "Instances"] == 5
-    prf1 = pd.read_csv(out / "prf1.csv").set_index("Class")
-    assert prf1.loc["mass", "FP"] == 1 and prf1.loc["micro", "TP"] == 5
+    prf1 = pd.read_csv(out / "prf1.csv")
+    at = prf1[prf1["point"] == "threshold"].set_index("Class")
+    assert at.loc["mass", "FP"] == 1 and at.loc["micro", "TP"] == 5 and at.loc["mass", "score_thresh"] == 0.5
+    assert set(prf1["point"]) == {"threshold", "F1-optimal"}
     cm = pd.read_csv(out / "confusion_matrix.csv", index_col=0)
     assert cm.columns.tolist() == ["mass", "calc", "background"] and cm.loc["mass", "background"] == 1
     norm = pd.read_csv(out / "confusion_matrix_normalized.csv", index_col=0)

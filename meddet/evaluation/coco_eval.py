@@ -50,6 +50,17 @@ class CocoMetrics:
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
 
+    def pr_curve(self, iou: float = 0.5) -> np.ndarray:
+        """Interpolated precision ``[K x R]`` at `iou` (one of `iou_thresholds`), area "all",
+        100 detections per image, at each of `recall_thresholds`; NaN for a class without
+        ground truth. Its mean over recall is the class's AP at that IoU."""
+        t = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
+        if t.size == 0:
+            raise ValueError(f"IoU {iou} is not one of COCO's thresholds {self.iou_thresholds.tolist()}")
+        # COCO's area ranges are (all, small, medium, large) and maxDets (1, 10, 100), in both backends.
+        p = self.precision[t[0], :, :, 0, -1].T
+        return np.where(p > -1, p, np.nan)
+
     def to_metrics(self, class_names: list[str]) -> dict[str, float]:
         """detectron2-style flat dict in percent: ``bbox/AP``, ``bbox/AP50``, …, ``bbox/AR100``,
         ``bbox/AP-<class>`` and ``bbox/AP50-<class>`` (NaN stays NaN)."""

@@ -1,17 +1,29 @@
 """The evaluator: one set of predictions against one COCO ground truth, every metric and file.
 
-`run_evaluation` computes everything once and returns an `EvaluationResult` holding the arrays
-(`EvalData`), the class-aware and class-agnostic `Matches` (valid at every score threshold, for
-curves, FROC, bootstrap and galleries), the COCO results, the P/R/F1 table, the per-class table
-and the confusion matrix. `evaluate` is the short form returning the flat metrics dict.
+`run_evaluation` computes everything once and returns an `EvaluationResult`: the arrays
+(`EvalData`), the class-aware and class-agnostic `Matches` (valid at every score threshold),
+COCO AP, P/R/F1 at the operating point and at each class's F1-optimal threshold, the per-class
+table, the confusion matrix, the score curves, FROC, image-level ROC, bootstrap confidence
+intervals and the typed errors. `evaluate` is the short form returning the flat metrics dict.
 
-Files written under `out_dir`: ``metrics.json`` (the flat dict, pretty-printed), ``per_class.csv``,
-``prf1.csv``, ``confusion_matrix.csv``, ``confusion_matrix_normalized.csv`` and
-``confusion_matrix.png``. Metric names: ``bbox/…`` as detectron2 writes them (percent, 0–100);
-``prf1/…`` fractions in [0, 1] at the score and IoU thresholds (also recorded as
-``prf1/score_thresh`` and ``prf1/iou_thresh``); ``gt/images``, ``gt/instances`` and their
-``-<class>`` entries say what was evaluated. Undefined values are NaN (JSON ``NaN``, as
-detectron2 writes them; ``-`` in text tables).
+Files written by `EvaluationResult.write` (each PNG has a CSV of its numbers):
+``metrics.json`` (the flat dict), ``per_class.csv``, ``prf1.csv`` (``point`` = ``threshold`` /
+``F1-optimal``), ``confusion_matrix.{csv,png}``, ``confusion_matrix_normalized.csv``,
+``pr_curve``, ``f1_curve``, ``p_curve``, ``r_curve`` (.png/.csv), ``froc.{png,csv}``,
+``froc_summary.csv``, ``roc.{png,csv}``, ``roc_summary.csv``, ``bootstrap_ci.csv`` (with resamples),
+``errors.csv``, ``errors_detail.csv``, ``errors_fp_<class>`` / ``errors_fn_<class>`` galleries
+(.png/.csv, when the images are readable), ``report.md``, ``analysis_report.txt`` and
+``project_summary.csv``.
+
+Metric names: ``bbox/…`` as detectron2 writes them (percent, 0–100); ``prf1/…`` fractions at
+the operating point (``prf1/score_thresh``, ``prf1/iou_thresh``); ``prf1_opt/…`` at the
+F1-optimal thresholds (``prf1_opt/score_thresh-<class>``); ``froc/sens@<x>fp`` and
+``froc/cpm`` (all lesions; ``-<class>`` per class); ``image/auc``, ``image/sensitivity``,
+``image/specificity`` (any lesion; ``-<class>`` per class); ``ci95_low/<metric>`` and
+``ci95_high/<metric>`` for ``bbox/AP50``, ``bbox/AP``, ``prf1/recall-<class>`` and
+``froc/sens@1fp``; ``errors/<type>`` counts and ``errors/<type>_share``; ``gt/images``,
+``gt/instances`` and their ``-<class>`` entries say what was evaluated. Undefined values are NaN
+(JSON ``NaN``, as detectron2 writes them; ``-`` in text tables).
 """
 from __future__ import annotations
 
@@ -20,27 +32,34 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from meddet.data.coco import save_json_atomic
 from meddet.errors import ConfigError
+from meddet.evaluation.bootstrap import APStats, BootstrapCI, bootstrap_ci
 from meddet.evaluation.coco_eval import CocoMetrics, check_backend, coco_evaluate
 from meddet.evaluation.confusion import confusion_frame, confusion_matrix, normalize_columns, plot_confusion_matrix
+from meddet.evaluation.curves import ScoreCurves, score_curves, write_pr_curve
+from meddet.evaluation.error_analysis import ErrorAnalysis, classify_errors, write_galleries
+from meddet.evaluation.froc import DEFAULT_FP_RATES, FROC, froc
 from meddet.evaluation.matching import EvalData, Matches, match_detections
-from meddet.evaluation.prf1 import PRF1, prf1_at
+from meddet.evaluation.prf1 import PRF1, f1_optimal, prf1_at
+from meddet.evaluation.report import write_reports
+from meddet.evaluation.roc import ImageROC, image_roc
 from meddet.evaluation.tables import per_class_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "run_evaluation", "evaluate"]
+__all__ = ["EvaluationResult", "run_evaluation", "evaluate", "evaluation_kwargs"]
 
 
 @dataclass(frozen=True, eq=False)
 class EvaluationResult:
-    """Everything one evaluation computed (see the module docstring)."""
+    """Everything one evaluation computed (see the module docstring). `score_thresh` is the
+    operating point: one float, or an array of one threshold per class."""
 
     data: EvalData
     matches: Matches
@@ -50,27 +69,70 @@ class EvaluationResult:
     per_class: pd.DataFrame
     confusion: np.ndarray
     metrics: dict[str, float]
-    score_thresh: float
+    score_thresh: float | np.ndarray
     iou_thresh: float
+    backend: str
+    f1_optimal: PRF1
+    curves: ScoreCurves
+    froc: FROC
+    image_roc: ImageROC
+    bootstrap: BootstrapCI | None
+    errors: ErrorAnalysis
 
-    def write(self, out_dir: str | os.PathLike) -> Path:
-        """Write the evaluation files (see the module docstring) into `out_dir`; returns it."""
+    def prf1_frame(self) -> pd.DataFrame:
+        """``prf1.csv``: the rows of `PRF1.to_frame` at the operating point (``point`` =
+        ``threshold``), then at each class's F1-optimal threshold (``point`` = ``F1-optimal``)."""
+        a, b = self.prf1.to_frame(), self.f1_optimal.to_frame()
+        a.insert(0, "point", "threshold")
+        b.insert(0, "point", "F1-optimal")
+        return pd.concat([a, b], ignore_index=True)
+
+    def write(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        image_root: str | os.PathLike | None = None,
+        gallery_size: int = 16,
+        dicom_kwargs: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write every evaluation file (see the module docstring) into `out_dir`; returns it.
+
+        Error galleries read the images named by the COCO ``file_name`` under `image_root`
+        (absolute file names as they are; None: relative to the working directory) with
+        `dicom_kwargs` for DICOM files; `gallery_size` crops per gallery, 0 for none. Galleries
+        are skipped with a warning when the images cannot be read.
+        """
+        t0 = time.perf_counter()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_json_atomic(self.metrics, out / "metrics.json", indent=2)
         self.per_class.to_csv(out / "per_class.csv", index=False, na_rep="NaN")
-        self.prf1.to_frame().to_csv(out / "prf1.csv", index=False, na_rep="NaN")
+        self.prf1_frame().to_csv(out / "prf1.csv", index=False, na_rep="NaN")
         names = self.data.class_names
         confusion_frame(self.confusion, names).to_csv(out / "confusion_matrix.csv")
         confusion_frame(normalize_columns(self.confusion), names).to_csv(
             out / "confusion_matrix_normalized.csv", na_rep="NaN")
-        plot_confusion_matrix(
-            self.confusion, names, out / "confusion_matrix.png",
-            title=f"Confusion matrix (score >= {self.score_thresh:g}, IoU >= {self.iou_thresh:g})")
+        at = ("per-class score thresholds" if np.ndim(self.score_thresh)
+              else f"score >= {float(self.score_thresh):g}")
+        plot_confusion_matrix(self.confusion, names, out / "confusion_matrix.png",
+                              title=f"Confusion matrix ({at}, IoU >= {self.iou_thresh:g})")
+        write_pr_curve(self.coco, names, out)
+        self.curves.write(out)
+        self.froc.write(out)
+        self.image_roc.write(out)
+        if self.bootstrap is not None:
+            self.bootstrap.to_frame().to_csv(out / "bootstrap_ci.csv", index=False, na_rep="NaN")
+        else:
+            (out / "bootstrap_ci.csv").unlink(missing_ok=True)  # not one of an earlier evaluation
+        self.errors.to_frame().to_csv(out / "errors.csv", index=False, na_rep="NaN")
+        self.errors.detail_frame().to_csv(out / "errors_detail.csv", index=False, na_rep="NaN")
+        galleries = write_galleries(self.errors, out, image_root, gallery_size, dicom_kwargs)
+        write_reports(self, out, galleries)
+        logger.info("evaluation files written to %s in %.2fs", out, time.perf_counter() - t0)
         return out
 
 
-def _check_thresh(value: float, key: str, low_open: bool) -> float:
+def _check_thresh(value: Any, key: str, low_open: bool) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -80,42 +142,89 @@ def _check_thresh(value: float, key: str, low_open: bool) -> float:
     return v
 
 
+def _check_score_thresh(value: Any, class_names: list[str]) -> float | np.ndarray:
+    """One threshold in [0, 1], or a sequence of one per class."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != len(class_names):
+            raise ConfigError(f"TEST.CLASS_SCORE_THRESH (score_thresh) has {len(value)} values; expected "
+                              f"{len(class_names)}, one per class in order {class_names}")
+        return np.array([_check_thresh(v, f"TEST.CLASS_SCORE_THRESH[{i}] (score_thresh)", low_open=False)
+                         for i, v in enumerate(value)])
+    return _check_thresh(value, "TEST.SCORE_THRESH (score_thresh)", low_open=False)
+
+
+def _check_count(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"{key} is {value!r}; expected a non-negative integer")
+    return int(value)
+
+
 def run_evaluation(
     gt: dict | str | os.PathLike,
     predictions: Sequence[dict] | str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     *,
-    score_thresh: float = 0.5,
+    score_thresh: float | Sequence[float] = 0.5,
     iou_thresh: float = 0.5,
     backend: str = "faster_coco_eval",
+    froc_hit: str = "center",
+    froc_iou: float = 0.5,
+    fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+    bootstrap_samples: int = 1000,
+    bootstrap_seed: int = 0,
+    image_root: str | os.PathLike | None = None,
+    gallery_size: int = 16,
+    dicom_kwargs: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Evaluate COCO-results `predictions` (list or JSON file; category ids in the ground
     truth's id space) against the COCO ground truth `gt` (dict as `load_coco` returns, or file).
 
-    `score_thresh` (``TEST.SCORE_THRESH``) and `iou_thresh` (``EVAL.IOU_THRESH``) set the
-    operating point of P/R/F1 and the confusion matrix; COCO AP always sweeps all scores and
-    IoU 0.50:0.95. `backend` (``EVAL.BACKEND``) picks faster-coco-eval or pycocotools. Writes
-    the evaluation files into `out_dir` when given.
+    `score_thresh` (``TEST.SCORE_THRESH``, or ``TEST.CLASS_SCORE_THRESH``: one per class) and
+    `iou_thresh` (``EVAL.IOU_THRESH``) set the operating point of P/R/F1, the confusion matrix,
+    image-level sensitivity/specificity, bootstrap recall and the error analysis; COCO AP, the
+    curves and FROC sweep all scores. `backend` (``EVAL.BACKEND``) picks faster-coco-eval or
+    pycocotools. `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
+    ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``; `bootstrap_samples` (0: no intervals) and
+    `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``. When `out_dir` is
+    given, every file is written there (`EvaluationResult.write`); `image_root`
+    (``DATASETS.IMAGE_ROOT``; default: the folder of `gt` when it is a file), `gallery_size`
+    (``EVAL.GALLERY_SIZE``) and `dicom_kwargs` serve the error galleries.
     """
-    score_thresh = _check_thresh(score_thresh, "TEST.SCORE_THRESH (score_thresh)", low_open=False)
     iou_thresh = _check_thresh(iou_thresh, "EVAL.IOU_THRESH (iou_thresh)", low_open=True)
     check_backend(backend)
+    bootstrap_samples = _check_count(bootstrap_samples, "EVAL.BOOTSTRAP_SAMPLES (bootstrap_samples)")
+    gallery_size = _check_count(gallery_size, "EVAL.GALLERY_SIZE (gallery_size)")
     t0 = time.perf_counter()
     data = EvalData.from_coco(gt, predictions)
+    score_thresh = _check_score_thresh(score_thresh, data.class_names)
     coco = coco_evaluate(data, backend)
     matches = match_detections(data, iou_thresh)
     agnostic = match_detections(data, iou_thresh, class_agnostic=True)
     prf1 = prf1_at(matches, score_thresh)
-    metrics = {**coco.to_metrics(data.class_names), **prf1.to_metrics(), **data.to_metrics()}
+    best = f1_optimal(matches)
+    froc_result = froc(data, froc_hit, froc_iou, fp_rates)
+    roc = image_roc(matches, score_thresh)
+    errors = classify_errors(matches, score_thresh)
+    boot = None
+    if bootstrap_samples:
+        boot = bootstrap_ci(data, matches, score_thresh, froc_result.all, n_resamples=bootstrap_samples,
+                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data))
+    metrics = {**coco.to_metrics(data.class_names), **prf1.to_metrics(), **best.to_metrics("prf1_opt"),
+               **froc_result.to_metrics(), **roc.to_metrics(), **(boot.to_metrics() if boot else {}),
+               **errors.to_metrics(), **data.to_metrics()}
     result = EvaluationResult(
         data=data, matches=matches, agnostic_matches=agnostic, coco=coco, prf1=prf1,
         per_class=per_class_table(metrics), confusion=confusion_matrix(agnostic, score_thresh),
-        metrics=metrics, score_thresh=score_thresh, iou_thresh=iou_thresh,
+        metrics=metrics, score_thresh=score_thresh, iou_thresh=iou_thresh, backend=backend, f1_optimal=best,
+        curves=score_curves(matches), froc=froc_result, image_roc=roc, bootstrap=boot, errors=errors,
     )
-    logger.info("evaluated %d images, %d ground truths, %d detections (%s) in %.2fs",
-                data.num_images, len(data.gt_class), len(data.det_score), backend, time.perf_counter() - t0)
+    logger.info("evaluated %d images, %d ground truths, %d detections (%s, %d bootstrap resamples) in %.2fs",
+                data.num_images, len(data.gt_class), len(data.det_score), backend, bootstrap_samples,
+                time.perf_counter() - t0)
     if out_dir is not None:
-        result.write(out_dir)
+        if image_root is None and isinstance(gt, (str, os.PathLike)):
+            image_root = Path(gt).parent
+        result.write(out_dir, image_root=image_root, gallery_size=gallery_size, dicom_kwargs=dicom_kwargs)
     return result
 
 
@@ -123,12 +232,31 @@ def evaluate(
     gt: dict | str | os.PathLike,
     predictions: Sequence[dict] | str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
-    *,
-    score_thresh: float = 0.5,
-    iou_thresh: float = 0.5,
-    backend: str = "faster_coco_eval",
+    **kwargs: Any,
 ) -> dict[str, float]:
-    """`run_evaluation` returning only the flat metrics dict (``bbox/AP``, ``bbox/AP50``, …,
-    ``bbox/AP-<class>``, ``prf1/F1``, …); see the module docstring for names and units."""
-    return run_evaluation(gt, predictions, out_dir, score_thresh=score_thresh, iou_thresh=iou_thresh,
-                          backend=backend).metrics
+    """`run_evaluation` (same keyword arguments) returning only the flat metrics dict
+    (``bbox/AP``, ``bbox/AP50``, …, ``prf1/F1``, ``froc/sens@1fp``, ``image/auc``, …); see the
+    module docstring for names and units."""
+    return run_evaluation(gt, predictions, out_dir, **kwargs).metrics
+
+
+def evaluation_kwargs(cfg) -> dict[str, Any]:
+    """The keyword arguments of `run_evaluation` / `evaluate` from a config: TEST.SCORE_THRESH
+    (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty) and the
+    DICOM pixel options."""
+    from meddet.data.dataset import dicom_kwargs
+
+    class_thresh = list(cfg.TEST.CLASS_SCORE_THRESH)
+    return {
+        "score_thresh": class_thresh if class_thresh else cfg.TEST.SCORE_THRESH,
+        "iou_thresh": cfg.EVAL.IOU_THRESH,
+        "backend": cfg.EVAL.BACKEND,
+        "froc_hit": cfg.EVAL.FROC_HIT,
+        "froc_iou": cfg.EVAL.FROC_IOU,
+        "fp_rates": tuple(cfg.EVAL.FROC_FP_RATES),
+        "bootstrap_samples": cfg.EVAL.BOOTSTRAP_SAMPLES,
+        "bootstrap_seed": cfg.EVAL.BOOTSTRAP_SEED,
+        "image_root": cfg.DATASETS.IMAGE_ROOT or None,
+        "gallery_size": cfg.EVAL.GALLERY_SIZE,
+        "dicom_kwargs": dicom_kwargs(cfg),
+    }

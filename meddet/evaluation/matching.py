@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Hashable, Sequence
@@ -120,7 +120,8 @@ class EvalData:
     Images, classes, ground truths and detections are addressed by 0-based indices: image `i`
     is ``image_ids[i]`` of the ground truth, class `k` is the k-th category by ascending id
     (``category_ids[k]``, ``class_names[k]``, the model's class index). Boxes are COCO
-    ``[x, y, w, h]`` in image pixels.
+    ``[x, y, w, h]`` in image pixels. `file_names` holds each image's COCO ``file_name`` (None
+    where absent), for drawing errors on the images.
     """
 
     image_ids: list[Any]
@@ -135,6 +136,7 @@ class EvalData:
     det_class: np.ndarray
     det_xywh: np.ndarray
     det_score: np.ndarray
+    file_names: list[str | None] = field(default_factory=list)
 
     @property
     def num_images(self) -> int:
@@ -219,8 +221,14 @@ class EvalData:
                             "expected width and height >= 0")
         det_score = _float_array(_column(predictions, "score", src, "predictions"), (), src, "predictions",
                                  "score", "a finite number")
+        file_names = [im.get("file_name") if isinstance(im, dict) else None for im in gt["images"]]
         return cls(image_ids, category_ids, class_names, gt_image, gt_class, gt_xywh, gt_area, gt_crowd,
-                   det_image, det_class, det_xywh, det_score)
+                   det_image, det_class, det_xywh, det_score, file_names)
+
+    def with_detections(self, keep: np.ndarray) -> "EvalData":
+        """The same ground truth with only the detections selected by `keep` (mask or indices)."""
+        return replace(self, det_image=self.det_image[keep], det_class=self.det_class[keep],
+                       det_xywh=self.det_xywh[keep], det_score=self.det_score[keep])
 
     def instances_per_class(self) -> np.ndarray:
         """Ground-truth boxes per class (crowd regions excluded)."""
@@ -301,26 +309,34 @@ class Matches:
     det_ignored: np.ndarray
     gt_det: np.ndarray
 
-    def kept(self, score_thresh: float) -> np.ndarray:
-        """Mask of detections that count at `score_thresh` (score ≥ threshold, not ignored)."""
-        return (self.data.det_score >= score_thresh) & ~self.det_ignored
+    def det_thresh(self, score_thresh: float | np.ndarray) -> float | np.ndarray:
+        """`score_thresh` as seen by each detection: a float applies to all; an array of one
+        threshold per class gives each detection its (predicted) class's threshold."""
+        if np.ndim(score_thresh) == 0:
+            return float(score_thresh)
+        return np.asarray(score_thresh, dtype=np.float64)[self.data.det_class]
 
-    def det_tp(self, score_thresh: float) -> np.ndarray:
+    def kept(self, score_thresh: float | np.ndarray) -> np.ndarray:
+        """Mask of detections that count at `score_thresh` (score ≥ threshold, not ignored);
+        `score_thresh` is a float or one threshold per class (see `det_thresh`)."""
+        return (self.data.det_score >= self.det_thresh(score_thresh)) & ~self.det_ignored
+
+    def det_tp(self, score_thresh: float | np.ndarray) -> np.ndarray:
         """Mask of detections that are true positives at `score_thresh`."""
         return self.kept(score_thresh) & (self.det_gt >= 0)
 
-    def det_fp(self, score_thresh: float) -> np.ndarray:
+    def det_fp(self, score_thresh: float | np.ndarray) -> np.ndarray:
         """Mask of detections that are false positives at `score_thresh`."""
         return self.kept(score_thresh) & (self.det_gt < 0)
 
-    def gt_matched(self, score_thresh: float) -> np.ndarray:
-        """Mask of ground truths found at `score_thresh` (matched by a detection scoring ≥ it)."""
+    def gt_matched(self, score_thresh: float | np.ndarray) -> np.ndarray:
+        """Mask of ground truths found at `score_thresh` (matched by a detection it keeps)."""
         hit = self.gt_det >= 0
         out = np.zeros(hit.shape, dtype=bool)
-        out[hit] = self.data.det_score[self.gt_det[hit]] >= score_thresh
+        out[hit] = self.kept(score_thresh)[self.gt_det[hit]]
         return out
 
-    def gt_missed(self, score_thresh: float) -> np.ndarray:
+    def gt_missed(self, score_thresh: float | np.ndarray) -> np.ndarray:
         """Mask of (non-crowd) ground truths missed at `score_thresh`: the false negatives."""
         return ~self.gt_matched(score_thresh) & ~self.data.gt_crowd
 

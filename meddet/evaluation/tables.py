@@ -66,7 +66,8 @@ def format_per_class_table(table: pd.DataFrame | Mapping[str, float], digits: in
 
 
 def format_summary(metrics: Mapping[str, float]) -> str:
-    """Headline block for logs: detectron2's COCO table (percent) and the P/R/F1 line.
+    """Headline block for logs: detectron2's COCO table (percent), the P/R/F1 line and, when
+    present, the FROC / image-level line.
 
     Example::
 
@@ -74,6 +75,7 @@ def format_summary(metrics: Mapping[str, float]) -> str:
         |:------:|:------:|:------:|:------:|:------:|:------:|
         | 45.210 | 70.133 | 48.000 |   -    | 44.900 | 51.000 |
         P 0.812  R 0.701  F1 0.752 (micro) | macro F1 0.733 | weighted F1 0.748 | score >= 0.50, IoU >= 0.50
+        FROC sensitivity at 1 FP/image 0.640 (CPM 0.581) | image-level AUC 0.812
     """
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     vals = [_cell(float(metrics.get(f"bbox/{n}", float("nan"))), 3) for n in names]
@@ -87,9 +89,17 @@ def format_summary(metrics: Mapping[str, float]) -> str:
         def g(key: str) -> str:
             return _cell(float(metrics[key]), 3)
 
+        at = (f"score >= {metrics['prf1/score_thresh']:.2f}" if "prf1/score_thresh" in metrics
+              else "per-class score thresholds")
         lines.append(
             f"P {g('prf1/precision')}  R {g('prf1/recall')}  F1 {g('prf1/F1')} (micro) | "
             f"macro F1 {g('prf1/macro_F1')} | weighted F1 {g('prf1/weighted_F1')} | "
-            f"score >= {metrics['prf1/score_thresh']:.2f}, IoU >= {metrics['prf1/iou_thresh']:.2f}"
+            f"{at}, IoU >= {metrics['prf1/iou_thresh']:.2f}"
+        )
+    if "froc/sens@1fp" in metrics:
+        lines.append(
+            f"FROC sensitivity at 1 FP/image {_cell(float(metrics['froc/sens@1fp']), 3)} "
+            f"(CPM {_cell(float(metrics.get('froc/cpm', float('nan'))), 3)}) | "
+            f"image-level AUC {_cell(float(metrics.get('image/auc', float('nan'))), 3)}"
         )
     return "\n".join(lines)

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""meddet command line: train, evaluate and predict with detectron2-style configs.
+
+    python detectron.py -c train    --config-file configs/demo_mammo_R18_FPN.yaml [--resume] [KEY VALUE ...]
+    python detectron.py -c evaluate --config-file output/run/config.yaml [--gt test.json] [KEY VALUE ...]
+    python detectron.py -c evaluate --gt test.json --predictions results.json   # score any detector
+    python detectron.py -c predict  --config-file output/run/config.yaml --input IMG|DICOM|DIR ... [--output DIR]
+    python detectron.py -c tune     --config-file output/run/config.yaml        # thresholds on DATASETS.VAL
+    python detectron.py -c compare  output/run_a output/run_b ...                # headline metrics side by side
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from meddet.cli import run_cli, setup_logging
+
+logger = logging.getLogger("meddet.cli")
+
+COMMANDS = ("train", "evaluate", "predict", "tune", "compare")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="detectron.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--command", required=True, choices=COMMANDS, help="what to do")
+    p.add_argument("--config-file", default="", metavar="FILE", help="YAML config (may use _BASE_)")
+    p.add_argument("--resume", action="store_true", help="train: continue from OUTPUT_DIR/last_checkpoint")
+    p.add_argument("--gt", default="", metavar="COCO.json", help="evaluate: ground truth (default DATASETS.TEST[0])")
+    p.add_argument("--predictions", default="", metavar="RESULTS.json",
+                   help="evaluate: score this COCO-results file instead of running a model")
+    p.add_argument("--input", nargs="+", default=[], metavar="PATH", help="predict: images, DICOMs or folders")
+    p.add_argument("--output", default="", metavar="DIR",
+                   help="evaluate/predict: output folder (default OUTPUT_DIR/eval, OUTPUT_DIR/predictions)")
+    p.add_argument("--score-thresh", type=float, default=None, help="predict: minimum score (default TEST.SCORE_THRESH)")
+    p.add_argument("--overwrite", action="store_true", help="evaluate/predict: replace earlier outputs in --output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("opts", nargs="*", metavar="KEY VALUE",
+                   help="config overrides, e.g. SOLVER.BASE_LR 0.001 OUTPUT_DIR output/x (options may come "
+                        "before or after them)")
+    return p.parse_intermixed_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    from meddet.config import load_config
+    from meddet.errors import ConfigError
+
+    if args.command == "compare":
+        from meddet.evaluation import compare, format_comparison, write_comparison
+
+        if not args.opts:
+            raise ConfigError("compare needs run folders: detectron.py -c compare output/a output/b ...")
+        df = compare(args.opts)
+        print(format_comparison(df))
+        if args.output:
+            csv, _ = write_comparison(df, args.output)
+            print(f"\n(written to {csv})")
+        return 0
+    cfg = load_config(args.config_file or None, args.opts)
+    if args.command == "train":
+        from meddet.engine import train
+
+        out = train(cfg, resume=args.resume)
+        logger.info("Run folder: %s (config.yaml, metrics.json, model_final.pth)", out)
+        return 0
+    if args.command == "evaluate":
+        from meddet.evaluation import format_per_class_table, format_summary
+        from meddet.tasks import evaluate_model, evaluate_predictions
+
+        out_dir = Path(args.output) if args.output else Path(cfg.OUTPUT_DIR) / "eval"
+        if args.predictions:
+            gt = args.gt or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+            if not gt:
+                raise ConfigError("--predictions needs --gt COCO.json (or DATASETS.TEST in the config)")
+            metrics = evaluate_predictions(cfg, gt, args.predictions, out_dir)
+        else:
+            metrics = evaluate_model(cfg, args.gt or None, out_dir, overwrite=True)
+        print(format_per_class_table(metrics))
+        print("\n" + format_summary(metrics))
+        print(f"\n(outputs in {out_dir}: report.md, metrics.json, per_class.csv, curves, FROC, confusion matrix)")
+        return 0
+    if args.command == "tune":
+        from meddet.tasks import tune_model
+
+        result = tune_model(cfg, args.gt or None, args.output or None, args.predictions or None)
+        print(result.summary())
+        return 0
+    if args.command == "predict":
+        from meddet.tasks import predict
+
+        if not args.input:
+            raise ConfigError("predict needs --input IMAGE|DICOM|FOLDER ...")
+        out_dir = Path(args.output) if args.output else Path(cfg.OUTPUT_DIR) / "predictions"
+        report = predict(cfg, args.input, out_dir, score_thresh=args.score_thresh, overwrite=args.overwrite)
+        print(f"{len(report.written)} image(s) predicted -> {report.results_json} and annotated PNGs in {out_dir}")
+        if report.skipped:
+            print(f"{len(report.skipped)} file(s) skipped:", file=sys.stderr)
+            for f, why in report.skipped:
+                print(f"  {f}: {why}", file=sys.stderr)
+            return 1
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    _args = parse_args()
+    setup_logging(logging.DEBUG if _args.debug else logging.INFO)
+    sys.exit(run_cli(lambda: main(_args), debug=_args.debug))

@@ -1,0 +1,1 @@
+"""Annotations and training data: formats, splits, COCO, datasets, mappers, augmentation, samplers."""

@@ -1,0 +1,412 @@
+"""The training loop (one loop for both engines) and its hooks.
+
+Run folder (ARCHITECTURE.md): config.yaml, metrics.json (detectron2 JSON lines), TensorBoard events,
+model_XXXXXXX.pth every SOLVER.CHECKPOINT_PERIOD, last_checkpoint, model_final.pth.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from meddet.config import save_config
+from meddet.engine import comm
+from meddet.engine.events import EventStorage, JSONWriter, TensorboardWriter, truncate_metrics
+from meddet.engine.solver import build_lr_scheduler, build_optimizer
+from meddet.errors import ConfigError, MeddetError
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+def seed_all(seed: int) -> int:
+    """Seed Python, NumPy and torch; a negative seed draws one (returned, to be saved in the config)."""
+    if seed < 0:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return seed
+
+
+def last_checkpoint_path(output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint named in OUTPUT_DIR/last_checkpoint (detectron2's convention), if any."""
+    f = Path(output_dir) / LAST_CHECKPOINT
+    if not f.is_file():
+        return None
+    name = f.read_text(encoding="utf-8").strip()
+    p = Path(output_dir) / name
+    return p if p.is_file() else None
+
+
+class HookBase:
+    """Called by the trainer around the loop. `self.trainer` is set when registered."""
+
+    trainer: "Trainer"
+
+    def before_train(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+
+class PeriodicWriter(HookBase):
+    """Write metrics.json / TensorBoard every `period` iterations and at the end."""
+
+    def __init__(self, writers: list, period: int = 20):
+        self.writers = writers
+        self.period = period
+
+    def _write(self) -> None:
+        for w in self.writers:
+            w.write(self.trainer.storage)
+        self.trainer.storage.clear_unsmoothed()
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if (it + 1) % self.period == 0 or it == self.trainer.max_iter - 1:
+            self._write()
+
+    def after_train(self) -> None:
+        self._write()
+        for w in self.writers:
+            if hasattr(w, "close"):
+                w.close()
+
+
+class PeriodicCheckpointer(HookBase):
+    """model_{iter:07d}.pth every SOLVER.CHECKPOINT_PERIOD iterations; model_final.pth at the end."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if self.period > 0 and (it + 1) % self.period == 0 and it < self.trainer.max_iter - 1:
+            self.trainer.save(f"model_{it:07d}.pth")
+
+    def after_train(self) -> None:  # the loop ended normally (last iteration or early stop)
+        self.trainer.save("model_final.pth")
+
+
+class EvalHook(HookBase):
+    """Evaluate on DATASETS.VAL every TEST.EVAL_PERIOD iterations and at the end; results go to metrics.json.
+
+    Keeps `model_best.pth` for TEST.BEST_METRIC (TEST.BEST_MODE max|min) and, with
+    TEST.EARLY_STOP_PATIENCE > 0, stops training after that many evaluations without improvement."""
+
+    def __init__(self, period: int, eval_fn, best_metric: str = "bbox/AP50", mode: str = "max", patience: int = 0):
+        if mode not in ("max", "min"):
+            raise ConfigError(f"TEST.BEST_MODE: expected 'max' or 'min', found {mode!r}")
+        self.period = period
+        self.eval_fn = eval_fn
+        self.best_metric, self.mode, self.patience = best_metric, mode, patience
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.last_eval_iter = -1
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def _run(self) -> None:
+        self.last_eval_iter = self.trainer.iter
+        results = self.eval_fn()
+        for k, v in results.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.trainer.storage.put_scalar(k, v, smooth=False)
+        value = results.get(self.best_metric)
+        if value is None or not math.isfinite(value):
+            logger.warning("TEST.BEST_METRIC %r is not among the validation results (%s); no model_best.pth",
+                           self.best_metric, ", ".join(sorted(results)[:12]))
+            return
+        if self._improved(value):
+            self.best, self.bad_evals = value, 0
+            if comm.is_main_process():
+                self.trainer.save("model_best.pth", update_last=False,
+                                  extra={"best_metric": self.best_metric, "best_value": value})
+            logger.info("New best %s = %.4f at iteration %d (model_best.pth)", self.best_metric, value,
+                        self.trainer.iter)
+        else:
+            self.bad_evals += 1
+            if self.patience and self.bad_evals >= self.patience:
+                logger.info("Early stopping: %s has not improved on %.4f for %d evaluations",
+                            self.best_metric, self.best, self.bad_evals)
+                self.trainer.stop_requested = True
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if self.period > 0 and (it + 1) % self.period == 0 and it < self.trainer.max_iter - 1:
+            self._run()
+
+    def after_train(self) -> None:
+        if self.last_eval_iter != self.trainer.iter:
+            self._run()
+
+
+class Trainer:
+    """One loop: data → losses → backward (AMP on CUDA) → clip → step; hooks write, checkpoint, evaluate."""
+
+    def __init__(self, cfg, resume: bool = False):
+        from meddet.modeling import build_model, resolve_device
+        from meddet.modeling.checkpoint import load_checkpoint_for_resume, load_weights
+
+        cfg = cfg.clone()
+        cfg.defrost()
+        self.output_dir = Path(cfg.OUTPUT_DIR)
+        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
+        ckpt = last_checkpoint_path(self.output_dir) if resume else None
+        if resume and ckpt is None:
+            logger.warning("--resume: no checkpoint in %s; starting from iteration 0", self.output_dir)
+        if not resume and (self.output_dir / LAST_CHECKPOINT).exists():
+            raise ConfigError(
+                f"OUTPUT_DIR {self.output_dir} already holds a run (last_checkpoint); pass --resume to "
+                "continue it, or choose another OUTPUT_DIR (nothing is overwritten)"
+            )
+        # On resume keep the seed of the run being continued, so the data order goes on unchanged.
+        if ckpt is not None and (self.output_dir / "config.yaml").is_file():
+            from meddet.config import get_cfg
+
+            prev = get_cfg()
+            prev.merge_from_file(str(self.output_dir / "config.yaml"))
+            if cfg.SEED < 0 or cfg.SEED != prev.SEED:
+                cfg.SEED = prev.SEED
+        cfg.SEED = seed_all(int(cfg.SEED) + 0)
+
+        # Class names from the training data when the config has none (saved with the run).
+        from meddet.data.dataset import build_train_loader, load_records
+
+        if not cfg.DATASETS.TRAIN:
+            raise ConfigError("DATASETS.TRAIN: no training COCO file given")
+        _, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
+        if cfg.DATASETS.CLASS_NAMES and list(cfg.DATASETS.CLASS_NAMES) != names:
+            raise ConfigError(
+                f"DATASETS.CLASS_NAMES {list(cfg.DATASETS.CLASS_NAMES)} differ from the training data's "
+                f"categories {names}"
+            )
+        cfg.DATASETS.CLASS_NAMES = names
+        if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(names):
+            raise ConfigError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but the training data "
+                f"has {len(names)} categories {names}"
+            )
+        cfg.freeze()
+        self.cfg = cfg
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+
+        self.device = resolve_device(cfg.MODEL.DEVICE)
+        self.model = build_model(cfg).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.amp = bool(cfg.SOLVER.AMP.ENABLED) and self.device.type == "cuda"
+        if cfg.SOLVER.AMP.ENABLED and not self.amp:
+            logger.info("SOLVER.AMP.ENABLED is set but the device is %s: AMP runs only on CUDA", self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+        self.start_iter = 0
+        self._resume_rng: torch.Tensor | None = None
+        if ckpt is not None:
+            last = load_checkpoint_for_resume(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
+            self._resume_rng = torch.get_rng_state()  # as saved; re-applied once the data iterator exists
+            self.start_iter = last + 1
+            dropped = truncate_metrics(self.output_dir / "metrics.json", last)
+            logger.info("Resuming from %s at iteration %d%s", ckpt, self.start_iter,
+                        f" ({dropped} metrics lines after it dropped: they are re-run)" if dropped else "")
+        elif cfg.MODEL.WEIGHTS:
+            load_weights(self.model, cfg.MODEL.WEIGHTS)
+
+        self.train_loader, _ = build_train_loader(cfg, self.start_iter, self.rank, self.world_size)
+        self.storage = EventStorage(self.start_iter)
+        self.iter = self.start_iter
+        self.stop_requested = False
+        self.hooks: list[HookBase] = []
+        self._build_hooks()
+
+    # ------------------------------------------------------------------ hooks
+    def _build_hooks(self) -> None:
+        cfg = self.cfg
+        if comm.is_main_process():
+            self.register(PeriodicCheckpointer(int(cfg.SOLVER.CHECKPOINT_PERIOD)))
+        if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.VAL:
+            self.register(EvalHook(int(cfg.TEST.EVAL_PERIOD), self.evaluate_val, cfg.TEST.BEST_METRIC,
+                                   cfg.TEST.BEST_MODE, int(cfg.TEST.EARLY_STOP_PATIENCE)))
+        if comm.is_main_process():
+            self.register(PeriodicWriter([JSONWriter(self.output_dir / "metrics.json"),
+                                          TensorboardWriter(self.output_dir)]))
+
+    def register(self, hook: HookBase) -> None:
+        hook.trainer = self
+        self.hooks.append(hook)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_val(self) -> dict:
+        """bbox/* metrics and validation losses (val/total_loss, val/loss_*) on DATASETS.VAL."""
+        from meddet.data.coco import load_coco
+        from meddet.data.dataset import build_test_loader
+        from meddet.evaluation import evaluate, evaluation_kwargs
+        from meddet.inference import inference_on_dataset
+
+        out: dict = {}
+        for path in self.cfg.DATASETS.VAL:
+            loader, _, _ = build_test_loader(self.cfg, path, with_boxes=True)
+            gt = load_coco(path)
+            cat_ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+            preds = inference_on_dataset(self.model, loader, cat_ids, desc="validation")
+            kwargs = evaluation_kwargs(self.cfg)
+            kwargs["bootstrap_samples"] = 0  # CIs belong to the final evaluation, not to every period
+            metrics = evaluate(gt, preds, None, **kwargs)
+            out.update({k: v for k, v in metrics.items() if k.startswith("bbox/")})
+            out.update(self.validation_loss(loader))
+            logger.info("Validation on %s at iteration %d: AP %.2f, AP50 %.2f, loss %.4f", path, self.iter,
+                        metrics.get("bbox/AP", float("nan")), metrics.get("bbox/AP50", float("nan")),
+                        out.get("val/total_loss", float("nan")))
+        return out
+
+    @torch.no_grad()
+    def validation_loss(self, loader) -> dict:
+        """Mean training losses on a loader, with normalization layers in eval mode (no statistics update)."""
+        model = self.model
+        was_training = model.training
+        model.train()
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        # fork_rng: proposal sampling here must not shift the training run's random stream
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for batch in loader:
+                batch = [b for b in batch if len(b["boxes"])]
+                if not batch:
+                    continue
+                losses = model(batch)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+                n += len(batch)
+        model.train(was_training)
+        if not n:
+            return {}
+        out = {f"val/{k}": v / n for k, v in sums.items()}
+        out["val/total_loss"] = sum(sums.values()) / n
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, name: str, update_last: bool = True, extra: dict | None = None) -> Path:
+        """Checkpoint with model, optimizer, scheduler, scaler, iteration and the torch RNG state (so a
+        resumed run draws the same proposals/samples as an uninterrupted one)."""
+        from meddet.modeling.checkpoint import save_checkpoint
+
+        path = self.output_dir / name
+        meta = {"class_names": list(self.cfg.DATASETS.CLASS_NAMES), "rng_torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            meta["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        meta.update(extra or {})
+        save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, iteration=self.iter,
+                        extra=meta)
+        if update_last:
+            tmp = self.output_dir / f".{LAST_CHECKPOINT}.tmp"
+            tmp.write_text(name, encoding="utf-8")
+            os.replace(tmp, self.output_dir / LAST_CHECKPOINT)
+        logger.info("Saved checkpoint %s (iteration %d)", path, self.iter)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def run_step(self, data_iter) -> None:
+        t0 = time.perf_counter()
+        batch = next(data_iter)
+        data_time = time.perf_counter() - t0
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            losses = self.model(batch)
+        total = sum(losses.values())
+        loss_values = {k: float(v.detach()) for k, v in losses.items()}
+        total_value = float(total.detach())
+        if not math.isfinite(total_value):
+            raise FloatingPointError(
+                f"loss became {total_value} at iteration {self.iter} (losses: {loss_values}); lower "
+                "SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS, or check MODEL.RESNETS.NORM / MODEL.PIXEL_STD"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        clip = self.cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            if clip.CLIP_TYPE == "norm":
+                torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
+            elif clip.CLIP_TYPE == "value":
+                torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
+            else:
+                raise ConfigError(
+                    f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: expected 'value' or 'norm', found {clip.CLIP_TYPE!r}"
+                )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        step_time = time.perf_counter() - t0
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.storage.put_scalars(total_loss=total_value, **loss_values, time=step_time, data_time=data_time)
+        self.storage.put_scalar("lr", lr, smooth=False)
+        remaining = self.max_iter - self.iter - 1
+        self.storage.put_scalar("eta_seconds", remaining * (self.storage.median("time") or 0.0), smooth=False)
+
+    def train(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if comm.is_main_process():
+            save_config(self.cfg, self.output_dir / "config.yaml")
+        logger.info("Training %s from iteration %d to %d on %s (output: %s)", self.cfg.MODEL.ENGINE,
+                    self.start_iter, self.max_iter, self.device, self.output_dir)
+        if self.start_iter >= self.max_iter:
+            logger.info("Nothing to do: the run already reached SOLVER.MAX_ITER %d", self.max_iter)
+            return
+        self.model.train()
+        for h in self.hooks:
+            h.before_train()
+        data_iter = iter(self.train_loader)  # draws a seed from the torch RNG, in a fresh run as on resume
+        if self._resume_rng is not None:
+            torch.set_rng_state(self._resume_rng)
+        bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                   mininterval=2, disable=not comm.is_main_process())
+        start = time.perf_counter()
+        try:
+            for self.iter in range(self.start_iter, self.max_iter):
+                self.storage.iter = self.iter
+                self.run_step(data_iter)
+                for h in self.hooks:
+                    h.after_step()
+                if self.stop_requested:
+                    break
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.storage.median('total_loss'):.3f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+        finally:
+            bar.close()
+        for h in self.hooks:
+            h.after_train()
+        elapsed = time.perf_counter() - start
+        logger.info("Training finished: %d iterations in %s (%.3f s/it)", self.max_iter - self.start_iter,
+                    datetime.timedelta(seconds=int(elapsed)), elapsed / max(self.max_iter - self.start_iter, 1))
+        dt, t = self.storage.median("data_time"), self.storage.median("time")
+        if dt is not None and t and dt / t > 0.2:
+            logger.warning("Data loading took %.0f%% of each iteration: raise DATALOADER.NUM_WORKERS or "
+                           "pre-convert images to smaller PNGs", 100 * dt / t)
+
+
+def train(cfg, resume: bool = False) -> Path:
+    """Train per `cfg`; returns the output folder. Raises MeddetError on bad config/data."""
+    trainer = Trainer(cfg, resume=resume)
+    trainer.train()
+    return trainer.output_dir
+
+
+__all__ = ["Trainer", "HookBase", "train", "seed_all", "last_checkpoint_path", "MeddetError"]

@@ -1,0 +1,134 @@
+"""Comparing runs (``-c compare RUN…``): the headline metrics of several run folders side by side.
+
+Each run folder holds ``eval/metrics.json`` (written by ``-c evaluate``); an evaluation folder
+itself (holding a flat ``metrics.json``) is accepted too. The run's name is the last part of
+``OUTPUT_DIR`` in its ``config.yaml`` (the name it was trained under), else the folder's name;
+clashing names get their folder path instead. Rates are fractions (COCO AP included).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from meddet.errors import DataError
+
+__all__ = ["HEADLINE_METRICS", "compare", "format_comparison", "write_comparison"]
+
+# Column name -> (metrics.json key, scale to a fraction).
+HEADLINE_METRICS: dict[str, tuple[str, float]] = {
+    "mAP50-95": ("bbox/AP", 0.01),
+    "mAP50": ("bbox/AP50", 0.01),
+    "mAP50 CI low": ("ci95_low/bbox/AP50", 0.01),
+    "mAP50 CI high": ("ci95_high/bbox/AP50", 0.01),
+    "mAP75": ("bbox/AP75", 0.01),
+    "P": ("prf1/precision", 1.0),
+    "R": ("prf1/recall", 1.0),
+    "F1": ("prf1/F1", 1.0),
+    "macro F1": ("prf1/macro_F1", 1.0),
+    "macro F1 (opt)": ("prf1_opt/macro_F1", 1.0),
+    "sens@1FP": ("froc/sens@1fp", 1.0),
+    "CPM": ("froc/cpm", 1.0),
+    "image AUC": ("image/auc", 1.0),
+}
+# Interval bounds are shown but not ranked (higher is better for every other column).
+_UNRANKED = {"mAP50 CI low", "mAP50 CI high"}
+
+
+def _metrics_file(run: Path) -> Path:
+    for p in (run / "eval" / "metrics.json", run / "metrics.json"):
+        if p.is_file():
+            return p
+    raise DataError(f"{run}: no eval/metrics.json (run `detectron.py -c evaluate` on this run first)")
+
+
+def _read_metrics(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not an evaluation metrics.json ({e.msg} at line {e.lineno}; a training "
+                        "metrics.json holds JSON lines — point at the run folder, whose eval/ holds the "
+                        "evaluation)") from None
+    if not isinstance(data, dict) or "bbox/AP" not in data:
+        raise DataError(f"{path}: expected the evaluation's flat metrics dict with 'bbox/AP'")
+    return data
+
+
+def _run_name(run: Path) -> str:
+    cfg = run / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        try:
+            out = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("OUTPUT_DIR")
+        except (yaml.YAMLError, AttributeError):
+            out = None
+        if isinstance(out, str) and Path(out).name:
+            return Path(out).name
+    return run.resolve().name
+
+
+def compare(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per run: ``run``, ``path``, ``images`` and the `HEADLINE_METRICS` columns
+    (NaN where a run lacks a metric, e.g. evaluated before FROC existed)."""
+    if not run_dirs:
+        raise DataError("compare: no run folder given")
+    rows = []
+    for r in run_dirs:
+        run = Path(r)
+        if not run.is_dir():
+            raise DataError(f"{run}: run folder not found")
+        m = _read_metrics(_metrics_file(run))
+        row = {"run": _run_name(run), "path": str(run), "images": m.get("gt/images", float("nan"))}
+        for col, (key, scale) in HEADLINE_METRICS.items():
+            v = m.get(key)
+            row[col] = float(v) * scale if isinstance(v, (int, float)) else float("nan")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    dup = df["run"].duplicated(keep=False)
+    df.loc[dup, "run"] = df.loc[dup, "path"]
+    return df
+
+
+def format_comparison(df: pd.DataFrame, digits: int = 3) -> str:
+    """Text table of `compare`'s frame (without the path column); the best value of each
+    metric column is marked with ``*``."""
+    cols = [c for c in df.columns if c != "path"]
+    cells = []
+    best = {}
+    for c in cols:
+        if c in HEADLINE_METRICS and c not in _UNRANKED and df[c].notna().any():
+            best[c] = df[c].max()
+    for _, row in df.iterrows():
+        line = []
+        for c in cols:
+            v = row[c]
+            if isinstance(v, float):
+                s = "-" if math.isnan(v) else (str(int(v)) if c == "images" else f"{v:.{digits}f}")
+                if c in best and not math.isnan(v) and np.isclose(v, best[c]) and len(df) > 1:
+                    s += "*"
+            else:
+                s = str(v)
+            line.append(s)
+        cells.append(line)
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+
+    def fmt(items: Sequence[str]) -> str:
+        return "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(items, widths)))
+
+    return "\n".join([fmt(cols), fmt(["-" * w for w in widths]), *[fmt(r) for r in cells]])
+
+
+def write_comparison(df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``compare.csv`` and ``compare.txt`` (the text table) in `out_dir`; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, txt = out / "compare.csv", out / "compare.txt"
+    df.to_csv(csv, index=False, na_rep="NaN")
+    txt.write_text(format_comparison(df) + "\n", encoding="utf-8")
+    return csv, txt

@@ -1,0 +1,466 @@
+"""The torchvision engine: torchvision's Faster R-CNN with a ResNet-FPN backbone, built from
+detectron2's config keys and speaking meddet's model interface.
+
+Everything torchvision-specific stays here: RGB channel order, the 0 = background class index,
+torchvision's loss names and its (disabled) internal resize. Parameter names are torchvision's own
+(``backbone.body.*``, ``backbone.fpn.*``, ``rpn.*``, ``roi_heads.*``), so a torchvision
+``fasterrcnn_resnet50_fpn`` state dict fits a model built with the matching keys.
+
+Where torchvision cannot do what a key asks, building fails with a ModelError naming the key.
+A few detectron2 details have no torchvision switch and are not configurable here:
+ResNet blocks put the stride in the 3x3 conv (``MODEL.RESNETS.STRIDE_IN_1X1`` is not used),
+the box pooler is ROIAlign without ROIAlignV2's half-pixel shift, and the box-regression losses
+are torchvision's smooth-L1 (``*.SMOOTH_L1_BETA`` is not used).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import (
+    FasterRCNN,
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
+from yacs.config import CfgNode
+
+from meddet.errors import DataError, ModelError
+
+logger = logging.getLogger(__name__)
+
+ENGINE_NAME = "torchvision"
+
+# depth -> (block, blocks per stage)
+_RESNET_LAYOUTS: dict[int, tuple[type[nn.Module], list[int]]] = {
+    18: (resnet.BasicBlock, [2, 2, 2, 2]),
+    34: (resnet.BasicBlock, [3, 4, 6, 3]),
+    50: (resnet.Bottleneck, [3, 4, 6, 3]),
+    101: (resnet.Bottleneck, [3, 4, 23, 3]),
+    152: (resnet.Bottleneck, [3, 8, 36, 3]),
+}
+# detectron2 stage names -> torchvision ResNet modules, in FREEZE_AT order (1 = stem, 2 = res2, ...)
+_STAGES: list[tuple[str, ...]] = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+_FEATURES = ["res2", "res3", "res4", "res5"]
+_RPN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+_ROI_FEATURES = ["p2", "p3", "p4", "p5"]
+# torchvision loss name -> detectron2 loss name
+_LOSS_NAMES = {
+    "loss_classifier": "loss_cls",
+    "loss_box_reg": "loss_box_reg",
+    "loss_objectness": "loss_rpn_cls",
+    "loss_rpn_box_reg": "loss_rpn_loc",
+}
+
+
+def _norm_layer(key: str, norm: str) -> Callable[[int], nn.Module]:
+    """detectron2 norm name -> a constructor taking the channel count."""
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d
+    if norm in ("BN", "SyncBN"):  # SyncBN: converted after building when running distributed
+        return nn.BatchNorm2d
+    if norm == "GN":
+        return lambda channels: nn.GroupNorm(32, channels)
+    raise ModelError(
+        f"{key}: {norm!r} is not supported by the torchvision engine; "
+        "expected one of 'FrozenBN', 'BN', 'GN', 'SyncBN'"
+    )
+
+
+def _expect(key: str, value: Any, allowed: Sequence[Any], why: str = "") -> None:
+    if value not in allowed:
+        shown = ", ".join(repr(a) for a in allowed)
+        raise ModelError(
+            f"{key}: {value!r} is not supported by the torchvision engine; expected {shown}"
+            + (f" ({why})" if why else "")
+        )
+
+
+def _check_unsupported(cfg: CfgNode) -> None:
+    """Refuse detectron2 options the torchvision Faster R-CNN cannot build."""
+    m = cfg.MODEL
+    _expect("MODEL.META_ARCHITECTURE", m.META_ARCHITECTURE, ["GeneralizedRCNN"])
+    _expect("MODEL.BACKBONE.NAME", m.BACKBONE.NAME, ["build_resnet_fpn_backbone"])
+    _expect("MODEL.PROPOSAL_GENERATOR.NAME", m.PROPOSAL_GENERATOR.NAME, ["RPN"])
+    _expect("MODEL.RPN.HEAD_NAME", m.RPN.HEAD_NAME, ["StandardRPNHead"])
+    _expect("MODEL.ANCHOR_GENERATOR.NAME", m.ANCHOR_GENERATOR.NAME, ["DefaultAnchorGenerator"])
+    _expect("MODEL.ROI_HEADS.NAME", m.ROI_HEADS.NAME, ["StandardROIHeads"])
+    _expect("MODEL.ROI_BOX_HEAD.NAME", m.ROI_BOX_HEAD.NAME, ["FastRCNNConvFCHead"])
+    _expect("MODEL.RESNETS.OUT_FEATURES", list(m.RESNETS.OUT_FEATURES), [_FEATURES])
+    _expect("MODEL.FPN.IN_FEATURES", list(m.FPN.IN_FEATURES), [_FEATURES])
+    _expect("MODEL.RPN.IN_FEATURES", list(m.RPN.IN_FEATURES), [_RPN_FEATURES])
+    _expect("MODEL.ROI_HEADS.IN_FEATURES", list(m.ROI_HEADS.IN_FEATURES), [_ROI_FEATURES])
+    _expect("MODEL.FPN.FUSE_TYPE", m.FPN.FUSE_TYPE, ["sum"])
+    _expect("MODEL.RESNETS.STEM_OUT_CHANNELS", m.RESNETS.STEM_OUT_CHANNELS, [64])
+    _expect("MODEL.RESNETS.RES5_DILATION", m.RESNETS.RES5_DILATION, [1])
+    if any(m.RESNETS.DEFORM_ON_PER_STAGE):
+        raise ModelError(
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE: {list(m.RESNETS.DEFORM_ON_PER_STAGE)} asks for deformable "
+            "convolutions, which the torchvision engine does not build; expected all False"
+        )
+    _expect("MODEL.ANCHOR_GENERATOR.OFFSET", m.ANCHOR_GENERATOR.OFFSET, [0.0])
+    _expect("MODEL.RPN.BOUNDARY_THRESH", m.RPN.BOUNDARY_THRESH, [-1])
+    _expect("MODEL.RPN.BBOX_REG_WEIGHTS", tuple(m.RPN.BBOX_REG_WEIGHTS), [(1.0, 1.0, 1.0, 1.0)])
+    _expect("MODEL.RPN.BBOX_REG_LOSS_TYPE", m.RPN.BBOX_REG_LOSS_TYPE, ["smooth_l1"])
+    _expect("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", m.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE, ["smooth_l1"])
+    _expect("MODEL.ROI_BOX_HEAD.POOLER_TYPE", m.ROI_BOX_HEAD.POOLER_TYPE, ["ROIAlignV2", "ROIAlign"])
+    _expect("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", m.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG, [False])
+    _expect("MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", m.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES, [False])
+    _expect(
+        "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT",
+        m.ROI_HEADS.PROPOSAL_APPEND_GT,
+        [True],
+        "torchvision always adds the ground-truth boxes to the proposals",
+    )
+    _expect("INPUT.FORMAT", cfg.INPUT.FORMAT, ["BGR", "RGB"])
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        values = list(m[key])
+        if len(values) != 3:
+            raise ModelError(f"MODEL.{key}: {values} has {len(values)} values; expected 3 (one per channel)")
+    if min(m.PIXEL_STD) <= 0:
+        raise ModelError(f"MODEL.PIXEL_STD: {list(m.PIXEL_STD)} has a value <= 0; expected positive values")
+    if int(m.ROI_HEADS.NUM_CLASSES) < 1:
+        raise ModelError(f"MODEL.ROI_HEADS.NUM_CLASSES: {m.ROI_HEADS.NUM_CLASSES}; expected at least 1")
+
+
+def _freeze_stages(body: resnet.ResNet, freeze_at: int) -> None:
+    """detectron2's freeze: stop gradients and turn BatchNorm into FrozenBatchNorm2d in the stem
+    (freeze_at >= 1) and in res2..res5 (freeze_at >= 2..5)."""
+    for names in _STAGES[:freeze_at]:
+        for name in names:
+            module = getattr(body, name)
+            for p in module.parameters():
+                p.requires_grad_(False)
+            setattr(body, name, _convert_frozen_batchnorm(module))
+
+
+def _convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace BatchNorm2d (and SyncBatchNorm) layers by FrozenBatchNorm2d with the same statistics."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        if module.track_running_stats:
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        new = _convert_frozen_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def _build_backbone(cfg: CfgNode) -> BackboneWithFPN:
+    r = cfg.MODEL.RESNETS
+    depth = int(r.DEPTH)
+    if depth not in _RESNET_LAYOUTS:
+        raise ModelError(
+            f"MODEL.RESNETS.DEPTH: {depth} is not supported; expected one of {sorted(_RESNET_LAYOUTS)}"
+        )
+    block, layers = _RESNET_LAYOUTS[depth]
+    groups, width = int(r.NUM_GROUPS), int(r.WIDTH_PER_GROUP)
+    if block is resnet.BasicBlock and (groups, width) != (1, 64):
+        raise ModelError(
+            f"MODEL.RESNETS.NUM_GROUPS/WIDTH_PER_GROUP: {groups}/{width} with DEPTH {depth}; "
+            "ResNet-18/34 blocks need 1/64 (grouped convolutions need DEPTH 50 or more)"
+        )
+    freeze_at = int(cfg.MODEL.BACKBONE.FREEZE_AT)
+    if freeze_at < 0:
+        raise ModelError(
+            f"MODEL.BACKBONE.FREEZE_AT: {freeze_at}; expected 0 (nothing frozen), 1 (stem), 2 (stem+res2) ... 5"
+        )
+    body = resnet.ResNet(
+        block, layers, groups=groups, width_per_group=width, norm_layer=_norm_layer("MODEL.RESNETS.NORM", r.NORM)
+    )
+    _freeze_stages(body, min(freeze_at, len(_STAGES)))
+    fpn_norm = cfg.MODEL.FPN.NORM
+    fpn_norm_layer = _norm_layer("MODEL.FPN.NORM", fpn_norm) if fpn_norm else None
+    in_channels = [64 * block.expansion * 2**i for i in range(4)]
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{i + 1}": str(i) for i in range(4)},
+        in_channels_list=in_channels,
+        out_channels=int(cfg.MODEL.FPN.OUT_CHANNELS),
+        norm_layer=fpn_norm_layer,
+    )
+
+
+def _per_level(key: str, values: Sequence[Sequence[float]], levels: int) -> list[tuple[float, ...]]:
+    """detectron2 anchor lists: one list per level, or a single list used for every level."""
+    lists = [tuple(float(v) for v in level) for level in values]
+    if len(lists) == 1:
+        lists = lists * levels
+    if len(lists) != levels or not all(lists):
+        raise ModelError(
+            f"{key}: {[list(v) for v in values]}; expected {levels} non-empty lists (one per level "
+            f"{', '.join(_RPN_FEATURES)}) or a single list for all levels"
+        )
+    return lists
+
+
+def _build_anchor_generator(cfg: CfgNode) -> AnchorGenerator:
+    a = cfg.MODEL.ANCHOR_GENERATOR
+    levels = len(_RPN_FEATURES)
+    sizes = _per_level("MODEL.ANCHOR_GENERATOR.SIZES", a.SIZES, levels)
+    ratios = _per_level("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", a.ASPECT_RATIOS, levels)
+    counts = {len(s) * len(r) for s, r in zip(sizes, ratios)}
+    if len(counts) != 1:
+        raise ModelError(
+            f"MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS: {[list(s) for s in sizes]} x {[list(r) for r in ratios]} "
+            "give a different number of anchors per level; the shared RPN head needs the same number on every level"
+        )
+    return AnchorGenerator(sizes=tuple(sizes), aspect_ratios=tuple(ratios))
+
+
+def _iou_thresholds(key: str, values: Sequence[float]) -> tuple[float, float]:
+    """detectron2 IOU_THRESHOLDS -> (background below, foreground at or above)."""
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2 and values[0] <= values[1]:
+        return values[0], values[1]
+    raise ModelError(f"{key}: {values}; expected [t] or [background_below, foreground_from] in increasing order")
+
+
+def _rpn_conv_depth(cfg: CfgNode, channels: int) -> int:
+    dims = [int(d) for d in cfg.MODEL.RPN.CONV_DIMS]
+    if not dims or any(d not in (-1, channels) for d in dims):
+        raise ModelError(
+            f"MODEL.RPN.CONV_DIMS: {dims}; the torchvision RPN head keeps the FPN width, expected a list of "
+            f"-1 (or {channels}), one per conv"
+        )
+    return len(dims)
+
+
+def _build_box_head(cfg: CfgNode, channels: int) -> tuple[nn.Module, int]:
+    h = cfg.MODEL.ROI_BOX_HEAD
+    res = int(h.POOLER_RESOLUTION)
+    num_conv, num_fc, fc_dim = int(h.NUM_CONV), int(h.NUM_FC), int(h.FC_DIM)
+    if num_fc < 1:
+        raise ModelError(f"MODEL.ROI_BOX_HEAD.NUM_FC: {num_fc}; expected at least 1")
+    if (num_conv, num_fc, h.NORM) == (0, 2, ""):
+        # torchvision's own head (same layers; parameter names of torchvision's Faster R-CNN)
+        return TwoMLPHead(channels * res * res, fc_dim), fc_dim
+    norm = _norm_layer("MODEL.ROI_BOX_HEAD.NORM", h.NORM) if h.NORM else None
+    head = FastRCNNConvFCHead(
+        (channels, res, res), [int(h.CONV_DIM)] * num_conv, [fc_dim] * num_fc, norm_layer=norm
+    )
+    return head, fc_dim
+
+
+class MeddetRCNNTransform(GeneralizedRCNNTransform):
+    """torchvision's input transform without its resize: puts the channels in RGB order, normalizes with
+    the config's pixel mean/std and pads the batch to the size divisibility. Images keep their size,
+    so boxes stay in the pixels of the tensor the data loader produced."""
+
+    def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], flip_channels: bool,
+                 size_divisible: int = 32) -> None:
+        super().__init__(
+            min_size=1, max_size=1, image_mean=list(pixel_mean), image_std=list(pixel_std),
+            size_divisible=size_divisible,
+        )
+        self.flip_channels = flip_channels
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """(image - mean) / std on the 0..255 scale, after BGR -> RGB when the input is BGR."""
+        if self.flip_channels:
+            image = image.flip(0)
+        return super().normalize(image)
+
+    def resize(
+        self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """No resize: the data loader already did the shortest-edge resize."""
+        return image, target
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(flip_bgr_to_rgb={self.flip_channels}, mean={self.image_mean}, "
+            f"std={self.image_std}, no resize, pad to multiple of {self.size_divisible})"
+        )
+
+
+class TorchvisionRCNN(FasterRCNN):
+    """torchvision Faster R-CNN with meddet's batch interface.
+
+    ``model(batch)`` with ``batch`` a list of dicts ``{"image": CHW tensor (0..255, INPUT.FORMAT order),
+    "height", "width", "boxes" (N,4 xyxy in the tensor's pixels), "classes" (N,) in 0..K-1}``:
+    in training mode returns ``{"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}``; in eval mode
+    one dict per image ``{"boxes" (xyxy in the original height x width), "scores", "classes" (0..K-1)}``.
+    """
+
+    engine = ENGINE_NAME
+
+    def __init__(self, cfg: CfgNode) -> None:
+        _check_unsupported(cfg)
+        m = cfg.MODEL
+        backbone = _build_backbone(cfg)
+        channels = backbone.out_channels
+        anchor_generator = _build_anchor_generator(cfg)
+        rpn_head = RPNHead(
+            channels, anchor_generator.num_anchors_per_location()[0], conv_depth=_rpn_conv_depth(cfg, channels)
+        )
+        rpn_bg, rpn_fg = _iou_thresholds("MODEL.RPN.IOU_THRESHOLDS", m.RPN.IOU_THRESHOLDS)
+        roi_bg, roi_fg = _iou_thresholds("MODEL.ROI_HEADS.IOU_THRESHOLDS", m.ROI_HEADS.IOU_THRESHOLDS)
+        box_head, representation = _build_box_head(cfg, channels)
+        num_classes = int(m.ROI_HEADS.NUM_CLASSES)
+        flip = cfg.INPUT.FORMAT == "BGR"
+        mean, std = list(m.PIXEL_MEAN), list(m.PIXEL_STD)
+        if flip:
+            mean, std = mean[::-1], std[::-1]
+        super().__init__(
+            backbone,
+            num_classes=None,
+            rpn_anchor_generator=anchor_generator,
+            rpn_head=rpn_head,
+            rpn_pre_nms_top_n_train=int(m.RPN.PRE_NMS_TOPK_TRAIN),
+            rpn_pre_nms_top_n_test=int(m.RPN.PRE_NMS_TOPK_TEST),
+            rpn_post_nms_top_n_train=int(m.RPN.POST_NMS_TOPK_TRAIN),
+            rpn_post_nms_top_n_test=int(m.RPN.POST_NMS_TOPK_TEST),
+            rpn_nms_thresh=float(m.RPN.NMS_THRESH),
+            rpn_fg_iou_thresh=rpn_fg,
+            rpn_bg_iou_thresh=rpn_bg,
+            rpn_batch_size_per_image=int(m.RPN.BATCH_SIZE_PER_IMAGE),
+            rpn_positive_fraction=float(m.RPN.POSITIVE_FRACTION),
+            box_roi_pool=MultiScaleRoIAlign(
+                featmap_names=["0", "1", "2", "3"],
+                output_size=int(m.ROI_BOX_HEAD.POOLER_RESOLUTION),
+                sampling_ratio=int(m.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO),
+            ),
+            box_head=box_head,
+            box_predictor=FastRCNNPredictor(representation, num_classes + 1),  # + background
+            box_score_thresh=float(m.ROI_HEADS.SCORE_THRESH_TEST),
+            box_nms_thresh=float(m.ROI_HEADS.NMS_THRESH_TEST),
+            box_detections_per_img=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+            box_fg_iou_thresh=roi_fg,
+            box_bg_iou_thresh=roi_bg,
+            box_batch_size_per_image=int(m.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
+            box_positive_fraction=float(m.ROI_HEADS.POSITIVE_FRACTION),
+            bbox_reg_weights=tuple(float(w) for w in m.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+        )
+        self.transform = MeddetRCNNTransform(mean, std, flip_channels=flip)
+        self.num_classes = num_classes
+        self.input_format = cfg.INPUT.FORMAT
+        self._loss_weights = {
+            "loss_rpn_cls": float(m.RPN.LOSS_WEIGHT),
+            "loss_rpn_loc": float(m.RPN.LOSS_WEIGHT) * float(m.RPN.BBOX_REG_LOSS_WEIGHT),
+            "loss_cls": 1.0,
+            "loss_box_reg": float(m.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT),
+        }
+        if m.RESNETS.NORM == "SyncBN" or m.FPN.NORM == "SyncBN":
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                nn.SyncBatchNorm.convert_sync_batchnorm(self)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters; inputs are moved there."""
+        return next(self.parameters()).device
+
+    def forward(  # type: ignore[override]
+        self, batched_inputs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses (training mode) or detections in original-image pixels (eval mode); see the class doc."""
+        if isinstance(batched_inputs, Mapping) or len(batched_inputs) == 0:
+            found = "a single dict" if isinstance(batched_inputs, Mapping) else "an empty batch"
+            raise DataError(
+                f"model input: found {found}; expected a non-empty list of dicts with 'image' "
+                "(and 'boxes', 'classes' when training)"
+            )
+        device = self.device
+        images = [self._image(i, x).to(device, non_blocking=True) for i, x in enumerate(batched_inputs)]
+        if self.training:
+            targets = [self._target(i, x, images[i]) for i, x in enumerate(batched_inputs)]
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            losses = super().forward(images, targets)
+            return {name: losses[tv_name] * self._loss_weights[name] for tv_name, name in _LOSS_NAMES.items()}
+        detections = super().forward(images)
+        return [
+            self._postprocess(det, img.shape[-2:], x) for det, img, x in zip(detections, images, batched_inputs)
+        ]
+
+    @staticmethod
+    def _image(index: int, inputs: Mapping[str, Any]) -> Tensor:
+        image = inputs.get("image") if isinstance(inputs, Mapping) else None
+        if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            found = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise DataError(
+                f"model input batch[{index}]['image']: found {found}; expected a CHW tensor with 3 channels "
+                "(greyscale images as 3 equal channels)"
+            )
+        return image.float()
+
+    def _target(self, index: int, inputs: Mapping[str, Any], image: Tensor) -> dict[str, Tensor]:
+        where = f"model input batch[{index}]"
+        if "boxes" not in inputs or "classes" not in inputs:
+            raise DataError(f"{where}: training needs 'boxes' and 'classes'; found keys {sorted(inputs)}")
+        boxes = torch.as_tensor(inputs["boxes"], dtype=torch.float32).detach()
+        classes = torch.as_tensor(inputs["classes"]).detach()
+        if boxes.numel() == 0 and classes.numel() == 0:  # an image without objects
+            boxes, classes = boxes.reshape(0, 4), classes.reshape(0).long()
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise DataError(f"{where}['boxes']: shape {tuple(boxes.shape)}; expected (N, 4) xyxy")
+        if classes.dim() != 1 or classes.shape[0] != boxes.shape[0] or classes.is_floating_point():
+            raise DataError(
+                f"{where}['classes']: {classes.dtype} of shape {tuple(classes.shape)}; expected int64 of shape "
+                f"({boxes.shape[0]},), one class per box"
+            )
+        bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise DataError(
+                f"{where}['boxes'][{i}]: {boxes[i].tolist()}; expected x1 < x2 and y1 < y2 (finite, in the "
+                f"image tensor's {image.shape[-1]}x{image.shape[-2]} pixels)"
+            )
+        out_of_range = (classes < 0) | (classes >= self.num_classes)
+        if out_of_range.any():
+            raise DataError(
+                f"{where}['classes']: {classes[out_of_range].unique().tolist()}; expected values in "
+                f"0..{self.num_classes - 1} (MODEL.ROI_HEADS.NUM_CLASSES = {self.num_classes})"
+            )
+        return {"boxes": boxes, "labels": classes.long() + 1}  # torchvision: 0 = background
+
+    @staticmethod
+    def _postprocess(det: dict[str, Tensor], size: Sequence[int], inputs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """detectron2's detector_postprocess: scale boxes from the tensor's size to (height, width) and clip."""
+        in_h, in_w = int(size[0]), int(size[1])
+        out_h, out_w = int(inputs.get("height", in_h)), int(inputs.get("width", in_w))
+        boxes = det["boxes"]
+        if (out_h, out_w) != (in_h, in_w):
+            scale = boxes.new_tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
+            boxes = boxes * scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_h)
+        return {"boxes": boxes, "scores": det["scores"], "classes": det["labels"] - 1}
+
+
+def build_torchvision_model(cfg: CfgNode) -> TorchvisionRCNN:
+    """Build the torchvision Faster R-CNN ResNet-FPN described by ``cfg`` (random init, on the CPU)."""
+    model = TorchvisionRCNN(cfg)
+    if not cfg.MODEL.WEIGHTS and (cfg.MODEL.RESNETS.NORM == "FrozenBN" or cfg.MODEL.BACKBONE.FREEZE_AT > 0):
+        logger.warning(
+            "MODEL.WEIGHTS is empty (training from scratch) but MODEL.RESNETS.NORM is %s and "
+            "MODEL.BACKBONE.FREEZE_AT is %d: frozen layers keep their random initialisation; "
+            "from scratch use NORM BN or GN and FREEZE_AT 0",
+            cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
+        )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "Built torchvision Faster R-CNN R%d-FPN (%s, FREEZE_AT %d): %d classes, %.2fM parameters (%.2fM trainable)",
+        cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT, model.num_classes,
+        total / 1e6, trainable / 1e6,
+    )
+    return model

@@ -1,0 +1,221 @@
+"""Whole tasks behind `detectron.py -c evaluate|predict` (the CLI stays a thin argument parser)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from meddet.data.coco import load_coco, save_json_atomic
+from meddet.errors import ConfigError, DataError, MeddetError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
+
+
+def resolve_weights(cfg) -> str:
+    """MODEL.WEIGHTS, else the run's model_final.pth, else its last checkpoint."""
+    from meddet.engine import last_checkpoint_path
+
+    if cfg.MODEL.WEIGHTS:
+        return cfg.MODEL.WEIGHTS
+    final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
+    if final.is_file():
+        return str(final)
+    last = last_checkpoint_path(cfg.OUTPUT_DIR)
+    if last is not None:
+        return str(last)
+    raise ConfigError(
+        f"MODEL.WEIGHTS is empty and {cfg.OUTPUT_DIR} holds no model_final.pth or last_checkpoint; "
+        "give MODEL.WEIGHTS path/to/model.pth"
+    )
+
+
+def _check_out_dir(out_dir: Path, names: Sequence[str], overwrite: bool) -> None:
+    existing = [n for n in names if (out_dir / n).exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{out_dir} already holds {', '.join(existing)}; pass --overwrite to replace, or choose another --output"
+        )
+
+
+def _load_results(path: str | os.PathLike) -> list[dict]:
+    """A COCO-results JSON file ([{image_id, category_id, bbox, score}, ...]), checked."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: predictions file not found")
+    try:
+        predictions = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(predictions, list):
+        raise DataError(f"{p}: expected a COCO results list [{{image_id, category_id, bbox, score}}, ...]")
+    for i, d in enumerate(predictions):
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in d]
+        if missing:
+            raise DataError(f"{p}: entry {i} lacks {missing} (COCO results format expected)")
+    return predictions
+
+
+def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict] | str | os.PathLike,
+                         out_dir: str | os.PathLike) -> dict:
+    """Score COCO-results predictions (a list or a JSON file, from any detector) against a COCO file:
+    every view of the evaluator (COCO AP, per-class table, P/R/F1, confusion, curves, FROC, image-level ROC,
+    bootstrap CIs, error galleries, reports) under `out_dir`."""
+    from meddet.evaluation import evaluate, evaluation_kwargs
+
+    gt = load_coco(gt_path)
+    if not isinstance(predictions, list):
+        predictions = _load_results(predictions)
+    kwargs = evaluation_kwargs(cfg)
+    if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
+        kwargs["image_root"] = str(Path(gt_path).parent)
+    return evaluate(gt, predictions, out_dir, **kwargs)
+
+
+def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
+    """COCO results of the configured model on every image of a COCO file."""
+    from meddet.data.dataset import build_test_loader
+    from meddet.inference import Predictor, inference_on_dataset
+
+    gt = load_coco(gt_path)
+    cats = sorted(gt["categories"], key=lambda c: c["id"])
+    predictor = Predictor(cfg, weights=resolve_weights(cfg), class_names=[c["name"] for c in cats])
+    loader, _, _ = build_test_loader(cfg, str(gt_path))
+    return inference_on_dataset(predictor.model, loader, [c["id"] for c in cats], desc="predict")
+
+
+def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+               predictions: str | os.PathLike | None = None):
+    """Sweep score and NMS thresholds on the validation split without retraining; writes tune.csv and
+    tuned_config.yaml (a fragment to merge into predict / the web app's config)."""
+    from meddet.evaluation import tune, tune_kwargs
+
+    gt_path = gt_path or (cfg.DATASETS.VAL[0] if cfg.DATASETS.VAL else None)
+    if not gt_path:
+        raise ConfigError("nothing to tune on: set DATASETS.VAL or pass --gt COCO.json")
+    out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "tune")
+    if predictions:
+        preds = _load_results(predictions)
+    else:
+        # Permissive settings, so the sweep can only tighten them (see meddet.evaluation.tune).
+        loose = cfg.clone()
+        loose.defrost()
+        loose.MODEL.ROI_HEADS.NMS_THRESH_TEST = max(max(cfg.EVAL.TUNE_NMS_THRESHOLDS), 0.7)
+        loose.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.01
+        preds = predict_dataset(loose, gt_path)
+    result = tune(load_coco(gt_path), preds, out_dir, **tune_kwargs(cfg))
+    return result
+
+
+def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+                   overwrite: bool = True) -> dict:
+    """Predict on a COCO split with the configured model and run the whole evaluator on it."""
+    gt_path = gt_path or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if not gt_path:
+        raise ConfigError("nothing to evaluate on: set DATASETS.TEST or pass --gt COCO.json")
+    out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "eval")
+    _check_out_dir(out_dir, ["metrics.json"], overwrite)
+    preds = predict_dataset(cfg, gt_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_json_atomic(preds, out_dir / "coco_instances_results.json")
+    return evaluate_predictions(cfg, gt_path, preds, out_dir)
+
+
+@dataclass
+class PredictReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    results_json: Path | None = None
+
+
+def class_thresholds(cfg, num_classes: int, override: float | None = None) -> np.ndarray:
+    """Per-class score thresholds: `override`, else TEST.CLASS_SCORE_THRESH (from `-c tune`), else
+    TEST.SCORE_THRESH for every class."""
+    if override is not None:
+        return np.full(num_classes, float(override))
+    per_class = list(cfg.TEST.CLASS_SCORE_THRESH)
+    if per_class:
+        if len(per_class) != num_classes:
+            raise ConfigError(
+                f"TEST.CLASS_SCORE_THRESH has {len(per_class)} values; expected one per class ({num_classes})"
+            )
+        return np.asarray(per_class, dtype=float)
+    return np.full(num_classes, float(cfg.TEST.SCORE_THRESH))
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; folders searched recursively for images (PNG, JPEG, TIFF, DICOM)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: input not found (expected an image, a DICOM file or a folder)")
+    if not out:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    return out
+
+
+def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+            score_thresh: float | None = None, overwrite: bool = False) -> PredictReport:
+    """Predict on images/DICOMs/folders; writes predictions.json (COCO results, each entry also naming its
+    file and class), images.json (the images, categories and skipped files) and one annotated PNG per image.
+
+    A bad file is skipped and reported; the rest still run."""
+    from meddet.inference import Predictor
+    from meddet.visualize import draw_detections
+
+    files = collect_inputs(inputs)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, ["predictions.json"], overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(cfg, weights=resolve_weights(cfg))
+    names = predictor.class_names
+    thresh = class_thresholds(cfg, len(names), score_thresh)
+    report = PredictReport()
+    images, results, used = [], [], set()
+    from tqdm import tqdm
+
+    for image_id, f in enumerate(tqdm(files, desc="predict", dynamic_ncols=True, mininterval=2), start=1):
+        try:
+            image = predictor.read(f)
+        except MeddetError as e:
+            logger.error("skipped %s: %s", f, e)
+            report.skipped.append((str(f), str(e)))
+            continue
+        det = predictor(image)
+        keep = det["scores"] >= thresh[det["classes"]]
+        stem = f.stem
+        name, n = f"{stem}.png", 1
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}.png"
+        used.add(name)
+        drawn = draw_detections(image, det["boxes"][keep], det["scores"][keep], det["classes"][keep], names)
+        if not cv2.imwrite(str(out_dir / name), drawn):
+            raise DataError(f"{out_dir / name}: could not write the annotated PNG")
+        report.written.append(out_dir / name)
+        images.append({"id": image_id, "file_name": str(f), "height": int(image.shape[0]),
+                       "width": int(image.shape[1]), "annotated": name})
+        for (x1, y1, x2, y2), s, c in zip(det["boxes"][keep], det["scores"][keep], det["classes"][keep]):
+            results.append({"image_id": image_id, "file_name": str(f), "category_id": int(c) + 1,
+                            "category_name": names[int(c)],
+                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)})
+    report.results_json = out_dir / "predictions.json"
+    save_json_atomic(results, report.results_json, indent=1)
+    save_json_atomic(
+        {"images": images, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+         "score_thresh": thresh.tolist(), "skipped": [{"file": f, "reason": r} for f, r in report.skipped]},
+        out_dir / "images.json", indent=1,
+    )
+    return report

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny COCO datasets made on the fly, and a tiny-model config."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+# Two xdist workers on two cores: one thread each (more threads per worker oversubscribe the cores and
+# OpenMP's spinning makes every convolution many times slower). CLIs run by tests inherit this.
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_tiny_coco(root: Path, n_images: int = 8, size: int = 96, seed: int = 0, names=("square", "disc")) -> Path:
+    """PNG images with bright squares (class 1) and discs (class 2) on noise; returns the COCO path."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(n_images):
+        img = rng.integers(0, 40, (size, size), dtype=np.uint8)
+        for k in range(int(rng.integers(1, 3))):
+            cls = int(rng.integers(0, len(names)))
+            s = int(rng.integers(size // 6, size // 3))
+            x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
+            if cls == 0:
+                img[y : y + s, x : x + s] = 220
+            else:
+                cv2.circle(img, (x + s // 2, y + s // 2), s // 2, 160, -1)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cls + 1,
+                         "bbox": [x, y, s, s], "area": s * s, "iscrowd": 0})
+        name = f"images/img_{i:03d}.png"
+        cv2.imwrite(str(root / name), img)
+        images.append({"id": i + 1, "file_name": name, "height": size, "width": size, "patient_id": f"P{i // 2}"})
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+    path = root / "train.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+@pytest.fixture
+def tiny_coco(tmp_path) -> Path:
+    return make_tiny_coco(tmp_path / "data")
+
+
+TINY_MODEL_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.ENGINE", "torchvision",
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+    "MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "128",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "128",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+    "MODEL.ROI_HEADS.NUM_CLASSES", "2",
+    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
+    "INPUT.MIN_SIZE_TRAIN", "(96,)",
+    "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "96",
+    "INPUT.MAX_SIZE_TEST", "128",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.BASE_LR", "0.01",
+    "SOLVER.WARMUP_ITERS", "5",
+    "SOLVER.STEPS", "()",
+    "SEED", "7",
+]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_coco, tmp_path):
+    from meddet.config import load_config
+
+    return load_config(
+        str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+        TINY_MODEL_OPTS + ["DATASETS.TRAIN", f"('{tiny_coco}',)", "DATASETS.TEST", f"('{tiny_coco}',)",
+                           "OUTPUT_DIR", str(tmp_path / "run")],
+    )
