@@ -185,6 +185,11 @@ _C.TEST = CN()
 # Evaluate on DATASETS.VAL every N iterations (0 = never during training).
 _C.TEST.EVAL_PERIOD = 0
 _C.TEST.DETECTIONS_PER_IMAGE = 100
+# Validation during training (our keys): the metric model_best.pth follows, "max" or "min", and
+# early stopping after this many evaluations without improvement (0 = never stop early).
+_C.TEST.BEST_METRIC = "bbox/AP50"
+_C.TEST.BEST_MODE = "max"
+_C.TEST.EARLY_STOP_PATIENCE = 0
 # Score threshold for P/R/F1, the confusion matrix, image-level sensitivity/specificity, error
 # analysis and drawn predictions (our key).
 _C.TEST.SCORE_THRESH = 0.5
@@ -215,15 +220,22 @@ _C.EVAL.TUNE_OBJECTIVE = "f1"
 _C.EVAL.TUNE_TARGET_FPI = 1.0
 
 # ---------------------------------------------------------------------------- DICOM / pixels
+# How DICOM pixels become an image (meddet.io.read_dicom): Modality LUT/rescale, VOI LUT or
+# window, MONOCHROME1 inversion, normalization from statistics of the whole image (padding pixels
+# excluded), gamma, bit depth.
 _C.DICOM = CN()
 _C.DICOM.BIT_DEPTH = 8
-# Apply the VOI LUT sequence or window centre/width when present.
+# Apply the VOI LUT sequence, else window centre/width, when present.
 _C.DICOM.APPLY_VOI = True
+# Which of several VOI LUTs / windows to apply.
 _C.DICOM.WINDOW_INDEX = 0
-# "minmax" | "percentile" | "zscore" | "fixed" (see meddet.io.dicom.NORMALIZATIONS)
+# What maps to black / white: "minmax" (image min/max) | "percentile" (DICOM.PERCENTILES of the
+# image) | "zscore" (mean -/+ 3 std) | "fixed" (DICOM.FIXED_RANGE, else the file's full range)
 _C.DICOM.NORMALIZE = "minmax"
 # Low/high percentiles mapped to black/white by NORMALIZE "percentile".
-_C.DICOM.PERCENTILES = (0.5, 99.5)
+_C.DICOM.PERCENTILES = (1.0, 99.0)
+# (low, high) in the units after rescale / VOI for NORMALIZE "fixed"; () = the file's full range.
+_C.DICOM.FIXED_RANGE = ()
 # out = max * (x / max) ** GAMMA after normalization (< 1 brightens mid-tones).
 _C.DICOM.GAMMA = 0.8
 
