@@ -1,4 +1,5 @@
-"""CBIS-DDSM and box-CSV conversion to COCO, patient-level splits, and the convert_dataset.py CLI."""
+"""CBIS-DDSM (TCIA tree and JPEG re-release) and box-CSV conversion to COCO, splits, class
+presets, geometry options, and the convert_dataset.py CLI on a tree with every real-world quirk."""
 
 from __future__ import annotations
 
@@ -17,11 +18,20 @@ from scipy import ndimage
 
 from meddet.data.coco import load_coco
 from meddet.data.formats import ClassMapping, convert_box_csv, convert_cbis_ddsm
-from meddet.data.formats.cbis_ddsm import Abnormality, find_roi_mask, mask_boxes, read_cbis_csv, resolve_dicom_path
+from meddet.data.formats.cbis_ddsm import (
+    Abnormality,
+    _official_assignment,
+    find_roi_mask,
+    mask_boxes,
+    pick_roi_mask,
+    read_cbis_csv,
+    resolve_dicom_path,
+)
+from meddet.data.convert import ConversionReport
 from meddet.data.splits import split_by_patient
 from meddet.errors import ConfigError, DataError
 from meddet.io import PixelOptions, read_dicom
-from meddet.synth import encode_dicom, make_box_csv_dataset, make_cbis_ddsm, save_dicom
+from meddet.synth import encode_dicom, make_box_csv_dataset, make_cbis_ddsm, make_cbis_ddsm_jpeg, save_dicom
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (256, 160)
@@ -90,8 +100,22 @@ def test_roi_mask_is_told_from_the_crop_by_content(tmp_path, names):
     found = find_roi_mask(abn, tmp_path, (40, 30))
     np.testing.assert_array_equal(found, mask)
     assert sorted(mask_boxes(found)) == [[5, 10, 4, 10], [20, 30, 5, 3]]
-    with pytest.raises(DataError, match=r"test\.csv row 1: no ROI mask.*binary image of 50x30.*is 40x30"):
+    with pytest.raises(
+        DataError, match=r"test\.csv row 1 \(Mass-Training_P_00007_LEFT_CC_1\): no ROI mask.*binary image of 50x30.*is 40x30"
+    ):
         find_roi_mask(abn, tmp_path, (50, 30))
+
+
+def test_roi_mask_a_few_percent_off_the_mammogram_size_is_rescaled_with_a_warning(tmp_path):
+    mask = np.zeros((40, 30), bool)
+    mask[8:20, 4:10] = True
+    abn = _abnormality_folder(tmp_path, ("1-1.dcm", "1-2.dcm"), mask)
+    files = [(str(p), "") for p in sorted(tmp_path.rglob("*.dcm"))]
+    found, warning = pick_roi_mask(files, (42, 30), "row 1 (case X_1)")
+    assert found.shape == (42, 30) and len(mask_boxes(found)) == 1
+    np.testing.assert_allclose(mask_boxes(found)[0], [4, 8 * 1.05, 6, 12 * 1.05], atol=1)  # scaled by 42/40
+    assert "row 1 (case X_1)" in warning and "40x30" in warning and "42x30" in warning and "rescaled" in warning
+    assert find_roi_mask(abn, tmp_path, (41, 30)).shape == (41, 30)
 
 
 def test_csv_paths_resolve_in_renamed_download_layouts(tmp_path):
@@ -174,6 +198,10 @@ def test_cbis_conversion_classes_and_image_records(converted):
         np.testing.assert_array_equal(png, read_dicom(src))
         sources.add(src.name)
         assert im["official_split"] in ("train", "test")
+        rows = [a for a in synth["abnormalities"] if a["image"] == key]
+        assert im["assessment"] == max(a["assessment"] for a in rows)
+        assert im["breast_density"] in (1, 2, 3, 4) and im["pathology"] in ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK")
+        assert set(im["abnormality_types"]) == {"mass" if a["kind"] != "calcification" else "calcification" for a in rows}
     # the CSVs always say 000000.dcm; the folders sometimes hold 1-1.dcm
     assert sources == {"000000.dcm", "1-1.dcm"}
 
@@ -204,15 +232,22 @@ def test_class_mapping_options():
     assert [default(abn("mass", a)) for a in (0, 3, 4, 5)] == ["mass_low", "mass_low", "mass_high", "mass_high"]
     assert default(abn("calcification", 5)) == "calcification"
     assert ClassMapping(mass_high_min_assessment=5)(abn("mass", 4)) == "mass_low"
-    assert ClassMapping("lesion")(abn("mass", 5)) == "mass"
+    assert ClassMapping("type").categories == ("calcification", "mass")
+    assert ClassMapping("type")(abn("mass", 5)) == "mass"
     path = ClassMapping("pathology")
     assert path.categories == ("benign", "malignant")
     assert (
         path(abn("mass", 2, "BENIGN_WITHOUT_CALLBACK")) == "benign"
         and path(abn("calcification", 2, "MALIGNANT")) == "malignant"
     )
+    separate = ClassMapping("pathology", benign_without_callback="separate")
+    assert separate.categories == ("benign", "benign_without_callback", "malignant")
+    assert separate(abn("mass", 2, "BENIGN_WITHOUT_CALLBACK")) == "benign_without_callback"
+    assert separate(abn("mass", 2, "BENIGN")) == "benign"
     with pytest.raises(ConfigError, match="class scheme"):
         ClassMapping("birads")
+    with pytest.raises(ConfigError, match="benign_without_callback"):
+        ClassMapping("pathology", benign_without_callback="malignant")
 
 
 def test_bad_csv_row_skips_its_image_only(converted, tmp_path):
@@ -351,34 +386,140 @@ def test_cli_bad_whole_input_is_one_clear_line(tmp_path):
     assert "Traceback" not in missing.stderr + no_col.stderr
 
 
-def test_cli_synth_then_convert_with_one_corrupt_dicom(tmp_path):
-    gen = _cli("synth", "--out", tmp_path / "raw", "--patients", "3", "--seed", "5", "--height", "96", "--width", "64")
-    assert gen.returncode == 0, gen.stderr
-    raw = tmp_path / "raw"
-    full = sorted(
-        p for p in (raw / "CBIS-DDSM").rglob("*.dcm") if p.parts[-4].startswith("Mass-Training_P_00001_LEFT_CC")
-    )
-    full = [p for p in full if not p.parts[-4].endswith(tuple(f"_{i}" for i in range(1, 10)))]
-    assert len(full) == 1
-    full[0].write_text("this is not a DICOM file\n")
-    conv = _cli(
-        "cbis-ddsm",
-        "--mass-csv",
-        *sorted(raw.glob("mass_*.csv")),
-        "--calc-csv",
-        *sorted(raw.glob("calc_*.csv")),
-        "--dicom-root",
-        raw / "CBIS-DDSM",
-        "--out",
-        tmp_path / "coco",
-        "--no-progress",
-    )
+def _keys(coco: dict) -> set[str]:
+    return {Path(im["file_name"]).stem for im in coco["images"]}
+
+
+def test_cli_converts_a_tree_with_every_quirk(tmp_path):
+    """Both CSV headers, crop/mask names swapped, multi-region masks, multi-abnormality images,
+    a mask of the wrong size, a corrupt DICOM and a CSV row whose file is missing, with 2 workers:
+    every good image converted, each bad one named, exit code 1."""
+    clean = make_cbis_ddsm(tmp_path / "clean", n_patients=6, seed=5, image_size=SIZE)
+    raw = make_cbis_ddsm(tmp_path / "raw", n_patients=6, seed=5, image_size=SIZE, quirks=True)
+    q = raw["quirks"]
+    assert Path(raw["calc_csvs"][0]).read_text().startswith("patient_id,breast density,")
+    assert Path(raw["mass_csvs"][0]).read_text().startswith("patient_id,breast_density,")
+    out = tmp_path / "coco"
+    conv = _cli("cbis-ddsm", "--mass-csv", *raw["mass_csvs"], "--calc-csv", *raw["calc_csvs"],
+                "--dicom-root", raw["dicom_root"], "--out", out, "--workers", "2", "--no-progress")
     assert conv.returncode == 1, conv.stderr
     assert "Traceback" not in conv.stderr
-    warn = [line for line in conv.stderr.splitlines() if "skipped" in line]
-    assert len(warn) == 1 and "P_00001_LEFT_CC" in warn[0] and str(full[0]) in warn[0] and "not a DICOM file" in warn[0]
-    assert "1 item(s) skipped" in conv.stdout and str(full[0]) in conv.stdout
-    coco = json.loads((tmp_path / "coco" / "all.json").read_text())
-    keys = {Path(im["file_name"]).stem for im in coco["images"]}
-    assert "P_00001_LEFT_CC" not in keys and "P_00001_LEFT_MLO" in keys
-    assert all((tmp_path / "coco" / im["file_name"]).is_file() for im in coco["images"])
+    errors = (out / "errors.txt").read_text().splitlines()
+    assert len(errors) == 2
+    assert any(line.startswith(f"image {q['corrupt']}: ") and "cannot decode the pixel data" in line for line in errors)
+    assert any(line.startswith(f"image {q['missing']}: ") and "no .dcm file" in line for line in errors)
+    assert "2 item(s) skipped" in conv.stdout and q["corrupt"] in conv.stdout and q["missing"] in conv.stdout
+    warned = [line for line in conv.stderr.splitlines() if "rescaled" in line]
+    assert len(warned) == 1 and q["mismatched_case"] in warned[0]
+    coco = load_coco(out / "all.json")
+    all_keys = {a["image"] for a in raw["abnormalities"]}
+    assert _keys(coco) == all_keys - {q["corrupt"], q["missing"]}
+    names = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
+    got = defaultdict(set)
+    for a in coco["annotations"]:
+        got[names[a["image_id"]]].add(tuple(a["bbox"]))
+    truth = _truth_boxes(clean)
+    for key in _keys(coco) - {q["mismatched_mask"]}:
+        assert got[key] == truth[key], key
+    rescaled, want = sorted(got[q["mismatched_mask"]]), sorted(truth[q["mismatched_mask"]])
+    assert len(rescaled) == len(want)
+    assert all(np.abs(np.subtract(a, b)).max() <= 2 for a, b in zip(rescaled, want))
+    per_image = defaultdict(int)
+    for a in raw["abnormalities"]:
+        per_image[a["image"]] += 1
+    assert any(n > 1 for k, n in per_image.items() if k in _keys(coco)), "a multi-abnormality image"
+    assert any(a["regions"] > 1 and a["image"] in _keys(coco) for a in raw["abnormalities"]), "a multi-region mask"
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(e["key"] for e in manifest) == sorted(_keys(coco))
+
+
+def test_official_split_is_the_default_with_validation_carved_from_train(converted, tmp_path):
+    synth, _, _ = converted
+    report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], tmp_path / "o",
+                               progress=False)
+    test_patients = {a["image"].rsplit("_", 2)[0] for a in synth["abnormalities"] if "_test_" in a["csv"]}
+    parts = {n: load_coco(tmp_path / "o" / f"{n}.json") for n in ("train", "val", "test")}
+    assert {im["patient_id"] for im in parts["test"]["images"]} == test_patients
+    assert parts["val"]["images"] and parts["train"]["images"]
+    owners = defaultdict(set)
+    for name, part in parts.items():
+        for im in part["images"]:
+            owners[im["patient_id"]].add(name)
+            assert (im["official_split"] == "test") == (name == "test")
+    assert all(len(v) == 1 for v in owners.values())
+    assert parts["test"]["info"]["split"]["method"] == "official" and report.splits["test"] > 0
+
+
+def test_official_split_keeps_a_patient_with_train_and_test_images_in_test():
+    images = [
+        {"id": 1, "patient_id": "P_1", "official_split": "train", "source": "a"},
+        {"id": 2, "patient_id": "P_1", "official_split": "test", "source": "b"},
+        *({"id": i, "patient_id": f"P_{i}", "official_split": "train", "source": "c"} for i in range(3, 13)),
+    ]
+    report = ConversionReport(out_dir=Path("."))
+    parts = _official_assignment(images, 0.2, 0, report)
+    assert sorted(parts["test"]) == [1, 2]
+    assert sorted(parts["train"] + parts["val"]) == list(range(3, 13)) and parts["val"]
+    assert len(report.warnings) == 1 and "P_1" in report.warnings[0]
+    with pytest.raises(ConfigError, match="--resplit"):
+        _official_assignment([{"id": 1, "patient_id": "P", "official_split": "unknown", "source": "x"}], 0.2, 0,
+                             report)
+
+
+def test_jpeg_re_release_converts_like_the_dicom_tree(tmp_path):
+    jpeg = make_cbis_ddsm_jpeg(tmp_path / "rel", n_patients=4, seed=2, image_size=SIZE)
+    tcia = make_cbis_ddsm(tmp_path / "tcia", n_patients=4, seed=2, image_size=SIZE)
+    report = _cli("cbis-ddsm", "--dicom-info", jpeg["dicom_info"], "--dicom-root", jpeg["root"], "--out",
+                  tmp_path / "o", "--no-progress")
+    assert report.returncode == 0, report.stderr
+    coco = load_coco(tmp_path / "o" / "all.json")
+    assert _keys(coco) == {a["image"] for a in jpeg["abnormalities"]}
+    names = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
+    got = defaultdict(list)
+    for a in coco["annotations"]:
+        got[names[a["image_id"]]].append(a["bbox"])
+    truth = _truth_boxes(tcia)
+    for key, boxes in got.items():  # JPEG masks are lossy: edges may move a pixel
+        assert len(boxes) == len(truth[key]), key
+        for a, b in zip(sorted(boxes), sorted(truth[key])):
+            assert np.abs(np.subtract(a, b)).max() <= 1, key
+    assert all(im["source"].startswith("jpeg/") for im in coco["images"])
+
+
+def test_flip_left_and_crop_breast_move_boxes_with_the_pixels(converted, tmp_path):
+    synth, _, plain_out = converted
+    report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], tmp_path / "g",
+                               split=(0.6, 0.2, 0.2), seed=7, flip_left="pixels", crop_breast=True, progress=False)
+    assert report.ok
+    plain, geo = load_coco(plain_out / "all.json"), load_coco(tmp_path / "g" / "all.json")
+    by_key = {Path(im["file_name"]).stem: im for im in plain["images"]}
+    boxes = defaultdict(list)
+    for coco in (plain, geo):
+        for a in coco["annotations"]:
+            boxes[(id(coco), a["image_id"])].append(a["bbox"])
+    for im in geo["images"]:
+        ref = by_key[Path(im["file_name"]).stem]
+        assert im["flipped"] == (ref["laterality"] == "RIGHT") and im["original_size"] == list(SIZE)
+        a = cv2.imread(str(plain_out / ref["file_name"]), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "g" / im["file_name"]), cv2.IMREAD_UNCHANGED)
+        assert b.shape == (im["height"], im["width"]) and b.size < a.size
+        old_patches = sorted(a[y : y + h, x : x + w].tobytes() for x, y, w, h in boxes[(id(plain), ref["id"])])
+        new_patches = sorted(
+            (b[y : y + h, x : x + w][:, ::-1] if im["flipped"] else b[y : y + h, x : x + w]).tobytes()
+            for x, y, w, h in boxes[(id(geo), im["id"])]
+        )
+        assert old_patches == new_patches
+
+
+def test_class_rule_without_a_class_excludes_the_image_on_purpose(converted, tmp_path):
+    synth, _, _ = converted
+
+    class MassesOnly(ClassMapping):
+        def __call__(self, abn):
+            return None if abn.abnormality_type == "calcification" else super().__call__(abn)
+
+    report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], tmp_path / "m",
+                               classes=MassesOnly("type"), split=(0.6, 0.2, 0.2), progress=False)
+    calc_images = {a["image"] for a in synth["abnormalities"] if a["kind"] == "calcification"}
+    assert report.ok and {s.item for s in report.excluded} == {f"image {k}" for k in calc_images}
+    assert not _keys(load_coco(tmp_path / "m" / "all.json")) & calc_images

@@ -128,11 +128,17 @@ def test_normalizations(tmp_path):
 
 def test_pixel_options_from_config():
     cfg = get_cfg()
+    assert PixelOptions.from_cfg(cfg) == PixelOptions()  # the config and the library agree on defaults
+    assert PixelOptions().percentiles == (1.0, 99.0)
     cfg.DICOM.BIT_DEPTH = 16
-    cfg.DICOM.NORMALIZE = "percentile"
+    cfg.DICOM.NORMALIZE = "fixed"
+    cfg.DICOM.FIXED_RANGE = (100.0, 4000.0)
     opts = PixelOptions.from_cfg(cfg)
-    assert opts.bit_depth == 16 and opts.normalize == "percentile"
+    assert opts.bit_depth == 16 and opts.normalize == "fixed" and opts.fixed_range == (100.0, 4000.0)
     assert opts.as_kwargs()["percentiles"] == tuple(cfg.DICOM.PERCENTILES)
+    cfg.DICOM.FIXED_RANGE = (1.0,)
+    with pytest.raises(ConfigError, match="FIXED_RANGE"):
+        PixelOptions.from_cfg(cfg)
 
 
 def test_compressed_transfer_syntaxes_decode_like_uncompressed(tmp_path):
@@ -217,3 +223,24 @@ def test_dicom_info_is_non_identifying(tmp_path):
     assert info["photometric"] == "MONOCHROME1" and info["modality"] == "MG" and info["has_window"]
     values = " ".join(str(v) for v in info.values())
     assert "P_00042" not in values and "Doe" not in values
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14, 15, 16])
+@pytest.mark.parametrize("signed", [False, True])
+def test_bits_stored_10_to_16_signed_and_unsigned(tmp_path, bits, signed):
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    values = np.linspace(lo, hi, 64 * 48).round().astype(np.int64).reshape(64, 48)
+    values[0, :3] = [lo, hi, 0]
+    ds = encode_dicom(np.zeros((64, 48)), bits_stored=bits, attributes=MG_ATTRS)
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = values.astype("<i2" if signed else "<u2").tobytes()
+    save_dicom(ds, tmp_path / "b.dcm")
+    v = values.astype(float)
+    out = read_dicom(tmp_path / "b.dcm", gamma=1.0, bit_depth=16)
+    np.testing.assert_array_equal(out, np.rint((v - v.min()) / (v.max() - v.min()) * 65535))
+    fixed = read_dicom(tmp_path / "b.dcm", gamma=1.0, bit_depth=16, normalize="fixed")
+    np.testing.assert_array_equal(fixed, np.rint((v - lo) / (hi - lo) * 65535))  # the stored range
+    half = read_dicom(tmp_path / "b.dcm", gamma=1.0, normalize="fixed", fixed_range=(lo / 2, hi / 2))
+    np.testing.assert_array_equal(half, np.rint(np.clip((v - lo / 2) / ((hi - lo) / 2), 0, 1) * 255))
+    with pytest.raises(ConfigError, match="FIXED_RANGE"):
+        read_dicom(tmp_path / "b.dcm", normalize="fixed", fixed_range=(5.0, 1.0))

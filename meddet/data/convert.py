@@ -1,5 +1,6 @@
 """What every converter to COCO shares: the report of a batch conversion (what was skipped and
-why), and writing ``all.json`` plus the patient-level ``train/val/test.json`` next to ``images/``.
+why), assembling the COCO dict from manifest entries, and writing ``all.json`` plus the
+patient-level ``train/val/test.json`` next to ``images/``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from meddet.data.splits import SPLIT_NAMES, split_by_patient, subset_coco
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConversionReport", "Skipped", "safe_name", "write_coco_splits"]
+__all__ = ["ConversionReport", "Skipped", "assemble_coco", "safe_name", "write_coco_splits"]
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,25 @@ class Skipped:
 
 @dataclass
 class ConversionReport:
-    """The outcome of a conversion: counts, written files and the skipped items."""
+    """The outcome of a conversion: counts, written files, warnings and the skipped items.
+
+    ``skipped``: inputs left out because something is wrong with them (they make the CLI exit
+    non-zero and are listed in ``errors.txt``); ``excluded``: inputs left out on purpose by a
+    rule (e.g. a class mapping that has no class for an abnormality); ``warnings``: outputs made
+    with a correction worth knowing (e.g. a rescaled ROI mask).
+    """
 
     out_dir: Path
     n_images: int = 0
     n_annotations: int = 0
+    n_converted: int = 0
+    n_reused: int = 0
     categories: list[str] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
+    excluded: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -54,15 +65,33 @@ class ConversionReport:
         self.skipped.append(s)
         logger.warning("skipped %s", s)
 
+    def exclude(self, item: str, reason: str) -> None:
+        """Record an item left out on purpose (logged at info level)."""
+        s = Skipped(item, reason)
+        self.excluded.append(s)
+        logger.info("excluded %s", s)
+
+    def warn(self, item: str, message: str) -> None:
+        """Record and log a warning about an output that was made."""
+        self.warnings.append(f"{item}: {message}")
+        logger.warning("%s: %s", item, message)
+
     def summary(self) -> str:
         """A few human-readable lines: counts per split, categories, then each skipped item."""
-        lines = [
-            f"{self.n_images} images, {self.n_annotations} boxes, classes {self.categories} -> {self.out_dir}",
-            "splits: " + ", ".join(f"{k} {v} images" for k, v in self.splits.items()),
-        ]
+        lines = [f"{self.n_images} images, {self.n_annotations} boxes, classes {self.categories} -> {self.out_dir}"]
+        if self.splits:
+            lines.append("splits: " + ", ".join(f"{k} {v} images" for k, v in self.splits.items()))
+        if self.n_reused:
+            lines.append(f"{self.n_converted} image(s) converted, {self.n_reused} reused from an earlier run")
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s):")
+            lines += [f"  {w}" for w in self.warnings]
+        if self.excluded:
+            lines.append(f"{len(self.excluded)} item(s) excluded on purpose:")
+            lines += [f"  {s}" for s in sorted(self.excluded, key=str)]
         if self.skipped:
             lines.append(f"{len(self.skipped)} item(s) skipped:")
-            lines += [f"  {s}" for s in self.skipped]
+            lines += [f"  {s}" for s in sorted(self.skipped, key=str)]
         return "\n".join(lines)
 
 
@@ -74,28 +103,51 @@ def safe_name(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._") or "image"
 
 
+def assemble_coco(
+    entries: Sequence[dict[str, Any]], categories: Sequence[dict[str, Any]], info: dict[str, Any]
+) -> dict[str, Any]:
+    """A COCO dict from manifest entries (each with ``record`` and ``annotations``): image and
+    annotation ids 1..N in the entries' order, so the same inputs give the same ids whatever the
+    number of workers."""
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for entry in entries:
+        image_id = len(images) + 1
+        images.append({"id": image_id, **entry["record"]})
+        for a in entry["annotations"]:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **a})
+    return {"info": dict(info), "images": images, "annotations": annotations, "categories": list(categories)}
+
+
 def write_coco_splits(
     coco: dict[str, Any],
     out_dir: str | os.PathLike,
     report: ConversionReport,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 42,
+    *,
+    assignment: dict[str, list[Any]] | None = None,
+    split_info: dict[str, Any] | None = None,
 ) -> ConversionReport:
-    """Write ``all.json`` and the patient-level ``train.json``, ``val.json``, ``test.json``.
+    """Write ``all.json`` and ``train.json``, ``val.json``, ``test.json``.
 
-    Fills ``report``'s counts, split sizes and file paths, and returns it. The COCO ``info``
-    records the split fractions and seed so the split can be reproduced.
+    By default the split is patient-level with ``fractions`` and ``seed``; a converter with its
+    own split (e.g. CBIS-DDSM's official one) passes ``assignment`` (``{split: [image ids]}``)
+    and ``split_info`` (how it was made). Either way the COCO ``info.split`` records how to
+    reproduce it. Fills ``report``'s counts, split sizes and file paths, and returns it.
     """
     out = Path(out_dir)
-    assignment = split_by_patient(coco["images"], fractions, seed)
+    if assignment is None:
+        assignment = split_by_patient(coco["images"], fractions, seed)
+        split_info = {"method": "patient", "fractions": list(fractions), "seed": seed}
     coco.setdefault("info", {})
-    coco["info"].update({"meddet_version": __version__, "split": {"fractions": list(fractions), "seed": seed}})
+    coco["info"].update({"meddet_version": __version__, "split": dict(split_info or {})})
     coco.setdefault("licenses", [])
     all_path = out / "all.json"
     save_json_atomic(coco, all_path)
     report.files["all"] = all_path
     for name in SPLIT_NAMES:
-        sub = subset_coco(coco, assignment[name])
+        sub = subset_coco(coco, assignment.get(name, []))
         sub["info"] = {**coco["info"], "split": {**coco["info"]["split"], "name": name}}
         path = out / f"{name}.json"
         save_json_atomic(sub, path)

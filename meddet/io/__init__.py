@@ -1,6 +1,8 @@
-"""Reading pixels: DICOM (rescale, VOI LUT / windowing, MONOCHROME1, compressed syntaxes) and
-PNG/JPEG, normalized to 8- or 16-bit arrays; atomic PNG writing."""
+"""Reading pixels: DICOM (rescale, VOI LUT / windowing, MONOCHROME1, padding, compressed
+syntaxes) and PNG/JPEG/PGM, normalized to 8- or 16-bit arrays; breast geometry (side, region,
+flip/crop with boxes); atomic PNG writing."""
 
+from meddet.io.breast import Geometry, breast_mask, breast_region, chest_wall_side, flip_boxes, orient_and_crop
 from meddet.io.dicom import (
     NORMALIZATIONS,
     PixelOptions,
@@ -8,6 +10,7 @@ from meddet.io.dicom import (
     dicom_to_array,
     is_dicom_file,
     load_dicom,
+    pixel_spacing,
     quantize,
     read_dicom,
     stored_pixels,
@@ -16,11 +19,18 @@ from meddet.io.image import read_image, write_png
 
 __all__ = [
     "NORMALIZATIONS",
+    "Geometry",
     "PixelOptions",
+    "breast_mask",
+    "breast_region",
+    "chest_wall_side",
     "dicom_info",
     "dicom_to_array",
+    "flip_boxes",
     "is_dicom_file",
     "load_dicom",
+    "orient_and_crop",
+    "pixel_spacing",
     "quantize",
     "read_dicom",
     "read_image",

@@ -2,14 +2,23 @@
 
 The pipeline of :func:`read_dicom` follows the DICOM grayscale display chain (PS3.4 N.2.1):
 
-1. decode the stored values (uncompressed, RLE, deflated by pydicom; JPEG, JPEG-LS and JPEG 2000
-   through the pylibjpeg plugins);
+1. decode the stored values (uncompressed, RLE and deflated by pydicom; JPEG baseline/extended/
+   lossless, JPEG-LS and JPEG 2000 through the pylibjpeg plugins);
 2. Modality LUT: *Rescale Slope/Intercept* or a *Modality LUT Sequence* (``apply_modality_lut``);
 3. VOI LUT (optional): the *VOI LUT Sequence* when present, else *Window Center/Width*, picking
    alternative views by ``window_index`` (``apply_voi_lut``); nothing when neither is present, as
    on most real mammograms;
 4. MONOCHROME1 inversion, so that dense tissue is always bright;
-5. normalization to [0, 1] (``normalize``), gamma, and quantization to ``bit_depth`` bits.
+5. normalization to [0, 1] from statistics of the whole image (``NORMALIZATIONS``), gamma, and
+   quantization to ``bit_depth`` bits. *Pixel Padding Value* pixels take no part in the
+   statistics and come out black.
+
+Steps 2-5 depend on nothing but a pixel's stored value, so they are computed once per distinct
+stored value (at most 65,536 for 16-bit data) with pydicom's own LUT functions, and the result
+is one table lookup per pixel. Per image that is one pass for min/max (or a histogram for
+``percentile``/``zscore``, VOI LUT sequences and padding) and one lookup pass, instead of
+several float64 passes over every pixel; the output is the same as applying each step to the
+full array.
 
 Every error is a :class:`~meddet.errors.DicomError` naming the file.
 """
@@ -20,7 +29,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -40,6 +49,7 @@ __all__ = [
     "dicom_to_array",
     "is_dicom_file",
     "load_dicom",
+    "pixel_spacing",
     "quantize",
     "read_dicom",
     "stored_pixels",
@@ -48,6 +58,14 @@ __all__ = [
 DICM_OFFSET = 128
 DICM_MAGIC = b"DICM"
 _NOT_DICOM_HINT = "expected a DICOM Part-10 file with 'DICM' at byte 128, or a raw DICOM dataset"
+
+# name -> what maps to black / white (values outside are clipped)
+NORMALIZATIONS: dict[str, str] = {
+    "minmax": "the image's minimum / maximum",
+    "percentile": "the given low / high percentiles of the image",
+    "zscore": "mean -/+ 3 standard deviations of the image",
+    "fixed": "an explicit value range (fixed_range), else the full range the file can hold",
+}
 
 
 @dataclass(frozen=True)
@@ -60,22 +78,29 @@ class PixelOptions:
     apply_voi: bool = True
     window_index: int = 0
     normalize: str = "minmax"
-    percentiles: tuple[float, float] = (0.5, 99.5)
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    fixed_range: tuple[float, float] | None = None
     gamma: float = 0.8
     bit_depth: int = 8
 
     def __post_init__(self) -> None:
-        _check_options(self.normalize, self.percentiles, self.gamma, self.bit_depth, self.window_index)
+        _check_options(
+            self.normalize, self.percentiles, self.fixed_range, self.gamma, self.bit_depth, self.window_index
+        )
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "PixelOptions":
         """Options from a config's ``DICOM`` section (``BIT_DEPTH``, ``APPLY_VOI``, ...)."""
         d = cfg.DICOM
+        fixed = tuple(float(v) for v in d.FIXED_RANGE)
+        if fixed and len(fixed) != 2:
+            raise ConfigError(f"DICOM.FIXED_RANGE: expected () or (low, high), found {tuple(d.FIXED_RANGE)}")
         return cls(
             apply_voi=bool(d.APPLY_VOI),
             window_index=int(d.WINDOW_INDEX),
             normalize=str(d.NORMALIZE),
             percentiles=(float(d.PERCENTILES[0]), float(d.PERCENTILES[1])),
+            fixed_range=(fixed[0], fixed[1]) if fixed else None,
             gamma=float(d.GAMMA),
             bit_depth=int(d.BIT_DEPTH),
         )
@@ -86,7 +111,12 @@ class PixelOptions:
 
 
 def _check_options(
-    normalize: str, percentiles: tuple[float, float], gamma: float, bit_depth: int, window_index: int
+    normalize: str,
+    percentiles: tuple[float, float],
+    fixed_range: tuple[float, float] | None,
+    gamma: float,
+    bit_depth: int,
+    window_index: int,
 ) -> None:
     if normalize not in NORMALIZATIONS:
         raise ConfigError(
@@ -95,52 +125,14 @@ def _check_options(
     lo, hi = percentiles
     if not 0.0 <= lo < hi <= 100.0:
         raise ConfigError(f"DICOM.PERCENTILES: expected 0 <= low < high <= 100, found {tuple(percentiles)}")
+    if fixed_range is not None and (len(fixed_range) != 2 or not float(fixed_range[0]) < float(fixed_range[1])):
+        raise ConfigError(f"DICOM.FIXED_RANGE: expected (low, high) with low < high, found {tuple(fixed_range)}")
     if not gamma > 0:
         raise ConfigError(f"DICOM.GAMMA: expected a positive number, found {gamma!r}")
     if bit_depth not in (8, 16):
         raise ConfigError(f"DICOM.BIT_DEPTH: expected 8 or 16, found {bit_depth!r}")
     if window_index < 0:
         raise ConfigError(f"DICOM.WINDOW_INDEX: expected an index >= 0, found {window_index!r}")
-
-
-# ------------------------------------------------------------------------------ normalization
-# Each strategy maps an array (float64) to [0, 1]; `value_range` is the theoretical range of the
-# values at this point of the display chain (used by "fixed"), `percentiles` by "percentile".
-def _norm_minmax(x: np.ndarray, value_range: tuple[float, float], percentiles: tuple[float, float]) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    return _scale(x, lo, hi)
-
-
-def _norm_percentile(x: np.ndarray, value_range: tuple[float, float], percentiles: tuple[float, float]) -> np.ndarray:
-    lo, hi = np.percentile(x, percentiles)
-    return _scale(x, float(lo), float(hi))
-
-
-def _norm_zscore(x: np.ndarray, value_range: tuple[float, float], percentiles: tuple[float, float]) -> np.ndarray:
-    mean, std = float(x.mean()), float(x.std())
-    return _scale(x, mean - 3.0 * std, mean + 3.0 * std)
-
-
-def _norm_fixed(x: np.ndarray, value_range: tuple[float, float], percentiles: tuple[float, float]) -> np.ndarray:
-    return _scale(x, *value_range)
-
-
-def _scale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return np.zeros_like(x, dtype=np.float64)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
-
-
-NORMALIZATIONS: dict[str, Callable[[np.ndarray, tuple[float, float], tuple[float, float]], np.ndarray]] = {
-    # image min -> 0, image max -> 1
-    "minmax": _norm_minmax,
-    # the given low/high percentiles of the image -> 0/1, values outside clipped
-    "percentile": _norm_percentile,
-    # mean -/+ 3 standard deviations -> 0/1, values outside clipped
-    "zscore": _norm_zscore,
-    # the full range the file can hold (stored bits, through rescale / VOI) -> 0/1
-    "fixed": _norm_fixed,
-}
 
 
 def quantize(x01: np.ndarray, gamma: float = 1.0, bit_depth: int = 8) -> np.ndarray:
@@ -191,6 +183,8 @@ def load_dicom(path: str | os.PathLike, *, headers_only: bool = False) -> Datase
     except Exception as e:  # pydicom raises many types on broken headers
         raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds and not headers_only:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise DicomError(f"{path}: float pixel data is not supported (expected integer Pixel Data)")
         raise DicomError(f"{path}: DICOM file has no pixel data (expected an image, found SOP class {_sop_name(ds)})")
     for tag in ("Rows", "Columns"):
         if tag not in ds:
@@ -240,6 +234,7 @@ def stored_pixels(ds: Dataset, source: str | os.PathLike = "") -> np.ndarray:
     return arr
 
 
+# ------------------------------------------------------------------------------ display chain
 def _stored_range(ds: Dataset) -> tuple[float, float]:
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
     if int(ds.get("PixelRepresentation", 0)) == 0:
@@ -267,13 +262,113 @@ def _voi_views(ds: Dataset) -> tuple[str, int]:
     return "", 0
 
 
+def _padding_range(ds: Dataset) -> tuple[int, int] | None:
+    """Stored values marking padding (*Pixel Padding Value* .. *Pixel Padding Range Limit*)."""
+    value = ds.get("PixelPaddingValue")
+    if value is None:
+        return None
+    first = int(value)
+    limit = ds.get("PixelPaddingRangeLimit")
+    last = int(limit) if limit is not None else first
+    return min(first, last), max(first, last)
+
+
+class _DisplayChain:
+    """Steps 2-4 of the display chain for one dataset, applied to a vector of stored values."""
+
+    def __init__(self, ds: Dataset, apply_voi: bool, window_index: int, src: str | os.PathLike) -> None:
+        self.ds, self.src, self.window_index = ds, src, window_index
+        self.value_range = _modality_range(ds)
+        self.voi = ""
+        if apply_voi:
+            kind, n_views = _voi_views(ds)
+            if kind and window_index >= n_views:
+                raise DicomError(
+                    f"{src}: window index {window_index} requested but the file has {n_views} "
+                    f"VOI {'LUT' if kind == 'lut' else 'window'}(s) (expected an index below {n_views})"
+                )
+            self.voi = kind
+            if kind == "lut":
+                bits = int(ds.VOILUTSequence[window_index].LUTDescriptor[2])
+                self.value_range = (0.0, float(2**bits - 1))
+            # windowing maps onto the modality output range, which `value_range` already is
+        # LUT sequences can be any curve; rescale and windows (linear or sigmoid) never decrease
+        self.monotonic = not ds.get("ModalityLUTSequence") and self.voi != "lut"
+        self.invert = str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
+
+    def __call__(self, stored: np.ndarray) -> np.ndarray:
+        """Display values (float64, MONOCHROME1 already inverted) of the given stored values."""
+        try:
+            x = apply_modality_lut(stored, self.ds)
+        except Exception as e:
+            raise DicomError(f"{self.src}: invalid Modality LUT / rescale attributes ({e})") from None
+        if self.voi:
+            if self.voi == "lut" and not np.issubdtype(x.dtype, np.integer):
+                x = np.rint(x).astype(np.int64)
+            try:
+                x = apply_voi_lut(x, self.ds, index=self.window_index, prefer_lut=True)
+            except Exception as e:
+                raise DicomError(f"{self.src}: invalid VOI LUT / window attributes ({e})") from None
+        x = np.asarray(x, dtype=np.float64)
+        if self.invert:
+            x = (self.value_range[0] + self.value_range[1]) - x
+        return x
+
+
+def _weighted_percentiles(values: np.ndarray, counts: np.ndarray, q: tuple[float, float]) -> tuple[float, float]:
+    """``np.percentile`` (linear method) of the array holding each value ``counts`` times, with
+    numpy's own arithmetic so that the result is bit-identical."""
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(counts[order])
+    n = int(cum[-1])
+    out = []
+    for p in q:
+        pos = (n - 1) * (float(p) / 100.0)
+        prev = float(np.floor(pos))
+        if pos >= n - 1:
+            out.append(float(v[-1]))
+            continue
+        i, j = np.searchsorted(cum, [int(prev), int(prev) + 1], side="right")
+        a, b, g = float(v[i]), float(v[j]), pos - prev
+        out.append(a + (b - a) * g if g < 0.5 else b - (b - a) * (1 - g))
+    return out[0], out[1]
+
+
+def _value_table(
+    arr: np.ndarray, chain: _DisplayChain, normalize: str, padding: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, int]:
+    """The stored values to evaluate, their pixel counts (None when only the extremes matter),
+    their positions in the lookup table, the lookup index array of the image and the table size.
+
+    Integers of up to 16 bits index a table over every possible value through an unsigned view
+    of the pixels (no copy); other types go through ``np.unique``."""
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+        unsigned = np.uint8 if arr.dtype.itemsize == 1 else np.uint16
+        index = arr.view(unsigned)  # signed values wrap around: -1 -> 65535, as the table does
+        if chain.monotonic and normalize in ("minmax", "fixed") and padding is None:
+            info = np.iinfo(arr.dtype)
+            lo, hi = (info.min, info.max) if normalize == "fixed" else (int(arr.min()), int(arr.max()))
+            values = np.arange(lo, hi + 1, dtype=np.int64)
+            counts = None
+        else:
+            hist = np.bincount(index.ravel(), minlength=2 ** (8 * arr.dtype.itemsize))
+            positions = np.flatnonzero(hist)
+            values = positions.astype(unsigned).view(arr.dtype).astype(np.int64)
+            counts = hist[positions]
+        size = 2 ** (8 * arr.dtype.itemsize)
+        return values, counts, (values & (size - 1)).astype(np.intp), index, size
+    values, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    return values, counts, np.arange(len(values)), inverse.reshape(arr.shape), len(values)
+
+
 def dicom_to_array(
     ds: Dataset,
     *,
     apply_voi: bool = True,
     window_index: int = 0,
     normalize: str = "minmax",
-    percentiles: tuple[float, float] = (0.5, 99.5),
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    fixed_range: tuple[float, float] | None = None,
     gamma: float = 0.8,
     bit_depth: int = 8,
     source: str | os.PathLike = "",
@@ -282,36 +377,37 @@ def dicom_to_array(
 
     See :func:`read_dicom` for the arguments; ``source`` names the file in error messages.
     """
-    _check_options(normalize, percentiles, gamma, bit_depth, window_index)
+    _check_options(normalize, percentiles, fixed_range, gamma, bit_depth, window_index)
     src = source or ds.get("filename", "") or "<dataset>"
     arr = stored_pixels(ds, src)
-    value_range = _modality_range(ds)
-    try:
-        x = apply_modality_lut(arr, ds)
-    except Exception as e:
-        raise DicomError(f"{src}: invalid Modality LUT / rescale attributes ({e})") from None
-    if apply_voi:
-        kind, n_views = _voi_views(ds)
-        if kind and window_index >= n_views:
-            raise DicomError(
-                f"{src}: window index {window_index} requested but the file has {n_views} "
-                f"VOI {'LUT' if kind == 'lut' else 'window'}(s) (expected an index below {n_views})"
-            )
-        if kind == "lut":
-            if not np.issubdtype(x.dtype, np.integer):
-                x = np.rint(x).astype(np.int64)
-            value_range = (0.0, float(2 ** int(ds.VOILUTSequence[window_index].LUTDescriptor[2]) - 1))
-        # windowing maps onto the modality output range, which `value_range` already is
-        if kind:
-            try:
-                x = apply_voi_lut(x, ds, index=window_index, prefer_lut=True)
-            except Exception as e:
-                raise DicomError(f"{src}: invalid VOI LUT / window attributes ({e})") from None
-    x = np.asarray(x, dtype=np.float64)
-    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
-        x = (value_range[0] + value_range[1]) - x
-    x01 = NORMALIZATIONS[normalize](x, value_range, tuple(percentiles))
-    return quantize(x01, gamma=gamma, bit_depth=bit_depth)
+    chain = _DisplayChain(ds, apply_voi, window_index, src)
+    padding = _padding_range(ds)
+    values, counts, positions, index, size = _value_table(arr, chain, normalize, padding)
+    y = chain(values.astype(arr.dtype))
+    keep = np.ones(len(values), bool) if padding is None else (values < padding[0]) | (values > padding[1])
+    if not keep.any():
+        logger.warning("%s: every pixel is padding (Pixel Padding Value); the image is black", src)
+        lo, hi = 0.0, 0.0
+    elif normalize == "minmax":
+        lo, hi = float(y[keep].min()), float(y[keep].max())
+    elif normalize == "percentile":
+        lo, hi = _weighted_percentiles(y[keep], counts[keep], tuple(percentiles))
+    elif normalize == "zscore":
+        w = counts[keep].astype(np.float64)
+        mean = float(np.dot(w, y[keep]) / w.sum())
+        std = float(np.sqrt(np.dot(w, (y[keep] - mean) ** 2) / w.sum()))
+        lo, hi = mean - 3.0 * std, mean + 3.0 * std
+    else:  # fixed: in the units after rescale / VOI, before the MONOCHROME1 inversion
+        lo, hi = fixed_range if fixed_range is not None else chain.value_range
+        if chain.invert and fixed_range is not None:
+            total = chain.value_range[0] + chain.value_range[1]
+            lo, hi = total - hi, total - lo
+    x01 = np.clip((y - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(y)
+    out = quantize(x01, gamma=gamma, bit_depth=bit_depth)
+    out[~keep] = 0
+    table = np.zeros(size, dtype=out.dtype)
+    table[positions] = out
+    return np.take(table, index)
 
 
 def read_dicom(
@@ -320,7 +416,8 @@ def read_dicom(
     apply_voi: bool = True,
     window_index: int = 0,
     normalize: str = "minmax",
-    percentiles: tuple[float, float] = (0.5, 99.5),
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    fixed_range: tuple[float, float] | None = None,
     gamma: float = 0.8,
     bit_depth: int = 8,
 ) -> np.ndarray:
@@ -330,15 +427,18 @@ def read_dicom(
         path: the DICOM file (Part-10 or, as a fallback, a raw dataset).
         apply_voi: apply the VOI LUT Sequence, else Window Center/Width, when the file has one.
         window_index: which of several VOI LUTs / windows to use.
-        normalize: ``"minmax"`` (image min/max -> 0/max), ``"percentile"`` (``percentiles`` of
-            the image -> 0/max, clipped), ``"zscore"`` (mean -/+ 3 std, clipped) or ``"fixed"``
-            (the file's full possible value range).
-        percentiles: low/high percentiles for ``normalize="percentile"``.
+        normalize: what maps to black and white, from statistics of the whole image (never of a
+            part): ``"minmax"`` (the image's min/max), ``"percentile"`` (``percentiles`` of the
+            image, values outside clipped), ``"zscore"`` (mean -/+ 3 std, clipped) or ``"fixed"``
+            (``fixed_range`` in the units after rescale / VOI, else the file's full value range).
+        percentiles: low/high percentiles for ``normalize="percentile"`` (default 1st/99th).
+        fixed_range: ``(low, high)`` for ``normalize="fixed"``.
         gamma: ``out = max * (x / max) ** gamma`` after normalization (< 1 brightens mid-tones).
         bit_depth: 8 (``uint8``) or 16 (``uint16``).
 
-    MONOCHROME1 images are inverted so that tissue is bright. Raises :class:`DicomError` naming
-    the file for a missing file, a non-DICOM, no pixel data, an undecodable or multi-frame image.
+    MONOCHROME1 images are inverted so that tissue is bright; *Pixel Padding Value* pixels are
+    left out of the statistics and come out black. Raises :class:`DicomError` naming the file
+    for a missing file, a non-DICOM, no pixel data, an undecodable, colour or multi-frame image.
     """
     ds = load_dicom(path)
     return dicom_to_array(
@@ -347,6 +447,7 @@ def read_dicom(
         window_index=window_index,
         normalize=normalize,
         percentiles=percentiles,
+        fixed_range=fixed_range,
         gamma=gamma,
         bit_depth=bit_depth,
         source=path,
@@ -358,7 +459,9 @@ def dicom_info(path: str | os.PathLike) -> dict[str, Any]:
 
     Keys: ``modality``, ``sop_class``, ``view``, ``laterality``, ``patient_orientation``,
     ``rows``, ``columns``, ``bits_allocated``, ``bits_stored``, ``photometric``,
-    ``transfer_syntax``, ``has_rescale``, ``has_window``, ``has_voi_lut``, ``window_count``.
+    ``transfer_syntax``, ``has_rescale``, ``has_window``, ``has_voi_lut``, ``window_count``,
+    ``pixel_spacing`` (``[row, column]`` mm from *Pixel Spacing*, else *Imager Pixel Spacing*,
+    else None).
     """
     ds = load_dicom(path, headers_only=True)
     ts = ds.file_meta.get("TransferSyntaxUID")
@@ -383,4 +486,19 @@ def dicom_info(path: str | os.PathLike) -> dict[str, Any]:
         "has_window": ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None,
         "has_voi_lut": kind == "lut",
         "window_count": n_views,
+        "pixel_spacing": pixel_spacing(ds),
     }
+
+
+def pixel_spacing(ds: Dataset) -> list[float] | None:
+    """``[row, column]`` spacing in mm from *Pixel Spacing*, else *Imager Pixel Spacing*, else None."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            try:
+                spacing = [float(value[0]), float(value[1])]
+            except (TypeError, ValueError):
+                continue
+            if all(s > 0 for s in spacing):
+                return spacing
+    return None

@@ -1,4 +1,4 @@
-"""Reading any supported image (DICOM, PNG, JPEG, TIFF, BMP) into a numpy array, and writing
+"""Reading any supported image (DICOM, PNG, JPEG, TIFF, BMP, PGM) into a numpy array, and writing
 PNGs atomically.
 
 Conventions of the arrays returned by :func:`read_image`: greyscale images are 2-D ``uint8`` or
@@ -7,6 +7,7 @@ Conventions of the arrays returned by :func:`read_image`: greyscale images are 2
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -29,11 +30,14 @@ _RASTER_MAGICS = (
     b"II*\x00",  # TIFF little-endian
     b"MM\x00*",  # TIFF big-endian
     b"BM",  # BMP
+    b"P5\n",  # binary PGM (MIAS), header on its own line
+    b"P5 ",
+    b"P5\r",
 )
 
 
 def read_image(path: str | os.PathLike, **dicom_kwargs: Any) -> np.ndarray:
-    """Read a DICOM, PNG, JPEG, TIFF or BMP file, deciding the format by content, not by name.
+    """Read a DICOM, PNG, JPEG, TIFF, BMP or PGM file, deciding the format by content, not by name.
 
     DICOM files ('DICM' at byte 128, or a raw dataset pydicom can force-read) go through
     :func:`meddet.io.dicom.read_dicom` with ``dicom_kwargs`` (``bit_depth``, ``gamma``, ...);
@@ -49,7 +53,7 @@ def read_image(path: str | os.PathLike, **dicom_kwargs: Any) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(DICM_OFFSET + 4)
     if not head:
-        raise DataError(f"{path}: empty file (expected a PNG, JPEG, TIFF, BMP or DICOM image)")
+        raise DataError(f"{path}: empty file (expected a PNG, JPEG, TIFF, BMP, PGM or DICOM image)")
     if head[DICM_OFFSET : DICM_OFFSET + 4] == DICM_MAGIC:
         return read_dicom(path, **dicom_kwargs)
     if head.startswith(_RASTER_MAGICS):
@@ -61,12 +65,12 @@ def read_image(path: str | os.PathLike, **dicom_kwargs: Any) -> np.ndarray:
         # A DICOM dataset without the Part-10 preamble is still a DICOM.
         ds = load_dicom(path)
     except DicomError:
-        raise DataError(f"{path}: not a readable image (expected a PNG, JPEG, TIFF, BMP or DICOM file)") from None
+        raise DataError(f"{path}: not a readable image (expected a PNG, JPEG, TIFF, BMP, PGM or DICOM file)") from None
     return dicom_to_array(ds, source=path, **dicom_kwargs)
 
 
 def _format_name(head: bytes) -> str:
-    for magic, name in zip(_RASTER_MAGICS, ("PNG", "JPEG", "TIFF", "TIFF", "BMP")):
+    for magic, name in zip(_RASTER_MAGICS, ("PNG", "JPEG", "TIFF", "TIFF", "BMP", "PGM", "PGM", "PGM")):
         if head.startswith(magic):
             return name
     return "image"
@@ -88,11 +92,15 @@ def _to_contract(img: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+def write_png(path: str | os.PathLike, array: np.ndarray) -> str:
     """Write a 2-D (greyscale) or ``(H, W, 3|4)`` (BGR/BGRA) ``uint8``/``uint16`` array as PNG.
 
     Atomic: the file is written under a temporary name in the same folder and renamed, so an
-    interrupted run never leaves a truncated PNG behind. Parent folders are created.
+    interrupted run never leaves a truncated PNG behind. Parent folders are created. OpenCV's
+    default PNG settings are kept: they are its fastest (zlib level 1, RLE strategy) and the file
+    is lossless whatever the level. The PNG carries no text metadata.
+
+    Returns the SHA-256 (hex) of the bytes written, for manifests.
     """
     path = Path(path)
     if array.dtype not in (np.uint8, np.uint16):
@@ -102,12 +110,14 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise DataError(f"{path}: OpenCV could not encode the array as PNG")
+    data = buf.data
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(buf.tobytes())
+            f.write(data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    return hashlib.sha256(data).hexdigest()

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import cv2
@@ -52,9 +52,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DIGITAL_MAMMOGRAPHY",
     "SECONDARY_CAPTURE",
+    "IDENTIFYING_INFO",
     "encode_dicom",
     "make_box_csv_dataset",
     "make_cbis_ddsm",
+    "make_cbis_ddsm_jpeg",
     "render_mammogram",
     "save_dicom",
 ]
@@ -474,6 +476,7 @@ def make_cbis_ddsm(
     seed: int = 0,
     image_size: tuple[int, int] = (1024, 640),
     test_every: int = 5,
+    quirks: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic CBIS-DDSM release under ``out_dir``.
 
@@ -486,18 +489,23 @@ def make_cbis_ddsm(
         image_size: ``(height, width)`` of the full mammograms (at least 64 x 48).
         test_every: every n-th patient is a "Test" case (``Mass-Test_``/``Calc-Test_``), the
             others "Training".
+        quirks: also break the tree the ways real downloads are broken (needs >= 3 patients):
+            one full mammogram truncated (corrupt DICOM), one deleted while its CSV rows stay
+            (missing file), one ROI mask stored a few percent larger than its mammogram.
 
     Returns a dict with ``root`` (``out_dir``), ``dicom_root`` (``out_dir/CBIS-DDSM``),
     ``mass_csvs`` and ``calc_csvs`` (train and test CSV paths), ``n_patients``, ``n_images``
     (unique mammograms), ``n_abnormalities``, ``n_dicom_files`` and ``abnormalities``: one dict
     per CSV row with ``image`` (``P_00001_LEFT_CC``), ``csv``, ``kind`` (``mass_low``,
-    ``mass_high``, ``calcification``), ``assessment`` and ``regions``.
+    ``mass_high``, ``calcification``), ``assessment`` and ``regions``. With ``quirks``,
+    ``quirks`` maps ``corrupt``, ``missing`` and ``mismatched_mask`` to the image keys affected
+    (and ``mismatched_case`` to the abnormality folder of the resized mask).
     """
     h, w = int(image_size[0]), int(image_size[1])
     if h < 64 or w < 48:
         raise ConfigError(f"image_size: expected at least (64, 48), found {tuple(image_size)}")
-    if n_patients < 1:
-        raise ConfigError(f"n_patients: expected at least 1, found {n_patients}")
+    if n_patients < (3 if quirks else 1):
+        raise ConfigError(f"n_patients: expected at least {3 if quirks else 1}, found {n_patients}")
     out = Path(out_dir)
     root = out / "CBIS-DDSM"
     rows: dict[tuple[str, str], list[list[str]]] = {key: [] for key in CSV_NAMES}
@@ -584,6 +592,7 @@ def make_cbis_ddsm(
                         }
                     )
     out.mkdir(parents=True, exist_ok=True)
+    quirk_info = _add_quirks(root, rows) if quirks else {}
     paths = {}
     for (kind, split), name in CSV_NAMES.items():
         path = out / name
@@ -609,6 +618,129 @@ def make_cbis_ddsm(
         "n_abnormalities": abn_counter,
         "n_dicom_files": n_files,
         "abnormalities": abn_list,
+        **({"quirks": quirk_info} if quirks else {}),
+    }
+
+
+def _add_quirks(root: Path, rows: dict[tuple[str, str], list[list[str]]]) -> dict[str, str]:
+    """Break three images of a written tree (see ``make_cbis_ddsm(quirks=True)``)."""
+    by_key: dict[str, list[list[str]]] = {}
+    for key in sorted(rows):
+        for row in rows[key]:
+            by_key.setdefault(f"{row[0]}_{row[2]}_{row[3]}", []).append(row)
+    first_patient = min(r[0] for rs in rows.values() for r in rs)
+    keys = [k for k in sorted(by_key) if not k.startswith(first_patient + "_")]
+    corrupt, missing, mismatched = keys[0], keys[1], keys[2]
+    for row in by_key[corrupt]:  # truncated in the middle of the pixel data
+        for path in (root / PurePosixPath(row[11]).parts[0]).rglob("*.dcm"):
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+    for row in by_key[missing]:
+        for path in (root / PurePosixPath(row[11]).parts[0]).rglob("*.dcm"):
+            path.unlink()
+    case = PurePosixPath(by_key[mismatched][0][13]).parts[0]
+    for path in sorted((root / case).rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+        if ds.BitsStored == 8 and set(np.unique(arr).tolist()) == {0, 255}:
+            rows_, cols = int(round(arr.shape[0] * 1.04)), int(round(arr.shape[1] * 1.03))
+            big = cv2.resize(arr, (cols, rows_), interpolation=cv2.INTER_NEAREST)
+            ds.Rows, ds.Columns = rows_, cols
+            ds.PixelData = big.tobytes() + (b"\x00" if big.size % 2 else b"")
+            save_dicom(ds, path)
+    logger.info("synthetic CBIS-DDSM quirks: corrupt %s, missing %s, mismatched mask %s", corrupt, missing, case)
+    return {"corrupt": corrupt, "missing": missing, "mismatched_mask": mismatched, "mismatched_case": case}
+
+
+# Identifying values written into the synthetic re-release's dicom_info.csv; no output may carry them.
+IDENTIFYING_INFO = {
+    "PatientName": "DOE^JANE^Q",
+    "PatientBirthDate": "19480229",
+    "AccessionNumber": "ACC-5550199",
+    "ReferringPhysicianName": "WELBY^MARCUS",
+    "StudyDate": "20160720",
+    "OtherPatientIDs": "MRN-99812345",
+}
+_INFO_HEADER = [
+    "file_path", "image_path", "AccessionNumber", "BitsAllocated", "BitsStored", "Columns", "Laterality",
+    "OtherPatientIDs", "PatientBirthDate", "PatientID", "PatientName", "PatientOrientation", "PatientSex",
+    "PhotometricInterpretation", "ReferringPhysicianName", "Rows", "SOPInstanceUID", "SeriesDescription",
+    "SeriesInstanceUID", "StudyDate", "StudyInstanceUID",
+]
+
+
+def make_cbis_ddsm_jpeg(
+    out_dir: str | os.PathLike,
+    n_patients: int = 20,
+    seed: int = 0,
+    image_size: tuple[int, int] = (1024, 640),
+    test_every: int = 5,
+) -> dict[str, Any]:
+    """Write a synthetic CBIS-DDSM in the layout of the popular JPEG re-release.
+
+    ``out_dir/csv/`` holds the four description CSVs (whose paths, as in the re-release, name
+    the TCIA files, not the JPEGs) and ``dicom_info.csv``; ``out_dir/jpeg/<SeriesInstanceUID>/``
+    holds ``1-N.jpg`` files (8-bit, lossy, masks included). Quirks of the real file kept:
+    ``dicom_info.csv`` carries identifying columns (filled with :data:`IDENTIFYING_INFO`) and one
+    ROI mask row has a blank ``SeriesDescription``.
+
+    Returns ``root``, ``dicom_info``, ``mass_csvs``, ``calc_csvs``, ``n_images``,
+    ``abnormalities`` (as :func:`make_cbis_ddsm`) and ``identifying_values``.
+    """
+    import tempfile
+
+    from meddet.io.dicom import read_dicom
+
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        tcia = make_cbis_ddsm(tmp, n_patients=n_patients, seed=seed, image_size=image_size, test_every=test_every)
+        csv_dir = out / "csv"
+        csv_dir.mkdir(parents=True, exist_ok=True)
+        for src in tcia["mass_csvs"] + tcia["calc_csvs"]:
+            (csv_dir / Path(src).name).write_bytes(Path(src).read_bytes())
+        info_rows = []
+        blanked = False
+        for n, path in enumerate(sorted(Path(tcia["dicom_root"]).rglob("*.dcm")), start=1):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            series, desc = str(ds.SeriesInstanceUID), str(ds.SeriesDescription)
+            if desc == "ROI mask images" and not blanked:
+                desc, blanked = "", True
+            rel = f"{series}/1-{n}"
+            target = out / "jpeg" / f"{rel}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target), read_dicom(path, gamma=1.0), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            values = {
+                **IDENTIFYING_INFO,
+                "file_path": f"CBIS-DDSM/dicom/{rel}.dcm",
+                "image_path": f"CBIS-DDSM/jpeg/{rel}.jpg",
+                "BitsAllocated": ds.BitsAllocated,
+                "BitsStored": ds.BitsStored,
+                "Columns": ds.Columns,
+                "Laterality": ds.get("Laterality", ""),
+                "PatientID": str(ds.PatientName),  # the case folder, as in the release
+                "PatientOrientation": "\\".join(ds.get("PatientOrientation", [])),
+                "PatientSex": "F",
+                "PhotometricInterpretation": "MONOCHROME2",
+                "Rows": ds.Rows,
+                "SOPInstanceUID": str(ds.SOPInstanceUID),
+                "SeriesDescription": desc,
+                "SeriesInstanceUID": series,
+                "StudyInstanceUID": str(ds.StudyInstanceUID),
+            }
+            info_rows.append([values[c] for c in _INFO_HEADER])
+    info_csv = csv_dir / "dicom_info.csv"
+    with open(info_csv, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(_INFO_HEADER)
+        writer.writerows(info_rows)
+    return {
+        "root": out,
+        "dicom_info": info_csv,
+        "mass_csvs": [csv_dir / Path(p).name for p in tcia["mass_csvs"]],
+        "calc_csvs": [csv_dir / Path(p).name for p in tcia["calc_csvs"]],
+        "n_images": tcia["n_images"],
+        "abnormalities": tcia["abnormalities"],
+        "identifying_values": dict(IDENTIFYING_INFO),
     }
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import pandas as pd
-from tqdm import tqdm
 
-from meddet.data.convert import ConversionReport, safe_name, write_coco_splits
+from meddet.data.convert import ConversionReport, assemble_coco, safe_name, write_coco_splits
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs, write_error_report
 from meddet.data.splits import check_fractions
 from meddet.errors import DataError
 from meddet.io.dicom import PixelOptions
@@ -79,6 +80,40 @@ def _parse_box(rec: dict[str, str], allowed: set[str] | None) -> tuple[list[floa
     return [int(v) if float(v).is_integer() else v for v in box], cls
 
 
+@dataclass(frozen=True)
+class _ImageJob:
+    path: str
+    name: str  # as in the CSV
+    csv: str
+    boxes: tuple[tuple[tuple[float, float, float, float], int], ...]  # ((x, y, w, h), category id)
+    patient_id: str | None
+    pixels: PixelOptions
+
+
+def _convert_image(job: Job, out_dir: Path) -> Converted:
+    p: _ImageJob = job.payload
+    img = read_image(p.path, **p.pixels.as_kwargs())
+    h, w = img.shape[:2]
+    anns = []
+    for (x, y, bw, bh), cat in p.boxes:
+        if x < 0 or y < 0 or x + bw > w + 1e-6 or y + bh > h + 1e-6:
+            raise DataError(f"{p.csv}: box [{x}, {y}, {bw}, {bh}] of {p.name} lies outside the {w}x{h} image")
+        anns.append({"category_id": cat, "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
+    digest = write_png(out_dir / job.output, img)
+    record: dict[str, Any] = {"file_name": job.output, "height": int(h), "width": int(w), "source": p.name}
+    if p.patient_id:
+        record["patient_id"] = p.patient_id
+    return Converted(
+        source=p.name,
+        record=record,
+        annotations=anns,
+        sha256=digest,
+        shape=[int(h), int(w)],
+        bit_depth=8 * img.dtype.itemsize,
+        inputs=file_stamps([p.path]),
+    )
+
+
 def convert_box_csv(
     csv_path: str | os.PathLike,
     images_dir: str | os.PathLike,
@@ -88,9 +123,11 @@ def convert_box_csv(
     pixels: PixelOptions | None = None,
     split: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 42,
+    run: RunOptions | None = None,
     progress: bool = True,
 ) -> ConversionReport:
-    """Convert a box CSV and its images to ``out_dir/images/*.png`` + ``all/train/val/test.json``.
+    """Convert a box CSV and its images to ``out_dir/images/*.png`` + ``all/train/val/test.json``
+    (with ``manifest.jsonl`` and ``errors.txt``).
 
     Args:
         classes: category names in id order; rows with another class are bad. Default: the
@@ -98,11 +135,13 @@ def convert_box_csv(
         pixels: options for DICOM images (PNG/JPEG are copied unchanged as PNG).
         split: train/val/test fractions; grouped by ``patient_id`` when the column exists, else
             every image is its own group.
+        run: workers, shard, resume (:class:`~meddet.data.parallel.RunOptions`).
 
     A bad row (bad number, box outside the image, unknown class) or an unreadable image skips
     that image with all its rows; the report lists each with the reason.
     """
     pixels = pixels or PixelOptions()
+    run = run or RunOptions()
     split = check_fractions(split)
     csv_path, images_root, out = Path(csv_path), Path(images_dir), Path(out_dir)
     if not images_root.is_dir():
@@ -121,7 +160,6 @@ def convert_box_csv(
     if not categories:
         raise DataError(f"{csv_path}: no class names found (expected a non-empty 'class' column)")
     cat_ids = {n: i + 1 for i, n in enumerate(categories)}
-    allowed = set(categories)
 
     groups: dict[str, list[tuple[int, dict[str, str]]]] = {}
     report = ConversionReport(out_dir=out)
@@ -132,44 +170,44 @@ def convert_box_csv(
             continue
         groups.setdefault(name, []).append((i + 1, rec))
 
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
+    jobs: list[Job] = []
     used_names: set[str] = set()
-    for name in tqdm(sorted(groups), desc="boxes", unit="image", disable=not progress):
+    for name in sorted(groups):
         try:
-            record, anns = _convert_image(
-                name, groups[name], csv_path, images_root, out, cat_ids, allowed, has_pid, pixels, used_names
-            )
+            boxes, pid = _parse_rows(name, groups[name], csv_path, set(categories), has_pid)
         except DataError as e:
             report.skip(f"image {name}", str(e))
             continue
-        record["id"] = len(images) + 1
-        for a in anns:
-            a.update(id=len(annotations) + 1, image_id=record["id"])
-            annotations.append(a)
-        images.append(record)
-    coco = {
-        "info": {"description": f"{csv_path.name} converted by meddet", "preprocessing": pixels.as_kwargs()},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": cat_ids[n], "name": n} for n in categories],
-    }
+        stem = safe_name(str(PurePosixPath(name).with_suffix("")))
+        out_name, k = f"{stem}.png", 1
+        while out_name in used_names:
+            k += 1
+            out_name = f"{stem}_{k}.png"
+        used_names.add(out_name)
+        src = Path(name) if Path(name).is_absolute() else images_root / name
+        payload = _ImageJob(str(src), name, str(csv_path), tuple((b, cat_ids[c]) for b, c in boxes), pid, pixels)
+        jobs.append(Job(key=out_name[:-4], output=f"images/{out_name}", item=f"image {name}", payload=payload))
+
+    settings = {"converter": "boxes", "pixels": pixels.as_kwargs(), "categories": categories}
+    entries = run_jobs(
+        jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="boxes"
+    )
+    report.files["errors"] = write_error_report(out, report, run.shard)
+    if run.shard is not None:
+        report.n_images = len(entries)
+        return report
+    coco = assemble_coco(
+        entries,
+        [{"id": cat_ids[n], "name": n} for n in categories],
+        {"description": f"{csv_path.name} converted by meddet", "preprocessing": pixels.as_kwargs()},
+    )
     return write_coco_splits(coco, out, report, split, seed)
 
 
-def _convert_image(
-    name: str,
-    rows: list[tuple[int, dict[str, str]]],
-    csv_path: Path,
-    images_root: Path,
-    out: Path,
-    cat_ids: dict[str, int],
-    allowed: set[str],
-    has_pid: bool,
-    pixels: PixelOptions,
-    used_names: set[str],
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    boxes: list[tuple[list[float], str]] = []
+def _parse_rows(
+    name: str, rows: list[tuple[int, dict[str, str]]], csv_path: Path, allowed: set[str], has_pid: bool
+) -> tuple[list[tuple[tuple[float, float, float, float], str]], str | None]:
+    boxes = []
     pids = set()
     for row_no, rec in rows:
         try:
@@ -177,29 +215,9 @@ def _convert_image(
         except ValueError as e:
             raise DataError(f"{csv_path} row {row_no}: {e}") from None
         if parsed is not None:
-            boxes.append(parsed)
+            boxes.append((tuple(parsed[0]), parsed[1]))
         if has_pid and str(rec.get("patient_id", "")).strip():
             pids.add(str(rec["patient_id"]).strip())
     if len(pids) > 1:
         raise DataError(f"{csv_path}: rows of {name} give several patient_id values {sorted(pids)} (expected one)")
-    src = Path(name) if Path(name).is_absolute() else images_root / name
-    img = read_image(src, **pixels.as_kwargs())
-    h, w = img.shape[:2]
-    anns = []
-    for (x, y, bw, bh), cls in boxes:
-        if x < 0 or y < 0 or x + bw > w + 1e-6 or y + bh > h + 1e-6:
-            raise DataError(f"{csv_path}: box [{x}, {y}, {bw}, {bh}] of {name} lies outside the {w}x{h} image")
-        anns.append({"category_id": cat_ids[cls], "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
-    stem = safe_name(str(PurePosixPath(name).with_suffix("")))
-    out_name = f"{stem}.png"
-    k = 1
-    while out_name in used_names:
-        k += 1
-        out_name = f"{stem}_{k}.png"
-    used_names.add(out_name)
-    file_name = f"images/{out_name}"
-    write_png(out / file_name, img)
-    record: dict[str, Any] = {"file_name": file_name, "height": int(h), "width": int(w), "source": name}
-    if pids:
-        record["patient_id"] = pids.pop()
-    return record, anns
+    return boxes, (pids.pop() if pids else None)

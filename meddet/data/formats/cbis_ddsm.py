@@ -1,15 +1,32 @@
-"""CBIS-DDSM (mass and calcification description CSVs + DICOM tree) -> COCO.
+"""CBIS-DDSM as downloaded -> COCO.
+
+Two layouts are read:
+
+- the TCIA release: the mass / calcification description CSVs plus the DICOM tree, with either
+  the legacy names (``.../000000.dcm``) or the newer download's (``.../1-1.dcm``, renamed study
+  and series folders);
+- the popular JPEG re-release: ``csv/`` (the same description CSVs plus ``dicom_info.csv``) and
+  ``jpeg/<SeriesInstanceUID>/*.jpg``; files are found through ``dicom_info.csv`` by the series
+  UID in the CSV paths (the CSV paths themselves are wrong there), its ``SeriesDescription``
+  (``full mammogram images``, ``cropped images``, ``ROI mask images``; sometimes blank) being
+  only a hint.
 
 One COCO image per full mammogram (patient, side, view), whichever CSVs and rows reference it;
 one box per connected region of each abnormality's ROI mask, in full-image pixels. The ROI mask
-is told apart from the cropped patch by content (binary and of the full image's size), since the
-file names in an abnormality folder vary between downloads.
+is told apart from the cropped patch by content (binary, or near-binary for JPEG, and of about
+the full image's size), never by name. A mask whose size differs from the mammogram's by a few
+percent is rescaled to it, with a warning naming the case.
+
+Splits: the official train/test split by default (the ``-Training_`` / ``-Test_`` folder
+prefixes; a patient with any test image goes wholly to test, so no patient is in two splits),
+validation carved from train by patient; or a patient-level re-split with given fractions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
@@ -17,13 +34,14 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from meddet.data.convert import ConversionReport, write_coco_splits
-from meddet.data.splits import check_fractions
+from meddet.data.convert import ConversionReport, assemble_coco, write_coco_splits
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs, write_error_report
+from meddet.data.splits import check_fractions, split_by_patient
 from meddet.errors import ConfigError, DataError
-from meddet.io.dicom import PixelOptions, dicom_to_array, load_dicom, stored_pixels
-from meddet.io.image import write_png
+from meddet.io.breast import orient_and_crop
+from meddet.io.dicom import PixelOptions, dicom_to_array, is_dicom_file, load_dicom, pixel_spacing, stored_pixels
+from meddet.io.image import read_image, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +54,7 @@ __all__ = [
     "convert_cbis_ddsm",
     "find_roi_mask",
     "mask_boxes",
+    "pick_roi_mask",
     "read_cbis_csv",
     "resolve_dicom_path",
 ]
@@ -86,16 +105,23 @@ REQUIRED_COLUMNS = (
     "ROI mask file path",
 )
 PATHOLOGIES = ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK")
+_SEVERITY = {"BENIGN_WITHOUT_CALLBACK": 0, "BENIGN": 1, "MALIGNANT": 2}
 
 # name -> categories in id order (ids 1..K)
 CLASS_SCHEMES: dict[str, tuple[str, ...]] = {
     # calcification; masses split by BI-RADS assessment (<= 3 low, >= 4 high suspicion by default)
     "suspicion": ("calcification", "mass_low", "mass_high"),
-    # lesion type only
-    "lesion": ("calcification", "mass"),
-    # biopsy result; BENIGN_WITHOUT_CALLBACK counts as benign
+    # abnormality type only
+    "type": ("calcification", "mass"),
+    # biopsy result; BENIGN_WITHOUT_CALLBACK counts as benign unless benign_without_callback="separate"
     "pathology": ("benign", "malignant"),
 }
+BWC_CHOICES = ("benign", "separate")
+
+# The release's SeriesDescription values (JPEG re-release, dicom_info.csv).
+FULL_DESC, CROP_DESC, MASK_DESC = "full mammogram images", "cropped images", "ROI mask images"
+# A mask may differ from the mammogram's size by this fraction per side and still be its mask.
+MASK_SIZE_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -121,6 +147,11 @@ class Abnormality:
         """``P_00001_LEFT_CC``: the mammogram this abnormality is on."""
         return f"{self.patient_id}_{self.side}_{self.view}"
 
+    @property
+    def case(self) -> str:
+        """The abnormality's case folder, e.g. ``Mass-Training_P_00001_LEFT_CC_1``."""
+        return PurePosixPath(self.mask_path).parts[0]
+
 
 @dataclass(frozen=True)
 class ClassMapping:
@@ -128,13 +159,17 @@ class ClassMapping:
 
     ``scheme`` is one of :data:`CLASS_SCHEMES`: ``suspicion`` (default: ``calcification``,
     ``mass_low`` for masses with assessment < ``mass_high_min_assessment``, else ``mass_high``),
-    ``lesion`` (``calcification``, ``mass``) or ``pathology`` (``benign``, ``malignant``).
+    ``type`` (``calcification``, ``mass``) or ``pathology`` (``benign``, ``malignant``;
+    ``BENIGN_WITHOUT_CALLBACK`` is ``benign``, or its own class ``benign_without_callback`` with
+    ``benign_without_callback="separate"``).
     Subclass and override :meth:`__call__` and :attr:`categories` for other rules; returning
-    ``None`` leaves the abnormality out on purpose.
+    ``None`` leaves the abnormality's whole image out on purpose (a partly annotated image would
+    teach the model that a lesion is background), listed in the report's ``excluded``.
     """
 
     scheme: str = "suspicion"
     mass_high_min_assessment: int = 4
+    benign_without_callback: str = "benign"
 
     def __post_init__(self) -> None:
         if self.scheme not in CLASS_SCHEMES:
@@ -144,18 +179,26 @@ class ClassMapping:
                 f"mass_high_min_assessment: expected a BI-RADS value 0..6 (6 = no mass is high), "
                 f"found {self.mass_high_min_assessment}"
             )
+        if self.benign_without_callback not in BWC_CHOICES:
+            raise ConfigError(
+                f"benign_without_callback: expected one of {list(BWC_CHOICES)}, found {self.benign_without_callback!r}"
+            )
 
     @property
     def categories(self) -> tuple[str, ...]:
         """Category names in id order (COCO ids 1..K)."""
+        if self.scheme == "pathology" and self.benign_without_callback == "separate":
+            return ("benign", "benign_without_callback", "malignant")
         return CLASS_SCHEMES[self.scheme]
 
     def __call__(self, abn: Abnormality) -> str | None:
         if self.scheme == "pathology":
+            if abn.pathology == "BENIGN_WITHOUT_CALLBACK" and self.benign_without_callback == "separate":
+                return "benign_without_callback"
             return "malignant" if abn.pathology == "MALIGNANT" else "benign"
         if abn.abnormality_type == "calcification":
             return "calcification"
-        if self.scheme == "lesion":
+        if self.scheme == "type":
             return "mass"
         return "mass_high" if abn.assessment >= self.mass_high_min_assessment else "mass_low"
 
@@ -262,7 +305,7 @@ def _parse_row(rec: dict[str, str], source: str) -> Abnormality:
     )
 
 
-# ------------------------------------------------------------------------------ DICOM tree
+# ------------------------------------------------------------------------------ TCIA tree
 def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
 
@@ -293,51 +336,217 @@ def resolve_dicom_path(dicom_root: str | os.PathLike, rel_path: str, what: str =
     raise DataError(f"{exact}: not found, and {top} holds {len(files)} .dcm files (expected exactly one {what})")
 
 
-def find_roi_mask(abn: Abnormality, dicom_root: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
-    """The abnormality's ROI mask as a bool array of ``shape`` (the full mammogram's size).
+class _TciaTree:
+    """Files of the TCIA download, from the CSV paths."""
 
-    Looks at every ``.dcm`` in the abnormality's folder(s) and picks the binary image of the full
-    mammogram's size, whatever its name; the cropped patch is smaller and not binary. Only
-    candidates of the right size have their pixels decoded.
-    """
-    root = Path(dicom_root)
-    tops = sorted({PurePosixPath(p).parts[0] for p in (abn.mask_path, abn.crop_path)})
-    candidates = [f for t in tops if (root / t).is_dir() for f in _dicom_files(root / t)]
-    if not candidates:
-        raise DataError(f"{abn.source}: ROI mask folder {root / tops[0]} not found or holds no .dcm file")
-    notes: list[str] = []
-    masks: list[tuple[Path, np.ndarray]] = []
-    for path in candidates:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def full_image(self, abns: Sequence[Abnormality]) -> Path:
+        errors = []
+        for rel in dict.fromkeys(a.image_path for a in abns):  # Mass- and Calc- copies of one mammogram
+            try:
+                return resolve_dicom_path(self.root, rel)
+            except DataError as e:
+                errors.append(str(e))
+        raise DataError("; ".join(errors))
+
+    def roi_files(self, abn: Abnormality) -> list[tuple[str, str]]:
+        tops = sorted({PurePosixPath(p).parts[0] for p in (abn.mask_path, abn.crop_path)})
+        files = [str(f) for t in tops if (self.root / t).is_dir() for f in _dicom_files(self.root / t)]
+        if not files:
+            raise DataError(f"{abn.source}: ROI mask folder {self.root / tops[0]} not found or holds no .dcm file")
+        return [(f, "") for f in files]
+
+    def named_mask(self, abn: Abnormality) -> str:
+        return str(self.root / abn.mask_path)
+
+
+# ------------------------------------------------------------------------------ JPEG re-release
+_UID = re.compile(r"^\d+(\.\d+)+$")
+_INFO_COLUMNS = ("image_path", "SeriesInstanceUID", "SeriesDescription")
+
+
+def _series_uid(csv_path: str) -> str | None:
+    uids = [p for p in PurePosixPath(csv_path).parts if _UID.match(p)]
+    return uids[-1] if uids else None
+
+
+class _JpegRelease:
+    """Files of the JPEG re-release, through ``dicom_info.csv``. Only the columns that locate
+    files are read (the file also carries names, dates and UIDs; none of it is kept)."""
+
+    def __init__(self, root: Path, info_csv: Path) -> None:
+        self.root, self.info_csv = root, info_csv
+        if not info_csv.is_file():
+            raise DataError(f"{info_csv}: dicom_info.csv not found (expected the JPEG re-release's csv/dicom_info.csv)")
         try:
-            ds = load_dicom(path)
-            size = (int(ds.Rows), int(ds.Columns))
-            if size != tuple(shape):
-                notes.append(f"{path.name} is {size[0]}x{size[1]}")
+            header = pd.read_csv(info_csv, nrows=0).columns
+            wanted = [c for c in header if c.strip() in (*_INFO_COLUMNS, "PatientID")]
+            df = pd.read_csv(info_csv, dtype=str, keep_default_na=False, usecols=wanted)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"{info_csv}: not a readable CSV file ({type(e).__name__}: {e})") from None
+        df.columns = [c.strip() for c in df.columns]
+        missing = [c for c in _INFO_COLUMNS if c not in df.columns]
+        if missing:
+            raise DataError(f"{info_csv}: missing column(s) {missing} (expected the re-release's dicom_info.csv)")
+        self.by_series: dict[str, list[tuple[str, str]]] = {}
+        self.by_folder: dict[str, list[tuple[str, str]]] = {}
+        for rec in df.to_dict("records"):
+            row = (rec["image_path"].strip(), rec["SeriesDescription"].strip())
+            if not row[0]:
                 continue
-            arr = stored_pixels(ds, path)
+            self.by_series.setdefault(rec["SeriesInstanceUID"].strip(), []).append(row)
+            if rec.get("PatientID", "").strip():
+                self.by_folder.setdefault(rec["PatientID"].strip(), []).append(row)
+
+    def _file(self, listed: str) -> Path:
+        parts = PurePosixPath(listed.replace("\\", "/")).parts
+        for k in range(len(parts)):
+            candidate = self.root.joinpath(*parts[k:])
+            if candidate.is_file():
+                return candidate
+        raise DataError(f"{listed}: listed in {self.info_csv} but not found under {self.root}")
+
+    def _rows(self, csv_path: str) -> list[tuple[str, str]]:
+        uid = _series_uid(csv_path)
+        rows = list(self.by_series.get(uid, [])) if uid else []
+        return rows or list(self.by_folder.get(PurePosixPath(csv_path).parts[0], []))
+
+    def full_image(self, abns: Sequence[Abnormality]) -> Path:
+        for rel in dict.fromkeys(a.image_path for a in abns):
+            rows = self._rows(rel)
+            full = [r for r in rows if r[1] == FULL_DESC] or [r for r in rows if not r[1]]
+            if len(full) == 1:
+                return self._file(full[0][0])
+            if len(full) > 1:
+                raise DataError(
+                    f"{abns[0].source}: {len(full)} files in {self.info_csv} could be the full mammogram of {rel} "
+                    f"({', '.join(r[0] for r in full)}); expected one"
+                )
+        raise DataError(
+            f"{abns[0].source}: no full mammogram for {abns[0].image_path} in {self.info_csv} "
+            f"(looked up by SeriesInstanceUID {_series_uid(abns[0].image_path)} and by folder)"
+        )
+
+    def roi_files(self, abn: Abnormality) -> list[tuple[str, str]]:
+        rows: dict[str, str] = {}
+        for rel in (abn.mask_path, abn.crop_path):
+            for path, desc in self._rows(rel):
+                if desc != FULL_DESC:
+                    rows.setdefault(path, desc)
+        if not rows:
+            raise DataError(f"{abn.source}: no cropped image or ROI mask for case {abn.case} in {self.info_csv}")
+        return [(str(self._file(p)), d) for p, d in rows.items()]
+
+    def named_mask(self, abn: Abnormality) -> str:
+        return ""  # the re-release's file names say nothing
+
+
+# ------------------------------------------------------------------------------ masks -> boxes
+def _candidate_pixels(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, str, bool]:
+    """``(pixels or None, note, monochrome1)``; pixels only when the size is near ``shape``."""
+    h, w = shape
+    if is_dicom_file(path):
+        ds = load_dicom(path)
+        size = (int(ds.Rows), int(ds.Columns))
+        if abs(size[0] - h) > MASK_SIZE_TOLERANCE * h or abs(size[1] - w) > MASK_SIZE_TOLERANCE * w:
+            return None, f"{path.name} is {size[0]}x{size[1]}", False
+        mono1 = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+        return stored_pixels(ds, path), "", mono1
+    arr = read_image(path)
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
+    if abs(arr.shape[0] - h) > MASK_SIZE_TOLERANCE * h or abs(arr.shape[1] - w) > MASK_SIZE_TOLERANCE * w:
+        return None, f"{path.name} is {arr.shape[0]}x{arr.shape[1]}", False
+    return arr, "", False
+
+
+def _foreground(arr: np.ndarray, monochrome1: bool) -> np.ndarray | None:
+    """The mask's foreground if ``arr`` is binary (exactly two values), or near-binary as a
+    lossy JPEG mask is (at most 2% of pixels away from both ends); else None."""
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo == hi:
+        return None
+    if np.all((arr == lo) | (arr == hi)):
+        return (arr == lo) if monochrome1 else (arr == hi)
+    span = hi - lo
+    middle = (arr > lo + span // 8) & (arr < hi - span // 8)
+    if np.count_nonzero(middle) > 0.02 * arr.size:
+        return None
+    fg = arr > lo + span // 2
+    return ~fg if monochrome1 else fg
+
+
+def pick_roi_mask(
+    candidates: Sequence[tuple[str, str]], shape: tuple[int, int], context: str, named: str = ""
+) -> tuple[np.ndarray, str | None]:
+    """The ROI mask among an abnormality's files, as a bool array of ``shape``.
+
+    Args:
+        candidates: ``(path, series description)`` of every file in the abnormality's folders
+            (crop and mask; DICOM or JPEG/PNG); the description may be empty.
+        shape: the full mammogram's ``(height, width)``.
+        context: names the abnormality in messages (CSV row and case folder).
+        named: the file the CSV calls the mask, preferred when several masks differ.
+
+    The mask is the binary (or near-binary) candidate of the mammogram's size; one within
+    :data:`MASK_SIZE_TOLERANCE` of it is rescaled to it (nearest neighbour) and the second
+    return value is a warning saying so. Raises :class:`DataError` when no candidate is a mask,
+    or when several different ones are and neither the description nor the CSV name decides.
+    """
+    notes: list[str] = []
+    exact: list[tuple[str, str, np.ndarray]] = []
+    near: list[tuple[str, str, np.ndarray]] = []
+    for path_str, desc in candidates:
+        path = Path(path_str)
+        try:
+            arr, note, mono1 = _candidate_pixels(path, shape)
         except DataError as e:
             notes.append(str(e))
             continue
-        lo, hi = arr.min(), arr.max()
-        if lo == hi or not np.all((arr == lo) | (arr == hi)):
-            notes.append(f"{path.name} is {'constant' if lo == hi else 'not binary'}")
+        if arr is None:
+            notes.append(note)
             continue
-        fg = (arr == lo) if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1" else (arr == hi)
-        masks.append((path, fg))
-    if not masks:
+        fg = _foreground(arr, mono1)
+        if fg is None:
+            notes.append(f"{path.name} is not binary")
+            continue
+        (exact if fg.shape == tuple(shape) else near).append((path_str, desc, fg))
+    found = exact or near
+    if not found:
         raise DataError(
-            f"{abn.source}: no ROI mask among {len(candidates)} file(s) in {root / tops[0]} "
-            f"(expected a binary image of {shape[0]}x{shape[1]}; found: {'; '.join(notes)})"
+            f"{context}: no ROI mask among {len(candidates)} file(s) (expected a binary image of "
+            f"{shape[0]}x{shape[1]}; found: {'; '.join(notes)})"
         )
-    if len(masks) > 1 and not all(np.array_equal(masks[0][1], m) for _, m in masks[1:]):
-        named = [m for p, m in masks if p == root / abn.mask_path]
-        if len(named) != 1:
+    if len(found) > 1 and not all(np.array_equal(found[0][2], f[2]) for f in found[1:]):
+        by_desc = [f for f in found if f[1] == MASK_DESC]
+        by_name = [f for f in found if named and Path(f[0]) == Path(named)]
+        found = by_desc if len(by_desc) == 1 else by_name
+        if len(found) != 1:
             raise DataError(
-                f"{abn.source}: {len(masks)} different binary full-size images in {root / tops[0]} "
-                f"({', '.join(p.name for p, _ in masks)}); cannot tell which is the ROI mask"
+                f"{context}: {len(exact or near)} different binary images of the mammogram's size "
+                f"({', '.join(Path(f[0]).name for f in exact or near)}); cannot tell which is the ROI mask"
             )
-        return named[0]
-    return masks[0][1]
+    path_str, _, fg = found[0]
+    if fg.shape == tuple(shape):
+        return fg, None
+    resized = cv2.resize(fg.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    warning = (
+        f"ROI mask {Path(path_str).name} of {context} is {fg.shape[0]}x{fg.shape[1]}, the mammogram "
+        f"{shape[0]}x{shape[1]}: rescaled to the mammogram"
+    )
+    return resized, warning
+
+
+def find_roi_mask(abn: Abnormality, dicom_root: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
+    """The abnormality's ROI mask in a TCIA tree as a bool array of ``shape`` (the full
+    mammogram's size), whatever the files are called; see :func:`pick_roi_mask`."""
+    tree = _TciaTree(Path(dicom_root))
+    mask, warning = pick_roi_mask(tree.roi_files(abn), shape, f"{abn.source} ({abn.case})", tree.named_mask(abn))
+    if warning:
+        logger.warning(warning)
+    return mask
 
 
 def mask_boxes(mask: np.ndarray) -> list[list[int]]:
@@ -345,6 +554,104 @@ def mask_boxes(mask: np.ndarray) -> list[list[int]]:
     ``w = xmax - xmin + 1``), in raster order of the regions' first pixels."""
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     return [[int(s[0]), int(s[1]), int(s[2]), int(s[3])] for s in stats[1:n]]
+
+
+# ------------------------------------------------------------------------------ one image (worker)
+@dataclass(frozen=True)
+class _ImageJob:
+    abns: tuple[Abnormality, ...]
+    classes: tuple[int, ...]  # category id per abnormality
+    image: str
+    source: str  # relative to the dataset root
+    rois: tuple[tuple[tuple[str, str], ...], ...]  # candidates per abnormality
+    named: tuple[str, ...]  # the CSV's mask file per abnormality ("" in the JPEG re-release)
+    pixels: PixelOptions
+    flip_left: str
+    crop_breast: bool
+
+
+def _convert_image(job: Job, out_dir: Path) -> Converted:
+    p: _ImageJob = job.payload
+    image_path = Path(p.image)
+    ds = None
+    orientation, laterality = None, None
+    if p.flip_left == "tags":  # PatientOrientation, else the breast's side (DICOM, else the CSV)
+        laterality = p.abns[0].side
+    if is_dicom_file(image_path):
+        ds = load_dicom(image_path)
+        shape = (int(ds.Rows), int(ds.Columns))
+        if p.flip_left == "tags":
+            orientation = ds.get("PatientOrientation")
+            orientation = [orientation] if isinstance(orientation, str) else orientation
+            laterality = str(ds.get("Laterality") or ds.get("ImageLaterality") or laterality)
+    else:
+        img = read_image(image_path)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+        shape = img.shape[:2]
+    inputs = [str(image_path)]
+    warnings: list[str] = []
+    boxes: list[list[int]] = []
+    fields: list[dict[str, Any]] = []
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for abn, cat, candidates, named in zip(p.abns, p.classes, p.rois, p.named):
+        inputs += [c for c, _ in candidates]
+        mask, warning = pick_roi_mask(candidates, shape, f"{abn.source} ({abn.case})", named)
+        if warning:
+            warnings.append(warning)
+        for box in mask_boxes(mask):
+            if (cat, tuple(box)) in seen:  # the same mask listed twice
+                continue
+            seen.add((cat, tuple(box)))
+            boxes.append(box)
+            fields.append(
+                {
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "abnormality_type": abn.abnormality_type,
+                    "abnormality_id": abn.abnormality_id,
+                    "assessment": abn.assessment,
+                    "pathology": abn.pathology,
+                    "subtlety": abn.subtlety,
+                }
+            )
+    arr = dicom_to_array(ds, source=image_path, **p.pixels.as_kwargs()) if ds is not None else img
+    arr, boxes, geometry = orient_and_crop(
+        arr, boxes, flip_left=bool(p.flip_left), crop=p.crop_breast, patient_orientation=orientation,
+        laterality=laterality,
+    )
+    digest = write_png(out_dir / job.output, arr)
+    annotations = [{**f, "bbox": b, "area": b[2] * b[3]} for f, b in zip(fields, boxes)]
+    first = p.abns[0]
+    densities = [a.breast_density for a in p.abns if a.breast_density is not None]
+    record: dict[str, Any] = {
+        "file_name": job.output,
+        "height": int(arr.shape[0]),
+        "width": int(arr.shape[1]),
+        "patient_id": first.patient_id,
+        "laterality": first.side,
+        "view": first.view,
+        "source": p.source,
+        "breast_density": densities[0] if densities else None,
+        "assessment": max(a.assessment for a in p.abns),
+        "pathology": max((a.pathology for a in p.abns), key=_SEVERITY.__getitem__),
+        "abnormality_types": sorted({a.abnormality_type for a in p.abns}),
+        "official_split": _official_split(p.abns),
+    }
+    spacing = pixel_spacing(ds) if ds is not None else None
+    if spacing:
+        record["pixel_spacing"] = spacing
+    if p.flip_left or p.crop_breast:
+        record.update(geometry.to_record())
+    return Converted(
+        source=p.source,
+        record=record,
+        annotations=annotations,
+        sha256=digest,
+        shape=[int(arr.shape[0]), int(arr.shape[1])],
+        bit_depth=8 * arr.dtype.itemsize,
+        inputs=file_stamps(dict.fromkeys(inputs)),
+        warnings=warnings,
+    )
 
 
 # ------------------------------------------------------------------------------ conversion
@@ -364,6 +671,29 @@ def _official_split(abns: Sequence[Abnormality]) -> str:
     return found.pop() if len(found) == 1 else "mixed"
 
 
+def _official_assignment(
+    images: Sequence[dict[str, Any]], val_fraction: float, seed: int, report: ConversionReport
+) -> dict[str, list[Any]]:
+    unknown = [im for im in images if im["official_split"] in ("unknown",)]
+    if unknown:
+        raise ConfigError(
+            f"official split: {len(unknown)} image(s) have no Mass-/Calc-Training_ or -Test_ folder in their "
+            f"CSV path (e.g. {unknown[0]['source']}); use a patient-level re-split (--resplit) instead"
+        )
+    test_patients = {im["patient_id"] for im in images if im["official_split"] in ("test", "mixed")}
+    moved = sorted({im["patient_id"] for im in images if im["official_split"] == "train"} & test_patients)
+    if moved:
+        report.warn(
+            "official split",
+            f"{len(moved)} patient(s) have both training and test images; all their images go to test so "
+            f"that no patient is in two splits: {', '.join(moved)}",
+        )
+    test = [im["id"] for im in images if im["patient_id"] in test_patients]
+    train = [im for im in images if im["patient_id"] not in test_patients]
+    parts = split_by_patient(train, (1.0 - val_fraction, val_fraction), seed, names=("train", "val"))
+    return {"train": parts["train"], "val": parts["val"], "test": test}
+
+
 def convert_cbis_ddsm(
     mass_csvs: str | os.PathLike | Iterable[str | os.PathLike] | None,
     calc_csvs: str | os.PathLike | Iterable[str | os.PathLike] | None,
@@ -372,33 +702,64 @@ def convert_cbis_ddsm(
     *,
     classes: ClassMapping | None = None,
     pixels: PixelOptions | None = None,
-    split: Sequence[float] = (0.7, 0.15, 0.15),
+    split: str | Sequence[float] = "official",
+    val_fraction: float = 0.15,
     seed: int = 42,
+    dicom_info: str | os.PathLike | None = None,
+    flip_left: str = "",
+    crop_breast: bool = False,
+    run: RunOptions | None = None,
     progress: bool = True,
 ) -> ConversionReport:
-    """Convert CBIS-DDSM to ``out_dir/images/*.png`` + ``all/train/val/test.json`` (COCO).
+    """Convert CBIS-DDSM to ``out_dir/images/*.png`` + ``all/train/val/test.json`` (COCO), with
+    ``manifest.jsonl`` and ``errors.txt``.
 
     Args:
         mass_csvs, calc_csvs: description CSV path(s) (train and/or test sets); either may be empty.
-        dicom_root: the folder the CSV paths are relative to (holding ``Mass-Training_...``).
+        dicom_root: the folder the CSV paths are relative to (holding ``Mass-Training_...``), or
+            with ``dicom_info`` the JPEG re-release's root (holding ``jpeg/``).
         classes: category rule (default :class:`ClassMapping` ``suspicion``).
-        pixels: DICOM-to-PNG options (bit depth, gamma, normalization, VOI).
-        split: train/val/test fractions of a patient-level split with ``seed``.
+        pixels: DICOM-to-PNG options (bit depth, gamma, normalization, VOI); JPEG re-release
+            images are 8-bit already and are copied unchanged.
+        split: ``"official"`` (default: the release's train/test split, validation carved from
+            train by patient with ``val_fraction``) or train/val/test fractions of a
+            patient-level re-split with ``seed``.
+        dicom_info: the JPEG re-release's ``csv/dicom_info.csv``; files are then found through it.
+        flip_left: mirror breasts so every chest wall is on the left, deciding the side from
+            ``"tags"`` (*Patient Orientation*, else *Laterality* / the CSV's side by the standard
+            hanging convention) or from the ``"pixels"``; ``""`` (default): no flip.
+        crop_breast: crop to the breast. Boxes move with the pixels; the image records say what
+            was done (``flipped``, ``crop``, ``original_size``).
+        run: workers, shard, resume (:class:`~meddet.data.parallel.RunOptions`).
 
-    A bad item (a bad CSV row, a missing or corrupt DICOM, no ROI mask) skips its whole
-    mammogram (a partly annotated image would teach the model that lesions are background);
-    the returned report lists each with the reason. Bad whole inputs (missing CSV, missing
-    column, missing DICOM root) raise :class:`DataError`.
+    Each image carries ``patient_id``, ``laterality``, ``view``, ``breast_density``, the most
+    severe ``pathology``, the highest ``assessment``, ``abnormality_types``, ``source`` and
+    ``official_split``; each box its abnormality's type, id, assessment, pathology, subtlety.
+    A bad item (a bad CSV row, a missing or corrupt file, no ROI mask) skips its whole mammogram;
+    the report and ``errors.txt`` list each with the reason. Bad whole inputs (missing CSV,
+    missing column, missing root) raise :class:`DataError`. A sharded run converts its share of
+    the images and writes no COCO files: run once more without a shard to assemble them.
     """
     classes = classes or ClassMapping()
     pixels = pixels or PixelOptions()
-    split = check_fractions(split)
+    run = run or RunOptions()
+    if flip_left not in ("", "tags", "pixels"):
+        raise ConfigError(f"flip_left: expected '', 'tags' or 'pixels', found {flip_left!r}")
+    if isinstance(split, str):
+        if split != "official":
+            raise ConfigError(f"split: expected 'official' or three fractions, found {split!r}")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ConfigError(f"val_fraction: expected 0 <= value < 1, found {val_fraction}")
+    else:
+        split = check_fractions(split)
     root = Path(dicom_root)
     if not root.is_dir():
-        raise DataError(f"{root}: DICOM root folder not found (expected the folder holding Mass-Training_... folders)")
+        raise DataError(f"{root}: CBIS-DDSM root folder not found (expected the folder holding "
+                        f"{'jpeg/' if dicom_info else 'Mass-Training_... folders'})")
     csvs = _as_list(mass_csvs) + _as_list(calc_csvs)
     if not csvs:
         raise ConfigError("CBIS-DDSM conversion: no mass or calc CSV given (expected at least one)")
+    locator: _TciaTree | _JpegRelease = _JpegRelease(root, Path(dicom_info)) if dicom_info else _TciaTree(root)
     out = Path(out_dir)
     report = ConversionReport(out_dir=out)
 
@@ -418,92 +779,72 @@ def convert_cbis_ddsm(
 
     categories = list(classes.categories)
     cat_ids = {name: i + 1 for i, name in enumerate(categories)}
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    keys = sorted(groups)
-    for key in tqdm(keys, desc="CBIS-DDSM", unit="image", disable=not progress):
+    jobs: list[Job] = []
+    for key in sorted(groups):
         abns = groups[key]
+        item = f"image {key}"
         if key in bad_keys:
-            report.skip(f"image {key}", "; ".join(bad_keys[key]))
+            report.skip(item, "; ".join(bad_keys[key]))
             continue
+        names = [classes(a) for a in abns]
+        unmapped = [a.source for a, n in zip(abns, names) if n is None]
+        if unmapped:
+            report.exclude(item, f"the class rule gives no class to {', '.join(unmapped)}")
+            continue
+        wrong = sorted({str(n) for n in names if n not in cat_ids})
+        if wrong:
+            raise ConfigError(f"class rule {classes!r} returned {wrong}, not one of its categories {categories}")
         try:
-            record, anns = _convert_image(key, abns, root, out, classes, cat_ids, pixels)
+            image = locator.full_image(abns)
+            rois = tuple(tuple(locator.roi_files(a)) for a in abns)
         except DataError as e:
-            report.skip(f"image {key}", str(e))
+            report.skip(item, str(e))
             continue
-        record["id"] = len(images) + 1
-        for a in anns:
-            a.update(id=len(annotations) + 1, image_id=record["id"])
-            annotations.append(a)
-        images.append(record)
-    coco = {
-        "info": {
-            "description": "CBIS-DDSM converted by meddet",
-            "preprocessing": pixels.as_kwargs(),
-            "class_scheme": classes.scheme,
-            "mass_high_min_assessment": classes.mass_high_min_assessment,
-        },
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories],
+        payload = _ImageJob(
+            abns=tuple(abns),
+            classes=tuple(cat_ids[n] for n in names),
+            image=str(image),
+            source=image.relative_to(root).as_posix(),
+            rois=rois,
+            named=tuple(locator.named_mask(a) for a in abns),
+            pixels=pixels,
+            flip_left=flip_left,
+            crop_breast=crop_breast,
+        )
+        jobs.append(Job(key=key, output=f"images/{key}.png", item=item, payload=payload))
+
+    settings = {
+        "converter": "cbis-ddsm",
+        "pixels": pixels.as_kwargs(),
+        "classes": [classes.scheme, classes.mass_high_min_assessment, classes.benign_without_callback],
+        "categories": categories,
+        "flip_left": flip_left,
+        "crop_breast": crop_breast,
     }
+    entries = run_jobs(
+        jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="CBIS-DDSM"
+    )
+    report.files["errors"] = write_error_report(out, report, run.shard)
+    if run.shard is not None:
+        report.n_images = len(entries)
+        report.n_annotations = sum(len(e["annotations"]) for e in entries)
+        report.categories = categories
+        logger.info("shard %d/%d done; run again without --shard to write the COCO files", *run.shard)
+        return report
+    info = {
+        "description": "CBIS-DDSM converted by meddet",
+        "preprocessing": pixels.as_kwargs(),
+        "class_scheme": classes.scheme,
+        "mass_high_min_assessment": classes.mass_high_min_assessment,
+        "benign_without_callback": classes.benign_without_callback,
+        "flip_left": flip_left,
+        "crop_breast": crop_breast,
+    }
+    coco = assemble_coco(
+        entries, [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories], info
+    )
+    if split == "official":
+        assignment = _official_assignment(coco["images"], float(val_fraction), seed, report)
+        split_info = {"method": "official", "val_fraction": float(val_fraction), "seed": seed}
+        return write_coco_splits(coco, out, report, assignment=assignment, split_info=split_info)
     return write_coco_splits(coco, out, report, split, seed)
-
-
-def _convert_image(
-    key: str,
-    abns: list[Abnormality],
-    root: Path,
-    out: Path,
-    classes: ClassMapping,
-    cat_ids: dict[str, int],
-    pixels: PixelOptions,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    first = abns[0]
-    full_path = resolve_dicom_path(root, first.image_path)
-    ds = load_dicom(full_path)
-    shape = (int(ds.Rows), int(ds.Columns))
-    anns: list[dict[str, Any]] = []
-    seen: set[tuple[int, tuple[int, ...]]] = set()
-    for abn in abns:
-        name = classes(abn)
-        if name is None:
-            continue
-        if name not in cat_ids:
-            raise DataError(f"{abn.source}: class rule returned {name!r}, not one of {list(cat_ids)}")
-        mask = find_roi_mask(abn, root, shape)
-        for box in mask_boxes(mask):
-            dup = (cat_ids[name], tuple(box))
-            if dup in seen:
-                logger.debug("%s: duplicate box %s of %s dropped", abn.source, box, name)
-                continue
-            seen.add(dup)
-            anns.append(
-                {
-                    "category_id": cat_ids[name],
-                    "bbox": box,
-                    "area": box[2] * box[3],
-                    "iscrowd": 0,
-                    "abnormality_type": abn.abnormality_type,
-                    "abnormality_id": abn.abnormality_id,
-                    "assessment": abn.assessment,
-                    "pathology": abn.pathology,
-                    "subtlety": abn.subtlety,
-                }
-            )
-    arr = dicom_to_array(ds, source=full_path, **pixels.as_kwargs())
-    file_name = f"images/{key}.png"
-    write_png(out / file_name, arr)
-    densities = [a.breast_density for a in abns if a.breast_density is not None]
-    record = {
-        "file_name": file_name,
-        "height": shape[0],
-        "width": shape[1],
-        "patient_id": first.patient_id,
-        "laterality": first.side,
-        "view": first.view,
-        "source": full_path.relative_to(root).as_posix(),
-        "breast_density": densities[0] if densities else None,
-        "official_split": _official_split(abns),
-    }
-    return record, anns
