@@ -1,6 +1,7 @@
 """Models: build_model(cfg) for each engine (torchvision now; detectron2 later) and checkpoints."""
 from meddet.modeling.build import build_model, resolve_device, select_engine
 from meddet.modeling.checkpoint import load_checkpoint_for_resume, load_weights, save_checkpoint
+from meddet.modeling.d2_convert import convert_checkpoint
 
 __all__ = [
     "build_model",
@@ -9,4 +10,5 @@ __all__ = [
     "save_checkpoint",
     "load_weights",
     "load_checkpoint_for_resume",
+    "convert_checkpoint",
 ]

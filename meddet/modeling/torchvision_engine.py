@@ -7,10 +7,12 @@ torchvision's loss names and its (disabled) internal resize. Parameter names are
 ``fasterrcnn_resnet50_fpn`` state dict fits a model built with the matching keys.
 
 Where torchvision cannot do what a key asks, building fails with a ModelError naming the key.
-A few detectron2 details have no torchvision switch and are not configurable here:
-ResNet blocks put the stride in the 3x3 conv (``MODEL.RESNETS.STRIDE_IN_1X1`` is not used),
-the box pooler is ROIAlign without ROIAlignV2's half-pixel shift, and the box-regression losses
-are torchvision's smooth-L1 (``*.SMOOTH_L1_BETA`` is not used).
+detectron2's numerics are reproduced where torchvision differs: ``MODEL.RESNETS.STRIDE_IN_1X1`` puts the
+stride of ResNet-50+ bottlenecks in the first 1x1 conv (MSRA ResNets), ``POOLER_TYPE ROIAlignV2`` pools with
+``aligned=True`` and detectron2's FPN level assignment, anchors are detectron2's (not rounded, size-major
+order, fixed strides), and proposals and detections are selected as detectron2 does (NMS ranked by logits,
+empty boxes dropped after the top-k), so a converted detectron2 checkpoint (meddet.modeling.d2_convert)
+gives detectron2's detections. The box-regression losses are torchvision's smooth-L1 (``*.SMOOTH_L1_BETA`` is not used).
 """
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ from torchvision.models.detection.faster_rcnn import (
     FastRCNNPredictor,
     TwoMLPHead,
 )
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, roi_align
 from torchvision.ops.misc import FrozenBatchNorm2d
 from yacs.config import CfgNode
 
@@ -163,6 +167,14 @@ def _convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def _move_stride_to_1x1(body: resnet.ResNet) -> None:
+    """MSRA ResNets (detectron2 ``STRIDE_IN_1X1 True``): the downsampling stride of each stage's first
+    bottleneck sits in its 1x1 ``conv1`` instead of the 3x3 ``conv2`` (same parameters, other numerics)."""
+    for layer in (body.layer2, body.layer3, body.layer4):
+        first = layer[0]
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+
+
 def _build_backbone(cfg: CfgNode) -> BackboneWithFPN:
     r = cfg.MODEL.RESNETS
     depth = int(r.DEPTH)
@@ -185,6 +197,8 @@ def _build_backbone(cfg: CfgNode) -> BackboneWithFPN:
     body = resnet.ResNet(
         block, layers, groups=groups, width_per_group=width, norm_layer=_norm_layer("MODEL.RESNETS.NORM", r.NORM)
     )
+    if block is resnet.Bottleneck and r.STRIDE_IN_1X1:
+        _move_stride_to_1x1(body)
     _freeze_stages(body, min(freeze_at, len(_STAGES)))
     fpn_norm = cfg.MODEL.FPN.NORM
     fpn_norm_layer = _norm_layer("MODEL.FPN.NORM", fpn_norm) if fpn_norm else None
@@ -211,6 +225,146 @@ def _per_level(key: str, values: Sequence[Sequence[float]], levels: int) -> list
     return lists
 
 
+class D2AnchorGenerator(AnchorGenerator):
+    """torchvision's AnchorGenerator with detectron2's anchors: cell anchors with sizes outer and aspect
+    ratios inner, coordinates not rounded (torchvision rounds them), centred on ``(x * stride, y * stride)``
+    with each level's fixed stride (torchvision divides the padded image size by the grid size, which
+    gives 48 instead of 64 on P6 for a 96-pixel-high image)."""
+
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
+                 strides: Sequence[int]) -> None:
+        super().__init__(sizes=tuple(sizes), aspect_ratios=tuple(aspect_ratios))
+        self.strides = list(strides)
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:  # type: ignore[override]
+        """Anchors ``(sum over levels of H * W * A, 4)`` per image, level by level."""
+        grid_sizes = [f.shape[-2:] for f in feature_maps]
+        dtype, device = feature_maps[0].dtype, feature_maps[0].device
+        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(dtype, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]
+
+    def generate_anchors(
+        self,
+        scales: Sequence[float],
+        aspect_ratios: Sequence[float],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device = torch.device("cpu"),
+    ) -> Tensor:
+        """Cell anchors ``(-w/2, -h/2, w/2, h/2)`` with ``w * h = size**2`` and ``h / w = ratio``."""
+        anchors = []
+        for size in scales:
+            area = float(size) ** 2
+            for ratio in aspect_ratios:
+                w = (area / float(ratio)) ** 0.5
+                h = float(ratio) * w
+                anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(anchors, dtype=dtype, device=device)
+
+
+class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
+    """ROIAlign over FPN levels the way detectron2's ROIPooler does it: level
+    ``floor(4 + log2(sqrt(area) / 224 + 1e-8))`` clamped to the available levels, and ``aligned=True``
+    (the half-pixel shift of ``POOLER_TYPE ROIAlignV2``) when asked."""
+
+    def __init__(self, featmap_names: list[str], output_size: int, sampling_ratio: int, aligned: bool,
+                 min_level: int = 2) -> None:
+        super().__init__(featmap_names=featmap_names, output_size=output_size, sampling_ratio=sampling_ratio)
+        self.aligned = aligned
+        self.min_level = min_level  # the first feature map has stride 2**min_level (P2: 4)
+
+    def forward(  # type: ignore[override]
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """Pooled features ``(sum of boxes, C, output, output)`` in the order of the concatenated boxes."""
+        features = [x[name] for name in self.featmap_names]
+        scales = [2.0 ** -(level + self.min_level) for level in range(len(features))]
+        min_level, max_level = self.min_level, self.min_level + len(features) - 1
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        b = rois[:, 1:]
+        sizes = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sqrt()
+        levels = torch.floor(self.canonical_level + torch.log2(sizes / self.canonical_scale + 1e-8))
+        levels = (levels.clamp(min=min_level, max=max_level) - min_level).to(torch.int64)
+        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, scales)):
+            index = torch.nonzero(levels == level).squeeze(1)
+            out[index] = roi_align(
+                feature, rois[index], self.output_size, spatial_scale=scale,
+                sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+            ).to(out.dtype)
+        return out
+
+
+class D2RegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's proposal selection (``find_top_rpn_proposals``): per-level
+    top-k, clip, drop empty boxes, NMS per level ranked by the objectness *logits* and keep the top
+    ``POST_NMS_TOPK``. torchvision ranks NMS by sigmoid probabilities, which tie at 1.0 in float32 for the
+    confident logits (> ~17) of trained models and then keep other proposals than detectron2."""
+
+    def filter_proposals(  # type: ignore[override]
+        self,
+        proposals: Tensor,
+        objectness: Tensor,
+        image_shapes: list[tuple[int, int]],
+        num_anchors_per_level: list[int],
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Proposals per image (xyxy) and their objectness probabilities, best first."""
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)
+        levels = torch.cat(
+            [torch.full((n,), i, dtype=torch.int64, device=proposals.device) for i, n in enumerate(num_anchors_per_level)]
+        ).reshape(1, -1).expand_as(objectness)
+        top = self._get_top_n_idx(objectness, num_anchors_per_level)
+        batch = torch.arange(num_images, device=proposals.device)[:, None]
+        objectness, levels, proposals = objectness[batch, top], levels[batch, top], proposals[batch, top]
+        final_boxes, final_scores = [], []
+        for boxes, logits, lvl, shape in zip(proposals, objectness, levels, image_shapes):
+            boxes = clip_boxes_to_image(boxes, shape)
+            keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+            keep &= torch.isfinite(boxes).all(dim=1) & torch.isfinite(logits)
+            boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
+            keep = batched_nms(boxes, logits, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(torch.sigmoid(logits[keep]))
+        return final_boxes, final_scores
+
+
+class D2RoIHeads(RoIHeads):
+    """torchvision's box head with detectron2's test-time selection (``fast_rcnn_inference`` then
+    ``detector_postprocess``): clip, score > threshold, NMS per class, top ``DETECTIONS_PER_IMAGE``, and only
+    then drop empty boxes. torchvision drops boxes under 0.01 px before NMS, which can keep other boxes."""
+
+    def postprocess_detections(  # type: ignore[override]
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Boxes (xyxy), scores and labels (1..K, 0 = background) per image, best first."""
+        num_classes = class_logits.shape[-1]
+        counts = [len(p) for p in proposals]
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, shape in zip(
+            self.box_coder.decode(box_regression, proposals).split(counts),
+            torch.softmax(class_logits, -1).split(counts),
+            image_shapes,
+        ):
+            boxes = clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)  # without background
+            labels = torch.arange(1, num_classes, device=scores.device).repeat(len(scores))
+            scores = scores[:, 1:].reshape(-1)
+            keep = (scores > self.score_thresh) & torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep])
+        return all_boxes, all_scores, all_labels
+
+
 def _build_anchor_generator(cfg: CfgNode) -> AnchorGenerator:
     a = cfg.MODEL.ANCHOR_GENERATOR
     levels = len(_RPN_FEATURES)
@@ -222,7 +376,7 @@ def _build_anchor_generator(cfg: CfgNode) -> AnchorGenerator:
             f"MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS: {[list(s) for s in sizes]} x {[list(r) for r in ratios]} "
             "give a different number of anchors per level; the shared RPN head needs the same number on every level"
         )
-    return AnchorGenerator(sizes=tuple(sizes), aspect_ratios=tuple(ratios))
+    return D2AnchorGenerator(sizes, ratios, strides=[4, 8, 16, 32, 64])  # P2..P6
 
 
 def _iou_thresholds(key: str, values: Sequence[float]) -> tuple[float, float]:
@@ -335,10 +489,11 @@ class TorchvisionRCNN(FasterRCNN):
             rpn_bg_iou_thresh=rpn_bg,
             rpn_batch_size_per_image=int(m.RPN.BATCH_SIZE_PER_IMAGE),
             rpn_positive_fraction=float(m.RPN.POSITIVE_FRACTION),
-            box_roi_pool=MultiScaleRoIAlign(
+            box_roi_pool=D2MultiScaleRoIAlign(
                 featmap_names=["0", "1", "2", "3"],
                 output_size=int(m.ROI_BOX_HEAD.POOLER_RESOLUTION),
                 sampling_ratio=int(m.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO),
+                aligned=m.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2",
             ),
             box_head=box_head,
             box_predictor=FastRCNNPredictor(representation, num_classes + 1),  # + background
@@ -350,6 +505,30 @@ class TorchvisionRCNN(FasterRCNN):
             box_batch_size_per_image=int(m.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
             box_positive_fraction=float(m.ROI_HEADS.POSITIVE_FRACTION),
             bbox_reg_weights=tuple(float(w) for w in m.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+        )
+        self.rpn = D2RegionProposalNetwork(
+            anchor_generator,
+            rpn_head,
+            fg_iou_thresh=rpn_fg,
+            bg_iou_thresh=rpn_bg,
+            batch_size_per_image=int(m.RPN.BATCH_SIZE_PER_IMAGE),
+            positive_fraction=float(m.RPN.POSITIVE_FRACTION),
+            pre_nms_top_n={"training": int(m.RPN.PRE_NMS_TOPK_TRAIN), "testing": int(m.RPN.PRE_NMS_TOPK_TEST)},
+            post_nms_top_n={"training": int(m.RPN.POST_NMS_TOPK_TRAIN), "testing": int(m.RPN.POST_NMS_TOPK_TEST)},
+            nms_thresh=float(m.RPN.NMS_THRESH),
+        )
+        self.roi_heads = D2RoIHeads(
+            self.roi_heads.box_roi_pool,
+            box_head,
+            self.roi_heads.box_predictor,
+            fg_iou_thresh=roi_fg,
+            bg_iou_thresh=roi_bg,
+            batch_size_per_image=int(m.ROI_HEADS.BATCH_SIZE_PER_IMAGE),
+            positive_fraction=float(m.ROI_HEADS.POSITIVE_FRACTION),
+            bbox_reg_weights=tuple(float(w) for w in m.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+            score_thresh=float(m.ROI_HEADS.SCORE_THRESH_TEST),
+            nms_thresh=float(m.ROI_HEADS.NMS_THRESH_TEST),
+            detections_per_img=int(cfg.TEST.DETECTIONS_PER_IMAGE),
         )
         self.transform = MeddetRCNNTransform(mean, std, flip_channels=flip)
         self.num_classes = num_classes
