@@ -113,3 +113,16 @@ class Predictor:
 
     def __call__(self, image: str | os.PathLike | np.ndarray) -> dict:
         return self.predict_batch([image])[0]
+
+
+# --- meddet.hub: Predictor.from_pretrained (bundle folder or Hugging Face repo id) -----------------
+def _from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
+                     device: str | None = None, cache_dir: str | os.PathLike | None = None,
+                     token: str | bool | None = None) -> "Predictor":
+    """A Predictor from a model bundle folder or a Hub repo id (see meddet.hub.load_predictor)."""
+    from meddet.hub import load_predictor
+
+    return load_predictor(path_or_repo_id, revision=revision, device=device, cache_dir=cache_dir, token=token)
+
+
+Predictor.from_pretrained = classmethod(_from_pretrained)

@@ -1,0 +1,203 @@
+"""Web app through Flask's test client: API, safety (bad input, limits, privacy, CORS, queue) and exactness."""
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import threading
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from bundle_fixture import METRICS, shared_run, synthetic_dicom
+
+SECRETS = ("P_SECRET_042", "Doe^Jane", "Doe", "19600101", "secret-name")
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    return shared_run(tmp_path_factory)[1]
+
+
+@pytest.fixture(scope="session")
+def predictor(bundle):
+    from meddet.hub import load_predictor
+
+    return load_predictor(bundle, device="cpu")
+
+
+@pytest.fixture
+def client(predictor):
+    from webapp import create_app
+
+    app = create_app(predictor, max_upload_mb=1, max_pixels=4_000_000)
+    return app.test_client()
+
+
+def _png(img: np.ndarray) -> bytes:
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _image(seed: int, shape=(96, 120)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 40, shape, dtype=np.uint8)
+    y, x = rng.integers(0, 40, 2)
+    img[y:y + 30, x:x + 30] = 220
+    return img
+
+
+def _post(client, data: bytes, name: str = "x.png", **query):
+    return client.post("/api/v1/predict", query_string=query, data={"file": (io.BytesIO(data), name)},
+                       content_type="multipart/form-data")
+
+
+def _healthy(client) -> None:
+    r = client.get("/api/v1/health")
+    assert r.status_code == 200 and r.get_json()["status"] == "ok"
+
+
+def test_each_image_gets_its_own_predictions(client, predictor):
+    a, b = _image(1), _image(2, (110, 90))
+    ra, rb = _post(client, _png(a)).get_json(), _post(client, _png(b)).get_json()
+    for img, r in ((a, ra), (b, rb)):
+        want = predictor(img)
+        assert r["image"] == {"format": "png", "width": img.shape[1], "height": img.shape[0]}
+        got = sorted((d["score"], d["box"], d["label"]) for d in r["detections"])
+        exp = sorted((round(float(s), 5), [round(float(v), 2) for v in bx], lab)
+                     for s, bx, lab in zip(want["scores"], want["boxes"], want["labels"]))
+        assert got == exp and len(got) > 0
+    assert ra["detections"] != rb["detections"]
+
+
+def test_threshold_filters_and_is_validated(client):
+    data = _png(_image(1))
+    all_dets = _post(client, data).get_json()["detections"]
+    t = sorted(d["score"] for d in all_dets)[len(all_dets) // 2]
+    r = client.post("/api/v1/predict", data={"file": (io.BytesIO(data), "a.png"), "threshold": str(t)})
+    kept = r.get_json()["detections"]
+    assert kept == [d for d in all_dets if d["score"] >= t] and 0 < len(kept) < len(all_dets)
+    r = client.post("/api/v1/predict", data={"file": (io.BytesIO(data), "a.png"), "threshold": "2"})
+    assert r.status_code == 400 and "threshold" in r.get_json()["error"]["message"]
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+@pytest.mark.parametrize("case,status,words", [
+    ("random", 415, "unsupported file type"),
+    ("truncated_png", 422, "cannot be decoded"),
+    ("bomb_png", 413, "100000x100000"),
+    ("bomb_jpeg", 413, "60000x50000"),
+    ("dicom_no_pixels", 422, "no pixel data"),
+    ("empty", 400, "empty upload"),
+    ("huge", 413, "upload too large"),
+])
+def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(client, tmp_path, case, status, words):
+    if case == "random":
+        data = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    elif case == "truncated_png":
+        data = _png(_image(3))[:200]
+    elif case == "bomb_png":
+        data = _png_header_only(100_000, 100_000) + b"\x00" * 64
+    elif case == "bomb_jpeg":
+        jpg = bytearray(cv2.imencode(".jpg", _image(3))[1].tobytes())
+        sof = jpg.index(b"\xff\xc0")
+        jpg[sof + 5:sof + 9] = struct.pack(">HH", 50_000, 60_000)  # height, width in the frame header
+        data = bytes(jpg)
+    elif case == "dicom_no_pixels":
+        data = synthetic_dicom(tmp_path / "n.dcm", pixels=False).read_bytes()
+    elif case == "empty":
+        data = b""
+    else:
+        data = b"\x89PNG\r\n\x1a\n" + b"\x00" * (2 * 1024 * 1024)
+    r = _post(client, data)
+    assert r.status_code == status
+    assert words in r.get_json()["error"]["message"]
+    _healthy(client)
+
+
+def test_missing_file_field(client):
+    r = client.post("/api/v1/predict", data={})
+    assert r.status_code == 400 and "'file'" in r.get_json()["error"]["message"]
+
+
+def test_dicom_facts_without_identifying_values(client, tmp_path, caplog, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    dcm = synthetic_dicom(tmp_path / "d.dcm")
+    with caplog.at_level(logging.DEBUG):
+        r = _post(client, dcm.read_bytes(), name="secret-name.dcm")
+    assert r.status_code == 200
+    body = r.get_data(as_text=True)
+    facts = r.get_json()["dicom"]
+    assert facts["modality"] == "MG" and facts["laterality"] == "L" and facts["view"] == "CC"
+    assert (facts["rows"], facts["columns"]) == (160, 128)
+    for s in SECRETS:
+        assert s not in body and s not in caplog.text
+    assert list((tmp_path / "tmp").iterdir()) == []  # nothing left behind
+
+
+def test_security_headers_and_closed_cors(client, predictor):
+    r = client.get("/api/v1/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["Cache-Control"] == "no-store"
+    from webapp import create_app
+
+    open_app = create_app(predictor, cors_origins=["https://ok.example"]).test_client()
+    r = open_app.get("/api/v1/health", headers={"Origin": "https://ok.example"})
+    assert r.headers["Access-Control-Allow-Origin"] == "https://ok.example"
+
+
+def test_model_page_api_and_openapi(client):
+    info = client.get("/api/v1/model").get_json()
+    assert [c["name"] for c in info["classes"]] == ["square", "disc"]
+    assert [c["score_thresh"] for c in info["classes"]] == [0.3, 0.4]
+    assert info["metrics"] == METRICS
+    page = client.get("/model").get_data(as_text=True)
+    assert "disc" in page and "bbox/AP50" in page and "Not a medical device" in page
+    spec = client.get("/api/v1/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.") and "post" in spec["paths"]["/api/v1/predict"]
+    assert {"400", "413", "415", "422", "503"} <= set(spec["paths"]["/api/v1/predict"]["post"]["responses"])
+    assert "dropzone" in client.get("/").get_data(as_text=True)
+
+
+def test_full_queue_answers_503(predictor):
+    from webapp import create_app
+
+    app = create_app(predictor, max_queue=1)
+    service = app.config["MEDDET_SERVICE"]
+    entered, release = threading.Event(), threading.Event()
+    real = service.predictor
+
+    class Slow:
+        class_names = real.class_names
+
+        def read(self, path):
+            return real.read(path)
+
+        def __call__(self, image):
+            entered.set()
+            release.wait(10)
+            return real(image)
+
+    service.predictor = Slow()
+    data = _png(_image(1))
+    first: list = []
+    t = threading.Thread(target=lambda: first.append(_post(app.test_client(), data).status_code))
+    t.start()
+    assert entered.wait(10)
+    r = _post(app.test_client(), data)
+    assert r.status_code == 503 and "busy" in r.get_json()["error"]["message"]
+    _healthy(app.test_client())
+    release.set()
+    t.join(10)
+    assert first == [200]

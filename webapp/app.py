@@ -1,0 +1,333 @@
+"""Flask app factory: upload page, result view, model page and a JSON API over one shared Predictor.
+
+Safety: uploads are size-limited, typed by content (PNG, JPEG, DICOM), refused above a pixel limit
+before decoding, decoded in a temporary folder that is removed at once; no file name or DICOM value
+that could identify a patient is logged or returned; CORS is closed unless origins are listed; one
+predictor runs one image at a time behind a bounded queue that answers 503 when full.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from meddet.errors import DataError, DicomError, MeddetError
+
+logger = logging.getLogger(__name__)
+
+API = "/api/v1"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DICOM_OFFSET, DICOM_MAGIC = 128, b"DICM"
+# JPEG start-of-frame markers (C4 DHT, C8 JPG and CC DAC are not frames).
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+    "script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+# DICOM facts shown to users: nothing that names or dates a patient, study or device.
+DICOM_FACTS = ("modality", "view", "laterality", "patient_orientation", "rows", "columns", "bits_stored",
+               "photometric", "transfer_syntax", "pixel_spacing")
+
+
+class UploadError(Exception):
+    """A request the app refuses, with the HTTP status and a message for the user."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def sniff_format(data: bytes) -> str:
+    """'png', 'jpeg' or 'dicom' from the file's bytes (never its name); UploadError 415 otherwise."""
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data[DICOM_OFFSET:DICOM_OFFSET + 4] == DICOM_MAGIC:
+        return "dicom"
+    raise UploadError(415, "unsupported file type: expected a PNG, JPEG or DICOM (Part-10, 'DICM' at byte 128) image")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise UploadError(422, "truncated or malformed PNG: no IHDR header")
+    w, h = struct.unpack(">II", data[16:24])
+    return h, w
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise UploadError(422, "malformed JPEG: bad marker before the frame header")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                break
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return h, w
+        i += 2 + length
+    raise UploadError(422, "truncated or malformed JPEG: no frame header with the image size")
+
+
+def _dicom_size(path: Path) -> tuple[int, int]:
+    """Rows and columns of a DICOM upload, from its header (pixel data read lazily, never decoded here)."""
+    from meddet.io.dicom import load_dicom
+
+    try:
+        ds = load_dicom(path)  # refuses missing pixel data, float pixels, multi-frame, missing Rows/Columns
+    except DicomError as e:
+        raise UploadError(422, _strip_path(str(e), path)) from None
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except (TypeError, ValueError):
+        raise UploadError(422, "DICOM image has no valid Rows/Columns") from None
+
+
+class ModelService:
+    """One shared predictor: one image at a time (lock), at most `max_queue` requests waiting or running."""
+
+    def __init__(self, predictor, max_queue: int = 4, max_pixels: int = 80_000_000):
+        self.predictor = predictor
+        self.max_pixels = int(max_pixels)
+        self._slots = threading.BoundedSemaphore(max(1, int(max_queue)))
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.served = 0
+
+    def _check_pixels(self, h: int, w: int) -> None:
+        if h <= 0 or w <= 0:
+            raise UploadError(422, f"image declares an empty size ({w}x{h} pixels)")
+        if h * w > self.max_pixels:
+            raise UploadError(
+                413, f"image of {w}x{h} pixels is larger than the limit of {self.max_pixels:,} pixels"
+            )
+
+    def predict_bytes(self, data: bytes, include_image: bool = False) -> dict[str, Any]:
+        """Check, decode and predict one uploaded file; raises UploadError for anything refused."""
+        if not data:
+            raise UploadError(400, "empty upload: the file has no bytes")
+        fmt = sniff_format(data)
+        if fmt == "png":
+            self._check_pixels(*_png_size(data))
+        elif fmt == "jpeg":
+            self._check_pixels(*_jpeg_size(data))
+        if not self._slots.acquire(blocking=False):
+            raise UploadError(503, "server busy: too many images waiting; retry in a moment")
+        try:
+            # Decoded in a private temporary folder removed on return: nothing is kept.
+            with tempfile.TemporaryDirectory(prefix="meddet-web-") as tmp:
+                path = Path(tmp) / "upload"
+                path.write_bytes(data)
+                facts = None
+                if fmt == "dicom":
+                    self._check_pixels(*_dicom_size(path))
+                    from meddet.io import dicom_info
+
+                    info = dicom_info(path)
+                    facts = {k: info.get(k) for k in DICOM_FACTS}
+                try:
+                    image = self.predictor.read(path)
+                except DicomError as e:
+                    raise UploadError(422, f"DICOM cannot be decoded: {_strip_path(str(e), path)}") from None
+                except DataError as e:
+                    raise UploadError(422, f"image cannot be decoded: {_strip_path(str(e), path)}") from None
+            h, w = image.shape[:2]
+            self._check_pixels(h, w)
+            t0 = time.perf_counter()
+            with self._lock:
+                out = self.predictor(image)
+                self.served += 1
+            elapsed = time.perf_counter() - t0
+        finally:
+            self._slots.release()
+        logger.info("predicted a %s image of %dx%d: %d detections in %.3f s", fmt, w, h, len(out["scores"]), elapsed)
+        return self._response(out, fmt, h, w, facts, elapsed, image if include_image else None)
+
+    def _response(self, out, fmt, h, w, facts, elapsed, image) -> dict[str, Any]:
+        from meddet.visualize import class_color
+
+        names = self.predictor.class_names
+        dets = [
+            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c),
+             "label": names[int(c)], "color": _hex(class_color(int(c)))}
+            for b, s, c in zip(out["boxes"], out["scores"], out["classes"])
+        ]
+        dets.sort(key=lambda d: -d["score"])
+        resp: dict[str, Any] = {
+            "image": {"format": fmt, "width": int(w), "height": int(h)},
+            "dicom": facts,
+            "detections": dets,
+            "inference_ms": round(elapsed * 1000, 1),
+        }
+        if image is not None:
+            from meddet.visualize import to_display_bgr
+
+            ok, png = cv2.imencode(".png", to_display_bgr(image))
+            resp["image"]["png_base64"] = base64.b64encode(png.tobytes()).decode("ascii") if ok else None
+        return resp
+
+
+def _strip_path(message: str, path: Path) -> str:
+    """Error text without the temporary file's path."""
+    return message.replace(f"{path}: ", "").replace(str(path), "the upload")
+
+
+def _hex(bgr: Sequence[int]) -> str:
+    b, g, r = (int(v) for v in bgr)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def model_info(predictor) -> dict[str, Any]:
+    """Classes (name, colour, default threshold), engine, input and metrics of the served model."""
+    from meddet.tasks import class_thresholds
+    from meddet.visualize import class_color
+
+    meta = getattr(predictor, "bundle", None) or {}
+    cfg = predictor.cfg
+    thr = class_thresholds(cfg, len(predictor.class_names))
+    return {
+        "classes": [{"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thr[i])}
+                    for i, n in enumerate(predictor.class_names)],
+        "score_thresh": float(cfg.TEST.SCORE_THRESH),
+        "engine": meta.get("engine", str(cfg.MODEL.ENGINE)),
+        "input": meta.get("input", {"min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
+                                    "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST)}),
+        "metrics": meta.get("metrics", {}),
+        "training_data": meta.get("training_data", {}),
+    }
+
+
+def _load_model(model):
+    if hasattr(model, "predict_batch") and hasattr(model, "class_names"):
+        return model
+    from meddet.hub import load_predictor
+
+    return load_predictor(model)
+
+
+def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, max_queue: int = 4,
+               cors_origins: Sequence[str] = ()) -> Flask:
+    """The web app over `model` (a Predictor, a bundle folder or a Hub repo id).
+
+    `max_upload_mb` bounds the request body (413 above), `max_pixels` the decoded image, `max_queue`
+    the requests waiting or running (503 above); `cors_origins` lists origins allowed to call the API
+    (none by default).
+    """
+    predictor = _load_model(model)
+    service = ModelService(predictor, max_queue=max_queue, max_pixels=max_pixels)
+    info = model_info(predictor)
+    card = ""
+    bundle_dir = getattr(predictor, "bundle_dir", None)
+    if bundle_dir is not None and (Path(bundle_dir) / "README.md").is_file():
+        card = (Path(bundle_dir) / "README.md").read_text(encoding="utf-8")
+    allowed = set(cors_origins)
+
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    app.config["MEDDET_SERVICE"] = service
+    app.json.sort_keys = False
+
+    def error(status: int, message: str) -> Response:
+        resp = jsonify({"error": {"status": status, "message": message}})
+        resp.status_code = status
+        return resp
+
+    @app.after_request
+    def headers(resp: Response) -> Response:
+        for k, v in SECURITY_HEADERS.items():
+            resp.headers.setdefault(k, v)
+        if request.path.startswith(API):
+            resp.headers["Cache-Control"] = "no-store"
+        origin = request.headers.get("Origin")
+        if origin and origin in allowed:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+        return resp
+
+    @app.errorhandler(UploadError)
+    def upload_error(e: UploadError) -> Response:
+        logger.info("refused an upload (%d): %s", e.status, e.message)
+        return error(e.status, e.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> Response:
+        if e.code == 413:
+            return error(413, f"upload too large: the limit is {max_upload_mb:g} MB")
+        if request.path.startswith(API):
+            return error(e.code or 500, e.description or e.name)
+        return e
+
+    @app.errorhandler(MeddetError)
+    def meddet_error(e: MeddetError) -> Response:
+        logger.warning("prediction failed: %s", type(e).__name__)
+        return error(422, "the image cannot be processed by the model")
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", info=info)
+
+    @app.get("/model")
+    def model_page():
+        return render_template("model.html", info=info, card=card)
+
+    @app.get(f"{API}/health")
+    def health():
+        return jsonify({"status": "ok", "served": service.served, "uptime_s": round(time.time() - service.started, 1)})
+
+    @app.get(f"{API}/model")
+    def model_api():
+        return jsonify(info)
+
+    @app.get(f"{API}/openapi.json")
+    def openapi():
+        from webapp.openapi import openapi_spec
+
+        return jsonify(openapi_spec(max_upload_mb, max_pixels))
+
+    @app.post(f"{API}/predict")
+    def predict():
+        f = request.files.get("file")
+        if f is None:
+            raise UploadError(400, "no file: send the image as multipart/form-data field 'file'")
+        threshold = request.form.get("threshold", request.args.get("threshold"))
+        if threshold is not None:
+            try:
+                threshold = float(threshold)
+            except ValueError:
+                raise UploadError(400, f"threshold: expected a number between 0 and 1, found {threshold!r}") from None
+            if not 0.0 <= threshold <= 1.0:
+                raise UploadError(400, f"threshold: expected a number between 0 and 1, found {threshold}")
+        include_image = request.args.get("include_image", "0") in ("1", "true")
+        result = service.predict_bytes(f.read(), include_image=include_image)
+        if threshold is not None:
+            result["detections"] = [d for d in result["detections"] if d["score"] >= threshold]
+        result["threshold"] = threshold
+        return jsonify(result)
+
+    return app
