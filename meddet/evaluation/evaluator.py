@@ -94,6 +94,7 @@ class EvaluationResult:
         image_root: str | os.PathLike | None = None,
         gallery_size: int = 16,
         dicom_kwargs: dict[str, Any] | None = None,
+        extra_sections: Sequence[tuple[str, str]] = (),
     ) -> Path:
         """Write every evaluation file (see the module docstring) into `out_dir`; returns it.
 
@@ -127,7 +128,7 @@ class EvaluationResult:
         self.errors.to_frame().to_csv(out / "errors.csv", index=False, na_rep="NaN")
         self.errors.detail_frame().to_csv(out / "errors_detail.csv", index=False, na_rep="NaN")
         galleries = write_galleries(self.errors, out, image_root, gallery_size, dicom_kwargs)
-        write_reports(self, out, galleries)
+        write_reports(self, out, galleries, extra_sections=extra_sections)
         logger.info("evaluation files written to %s in %.2fs", out, time.perf_counter() - t0)
         return out
 
@@ -175,6 +176,7 @@ def run_evaluation(
     image_root: str | os.PathLike | None = None,
     gallery_size: int = 16,
     dicom_kwargs: dict[str, Any] | None = None,
+    extra_sections: Sequence[tuple[str, str]] = (),
 ) -> EvaluationResult:
     """Evaluate COCO-results `predictions` (list or JSON file; category ids in the ground
     truth's id space) against the COCO ground truth `gt` (dict as `load_coco` returns, or file).
@@ -224,7 +226,8 @@ def run_evaluation(
     if out_dir is not None:
         if image_root is None and isinstance(gt, (str, os.PathLike)):
             image_root = Path(gt).parent
-        result.write(out_dir, image_root=image_root, gallery_size=gallery_size, dicom_kwargs=dicom_kwargs)
+        result.write(out_dir, image_root=image_root, gallery_size=gallery_size, dicom_kwargs=dicom_kwargs,
+                     extra_sections=extra_sections)
     return result
 
 

@@ -190,17 +190,21 @@ def _sections(result: "EvaluationResult", files: Sequence[str], galleries: Seque
     return sections
 
 
-def write_reports(result: "EvaluationResult", out_dir: str | os.PathLike, galleries: Sequence[Path] = ()) -> list[Path]:
+def write_reports(result: "EvaluationResult", out_dir: str | os.PathLike, galleries: Sequence[Path] = (),
+                  extra_sections: Sequence[tuple[str, str]] = ()) -> list[Path]:
     """Write ``report.md``, ``analysis_report.txt`` and ``project_summary.csv`` into `out_dir`
     (beside the CSVs and PNGs they refer to); returns their paths. Plots missing from
-    `out_dir` are not linked."""
+    `out_dir` are not linked. ``extra_sections``: (title, text) pairs appended before "Files"
+    (e.g. the model summary and the training diagnosis)."""
     out = Path(out_dir)
     summary = out / "project_summary.csv"
     summary_row(result).to_csv(summary, index=False, na_rep="NaN")
     names = ["report.md", "analysis_report.txt"]
     files = sorted({p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")} | set(names))
     md, txt = ["# Evaluation report", ""], ["EVALUATION REPORT", "=" * 17, ""]
-    for title, intro, tables, images in _sections(result, files, galleries):
+    sections = _sections(result, files, galleries)
+    sections[-1:-1] = [(title, text, [], []) for title, text in extra_sections]
+    for title, intro, tables, images in sections:
         md += [f"## {title}", ""]
         txt += [title.upper(), "-" * len(title), ""]
         if intro:
