@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python scripts/demo.py
 
 test: $(STAMP)
+	@sh scripts/ensure_chromium.sh
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 clean-venv:

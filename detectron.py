@@ -2,11 +2,16 @@
 """meddet command line: train, evaluate and predict with detectron2-style configs.
 
     python detectron.py -c train    --config-file configs/demo_mammo_R18_FPN.yaml [--resume] [KEY VALUE ...]
+    torchrun --nproc_per_node N detectron.py -c train ...   # DistributedDataParallel, SOLVER.IMS_PER_BATCH global
     python detectron.py -c evaluate --config-file output/run/config.yaml [--gt test.json] [KEY VALUE ...]
     python detectron.py -c evaluate --gt test.json --predictions results.json   # score any detector
     python detectron.py -c predict  --config-file output/run/config.yaml --input IMG|DICOM|DIR ... [--output DIR]
     python detectron.py -c tune     --config-file output/run/config.yaml        # thresholds on DATASETS.VAL
     python detectron.py -c compare  output/run_a output/run_b ...                # headline metrics side by side
+    python detectron.py -c explain  --config-file output/run/config.yaml --input IMG ... [--output DIR]   # Grad-CAM
+    python detectron.py -c export   --run output/run --output bundles/run        # self-describing model bundle
+    python detectron.py -c push     --bundle bundles/run --repo-id ORG/NAME [--private]   # to the Hugging Face Hub
+    python detectron.py -c convert-weights --config-file CFG --weights d2_model.pth --output tv.pth
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from meddet.cli import run_cli, setup_logging
 
 logger = logging.getLogger("meddet.cli")
 
-COMMANDS = ("train", "evaluate", "predict", "tune", "compare")
+COMMANDS = ("train", "evaluate", "predict", "tune", "compare", "explain", "export", "push", "convert-weights")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,6 +44,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="evaluate/predict: output folder (default OUTPUT_DIR/eval, OUTPUT_DIR/predictions)")
     p.add_argument("--score-thresh", type=float, default=None, help="predict: minimum score (default TEST.SCORE_THRESH)")
     p.add_argument("--overwrite", action="store_true", help="evaluate/predict: replace earlier outputs in --output")
+    p.add_argument("--run", default="", metavar="DIR", help="export: the run folder to bundle")
+    p.add_argument("--weights", default="", metavar="PTH",
+                   help="export: checkpoint (default model_best/model_final); convert-weights: the source")
+    p.add_argument("--bundle", default="", metavar="DIR", help="push: the bundle folder")
+    p.add_argument("--repo-id", default="", metavar="ORG/NAME", help="push: Hugging Face repository")
+    p.add_argument("--private", action="store_true", help="push: create the repository private")
+    p.add_argument("--revision", default=None, help="push: branch to commit to")
+    p.add_argument("--direction", default="d2-to-tv", choices=("d2-to-tv", "tv-to-d2"),
+                   help="convert-weights: detectron2 -> torchvision engine or back")
+    p.add_argument("--method", default="hirescam", choices=("hirescam", "gradcam"), help="explain: CAM variant")
+    p.add_argument("--layer", default=None, help="explain: feature map (p2..p5 or a module name)")
+    p.add_argument("--per-detection", action="store_true", help="explain: one overlay per detection")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE",
                    help="config overrides, e.g. SOLVER.BASE_LR 0.001 OUTPUT_DIR output/x (options may come "
@@ -61,11 +78,56 @@ def main(args: argparse.Namespace) -> int:
             csv, _ = write_comparison(df, args.output)
             print(f"\n(written to {csv})")
         return 0
-    cfg = load_config(args.config_file or None, args.opts)
-    if args.command == "train":
-        from meddet.engine import train
+    if args.command == "export":
+        from meddet.hub import export_bundle
 
-        out = train(cfg, resume=args.resume)
+        if not args.run or not args.output:
+            raise ConfigError("export needs --run OUTPUT_DIR and --output BUNDLE_DIR")
+        out = export_bundle(args.run, args.output, weights=args.weights or None, overwrite=args.overwrite)
+        print(f"bundle written to {out}")
+        return 0
+    if args.command == "push":
+        from meddet.hub import push_bundle
+
+        if not args.bundle or not args.repo_id:
+            raise ConfigError("push needs --bundle BUNDLE_DIR and --repo-id ORG/NAME")
+        url = push_bundle(args.bundle, args.repo_id, private=args.private, revision=args.revision)
+        print(f"pushed {args.bundle} -> {url}")
+        return 0
+    cfg = load_config(args.config_file or None, args.opts)
+    if args.command == "convert-weights":
+        from meddet.modeling import convert_checkpoint
+
+        if not args.weights or not args.output:
+            raise ConfigError("convert-weights needs --weights SRC and --output DST (and the model's --config-file)")
+        out = convert_checkpoint(args.weights, args.output, args.direction, cfg=cfg)
+        print(f"converted ({args.direction}) -> {out}")
+        return 0
+    if args.command == "explain":
+        from meddet.tasks import resolve_weights
+        from meddet.xai import explain
+
+        if not args.input:
+            raise ConfigError("explain needs --input IMAGE|DICOM ...")
+        out_dir = Path(args.output) if args.output else Path(cfg.OUTPUT_DIR) / "explain"
+        paths = explain(cfg, args.input, out_dir, weights=resolve_weights(cfg),
+                        score_thresh=args.score_thresh if args.score_thresh is not None else cfg.TEST.SCORE_THRESH,
+                        layer=args.layer, method=args.method, per_detection=args.per_detection)
+        print("\n".join(str(p) for p in paths))
+        return 0
+    if args.command == "train":
+        from meddet.engine import comm, train
+
+        # Under torchrun (one process per GPU or CPU slot): join the process group; rank 0 writes the run.
+        if comm.init_from_torchrun() and not comm.is_main_process():
+            logging.getLogger().setLevel(logging.WARNING)
+        try:
+            out = train(cfg, resume=args.resume)
+        finally:
+            if comm.get_world_size() > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
         logger.info("Run folder: %s (config.yaml, metrics.json, model_final.pth)", out)
         return 0
     if args.command == "evaluate":

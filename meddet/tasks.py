@@ -64,7 +64,7 @@ def _load_results(path: str | os.PathLike) -> list[dict]:
 
 
 def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict] | str | os.PathLike,
-                         out_dir: str | os.PathLike) -> dict:
+                         out_dir: str | os.PathLike, extra_sections=()) -> dict:
     """Score COCO-results predictions (a list or a JSON file, from any detector) against a COCO file:
     every view of the evaluator (COCO AP, per-class table, P/R/F1, confusion, curves, FROC, image-level ROC,
     bootstrap CIs, error galleries, reports) under `out_dir`."""
@@ -76,7 +76,7 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
     kwargs = evaluation_kwargs(cfg)
     if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
         kwargs["image_root"] = str(Path(gt_path).parent)
-    return evaluate(gt, predictions, out_dir, **kwargs)
+    return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, **kwargs)
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
@@ -125,7 +125,20 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
     preds = predict_dataset(cfg, gt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    return evaluate_predictions(cfg, gt_path, preds, out_dir)
+    return evaluate_predictions(cfg, gt_path, preds, out_dir, extra_sections=run_sections(cfg))
+
+
+def run_sections(cfg) -> list[tuple[str, str]]:
+    """Report sections about the model and its training run: model summary, training diagnosis."""
+    from meddet.engine.diagnosis import diagnose, format_findings
+    from meddet.modeling import build_model
+    from meddet.modeling.summary import model_summary
+
+    sections = [("Model summary", str(model_summary(build_model(cfg), cfg)))]
+    metrics = Path(cfg.OUTPUT_DIR) / "metrics.json"
+    if metrics.is_file():
+        sections.append(("Training diagnosis", format_findings(diagnose(metrics))))
+    return sections
 
 
 @dataclass

@@ -197,10 +197,12 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
     return loader, names
 
 
-def build_test_loader(cfg, json_path: str, batch_size: int = 1, with_boxes: bool = False
-                      ) -> tuple[DataLoader, list[dict], list[str]]:
-    """Test-time loader (no augmentation, MIN_SIZE_TEST); `with_boxes` adds the ground truth (validation loss)."""
+def build_test_loader(cfg, json_path: str, batch_size: int = 1, with_boxes: bool = False, rank: int = 0,
+                      world_size: int = 1) -> tuple[DataLoader, list[dict], list[str]]:
+    """Test-time loader (no augmentation, MIN_SIZE_TEST); `with_boxes` adds the ground truth (validation
+    loss); with several processes each rank takes every world_size-th image."""
     records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT)
+    records = records[rank::world_size]
     mapper = DatasetMapper(cfg, is_train=False, with_boxes=with_boxes)
     workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(

@@ -206,6 +206,8 @@ class Trainer:
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
 
         self.device = resolve_device(cfg.MODEL.DEVICE)
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", comm.get_local_rank())
         self.model = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -226,10 +228,17 @@ class Trainer:
         elif cfg.MODEL.WEIGHTS:
             load_weights(self.model, cfg.MODEL.WEIGHTS)
 
+        # One model object for checkpoints/evaluation; DistributedDataParallel only for the training step.
+        self.train_model = self.model
+        if self.world_size > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.train_loader, _ = build_train_loader(cfg, self.start_iter, self.rank, self.world_size)
         self.storage = EventStorage(self.start_iter)
         self.iter = self.start_iter
         self.stop_requested = False
+        self._warned_loading = False
         self.hooks: list[HookBase] = []
         self._build_hooks()
 
@@ -259,19 +268,27 @@ class Trainer:
 
         out: dict = {}
         for path in self.cfg.DATASETS.VAL:
-            loader, _, _ = build_test_loader(self.cfg, path, with_boxes=True)
+            loader, _, _ = build_test_loader(self.cfg, path, with_boxes=True, rank=self.rank,
+                                             world_size=self.world_size)
             gt = load_coco(path)
             cat_ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
             preds = inference_on_dataset(self.model, loader, cat_ids, desc="validation")
-            kwargs = evaluation_kwargs(self.cfg)
-            kwargs["bootstrap_samples"] = 0  # CIs belong to the final evaluation, not to every period
-            metrics = evaluate(gt, preds, None, **kwargs)
-            out.update({k: v for k, v in metrics.items() if k.startswith("bbox/")})
-            out.update(self.validation_loss(loader))
-            logger.info("Validation on %s at iteration %d: AP %.2f, AP50 %.2f, loss %.4f", path, self.iter,
-                        metrics.get("bbox/AP", float("nan")), metrics.get("bbox/AP50", float("nan")),
-                        out.get("val/total_loss", float("nan")))
-        return out
+            losses = self.validation_loss(loader)
+            gathered = comm.all_gather_object((preds, losses))
+            if comm.is_main_process():
+                preds = [p for part, _ in gathered for p in part]
+                kwargs = evaluation_kwargs(self.cfg)
+                kwargs["bootstrap_samples"] = 0  # CIs belong to the final evaluation, not to every period
+                metrics = evaluate(gt, preds, None, **kwargs)
+                out.update({k: v for k, v in metrics.items() if k.startswith("bbox/")})
+                n = sum(l.get("_images", 0) for _, l in gathered)
+                if n:
+                    keys = {k for _, l in gathered for k in l if k != "_images"}
+                    out.update({k: sum(l.get(k, 0.0) * l["_images"] for _, l in gathered if l) / n for k in keys})
+                logger.info("Validation on %s at iteration %d: AP %.2f, AP50 %.2f, loss %.4f", path, self.iter,
+                            metrics.get("bbox/AP", float("nan")), metrics.get("bbox/AP50", float("nan")),
+                            out.get("val/total_loss", float("nan")))
+        return comm.broadcast_object(out)
 
     @torch.no_grad()
     def validation_loss(self, loader) -> dict:
@@ -299,6 +316,7 @@ class Trainer:
             return {}
         out = {f"val/{k}": v / n for k, v in sums.items()}
         out["val/total_loss"] = sum(sums.values()) / n
+        out["_images"] = n  # for the weighted mean over ranks
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -326,11 +344,12 @@ class Trainer:
         t0 = time.perf_counter()
         batch = next(data_iter)
         data_time = time.perf_counter() - t0
+        self.last_batch_files = [b["file_name"] for b in batch]
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            losses = self.model(batch)
+            losses = self.train_model(batch)
         total = sum(losses.values())
-        loss_values = {k: float(v.detach()) for k, v in losses.items()}
-        total_value = float(total.detach())
+        loss_values = comm.reduce_mean({k: float(v.detach()) for k, v in losses.items()})
+        total_value = sum(loss_values.values())
         if not math.isfinite(total_value):
             raise FloatingPointError(
                 f"loss became {total_value} at iteration {self.iter} (losses: {loss_values}); lower "
@@ -360,6 +379,16 @@ class Trainer:
         remaining = self.max_iter - self.iter - 1
         self.storage.put_scalar("eta_seconds", remaining * (self.storage.median("time") or 0.0), smooth=False)
 
+    def _check_loading(self) -> None:
+        """Warn (once) when data loading takes over 20% of each iteration: the GPU/CPU waits for data."""
+        if self._warned_loading or self.iter - self.start_iter < 20:
+            return
+        dt, t = self.storage.median("data_time"), self.storage.median("time")
+        if dt is not None and t and dt / t > 0.2:
+            self._warned_loading = True
+            logger.warning("Data loading takes %.0f%% of each iteration (data_time/time): raise "
+                           "DATALOADER.NUM_WORKERS or pre-convert images to smaller PNGs", 100 * dt / t)
+
     def train(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if comm.is_main_process():
@@ -369,6 +398,10 @@ class Trainer:
         if self.start_iter >= self.max_iter:
             logger.info("Nothing to do: the run already reached SOLVER.MAX_ITER %d", self.max_iter)
             return
+        if comm.is_main_process():
+            from meddet.modeling.summary import model_summary
+
+            logger.info("Model summary:\n%s", model_summary(self.model, self.cfg))
         self.model.train()
         for h in self.hooks:
             h.before_train()
@@ -387,6 +420,7 @@ class Trainer:
                 if self.stop_requested:
                     break
                 bar.update(1)
+                self._check_loading()
                 bar.set_postfix(loss=f"{self.storage.median('total_loss'):.3f}",
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         finally:
@@ -396,10 +430,10 @@ class Trainer:
         elapsed = time.perf_counter() - start
         logger.info("Training finished: %d iterations in %s (%.3f s/it)", self.max_iter - self.start_iter,
                     datetime.timedelta(seconds=int(elapsed)), elapsed / max(self.max_iter - self.start_iter, 1))
-        dt, t = self.storage.median("data_time"), self.storage.median("time")
-        if dt is not None and t and dt / t > 0.2:
-            logger.warning("Data loading took %.0f%% of each iteration: raise DATALOADER.NUM_WORKERS or "
-                           "pre-convert images to smaller PNGs", 100 * dt / t)
+        if comm.is_main_process() and (self.output_dir / "metrics.json").is_file():
+            from meddet.engine.diagnosis import diagnose, format_findings
+
+            logger.info("Training diagnosis:\n%s", format_findings(diagnose(self.output_dir / "metrics.json")))
 
 
 def train(cfg, resume: bool = False) -> Path:
