@@ -82,3 +82,24 @@ def test_lr_schedule_warmup_then_steps():
     assert lr_factor(cfg, 10) == 1.0 and lr_factor(cfg, 25) == 0.5 and lr_factor(cfg, 35) == 0.25
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
     assert lr_factor(cfg, 40) == pytest.approx(0.0, abs=1e-9) and lr_factor(cfg, 20) == pytest.approx(0.5)
+
+
+def test_best_checkpoint_and_early_stopping_follow_the_metric(tiny_cfg, monkeypatch):
+    """model_best.pth is written when TEST.BEST_METRIC improves; training stops after PATIENCE bad evaluations."""
+    scores = iter([10.0, 30.0, 20.0, 25.0, 5.0, 50.0, 60.0])
+    monkeypatch.setattr(Trainer, "evaluate_val", lambda self: {"bbox/AP50": next(scores)})
+    cfg = tiny_cfg.clone()
+    cfg.defrost()
+    cfg.DATASETS.VAL = cfg.DATASETS.TRAIN
+    cfg.TEST.EVAL_PERIOD = 2
+    cfg.TEST.EARLY_STOP_PATIENCE = 2
+    cfg.SOLVER.MAX_ITER = 20
+    t = Trainer(cfg)
+    t.train()
+    # evaluations at iterations 1, 3, 5, 7: 10 (best), 30 (best), 20, 25 -> two without improvement: stop at 7
+    assert t.iter == 7
+    best = torch.load(t.output_dir / "model_best.pth", weights_only=True)
+    assert best["iteration"] == 3 and best["meddet"]["best_value"] == 30.0
+    assert (t.output_dir / "model_final.pth").is_file()
+    lines = read_metrics(t.output_dir / "metrics.json")
+    assert [l["bbox/AP50"] for l in lines if "bbox/AP50" in l] == [10.0, 30.0, 20.0, 25.0]

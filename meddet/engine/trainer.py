@@ -126,6 +126,7 @@ class EvalHook(HookBase):
         for k, v in results.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.trainer.storage.put_scalar(k, v, smooth=False)
+        self.trainer.flush_writers()  # every evaluation gets its own metrics.json line
         value = results.get(self.best_metric)
         if value is None or not math.isfinite(value):
             logger.warning("TEST.BEST_METRIC %r is not among the validation results (%s); no model_best.pth",
@@ -253,6 +254,12 @@ class Trainer:
         if comm.is_main_process():
             self.register(PeriodicWriter([JSONWriter(self.output_dir / "metrics.json"),
                                           TensorboardWriter(self.output_dir)]))
+
+    def flush_writers(self) -> None:
+        """Write pending metrics now (after an evaluation) instead of at the next write period."""
+        for h in self.hooks:
+            if isinstance(h, PeriodicWriter):
+                h._write()
 
     def register(self, hook: HookBase) -> None:
         hook.trainer = self
