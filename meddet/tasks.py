@@ -1,7 +1,6 @@
 """Whole tasks behind `detectron.py -c evaluate|predict` (the CLI stays a thin argument parser)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -47,15 +46,10 @@ def _check_out_dir(out_dir: Path, names: Sequence[str], overwrite: bool) -> None
 
 def _load_results(path: str | os.PathLike) -> list[dict]:
     """A COCO-results JSON file ([{image_id, category_id, bbox, score}, ...]), checked."""
+    from meddet.evaluation.matching import load_predictions
+
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: predictions file not found")
-    try:
-        predictions = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(predictions, list):
-        raise DataError(f"{p}: expected a COCO results list [{{image_id, category_id, bbox, score}}, ...]")
+    predictions = load_predictions(p)
     for i, d in enumerate(predictions):
         missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in d]
         if missing:

@@ -16,16 +16,22 @@ from meddet.errors import DataError
 REQUIRED_TOP = ("images", "annotations", "categories")
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file's content; a missing file or bad JSON is a DataError naming the file (`what` it should be)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); expected {what}") from None
+
+
 def load_coco(path: str | os.PathLike) -> dict:
     """Read and check a COCO detection file; errors name the file and the offending field."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: COCO file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, "a COCO file")
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a COCO object with images/annotations/categories")
     for key in REQUIRED_TOP:

@@ -16,7 +16,6 @@ resamples over images — all read off the same arrays with `Matches.kept` / `Ma
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -39,14 +38,10 @@ _PAIR_BLOCK = 1 << 21
 
 def load_predictions(path: str | os.PathLike) -> list[dict]:
     """Read a COCO-results JSON file (a list of ``{"image_id", "category_id", "bbox", "score"}``)."""
+    from meddet.data.coco import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: predictions file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, "a predictions file (COCO results)")
     if not isinstance(data, list):
         raise DataError(
             f"{path}: expected a COCO results list of detections, found {type(data).__name__}"
