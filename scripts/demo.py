@@ -44,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
     synth = make_cbis_ddsm(out / "cbis_ddsm", n_patients=args.patients, seed=args.seed,
                            image_size=(args.height, args.width))
 
-    logger.info("2/5 Converting DICOM + CSV → 8-bit PNG + COCO with a patient-level 70/15/15 split")
+    logger.info("2/5 Converting DICOM + CSV → 8-bit PNG + COCO (official train/test split, "
+                "validation carved from train by patient)")
     report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], out / "coco",
                                seed=args.seed)
     if report.skipped:
