@@ -53,11 +53,14 @@ class HookBase:
 
     trainer: "Trainer"
 
-    def before_train(self) -> None: ...
+    def before_train(self) -> None:
+        """Before the first iteration (a no-op unless overridden)."""
 
-    def after_step(self) -> None: ...
+    def after_step(self) -> None:
+        """After every iteration; `self.trainer.iter` is the iteration just done (no-op unless overridden)."""
 
-    def after_train(self) -> None: ...
+    def after_train(self) -> None:
+        """After the loop ended normally, at the last iteration or by early stopping (no-op unless overridden)."""
 
 
 class PeriodicWriter(HookBase):
