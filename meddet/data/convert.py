@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from meddet import __version__
 from meddet.data.coco import save_json_atomic
+from meddet.errors import DataError
 from meddet.data.splits import SPLIT_NAMES, split_by_patient, subset_coco
 
 logger = logging.getLogger(__name__)
@@ -157,3 +158,19 @@ def write_coco_splits(
     report.n_annotations = len(coco["annotations"])
     report.categories = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     return report
+
+
+def read_csv_strings(path: str | os.PathLike, what: str = "CSV file", sep: str = ","):
+    """A CSV as a DataFrame of strings (empty cells stay ""), column names stripped; a missing or
+    unreadable file is a DataError naming it."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df

@@ -322,8 +322,9 @@ def run_jobs(
     entries of the outputs now complete, sorted by key.
 
     ``report`` receives each failure
-    (``skip``), each warning a converter attached to an output (``warn``), and the counts of
-    converted and reused outputs. ``settings`` is what the outputs depend on besides the inputs
+    (``skip``), each warning a converter attached to an output (``warn``), the counts of
+    converted and reused outputs, and the path of the error report written at the end
+    (``files["errors"]``: every item skipped so far, CSV-level ones included). ``settings`` is what the outputs depend on besides the inputs
     (pixel options, class rules, ...); it becomes the manifest's fingerprint.
     """
     out = Path(out_dir)
@@ -385,6 +386,7 @@ def run_jobs(
     if report.n_reused:
         logger.info("%s: %d output(s) reused from an earlier run, %d converted", desc, report.n_reused,
                     report.n_converted)
+    report.files["errors"] = write_error_report(out, report, options.shard)
     return ordered
 
 

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from meddet.data.convert import ConversionReport, assemble_coco, safe_name, write_coco_splits
-from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs, write_error_report
+from meddet.data.convert import ConversionReport, assemble_coco, read_csv_strings, safe_name, write_coco_splits
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions
 from meddet.errors import DataError
 from meddet.io.dicom import PixelOptions
@@ -36,13 +36,8 @@ _BOX_FIELDS = ("x", "y", "width", "height", "class")
 def read_box_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read a box CSV as strings; raises :class:`DataError` when missing or lacking a column."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: CSV file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e})") from None
-    df.columns = [str(c).strip().lower() for c in df.columns]
+    df = read_csv_strings(path)
+    df.columns = [c.lower() for c in df.columns]
     missing = [c for c in BOX_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(
@@ -192,7 +187,6 @@ def convert_box_csv(
     entries = run_jobs(
         jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="boxes"
     )
-    report.files["errors"] = write_error_report(out, report, run.shard)
     if run.shard is not None:
         report.n_images = len(entries)
         return report

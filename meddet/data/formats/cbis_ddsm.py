@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from meddet.data.convert import ConversionReport, assemble_coco, write_coco_splits
-from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs, write_error_report
+from meddet.data.convert import ConversionReport, assemble_coco, read_csv_strings, write_coco_splits
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions, split_by_patient
 from meddet.errors import ConfigError, DataError
 from meddet.io.breast import orient_and_crop
@@ -225,13 +225,7 @@ def read_cbis_csv(path: str | os.PathLike) -> tuple[list[Abnormality], list[tupl
     Raises :class:`DataError` when the file is missing, unreadable or lacks a required column.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: CSV file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_csv_strings(path)
     df = df.rename(columns={"breast density": "breast_density"})
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -824,7 +818,6 @@ def convert_cbis_ddsm(
     entries = run_jobs(
         jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="CBIS-DDSM"
     )
-    report.files["errors"] = write_error_report(out, report, run.shard)
     if run.shard is not None:
         report.n_images = len(entries)
         report.n_annotations = sum(len(e["annotations"]) for e in entries)

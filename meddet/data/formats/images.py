@@ -17,7 +17,7 @@ from typing import Any
 
 from meddet.data.convert import ConversionReport, assemble_coco, safe_name
 from meddet.data.coco import save_json_atomic
-from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs, write_error_report
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.errors import DataError
 from meddet.io.dicom import PixelOptions, dicom_to_array, is_dicom_file, load_dicom, pixel_spacing
 from meddet.io.image import read_image, write_png
@@ -118,7 +118,6 @@ def convert_images(
     entries = run_jobs(
         jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="images"
     )
-    report.files["errors"] = write_error_report(out, report, run.shard)
     report.n_images = len(entries)
     if run.shard is None:
         info = {"description": f"images of {root.name} converted by meddet", "preprocessing": pixels.as_kwargs()}

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import pandas as pd
 
-from meddet.data.convert import ConversionReport, assemble_coco, write_coco_splits
-from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs, write_error_report
+from meddet.data.convert import ConversionReport, assemble_coco, read_csv_strings, write_coco_splits
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions
 from meddet.errors import ConfigError, DataError
 from meddet.io.dicom import PixelOptions, dicom_to_array, load_dicom, pixel_spacing
@@ -65,13 +64,7 @@ _POINT = re.compile(r"^\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*(?:,\s*[-+0-9.eE
 def read_inbreast_csv(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """``{file name: {"laterality", "view", "acr", "birads", "source"}}`` from ``INbreast.csv``."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: INbreast.csv not found")
-    try:
-        df = pd.read_csv(path, sep=";", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV file ({type(e).__name__}: {e})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_csv_strings(path, "INbreast.csv", sep=";")
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(
@@ -273,7 +266,6 @@ def convert_inbreast(
     entries = run_jobs(
         jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="INbreast"
     )
-    report.files["errors"] = write_error_report(out, report, run.shard)
     if run.shard is not None:
         report.n_images = len(entries)
         return report

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from meddet.data.convert import ConversionReport, assemble_coco, write_coco_splits
-from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs, write_error_report
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions
 from meddet.errors import ConfigError, DataError
 from meddet.io.image import read_image, write_png
@@ -255,7 +255,6 @@ def convert_mias(
     entries = run_jobs(
         jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="MIAS"
     )
-    report.files["errors"] = write_error_report(out, report, run.shard)
     if run.shard is not None:
         report.n_images = len(entries)
         return report
