@@ -172,8 +172,12 @@ def _collate(batch):
     return batch
 
 
-def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int = 1) -> tuple[DataLoader, list[str]]:
-    records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
+def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int = 1,
+                       records: list[dict] | None = None) -> tuple[DataLoader, list[str]]:
+    """The infinite training loader over DATASETS.TRAIN (or `records` already loaded from it)."""
+    names = list(cfg.DATASETS.CLASS_NAMES)
+    if records is None:
+        records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         kept = [r for r in records if r["annotations"]]
         if len(kept) < len(records):

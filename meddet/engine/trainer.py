@@ -193,7 +193,7 @@ class Trainer:
 
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN: no training COCO file given")
-        _, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
+        train_records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
         if cfg.DATASETS.CLASS_NAMES and list(cfg.DATASETS.CLASS_NAMES) != names:
             raise ConfigError(
                 f"DATASETS.CLASS_NAMES {list(cfg.DATASETS.CLASS_NAMES)} differ from the training data's "
@@ -238,7 +238,8 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.train_loader, _ = build_train_loader(cfg, self.start_iter, self.rank, self.world_size)
+        self.train_loader, _ = build_train_loader(cfg, self.start_iter, self.rank, self.world_size,
+                                                  records=train_records)
         self.storage = EventStorage(self.start_iter)
         self.iter = self.start_iter
         self.stop_requested = False
