@@ -89,6 +89,9 @@ _C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+# Per-class weights of the box classifier's cross-entropy, one per foreground class in class-index
+# order (our key; the background weight stays 1). Empty: unweighted, as detectron2.
+_C.MODEL.ROI_HEADS.CLASS_WEIGHTS = []
 
 _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
@@ -145,9 +148,53 @@ _C.DATASETS.CLASS_NAMES = []
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 _C.DATALOADER.ASPECT_RATIO_GROUPING = False
+# TrainingSampler | RepeatFactorTrainingSampler (LVIS repeat factors, detectron2's keys) |
+# ClassBalancedSampler (our key: images drawn with probability from their rarest class's frequency)
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
+# Repeat factor max(1, (t / f) ** 0.5) when True (LVIS), max(1, t / f) when False.
+_C.DATALOADER.REPEAT_SQRT = True
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+
+# ---------------------------------------------------------------------------- tiling (our section)
+# Train on tiles of large images and predict by slicing (meddet.data.tiling, meddet.inference.sliced).
+_C.TILING = CN()
+_C.TILING.ENABLED = False
+# Tile height and width in pixels of the stored image, and the overlap between neighbours (fraction).
+_C.TILING.SIZE = 512
+_C.TILING.OVERLAP = 0.2
+# A box cut by a tile edge is kept in that tile when at least this fraction of its area is inside.
+_C.TILING.MIN_VISIBLE = 0.5
+# Keep only tiles that hold at least one box of these classes (names; empty = all tiles).
+_C.TILING.KEEP_CLASSES = []
+# Tiles holding none of MINORITY_CLASSES are kept with probability NEGATIVE_FRACTION (seeded by SEED).
+_C.TILING.MINORITY_CLASSES = []
+_C.TILING.NEGATIVE_FRACTION = 1.0
+# Augment whole images before they are cut into tiles ("before") or each tile after ("after").
+_C.TILING.AUG_STAGE = "after"
+# Decoded whole images kept per data-loading process (training reads tiles out of them).
+_C.TILING.CACHE_IMAGES = 4
+# Sliced inference: tiles per forward pass, an extra pass on the whole image downscaled to
+# INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST, and how the detections of all passes are merged:
+# MERGE "nms" | "soft_nms" | "greedy_nmm" (SAHI's GREEDYNMM) | "none"; MATCH_METRIC "iou" | "ios"
+# (intersection over the smaller box); CLASS_AGNOSTIC merges boxes of different classes too.
+_C.TILING.BATCH_SIZE = 8
+_C.TILING.FULL_IMAGE_PASS = False
+_C.TILING.MERGE = "greedy_nmm"
+_C.TILING.MATCH_METRIC = "ios"
+_C.TILING.MATCH_THRESH = 0.5
+_C.TILING.CLASS_AGNOSTIC = False
+_C.TILING.SOFT_NMS_SIGMA = 0.5
+
+# ---------------------------------------------------------------------------- ensembles (our section)
+# Several models' detections fused per image (`-c predict|evaluate --ensemble ...`):
+# METHOD "wbf" (weighted box fusion) | "nms"; boxes of one class overlapping by IOU_THRESH or more
+# are fused; WEIGHTS one per model (empty = equal).
+_C.ENSEMBLE = CN()
+_C.ENSEMBLE.METHOD = "wbf"
+_C.ENSEMBLE.IOU_THRESH = 0.55
+_C.ENSEMBLE.WEIGHTS = []
+_C.ENSEMBLE.SKIP_BOX_THRESH = 0.0
 
 # ---------------------------------------------------------------------------- solver
 _C.SOLVER = CN()
