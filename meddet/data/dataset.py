@@ -1,15 +1,18 @@
 """Training/test data: COCO records → model batches (the model interface of ARCHITECTURE.md)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from meddet.data.coco import class_names, coco_to_records, load_coco
+from meddet.data.tiling import TilingParams, clip_boxes_to_window, tile_records
 from meddet.data.transforms import (
     apply_augmentation,
     build_augmentation,
@@ -39,8 +42,23 @@ def load_records(json_paths: Sequence[str], image_root: str = "") -> tuple[list[
     return records, names or []
 
 
+_AUG_STAGES = ("before", "after")
+
+
+def _boxes_classes(anns: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+    classes = np.array([a["category"] for a in anns], dtype=np.int64).reshape(-1)
+    return boxes, classes
+
+
 class DatasetMapper:
-    """Reads an image, augments it (training), resizes its shortest edge and builds the model's dict."""
+    """Reads an image, augments it (training), resizes its shortest edge and builds the model's dict.
+
+    Tile records (meddet.data.tiling.tile_records, they carry "tile") are cut out of their parent image,
+    read through a per-process LRU cache of TILING.CACHE_IMAGES decoded images. TILING.AUG_STAGE
+    "after" augments the tile with its clipped boxes; "before" augments the whole parent image with all
+    its boxes (same seed), then cuts the window (moved inside the image if augmentation changed its
+    size) and clips the augmented boxes to it with TILING.MIN_VISIBLE."""
 
     def __init__(self, cfg, is_train: bool, with_boxes: bool | None = None):
         from meddet.io import read_image
@@ -64,27 +82,70 @@ class DatasetMapper:
             self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
         self.aug = build_augmentation(cfg) if is_train else None
         self.dicom_kwargs = dicom_kwargs(cfg)
+        self.aug_stage = str(cfg.TILING.AUG_STAGE).lower()
+        if self.aug_stage not in _AUG_STAGES:
+            raise ConfigError(f"TILING.AUG_STAGE: expected one of {list(_AUG_STAGES)}, found {cfg.TILING.AUG_STAGE!r}")
+        self.min_visible = float(cfg.TILING.MIN_VISIBLE)
+        self.cache_size = int(cfg.TILING.CACHE_IMAGES)
+        if self.cache_size < 0:
+            raise ConfigError(f"TILING.CACHE_IMAGES: expected a number of images >= 0, found {self.cache_size}")
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _short_edge(self, rng: np.random.Generator) -> int:
         if self.sampling == "range" and len(self.min_sizes) == 2:
             return int(rng.integers(self.min_sizes[0], self.min_sizes[1] + 1))
         return int(self.min_sizes[int(rng.integers(len(self.min_sizes)))]) if len(self.min_sizes) > 1 else self.min_sizes[0]
 
-    def __call__(self, record: dict, seed: int = 0) -> dict:
-        image = self._read(record["file_name"], **self.dicom_kwargs)
+    def _read_checked(self, file_name: str, height: int, width: int) -> np.ndarray:
+        image = self._read(file_name, **self.dicom_kwargs)
         h0, w0 = image.shape[:2]
-        if (h0, w0) != (record["height"], record["width"]):
+        if (h0, w0) != (height, width):
             raise DataError(
-                f"{record['file_name']}: image is {w0}x{h0} but its COCO record says "
-                f"{record['width']}x{record['height']}"
+                f"{file_name}: image is {w0}x{h0} but its COCO record says {width}x{height}"
             )
-        img = to_unit_float(image)
-        anns = record.get("annotations", [])
-        boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
-        classes = np.array([a["category"] for a in anns], dtype=np.int64)
+        return image
+
+    def _read_parent(self, record: dict) -> np.ndarray:
+        """The decoded parent image of a tile record, through the LRU cache (read-only: never modify it)."""
+        t = record["tile"]
+        key = record["file_name"]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        image = self._read_checked(key, int(t["parent_height"]), int(t["parent_width"]))
+        if self.cache_size > 0:
+            self._cache[key] = image
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return image
+
+    def _tile(self, record: dict, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parent = self._read_parent(record)
+        t = record["tile"]
+        x0, y0, h, w = int(t["x0"]), int(t["y0"]), int(record["height"]), int(record["width"])
+        if self.aug is None or self.aug_stage == "after":
+            img = to_unit_float(parent[y0 : y0 + h, x0 : x0 + w])
+            boxes, classes = _boxes_classes(record.get("annotations", []))
+            if self.aug is not None:
+                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
+            return img, boxes, classes
+        boxes, classes = _boxes_classes(record.get("parent_annotations", []))
+        img, boxes, classes = apply_augmentation(self.aug, to_unit_float(parent), boxes, classes, seed)
+        ah, aw = img.shape[:2]
+        h, w = min(h, ah), min(w, aw)
+        x0, y0 = min(x0, aw - w), min(y0, ah - h)
+        clipped, keep = clip_boxes_to_window(boxes, (x0, y0, x0 + w, y0 + h), self.min_visible)
+        return img[y0 : y0 + h, x0 : x0 + w], clipped[keep], classes[keep]
+
+    def __call__(self, record: dict, seed: int = 0) -> dict:
+        if "tile" in record:
+            img, boxes, classes = self._tile(record, seed)
+        else:
+            img = to_unit_float(self._read_checked(record["file_name"], record["height"], record["width"]))
+            boxes, classes = _boxes_classes(record.get("annotations", []))
+            if self.aug is not None:
+                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
         rng = np.random.default_rng(seed)
-        if self.aug is not None:
-            img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
         h, w = img.shape[:2]
         nh, nw = shortest_edge_size(h, w, self._short_edge(rng), self.max_size)
         img = resize(img, (nh, nw))
@@ -130,14 +191,145 @@ class _MappedDataset(Dataset):
         return self.mapper(self.records[idx], seed=hash((self.seed, pos)) & 0x7FFFFFFF)
 
 
+class EpochOrder(Protocol):
+    """A sampling strategy: the training-set indices of one epoch, a pure function of (seed, epoch)."""
+
+    def indices(self, seed: int, epoch: int) -> list[int]:
+        """Indices of epoch `epoch` (0, 1, ...) of the run seeded by `seed`."""
+        ...
+
+
+class PermutationOrder:
+    """DATALOADER.SAMPLER_TRAIN "TrainingSampler": every image once per epoch, in a permutation seeded
+    by seed + epoch (torch.randperm)."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def indices(self, seed: int, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(seed + epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+
+class RepeatFactorOrder:
+    """DATALOADER.SAMPLER_TRAIN "RepeatFactorTrainingSampler" (LVIS, detectron2): image i appears
+    floor(r_i) or ceil(r_i) times per epoch (stochastic rounding, so r_i times on average), then the
+    epoch is shuffled; both draws from a generator seeded by seed + epoch."""
+
+    def __init__(self, factors: np.ndarray):
+        f = np.asarray(factors, dtype=np.float64).reshape(-1)
+        if len(f) == 0 or not np.all(np.isfinite(f)) or (f < 1).any():
+            raise DataError(f"repeat factors: expected one finite value >= 1 per image, found {f.tolist()[:8]}...")
+        self.int_part = torch.from_numpy(np.floor(f))
+        self.frac_part = torch.from_numpy(f - np.floor(f))
+
+    def indices(self, seed: int, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(seed + epoch)
+        rands = torch.rand(len(self.frac_part), generator=g, dtype=torch.float64)
+        counts = (self.int_part + (rands < self.frac_part).double()).long()
+        idx = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        return idx[torch.randperm(len(idx), generator=g)].tolist()
+
+
+class ClassBalancedOrder:
+    """DATALOADER.SAMPLER_TRAIN "ClassBalancedSampler": len(weights) draws per epoch with replacement,
+    image i with probability proportional to weights[i] (class_balanced_weights), seeded by seed + epoch."""
+
+    def __init__(self, weights: np.ndarray):
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if len(w) == 0 or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+            raise DataError(
+                "class-balanced weights: expected one finite value >= 0 per image, not all 0, "
+                f"found {w.tolist()[:8]}..."
+            )
+        self.weights = torch.from_numpy(w)
+
+    def indices(self, seed: int, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(seed + epoch)
+        return torch.multinomial(self.weights, len(self.weights), replacement=True, generator=g).tolist()
+
+
+SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "ClassBalancedSampler")
+
+
+def _class_presence(records: Sequence[dict], num_classes: int = 0) -> np.ndarray:
+    """(images, classes) bool: image i holds at least one box of class c."""
+    cats = [[int(a["category"]) for a in r.get("annotations", [])] for r in records]
+    k = max([num_classes] + [c + 1 for cs in cats for c in cs])
+    presence = np.zeros((len(records), k), dtype=bool)
+    rows = np.repeat(np.arange(len(records)), [len(cs) for cs in cats])
+    presence[rows, np.fromiter((c for cs in cats for c in cs), dtype=np.int64, count=len(rows))] = True
+    return presence
+
+
+def repeat_factors(records: Sequence[dict], threshold: float, sqrt: bool = True) -> np.ndarray:
+    """LVIS repeat factor of each image: max over the classes it holds of r_c = max(1, sqrt(t / f_c))
+    (max(1, t / f_c) when `sqrt` is False), f_c the fraction of images holding class c; 1 for images
+    without boxes (detectron2's RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)."""
+    if threshold < 0:
+        raise ConfigError(f"DATALOADER.REPEAT_THRESHOLD: expected a frequency >= 0, found {threshold}")
+    presence = _class_presence(records)
+    freq = presence.mean(axis=0) if len(records) else np.zeros(presence.shape[1])
+    ratio = np.divide(float(threshold), freq, out=np.zeros_like(freq), where=freq > 0)
+    r_class = np.maximum(1.0, np.sqrt(ratio) if sqrt else ratio)
+    return np.maximum(1.0, (presence * r_class).max(axis=1, initial=0.0))
+
+
+def class_balanced_weights(records: Sequence[dict]) -> np.ndarray:
+    """Sampling weight of each image: max over the classes it holds of 1 / (images holding that class).
+
+    Images without boxes form one more group with weight 1 / (images without boxes), so in expectation
+    each class, and the negatives together, are drawn about equally often (exactly so when every image
+    holds one class; an image with several classes counts for its rarest)."""
+    presence = _class_presence(records)
+    counts = presence.sum(axis=0)
+    w_class = np.divide(1.0, counts, out=np.zeros(len(counts)), where=counts > 0)
+    weights = (presence * w_class).max(axis=1, initial=0.0)
+    empty = ~presence.any(axis=1)
+    if empty.any():
+        weights[empty] = 1.0 / empty.sum()
+    return weights
+
+
+def _log_class_shares(records: Sequence[dict], weights: np.ndarray, names: Sequence[str], what: str) -> None:
+    presence = _class_presence(records, len(names))
+    before = presence.mean(axis=0)
+    after = (weights[:, None] * presence).sum(axis=0) / weights.sum()
+    parts = [
+        f"{names[c] if c < len(names) else c}: {100 * before[c]:.1f}% -> {100 * after[c]:.1f}%"
+        for c in range(presence.shape[1])
+    ]
+    logger.info("%s: share of drawn images holding each class (dataset -> expected per epoch): %s",
+                what, ", ".join(parts) or "no classes")
+
+
+def build_epoch_order(cfg, records: Sequence[dict], names: Sequence[str] = ()) -> EpochOrder:
+    """The sampling strategy of DATALOADER.SAMPLER_TRAIN over `records`; logs each class's share of
+    the images drawn per epoch against its share of the dataset."""
+    name = str(cfg.DATALOADER.SAMPLER_TRAIN)
+    if name == "TrainingSampler":
+        return PermutationOrder(len(records))
+    if name == "RepeatFactorTrainingSampler":
+        factors = repeat_factors(records, float(cfg.DATALOADER.REPEAT_THRESHOLD), bool(cfg.DATALOADER.REPEAT_SQRT))
+        _log_class_shares(records, factors, names, f"RepeatFactorTrainingSampler (mean repeat {factors.mean():.2f})")
+        return RepeatFactorOrder(factors)
+    if name == "ClassBalancedSampler":
+        weights = class_balanced_weights(records)
+        _log_class_shares(records, weights, names, "ClassBalancedSampler")
+        return ClassBalancedOrder(weights)
+    raise ConfigError(f"DATALOADER.SAMPLER_TRAIN: expected one of {list(SAMPLERS)}, found {name!r}")
+
+
 class TrainingBatchSampler:
-    """Infinite, seeded stream of batches of (position, index): a new permutation every epoch.
+    """Infinite, seeded stream of batches of (position, index); each epoch's indices come from `order`
+    (default: a new permutation every epoch, PermutationOrder).
 
     `start_iter` skips the batches already consumed, so a resumed run continues the same sequence.
     `rank`/`world_size` shard each global batch across processes.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
+                 world_size: int = 1, order: EpochOrder | None = None):
         if size <= 0:
             raise DataError("the training set has no usable images (all empty or filtered)")
         if batch_size % world_size:
@@ -146,21 +338,23 @@ class TrainingBatchSampler:
             )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start_iter, self.rank, self.world_size = start_iter, rank, world_size
+        self.order = order if order is not None else PermutationOrder(size)
 
-    def _indices(self) -> Iterator[int]:
+    def _indices(self, skip: int) -> Iterator[int]:
+        """The index stream, epoch after epoch, less its first `skip` entries."""
         epoch = 0
         while True:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            yield from torch.randperm(self.size, generator=g).tolist()
+            idx = self.order.indices(self.seed, epoch)
             epoch += 1
+            if skip >= len(idx):
+                skip -= len(idx)
+                continue
+            yield from idx[skip:]
+            skip = 0
 
     def __iter__(self):
-        stream = self._indices()
-        pos = 0
-        skip = self.start_iter * self.batch_size
-        for _ in range(skip):
-            next(stream)
-        pos = skip
+        pos = self.start_iter * self.batch_size
+        stream = self._indices(pos)
         per_rank = self.batch_size // self.world_size
         while True:
             batch = [(pos + i, next(stream)) for i in range(self.batch_size)]
@@ -174,21 +368,30 @@ def _collate(batch):
 
 def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int = 1,
                        records: list[dict] | None = None) -> tuple[DataLoader, list[str]]:
-    """The infinite training loader over DATASETS.TRAIN (or `records` already loaded from it)."""
+    """The infinite training loader over DATASETS.TRAIN (or `records` already loaded from it).
+
+    With TILING.ENABLED it trains on the tiles of those images (meddet.data.tiling.tile_records);
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS then applies to tiles, and DATALOADER.SAMPLER_TRAIN samples them."""
     names = list(cfg.DATASETS.CLASS_NAMES)
     if records is None:
         records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
+    what = "images"
+    if cfg.TILING.ENABLED:
+        records = tile_records(records, TilingParams.from_cfg(cfg, names), names)
+        what = "tiles"
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         kept = [r for r in records if r["annotations"]]
         if len(kept) < len(records):
-            logger.info("Training on %d of %d images (%d without boxes left out: DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
-                        len(kept), len(records), len(records) - len(kept))
+            logger.info("Training on %d of %d %s (%d without boxes left out: DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
+                        len(kept), len(records), what, len(records) - len(kept))
         records = kept
-    for r in records:
-        if not Path(r["file_name"]).is_file():
-            raise DataError(f"{r['file_name']}: image file not found (referenced by DATASETS.TRAIN)")
+    for f in dict.fromkeys(r["file_name"] for r in records):
+        if not Path(f).is_file():
+            raise DataError(f"{f}: image file not found (referenced by DATASETS.TRAIN)")
     mapper = DatasetMapper(cfg, is_train=True)
-    sampler = TrainingBatchSampler(len(records), int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.SEED), start_iter, rank, world_size)
+    order = build_epoch_order(cfg, records, names) if records else None
+    sampler = TrainingBatchSampler(len(records), int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.SEED), start_iter, rank,
+                                   world_size, order=order)
     workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(
         _MappedDataset(records, mapper, int(cfg.SEED)),
@@ -202,10 +405,18 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
 
 
 def build_test_loader(cfg, json_path: str, batch_size: int = 1, with_boxes: bool = False, rank: int = 0,
-                      world_size: int = 1) -> tuple[DataLoader, list[dict], list[str]]:
+                      world_size: int = 1, tiles: bool = False) -> tuple[DataLoader, list[dict], list[str]]:
     """Test-time loader (no augmentation, MIN_SIZE_TEST); `with_boxes` adds the ground truth (validation
-    loss); with several processes each rank takes every world_size-th image."""
+    loss); with several processes each rank takes every world_size-th image.
+
+    `tiles` yields the tiles of the images instead (TILING.SIZE/OVERLAP/MIN_VISIBLE; every tile, the
+    KEEP_CLASSES/NEGATIVE_FRACTION training filters do not apply) and returns the tile records, whose
+    image ids are those of meddet.data.tiling.tile_coco on the same COCO (tile-level evaluation)."""
     records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT)
+    if tiles:
+        params = dataclasses.replace(TilingParams.from_cfg(cfg, names), keep_classes=(), minority_classes=(),
+                                     negative_fraction=1.0)
+        records = tile_records(records, params, names)
     records = records[rank::world_size]
     mapper = DatasetMapper(cfg, is_train=False, with_boxes=with_boxes)
     workers = int(cfg.DATALOADER.NUM_WORKERS)
