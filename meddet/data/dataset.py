@@ -1,7 +1,6 @@
 """Training/test data: COCO records → model batches (the model interface of ARCHITECTURE.md)."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -414,8 +413,7 @@ def build_test_loader(cfg, json_path: str, batch_size: int = 1, with_boxes: bool
     image ids are those of meddet.data.tiling.tile_coco on the same COCO (tile-level evaluation)."""
     records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT)
     if tiles:
-        params = dataclasses.replace(TilingParams.from_cfg(cfg, names), keep_classes=(), minority_classes=(),
-                                     negative_fraction=1.0)
+        params = TilingParams.from_cfg(cfg, names).for_evaluation()
         records = tile_records(records, params, names)
     records = records[rank::world_size]
     mapper = DatasetMapper(cfg, is_train=False, with_boxes=with_boxes)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
@@ -128,6 +128,10 @@ class TilingParams:
         )
         params.class_indices(class_names)
         return params
+
+    def for_evaluation(self) -> "TilingParams":
+        """The same grid with every tile kept (no KEEP_CLASSES / NEGATIVE_FRACTION): evaluation tiles."""
+        return replace(self, keep_classes=(), minority_classes=(), negative_fraction=1.0)
 
     def class_indices(self, class_names: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(keep, minority) class indices into `class_names`; None where the list is empty."""

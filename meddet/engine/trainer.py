@@ -274,14 +274,19 @@ class Trainer:
         """bbox/* metrics and validation losses (val/total_loss, val/loss_*) on DATASETS.VAL."""
         from meddet.data.coco import load_coco
         from meddet.data.dataset import build_test_loader
+        from meddet.data.tiling import TilingParams, tile_coco
         from meddet.evaluation import evaluate, evaluation_kwargs
         from meddet.inference import inference_on_dataset
 
         out: dict = {}
+        # A model trained on tiles is validated on every tile of the validation images (what it sees).
+        tiled = bool(self.cfg.TILING.ENABLED)
         for path in self.cfg.DATASETS.VAL:
-            loader, _, _ = build_test_loader(self.cfg, path, with_boxes=True, rank=self.rank,
-                                             world_size=self.world_size)
+            loader, _, names = build_test_loader(self.cfg, path, with_boxes=True, rank=self.rank,
+                                                 world_size=self.world_size, tiles=tiled)
             gt = load_coco(path)
+            if tiled:
+                gt = tile_coco(gt, TilingParams.from_cfg(self.cfg, names).for_evaluation())
             cat_ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
             preds = inference_on_dataset(self.model, loader, cat_ids, desc="validation")
             losses = self.validation_loss(loader)
