@@ -1,6 +1,8 @@
 """Synthetic data: mammograms stored exactly like CBIS-DDSM (DICOM tree, description CSVs, ROI
-masks) and small box-CSV datasets, for tests and demos without real patient data."""
+masks), small box-CSV datasets and large cytology images with cells and clusters, for tests and
+demos without real patient data."""
 
+from meddet.synth.cytology import CYTOLOGY_CATEGORIES, make_cytology, render_cytology
 from meddet.synth.mammo import (
     DIGITAL_MAMMOGRAPHY,
     IDENTIFYING_INFO,
@@ -14,6 +16,7 @@ from meddet.synth.mammo import (
 )
 
 __all__ = [
+    "CYTOLOGY_CATEGORIES",
     "DIGITAL_MAMMOGRAPHY",
     "IDENTIFYING_INFO",
     "SECONDARY_CAPTURE",
@@ -21,6 +24,8 @@ __all__ = [
     "make_box_csv_dataset",
     "make_cbis_ddsm",
     "make_cbis_ddsm_jpeg",
+    "make_cytology",
+    "render_cytology",
     "render_mammogram",
     "save_dicom",
 ]
