@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from meddet.config import get_cfg
-from meddet.errors import DataError, EngineUnavailableError, ModelError
+from meddet.errors import ConfigError, DataError, EngineUnavailableError, ModelError
 from meddet.modeling import (
     build_model,
     load_checkpoint_for_resume,
@@ -239,7 +240,8 @@ def test_detectron2_requested_but_not_installed(monkeypatch):
     assert "MODEL.ENGINE torchvision" in msg
 
 
-def test_auto_engine_and_device():
+def test_auto_engine_and_device(monkeypatch):
+    monkeypatch.setattr(build_module, "detectron2_available", lambda: False)  # auto: detectron2 when installed
     model = build("MODEL.ENGINE", "auto")
     assert model.engine == "torchvision"
     assert resolve_device("cpu") == torch.device("cpu") == model.device
@@ -331,3 +333,93 @@ def test_resume_restores_model_optimizer_scheduler(tmp_path):
     other_classes = build("MODEL.ROI_HEADS.NUM_CLASSES", 5)
     with pytest.raises(ModelError, match="roi_heads.box_predictor.cls_score.weight"):
         load_checkpoint_for_resume(path, other_classes)
+
+
+# ------------------------------------------------------------------------------------- training losses
+def test_class_weights_scale_each_rois_cross_entropy():
+    """CLASS_WEIGHTS [3, 0.5]: on fixed logits the box classifier's loss is sum_i w[y_i] * CE_i / N, with
+    background (torchvision's column 0) weighing 1."""
+    model = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [3.0, 0.5, 2.0])
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.5, 1.5, -1.0, 0.0], [0.0, 0.0, 3.0, 1.0], [1.0, 2.0, 0.0, 0.5]])
+    labels = torch.tensor([0, 1, 2, 3])  # background, classes 0, 1, 2
+    weights = [1.0, 3.0, 0.5, 2.0]
+    by_hand = sum(
+        weights[y] * -(logits[i, y] - torch.logsumexp(logits[i], 0)) for i, y in enumerate(labels.tolist())
+    ) / 4
+    losses = model.roi_heads.box_losses(logits, torch.zeros(4, 16), [labels[:2], labels[2:]], [torch.zeros(2, 4)] * 2)
+    torch.testing.assert_close(losses["loss_classifier"], by_hand)
+    unweighted = build().roi_heads.box_losses(logits, torch.zeros(4, 16), [labels], [torch.zeros(4, 4)])
+    torch.testing.assert_close(unweighted["loss_classifier"], torch.nn.functional.cross_entropy(logits, labels))
+    assert model.state_dict().keys() == build().state_dict().keys()  # weights are config, not checkpoint
+
+
+def test_class_weights_change_only_the_classification_loss():
+    torch.manual_seed(3)
+    plain = build()(train_batch())
+    torch.manual_seed(3)
+    ones = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [1.0, 1.0, 1.0])(train_batch())
+    torch.manual_seed(3)
+    heavy = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [5.0, 5.0, 5.0])(train_batch())
+    for name in LOSSES:
+        torch.testing.assert_close(ones[name], plain[name])  # all ones = unweighted
+        if name != "loss_cls":
+            torch.testing.assert_close(heavy[name], plain[name])
+    assert heavy["loss_cls"] > plain["loss_cls"]  # foreground ROIs count five times
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_roi_box_loss_is_detectron2s_smooth_l1_over_sampled_rois(beta):
+    model = build("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", beta)
+    labels = [torch.tensor([0, 2, 1]), torch.tensor([0])]  # 2 foreground ROIs of 4
+    deltas = torch.zeros(4, 16)
+    deltas[1, 8:12] = torch.tensor([0.2, -1.0, 0.05, 2.0])  # class 2's deltas of ROI 1
+    deltas[2, 4:8] = torch.tensor([0.1, 0.1, -0.3, 0.0])
+    targets = [torch.zeros(3, 4), torch.zeros(1, 4)]
+    diffs = torch.tensor([0.2, -1.0, 0.05, 2.0, 0.1, 0.1, -0.3, 0.0]).abs()
+    per_value = diffs if beta == 0 else torch.where(diffs < beta, 0.5 * diffs**2 / beta, diffs - 0.5 * beta)
+    loss = model.roi_heads.box_losses(torch.zeros(4, 4), deltas, labels, targets)["loss_box_reg"]
+    torch.testing.assert_close(loss, per_value.sum() / 4)  # divided by all sampled ROIs, not foreground
+
+
+def test_rpn_losses_are_normalised_as_detectron2():
+    """Sum over the sampled anchors / (RPN.BATCH_SIZE_PER_IMAGE * images); beta 0: L1 (torchvision: mean, 1/9)."""
+    model = build("MODEL.RPN.BATCH_SIZE_PER_IMAGE", 8)
+    labels = [torch.tensor([1.0, 0.0, -1.0, 0.0]), torch.tensor([0.0, 1.0, -1.0, -1.0])]  # all sampled (< quota)
+    logits = torch.tensor([2.0, -1.0, 5.0, 0.5, 0.0, 1.0, -3.0, 4.0])
+    deltas = torch.tensor([[0.5, -0.5, 0.0, 0.01]] * 8)
+    targets = [torch.zeros(4, 4), torch.zeros(4, 4)]
+    cls_loss, box_loss = model.rpn.compute_loss(logits[:, None], deltas, labels, targets)
+    valid = torch.cat(labels) >= 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[valid], torch.cat(labels)[valid], reduction="sum")
+    torch.testing.assert_close(cls_loss, bce / 16)
+    torch.testing.assert_close(box_loss, torch.tensor(2 * 1.01 / 16))  # 2 positives, L1 of each row 1.01
+
+
+@pytest.mark.parametrize(
+    ("opts", "match"),
+    [
+        (["MODEL.ROI_HEADS.CLASS_WEIGHTS", [1.0, 2.0]], r"CLASS_WEIGHTS: \[1\.0, 2\.0\] has 2 values; expected 3"),
+        (["MODEL.ROI_HEADS.CLASS_WEIGHTS", [1.0, 0.0, 2.0]], r"CLASS_WEIGHTS: .*expected finite numbers > 0"),
+        (["MODEL.ROI_HEADS.CLASS_WEIGHTS", [1.0, -1.0, 2.0]], r"CLASS_WEIGHTS: .*expected finite numbers > 0"),
+        (["MODEL.RPN.SMOOTH_L1_BETA", -0.1], r"MODEL\.RPN\.SMOOTH_L1_BETA: -0\.1; expected a number >= 0"),
+        (["MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", -1.0], r"MODEL\.ROI_BOX_HEAD\.SMOOTH_L1_BETA: -1\.0"),
+    ],
+)
+def test_bad_loss_settings_are_config_errors(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model(tiny_cfg(*opts))
+
+
+def test_detectron2_installed_but_broken_is_explained(monkeypatch, caplog):
+    """An import failure (e.g. compiled ops built for another torch): explicit request fails with the
+    reason, auto falls back to torchvision with a warning."""
+    monkeypatch.setattr(build_module, "detectron2_available", lambda: True)
+    for name in [m for m in sys.modules if m == "detectron2" or m.startswith("detectron2.")] or ["detectron2"]:
+        monkeypatch.setitem(sys.modules, name, None)  # import detectron2(.*) -> ImportError
+    monkeypatch.delitem(sys.modules, "meddet.modeling.d2_engine", raising=False)
+    broken = r"installed but cannot be imported \((ModuleNotFound|Import)Error: .*detectron2"
+    with pytest.raises(EngineUnavailableError, match=broken):
+        build_model(tiny_cfg("MODEL.ENGINE", "detectron2"))
+    with caplog.at_level(logging.WARNING, logger="meddet.modeling.build"):
+        assert build_model(tiny_cfg("MODEL.ENGINE", "auto")).engine == "torchvision"
+    assert "cannot be imported" in caplog.text and "using torchvision" in caplog.text

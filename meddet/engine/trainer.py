@@ -164,7 +164,8 @@ class Trainer:
 
     def __init__(self, cfg, resume: bool = False):
         from meddet.modeling import build_model, resolve_device
-        from meddet.modeling.checkpoint import load_checkpoint_for_resume, load_weights
+        from meddet.modeling import load_model_weights
+        from meddet.modeling.checkpoint import load_checkpoint_for_resume
 
         cfg = cfg.clone()
         cfg.defrost()
@@ -230,7 +231,7 @@ class Trainer:
             logger.info("Resuming from %s at iteration %d%s", ckpt, self.start_iter,
                         f" ({dropped} metrics lines after it dropped: they are re-run)" if dropped else "")
         elif cfg.MODEL.WEIGHTS:
-            load_weights(self.model, cfg.MODEL.WEIGHTS)
+            load_model_weights(self.model, cfg.MODEL.WEIGHTS)
 
         # One model object for checkpoints/evaluation; DistributedDataParallel only for the training step.
         self.train_model = self.model

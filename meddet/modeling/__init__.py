@@ -1,5 +1,5 @@
-"""Models: build_model(cfg) for each engine (torchvision now; detectron2 later) and checkpoints."""
-from meddet.modeling.build import build_model, resolve_device, select_engine
+"""Models: build_model(cfg) for each engine (torchvision; detectron2 where installed) and checkpoints."""
+from meddet.modeling.build import build_model, load_model_weights, resolve_device, select_engine
 from meddet.modeling.checkpoint import load_checkpoint_for_resume, load_weights, save_checkpoint
 from meddet.modeling.d2_convert import convert_checkpoint
 
@@ -9,6 +9,7 @@ __all__ = [
     "select_engine",
     "save_checkpoint",
     "load_weights",
+    "load_model_weights",
     "load_checkpoint_for_resume",
     "convert_checkpoint",
 ]

@@ -1,15 +1,19 @@
 """build_model(cfg): pick the engine (MODEL.ENGINE), build the detector, put it on MODEL.DEVICE."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
 from meddet.errors import EngineUnavailableError, ModelError
+from meddet.modeling.checkpoint import load_weights
 from meddet.modeling.torchvision_engine import ENGINE_NAME as TORCHVISION, build_torchvision_model
 
 logger = logging.getLogger(__name__)
@@ -17,28 +21,43 @@ logger = logging.getLogger(__name__)
 DETECTRON2 = "detectron2"
 ENGINES = ("auto", TORCHVISION, DETECTRON2)
 DETECTRON2_INSTALL_URL = "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
-_BUILDERS: dict[str, Callable[[CfgNode], nn.Module]] = {TORCHVISION: build_torchvision_model}
+# Errors a broken detectron2 installation raises on import (missing or mismatched compiled ops, ...).
+_IMPORT_ERRORS = (ImportError, OSError, RuntimeError, AttributeError)
 
 
 def detectron2_available() -> bool:
-    """Whether ``import detectron2`` can succeed (without importing it)."""
+    """Whether detectron2 is installed (found on the path, without importing it)."""
     return importlib.util.find_spec("detectron2") is not None
 
 
+def _detectron2_import_error() -> str | None:
+    """None when meddet's detectron2 engine imports, else why not (the import error, one line)."""
+    try:
+        importlib.import_module("meddet.modeling.d2_engine")
+    except _IMPORT_ERRORS as e:
+        lines = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {lines[0] if lines else 'no message'}"
+    return None
+
+
 def resolve_auto_engine() -> str:
-    """The engine ``MODEL.ENGINE auto`` means. The one place to change when meddet's detectron2 engine
-    arrives: it will then prefer detectron2 when it is installed."""
-    if detectron2_available():
-        logger.info(
-            "detectron2 is installed, but meddet's detectron2 engine is not available yet; using torchvision"
-        )
-    return TORCHVISION
+    """The engine ``MODEL.ENGINE auto`` means: detectron2 when it is installed and imports, else
+    torchvision (a log line says why)."""
+    if not detectron2_available():
+        logger.info("MODEL.ENGINE auto: detectron2 is not installed; using torchvision")
+        return TORCHVISION
+    reason = _detectron2_import_error()
+    if reason is not None:
+        logger.warning("MODEL.ENGINE auto: detectron2 is installed but cannot be imported (%s); using torchvision",
+                       reason)
+        return TORCHVISION
+    return DETECTRON2
 
 
 def select_engine(requested: str) -> str:
-    """Resolve MODEL.ENGINE to the engine that will be built (``torchvision`` for now).
+    """Resolve MODEL.ENGINE to the engine that will be built.
 
-    Raises EngineUnavailableError when detectron2 is requested but cannot be used."""
+    Raises EngineUnavailableError when detectron2 is requested but is not installed or cannot be imported."""
     if requested not in ENGINES:
         raise ModelError(f"MODEL.ENGINE: {requested!r} is not an engine; expected one of {', '.join(ENGINES)}")
     if requested == "auto":
@@ -51,12 +70,41 @@ def select_engine(requested: str) -> str:
                 f"MODEL.ENGINE detectron2: detectron2 is not installed; install it following "
                 f"{DETECTRON2_INSTALL_URL} or use MODEL.ENGINE torchvision"
             )
-        raise EngineUnavailableError(
-            "MODEL.ENGINE detectron2: detectron2 is installed, but this version of meddet has no detectron2 "
-            "engine yet; use MODEL.ENGINE torchvision (or auto)"
-        )
+        reason = _detectron2_import_error()
+        if reason is not None:
+            raise EngineUnavailableError(
+                f"MODEL.ENGINE detectron2: detectron2 is installed but cannot be imported ({reason}); reinstall "
+                f"it following {DETECTRON2_INSTALL_URL} or use MODEL.ENGINE torchvision"
+            )
     logger.info("Model engine: %s", requested)
     return requested
+
+
+def _build_detectron2_model(cfg: CfgNode) -> nn.Module:
+    from meddet.modeling.d2_engine import build_detectron2_model
+
+    return build_detectron2_model(cfg)
+
+
+_BUILDERS: dict[str, Callable[[CfgNode], nn.Module]] = {
+    TORCHVISION: build_torchvision_model,
+    DETECTRON2: _build_detectron2_model,
+}
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load ``MODEL.WEIGHTS`` into a model of either engine; returns the checkpoint's meddet metadata.
+
+    torchvision engine: :func:`meddet.modeling.checkpoint.load_weights` (meddet checkpoints and state
+    dicts, strict except for a class-count change). detectron2 engine: meddet checkpoints the same way,
+    detectron2's own checkpoints (model-zoo ``.pkl``, ``model_final.pth``) through detectron2's
+    ``DetectionCheckpointer`` (:func:`meddet.modeling.d2_engine.load_detectron2_weights`)."""
+    inner = model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    if getattr(inner, "engine", None) == DETECTRON2:
+        from meddet.modeling.d2_engine import load_detectron2_weights
+
+        return load_detectron2_weights(inner, path)
+    return load_weights(model, path)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,9 +140,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: CfgNode) -> nn.Module:
     """Build the detector described by ``cfg`` with random weights, on ``resolve_device(cfg.MODEL.DEVICE)``.
 
-    MODEL.WEIGHTS is not loaded here (as in detectron2); use meddet.modeling.load_weights.
-    The model follows meddet's model interface (see TorchvisionRCNN) and has ``engine``, ``num_classes``,
-    ``input_format`` and ``device`` attributes."""
+    MODEL.WEIGHTS is not loaded here (as in detectron2); use :func:`load_model_weights`.
+    The model follows meddet's model interface (see TorchvisionRCNN, Detectron2RCNN) and has ``engine``,
+    ``num_classes``, ``input_format`` and ``device`` attributes."""
     engine = select_engine(cfg.MODEL.ENGINE)
     device = resolve_device(cfg.MODEL.DEVICE)
     model = _BUILDERS[engine](cfg)

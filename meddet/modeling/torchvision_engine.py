@@ -12,16 +12,22 @@ stride of ResNet-50+ bottlenecks in the first 1x1 conv (MSRA ResNets), ``POOLER_
 ``aligned=True`` and detectron2's FPN level assignment, anchors are detectron2's (not rounded, size-major
 order, fixed strides), and proposals and detections are selected as detectron2 does (NMS ranked by logits,
 empty boxes dropped after the top-k), so a converted detectron2 checkpoint (meddet.modeling.d2_convert)
-gives detectron2's detections. The box-regression losses are torchvision's smooth-L1 (``*.SMOOTH_L1_BETA`` is not used).
+gives detectron2's detections. The training losses are detectron2's too: ``MODEL.RPN.SMOOTH_L1_BETA`` and
+``MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA`` (0: L1) in place of torchvision's fixed beta 1/9, RPN losses summed over
+the sampled anchors and divided by ``RPN.BATCH_SIZE_PER_IMAGE * images`` (torchvision: mean over the sampled
+anchors), ROI losses divided by the number of sampled ROIs; ``MODEL.ROI_HEADS.CLASS_WEIGHTS`` weights the box
+classifier's cross-entropy per class (see :func:`weighted_cross_entropy`).
 """
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -40,7 +46,7 @@ from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image
 from torchvision.ops.misc import FrozenBatchNorm2d
 from yacs.config import CfgNode
 
-from meddet.errors import DataError, ModelError
+from meddet.errors import ConfigError, DataError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +142,58 @@ def _check_unsupported(cfg: CfgNode) -> None:
         raise ModelError(f"MODEL.PIXEL_STD: {list(m.PIXEL_STD)} has a value <= 0; expected positive values")
     if int(m.ROI_HEADS.NUM_CLASSES) < 1:
         raise ModelError(f"MODEL.ROI_HEADS.NUM_CLASSES: {m.ROI_HEADS.NUM_CLASSES}; expected at least 1")
+
+
+def smooth_l1_beta(key: str, value: Any) -> float:
+    """A ``*.SMOOTH_L1_BETA`` value checked: a finite number >= 0 (below 1e-5: L1 loss, as in detectron2)."""
+    try:
+        beta = float(value)
+    except (TypeError, ValueError):
+        beta = math.nan
+    if not math.isfinite(beta) or beta < 0:
+        raise ConfigError(f"{key}: {value!r}; expected a number >= 0 (0: L1 loss, detectron2's default)")
+    return beta
+
+
+def class_weights(cfg: CfgNode) -> list[float] | None:
+    """``MODEL.ROI_HEADS.CLASS_WEIGHTS`` checked against ``NUM_CLASSES``: one finite weight > 0 per
+    foreground class in class-index order, or None when the list is empty (unweighted)."""
+    values = list(cfg.MODEL.ROI_HEADS.CLASS_WEIGHTS)
+    if not values:
+        return None
+    num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    if len(values) != num_classes:
+        raise ConfigError(
+            f"MODEL.ROI_HEADS.CLASS_WEIGHTS: {values} has {len(values)} values; expected {num_classes}, one per "
+            "class in class-index order (MODEL.ROI_HEADS.NUM_CLASSES), or [] for no weighting"
+        )
+    try:
+        weights = [float(v) for v in values]
+    except (TypeError, ValueError):
+        weights = [math.nan]
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ConfigError(f"MODEL.ROI_HEADS.CLASS_WEIGHTS: {values}; expected finite numbers > 0")
+    return weights
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """detectron2's box-regression loss (fvcore's smooth-L1), summed: L1 when ``beta < 1e-5``."""
+    if beta < 1e-5:
+        return F.l1_loss(pred, target, reduction="sum")
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+
+
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
+    """The box classifier's softmax cross-entropy averaged over the N sampled ROIs. With ``weights`` (one
+    per logit column, background 1) each ROI's term is multiplied by the weight of its label:
+    ``sum_i w[y_i] * CE_i / N`` (not divided by the sum of weights, so a weight of 2 makes a class's ROIs
+    count twice). Without weights this is detectron2's mean; 0 when there is no ROI."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
+    if weights is None:
+        return F.cross_entropy(logits, labels)
+    # float32 whatever the autocast dtype of the logits: the weight must match the input's dtype
+    return F.cross_entropy(logits.float(), labels, weight=weights.float(), reduction="sum") / labels.numel()
 
 
 def _freeze_stages(body: resnet.ResNet, freeze_at: int) -> None:
@@ -300,7 +358,30 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
     """torchvision's RPN with detectron2's proposal selection (``find_top_rpn_proposals``): per-level
     top-k, clip, drop empty boxes, NMS per level ranked by the objectness *logits* and keep the top
     ``POST_NMS_TOPK``. torchvision ranks NMS by sigmoid probabilities, which tie at 1.0 in float32 for the
-    confident logits (> ~17) of trained models and then keep other proposals than detectron2."""
+    confident logits (> ~17) of trained models and then keep other proposals than detectron2.
+
+    The losses are detectron2's (``RPN.losses``): see :meth:`compute_loss`."""
+
+    def __init__(self, *args: Any, smooth_l1_beta: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def compute_loss(  # type: ignore[override]
+        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Objectness binary cross-entropy over the sampled anchors and box regression (smooth-L1 with
+        ``RPN.SMOOTH_L1_BETA``, L1 at 0) over the sampled positives, both summed and divided by
+        ``RPN.BATCH_SIZE_PER_IMAGE * images`` as detectron2 does (torchvision: mean, beta 1/9)."""
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(sampled_pos))[0]
+        sampled = torch.cat([pos, torch.where(torch.cat(sampled_neg))[0]])
+        normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        targets = torch.cat(regression_targets)
+        box_loss = box_regression_loss(pred_bbox_deltas[pos], targets[pos], self.smooth_l1_beta) / normalizer
+        objectness_loss = F.binary_cross_entropy_with_logits(
+            objectness.flatten()[sampled], torch.cat(labels)[sampled], reduction="sum"
+        ) / normalizer
+        return objectness_loss, box_loss
 
     def filter_proposals(  # type: ignore[override]
         self,
@@ -333,7 +414,52 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
 class D2RoIHeads(RoIHeads):
     """torchvision's box head with detectron2's test-time selection (``fast_rcnn_inference`` then
     ``detector_postprocess``): clip, score > threshold, NMS per class, top ``DETECTIONS_PER_IMAGE``, and only
-    then drop empty boxes. torchvision drops boxes under 0.01 px before NMS, which can keep other boxes."""
+    then drop empty boxes. torchvision drops boxes under 0.01 px before NMS, which can keep other boxes.
+
+    Training losses are detectron2's ``FastRCNNOutputLayers.losses``, with per-class weights on the
+    cross-entropy: see :meth:`box_losses`. Boxes only (the engine builds no mask or keypoint head)."""
+
+    def __init__(self, *args: Any, smooth_l1_beta: float = 0.0, class_weights: Sequence[float] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.smooth_l1_beta = smooth_l1_beta
+        weights = None if class_weights is None else torch.tensor([1.0, *class_weights])  # background first
+        # not persistent: the weights come from the config, checkpoints stay torchvision's state dict
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(  # type: ignore[override]
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Training: ``([], {"loss_classifier", "loss_box_reg"})``; eval: one dict ``{"boxes", "labels",
+        "scores"}`` per image and no losses."""
+        if self.training:
+            if targets is None:
+                raise DataError("model input: training needs 'boxes' and 'classes' for every image")
+            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(features)
+        if self.training:
+            return [], self.box_losses(class_logits, box_regression, labels, regression_targets)
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        return [{"boxes": b, "labels": c, "scores": s} for b, s, c in zip(boxes, scores, labels)], {}
+
+    def box_losses(
+        self, class_logits: Tensor, box_regression: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> dict[str, Tensor]:
+        """Cross-entropy over the sampled ROIs (:func:`weighted_cross_entropy` with ``CLASS_WEIGHTS``) and
+        the class-specific box regression of the foreground ROIs (smooth-L1 with ``ROI_BOX_HEAD.SMOOTH_L1_BETA``,
+        L1 at 0) summed and divided by the number of sampled ROIs, as detectron2 does."""
+        labels_all = torch.cat(labels)
+        targets = torch.cat(regression_targets)
+        loss_cls = weighted_cross_entropy(class_logits, labels_all, self.class_weights)
+        fg = torch.where(labels_all > 0)[0]
+        deltas = box_regression.reshape(len(labels_all), -1, 4)[fg, labels_all[fg]]
+        box_loss = box_regression_loss(deltas, targets[fg], self.smooth_l1_beta) / max(labels_all.numel(), 1)
+        return {"loss_classifier": loss_cls, "loss_box_reg": box_loss}
 
     def postprocess_detections(  # type: ignore[override]
         self,
@@ -413,6 +539,61 @@ def _build_box_head(cfg: CfgNode, channels: int) -> tuple[nn.Module, int]:
         (channels, res, res), [int(h.CONV_DIM)] * num_conv, [fc_dim] * num_fc, norm_layer=norm
     )
     return head, fc_dim
+
+
+def check_batch(batched_inputs: Any) -> None:
+    """A model input must be a non-empty list of dicts (DataError otherwise)."""
+    if isinstance(batched_inputs, Mapping) or len(batched_inputs) == 0:
+        found = "a single dict" if isinstance(batched_inputs, Mapping) else "an empty batch"
+        raise DataError(
+            f"model input: found {found}; expected a non-empty list of dicts with 'image' "
+            "(and 'boxes', 'classes' when training)"
+        )
+
+
+def check_image(index: int, inputs: Mapping[str, Any]) -> Tensor:
+    """``batch[index]["image"]`` as a float CHW tensor with 3 channels (DataError otherwise)."""
+    image = inputs.get("image") if isinstance(inputs, Mapping) else None
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        found = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise DataError(
+            f"model input batch[{index}]['image']: found {found}; expected a CHW tensor with 3 channels "
+            "(greyscale images as 3 equal channels)"
+        )
+    return image.float()
+
+
+def check_target(index: int, inputs: Mapping[str, Any], image: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """``batch[index]``'s ``boxes`` (N, 4) float32 xyxy and ``classes`` (N,) int64 in 0..K-1, checked
+    against the image tensor (DataError naming the item otherwise); an image without objects gives N = 0."""
+    where = f"model input batch[{index}]"
+    if "boxes" not in inputs or "classes" not in inputs:
+        raise DataError(f"{where}: training needs 'boxes' and 'classes'; found keys {sorted(inputs)}")
+    boxes = torch.as_tensor(inputs["boxes"], dtype=torch.float32).detach()
+    classes = torch.as_tensor(inputs["classes"]).detach()
+    if boxes.numel() == 0 and classes.numel() == 0:  # an image without objects
+        boxes, classes = boxes.reshape(0, 4), classes.reshape(0).long()
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise DataError(f"{where}['boxes']: shape {tuple(boxes.shape)}; expected (N, 4) xyxy")
+    if classes.dim() != 1 or classes.shape[0] != boxes.shape[0] or classes.is_floating_point():
+        raise DataError(
+            f"{where}['classes']: {classes.dtype} of shape {tuple(classes.shape)}; expected int64 of shape "
+            f"({boxes.shape[0]},), one class per box"
+        )
+    bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise DataError(
+            f"{where}['boxes'][{i}]: {boxes[i].tolist()}; expected x1 < x2 and y1 < y2 (finite, in the "
+            f"image tensor's {image.shape[-1]}x{image.shape[-2]} pixels)"
+        )
+    out_of_range = (classes < 0) | (classes >= num_classes)
+    if out_of_range.any():
+        raise DataError(
+            f"{where}['classes']: {classes[out_of_range].unique().tolist()}; expected values in "
+            f"0..{num_classes - 1} (MODEL.ROI_HEADS.NUM_CLASSES = {num_classes})"
+        )
+    return boxes, classes.long()
 
 
 class MeddetRCNNTransform(GeneralizedRCNNTransform):
@@ -516,6 +697,7 @@ class TorchvisionRCNN(FasterRCNN):
             pre_nms_top_n={"training": int(m.RPN.PRE_NMS_TOPK_TRAIN), "testing": int(m.RPN.PRE_NMS_TOPK_TEST)},
             post_nms_top_n={"training": int(m.RPN.POST_NMS_TOPK_TRAIN), "testing": int(m.RPN.POST_NMS_TOPK_TEST)},
             nms_thresh=float(m.RPN.NMS_THRESH),
+            smooth_l1_beta=smooth_l1_beta("MODEL.RPN.SMOOTH_L1_BETA", m.RPN.SMOOTH_L1_BETA),
         )
         self.roi_heads = D2RoIHeads(
             self.roi_heads.box_roi_pool,
@@ -529,6 +711,8 @@ class TorchvisionRCNN(FasterRCNN):
             score_thresh=float(m.ROI_HEADS.SCORE_THRESH_TEST),
             nms_thresh=float(m.ROI_HEADS.NMS_THRESH_TEST),
             detections_per_img=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+            smooth_l1_beta=smooth_l1_beta("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", m.ROI_BOX_HEAD.SMOOTH_L1_BETA),
+            class_weights=class_weights(cfg),
         )
         self.transform = MeddetRCNNTransform(mean, std, flip_channels=flip)
         self.num_classes = num_classes
@@ -552,64 +736,21 @@ class TorchvisionRCNN(FasterRCNN):
         self, batched_inputs: Sequence[Mapping[str, Any]]
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training mode) or detections in original-image pixels (eval mode); see the class doc."""
-        if isinstance(batched_inputs, Mapping) or len(batched_inputs) == 0:
-            found = "a single dict" if isinstance(batched_inputs, Mapping) else "an empty batch"
-            raise DataError(
-                f"model input: found {found}; expected a non-empty list of dicts with 'image' "
-                "(and 'boxes', 'classes' when training)"
-            )
+        check_batch(batched_inputs)
         device = self.device
-        images = [self._image(i, x).to(device, non_blocking=True) for i, x in enumerate(batched_inputs)]
+        images = [check_image(i, x).to(device, non_blocking=True) for i, x in enumerate(batched_inputs)]
         if self.training:
-            targets = [self._target(i, x, images[i]) for i, x in enumerate(batched_inputs)]
-            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            targets = []
+            for i, x in enumerate(batched_inputs):
+                boxes, classes = check_target(i, x, images[i], self.num_classes)
+                targets.append({"boxes": boxes.to(device, non_blocking=True),
+                                "labels": classes.to(device, non_blocking=True) + 1})  # torchvision: 0 = background
             losses = super().forward(images, targets)
             return {name: losses[tv_name] * self._loss_weights[name] for tv_name, name in _LOSS_NAMES.items()}
         detections = super().forward(images)
         return [
             self._postprocess(det, img.shape[-2:], x) for det, img, x in zip(detections, images, batched_inputs)
         ]
-
-    @staticmethod
-    def _image(index: int, inputs: Mapping[str, Any]) -> Tensor:
-        image = inputs.get("image") if isinstance(inputs, Mapping) else None
-        if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
-            found = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise DataError(
-                f"model input batch[{index}]['image']: found {found}; expected a CHW tensor with 3 channels "
-                "(greyscale images as 3 equal channels)"
-            )
-        return image.float()
-
-    def _target(self, index: int, inputs: Mapping[str, Any], image: Tensor) -> dict[str, Tensor]:
-        where = f"model input batch[{index}]"
-        if "boxes" not in inputs or "classes" not in inputs:
-            raise DataError(f"{where}: training needs 'boxes' and 'classes'; found keys {sorted(inputs)}")
-        boxes = torch.as_tensor(inputs["boxes"], dtype=torch.float32).detach()
-        classes = torch.as_tensor(inputs["classes"]).detach()
-        if boxes.numel() == 0 and classes.numel() == 0:  # an image without objects
-            boxes, classes = boxes.reshape(0, 4), classes.reshape(0).long()
-        if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise DataError(f"{where}['boxes']: shape {tuple(boxes.shape)}; expected (N, 4) xyxy")
-        if classes.dim() != 1 or classes.shape[0] != boxes.shape[0] or classes.is_floating_point():
-            raise DataError(
-                f"{where}['classes']: {classes.dtype} of shape {tuple(classes.shape)}; expected int64 of shape "
-                f"({boxes.shape[0]},), one class per box"
-            )
-        bad = ~torch.isfinite(boxes).all(dim=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        if bad.any():
-            i = int(bad.nonzero()[0])
-            raise DataError(
-                f"{where}['boxes'][{i}]: {boxes[i].tolist()}; expected x1 < x2 and y1 < y2 (finite, in the "
-                f"image tensor's {image.shape[-1]}x{image.shape[-2]} pixels)"
-            )
-        out_of_range = (classes < 0) | (classes >= self.num_classes)
-        if out_of_range.any():
-            raise DataError(
-                f"{where}['classes']: {classes[out_of_range].unique().tolist()}; expected values in "
-                f"0..{self.num_classes - 1} (MODEL.ROI_HEADS.NUM_CLASSES = {self.num_classes})"
-            )
-        return {"boxes": boxes, "labels": classes.long() + 1}  # torchvision: 0 = background
 
     @staticmethod
     def _postprocess(det: dict[str, Tensor], size: Sequence[int], inputs: Mapping[str, Any]) -> dict[str, Tensor]:

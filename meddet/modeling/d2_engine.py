@@ -1,0 +1,254 @@
+"""The detectron2 engine: detectron2's own ``GeneralizedRCNN`` built from meddet's config and speaking
+meddet's model interface, so meddet's Trainer, evaluator and Predictor use it unchanged.
+
+- Config: the ``MODEL.*``, ``INPUT.*`` and ``TEST.DETECTIONS_PER_IMAGE`` keys detectron2 knows are copied
+  into a detectron2 config under the same names; meddet's own keys (``MODEL.ENGINE``,
+  ``MODEL.ROI_HEADS.CLASS_WEIGHTS``, ...) are not passed on. ``MODEL.ROI_HEADS.CLASS_WEIGHTS`` is applied
+  by a FastRCNNOutputLayers subclass with the same weighted cross-entropy as the torchvision engine.
+- Parameter names are detectron2's (``backbone.bottom_up.*``, ``proposal_generator.*``, ``roi_heads.*``):
+  meddet checkpoints of this engine are detectron2 state dicts, and detectron2 checkpoints (model-zoo
+  ``.pkl``, ``model_final.pth``) load through detectron2's ``DetectionCheckpointer``
+  (:func:`load_detectron2_weights`).
+- Training needs detectron2's ``EventStorage``: the model opens one per step when the caller has none,
+  so meddet's loop needs nothing detectron2-specific.
+
+Importing this module imports detectron2; :mod:`meddet.modeling.build` imports it only when the
+detectron2 engine is selected.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode as D2CfgNode
+from detectron2.config import get_cfg as get_d2_cfg
+from detectron2.layers import cat
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers, StandardROIHeads
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage, get_event_storage
+from torch import Tensor
+from yacs.config import CfgNode
+
+from meddet.errors import ModelError
+from meddet.modeling.checkpoint import load_weights
+from meddet.modeling.torchvision_engine import (
+    check_batch,
+    check_image,
+    check_target,
+    class_weights,
+    weighted_cross_entropy,
+)
+
+logger = logging.getLogger(__name__)
+
+ENGINE_NAME = "detectron2"
+# Sections whose keys detectron2 shares with meddet's config (meddet-only keys in them are left out).
+_SHARED_SECTIONS = ("MODEL", "INPUT")
+
+
+def _copy_known(src: CfgNode, dst: D2CfgNode, prefix: str, left_out: list[str]) -> None:
+    """Copy every key of ``src`` that ``dst`` has (recursively); record the others in ``left_out``."""
+    for key, value in src.items():
+        name = f"{prefix}.{key}"
+        if key not in dst:
+            left_out.append(name)
+        elif isinstance(value, CfgNode) != isinstance(dst[key], CfgNode):
+            raise ModelError(
+                f"{name}: a {'section' if isinstance(value, CfgNode) else 'value'} in meddet's config but a "
+                f"{'section' if isinstance(dst[key], CfgNode) else 'value'} in detectron2's; expected the same"
+            )
+        elif isinstance(value, CfgNode):
+            _copy_known(value, dst[key], name, left_out)
+        elif isinstance(dst[key], tuple) and isinstance(value, list):
+            dst[key] = tuple(value)
+        elif isinstance(dst[key], list) and isinstance(value, tuple):
+            dst[key] = list(value)
+        else:
+            dst[key] = value
+
+
+def to_detectron2_cfg(cfg: CfgNode) -> D2CfgNode:
+    """detectron2's config for the model ``cfg`` describes: detectron2's defaults overridden by every
+    ``MODEL.*``/``INPUT.*`` key detectron2 also has, and ``TEST.DETECTIONS_PER_IMAGE``. The model is built
+    on the CPU (``build_model`` moves it to ``MODEL.DEVICE``); ``VIS_PERIOD`` is 0 (meddet's loop keeps no
+    detectron2 event storage to draw into). ResNet-18/34 get ``RES2_OUT_CHANNELS`` 64, the only width
+    detectron2 accepts for them (the torchvision engine derives it from the depth)."""
+    d2 = get_d2_cfg()
+    left_out: list[str] = []
+    for section in _SHARED_SECTIONS:
+        _copy_known(cfg[section], d2[section], section, left_out)
+    d2.TEST.DETECTIONS_PER_IMAGE = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    d2.MODEL.DEVICE = "cpu"
+    d2.VIS_PERIOD = 0
+    if int(d2.MODEL.RESNETS.DEPTH) in (18, 34) and int(d2.MODEL.RESNETS.RES2_OUT_CHANNELS) != 64:
+        logger.debug("MODEL.RESNETS.RES2_OUT_CHANNELS %d -> 64 for ResNet-%d",
+                     d2.MODEL.RESNETS.RES2_OUT_CHANNELS, d2.MODEL.RESNETS.DEPTH)
+        d2.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    logger.debug("Keys detectron2 does not know, not passed on: %s", ", ".join(left_out) or "none")
+    d2.freeze()
+    return d2
+
+
+class WeightedFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """detectron2's box predictor whose classification loss weights each ROI by its class
+    (``MODEL.ROI_HEADS.CLASS_WEIGHTS``; background, detectron2's last column, weighs 1): the same
+    :func:`~meddet.modeling.torchvision_engine.weighted_cross_entropy` as the torchvision engine.
+    Everything else, box regression loss included, is detectron2's."""
+
+    def set_class_weights(self, weights: Sequence[float]) -> None:
+        """Use ``weights`` (one per foreground class, in class-index order) in the classification loss."""
+        if len(weights) != self.num_classes:
+            raise ModelError(
+                f"MODEL.ROI_HEADS.CLASS_WEIGHTS: {list(weights)} has {len(weights)} values; expected "
+                f"{self.num_classes}, one per class"
+            )
+        # not persistent: the weights come from the config, so checkpoints stay detectron2 state dicts
+        self.register_buffer("class_weights", torch.tensor([*map(float, weights), 1.0]), persistent=False)
+
+    def losses(self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]) -> dict[str, Tensor]:
+        """detectron2's losses with ``loss_cls`` replaced by the class-weighted cross-entropy."""
+        losses = super().losses(predictions, proposals)
+        scores = predictions[0]
+        gt_classes = cat([p.gt_classes for p in proposals]) if proposals else scores.new_zeros(0, dtype=torch.long)
+        loss_cls = weighted_cross_entropy(scores, gt_classes, self.class_weights)
+        losses["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
+        return losses
+
+
+def _event_storage() -> contextlib.AbstractContextManager[Any]:
+    """The caller's detectron2 EventStorage when one is open, else a fresh one for this step (detectron2's
+    RPN and box head log statistics into it and fail without one)."""
+    try:
+        get_event_storage()
+    except AssertionError:
+        return EventStorage()
+    return contextlib.nullcontext()
+
+
+class Detectron2RCNN(GeneralizedRCNN):
+    """detectron2's ``GeneralizedRCNN`` with meddet's batch interface.
+
+    ``model(batch)`` with ``batch`` a list of dicts ``{"image": CHW tensor (0..255, INPUT.FORMAT order),
+    "height", "width", "boxes" (N,4 xyxy in the tensor's pixels), "classes" (N,) in 0..K-1}``:
+    in training mode returns ``{"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}``; in eval mode
+    one dict per image ``{"boxes" (xyxy in the original height x width), "scores", "classes" (0..K-1)}``.
+    Inputs are checked as by the torchvision engine (DataError naming the item). ``d2_cfg`` is the
+    detectron2 config the model was built from (:func:`to_detectron2_cfg`).
+    """
+
+    engine = ENGINE_NAME
+
+    def __init__(self, cfg: CfgNode) -> None:
+        if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+            raise ModelError(
+                f"MODEL.META_ARCHITECTURE: {cfg.MODEL.META_ARCHITECTURE!r} is not supported by meddet's detectron2 "
+                "engine; expected 'GeneralizedRCNN'"
+            )
+        weights = class_weights(cfg)
+        d2_cfg = to_detectron2_cfg(cfg)
+        try:
+            super().__init__(**GeneralizedRCNN.from_config(d2_cfg))
+        except (AssertionError, KeyError, ValueError, TypeError, NotImplementedError) as e:
+            raise ModelError(
+                f"detectron2 cannot build the model the config describes ({type(e).__name__}: {e}); expected "
+                "MODEL.* values detectron2 accepts"
+            ) from e
+        if weights is not None:
+            if not isinstance(self.roi_heads, StandardROIHeads) or type(self.roi_heads.box_predictor) is not (
+                FastRCNNOutputLayers
+            ):
+                raise ModelError(
+                    f"MODEL.ROI_HEADS.CLASS_WEIGHTS: {weights} needs MODEL.ROI_HEADS.NAME StandardROIHeads (one "
+                    f"FastRCNNOutputLayers box predictor); found {cfg.MODEL.ROI_HEADS.NAME}"
+                )
+            predictor = WeightedFastRCNNOutputLayers(d2_cfg, self.roi_heads.box_head.output_shape)
+            predictor.set_class_weights(weights)
+            self.roi_heads.box_predictor = predictor
+        self.num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        self.d2_cfg = d2_cfg
+
+    def forward(  # type: ignore[override]
+        self, batched_inputs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses (training mode) or detections in original-image pixels (eval mode); see the class doc."""
+        check_batch(batched_inputs)
+        inputs = []
+        for i, x in enumerate(batched_inputs):
+            image = check_image(i, x)
+            h, w = image.shape[-2:]
+            item: dict[str, Any] = {"image": image, "height": int(x.get("height", h)), "width": int(x.get("width", w))}
+            if self.training:
+                boxes, classes = check_target(i, x, image, self.num_classes)
+                item["instances"] = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
+            inputs.append(item)
+        if self.training:
+            with _event_storage():
+                return dict(super().forward(inputs))
+        return [
+            {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
+            for r in (out["instances"] for out in super().forward(inputs))
+        ]
+
+
+def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN:
+    """Build detectron2's GeneralizedRCNN described by ``cfg`` behind meddet's model interface (random
+    init, on the CPU; MODEL.WEIGHTS is loaded by :func:`load_detectron2_weights`)."""
+    model = Detectron2RCNN(cfg)
+    if not cfg.MODEL.WEIGHTS and (cfg.MODEL.RESNETS.NORM == "FrozenBN" or cfg.MODEL.BACKBONE.FREEZE_AT > 0):
+        logger.warning(
+            "MODEL.WEIGHTS is empty (training from scratch) but MODEL.RESNETS.NORM is %s and "
+            "MODEL.BACKBONE.FREEZE_AT is %d: frozen layers keep their random initialisation; "
+            "from scratch use NORM BN or GN and FREEZE_AT 0",
+            cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
+        )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "Built detectron2 %s (%s, %s, R%d): %d classes, %.2fM parameters (%.2fM trainable)",
+        cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.BACKBONE.NAME, cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.RESNETS.DEPTH,
+        model.num_classes, total / 1e6, trainable / 1e6,
+    )
+    return model
+
+
+def _is_meddet_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint written by meddet (a torch file with a ``meddet`` entry)."""
+    if path.suffix == ".pkl":
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - anything torch cannot read safely is left to DetectionCheckpointer
+        return False
+    return isinstance(obj, Mapping) and isinstance(obj.get("meddet"), Mapping)
+
+
+def load_detectron2_weights(model: Detectron2RCNN, path: str | os.PathLike) -> dict[str, Any]:
+    """Load ``path`` into a detectron2-engine model and return the checkpoint's meddet metadata (empty if none).
+
+    A meddet checkpoint (written by this engine's training) loads strictly through
+    :func:`meddet.modeling.checkpoint.load_weights`. Anything else (a model-zoo ``.pkl``, a
+    ``model_final.pth`` written by detectron2, ``convert_checkpoint(..., "tv-to-d2")`` output, an ImageNet
+    backbone with Caffe2 names) loads through detectron2's ``DetectionCheckpointer``, with its rules:
+    parameters whose shape differs (another class count) are skipped, missing and unexpected ones are
+    logged as warnings. detectron2's loader unpickles arbitrary objects: load only files you trust."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint file not found")
+    if _is_meddet_checkpoint(path):
+        return load_weights(model, path)
+    try:
+        DetectionCheckpointer(model).load(str(path))
+    except Exception as e:  # noqa: BLE001 - pickle, torch and fvcore fail with many exception types
+        raise ModelError(
+            f"{path}: detectron2's DetectionCheckpointer cannot load it ({type(e).__name__}: {e}); expected a "
+            "detectron2 checkpoint (.pth/.pkl) or a meddet checkpoint"
+        ) from e
+    logger.info("Loaded model weights from %s (detectron2 DetectionCheckpointer)", path)
+    return {}

@@ -1,0 +1,230 @@
+"""MODEL.ENGINE detectron2: detectron2's GeneralizedRCNN behind meddet's model interface, trained by meddet's
+loop, loading detectron2 and meddet checkpoints, and giving the torchvision engine's losses and detections
+for the same weights. Runs where detectron2 is installed; collected and skipped with the reason elsewhere."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.detectron2
+pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source to run these tests)")
+
+from torchvision.ops import box_iou  # noqa: E402
+
+from meddet.config import get_cfg  # noqa: E402
+from meddet.errors import ModelError  # noqa: E402
+from meddet.modeling import build_model, load_model_weights, save_checkpoint  # noqa: E402
+from meddet.modeling.d2_convert import convert_checkpoint, tv_to_d2_state_dict  # noqa: E402
+from meddet.modeling.d2_engine import Detectron2RCNN, WeightedFastRCNNOutputLayers  # noqa: E402
+
+LOSSES = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+
+
+def small_cfg(*opts):
+    """An R18-FPN small enough for a training step in a fraction of a second on the CPU."""
+    cfg = get_cfg()
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu",
+        "MODEL.ENGINE", "detectron2",
+        "MODEL.RESNETS.DEPTH", 18,
+        "MODEL.RESNETS.NORM", "BN",
+        "MODEL.BACKBONE.FREEZE_AT", 0,
+        "MODEL.FPN.OUT_CHANNELS", 32,
+        "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+        "MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]],
+        "MODEL.PIXEL_STD", [57.4, 57.1, 58.4],
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200,
+        "MODEL.RPN.POST_NMS_TOPK_TEST", 200,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
+        "MODEL.ROI_HEADS.NUM_CLASSES", 2,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.05,
+        "TEST.DETECTIONS_PER_IMAGE", 1000,  # no top-k cut between near-equal scores in comparisons
+        *opts,
+    ])
+    return cfg
+
+
+def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def train_batch():
+    return [
+        {"image": image(64, 96), "height": 64, "width": 96,
+         "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]), "classes": torch.tensor([0, 1])},
+        {"image": image(64, 64, 1), "height": 64, "width": 64,  # an image without objects
+         "boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.int64)},
+    ]
+
+
+def predict(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(batch)
+
+
+def twins(*opts, seed: int = 0):
+    """A torchvision-engine model and the detectron2-engine model holding its converted weights."""
+    cfg = small_cfg(*opts)
+    torch.manual_seed(seed)
+    tv = build_model(small_cfg("MODEL.ENGINE", "torchvision", *opts))
+    d2 = build_model(cfg)
+    result = d2.load_state_dict(tv_to_d2_state_dict(tv.state_dict(), cfg), strict=False)
+    assert not result.unexpected_keys and all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+    return tv, d2
+
+
+def assert_same_detections(ours, ref, thresh):
+    """Every detection clear of the score threshold has a twin of its class: IoU >= 0.99, score within 1e-3."""
+    assert len(ref["boxes"]) > 0
+    for a, b in ((ours, ref), (ref, ours)):
+        clear = a["scores"] > thresh + 1e-3
+        iou = box_iou(a["boxes"][clear], b["boxes"])
+        iou[a["classes"][clear][:, None] != b["classes"][None, :]] = 0
+        best, match = iou.max(dim=1)
+        assert (best >= 0.99).all()
+        torch.testing.assert_close(b["scores"][match], a["scores"][clear], atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------------------------- building
+@pytest.mark.parametrize("engine", ["detectron2", "auto"])
+def test_engine_builds_detectron2s_model_from_meddet_keys(engine):
+    model = build_model(small_cfg("MODEL.ENGINE", engine, "MODEL.ROI_HEADS.CLASS_WEIGHTS", [2.0, 0.5]))
+    assert isinstance(model, Detectron2RCNN) and model.engine == "detectron2"
+    assert model.num_classes == 2 and model.device == torch.device("cpu")
+    d2 = model.d2_cfg
+    assert d2.MODEL.FPN.OUT_CHANNELS == 32 and d2.MODEL.ANCHOR_GENERATOR.SIZES == [[8], [16], [32], [64], [128]]
+    assert d2.TEST.DETECTIONS_PER_IMAGE == 1000 and "CLASS_WEIGHTS" not in d2.MODEL.ROI_HEADS
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3  # detectron2: background last
+    assert isinstance(model.roi_heads.box_predictor, WeightedFastRCNNOutputLayers)
+    assert model.roi_heads.box_predictor.class_weights.tolist() == [2.0, 0.5, 1.0]
+    assert "roi_heads.box_predictor.class_weights" not in model.state_dict()  # config, not weights
+
+
+def test_detectron2_build_errors_are_model_errors():
+    with pytest.raises(ModelError, match="MODEL.META_ARCHITECTURE: 'RetinaNet'"):
+        build_model(small_cfg("MODEL.META_ARCHITECTURE", "RetinaNet"))
+    with pytest.raises(ModelError, match="detectron2 cannot build.*NoSuchHeads"):
+        build_model(small_cfg("MODEL.ROI_HEADS.NAME", "NoSuchHeads"))
+
+
+# ------------------------------------------------------------------------------------- interface
+def test_training_losses_have_the_torchvision_engines_names_and_fall():
+    torch.manual_seed(0)
+    model = build_model(small_cfg())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    totals = []
+    for _ in range(6):
+        losses = model(train_batch())  # no detectron2 EventStorage open: the model opens one
+        assert set(losses) == LOSSES and all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(total.item())
+    assert totals[-1] < totals[0]
+
+
+def test_eval_output_is_meddets_format_in_original_pixels():
+    torch.manual_seed(0)
+    model = build_model(small_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0))
+    img = image(64, 96)
+    small = predict(model, [{"image": img, "height": 64, "width": 96}])[0]
+    (big,) = predict(model, [{"image": img, "height": 128, "width": 192}])
+    assert set(big) == {"boxes", "scores", "classes"} and len(big["boxes"]) > 0
+    torch.testing.assert_close(big["boxes"], small["boxes"] * 2)
+    assert big["classes"].dtype == torch.int64 and 0 <= big["classes"].min() and big["classes"].max() <= 1
+    assert big["boxes"][:, 0::2].max() <= 192 and big["boxes"][:, 1::2].max() <= 128
+
+
+def test_trains_and_evaluates_through_meddets_trainer(tiny_cfg, tiny_coco):
+    from meddet.engine import Trainer
+
+    cfg = tiny_cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list(["MODEL.ENGINE", "detectron2", "SOLVER.MAX_ITER", 4, "SOLVER.CHECKPOINT_PERIOD", 1000,
+                         "DATASETS.VAL", f"('{tiny_coco}',)", "TEST.EVAL_PERIOD", 1000, "EVAL.BOOTSTRAP_SAMPLES", 0])
+    trainer = Trainer(cfg)
+    assert trainer.model.engine == "detectron2"
+    trainer.train()
+    lines = [json.loads(line) for line in (trainer.output_dir / "metrics.json").read_text().splitlines()]
+    loss_lines = [line for line in lines if "total_loss" in line]
+    assert loss_lines and all(LOSSES <= set(line) for line in loss_lines)
+    assert all(torch.isfinite(torch.tensor([line[k] for k in LOSSES])).all() for line in loss_lines)
+    assert any("bbox/AP50" in line for line in lines)  # evaluated by meddet's evaluator
+    final = trainer.output_dir / "model_final.pth"
+    assert torch.load(final, weights_only=True)["meddet"]["engine"] == "detectron2"
+    fresh = build_model(cfg)
+    load_model_weights(fresh, final)
+    batch = [{"image": image(96, 96, 4), "height": 96, "width": 96}]
+    ref, again = predict(trainer.model, batch)[0], predict(fresh, batch)[0]
+    assert all(torch.equal(ref[k], again[k]) for k in ref)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def test_torchvision_weights_converted_give_the_same_detections(tmp_path):
+    """Train on the torchvision engine, convert with d2_convert, load into the detectron2 engine through
+    detectron2's DetectionCheckpointer: the same detections."""
+    tv, _ = twins()
+    opt = torch.optim.SGD(tv.parameters(), lr=0.01, momentum=0.9)
+    tv.train()
+    for _ in range(3):
+        loss = sum(tv(train_batch()).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tv_path = save_checkpoint(tmp_path / "tv.pth", tv)
+    cfg = small_cfg()
+    d2_path = convert_checkpoint(tv_path, tmp_path / "d2.pth", "tv-to-d2", cfg)
+    torch.manual_seed(99)
+    d2 = build_model(cfg)
+    assert load_model_weights(d2, d2_path) == {}
+    for seed, (h, w) in enumerate([(96, 128), (64, 64)]):
+        batch = [{"image": image(h, w, seed), "height": 2 * h, "width": 2 * w}]
+        assert_same_detections(predict(d2, batch)[0], predict(tv, batch)[0], cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+
+
+def test_model_zoo_pkl_and_class_count_change_load_through_detectron2(tmp_path, caplog):
+    torch.manual_seed(1)
+    source = build_model(small_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 5))
+    path = tmp_path / "model_final_abc.pkl"
+    with path.open("wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()},
+                     "__author__": "Detectron2 Model Zoo"}, f)
+    torch.manual_seed(2)
+    same = build_model(small_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 5))
+    load_model_weights(same, path)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in same.state_dict().items())
+    other = build_model(small_cfg())  # 2 classes: the predictor is skipped, everything else loads
+    load_model_weights(other, path)
+    sd = other.state_dict()
+    assert torch.equal(sd["backbone.fpn_output2.weight"], source.state_dict()["backbone.fpn_output2.weight"])
+    assert sd["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3
+    with pytest.raises(ModelError, match="nowhere.pkl: checkpoint file not found"):
+        load_model_weights(other, tmp_path / "nowhere.pkl")
+
+
+# ------------------------------------------------------------------------------------- loss parity
+@pytest.mark.parametrize(
+    "opts",
+    [
+        [],  # detectron2's defaults: SMOOTH_L1_BETA 0 (L1) in RPN and box head
+        ["MODEL.ROI_HEADS.CLASS_WEIGHTS", [2.0, 0.5], "MODEL.RPN.SMOOTH_L1_BETA", 0.1,
+         "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 0.5, "MODEL.RPN.LOSS_WEIGHT", 2.0],
+    ],
+)
+def test_both_engines_give_the_same_losses_for_the_same_weights(opts):
+    """Sampling made deterministic (quotas above the anchor/proposal counts, so every candidate is sampled):
+    the same weights and batch give the same four losses on both engines."""
+    tv, d2 = twins("MODEL.RPN.BATCH_SIZE_PER_IMAGE", 100000, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 100000,
+                   "MODEL.RESNETS.NORM", "FrozenBN", *opts)
+    tv.train()
+    d2.train()
+    ours, ref = tv(train_batch()), d2(train_batch())
+    assert set(ours) == set(ref) == LOSSES
+    for name in LOSSES:
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-4, atol=1e-7, msg=name)
