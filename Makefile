@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.meddet-installed
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo demo-cytology test venv clean-venv bench-sliced
 
 venv: $(STAMP)
 
@@ -20,6 +20,17 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/demo.py
+
+# Small objects in large images: tiles, sliced inference, tile-level and whole-image evaluation.
+demo-cytology: $(STAMP)
+	$(VENV)/bin/python scripts/demo_cytology.py
+
+# meddet's sliced inference against SAHI's get_sliced_prediction. SAHI requires opencv-python, which
+# would clash with our opencv-python-headless (both own cv2), so it goes in without its dependencies.
+bench-sliced: $(STAMP)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps sahi
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check shapely fire requests pyyaml pillow
+	$(VENV)/bin/python benchmarks/sliced_benchmark.py
 
 test: $(STAMP)
 	@sh scripts/ensure_chromium.sh

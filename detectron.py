@@ -6,7 +6,9 @@
     python detectron.py -c evaluate --config-file output/run/config.yaml [--gt test.json] [KEY VALUE ...]
     python detectron.py -c evaluate --gt test.json --predictions results.json   # score any detector
     python detectron.py -c predict  --config-file output/run/config.yaml --input IMG|DICOM|DIR ... [--output DIR]
+    python detectron.py -c predict  --config-file cells/config.yaml --ensemble clusters/config.yaml --input DIR
     python detectron.py -c tune     --config-file output/run/config.yaml        # thresholds on DATASETS.VAL
+    python detectron.py -c experiment --config-file configs/experiments/demo_imbalance.yaml   # variants x seeds
     python detectron.py -c compare  output/run_a output/run_b ...                # headline metrics side by side
     python detectron.py -c explain  --config-file output/run/config.yaml --input IMG ... [--output DIR]   # Grad-CAM
     python detectron.py -c export   --run output/run --output bundles/run        # self-describing model bundle
@@ -24,7 +26,8 @@ from meddet.cli import run_cli, setup_logging
 
 logger = logging.getLogger("meddet.cli")
 
-COMMANDS = ("train", "evaluate", "predict", "tune", "compare", "explain", "export", "push", "convert-weights")
+COMMANDS = ("train", "evaluate", "predict", "tune", "compare", "explain", "export", "push", "convert-weights",
+            "experiment")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", nargs="+", default=[], metavar="PATH", help="predict: images, DICOMs or folders")
     p.add_argument("--output", default="", metavar="DIR",
                    help="evaluate/predict: output folder (default OUTPUT_DIR/eval, OUTPUT_DIR/predictions)")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
+                   help="evaluate/predict: more models fused with the configured one by ENSEMBLE.* (run config "
+                        "YAMLs, run folders, bundle folders or Hub repo ids); classes are matched by name")
     p.add_argument("--score-thresh", type=float, default=None, help="predict: minimum score (default TEST.SCORE_THRESH)")
     p.add_argument("--overwrite", action="store_true", help="evaluate/predict: replace earlier outputs in --output")
     p.add_argument("--run", default="", metavar="DIR", help="export: the run folder to bundle")
@@ -53,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--revision", default=None, help="push: branch to commit to")
     p.add_argument("--direction", default="d2-to-tv", choices=("d2-to-tv", "tv-to-d2"),
                    help="convert-weights: detectron2 -> torchvision engine or back")
-    p.add_argument("--method", default="hirescam", choices=("hirescam", "gradcam"), help="explain: CAM variant")
+    p.add_argument("--method", default="hirescam", choices=("hirescam", "gradcam", "gradcam++", "eigencam"),
+                   help="explain: CAM variant")
     p.add_argument("--layer", default=None, help="explain: feature map (p2..p5 or a module name)")
     p.add_argument("--per-detection", action="store_true", help="explain: one overlay per detection")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -94,6 +101,17 @@ def main(args: argparse.Namespace) -> int:
         url = push_bundle(args.bundle, args.repo_id, private=args.private, revision=args.revision)
         print(f"pushed {args.bundle} -> {url}")
         return 0
+    if args.command == "experiment":
+        from meddet.experiment import run_experiment
+
+        if not args.config_file:
+            raise ConfigError("experiment needs --config-file EXPERIMENT.yaml (variants, seeds, metrics, rules)")
+        if args.opts:
+            raise ConfigError(f"experiment takes no KEY VALUE overrides (found {args.opts}); put them in the "
+                              "experiment YAML's variants or base config")
+        result = run_experiment(args.config_file)
+        print(result.format())
+        return 0 if result.ok else 1
     cfg = load_config(args.config_file or None, args.opts)
     if args.command == "convert-weights":
         from meddet.modeling import convert_checkpoint
@@ -141,9 +159,14 @@ def main(args: argparse.Namespace) -> int:
                 raise ConfigError("--predictions needs --gt COCO.json (or DATASETS.TEST in the config)")
             metrics = evaluate_predictions(cfg, gt, args.predictions, out_dir)
         else:
-            metrics = evaluate_model(cfg, args.gt or None, out_dir, overwrite=True)
+            metrics = evaluate_model(cfg, args.gt or None, out_dir, overwrite=True, ensemble=args.ensemble)
         print(format_per_class_table(metrics))
         print("\n" + format_summary(metrics))
+        if (out_dir / "hierarchical.csv").is_file():
+            import pandas as pd
+
+            print("\nTile level vs whole image (merged by sliced inference):")
+            print(pd.read_csv(out_dir / "hierarchical.csv").to_string(index=False, float_format="%.3f"))
         print(f"\n(outputs in {out_dir}: report.md, metrics.json, per_class.csv, curves, FROC, confusion matrix)")
         return 0
     if args.command == "tune":
@@ -158,7 +181,8 @@ def main(args: argparse.Namespace) -> int:
         if not args.input:
             raise ConfigError("predict needs --input IMAGE|DICOM|FOLDER ...")
         out_dir = Path(args.output) if args.output else Path(cfg.OUTPUT_DIR) / "predictions"
-        report = predict(cfg, args.input, out_dir, score_thresh=args.score_thresh, overwrite=args.overwrite)
+        report = predict(cfg, args.input, out_dir, score_thresh=args.score_thresh, overwrite=args.overwrite,
+                         ensemble=args.ensemble)
         print(f"{len(report.written)} image(s) predicted -> {report.results_json} and annotated PNGs in {out_dir}")
         if report.skipped:
             print(f"{len(report.skipped)} file(s) skipped:", file=sys.stderr)

@@ -74,15 +74,73 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
-    """COCO results of the configured model on every image of a COCO file."""
+    """COCO results of the configured model on every image of a COCO file (whole images through the
+    test loader; a model trained on tiles predicts each image by slicing)."""
     from meddet.data.dataset import build_test_loader
     from meddet.inference import Predictor, inference_on_dataset
 
     gt = load_coco(gt_path)
     cats = sorted(gt["categories"], key=lambda c: c["id"])
     predictor = Predictor(cfg, weights=resolve_weights(cfg), class_names=[c["name"] for c in cats])
+    if predictor.tiled:
+        return _records_results(predictor, gt_path, cfg)
     loader, _, _ = build_test_loader(cfg, str(gt_path))
     return inference_on_dataset(predictor.model, loader, [c["id"] for c in cats], desc="predict")
+
+
+def _member_predictor(spec: str | os.PathLike, device: str):
+    """One ensemble member: a run config YAML, a run folder (config.yaml), a bundle folder (meddet.json)
+    or a Hugging Face repo id."""
+    from meddet.config import load_config
+    from meddet.hub import META_NAME, load_predictor
+    from meddet.inference import Predictor
+
+    p = Path(spec)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        member_cfg = load_config(p)
+    elif p.is_dir() and (p / META_NAME).is_file():
+        return load_predictor(p, device=device)
+    elif p.is_dir() and (p / "config.yaml").is_file():
+        member_cfg = load_config(p / "config.yaml")
+    elif p.exists():
+        raise ConfigError(f"{p}: not an ensemble member (expected a config YAML, a run folder with config.yaml "
+                          "or a model bundle folder with meddet.json)")
+    else:
+        return load_predictor(str(spec), device=device)
+    member_cfg.MODEL.DEVICE = device
+    return Predictor(member_cfg, weights=resolve_weights(member_cfg))
+
+
+def build_predictor(cfg, ensemble: Sequence[str | os.PathLike] = (), class_names: Sequence[str] | None = None):
+    """The configured model's Predictor or, with `ensemble` members (see `_member_predictor`), an
+    EnsemblePredictor of it and them fused by ENSEMBLE.*; members' classes are matched by name to
+    `class_names` (default: the configured model's classes, then each member's new ones in order)."""
+    from meddet.inference import EnsemblePredictor, Predictor
+
+    primary = Predictor(cfg, weights=resolve_weights(cfg), class_names=class_names if not ensemble else None)
+    if not ensemble:
+        return primary
+    members = [primary] + [_member_predictor(m, cfg.MODEL.DEVICE) for m in ensemble]
+    names = list(class_names or [])
+    if not names:
+        for m in members:
+            names.extend(n for n in m.class_names if n not in names)
+    return EnsemblePredictor(members, names, cfg)
+
+
+def _records_results(predictor, gt_path: str | os.PathLike, cfg) -> list[dict]:
+    """COCO results of any predictor (sliced, ensemble) called on each whole image of a COCO file."""
+    from meddet.data.dataset import load_records
+    from meddet.inference import sliced_inference_on_records
+
+    gt = load_coco(gt_path)
+    cats = sorted(gt["categories"], key=lambda c: c["id"])
+    records, _ = load_records([str(gt_path)], cfg.DATASETS.IMAGE_ROOT)
+    return sliced_inference_on_records(predictor, records, [c["id"] for c in cats])
+
+
+def _gt_class_names(gt_path: str | os.PathLike) -> list[str]:
+    return [c["name"] for c in sorted(load_coco(gt_path)["categories"], key=lambda c: c["id"])]
 
 
 def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
@@ -109,17 +167,85 @@ def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.
 
 
 def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-                   overwrite: bool = True) -> dict:
-    """Predict on a COCO split with the configured model and run the whole evaluator on it."""
+                   overwrite: bool = True, ensemble: Sequence[str | os.PathLike] = ()) -> dict:
+    """Predict on a COCO split with the configured model (or an ensemble of it and `ensemble` members)
+    and run the whole evaluator on it.
+
+    A model trained on tiles (TILING.ENABLED) is evaluated at both levels: tile level on the split cut
+    into tiles (`out_dir/tiles/`, raw per-tile predictions) and whole image on predictions merged by
+    sliced inference (`out_dir/`); the returned dict holds the whole-image metrics plus every tile-level
+    one prefixed ``tiles/``, and `out_dir/hierarchical.csv` puts the headline metrics side by side."""
     gt_path = gt_path or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if not gt_path:
         raise ConfigError("nothing to evaluate on: set DATASETS.TEST or pass --gt COCO.json")
     out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "eval")
     _check_out_dir(out_dir, ["metrics.json"], overwrite)
-    preds = predict_dataset(cfg, gt_path)
+    if ensemble:
+        predictor = build_predictor(cfg, ensemble, class_names=_gt_class_names(gt_path))
+        preds = _records_results(predictor, gt_path, cfg)
+    else:
+        preds = predict_dataset(cfg, gt_path)
+    sections = run_sections(cfg)
+    tile_metrics: dict = {}
+    if cfg.TILING.ENABLED and not ensemble:
+        tile_metrics = evaluate_tiles(cfg, gt_path, out_dir / "tiles")
+        sections.append(("Tile-level evaluation", _tile_section(tile_metrics)))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    return evaluate_predictions(cfg, gt_path, preds, out_dir, extra_sections=run_sections(cfg))
+    metrics = evaluate_predictions(cfg, gt_path, preds, out_dir, extra_sections=sections)
+    if tile_metrics:
+        table = hierarchical_table(tile_metrics, metrics)
+        table.to_csv(out_dir / "hierarchical.csv", index=False)
+        metrics = {**metrics, **{f"tiles/{k}": v for k, v in tile_metrics.items()}}
+    return metrics
+
+
+def evaluate_tiles(cfg, gt_path: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Tile-level evaluation: the split cut into TILING.SIZE tiles (every tile, no filtering or
+    undersampling; boxes clipped by TILING.MIN_VISIBLE) written under `out_dir/data`, the model run on
+    each tile as it was trained, and the whole evaluator on the result under `out_dir`."""
+    from meddet.data.tiling import TilingParams, write_tile_dataset
+
+    out_dir = Path(out_dir)
+    names = _gt_class_names(gt_path)
+    params = TilingParams.from_cfg(cfg, names).for_evaluation()
+    data_dir = out_dir / "data"
+    if data_dir.exists():
+        import shutil
+
+        shutil.rmtree(data_dir)  # our own derived files, remade from the split on every evaluation
+    tile_json = write_tile_dataset(gt_path, data_dir, params)
+    whole = cfg.clone()
+    whole.defrost()
+    whole.TILING.ENABLED = False  # each tile goes through the model as a whole image
+    whole.DATASETS.IMAGE_ROOT = ""
+    preds = predict_dataset(whole, tile_json)
+    save_json_atomic(preds, out_dir / "coco_instances_results.json")
+    return evaluate_predictions(whole, tile_json, preds, out_dir)
+
+
+HEADLINE_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "prf1/precision", "prf1/recall", "prf1/F1")
+
+
+def hierarchical_table(tile_metrics: dict, image_metrics: dict):
+    """Headline metrics at tile level and whole-image level side by side (pandas DataFrame):
+    COCO AP, P/R/F1 at the operating point, and per-class AP50, precision and recall."""
+    import pandas as pd
+
+    per_class = sorted(k for k in image_metrics
+                       if k.startswith(("bbox/AP50-", "prf1/precision-", "prf1/recall-")))
+    rows = [{"metric": k, "tile": float(tile_metrics.get(k, float("nan"))),
+             "whole_image": float(image_metrics.get(k, float("nan")))}
+            for k in list(HEADLINE_KEYS) + per_class]
+    return pd.DataFrame(rows)
+
+
+def _tile_section(tile_metrics: dict) -> str:
+    from meddet.evaluation import format_summary
+
+    return ("The same model on every tile of this split (boxes clipped to tiles), before merging; "
+            "full tile-level report in `tiles/report.md`, both levels side by side in `hierarchical.csv`.\n\n"
+            + format_summary(tile_metrics))
 
 
 def run_sections(cfg) -> list[tuple[str, str]]:
@@ -174,19 +300,21 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-            score_thresh: float | None = None, overwrite: bool = False) -> PredictReport:
+            score_thresh: float | None = None, overwrite: bool = False,
+            ensemble: Sequence[str | os.PathLike] = ()) -> PredictReport:
     """Predict on images/DICOMs/folders; writes predictions.json (COCO results, each entry also naming its
     file and class), images.json (the images, categories and skipped files) and one annotated PNG per image.
+    Models trained on tiles predict by slicing; `ensemble` adds members fused with the configured model
+    (see `build_predictor`).
 
     A bad file is skipped and reported; the rest still run."""
-    from meddet.inference import Predictor
     from meddet.visualize import draw_detections
 
     files = collect_inputs(inputs)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, ["predictions.json"], overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(cfg, weights=resolve_weights(cfg))
+    predictor = build_predictor(cfg, ensemble)
     names = predictor.class_names
     thresh = class_thresholds(cfg, len(names), score_thresh)
     report = PredictReport()

@@ -147,3 +147,32 @@ def test_push_and_pull_through_the_hub_client(bundle, image, tmp_path):
     r = _client(tmp_path, {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"}, "pull", "org/other-model",
                 str(tmp_path / "none"))
     assert r.returncode != 0 and "org/other-model: not in the local Hugging Face cache" in r.stderr
+
+
+def test_tiled_bundle_says_so_and_loads_as_sliced(run_dir, tmp_path):
+    """A model trained on tiles: meddet.json records the slicing, and the loaded Predictor slices."""
+    import shutil
+
+    from meddet.config import load_config
+    from meddet.hub import export_bundle, load_predictor
+
+    run = tmp_path / "tiled_run"
+    shutil.copytree(run_dir, run)
+    cfg = load_config(run / "config.yaml", ["TILING.ENABLED", "True", "TILING.SIZE", "64", "TILING.OVERLAP", "0.25",
+                                            "TILING.MERGE", "nms", "TILING.MATCH_METRIC", "iou"])
+    (run / "config.yaml").write_text(cfg.dump())
+    bundle = export_bundle(run, tmp_path / "bundle")
+    tiling = json.loads((bundle / "meddet.json").read_text())["input"]["tiling"]
+    assert tiling["tile_size"] == 64 and tiling["overlap"] == 0.25 and tiling["merge"] == "nms"
+    assert "64-pixel tiles" in (bundle / "README.md").read_text()
+    predictor = load_predictor(bundle, device="cpu")
+    assert predictor.tiled and predictor.cfg.TILING.SIZE == 64 and predictor.cfg.TILING.MATCH_METRIC == "iou"
+    # The bundle's meddet.json is what decides: a bundle saying "whole image" predicts on whole images.
+    meta = json.loads((bundle / "meddet.json").read_text())
+    meta["input"]["tiling"] = {}
+    (bundle / "meddet.json").write_text(json.dumps(meta))
+    assert not load_predictor(bundle, device="cpu").tiled
+    meta["input"]["tiling"] = {"tile_size": "big"}
+    (bundle / "meddet.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="input.tiling.tile_size"):
+        load_predictor(bundle, device="cpu")

@@ -201,3 +201,74 @@ def test_full_queue_answers_503(predictor):
     release.set()
     t.join(10)
     assert first == [200]
+
+
+def _decode_data_url(url: str) -> np.ndarray:
+    import base64
+
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix)
+    raw = base64.b64decode(url[len(prefix):])
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    return cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_explain_returns_png_heat_maps_of_the_image_size(client):
+    img = _image(1)  # 96 x 120
+    plain = _post(client, _png(img)).get_json()
+    r = client.post("/api/v1/predict", data={"file": (io.BytesIO(_png(img)), "a.png"), "explain": "1",
+                                             "threshold": "0"})
+    assert r.status_code == 200
+    body = r.get_json()
+    strip = [{k: v for k, v in d.items() if not k.startswith("heatmap")} for d in body["detections"]]
+    assert strip == plain["detections"], "explaining must not change the predictions"
+    e = body["explanation"]
+    assert (e["method"], e["width"], e["height"]) == ("hirescam", 120, 96)
+    assert e["candidates"] == len(plain["detections"]) and e["explained"] == min(5, e["candidates"]) > 0
+    assert e["limited_by"] == ("max_detections" if e["candidates"] > 5 else None)
+    assert _decode_data_url(e["overlay"]).shape == (96, 120, 4)
+    explained = [d for d in body["detections"] if "heatmap" in d]
+    assert explained == body["detections"][:e["explained"]], "the highest-scoring findings are explained"
+    empty = 0
+    for d in explained:
+        heat = _decode_data_url(d["heatmap"])
+        assert heat.shape == (96, 120, 4) and d["heatmap_layer"] == "p2"
+        empty += int(heat[..., 3].max() == 0)
+    assert e["empty_maps"] == empty  # the 4-iteration model's boxes are junk: their HiResCAM may be all zero
+
+
+def test_explain_overlay_combines_the_findings_maps(client):
+    """Grad-CAM++ (weights from the box's gradients, applied to the whole map) lights every finding."""
+    body = _post(client, _png(_image(3)), explain="1", explain_method="gradcam++", threshold="0").get_json()
+    e = body["explanation"]
+    overlay = _decode_data_url(e["overlay"])
+    maps = [_decode_data_url(d["heatmap"]) for d in body["detections"] if "heatmap" in d]
+    assert e["method"] == "gradcam++" and len(maps) == e["explained"] > 0 and e["empty_maps"] == 0
+    for m in maps:
+        assert m[..., 3].max() > 0 and m[..., 3].min() == 0  # transparent where cold, opaque-ish where hot
+    np.testing.assert_allclose(overlay[..., 3], np.max([m[..., 3] for m in maps], axis=0), atol=1)
+
+
+def test_explain_is_validated_and_bounded(predictor):
+    from webapp import create_app
+
+    data = _png(_image(2))
+    bounded = create_app(predictor, explain_timeout_s=0, explain_max_side=48).test_client()
+    r = _post(bounded, data, explain="1", explain_method="eigencam", threshold="0")
+    e = r.get_json()["explanation"]
+    assert r.status_code == 200 and e["method"] == "eigencam" and e["candidates"] > 0
+    assert e["explained"] == 0 and e["limited_by"] == "time"  # the time limit stops explanations, not the answer
+    assert (e["width"], e["height"]) == (48, 38) and _decode_data_url(e["overlay"]).shape == (38, 48, 4)
+    r = _post(bounded, data, explain="1", explain_threshold="1")
+    assert r.get_json()["explanation"]["candidates"] == 0 and len(r.get_json()["detections"]) > 0
+    r = _post(bounded, data, explain="1", explain_threshold="-1")
+    assert r.status_code == 400 and "explain_threshold" in r.get_json()["error"]["message"]
+    r = _post(bounded, data, explain="1", explain_method="scorecam")
+    assert r.status_code == 400 and "explain_method" in r.get_json()["error"]["message"]
+    r = _post(bounded, data, explain="maybe")
+    assert r.status_code == 400 and "explain" in r.get_json()["error"]["message"]
+    spec = bounded.get("/api/v1/openapi.json").get_json()
+    params = {p["name"]: p for p in spec["paths"]["/api/v1/predict"]["post"]["parameters"]}
+    assert "48 pixels" in params["explain"]["description"] and "0 s" in params["explain"]["description"]
+    assert params["explain_method"]["schema"]["enum"] == ["hirescam", "gradcam", "gradcam++", "eigencam"]
+    assert "overlay" in spec["components"]["schemas"]["Explanation"]["properties"]

@@ -1,4 +1,5 @@
-"""Grad-CAM: the map of a detection lies on the object, and errors name what is wrong."""
+"""Class activation maps: the map of a detection lies on the object (HiResCAM, Grad-CAM, Grad-CAM++,
+Eigen-CAM), the formulas give known answers on crafted feature maps, and errors name what is wrong."""
 from __future__ import annotations
 
 import cv2
@@ -94,7 +95,7 @@ def test_gradcam_errors_name_the_argument(trained_model):
     with pytest.raises(DataError, match="class_index"):
         gradcam(trained_model, _batch_item(img), box=gt, class_index=3)
     with pytest.raises(DataError, match="method"):
-        gradcam(trained_model, _batch_item(img), box=gt, class_index=0, method="eigencam")
+        gradcam(trained_model, _batch_item(img), box=gt, class_index=0, method="scorecam")
     with pytest.raises(ModelError, match="no gradient"):
         gradcam(trained_model, _batch_item(img), box=gt, class_index=0, layer="backbone.fpn.layer_blocks.3")
     with pytest.raises(DataError, match="detection_index"):
@@ -127,3 +128,111 @@ def test_explain_writes_overlays_per_image(trained_model, tmp_path):
     assert out.shape == (SIZE, SIZE, 3)
     with pytest.raises(DataError, match="missing.png"):
         explain(trained_model.cfg, [tmp_path / "missing.png"], tmp_path / "xai", weights=weights)
+
+
+def _hot_features(seed: int, channels: int = 16, size: int = 20) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """Post-ReLU-like activations: low noise everywhere, a hot region in every channel with its own
+    positive loading."""
+    g = torch.Generator().manual_seed(seed)
+    act = torch.rand(1, channels, size, size, generator=g) * 0.3
+    region = (slice(5, 9), slice(12, 16))
+    act[0, :, region[0], region[1]] += 1.0 + torch.rand(channels, 1, 1, generator=g) * 2
+    return act, region
+
+
+def _peak_in(cam: torch.Tensor, region: tuple[slice, slice]) -> bool:
+    y, x = np.unravel_index(int(cam.argmax()), tuple(cam.shape))
+    return region[0].start <= y < region[0].stop and region[1].start <= x < region[1].stop
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "eigencam", "hirescam", "gradcam"])
+def test_each_method_peaks_on_the_hot_region(method):
+    from meddet.xai import activation_map
+
+    act, region = _hot_features(0)
+    # The box score's gradient: positive on the region in half the channels, noise elsewhere.
+    grad = torch.randn(act.shape, generator=torch.Generator().manual_seed(1)) * 0.01
+    grad[0, :8, region[0], region[1]] += 0.5
+    cam = activation_map(act, None if method == "eigencam" else grad, method)
+    assert cam.shape == (1, 20, 20) and torch.isfinite(cam).all()
+    assert float(cam.max()) > float(cam.min()), "the map must not be constant"
+    assert _peak_in(cam[0], region)
+
+
+def test_eigencam_sign_is_corrected():
+    """The principal component's sign is arbitrary; the map must light the hot region for every seed."""
+    from meddet.xai import activation_map
+
+    for seed in range(12):
+        act, region = _hot_features(seed)
+        cam = activation_map(act, None, "eigencam")[0]
+        assert _peak_in(cam, region), f"seed {seed}: Eigen-CAM peaks off the hot region"
+        y, x = region
+        assert float(cam[y, x].mean()) > 5 * float(cam.mean()), f"seed {seed}: the hot region is not highlighted"
+
+
+def test_eigencam_ignores_batch_padding():
+    """Padding rows (a huge constant) change nothing when the fit is restricted to the valid part."""
+    from meddet.xai import activation_map
+
+    act, _ = _hot_features(3)
+    padded = torch.cat([act, torch.full((1, 16, 6, 20), 50.0)], dim=2)
+    plain = activation_map(act, None, "eigencam")[0]
+    with_pad = activation_map(padded, None, "eigencam", valid=(20, 20))[0, :20]
+    torch.testing.assert_close(with_pad, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_gradcam_plus_plus_known_answer():
+    """One channel, A = [[1, 0], [0, 3]] (sum 4), G = [[1, 0], [0, 0.5]]:
+    a = G^2 / (2 G^2 + 4 G^3) = 1/6 at (0, 0) and 0.25 / (0.5 + 0.5) = 1/4 at (1, 1); w = 1/6 + 0.5/4 = 7/24."""
+    from meddet.xai import activation_map
+
+    act = torch.tensor([[[[1.0, 0.0], [0.0, 3.0]]]])
+    grad = torch.tensor([[[[1.0, 0.0], [0.0, 0.5]]]])
+    cam = activation_map(act, grad, "gradcam++")
+    torch.testing.assert_close(cam, torch.tensor([[[7 / 24, 0.0], [0.0, 21 / 24]]]), rtol=1e-5, atol=1e-6)
+    # Negative gradients carry no weight (only relu(G) counts), unlike Grad-CAM's mean.
+    cam = activation_map(act, -grad, "gradcam++")
+    assert float(cam.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "eigencam"])
+def test_new_methods_on_the_trained_detector(trained_model, method):
+    from meddet.xai import gradcam
+
+    img, gt = _mass_image(np.random.default_rng(123))
+    cam = gradcam(trained_model, _batch_item(img), box=gt, class_index=0, method=method)
+    assert cam.method == method and cam.heatmap.shape == (SIZE, SIZE)
+    assert np.isfinite(cam.heatmap).all() and cam.heatmap.max() == pytest.approx(1.0)
+    assert cam.heatmap.std() > 0.05, "the map must not be constant"
+
+
+def test_several_boxes_in_one_pass_match_one_at_a_time(trained_model):
+    from meddet.xai import gradcam, gradcams
+
+    img, gt = _mass_image(np.random.default_rng(9))
+    item = _batch_item(img)
+    boxes = [gt, [2, 2, 40, 30]]
+    both = gradcams(trained_model, item, boxes, [0, 0])
+    assert [c.layer for c in both] == ["p2", "p2"]
+    for cam, box in zip(both, boxes):
+        alone = gradcam(trained_model, item, box=box, class_index=0)
+        np.testing.assert_allclose(cam.heatmap, alone.heatmap, atol=1e-5)
+        assert cam.score == pytest.approx(alone.score, abs=1e-6)
+    assert gradcams(trained_model, item, boxes, [0, 0], deadline=0.0) == []  # a passed deadline explains none
+
+
+def test_explain_detections_scales_maps_to_max_side(trained_model, tmp_path):
+    from meddet.inference.predictor import Predictor
+    from meddet.xai import explain_detections
+
+    weights = tmp_path / "model.pth"
+    torch.save(trained_model.state_dict(), weights)
+    predictor = Predictor(trained_model.cfg, weights=weights)
+    img, gt = _mass_image(np.random.default_rng(123))
+    wide = np.concatenate([img, np.zeros_like(img)], axis=1)  # 96 x 192
+    full = explain_detections(predictor, wide, [gt], [0])[0]
+    small = explain_detections(predictor, wide, [gt], [0], max_side=96)[0]
+    assert full.heatmap.shape == (SIZE, 2 * SIZE) and small.heatmap.shape == (SIZE // 2, SIZE)
+    np.testing.assert_allclose(small.box, np.asarray(gt) / 2)
+    assert small.energy_inside() > 0.5 and full.energy_inside() > 0.5

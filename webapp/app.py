@@ -3,7 +3,10 @@
 Safety: uploads are size-limited, typed by content (PNG, JPEG, DICOM), refused above a pixel limit
 before decoding, decoded in a temporary folder that is removed at once; no file name or DICOM value
 that could identify a patient is logged or returned; CORS is closed unless origins are listed; one
-predictor runs one image at a time behind a bounded queue that answers 503 when full.
+predictor runs one image at a time behind a bounded queue that answers 503 when full. Explanations
+(``explain=1``: class activation maps from meddet.xai) run inside the same slot and lock, for at most
+`explain_max_detections` findings, stop starting new ones after `explain_timeout_s`, and are made at
+most `explain_max_side` pixels on the longer side.
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
+import numpy as np
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from meddet.errors import DataError, DicomError, MeddetError
+from meddet.errors import DataError, DicomError, MeddetError, ModelError
+from meddet.xai.cam import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +115,19 @@ def _dicom_size(path: Path) -> tuple[int, int]:
 
 
 class ModelService:
-    """One shared predictor: one image at a time (lock), at most `max_queue` requests waiting or running."""
+    """One shared predictor: one image at a time (lock), at most `max_queue` requests waiting or running.
 
-    def __init__(self, predictor, max_queue: int = 4, max_pixels: int = 80_000_000):
+    Explanations: at most `explain_max_detections` findings per image (highest scores first), none
+    started after `explain_timeout_s` seconds, maps at most `explain_max_side` pixels on the longer side
+    (drawn stretched over the image by clients)."""
+
+    def __init__(self, predictor, max_queue: int = 4, max_pixels: int = 80_000_000,
+                 explain_timeout_s: float = 30.0, explain_max_detections: int = 5, explain_max_side: int = 2048):
         self.predictor = predictor
         self.max_pixels = int(max_pixels)
+        self.explain_timeout_s = float(explain_timeout_s)
+        self.explain_max_detections = int(explain_max_detections)
+        self.explain_max_side = int(explain_max_side)
         self._slots = threading.BoundedSemaphore(max(1, int(max_queue)))
         self._lock = threading.Lock()
         self.started = time.time()
@@ -128,8 +141,12 @@ class ModelService:
                 413, f"image of {w}x{h} pixels is larger than the limit of {self.max_pixels:,} pixels"
             )
 
-    def predict_bytes(self, data: bytes, include_image: bool = False) -> dict[str, Any]:
-        """Check, decode and predict one uploaded file; raises UploadError for anything refused."""
+    def predict_bytes(self, data: bytes, include_image: bool = False, explain: str | None = None,
+                      explain_threshold: float | None = None) -> dict[str, Any]:
+        """Check, decode and predict one uploaded file; raises UploadError for anything refused.
+
+        `explain`: a meddet.xai method name to add heat maps of the findings scoring at least
+        `explain_threshold` (default: each class's threshold), or None for none."""
         if not data:
             raise UploadError(400, "empty upload: the file has no bytes")
         fmt = sniff_format(data)
@@ -160,24 +177,69 @@ class ModelService:
             h, w = image.shape[:2]
             self._check_pixels(h, w)
             t0 = time.perf_counter()
+            explanation = None
             with self._lock:
                 out = self.predictor(image)
+                elapsed = time.perf_counter() - t0
+                if explain is not None:
+                    explanation = self._explain(image, out, explain, explain_threshold)
                 self.served += 1
-            elapsed = time.perf_counter() - t0
         finally:
             self._slots.release()
         logger.info("predicted a %s image of %dx%d: %d detections in %.3f s", fmt, w, h, len(out["scores"]), elapsed)
-        return self._response(out, fmt, h, w, facts, elapsed, image if include_image else None)
+        return self._response(out, fmt, h, w, facts, elapsed, image if include_image else None, explanation)
 
-    def _response(self, out, fmt, h, w, facts, elapsed, image) -> dict[str, Any]:
+    def _explain(self, image: np.ndarray, out: dict, method: str, threshold: float | None) -> dict[str, Any]:
+        """Heat maps of the top findings: {"summary": response entry, "maps": {detection index: (png, layer)}}."""
+        from meddet.tasks import class_thresholds
+        from meddet.xai import explain_detections, heatmap_rgba
+
+        scores, classes = np.asarray(out["scores"]), np.asarray(out["classes"], dtype=np.int64)
+        thr = class_thresholds(self.predictor.cfg, len(self.predictor.class_names), threshold)
+        order = np.argsort(-scores, kind="stable")
+        candidates = order[scores[order] >= thr[classes[order]]]
+        chosen = candidates[: self.explain_max_detections]
+        t0 = time.perf_counter()
+        try:
+            cams = explain_detections(self.predictor, image, np.asarray(out["boxes"])[chosen], classes[chosen],
+                                      method=method, max_side=self.explain_max_side,
+                                      deadline=time.monotonic() + self.explain_timeout_s)
+        except ModelError as e:
+            raise UploadError(422, f"explain: this model cannot be explained ({e})") from None
+        h, w = image.shape[:2]
+        scale = min(1.0, self.explain_max_side / max(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        combined = np.zeros(size, dtype=np.float32)
+        maps: dict[int, tuple[str, str]] = {}
+        for i, cam in zip(chosen.tolist(), cams):
+            np.maximum(combined, cam.heatmap, out=combined)
+            maps[i] = (_png_data_url(heatmap_rgba(cam.heatmap)), cam.layer)
+        limited_by = None
+        if len(cams) < len(chosen):
+            limited_by = "time"
+        elif len(chosen) < len(candidates):
+            limited_by = "max_detections"
+        elapsed = time.perf_counter() - t0
+        logger.info("explained %d of %d findings with %s in %.3f s", len(cams), len(candidates), method, elapsed)
+        summary = {
+            "method": method, "width": size[1], "height": size[0], "overlay": _png_data_url(heatmap_rgba(combined)),
+            "explained": len(cams), "candidates": int(len(candidates)), "limited_by": limited_by,
+            "empty_maps": sum(1 for c in cams if not c.heatmap.any()),
+            "explain_ms": round(elapsed * 1000, 1),
+        }
+        return {"summary": summary, "maps": maps}
+
+    def _response(self, out, fmt, h, w, facts, elapsed, image, explanation=None) -> dict[str, Any]:
         from meddet.visualize import class_color
 
         names = self.predictor.class_names
-        dets = [
-            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c),
-             "label": names[int(c)], "color": _hex(class_color(int(c)))}
-            for b, s, c in zip(out["boxes"], out["scores"], out["classes"])
-        ]
+        dets = []
+        for i, (b, s, c) in enumerate(zip(out["boxes"], out["scores"], out["classes"])):
+            d = {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c),
+                 "label": names[int(c)], "color": _hex(class_color(int(c)))}
+            if explanation is not None and i in explanation["maps"]:
+                d["heatmap"], d["heatmap_layer"] = explanation["maps"][i]
+            dets.append(d)
         dets.sort(key=lambda d: -d["score"])
         resp: dict[str, Any] = {
             "image": {"format": fmt, "width": int(w), "height": int(h)},
@@ -185,6 +247,8 @@ class ModelService:
             "detections": dets,
             "inference_ms": round(elapsed * 1000, 1),
         }
+        if explanation is not None:
+            resp["explanation"] = explanation["summary"]
         if image is not None:
             from meddet.visualize import to_display_bgr
 
@@ -196,6 +260,14 @@ class ModelService:
 def _strip_path(message: str, path: Path) -> str:
     """Error text without the temporary file's path."""
     return message.replace(f"{path}: ", "").replace(str(path), "the upload")
+
+
+def _png_data_url(image: np.ndarray) -> str:
+    """A PNG data URL of an 8-bit image (grey, BGR or BGRA)."""
+    ok, png = cv2.imencode(".png", image)
+    if not ok:
+        raise UploadError(500, "the heat map could not be encoded as PNG")
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
 def _hex(bgr: Sequence[int]) -> str:
@@ -223,6 +295,29 @@ def model_info(predictor) -> dict[str, Any]:
     }
 
 
+def _score(name: str, value: str | None) -> float | None:
+    """An optional score parameter in [0, 1]; UploadError 400 otherwise."""
+    if value is None:
+        return None
+    try:
+        score = float(value)
+    except ValueError:
+        raise UploadError(400, f"{name}: expected a number between 0 and 1, found {value!r}") from None
+    if not 0.0 <= score <= 1.0:
+        raise UploadError(400, f"{name}: expected a number between 0 and 1, found {score}")
+    return score
+
+
+def _flag(name: str, value: str) -> bool:
+    """A boolean request parameter: 1/true/yes or 0/false/no; UploadError 400 otherwise."""
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise UploadError(400, f"{name}: expected 1 or 0 (true or false), found {value!r}")
+
+
 def _load_model(model):
     if hasattr(model, "predict_batch") and hasattr(model, "class_names"):
         return model
@@ -232,15 +327,19 @@ def _load_model(model):
 
 
 def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, max_queue: int = 4,
-               cors_origins: Sequence[str] = ()) -> Flask:
+               cors_origins: Sequence[str] = (), explain_timeout_s: float = 30.0, explain_max_detections: int = 5,
+               explain_max_side: int = 2048) -> Flask:
     """The web app over `model` (a Predictor, a bundle folder or a Hub repo id).
 
     `max_upload_mb` bounds the request body (413 above), `max_pixels` the decoded image, `max_queue`
     the requests waiting or running (503 above); `cors_origins` lists origins allowed to call the API
-    (none by default).
+    (none by default). Explanations (``explain=1``) cover at most `explain_max_detections` findings,
+    start none after `explain_timeout_s` seconds and are at most `explain_max_side` pixels wide or high.
     """
     predictor = _load_model(model)
-    service = ModelService(predictor, max_queue=max_queue, max_pixels=max_pixels)
+    service = ModelService(predictor, max_queue=max_queue, max_pixels=max_pixels,
+                           explain_timeout_s=explain_timeout_s, explain_max_detections=explain_max_detections,
+                           explain_max_side=explain_max_side)
     info = model_info(predictor)
     card = ""
     bundle_dir = getattr(predictor, "bundle_dir", None)
@@ -308,23 +407,25 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     def openapi():
         from webapp.openapi import openapi_spec
 
-        return jsonify(openapi_spec(max_upload_mb, max_pixels))
+        return jsonify(openapi_spec(max_upload_mb, max_pixels, explain_timeout_s=service.explain_timeout_s,
+                                    explain_max_detections=service.explain_max_detections,
+                                    explain_max_side=service.explain_max_side))
 
     @app.post(f"{API}/predict")
     def predict():
         f = request.files.get("file")
         if f is None:
             raise UploadError(400, "no file: send the image as multipart/form-data field 'file'")
-        threshold = request.form.get("threshold", request.args.get("threshold"))
-        if threshold is not None:
-            try:
-                threshold = float(threshold)
-            except ValueError:
-                raise UploadError(400, f"threshold: expected a number between 0 and 1, found {threshold!r}") from None
-            if not 0.0 <= threshold <= 1.0:
-                raise UploadError(400, f"threshold: expected a number between 0 and 1, found {threshold}")
+        threshold = _score("threshold", request.form.get("threshold", request.args.get("threshold")))
         include_image = request.args.get("include_image", "0") in ("1", "true")
-        result = service.predict_bytes(f.read(), include_image=include_image)
+        explain = _flag("explain", request.form.get("explain", request.args.get("explain", "0")))
+        method = request.form.get("explain_method", request.args.get("explain_method", "hirescam"))
+        if method not in METHODS:
+            raise UploadError(400, f"explain_method: expected one of {', '.join(METHODS)}, found {method!r}")
+        explain_threshold = _score("explain_threshold",
+                                   request.form.get("explain_threshold", request.args.get("explain_threshold")))
+        result = service.predict_bytes(f.read(), include_image=include_image, explain=method if explain else None,
+                                       explain_threshold=threshold if explain_threshold is None else explain_threshold)
         if threshold is not None:
             result["detections"] = [d for d in result["detections"] if d["score"] >= threshold]
         result["threshold"] = threshold

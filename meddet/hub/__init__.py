@@ -118,8 +118,9 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None) -> dict[str, A
                 "fixed_range": [float(v) for v in d.FIXED_RANGE],
                 "gamma": float(d.GAMMA),
             },
-            # Sliced inference is not part of the Predictor yet: bundles predict on whole images.
-            "tiling": {},
+            # Empty: the model predicts on whole images; else it was trained on tiles and predicts by
+            # slicing with these settings (load_predictor applies them to TILING.*).
+            "tiling": tiling_metadata(cfg),
         },
         "thresholds": {
             "score_thresh": float(cfg.TEST.SCORE_THRESH),
@@ -131,6 +132,47 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None) -> dict[str, A
         "training_data": _training_summary(cfg),
         "metrics": dict(metrics or {}),
     }
+
+
+_TILING_KEYS = {  # meddet.json "tiling" field -> TILING key
+    "tile_size": "SIZE", "overlap": "OVERLAP", "min_visible": "MIN_VISIBLE", "batch_size": "BATCH_SIZE",
+    "full_image_pass": "FULL_IMAGE_PASS", "merge": "MERGE", "match_metric": "MATCH_METRIC",
+    "match_thresh": "MATCH_THRESH", "class_agnostic": "CLASS_AGNOSTIC", "soft_nms_sigma": "SOFT_NMS_SIGMA",
+}
+
+
+def tiling_metadata(cfg) -> dict[str, Any]:
+    """The bundle's "tiling" field: {} for whole-image models, else the sliced-inference settings."""
+    if not cfg.TILING.ENABLED:
+        return {}
+    return {name: cfg.TILING[key] for name, key in _TILING_KEYS.items()}
+
+
+def apply_tiling_metadata(cfg, tiling: dict[str, Any], source: str) -> None:
+    """Set TILING.* from a bundle's "tiling" field (an empty field leaves whole-image prediction)."""
+    if not tiling:
+        cfg.TILING.ENABLED = False
+        return
+    unknown = sorted(set(tiling) - set(_TILING_KEYS))
+    if unknown:
+        raise DataError(f"{source}: input.tiling has unknown fields {unknown}; expected {sorted(_TILING_KEYS)}")
+    cfg.TILING.ENABLED = True
+    for name, value in tiling.items():
+        key = _TILING_KEYS[name]
+        expected = type(cfg.TILING[key])
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected):
+            raise DataError(f"{source}: input.tiling.{name} is {value!r}; expected {expected.__name__}")
+        cfg.TILING[key] = value
+
+
+def _tiling_text(tiling: dict[str, Any]) -> str:
+    if not tiling:
+        return "Predicts on the whole image."
+    return (f"Trained on {tiling['tile_size']}-pixel tiles; predicts any image size by sliced inference "
+            f"({tiling['overlap']:.0%} overlap, tiles merged by {tiling['merge']} with "
+            f"{tiling['match_metric'].upper()} >= {tiling['match_thresh']}).")
 
 
 def _model_card(meta: dict[str, Any], repo_name: str) -> str:
@@ -200,6 +242,8 @@ def _model_card(meta: dict[str, Any], repo_name: str) -> str:
         f"DICOM: {dicom['normalize']} normalization, gamma {dicom['gamma']}, {dicom['bit_depth']}-bit, "
         f"VOI {'applied' if dicom['apply_voi'] else 'ignored'}. Shortest edge resized to "
         f"{meta['input']['min_size_test']} (longest at most {meta['input']['max_size_test']}).",
+        "",
+        _tiling_text(meta["input"].get("tiling", {})),
         "",
         "## Limitations",
         "",
@@ -317,6 +361,7 @@ def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = No
     folder = resolve_bundle(path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token)
     meta = read_bundle(folder)
     cfg = load_config(folder / CONFIG_NAME)
+    apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
     if device:
         cfg.MODEL.DEVICE = device
     predictor = Predictor(cfg, weights=folder / WEIGHTS_NAME, class_names=[c["name"] for c in meta["classes"]])

@@ -11,9 +11,19 @@ import torch
 from tqdm import tqdm
 
 from meddet.data.transforms import resize, shortest_edge_size, to_model_tensor, to_unit_float
-from meddet.errors import ConfigError
+from meddet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_image(image: np.ndarray, cfg) -> dict:
+    """One image (HxW or HxWxC; uint8, uint16 or float in [0, 1]) as the model's test-time input dict:
+    shortest edge resized to INPUT.MIN_SIZE_TEST (longest at most INPUT.MAX_SIZE_TEST), INPUT.FORMAT
+    channel order; "height"/"width" are the input's own size, so detections come back in its pixels."""
+    h, w = image.shape[:2]
+    nh, nw = shortest_edge_size(h, w, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
+    img = resize(to_unit_float(image), (nh, nw))
+    return {"image": to_model_tensor(img, cfg.INPUT.FORMAT), "height": h, "width": w}
 
 
 def _to_numpy(det: dict) -> dict:
@@ -55,17 +65,41 @@ def inference_on_dataset(model, loader, category_ids: Sequence[int], desc: str =
     return results
 
 
+def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict], category_ids: Sequence[int],
+                                desc: str = "sliced inference") -> list[dict]:
+    """COCO results of `predictor` on whole images by sliced inference (TILING.* of its config), whether
+    or not TILING.ENABLED is set: the way to evaluate a model trained on tiles against whole-image ground
+    truth. `records` are dataset dicts (meddet.data.coco.coco_to_records: "file_name", "image_id",
+    "height", "width"); `category_ids[k]` is the dataset's category id of class index k."""
+    from meddet.inference.sliced import sliced_predict
+
+    results: list[dict] = []
+    for rec in tqdm(records, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
+        image = predictor.read(rec["file_name"])
+        if image.shape[:2] != (rec["height"], rec["width"]):
+            raise DataError(
+                f"{rec['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO record says "
+                f"{rec['width']}x{rec['height']}"
+            )
+        det = sliced_predict(predictor.model, image, predictor.cfg)
+        results.extend(detections_to_coco_results(det, rec["image_id"], category_ids))
+    return results
+
+
 class Predictor:
     """Predict on single images of any size with a trained model.
 
     >>> p = Predictor(cfg)                      # MODEL.WEIGHTS, DATASETS.CLASS_NAMES from the run's config
     >>> out = p("mammogram.dcm")                # {"boxes", "scores", "classes", "labels"}
+
+    With TILING.ENABLED (a model trained on tiles) every image is predicted by sliced inference, so every
+    caller (predict, the web app, explain) gets whole-image detections; `tiled` says which way it predicts.
     """
 
     def __init__(self, cfg, weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None):
         from meddet.data.dataset import dicom_kwargs
         from meddet.modeling import build_model, resolve_device
-        from meddet.modeling.checkpoint import load_weights
+        from meddet.modeling import load_model_weights
 
         self.cfg = cfg.clone()
         self.cfg.freeze()
@@ -74,7 +108,7 @@ class Predictor:
         weights = weights if weights is not None else cfg.MODEL.WEIGHTS
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
-        load_weights(self.model, weights)
+        load_model_weights(self.model, weights)
         names = list(class_names or cfg.DATASETS.CLASS_NAMES)
         k = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if names and len(names) != k:
@@ -92,26 +126,33 @@ class Predictor:
 
         return read_image(Path(image), **self._dicom_kwargs)
 
-    def _prepare(self, image: np.ndarray) -> dict:
-        h, w = image.shape[:2]
-        nh, nw = shortest_edge_size(h, w, int(self.cfg.INPUT.MIN_SIZE_TEST), int(self.cfg.INPUT.MAX_SIZE_TEST))
-        img = resize(to_unit_float(image), (nh, nw))
-        return {"image": to_model_tensor(img, self.cfg.INPUT.FORMAT), "height": h, "width": w}
+    @property
+    def tiled(self) -> bool:
+        """True when TILING.ENABLED: every image is predicted by sliced inference (meddet.inference.sliced)."""
+        return bool(self.cfg.TILING.ENABLED)
+
+    def prepare(self, image: np.ndarray) -> dict:
+        """The model's input dict for one whole image (shortest edge resized to INPUT.MIN_SIZE_TEST, longest
+        at most INPUT.MAX_SIZE_TEST, INPUT.FORMAT channels); predictions come back in `image`'s pixels."""
+        return prepare_image(image, self.cfg)
 
     @torch.no_grad()
     def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]:
-        batch = [self._prepare(self.read(im)) for im in images]
-        if not batch:
-            return []
-        dets = self.model(batch)
-        out = []
-        for det in dets:
-            d = _to_numpy(det)
+        """Detections of each image: {"boxes" (N, 4) xyxy float32 in the image's pixels, "scores", "classes"
+        (0-based), "labels" (class names)}. With TILING.ENABLED each image is predicted by slicing."""
+        if self.tiled:
+            from meddet.inference.sliced import sliced_predict
+
+            dets = [sliced_predict(self.model, self.read(im), self.cfg) for im in images]
+        else:
+            batch = [self.prepare(self.read(im)) for im in images]
+            dets = [_to_numpy(det) for det in self.model(batch)] if batch else []
+        for d in dets:
             d["labels"] = [self.class_names[int(c)] for c in d["classes"]]
-            out.append(d)
-        return out
+        return dets
 
     def __call__(self, image: str | os.PathLike | np.ndarray) -> dict:
+        """Detections of one image (a path or an array); see predict_batch."""
         return self.predict_batch([image])[0]
 
 

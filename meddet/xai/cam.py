@@ -1,22 +1,34 @@
-"""Class activation maps for one detection of a meddet detector (torchvision engine).
+"""Class activation maps for detections of a meddet detector (torchvision engine).
 
-The class score of the detection is recomputed with gradients: the box is pooled from the FPN features
-(``box_roi_pool``), passed through the box head and the predictor, and its class logit is backpropagated
-to a chosen feature map. Two ways to turn activations and gradients into a map (ReLU, upsampled to the
-original image):
+The class score of a detection is recomputed with gradients: the box is pooled from the FPN features
+(``box_roi_pool``), passed through the box head and the predictor, and its class logit is differentiated
+with respect to a chosen feature map (``torch.autograd.grad``: only the path from that map to the score
+is traversed; the backbone runs once for all the boxes of an image). Four ways to turn activations ``A``
+(C x h x w) and gradients ``G`` into a map (ReLU, upsampled to the original image, scaled to peak 1):
 
-- ``"gradcam"`` (Selvaraju et al. 2017): activations weighted per channel by their spatially averaged
-  gradients. In a two-stage detector the gradient of a box score reaches only the features ROIAlign
-  sampled (the box), but the averaged weights are applied to the whole feature map, so the map also
-  lights up look-alike texture far from the box.
-- ``"hirescam"`` (Draelos & Carin 2020, the default): activations times gradients element-wise, then
-  summed over channels; the map shows which positions the box score used, which for a box head is the
-  faithful answer.
+- ``"hirescam"`` (Draelos & Carin 2020, the default): ``sum_c A * G``; the map shows which positions the
+  box score used, which for a box head is the faithful answer.
+- ``"gradcam"`` (Selvaraju et al. 2017): ``sum_c w_c A_c`` with ``w_c`` the spatial mean of ``G_c``. In a
+  two-stage detector the gradient of a box score reaches only the features ROIAlign sampled (the box),
+  but the averaged weights are applied to the whole feature map, so the map also lights up look-alike
+  texture far from the box.
+- ``"gradcam++"`` (Chattopadhay et al. 2018, eq. 19): ``w_c = sum_ij relu(G_cij) a_cij`` with
+  ``a_cij = G^2 / (2 G^2 + sum_ab A_cab * G^3 + 1e-6)`` (0 where ``G`` is 0), computed as
+  pytorch-grad-cam computes it. The formula assumes non-negative (post-ReLU) activations: on the FPN
+  outputs (signed) the denominator can approach 0 and the weights degenerate, so a warning is logged;
+  take it at a ``backbone.body.layerN`` instead.
+- ``"eigencam"`` (Bany Muhammad & Yeasin 2020): the projection of the (mean-centred) activations on
+  their first principal component; gradient-free, so it depends on neither the box nor the class (every
+  detection explained at the same layer gets the same map). The component's sign is arbitrary; it is
+  chosen so that the map correlates positively with the activations' magnitude (L2 norm over channels).
+  The components are fitted on the feature positions of the image, not of the batch padding.
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,16 +43,19 @@ from meddet.errors import DataError, ModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CAM", "gradcam", "overlay"]
+__all__ = ["CAM", "METHODS", "activation_map", "gradcam", "gradcams", "heatmap_rgba", "overlay"]
 
-_METHODS = ("hirescam", "gradcam")
+METHODS = ("hirescam", "gradcam", "gradcam++", "eigencam")
+_GRADIENT_FREE = ("eigencam",)
 _FPN_LEVELS = {"p2": "0", "p3": "1", "p4": "2", "p5": "3"}
+_GRADCAM_PP_EPS = 1e-6  # pytorch-grad-cam's constant in the Grad-CAM++ denominator
 
 
 @dataclass
 class CAM:
-    """A Grad-CAM map in the original image's pixels (``heatmap`` HxW in [0, 1]) for the detection
-    ``box`` (xyxy, original pixels) of class ``class_index`` (0..K-1) with ``score``, taken at ``layer`` with ``method``."""
+    """A class activation map (``heatmap`` HxW in [0, 1]) for the detection ``box`` (xyxy, in the map's
+    pixels: the original image's unless a smaller map size was asked for) of class ``class_index``
+    (0..K-1) with ``score``, taken at ``layer`` with ``method``."""
 
     heatmap: np.ndarray
     box: np.ndarray
@@ -58,6 +73,59 @@ class CAM:
         return float(self.heatmap[max(y1, 0):y2, max(x1, 0):x2].sum()) / total
 
 
+def activation_map(activations: Tensor, gradients: Tensor | None, method: str,
+                   valid: tuple[int, int] | None = None) -> Tensor:
+    """The ReLU'd map (N, h, w) of ``activations`` (N, C, h, w) with their ``gradients`` (same shape;
+    None for ``"eigencam"``) by ``method`` (see the module doc). ``valid``: the (rows, columns) of the
+    map that hold the image (the rest is batch padding); Eigen-CAM fits its components on those only."""
+    if method not in METHODS:
+        raise DataError(f"CAM method: {method!r}; expected one of {', '.join(METHODS)}")
+    if activations.dim() != 4:
+        raise DataError(f"CAM activations: shape {tuple(activations.shape)}; expected (N, C, H, W)")
+    act = activations.detach().double()
+    if method == "eigencam":
+        return F.relu(_eigen_projection(act, valid)).float()
+    if gradients is None or gradients.shape != activations.shape:
+        found = None if gradients is None else tuple(gradients.shape)
+        raise DataError(f"CAM gradients for {method!r}: shape {found}; expected {tuple(activations.shape)}")
+    grad = gradients.detach().double()
+    if method == "hirescam":
+        cam = (grad * act).sum(dim=1)
+    elif method == "gradcam":
+        cam = (grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1)
+    else:  # gradcam++
+        g2 = grad.pow(2)
+        g3 = g2 * grad
+        sum_act = act.sum(dim=(2, 3), keepdim=True)
+        alpha = g2 / (2 * g2 + sum_act * g3 + _GRADCAM_PP_EPS)
+        alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
+        weights = (F.relu(grad) * alpha).sum(dim=(2, 3), keepdim=True)
+        cam = (weights * act).sum(dim=1)
+    return F.relu(cam).float()
+
+
+def _eigen_projection(act: Tensor, valid: tuple[int, int] | None) -> Tensor:
+    """Per image: the centred activations projected on their first principal component, sign-corrected."""
+    n, c, h, w = act.shape
+    vh, vw = valid if valid is not None else (h, w)
+    out = []
+    for a in act:
+        fit = a[:, :vh, :vw].reshape(c, -1).T  # positions x channels
+        mean = fit.mean(dim=0)
+        centred = fit - mean
+        # The top eigenvector of the C x C scatter matrix is the first right-singular vector of `centred`,
+        # without a (positions x positions) SVD.
+        _, vecs = torch.linalg.eigh(centred.T @ centred)
+        component = vecs[:, -1]
+        proj = (a.reshape(c, -1).T - mean) @ component
+        fit_proj = proj.reshape(h, w)[:vh, :vw].reshape(-1)
+        magnitude = fit.norm(dim=1)
+        if float(((fit_proj - fit_proj.mean()) * (magnitude - magnitude.mean())).sum()) < 0:
+            proj = -proj
+        out.append(proj.reshape(h, w))
+    return torch.stack(out)
+
+
 def _level_for_box(box: Tensor) -> str:
     """The FPN level the box head pools this box from (detectron2's assignment in D2MultiScaleRoIAlign)."""
     area = float((box[2] - box[0]) * (box[3] - box[1]))
@@ -73,6 +141,13 @@ def _check_model(model: nn.Module) -> None:
         )
 
 
+def _check_inputs(inputs: Mapping[str, Any]) -> Tensor:
+    image = inputs.get("image")
+    if not isinstance(image, Tensor) or image.dim() != 3:
+        raise DataError("Grad-CAM inputs['image']: expected a CHW tensor (the model interface)")
+    return image
+
+
 def gradcam(
     model: nn.Module,
     inputs: Mapping[str, Any],
@@ -82,102 +157,167 @@ def gradcam(
     layer: str | None = None,
     method: str = "hirescam",
 ) -> CAM:
-    """Grad-CAM of one detection.
+    """The class activation map of one detection.
 
-    ``inputs``: one image in the model interface (``{"image": CHW tensor, "height", "width"}``).
-    Either ``detection_index`` (the index into the model's detections for this image, highest score
-    first) or ``box`` (xyxy in original pixels) with ``class_index`` (0..K-1). ``layer``: ``"p2"`` ..
-    ``"p5"`` (FPN outputs), the name of any module of the model (e.g. ``"backbone.fpn.layer_blocks.0"``,
-    ``"backbone.body.layer3"``), or None for the FPN level the box is pooled from. ``method``:
-    ``"hirescam"`` or ``"gradcam"`` (see the module doc)."""
+    ``inputs``: one image in the model interface (``{"image": CHW tensor, "height", "width"}``; the map
+    is made at ``height`` x ``width``). Either ``detection_index`` (the index into the model's detections
+    for this image, highest score first) or ``box`` (xyxy in ``height`` x ``width`` pixels) with
+    ``class_index`` (0..K-1). ``layer``: ``"p2"`` .. ``"p5"`` (FPN outputs), the name of any backbone
+    module (e.g. ``"backbone.fpn.layer_blocks.0"``, ``"backbone.body.layer3"``), or None for the FPN
+    level the box is pooled from. ``method``: one of :data:`METHODS` (see the module doc)."""
     _check_model(model)
-    if method not in _METHODS:
-        raise DataError(f"Grad-CAM method: {method!r}; expected one of {', '.join(_METHODS)}")
-    image = inputs.get("image")
-    if not isinstance(image, Tensor) or image.dim() != 3:
-        raise DataError("Grad-CAM inputs['image']: expected a CHW tensor (the model interface)")
-    in_h, in_w = image.shape[-2:]
+    if method not in METHODS:
+        raise DataError(f"Grad-CAM method: {method!r}; expected one of {', '.join(METHODS)}")
+    _check_inputs(inputs)
+    if box is None:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                det = model([inputs])[0]
+        finally:
+            model.train(was_training)
+        n = int(det["boxes"].shape[0])
+        if detection_index is None or not 0 <= detection_index < n:
+            raise DataError(f"Grad-CAM detection_index: {detection_index}; the model found {n} detections "
+                            f"in this image (expected 0..{n - 1}, or pass box= and class_index=)")
+        boxes = det["boxes"][detection_index:detection_index + 1].detach().cpu().float()
+        classes = [int(det["classes"][detection_index])]
+    else:
+        boxes = torch.as_tensor(box, dtype=torch.float32).reshape(1, -1)
+        classes = [class_index]
+    return gradcams(model, inputs, boxes, classes, layer=layer, method=method)[0]
+
+
+def gradcams(
+    model: nn.Module,
+    inputs: Mapping[str, Any],
+    boxes: Tensor | np.ndarray | Sequence[Sequence[float]],
+    class_indices: Sequence[int | None],
+    layer: str | None = None,
+    method: str = "hirescam",
+    deadline: float | None = None,
+) -> list[CAM]:
+    """Class activation maps of several detections of one image, in the order given, with one backbone
+    pass. ``boxes`` (N x 4 xyxy in ``inputs["height"]`` x ``inputs["width"]`` pixels) and
+    ``class_indices`` (0..K-1 each); ``inputs``, ``layer`` and ``method`` as in :func:`gradcam`.
+    ``deadline`` (a :func:`time.monotonic` value): boxes not started by then are left out, so the
+    result may be shorter than ``boxes``."""
+    _check_model(model)
+    if method not in METHODS:
+        raise DataError(f"Grad-CAM method: {method!r}; expected one of {', '.join(METHODS)}")
+    image = _check_inputs(inputs)
+    orig = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+    if len(class_indices) != orig.shape[0]:
+        raise DataError(f"Grad-CAM class_indices: {len(class_indices)} classes for {orig.shape[0]} boxes; "
+                        "expected one class per box")
+    for b, c in zip(orig.tolist(), class_indices):
+        if c is None or not 0 <= int(c) < model.num_classes:
+            raise DataError(f"Grad-CAM class_index: {c}; expected a class in 0..{model.num_classes - 1}")
+        if not (b[2] > b[0] and b[3] > b[1]):
+            raise DataError(f"Grad-CAM box: {b}; expected xyxy with x1 < x2 and y1 < y2")
+    in_h, in_w = (int(v) for v in image.shape[-2:])
     out_h, out_w = int(inputs.get("height", in_h)), int(inputs.get("width", in_w))
-    sx, sy = out_w / in_w, out_h / in_h
+    scale = torch.tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
     was_training = model.training
     model.eval()
     try:
-        if box is None:
-            with torch.no_grad():
-                det = model([inputs])[0]
-            n = int(det["boxes"].shape[0])
-            if detection_index is None or not 0 <= detection_index < n:
-                raise DataError(f"Grad-CAM detection_index: {detection_index}; the model found {n} detections "
-                                f"in this image (expected 0..{n - 1}, or pass box= and class_index=)")
-            orig_box = det["boxes"][detection_index].detach().cpu().float()
-            cls = int(det["classes"][detection_index])
-        else:
-            if class_index is None or not 0 <= class_index < model.num_classes:
-                raise DataError(f"Grad-CAM class_index: {class_index}; with box= expected a class in "
-                                f"0..{model.num_classes - 1}")
-            orig_box = torch.as_tensor(box, dtype=torch.float32).reshape(-1)
-            if orig_box.numel() != 4 or not (orig_box[2] > orig_box[0] and orig_box[3] > orig_box[1]):
-                raise DataError(f"Grad-CAM box: {list(box)}; expected xyxy with x1 < x2 and y1 < y2")
-            cls = int(class_index)
-        tbox = orig_box / torch.tensor([sx, sy, sx, sy])
-        layer = layer or _level_for_box(tbox)
-        heat, score = _cam(model, image, tbox, cls, layer, method)
+        raw = _cams(model, image, orig / scale, [int(c) for c in class_indices], layer, method, deadline)
     finally:
         model.train(was_training)
-    heat = heat[: int(in_h), : int(in_w)]
-    heat = cv2.resize(heat, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    peak = float(heat.max())
-    heat = heat / peak if peak > 0 else heat
-    logger.debug("%s of class %d (score %.3f) at %s: box %s", method, cls, score, layer, orig_box.tolist())
-    return CAM(heat.astype(np.float32), orig_box.numpy(), cls, score, layer, method)
+    cams = []
+    for (heat, score, lay), b, c in zip(raw, orig, class_indices):
+        heat = cv2.resize(heat[:in_h, :in_w], (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        peak = float(heat.max())
+        heat = heat / peak if peak > 0 else heat
+        logger.debug("%s of class %d (score %.3f) at %s: box %s", method, c, score, lay, b.tolist())
+        cams.append(CAM(heat.astype(np.float32), b.numpy(), int(c), score, lay, method))
+    if len(cams) < orig.shape[0]:
+        logger.info("%s: %d of %d detections explained before the deadline", method, len(cams), orig.shape[0])
+    return cams
 
 
-def _cam(
-    model: nn.Module, image: Tensor, tbox: Tensor, cls: int, layer: str, method: str
-) -> tuple[np.ndarray, float]:
-    """(map at the padded input tensor's size, softmax score of class `cls`)."""
+def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], layer: str | None,
+          method: str, deadline: float | None) -> list[tuple[np.ndarray, float, str]]:
+    """Per box: (map at the padded input tensor's size, softmax score of its class, layer used)."""
     device = model.device
-    captured: dict[str, Tensor] = {}
+    needs_grad = method not in _GRADIENT_FREE
+    captured: list[Tensor] = []
     handle = None
-    if layer not in _FPN_LEVELS:
+    if layer is not None and layer not in _FPN_LEVELS:
         modules = dict(model.named_modules())
-        if layer not in modules:
-            raise ModelError(f"Grad-CAM layer: {layer!r} is not a module of the model; expected p2..p5 or a "
-                             "module name such as 'backbone.fpn.layer_blocks.0' or 'backbone.body.layer3'")
+        if layer not in modules or not layer.startswith("backbone."):
+            raise ModelError(f"Grad-CAM layer: {layer!r} is not a backbone module of the model; expected "
+                             "p2..p5 or a module name such as 'backbone.fpn.layer_blocks.0' or "
+                             "'backbone.body.layer3'")
 
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            if not isinstance(output, Tensor):
-                raise ModelError(f"Grad-CAM layer: {layer!r} outputs {type(output).__name__}; expected a tensor")
-            output.retain_grad()
-            captured["act"] = output
+        def hook(_module: nn.Module, _args: Any, output: Any) -> Tensor:
+            if not isinstance(output, Tensor) or output.dim() != 4:
+                found = type(output).__name__ if not isinstance(output, Tensor) else f"shape {tuple(output.shape)}"
+                raise ModelError(f"Grad-CAM layer: {layer!r} outputs {found}; expected an (N, C, H, W) feature map")
+            # A leaf that requires grad: the gradient reaches it even where earlier layers are frozen.
+            act = output.detach().requires_grad_(needs_grad)
+            captured.append(act)
+            return act
 
         handle = modules[layer].register_forward_hook(hook)
+    results: list[tuple[np.ndarray, float, str]] = []
+    maps: dict[str, Tensor] = {}  # gradient-free maps are the same for every box at one layer
+    warned: set[str] = set()
     try:
-        with torch.enable_grad():
+        with torch.no_grad():
             images, _ = model.transform([image.to(device).float()])
+        pad_h, pad_w = images.tensors.shape[-2:]
+        img_h, img_w = images.image_sizes[0]
+        with torch.set_grad_enabled(needs_grad and handle is not None):
             features = model.backbone(images.tensors)
-            if handle is None:
-                act = features[_FPN_LEVELS[layer]]
-                act.retain_grad()
-                captured["act"] = act
-            rois = [tbox.to(device)[None]]
-            pooled = model.roi_heads.box_roi_pool(features, rois, images.image_sizes)
-            logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
-            target = logits[0, cls + 1]  # torchvision: 0 = background
-            model.zero_grad(set_to_none=True)
-            target.backward()
-            act = captured["act"]
-            if act.grad is None or not bool(act.grad.any()):
-                raise ModelError(f"Grad-CAM layer: {layer!r} does not influence this box's score (no gradient)")
-            weights = act.grad.mean(dim=(2, 3), keepdim=True) if method == "gradcam" else act.grad
-            cam = F.relu((weights * act).sum(dim=1, keepdim=True))[:1]
-            cam = F.interpolate(cam, size=images.tensors.shape[-2:], mode="bilinear", align_corners=False)
-            score = float(torch.softmax(logits[0].detach(), dim=0)[cls + 1])
+        if handle is not None and len(captured) != 1:
+            raise ModelError(f"Grad-CAM layer: {layer!r} ran {len(captured)} times in the backbone pass; "
+                             "expected a module that runs once (a feature map of the image)")
+        if handle is None:
+            features = OrderedDict((k, v.detach().requires_grad_(needs_grad)) for k, v in features.items())
+        for tbox, cls in zip(tboxes, classes):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            lay = layer or _level_for_box(tbox)
+            act = captured[0] if handle is not None else features[_FPN_LEVELS[lay]]
+            with torch.set_grad_enabled(needs_grad):
+                pooled = model.roi_heads.box_roi_pool(features, [tbox.to(device)[None]], images.image_sizes)
+                logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+            score = float(torch.softmax(logits[0].detach(), dim=0)[cls + 1])  # torchvision: 0 = background
+            if method == "gradcam++" and lay not in warned and bool((act < 0).any()):
+                warned.add(lay)
+                logger.warning("Grad-CAM++ at %s: the activations have negative values (e.g. FPN outputs), but its "
+                               "weights assume post-ReLU activations and may be unstable; prefer a "
+                               "backbone.body.layerN layer", lay)
+            if needs_grad:
+                (grad,) = torch.autograd.grad(logits[0, cls + 1], act, retain_graph=True, allow_unused=True)
+                if grad is None or not bool(grad.any()):
+                    raise ModelError(f"Grad-CAM layer: {lay!r} does not influence this box's score (no gradient)")
+                cam = activation_map(act[:1], grad[:1], method)
+            else:
+                if lay not in maps:
+                    h, w = act.shape[-2:]
+                    valid = (math.ceil(h * img_h / pad_h), math.ceil(w * img_w / pad_w))
+                    maps[lay] = activation_map(act[:1], None, method, valid=valid)
+                cam = maps[lay]
+            cam = F.interpolate(cam[:, None], size=(pad_h, pad_w), mode="bilinear", align_corners=False)
+            results.append((cam[0, 0].cpu().numpy(), score, lay))
     finally:
         if handle is not None:
             handle.remove()
-        model.zero_grad(set_to_none=True)
-    return cam[0, 0].detach().cpu().numpy(), score
+    return results
+
+
+def heatmap_rgba(heatmap: np.ndarray, max_alpha: float = 0.6) -> np.ndarray:
+    """A map (HxW in [0, 1]) as a BGRA uint8 image to lay over the picture: JET colours, opacity rising
+    with the map from transparent (0) to `max_alpha` (1). ``cv2.imencode(".png", ...)`` keeps the alpha."""
+    if heatmap.ndim != 2:
+        raise DataError(f"heat map: shape {heatmap.shape}; expected a 2-D (H, W) map")
+    heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
+    bgr = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    alpha = (heat * (255.0 * float(np.clip(max_alpha, 0.0, 1.0)))).round().astype(np.uint8)
+    return np.dstack([bgr, alpha])
 
 
 def overlay(image: np.ndarray, cams: Sequence[CAM], alpha: float = 0.45,

@@ -1,4 +1,5 @@
-"""``-c explain``: Grad-CAM overlays for the detections of a trained model on a list of images."""
+"""``-c explain``: class activation overlays for the detections of a trained model on a list of images,
+and :func:`explain_detections` for callers that already hold a Predictor's detections (the web app)."""
 from __future__ import annotations
 
 import logging
@@ -7,15 +8,43 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 from yacs.config import CfgNode
 
 from meddet.errors import DataError
-from meddet.xai.cam import CAM, gradcam, overlay
+from meddet.xai.cam import CAM, gradcams, overlay
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["explain"]
+__all__ = ["explain", "explain_detections"]
+
+
+def explain_detections(
+    predictor,
+    image: np.ndarray,
+    boxes: np.ndarray | Sequence[Sequence[float]],
+    classes: Sequence[int],
+    layer: str | None = None,
+    method: str = "hirescam",
+    max_side: int | None = None,
+    deadline: float | None = None,
+) -> list[CAM]:
+    """Maps of the detections (``boxes`` N x 4 xyxy in `image` pixels, ``classes`` 0..K-1) a
+    :class:`~meddet.inference.predictor.Predictor` found in `image`, in the order given.
+
+    The maps have the image's size, or with `max_side` at most that many pixels on the longer side
+    (the image's aspect ratio; each CAM's ``box`` is then in the map's pixels). `deadline`
+    (:func:`time.monotonic`): detections not started by then are left out. `layer` and `method` as in
+    :func:`meddet.xai.cam.gradcam`."""
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w)) if max_side else 1.0
+    out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
+    batch = dict(predictor.prepare(image), height=out_h, width=out_w)
+    sx, sy = out_w / w, out_h / h
+    scaled = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], dtype=np.float32)
+    return gradcams(predictor.model, batch, scaled, [int(c) for c in classes], layer=layer, method=method,
+                    deadline=deadline)
 
 
 def explain(
@@ -32,7 +61,8 @@ def explain(
     """Write ``<stem>_gradcam.png`` (all detections with score >= `score_thresh`, at most
     `max_detections`, their maps combined) for each image in `inputs` into `out_dir`, and with
     `per_detection` one ``<stem>_det<i>_gradcam.png`` per detection. Returns the written paths.
-    Weights: `weights` or ``MODEL.WEIGHTS``; ``layer`` as in :func:`meddet.xai.cam`."""
+    Weights: `weights` or ``MODEL.WEIGHTS``; ``layer`` and ``method`` (one of
+    :data:`meddet.xai.cam.METHODS`) as in :func:`meddet.xai.cam.gradcam`."""
     from meddet.inference.predictor import Predictor
 
     predictor = Predictor(cfg, weights=weights)
@@ -44,13 +74,12 @@ def explain(
         if not path.is_file():
             raise DataError(f"{path}: image not found; expected a DICOM, PNG or JPEG file to explain")
         image = predictor.read(path)
-        batch = predictor._prepare(image)
+        batch = predictor.prepare(image)
         with torch.no_grad():
             det = predictor.model([batch])[0]
-        keep = [i for i, s in enumerate(det["scores"].tolist()) if s >= score_thresh][:max_detections]
-        cams: list[CAM] = []
-        for i in keep:
-            cams.append(gradcam(predictor.model, batch, detection_index=i, layer=layer, method=method))
+        keep = (det["scores"] >= score_thresh).nonzero().flatten()[:max_detections]
+        cams = gradcams(predictor.model, batch, det["boxes"][keep].detach().cpu(),
+                        det["classes"][keep].tolist(), layer=layer, method=method)
         logger.info("%s: %d detections explained", path, len(cams))
         target = out / f"{path.stem}_gradcam.png"
         cv2.imwrite(str(target), overlay(image, cams, labels=predictor.class_names))
