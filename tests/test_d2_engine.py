@@ -165,6 +165,24 @@ def test_trains_and_evaluates_through_meddets_trainer(tiny_cfg, tiny_coco):
     assert all(torch.equal(ref[k], again[k]) for k in ref)
 
 
+def test_demo_config_trains_and_evaluates_on_the_detectron2_engine(tiny_coco, tmp_path):
+    """The demo recipe (configs/demo_mammo_R18_FPN.yaml) as is, only the engine, data and length changed:
+    `detectron.py -c train` then `-c evaluate` on detectron2's model."""
+    import detectron
+    from conftest import REPO
+
+    run = tmp_path / "run"
+    common = ["--config-file", str(REPO / "configs" / "demo_mammo_R18_FPN.yaml"), "MODEL.ENGINE", "detectron2",
+              "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NUM_CLASSES", "2", "DATASETS.TRAIN", f"('{tiny_coco}',)",
+              "DATASETS.VAL", "()", "DATASETS.TEST", f"('{tiny_coco}',)", "DATALOADER.NUM_WORKERS", "0",
+              "EVAL.BOOTSTRAP_SAMPLES", "0", "EVAL.GALLERY_SIZE", "0", "OUTPUT_DIR", str(run)]
+    assert detectron.main(detectron.parse_args(["-c", "train", "SOLVER.MAX_ITER", "3", *common])) == 0
+    assert torch.load(run / "model_final.pth", weights_only=True)["meddet"]["engine"] == "detectron2"
+    assert detectron.main(detectron.parse_args(["-c", "evaluate", "--config-file", str(run / "config.yaml")])) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert "bbox/AP50" in metrics and metrics["gt/images"] == 8
+
+
 # ------------------------------------------------------------------------------------- checkpoints
 def test_torchvision_weights_converted_give_the_same_detections(tmp_path):
     """Train on the torchvision engine, convert with d2_convert, load into the detectron2 engine through
