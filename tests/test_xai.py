@@ -236,3 +236,46 @@ def test_explain_detections_scales_maps_to_max_side(trained_model, tmp_path):
     assert full.heatmap.shape == (SIZE, 2 * SIZE) and small.heatmap.shape == (SIZE // 2, SIZE)
     np.testing.assert_allclose(small.box, np.asarray(gt) / 2)
     assert small.energy_inside() > 0.5 and full.energy_inside() > 0.5
+
+
+def test_score_is_the_class_probability_of_the_box(trained_model):
+    """The reported score is the mass class's softmax probability (background column excluded): high on
+    the mass, low on an empty corner."""
+    from meddet.xai import gradcams
+
+    img, gt = _mass_image(np.random.default_rng(123))
+    x1, y1, x2, y2 = gt
+    corner = [0, 0, 20, 20] if x1 > 30 or y1 > 30 else [SIZE - 21, SIZE - 21, SIZE - 1, SIZE - 1]
+    on_mass, off_mass = gradcams(trained_model, _batch_item(img), [gt, corner], [0, 0])
+    assert on_mass.score > 0.5 > off_mass.score
+
+
+def test_explanation_interface_of_the_torchvision_engine():
+    """The interface meddet.xai uses: padded normalised input with the image's size, FPN maps named
+    p2..p6 as on the detectron2 engine, and (N, K + 1) box logits."""
+    from meddet.config import get_cfg
+    from meddet.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_list(TINY_MODEL_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "2"])
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        padded, size = model.explain_inputs(torch.full((3, 70, 90), 255.0))
+        features = model.feature_maps(padded)
+        logits = model.box_class_logits(features, torch.tensor([[5.0, 5.0, 40.0, 30.0], [0.0, 0.0, 90.0, 70.0]]))
+    assert padded.shape == (1, 3, 96, 96) and size == (70, 90)
+    assert padded[0, :, 70:].abs().max() == 0 and padded[0, :, :70, :90].abs().min() > 0  # normalised, zero pad
+    assert list(features) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(24, 24), (12, 12), (6, 6), (3, 3), (2, 2)]
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_a_model_without_the_explanation_interface_is_refused():
+    from meddet.xai import gradcam
+
+    class Plain(torch.nn.Module):
+        engine = "custom"
+        num_classes = 1
+
+    with pytest.raises(ModelError, match="custom.*lacks explain_inputs, feature_maps, box_class_logits"):
+        gradcam(Plain(), {"image": torch.zeros(3, 8, 8)}, box=[0, 0, 4, 4], class_index=0)

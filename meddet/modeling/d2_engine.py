@@ -11,6 +11,8 @@ meddet's model interface, so meddet's Trainer, evaluator and Predictor use it un
   (:func:`load_detectron2_weights`).
 - Training needs detectron2's ``EventStorage``: the model opens one per step when the caller has none,
   so meddet's loop needs nothing detectron2-specific.
+- Explanations: ``explain_inputs``, ``feature_maps`` and ``box_class_logits`` are the interface
+  :mod:`meddet.xai` uses on both engines (FPN maps ``p2``..``p6``, box logits with the background last).
 
 Importing this module imports detectron2; :mod:`meddet.modeling.build` imports it only when the
 detectron2 engine is selected.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -195,6 +198,35 @@ class Detectron2RCNN(GeneralizedRCNN):
             {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
             for r in (out["instances"] for out in super().forward(inputs))
         ]
+
+    # ---------------------------------------------------------------- explanation interface (meddet.xai)
+    def explain_inputs(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """One CHW image (0..255, INPUT.FORMAT order) as the backbone sees it (detectron2's
+        ``preprocess_image``): ``(1, 3, H, W)`` normalized and padded to the backbone's size divisibility,
+        on the model's device, and the ``(height, width)`` of the image inside that tensor."""
+        images = self.preprocess_image([{"image": check_image(0, {"image": image})}])
+        h, w = images.image_sizes[0]
+        return images.tensor, (int(h), int(w))
+
+    def feature_maps(self, padded: Tensor) -> OrderedDict[str, Tensor]:
+        """The backbone's outputs for :meth:`explain_inputs`'s tensor, finest first (FPN: ``"p2"`` .. ``"p6"``)."""
+        return OrderedDict(self.backbone(padded))  # detectron2's FPN returns them finest first
+
+    def box_class_logits(self, features: Mapping[str, Tensor], boxes: Tensor) -> Tensor:
+        """The box classifier's logits ``(N, K + 1)`` for ``boxes`` (N, 4 xyxy in the pixels of
+        :meth:`explain_inputs`'s tensor) pooled from ``features`` (:meth:`feature_maps`) as in inference:
+        columns ``0..K-1`` are the classes in class-index order, column ``K`` the background (detectron2's
+        own order), so the softmax over a row gives the class scores."""
+        heads = self.roi_heads
+        if not isinstance(heads, StandardROIHeads) or not isinstance(heads.box_predictor, FastRCNNOutputLayers):
+            raise ModelError(
+                f"MODEL.ROI_HEADS.NAME: {type(heads).__name__} has no single box classifier to explain; expected "
+                "StandardROIHeads (one FastRCNNOutputLayers box predictor)"
+            )
+        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
+                                  [Boxes(boxes.to(self.device, torch.float32))])
+        logits, _ = heads.box_predictor(heads.box_head(pooled))
+        return logits
 
 
 def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN:

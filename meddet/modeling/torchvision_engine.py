@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +66,8 @@ _STAGES: list[tuple[str, ...]] = [("conv1", "bn1"), ("layer1",), ("layer2",), ("
 _FEATURES = ["res2", "res3", "res4", "res5"]
 _RPN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
 _ROI_FEATURES = ["p2", "p3", "p4", "p5"]
+# torchvision FPN output name -> detectron2 name (the explanation interface uses detectron2's)
+_EXPLAIN_LEVELS = {"0": "p2", "1": "p3", "2": "p4", "3": "p5", "pool": "p6"}
 # torchvision loss name -> detectron2 loss name
 _LOSS_NAMES = {
     "loss_classifier": "loss_cls",
@@ -764,6 +767,34 @@ class TorchvisionRCNN(FasterRCNN):
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, out_w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, out_h)
         return {"boxes": boxes, "scores": det["scores"], "classes": det["labels"] - 1}
+
+    # ---------------------------------------------------------------- explanation interface (meddet.xai)
+    def explain_inputs(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """One CHW image (0..255, INPUT.FORMAT order) as the backbone sees it: ``(1, 3, H, W)`` normalized
+        and padded to the size divisibility, on the model's device, and the ``(height, width)`` of the
+        image inside that tensor (the rest is padding)."""
+        images, _ = self.transform([check_image(0, {"image": image}).to(self.device)])
+        h, w = images.image_sizes[0]
+        return images.tensors, (int(h), int(w))
+
+    def feature_maps(self, padded: Tensor) -> OrderedDict[str, Tensor]:
+        """The FPN outputs of :meth:`explain_inputs`'s tensor keyed ``"p2"`` .. ``"p6"`` (stride 4 .. 64),
+        detectron2's names for torchvision's ``"0"`` .. ``"3"``, ``"pool"``."""
+        features = self.backbone(padded)
+        return OrderedDict((_EXPLAIN_LEVELS.get(k, k), v) for k, v in features.items())
+
+    def box_class_logits(self, features: Mapping[str, Tensor], boxes: Tensor) -> Tensor:
+        """The box classifier's logits ``(N, K + 1)`` for ``boxes`` (N, 4 xyxy in the pixels of
+        :meth:`explain_inputs`'s tensor) pooled from ``features`` (:meth:`feature_maps`), as in
+        inference: columns ``0..K-1`` are the classes in class-index order and column ``K`` is the
+        background (torchvision's column 0 moved last), so the softmax over a row gives the class scores."""
+        pool = self.roi_heads.box_roi_pool
+        by_name = {name: features[f"p{level + pool.min_level}"] for level, name in enumerate(pool.featmap_names)}
+        stride = 2**pool.min_level
+        padded_size = (features["p2"].shape[-2] * stride, features["p2"].shape[-1] * stride)
+        pooled = pool(by_name, [boxes.to(self.device, torch.float32)], [padded_size])
+        logits, _ = self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
+        return torch.cat([logits[:, 1:], logits[:, :1]], dim=1)
 
 
 def build_torchvision_model(cfg: CfgNode) -> TorchvisionRCNN:

@@ -1,10 +1,20 @@
-"""Class activation maps for detections of a meddet detector (torchvision engine).
+"""Class activation maps for detections of a meddet detector (either engine).
 
-The class score of a detection is recomputed with gradients: the box is pooled from the FPN features
-(``box_roi_pool``), passed through the box head and the predictor, and its class logit is differentiated
-with respect to a chosen feature map (``torch.autograd.grad``: only the path from that map to the score
-is traversed; the backbone runs once for all the boxes of an image). Four ways to turn activations ``A``
-(C x h x w) and gradients ``G`` into a map (ReLU, upsampled to the original image, scaled to peak 1):
+The models speak a small explanation interface (implemented by ``TorchvisionRCNN`` and
+``Detectron2RCNN``, so nothing here depends on an engine's internals):
+
+- ``model.explain_inputs(image) -> (padded (1, 3, H, W), (img_h, img_w))``: the engine's own
+  normalisation and padding of one CHW image;
+- ``model.feature_maps(padded) -> OrderedDict``: the FPN outputs keyed ``"p2"`` .. ``"p6"`` for both engines;
+- ``model.box_class_logits(features, boxes (N, 4)) -> (N, K + 1)``: the box classifier's logits for boxes in
+  the padded tensor's pixels, the classes in class-index order and the background last, whatever the
+  engine's own order (torchvision puts it first, detectron2 last); a class's score is the softmax over the row.
+
+The class score of a detection is recomputed with gradients: the box is pooled from the FPN features,
+passed through the box head and the predictor, and its class logit is differentiated with respect to a
+chosen feature map (``torch.autograd.grad``: only the path from that map to the score is traversed; the
+backbone runs once for all the boxes of an image). Four ways to turn activations ``A`` (C x h x w) and
+gradients ``G`` into a map (ReLU, upsampled to the original image, scaled to peak 1):
 
 - ``"hirescam"`` (Draelos & Carin 2020, the default): ``sum_c A * G``; the map shows which positions the
   box score used, which for a box head is the faithful answer.
@@ -16,7 +26,8 @@ is traversed; the backbone runs once for all the boxes of an image). Four ways t
   ``a_cij = G^2 / (2 G^2 + sum_ab A_cab * G^3 + 1e-6)`` (0 where ``G`` is 0), computed as
   pytorch-grad-cam computes it. The formula assumes non-negative (post-ReLU) activations: on the FPN
   outputs (signed) the denominator can approach 0 and the weights degenerate, so a warning is logged;
-  take it at a ``backbone.body.layerN`` instead.
+  take it at a ResNet stage instead (``backbone.body.layerN`` on the torchvision engine,
+  ``backbone.bottom_up.resN`` on the detectron2 engine).
 - ``"eigencam"`` (Bany Muhammad & Yeasin 2020): the projection of the (mean-centred) activations on
   their first principal component; gradient-free, so it depends on neither the box nor the class (every
   detection explained at the same layer gets the same map). The component's sign is arbitrary; it is
@@ -47,7 +58,11 @@ __all__ = ["CAM", "METHODS", "activation_map", "gradcam", "gradcams", "heatmap_r
 
 METHODS = ("hirescam", "gradcam", "gradcam++", "eigencam")
 _GRADIENT_FREE = ("eigencam",)
-_FPN_LEVELS = {"p2": "0", "p3": "1", "p4": "2", "p5": "3"}
+_FPN_LEVELS = ("p2", "p3", "p4", "p5")  # the levels the box head pools from (both engines)
+_EXPLAIN_INTERFACE = ("explain_inputs", "feature_maps", "box_class_logits")
+_LAYER_HELP = ("p2..p5 (FPN outputs) or a backbone module name: on the torchvision engine e.g. "
+               "'backbone.body.layer3' or 'backbone.fpn.layer_blocks.0', on the detectron2 engine e.g. "
+               "'backbone.bottom_up.res3' or 'backbone.fpn_output2'")
 _GRADCAM_PP_EPS = 1e-6  # pytorch-grad-cam's constant in the Grad-CAM++ denominator
 
 
@@ -134,10 +149,12 @@ def _level_for_box(box: Tensor) -> str:
 
 
 def _check_model(model: nn.Module) -> None:
-    if getattr(model, "engine", None) != "torchvision":
+    missing = [name for name in _EXPLAIN_INTERFACE if not callable(getattr(model, name, None))]
+    if missing:
         raise ModelError(
-            f"Grad-CAM: model engine {getattr(model, 'engine', type(model).__name__)!r} is not supported; "
-            "expected a torchvision-engine model (MODEL.ENGINE torchvision)"
+            f"Grad-CAM: model {type(model).__name__} (engine {getattr(model, 'engine', None)!r}) lacks "
+            f"{', '.join(missing)}; expected a meddet model (MODEL.ENGINE torchvision or detectron2) with the "
+            f"explanation interface {', '.join(_EXPLAIN_INTERFACE)}"
         )
 
 
@@ -162,9 +179,11 @@ def gradcam(
     ``inputs``: one image in the model interface (``{"image": CHW tensor, "height", "width"}``; the map
     is made at ``height`` x ``width``). Either ``detection_index`` (the index into the model's detections
     for this image, highest score first) or ``box`` (xyxy in ``height`` x ``width`` pixels) with
-    ``class_index`` (0..K-1). ``layer``: ``"p2"`` .. ``"p5"`` (FPN outputs), the name of any backbone
-    module (e.g. ``"backbone.fpn.layer_blocks.0"``, ``"backbone.body.layer3"``), or None for the FPN
-    level the box is pooled from. ``method``: one of :data:`METHODS` (see the module doc)."""
+    ``class_index`` (0..K-1). ``layer``: ``"p2"`` .. ``"p5"`` (FPN outputs, both engines), the name of
+    any backbone module (torchvision engine e.g. ``"backbone.body.layer3"``,
+    ``"backbone.fpn.layer_blocks.0"``; detectron2 engine e.g. ``"backbone.bottom_up.res3"``,
+    ``"backbone.fpn_output2"``), or None for the FPN level the box is pooled from. ``method``: one of
+    :data:`METHODS` (see the module doc). Works on any model with the explanation interface (module doc)."""
     _check_model(model)
     if method not in METHODS:
         raise DataError(f"Grad-CAM method: {method!r}; expected one of {', '.join(METHODS)}")
@@ -239,17 +258,16 @@ def gradcams(
 
 def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], layer: str | None,
           method: str, deadline: float | None) -> list[tuple[np.ndarray, float, str]]:
-    """Per box: (map at the padded input tensor's size, softmax score of its class, layer used)."""
-    device = model.device
+    """Per box (xyxy in the pixels of ``image``): (map at the padded input tensor's size, softmax score
+    of its class, layer used). Uses only the model's explanation interface (see the module doc)."""
     needs_grad = method not in _GRADIENT_FREE
     captured: list[Tensor] = []
     handle = None
     if layer is not None and layer not in _FPN_LEVELS:
         modules = dict(model.named_modules())
         if layer not in modules or not layer.startswith("backbone."):
-            raise ModelError(f"Grad-CAM layer: {layer!r} is not a backbone module of the model; expected "
-                             "p2..p5 or a module name such as 'backbone.fpn.layer_blocks.0' or "
-                             "'backbone.body.layer3'")
+            raise ModelError(f"Grad-CAM layer: {layer!r} is not a backbone module of the "
+                             f"{getattr(model, 'engine', type(model).__name__)} model; expected {_LAYER_HELP}")
 
         def hook(_module: nn.Module, _args: Any, output: Any) -> Tensor:
             if not isinstance(output, Tensor) or output.dim() != 4:
@@ -266,11 +284,10 @@ def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], l
     warned: set[str] = set()
     try:
         with torch.no_grad():
-            images, _ = model.transform([image.to(device).float()])
-        pad_h, pad_w = images.tensors.shape[-2:]
-        img_h, img_w = images.image_sizes[0]
+            padded, (img_h, img_w) = model.explain_inputs(image)
+        pad_h, pad_w = padded.shape[-2:]
         with torch.set_grad_enabled(needs_grad and handle is not None):
-            features = model.backbone(images.tensors)
+            features = model.feature_maps(padded)
         if handle is not None and len(captured) != 1:
             raise ModelError(f"Grad-CAM layer: {layer!r} ran {len(captured)} times in the backbone pass; "
                              "expected a module that runs once (a feature map of the image)")
@@ -280,18 +297,18 @@ def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], l
             if deadline is not None and time.monotonic() > deadline:
                 break
             lay = layer or _level_for_box(tbox)
-            act = captured[0] if handle is not None else features[_FPN_LEVELS[lay]]
+            act = captured[0] if handle is not None else features[lay]
             with torch.set_grad_enabled(needs_grad):
-                pooled = model.roi_heads.box_roi_pool(features, [tbox.to(device)[None]], images.image_sizes)
-                logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
-            score = float(torch.softmax(logits[0].detach(), dim=0)[cls + 1])  # torchvision: 0 = background
+                logits = model.box_class_logits(features, tbox[None])  # (1, K + 1), background last
+            score = float(torch.softmax(logits[0].detach(), dim=0)[cls])
             if method == "gradcam++" and lay not in warned and bool((act < 0).any()):
                 warned.add(lay)
                 logger.warning("Grad-CAM++ at %s: the activations have negative values (e.g. FPN outputs), but its "
-                               "weights assume post-ReLU activations and may be unstable; prefer a "
-                               "backbone.body.layerN layer", lay)
+                               "weights assume post-ReLU activations and may be unstable; prefer a ResNet stage "
+                               "(backbone.body.layerN on the torchvision engine, backbone.bottom_up.resN on the "
+                               "detectron2 engine)", lay)
             if needs_grad:
-                (grad,) = torch.autograd.grad(logits[0, cls + 1], act, retain_graph=True, allow_unused=True)
+                (grad,) = torch.autograd.grad(logits[0, cls], act, retain_graph=True, allow_unused=True)
                 if grad is None or not bool(grad.any()):
                     raise ModelError(f"Grad-CAM layer: {lay!r} does not influence this box's score (no gradient)")
                 cam = activation_map(act[:1], grad[:1], method)
