@@ -85,7 +85,7 @@ def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
     if predictor.tiled:
         return _records_results(predictor, gt_path, cfg)
     loader, _, _ = build_test_loader(cfg, str(gt_path))
-    return inference_on_dataset(predictor.model, loader, [c["id"] for c in cats], desc="predict")
+    return inference_on_dataset(predictor.inference_model, loader, [c["id"] for c in cats], desc="predict")
 
 
 def _member_predictor(spec: str | os.PathLike, device: str):

@@ -320,3 +320,22 @@ def test_table_from_metrics_dict_and_metrics_json(small_gt, tmp_path):
     assert format_per_class_table(json.loads((tmp_path / "metrics.json").read_text())) == expected
     with pytest.raises(DataError, match="gt/images"):
         format_per_class_table({"bbox/AP": 1.0})
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_max_dets_counts_crowded_images_whole(backend):
+    """An image with 300 small objects (a cytology image): COCO's 100 detections per image cap AP near a
+    third; EVAL.MAX_DETS 500 counts them all, and the bootstrap intervals follow the same rule."""
+    boxes = [[20 * (i % 20), 20 * (i // 20), 12, 12] for i in range(300)]
+    gt = {"images": [{"id": 1, "file_name": "a.png", "height": 400, "width": 400}],
+          "categories": [{"id": 1, "name": "cell"}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": 144, "iscrowd": 0}
+                          for i, b in enumerate(boxes)]}
+    preds = [det(1, 1, b, 0.9 - i * 1e-4) for i, b in enumerate(boxes)]
+    capped = evaluate(gt, preds, backend=backend, bootstrap_samples=0)
+    whole = run_evaluation(gt, preds, backend=backend, max_dets=500, bootstrap_samples=20).metrics
+    assert capped["bbox/AP50"] == pytest.approx(100 / 3, abs=1.0)
+    assert whole["bbox/AP50"] == pytest.approx(100.0) and whole["bbox/AR500"] == pytest.approx(100.0)
+    assert whole["ci95_low/bbox/AP50"] == pytest.approx(100.0)
+    with pytest.raises(ConfigError, match="EVAL.MAX_DETS"):
+        evaluate(gt, preds, backend=backend, max_dets=5)

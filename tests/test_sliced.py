@@ -11,6 +11,7 @@ import torch
 
 from meddet.data.tiling import tile_windows
 from meddet.inference.merge import merge_detections
+from meddet.inference.predictor import prepare_image
 from meddet.inference.sliced import sliced_predict
 
 
@@ -127,14 +128,14 @@ def test_predictor_with_tiling_enabled_predicts_by_slicing(tiny_weights):
     p = Predictor(cfg)
     assert p.tiled
     seen: list[list[int]] = []
-    p.model.register_forward_pre_hook(lambda m, args: seen.append([x["height"] for x in args[0]]))
+    p.inference_model.register_forward_pre_hook(lambda m, args: seen.append([x["height"] for x in args[0]]))
     out = p(image)
-    assert seen == [[64, 64, 64], [64]]  # 4 tiles of 64 px, 3 per pass
+    assert sorted(seen) == [[64], [64, 64, 64]]  # 4 tiles of 64 px, 3 per pass
     assert set(out) >= {"boxes", "scores", "classes", "labels"}
     assert len(out["labels"]) == len(out["boxes"]) > 0
     assert (out["boxes"] >= 0).all() and (out["boxes"] <= 96).all()
     seen.clear()
-    expected = sliced_predict(p.model, image, p.cfg)
+    expected = sliced_predict(p.inference_model, image, p.cfg)
     np.testing.assert_allclose(out["boxes"], expected["boxes"], atol=1e-4)
     # prepare() still gives the whole-image input (used by explain).
     assert p.prepare(image)["image"].shape[-2:] == (96, 96)
@@ -153,3 +154,117 @@ def test_sliced_inference_on_records_gives_coco_results(tiny_weights, tiny_coco)
     for r in results:
         x, y, w, h = r["bbox"]
         assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= 96.01 and y + h <= 96.01
+
+
+def _randomize_norm_statistics(model: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm / FrozenBatchNorm statistics and affine parameters, so folding them matters."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "running_var") and m.running_var is not None:
+                n = m.running_var.numel()
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def _norm_layers(model: torch.nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if hasattr(m, "running_var")]
+
+
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_optimized_model_detects_the_same_boxes_and_leaves_the_model_untouched(tiny_cfg, norm):
+    from meddet.inference import optimize_for_inference
+    from meddet.modeling import build_model
+
+    cfg = tiny_cfg.clone()
+    cfg.merge_from_list(["MODEL.RESNETS.NORM", norm, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    _randomize_norm_statistics(model)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = _norm_layers(model)
+    assert norms
+    fast = optimize_for_inference(model)
+    # Every norm layer of the ResNet (stem, blocks, downsample) is folded away in the copy only.
+    assert _norm_layers(fast) == [] and _norm_layers(model) == norms
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not fast.training and not any(p.requires_grad for p in fast.parameters())
+    assert any("folded into 20 convolutions" in s for s in fast.inference_optimizations)
+    image = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    model.eval()
+    with torch.no_grad():
+        ref, got = model([prepare_image(image, cfg)])[0], fast([prepare_image(image, cfg)])[0]
+    assert len(ref["boxes"]) > 10
+    torch.testing.assert_close(got["boxes"], ref["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(got["scores"], ref["scores"], atol=1e-4, rtol=1e-4)
+    assert torch.equal(got["classes"], ref["classes"])
+
+
+def test_detectron2_style_conv_norm_is_folded():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from meddet.inference import optimize_for_inference
+
+    class NormConv(torch.nn.Conv2d):
+        """detectron2.layers.Conv2d's contract: `norm` applied after the convolution unless None."""
+
+        def __init__(self, *args, norm=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.norm = norm
+
+        def forward(self, x):
+            x = super().forward(x)
+            return self.norm(x) if self.norm is not None else x
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(NormConv(3, 4, 3, bias=False, norm=FrozenBatchNorm2d(4)), torch.nn.ReLU(),
+                              NormConv(4, 2, 1, norm=torch.nn.GroupNorm(2, 2))).eval()
+    _randomize_norm_statistics(net)
+    fast = optimize_for_inference(net, channels_last=False)
+    assert fast[0].norm is None and isinstance(fast[2].norm, torch.nn.GroupNorm)  # GroupNorm cannot be folded
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-5)
+    assert isinstance(net[0].norm, FrozenBatchNorm2d)
+
+
+def test_tile_parallel_workers_give_the_same_reproducible_detections(tiny_weights):
+    from meddet.inference import Predictor
+
+    cfg = tiny_weights.clone()
+    cfg.merge_from_list(["TILING.SIZE", 64, "TILING.OVERLAP", 0.25, "TILING.BATCH_SIZE", 1, "TILING.MERGE", "none"])
+    p = Predictor(cfg)
+    image = np.random.default_rng(2).integers(0, 255, (160, 160), dtype=np.uint8)
+    threads = torch.get_num_threads()
+    one = sliced_predict(p.inference_model, image, cfg, workers=1)
+    two = sliced_predict(p.inference_model, image, cfg, workers=2)
+    again = sliced_predict(p.inference_model, image, cfg, workers=2)
+    assert torch.get_num_threads() == threads and torch.is_grad_enabled()
+    assert len(two["boxes"]) == len(one["boxes"]) > 0
+    # Tiles come back in tile order; per tile only float rounding of the intra-op thread count differs.
+    np.testing.assert_allclose(two["boxes"], one["boxes"], atol=1e-3)
+    np.testing.assert_allclose(two["scores"], one["scores"], atol=1e-5)
+    for k in ("boxes", "scores", "classes"):
+        np.testing.assert_array_equal(again[k], two[k])
+    with pytest.raises(ValueError, match="workers"):
+        sliced_predict(p.inference_model, image, cfg, workers=0)
+
+
+def test_predictor_predicts_with_the_optimized_copy_and_keeps_the_plain_model(tiny_weights):
+    from meddet.inference import Predictor
+
+    p = Predictor(tiny_weights)
+    plain = Predictor(tiny_weights, optimize=False)
+    assert plain.inference_model is plain.model and p.inference_model is not p.model
+    before = {k: v.clone() for k, v in p.model.state_dict().items()}
+    norms = _norm_layers(p.model)
+    image = np.random.default_rng(4).integers(0, 255, (96, 96), dtype=np.uint8)
+    got, ref = p(image), plain(image)
+    assert len(ref["boxes"]) > 0
+    np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-3)
+    np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4)
+    np.testing.assert_array_equal(got["classes"], ref["classes"])
+    assert _norm_layers(p.model) == norms and _norm_layers(p.inference_model) == []
+    assert all(torch.equal(v, p.model.state_dict()[k]) for k, v in before.items())

@@ -249,6 +249,9 @@ _C.EVAL = CN()
 _C.EVAL.IOU_THRESH = 0.5
 # "faster_coco_eval" | "pycocotools"
 _C.EVAL.BACKEND = "faster_coco_eval"
+# Detections per image COCO AP counts (COCO's maxDets; detectron2's max_dets_per_image). Raise it for
+# images holding more objects than that, e.g. whole cytology images with thousands of cells.
+_C.EVAL.MAX_DETS = 100
 # FROC hit rule: "center" (the detection's centre lies inside the lesion's box, the usual rule in
 # mammography CAD) or "iou" (IoU >= EVAL.FROC_IOU).
 _C.EVAL.FROC_HIT = "center"

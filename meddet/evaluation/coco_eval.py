@@ -29,15 +29,12 @@ __all__ = ["BACKENDS", "CocoMetrics", "check_backend", "coco_evaluate"]
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 
-# detectron2's names for the COCO summary (all: IoU 0.50:0.95, area all, 100 detections).
-SUMMARY_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
-
 
 @dataclass(frozen=True)
 class CocoMetrics:
     """COCO results as fractions in [0, 1] (NaN where undefined).
 
-    `summary` maps ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100`` to values; `per_class_ap`
+    `summary` maps ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR<max_dets>`` to values; `per_class_ap`
     and `per_class_ap50` are indexed by class index. `precision` is COCO's accumulated array
     ``[T(IoU) x R(recall) x K x A(area) x M(maxDets)]`` (-1 where undefined) for PR curves;
     `iou_thresholds` and `recall_thresholds` index its first two axes.
@@ -52,12 +49,12 @@ class CocoMetrics:
 
     def pr_curve(self, iou: float = 0.5) -> np.ndarray:
         """Interpolated precision ``[K x R]`` at `iou` (one of `iou_thresholds`), area "all",
-        100 detections per image, at each of `recall_thresholds`; NaN for a class without
+        `max_dets` detections per image, at each of `recall_thresholds`; NaN for a class without
         ground truth. Its mean over recall is the class's AP at that IoU."""
         t = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
         if t.size == 0:
             raise ValueError(f"IoU {iou} is not one of COCO's thresholds {self.iou_thresholds.tolist()}")
-        # COCO's area ranges are (all, small, medium, large) and maxDets (1, 10, 100), in both backends.
+        # COCO's area ranges are (all, small, medium, large) and maxDets (1, 10, max_dets), in both backends.
         p = self.precision[t[0], :, :, 0, -1].T
         return np.where(p > -1, p, np.nan)
 
@@ -106,18 +103,19 @@ def _coco_dicts(data: EvalData) -> tuple[dict, dict]:
     return gt, dt
 
 
-def _run_faster(gt: dict, dt: dict):
+def _run_faster(gt: dict, dt: dict, max_dets: int):
     from faster_coco_eval import COCO, COCOeval_faster
 
     coco_gt = COCO(gt, print_function=logger.debug)
     coco_dt = COCO(dt, print_function=logger.debug)
     ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=logger.debug)
+    ev.params.maxDets = [1, 10, max_dets]
     ev.evaluate()
     ev.accumulate()
     return ev
 
 
-def _run_pycocotools(gt: dict, dt: dict):
+def _run_pycocotools(gt: dict, dt: dict, max_dets: int):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -131,25 +129,30 @@ def _run_pycocotools(gt: dict, dt: dict):
         coco_dt.dataset = dt
         coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.params.maxDets = [1, 10, max_dets]
         ev.evaluate()
         ev.accumulate()
     logger.debug("pycocotools: %s", buf.getvalue().strip())
     return ev
 
 
-def coco_evaluate(data: EvalData, backend: str = "faster_coco_eval") -> CocoMetrics:
+def coco_evaluate(data: EvalData, backend: str = "faster_coco_eval", max_dets: int = 100) -> CocoMetrics:
     """Run the COCO box evaluation of `data` with `backend` (``"faster_coco_eval"`` or
-    ``"pycocotools"``)."""
+    ``"pycocotools"``), counting the `max_dets` highest-scoring detections per image (``EVAL.MAX_DETS``;
+    COCO's 100 by default, as detectron2's ``max_dets_per_image``: raise it for images holding more
+    objects, e.g. thousands of cells). AP and APs/m/l are at `max_dets`; ARn at 1, 10 and `max_dets`."""
     check_backend(backend)
+    if max_dets <= 10:
+        raise ConfigError(f"EVAL.MAX_DETS is {max_dets}; expected more than 10 (COCO also reports AR1 and AR10)")
     gt, dt = _coco_dicts(data)
-    ev = _run_faster(gt, dt) if backend == "faster_coco_eval" else _run_pycocotools(gt, dt)
+    ev = (_run_faster(gt, dt, max_dets) if backend == "faster_coco_eval" else _run_pycocotools(gt, dt, max_dets))
     p = ev.params
     precision = np.asarray(ev.eval["precision"], dtype=np.float64)
     recall = np.asarray(ev.eval["recall"], dtype=np.float64)
     K = data.num_classes
 
     area = list(p.areaRngLbl)
-    a_all, m100 = area.index("all"), list(p.maxDets).index(100)
+    a_all, m100 = area.index("all"), len(p.maxDets) - 1
     t50 = int(np.flatnonzero(np.isclose(p.iouThrs, 0.5))[0])
     t75 = int(np.flatnonzero(np.isclose(p.iouThrs, 0.75))[0])
     summary = {
@@ -160,8 +163,8 @@ def coco_evaluate(data: EvalData, backend: str = "faster_coco_eval") -> CocoMetr
         "APm": _mean_valid(precision[:, :, :, area.index("medium"), m100]),
         "APl": _mean_valid(precision[:, :, :, area.index("large"), m100]),
     }
-    for n in (1, 10, 100):
-        summary[f"AR{n}"] = _mean_valid(recall[:, :, a_all, list(p.maxDets).index(n)])
+    for i, n in enumerate(p.maxDets):
+        summary[f"AR{n}"] = _mean_valid(recall[:, :, a_all, i])
     per_ap = np.array([_mean_valid(precision[:, :, k, a_all, m100]) for k in range(K)])
     per_ap50 = np.array([_mean_valid(precision[t50, :, k, a_all, m100]) for k in range(K)])
     return CocoMetrics(summary, per_ap, per_ap50, precision, np.asarray(p.iouThrs), np.asarray(p.recThrs))

@@ -168,6 +168,7 @@ def run_evaluation(
     score_thresh: float | Sequence[float] = 0.5,
     iou_thresh: float = 0.5,
     backend: str = "faster_coco_eval",
+    max_dets: int = 100,
     froc_hit: str = "center",
     froc_iou: float = 0.5,
     fp_rates: Sequence[float] = DEFAULT_FP_RATES,
@@ -185,7 +186,7 @@ def run_evaluation(
     `iou_thresh` (``EVAL.IOU_THRESH``) set the operating point of P/R/F1, the confusion matrix,
     image-level sensitivity/specificity, bootstrap recall and the error analysis; COCO AP, the
     curves and FROC sweep all scores. `backend` (``EVAL.BACKEND``) picks faster-coco-eval or
-    pycocotools. `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
+    pycocotools; `max_dets` (``EVAL.MAX_DETS``) is how many detections per image COCO AP counts. `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
     ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``; `bootstrap_samples` (0: no intervals) and
     `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``. When `out_dir` is
     given, every file is written there (`EvaluationResult.write`); `image_root`
@@ -199,7 +200,8 @@ def run_evaluation(
     t0 = time.perf_counter()
     data = EvalData.from_coco(gt, predictions)
     score_thresh = _check_score_thresh(score_thresh, data.class_names)
-    coco = coco_evaluate(data, backend)
+    max_dets = _check_count(max_dets, "EVAL.MAX_DETS (max_dets)")
+    coco = coco_evaluate(data, backend, max_dets)
     matches = match_detections(data, iou_thresh)
     agnostic = match_detections(data, iou_thresh, class_agnostic=True)
     prf1 = prf1_at(matches, score_thresh)
@@ -210,7 +212,7 @@ def run_evaluation(
     boot = None
     if bootstrap_samples:
         boot = bootstrap_ci(data, matches, score_thresh, froc_result.all, n_resamples=bootstrap_samples,
-                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data))
+                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data, max_dets=max_dets))
     metrics = {**coco.to_metrics(data.class_names), **prf1.to_metrics(), **best.to_metrics("prf1_opt"),
                **froc_result.to_metrics(), **roc.to_metrics(), **(boot.to_metrics() if boot else {}),
                **errors.to_metrics(), **data.to_metrics()}
@@ -254,6 +256,7 @@ def evaluation_kwargs(cfg) -> dict[str, Any]:
         "score_thresh": class_thresh if class_thresh else cfg.TEST.SCORE_THRESH,
         "iou_thresh": cfg.EVAL.IOU_THRESH,
         "backend": cfg.EVAL.BACKEND,
+        "max_dets": cfg.EVAL.MAX_DETS,
         "froc_hit": cfg.EVAL.FROC_HIT,
         "froc_iou": cfg.EVAL.FROC_IOU,
         "fp_rates": tuple(cfg.EVAL.FROC_FP_RATES),

