@@ -178,6 +178,8 @@ _C.TILING.CACHE_IMAGES = 4
 # INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST, and how the detections of all passes are merged:
 # MERGE "nms" | "soft_nms" | "greedy_nmm" (SAHI's GREEDYNMM) | "none"; MATCH_METRIC "iou" | "ios"
 # (intersection over the smaller box); CLASS_AGNOSTIC merges boxes of different classes too.
+# BATCH_SIZE: tiles per forward pass (8+ on a GPU; on a CPU 1 is as fast, and tiles are spread over
+# worker threads instead, see meddet.inference.sliced.default_workers).
 _C.TILING.BATCH_SIZE = 8
 _C.TILING.FULL_IMAGE_PASS = False
 _C.TILING.MERGE = "greedy_nmm"
