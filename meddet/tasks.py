@@ -204,6 +204,7 @@ def evaluate_tiles(cfg, gt_path: str | os.PathLike, out_dir: str | os.PathLike) 
     """Tile-level evaluation: the split cut into TILING.SIZE tiles (every tile, no filtering or
     undersampling; boxes clipped by TILING.MIN_VISIBLE) written under `out_dir/data`, the model run on
     each tile as it was trained, and the whole evaluator on the result under `out_dir`."""
+    from meddet.data.dataset import dicom_kwargs
     from meddet.data.tiling import TilingParams, write_tile_dataset
 
     out_dir = Path(out_dir)
@@ -214,7 +215,8 @@ def evaluate_tiles(cfg, gt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         import shutil
 
         shutil.rmtree(data_dir)  # our own derived files, remade from the split on every evaluation
-    tile_json = write_tile_dataset(gt_path, data_dir, params)
+    tile_json = write_tile_dataset(gt_path, data_dir, params, image_root=cfg.DATASETS.IMAGE_ROOT,
+                                   dicom_kwargs=dicom_kwargs(cfg))
     whole = cfg.clone()
     whole.defrost()
     whole.TILING.ENABLED = False  # each tile goes through the model as a whole image

@@ -90,7 +90,7 @@ Next: python detectron.py -c experiment --config-file configs/experiments/demo_i
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=str(REPO / "output" / "demo_cytology"))
-    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--images", type=int, default=12)
     p.add_argument("--size", type=int, default=1536, help="image side in pixels (make_cytology's default is 4096)")
     p.add_argument("--cells", type=int, default=300, help="cells per image")
     p.add_argument("--cluster-ratio", type=float, default=0.01, help="clusters per cell")
