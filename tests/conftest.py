@@ -50,6 +50,32 @@ def tiny_coco(tmp_path) -> Path:
     return make_tiny_coco(tmp_path / "data")
 
 
+# The small R18-FPN the model-level tests build directly (no data): a training step takes a fraction of a
+# second on the CPU. Each test module adds its own engine and thresholds.
+SMALL_MODEL_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.DEPTH", 18,
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.BACKBONE.FREEZE_AT", 0,
+    "MODEL.FPN.OUT_CHANNELS", 32,
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+    "MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]],
+    "MODEL.PIXEL_STD", [57.4, 57.1, 58.4],
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200,
+    "MODEL.RPN.POST_NMS_TOPK_TEST", 200,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
+]
+
+
+def small_model_cfg(engine: str, *opts):
+    """A default config with SMALL_MODEL_OPTS, the given MODEL.ENGINE and `opts` on top."""
+    from meddet.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_list([*SMALL_MODEL_OPTS, "MODEL.ENGINE", engine, *opts])
+    return cfg
+
+
 TINY_MODEL_OPTS = [
     "MODEL.DEVICE", "cpu",
     "MODEL.ENGINE", "torchvision",

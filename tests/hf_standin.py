@@ -125,41 +125,33 @@ class HubStandIn:
             def _get(self, head: bool):
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(("HEAD" if head else "GET", path, self._authorized()))
-                m = re.fullmatch(rf"/api/models/{_REPO}(?:/revision/(?P<rev>.+))?", path)
-                if m:
-                    repo = self._repo(m["repo"])
-                    if repo is None:
-                        return None
-                    sha, files = self._snapshot(repo, m["rev"] or "main")
-                    if files is None:
-                        return self._error(404, "RevisionNotFound", f"Invalid rev id: {m['rev']}")
+                routes = (("info", rf"/api/models/{_REPO}(?:/revision/(?P<rev>.+))?"),
+                          ("tree", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)/?"),
+                          ("resolve", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)"))
+                for kind, pattern in routes:
+                    m = re.fullmatch(pattern, path)
+                    if m:
+                        break
+                else:
+                    return self._error(404, "EntryNotFound", f"no endpoint {path}")
+                repo = self._repo(m["repo"])
+                if repo is None:
+                    return None
+                sha, files = self._snapshot(repo, m["rev"] or "main")
+                if files is None:
+                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {m['rev']}")
+                if kind == "info":
                     return self._json(200, {"id": m["repo"], "modelId": m["repo"], "sha": sha,
                                             "private": repo["private"],
                                             "siblings": [{"rfilename": f} for f in sorted(files)]})
-                m = re.fullmatch(rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)/?", path)
-                if m:
-                    repo = self._repo(m["repo"])
-                    if repo is None:
-                        return None
-                    sha, files = self._snapshot(repo, m["rev"])
-                    if files is None:
-                        return self._error(404, "RevisionNotFound", f"Invalid rev id: {m['rev']}")
+                if kind == "tree":
                     return self._json(200, [{"type": "file", "path": f, "size": len(v),
                                              "oid": hashlib.sha1(v).hexdigest()} for f, v in sorted(files.items())])
-                m = re.fullmatch(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
-                if m:
-                    repo = self._repo(m["repo"])
-                    if repo is None:
-                        return None
-                    sha, files = self._snapshot(repo, m["rev"])
-                    if files is None:
-                        return self._error(404, "RevisionNotFound", f"Invalid rev id: {m['rev']}")
-                    if m["file"] not in files:
-                        return self._error(404, "EntryNotFound", f"{m['file']} does not exist at {m['rev']}")
-                    data = files[m["file"]]
-                    return self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
-                                                  "Content-Type": "application/octet-stream"}, head=head)
-                return self._error(404, "EntryNotFound", f"no endpoint {path}")
+                if m["file"] not in files:
+                    return self._error(404, "EntryNotFound", f"{m['file']} does not exist at {m['rev']}")
+                data = files[m["file"]]
+                return self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                                              "Content-Type": "application/octet-stream"}, head=head)
 
             def do_GET(self):
                 self._get(head=False)

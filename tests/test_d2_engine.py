@@ -14,7 +14,8 @@ pytest.importorskip("detectron2", reason="detectron2 is not installed (build it 
 
 from torchvision.ops import box_iou  # noqa: E402
 
-from meddet.config import get_cfg  # noqa: E402
+from conftest import small_model_cfg  # noqa: E402
+
 from meddet.errors import ModelError  # noqa: E402
 from meddet.modeling import build_model, load_model_weights, save_checkpoint  # noqa: E402
 from meddet.modeling.d2_convert import convert_checkpoint, tv_to_d2_state_dict  # noqa: E402
@@ -25,26 +26,13 @@ LOSSES = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
 
 def small_cfg(*opts):
     """An R18-FPN small enough for a training step in a fraction of a second on the CPU."""
-    cfg = get_cfg()
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.ENGINE", "detectron2",
-        "MODEL.RESNETS.DEPTH", 18,
-        "MODEL.RESNETS.NORM", "BN",
-        "MODEL.BACKBONE.FREEZE_AT", 0,
-        "MODEL.FPN.OUT_CHANNELS", 32,
-        "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
-        "MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]],
-        "MODEL.PIXEL_STD", [57.4, 57.1, 58.4],
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200,
-        "MODEL.RPN.POST_NMS_TOPK_TEST", 200,
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
+    return small_model_cfg(
+        "detectron2",
         "MODEL.ROI_HEADS.NUM_CLASSES", 2,
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.05,
         "TEST.DETECTIONS_PER_IMAGE", 1000,  # no top-k cut between near-equal scores in comparisons
         *opts,
-    ])
-    return cfg
+    )
 
 
 def image(h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -20,29 +20,14 @@ from meddet.modeling import (
 )
 from meddet.modeling import build as build_module
 
+from conftest import small_model_cfg
+
 LOSSES = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
 
 
 def tiny_cfg(*opts):
     """An R18-FPN small enough to train a step in a fraction of a second on the CPU."""
-    cfg = get_cfg()
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.ENGINE", "torchvision",
-        "MODEL.RESNETS.DEPTH", 18,
-        "MODEL.RESNETS.NORM", "BN",
-        "MODEL.BACKBONE.FREEZE_AT", 0,
-        "MODEL.FPN.OUT_CHANNELS", 32,
-        "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
-        "MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]],
-        "MODEL.PIXEL_STD", [57.4, 57.1, 58.4],
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200,
-        "MODEL.RPN.POST_NMS_TOPK_TEST", 200,
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-        *opts,
-    ])
-    return cfg
+    return small_model_cfg("torchvision", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *opts)
 
 
 def build(*opts, seed: int = 0):
