@@ -5,7 +5,7 @@ A resample draws as many images as the set holds, uniformly with replacement (se
 every statistic is a weighted sum over per-image quantities computed once:
 
 - **COCO AP** (`APStats`): for each IoU threshold 0.50:0.05:0.95, the detections of each class
-  in COCO's accumulation order (score descending, then image, then input order; the 100
+  in COCO's accumulation order (score descending, then image id, then input order; the 100
   highest-scoring per image and class, COCO's maxDets), with their TP / ignored flags from the
   greedy matching at that threshold, and the ground-truth count per image and class. For a
   resample, the weighted cumulative TP and FP counts at the true positives give recall and
@@ -115,7 +115,8 @@ class APStats:
         rank = np.empty(n, dtype=np.int64)
         rank[by_group] = idx - np.repeat(start, np.diff(np.append(start, n)))
         valid = np.flatnonzero(rank < max_dets)
-        order = valid[np.lexsort((valid, data.det_image[valid], -data.det_score[valid], data.det_class[valid]))]
+        image_rank = data.coco_image_rank[data.det_image[valid]]  # ties by image id, as COCO
+        order = valid[np.lexsort((valid, image_rank, -data.det_score[valid], data.det_class[valid]))]
         bounds = np.searchsorted(data.det_class[order], np.arange(K + 1))
         real = ~data.gt_crowd
         gt_counts = np.zeros((I, K), dtype=np.int64)

@@ -137,6 +137,25 @@ class EvalData:
     def num_images(self) -> int:
         return len(self.image_ids)
 
+    @cached_property
+    def coco_image_order(self) -> np.ndarray:
+        """Image indices in the order pycocotools evaluates them: by ascending image id (its
+        ``np.unique`` of the ids), whatever the order of ``images`` in the file. COCO's
+        accumulation breaks ties in score by this order, so AP depends on it. Ids that cannot be
+        compared with each other (mixed types) keep the file order."""
+        try:
+            order = sorted(range(self.num_images), key=self.image_ids.__getitem__)
+        except TypeError:
+            order = list(range(self.num_images))
+        return np.asarray(order, dtype=np.int64)
+
+    @cached_property
+    def coco_image_rank(self) -> np.ndarray:
+        """Position of each image in `coco_image_order` (0 = first evaluated)."""
+        rank = np.empty(self.num_images, dtype=np.int64)
+        rank[self.coco_image_order] = np.arange(self.num_images)
+        return rank
+
     @property
     def num_classes(self) -> int:
         return len(self.category_ids)
