@@ -4,7 +4,7 @@
 it computed): COCO AP (faster-coco-eval or pycocotools), P/R/F1 per class at a score threshold
 and at each class's F1-optimal threshold, the YOLO-style per-class table, the detection
 confusion matrix, PR and F1/P/R-against-score curves, FROC, image-level ROC, bootstrap
-confidence intervals over images, typed errors with galleries, and the reports (report.md,
+confidence intervals (patients resampled by default), typed errors with galleries, and the reports (report.md,
 analysis_report.txt, project_summary.csv). All views read one detection-to-ground-truth
 matching (`Matches`, valid at every score threshold). `tune` picks score and NMS thresholds on
 a validation split; `compare` tabulates the headline metrics of several runs.

@@ -21,7 +21,8 @@ F1-optimal thresholds (``prf1_opt/score_thresh-<class>``); ``froc/sens@<x>fp`` a
 ``froc/cpm`` (all lesions; ``-<class>`` per class); ``image/auc``, ``image/sensitivity``,
 ``image/specificity`` (any lesion; ``-<class>`` per class); ``ci95_low/<metric>`` and
 ``ci95_high/<metric>`` for ``bbox/AP50``, ``bbox/AP``, ``prf1/recall-<class>`` and
-``froc/sens@1fp``; ``errors/<type>`` counts and ``errors/<type>_share``; ``gt/images``,
+``froc/sens@1fp`` (resampling patients by default: ``EVAL.BOOTSTRAP_UNIT``, named in
+``bootstrap_ci.csv`` and the reports); ``errors/<type>`` counts and ``errors/<type>_share``; ``gt/images``,
 ``gt/instances`` and their ``-<class>`` entries say what was evaluated. Undefined values are NaN
 (JSON ``NaN``, as detectron2 writes them; ``-`` in text tables).
 """
@@ -174,6 +175,7 @@ def run_evaluation(
     fp_rates: Sequence[float] = DEFAULT_FP_RATES,
     bootstrap_samples: int = 1000,
     bootstrap_seed: int = 0,
+    bootstrap_unit: str = "patient",
     image_root: str | os.PathLike | None = None,
     gallery_size: int = 16,
     dicom_kwargs: dict[str, Any] | None = None,
@@ -188,7 +190,8 @@ def run_evaluation(
     curves and FROC sweep all scores. `backend` (``EVAL.BACKEND``) picks faster-coco-eval or
     pycocotools; `max_dets` (``EVAL.MAX_DETS``) is how many detections per image COCO AP counts. `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
     ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``; `bootstrap_samples` (0: no intervals) and
-    `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``. When `out_dir` is
+    `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``; `bootstrap_unit`
+    (``EVAL.BOOTSTRAP_UNIT``: ``patient``, ``image`` or an image field) is what a resample draws. When `out_dir` is
     given, every file is written there (`EvaluationResult.write`); `image_root`
     (``DATASETS.IMAGE_ROOT``; default: the folder of `gt` when it is a file), `gallery_size`
     (``EVAL.GALLERY_SIZE``) and `dicom_kwargs` serve the error galleries.
@@ -212,7 +215,8 @@ def run_evaluation(
     boot = None
     if bootstrap_samples:
         boot = bootstrap_ci(data, matches, score_thresh, froc_result.all, n_resamples=bootstrap_samples,
-                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data, max_dets=max_dets))
+                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data, max_dets=max_dets),
+                            unit=bootstrap_unit)
     metrics = {**coco.to_metrics(data.class_names), **prf1.to_metrics(), **best.to_metrics("prf1_opt"),
                **froc_result.to_metrics(), **roc.to_metrics(), **(boot.to_metrics() if boot else {}),
                **errors.to_metrics(), **data.to_metrics()}
@@ -262,6 +266,7 @@ def evaluation_kwargs(cfg) -> dict[str, Any]:
         "fp_rates": tuple(cfg.EVAL.FROC_FP_RATES),
         "bootstrap_samples": cfg.EVAL.BOOTSTRAP_SAMPLES,
         "bootstrap_seed": cfg.EVAL.BOOTSTRAP_SEED,
+        "bootstrap_unit": cfg.EVAL.BOOTSTRAP_UNIT,
         "image_root": cfg.DATASETS.IMAGE_ROOT or None,
         "gallery_size": cfg.EVAL.GALLERY_SIZE,
         "dicom_kwargs": dicom_kwargs(cfg),

@@ -116,7 +116,9 @@ class EvalData:
     is ``image_ids[i]`` of the ground truth, class `k` is the k-th category by ascending id
     (``category_ids[k]``, ``class_names[k]``, the model's class index). Boxes are COCO
     ``[x, y, w, h]`` in image pixels. `file_names` holds each image's COCO ``file_name`` (None
-    where absent), for drawing errors on the images.
+    where absent), for drawing errors on the images; `images` the ground truth's image records
+    themselves (read, never modified: ``patient_id``, ``laterality``, … for grouping images) and
+    `gt_source` the ground truth's file path (or "ground truth" when given as a dict).
     """
 
     image_ids: list[Any]
@@ -132,6 +134,8 @@ class EvalData:
     det_xywh: np.ndarray
     det_score: np.ndarray
     file_names: list[str | None] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list, repr=False)
+    gt_source: str = "ground truth"
 
     @property
     def num_images(self) -> int:
@@ -236,8 +240,9 @@ class EvalData:
         det_score = _float_array(_column(predictions, "score", src, "predictions"), (), src, "predictions",
                                  "score", "a finite number")
         file_names = [im.get("file_name") if isinstance(im, dict) else None for im in gt["images"]]
+        image_records = [im if isinstance(im, dict) else {} for im in gt["images"]]
         return cls(image_ids, category_ids, class_names, gt_image, gt_class, gt_xywh, gt_area, gt_crowd,
-                   det_image, det_class, det_xywh, det_score, file_names)
+                   det_image, det_class, det_xywh, det_score, file_names, image_records, gt_source)
 
     def with_detections(self, keep: np.ndarray) -> "EvalData":
         """The same ground truth with only the detections selected by `keep` (mask or indices)."""

@@ -71,8 +71,14 @@ def _ci(result: "EvaluationResult", metric: str, scale: float) -> tuple[float, f
     return (m.get(f"ci95_low/{metric}", float("nan")) * scale, m.get(f"ci95_high/{metric}", float("nan")) * scale)
 
 
+def _ci_unit(result: "EvaluationResult") -> str:
+    """What the bootstrap resampled, e.g. ``patient (40 patients)``; empty without intervals."""
+    return result.bootstrap.describe() if result.bootstrap is not None else ""
+
+
 def headline(result: "EvaluationResult") -> pd.DataFrame:
-    """The headline table: metric, value, 95% CI low and high (fractions)."""
+    """The headline table: metric, value, 95% CI low and high (fractions) and, beside each
+    interval, what the bootstrap resampled (``CI resamples``)."""
     m = result.metrics
     nan = float("nan")
     at = _thresh_text(result)
@@ -96,7 +102,9 @@ def headline(result: "EvaluationResult") -> pd.DataFrame:
         (f"image-level sensitivity / specificity (any lesion, {at})",
          f"{_fmt(m.get('image/sensitivity', nan))} / {_fmt(m.get('image/specificity', nan))}", nan, nan),
     ]
-    return pd.DataFrame(rows, columns=["metric", "value", "95% CI low", "95% CI high"])
+    unit = _ci_unit(result)
+    rows = [(*r, unit if isinstance(r[2], float) and not math.isnan(r[2]) else "") for r in rows]
+    return pd.DataFrame(rows, columns=["metric", "value", "95% CI low", "95% CI high", "CI resamples"])
 
 
 def _thresh_text(result: "EvaluationResult") -> str:
@@ -132,6 +140,8 @@ def summary_row(result: "EvaluationResult") -> pd.DataFrame:
                                 ("froc/sens@1fp", "froc_sens@1fp", 1.0)):
         lo, hi = _ci(result, metric, scale)
         row[f"{name}_ci95_low"], row[f"{name}_ci95_high"] = lo, hi
+    row["ci95_unit"] = result.bootstrap.unit if result.bootstrap is not None else ""
+    row["ci95_units"] = result.bootstrap.n_units if result.bootstrap is not None else 0
     for name in ("confusion", "duplicate", "localisation", "both", "background", "missed"):
         row[f"errors_{name}_share"] = m.get(f"errors/{name}_share", nan)
     return pd.DataFrame([row])
@@ -172,9 +182,15 @@ def _sections(result: "EvaluationResult", files: Sequence[str], galleries: Seque
         scale = np.where(ci["metric"].str.startswith("bbox/"), 0.01, 1.0)
         for c in ("estimate", "ci95_low", "ci95_high"):
             ci[c] = ci[c] * scale
+        b = result.bootstrap
+        how = {"patient": "patients (all images of a drawn patient enter together, as views of one patient "
+                          "are correlated)",
+               "image": "images (as if independent: too narrow when several images come from one patient)"}
+        drawn = how.get(b.unit, f"groups of images sharing their {b.unit!r} field")
+        ci.insert(len(ci.columns), "resampled", b.describe())
         sections.append(("Bootstrap 95% confidence intervals",
-                         f"Percentile intervals over {result.bootstrap.n_resamples} resamples of the images (seed "
-                         f"{result.bootstrap.seed}); COCO AP as fractions.", [ci], []))
+                         f"Percentile intervals over {b.n_resamples} resamples of the {b.n_units} {drawn}; unit "
+                         f"set by EVAL.BOOTSTRAP_UNIT, seed {b.seed}; COCO AP as fractions.", [ci], []))
     else:
         sections.append(("Bootstrap 95% confidence intervals", "Not computed (EVAL.BOOTSTRAP_SAMPLES 0).", [], []))
     err_text = ("False positives at the operating point typed as confusion (other class, IoU >= t), duplicate "
