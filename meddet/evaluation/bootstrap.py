@@ -27,7 +27,8 @@ unit's count) — and every statistic is a weighted sum over per-image quantitie
   detection with two ground truths, which the two greedy rules break differently).
 - **Recall at the score threshold** per class: weighted TP and ground-truth counts per image.
 - **FROC sensitivity at x FP/image** (all lesions): the false positives and lesions of the
-  ``all`` curve as weighted events in score order, with the step rule of `meddet.evaluation.froc`.
+  ``all`` curve as weighted events in score order, read with the rule of `meddet.evaluation.froc`
+  (step or linear); FP/image divides by the resample's number of images.
 
 Intervals are percentile intervals (2.5th and 97.5th percentiles of the resampled values,
 NaN-resampled values left out); the estimate is the full-set value.
@@ -293,17 +294,22 @@ def _mean_classes(ap: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class _FROCStats:
     """The ``all`` FROC curve as weighted events: per-image counts of false positives and of
-    found lesions up to each score group that finds a lesion, and lesions per image. The
-    sensitivity at x FP/image is that of the last such group with at most x·I false positives
-    (a group finding no lesion cannot raise it)."""
+    found lesions up to each score group that finds a lesion (and of false positives scoring
+    above it, for the linear rule), and lesions per image. FP/image divides by the resample's
+    image count (its weights' sum: a patient resample holds a varying number of images). Step
+    rule: the sensitivity at x FP/image is that of the last such group with at most x FP/image (a
+    group finding no lesion cannot raise it). Linear rule: the polyline of those groups' corners,
+    each preceded by the point just above its score, interpolated at x (`FROCCurve.polyline`)."""
 
     n_images: int
     fp_counts: object
+    fp_above_counts: object
     hit_counts: object
     lesions: np.ndarray
+    interpolation: str = "step"
 
     @classmethod
-    def from_curve(cls, curve: FROCCurve) -> "_FROCStats":
+    def from_curve(cls, curve: FROCCurve, interpolation: str = "step") -> "_FROCStats":
         found = np.isfinite(curve.lesion_scores)
         score = np.concatenate([curve.lesion_scores[found], curve.fp_scores])
         image = np.concatenate([curve.lesion_images[found], curve.fp_images])
@@ -311,26 +317,40 @@ class _FROCStats:
         order = np.argsort(-score, kind="stable")
         score, image, is_fp = score[order], image[order], is_fp[order]
         ends = np.flatnonzero(np.append(score[1:] != score[:-1], True)) if score.size else np.zeros(0, np.int64)
+        starts = np.append(0, ends[:-1] + 1) if ends.size else np.zeros(0, np.int64)
         group = np.searchsorted(ends, np.arange(score.size))
         lesion_groups = np.unique(group[~is_fp])
         checkpoints = ends[lesion_groups]
         pos = np.arange(score.size)
         I = curve.n_images
         return cls(I, _block_counts(pos[is_fp], checkpoints, image[is_fp], I),
+                   _block_counts(pos[is_fp], starts[lesion_groups] - 1, image[is_fp], I),
                    _block_counts(pos[~is_fp], checkpoints, image[~is_fp], I),
-                   np.bincount(curve.lesion_images, minlength=I).astype(np.float64))
+                   np.bincount(curve.lesion_images, minlength=I).astype(np.float64), interpolation)
 
     def sensitivity_at(self, weights: np.ndarray, rate: float) -> np.ndarray:
         W = np.asarray(weights, dtype=np.float64)
         total = W @ self.lesions
+        n_img = W.sum(axis=1)
         n_cp = self.fp_counts.shape[0]
         if n_cp == 0:
             return np.where(total > 0, 0.0, np.nan)
         WT = np.ascontiguousarray(W.T)
         cfp = np.cumsum(self.fp_counts @ WT, axis=0)  # [checkpoints x B]
         chit = np.cumsum(self.hit_counts @ WT, axis=0)
-        n_ok = np.sum(cfp <= rate * self.n_images + 1e-9, axis=0)
-        found = np.where(n_ok > 0, chit[np.maximum(n_ok - 1, 0), np.arange(W.shape[0])], 0.0)
+        if self.interpolation == "linear":
+            above = np.cumsum(self.fp_above_counts @ WT, axis=0)
+            found = np.empty(W.shape[0])
+            for b in range(W.shape[0]):
+                x = np.empty(2 * n_cp + 1)
+                y = np.empty(2 * n_cp + 1)
+                x[0] = y[0] = 0.0
+                x[1::2], y[1::2] = above[:, b], np.append(0.0, chit[:-1, b])
+                x[2::2], y[2::2] = cfp[:, b], chit[:, b]
+                found[b] = np.interp(rate, x / n_img[b], y) if n_img[b] > 0 else np.nan
+        else:
+            n_ok = np.sum(cfp <= rate * n_img[None, :] + 1e-9, axis=0)
+            found = np.where(n_ok > 0, chit[np.maximum(n_ok - 1, 0), np.arange(W.shape[0])], 0.0)
         out = np.full(W.shape[0], np.nan)
         np.divide(found, total, out=out, where=total > 0)
         return out
@@ -377,10 +397,12 @@ def bootstrap_ci(
     fp_rate: float = 1.0,
     ap_stats: APStats | None = None,
     unit: str | Clusters = "patient",
+    froc_interpolation: str = "step",
 ) -> BootstrapCI:
     """95% bootstrap intervals for ``bbox/AP50`` and ``bbox/AP`` (percent, as COCO's), recall
     per class at `score_thresh` from class-aware `matches` (``prf1/recall-<class>``), and the
-    all-lesion FROC sensitivity at `fp_rate` FP/image (``froc/sens@1fp``), resampling `unit`
+    all-lesion FROC sensitivity at `fp_rate` FP/image (``froc/sens@1fp``, read by the
+    `froc_interpolation` rule of ``EVAL.FROC_INTERPOLATION``), resampling `unit`
     (``EVAL.BOOTSTRAP_UNIT``, see `image_clusters`; or given `Clusters`)."""
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise ConfigError(f"EVAL.BOOTSTRAP_SAMPLES is {n_resamples!r}; expected a positive integer (0 disables)")
@@ -396,7 +418,7 @@ def bootstrap_ci(
     tp = matches.det_tp(score_thresh)
     np.add.at(tp_ik, (data.det_image[tp], data.det_class[tp]), 1)
     gt_ik = stats.gt_counts.astype(np.float64)
-    froc_stats = _FROCStats.from_curve(froc_all)
+    froc_stats = _FROCStats.from_curve(froc_all, froc_interpolation)
 
     def compute(W: np.ndarray) -> np.ndarray:
         W = W.astype(np.float64)

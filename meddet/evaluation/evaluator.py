@@ -173,6 +173,7 @@ def run_evaluation(
     froc_hit: str = "center",
     froc_iou: float = 0.5,
     fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+    froc_interpolation: str = "step",
     bootstrap_samples: int = 1000,
     bootstrap_seed: int = 0,
     bootstrap_unit: str = "patient",
@@ -189,7 +190,8 @@ def run_evaluation(
     image-level sensitivity/specificity, bootstrap recall and the error analysis; COCO AP, the
     curves and FROC sweep all scores. `backend` (``EVAL.BACKEND``) picks faster-coco-eval or
     pycocotools; `max_dets` (``EVAL.MAX_DETS``) is how many detections per image COCO AP counts. `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
-    ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``; `bootstrap_samples` (0: no intervals) and
+    ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``, `froc_interpolation` ``EVAL.FROC_INTERPOLATION``
+    (``step`` or ``linear``, MONAI's); `bootstrap_samples` (0: no intervals) and
     `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``; `bootstrap_unit`
     (``EVAL.BOOTSTRAP_UNIT``: ``patient``, ``image`` or an image field) is what a resample draws. When `out_dir` is
     given, every file is written there (`EvaluationResult.write`); `image_root`
@@ -209,14 +211,14 @@ def run_evaluation(
     agnostic = match_detections(data, iou_thresh, class_agnostic=True)
     prf1 = prf1_at(matches, score_thresh)
     best = f1_optimal(matches)
-    froc_result = froc(data, froc_hit, froc_iou, fp_rates)
+    froc_result = froc(data, froc_hit, froc_iou, fp_rates, froc_interpolation)
     roc = image_roc(matches, score_thresh)
     errors = classify_errors(matches, score_thresh)
     boot = None
     if bootstrap_samples:
         boot = bootstrap_ci(data, matches, score_thresh, froc_result.all, n_resamples=bootstrap_samples,
                             seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data, max_dets=max_dets),
-                            unit=bootstrap_unit)
+                            unit=bootstrap_unit, froc_interpolation=froc_interpolation)
     metrics = {**coco.to_metrics(data.class_names), **prf1.to_metrics(), **best.to_metrics("prf1_opt"),
                **froc_result.to_metrics(), **roc.to_metrics(), **(boot.to_metrics() if boot else {}),
                **errors.to_metrics(), **data.to_metrics()}
@@ -264,6 +266,7 @@ def evaluation_kwargs(cfg) -> dict[str, Any]:
         "froc_hit": cfg.EVAL.FROC_HIT,
         "froc_iou": cfg.EVAL.FROC_IOU,
         "fp_rates": tuple(cfg.EVAL.FROC_FP_RATES),
+        "froc_interpolation": cfg.EVAL.FROC_INTERPOLATION,
         "bootstrap_samples": cfg.EVAL.BOOTSTRAP_SAMPLES,
         "bootstrap_seed": cfg.EVAL.BOOTSTRAP_SEED,
         "bootstrap_unit": cfg.EVAL.BOOTSTRAP_UNIT,

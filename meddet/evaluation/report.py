@@ -128,7 +128,7 @@ def summary_row(result: "EvaluationResult") -> pd.DataFrame:
         "precision": m.get("prf1/precision", nan), "recall": m.get("prf1/recall", nan), "F1": m.get("prf1/F1", nan),
         "macro_F1": m.get("prf1/macro_F1", nan), "weighted_F1": m.get("prf1/weighted_F1", nan),
         "macro_F1_optimal": m.get("prf1_opt/macro_F1", nan),
-        "froc_hit": result.froc.hit_rule,
+        "froc_hit": result.froc.hit_rule, "froc_interpolation": result.froc.interpolation,
     }
     for r in result.froc.fp_rates:
         row[f"froc_{rate_label(r)}"] = m.get(f"froc/{rate_label(r)}", nan)
@@ -169,12 +169,14 @@ def _sections(result: "EvaluationResult", files: Sequence[str], galleries: Seque
          [], [("Confusion matrix", "confusion_matrix.png")]),
         ("FROC",
          f"Hit rule: {froc.describe_rule()}. FP/image over all {d.num_images} images; a lesion is found when a "
-         "detection hits it, extra hits on a found lesion are neither TP nor FP; sensitivity at x FP/image is that "
-         "of the lowest threshold with at most x FP/image. CPM: mean over the listed rates.",
+         "detection hits it, extra hits on a found lesion are neither TP nor FP; sensitivity at x FP/image: "
+         f"{froc.describe_interpolation()} (EVAL.FROC_INTERPOLATION). CPM: mean over the listed rates.",
          [froc.summary_frame()], [("FROC", "froc.png")]),
         ("Image-level ROC",
-         "Each image scored by its highest detection score for the class; positive when it holds a ground truth "
-         "of the class. Sensitivity/specificity at the operating point and at Youden's optimum.",
+         "Image score = highest detection score for the class (every detection of the image, crowd regions "
+         "included; no detection: below every score); an image is positive when it holds a ground truth of the "
+         "class (crowd regions excluded). AUC: trapezoidal area, ties count one half. Sensitivity/specificity at "
+         "the operating point (called positive when the image score reaches it) and at Youden's optimum.",
          [result.image_roc.summary_frame()], [("Image-level ROC", "roc.png")]),
     ]
     if result.bootstrap is not None:
