@@ -181,9 +181,13 @@ def run_evaluation(
     gallery_size: int = 16,
     dicom_kwargs: dict[str, Any] | None = None,
     extra_sections: Sequence[tuple[str, str]] = (),
+    gt_source: str | os.PathLike | None = None,
+    predictions_source: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Evaluate COCO-results `predictions` (list or JSON file; category ids in the ground
     truth's id space) against the COCO ground truth `gt` (dict as `load_coco` returns, or file).
+    Errors in either name its file: the path given, or `gt_source` / `predictions_source` (the
+    file a dict or list was read from). An empty `predictions` list is scored (0) with a warning.
 
     `score_thresh` (``TEST.SCORE_THRESH``, or ``TEST.CLASS_SCORE_THRESH``: one per class) and
     `iou_thresh` (``EVAL.IOU_THRESH``) set the operating point of P/R/F1, the confusion matrix,
@@ -203,7 +207,7 @@ def run_evaluation(
     bootstrap_samples = _check_count(bootstrap_samples, "EVAL.BOOTSTRAP_SAMPLES (bootstrap_samples)")
     gallery_size = _check_count(gallery_size, "EVAL.GALLERY_SIZE (gallery_size)")
     t0 = time.perf_counter()
-    data = EvalData.from_coco(gt, predictions)
+    data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source)
     score_thresh = _check_score_thresh(score_thresh, data.class_names)
     max_dets = _check_count(max_dets, "EVAL.MAX_DETS (max_dets)")
     coco = coco_evaluate(data, backend, max_dets)
