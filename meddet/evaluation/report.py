@@ -136,6 +136,11 @@ def summary_row(result: "EvaluationResult") -> pd.DataFrame:
     row["image_auc"] = m.get("image/auc", nan)
     row["image_sensitivity"] = m.get("image/sensitivity", nan)
     row["image_specificity"] = m.get("image/specificity", nan)
+    for level in ("breast", "exam"):
+        row[f"{level}_auc"] = m.get(f"{level}/auc", nan)
+        row[f"{level}_auc_ci95_low"] = m.get(f"ci95_low/{level}/auc", nan)
+        row[f"{level}_auc_ci95_high"] = m.get(f"ci95_high/{level}/auc", nan)
+    row["calibration_ece"] = m.get("calibration/ece", nan)
     for metric, name, scale in (("bbox/AP50", "mAP50", 0.01), ("bbox/AP", "mAP50-95", 0.01),
                                 ("froc/sens@1fp", "froc_sens@1fp", 1.0)):
         lo, hi = _ci(result, metric, scale)
@@ -179,6 +184,28 @@ def _sections(result: "EvaluationResult", files: Sequence[str], galleries: Seque
          "the operating point (called positive when the image score reaches it) and at Youden's optimum.",
          [result.image_roc.summary_frame()], [("Image-level ROC", "roc.png")]),
     ]
+    exam = result.exam
+    if exam is not None:
+        if exam.levels:
+            text = ("Breast = patient_id + laterality, exam = patient_id (+ study when the images carry one). "
+                    "Suspicion score = highest detection score over the views (any class; no detection: below "
+                    "every score); positive when a view holds a ground truth. AUC with a 95% percentile bootstrap "
+                    "interval resampling patients"
+                    + (f" ({exam.n_resamples} resamples)" if exam.n_resamples else " (not computed: "
+                       "EVAL.BOOTSTRAP_SAMPLES 0)")
+                    + "; sensitivity at the lowest threshold with specificity >= 0.9, specificity at the highest "
+                    "threshold with sensitivity >= 0.9 (empirical ROC points).")
+            tables, plots = [exam.summary_frame()], [("Breast / exam ROC", "exam_roc.png")]
+        else:
+            text = "Not computed: no image carries a patient_id (and laterality for breasts)."
+            tables, plots = [], []
+        sections.append(("Breast- and exam-level results", text, tables, plots))
+        sections.append((
+            "Calibration of detection scores",
+            f"Each detection's score as the probability that it is a true positive (class-aware match at IoU >= "
+            f"{result.iou_thresh:g}), in {len(exam.calibration.count)} equal-width bins. Expected calibration "
+            f"error (ECE): {_fmt(exam.calibration.ece)}.",
+            [exam.calibration.to_frame()], [("Calibration", "calibration.png")]))
     if result.bootstrap is not None:
         ci = result.bootstrap.table.copy()
         scale = np.where(ci["metric"].str.startswith("bbox/"), 0.01, 1.0)
