@@ -86,7 +86,7 @@ class Clusters:
         return int(self.index.max()) + 1 if self.index.size else 0
 
     def describe(self) -> str:
-        """E.g. ``patient (40 patients)``, ``image (160 images)``, ``study_id (52 values)``."""
+        """E.g. ``patient (40 patients)``, ``image (160 images)``, ``study_id (52 groups)``."""
         what = {"patient": "patients", "image": "images"}.get(self.unit, "groups")
         return f"{self.unit} ({self.n} {what})"
 

@@ -243,8 +243,9 @@ class EvalData:
             if a.get("area") is not None and not _is_number(a["area"]):
                 raise DataError(f"{src}: annotations[{i}].area is {_describe(a['area'])}; expected a number "
                                 "(or no 'area': the box's w*h)")
-            if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd"), str):
-                raise DataError(f"{src}: annotations[{i}].iscrowd is {_describe(a['iscrowd'])}; expected 0 or 1")
+            crowd = a.get("iscrowd")
+            if crowd is not None and (isinstance(crowd, str) or crowd not in (0, 1)):
+                raise DataError(f"{src}: annotations[{i}].iscrowd is {_describe(crowd)}; expected 0 or 1")
         gt_area = np.array([a["area"] if a.get("area") is not None else np.nan for a in anns],
                            dtype=np.float64).reshape(-1)
         gt_area = np.where(np.isfinite(gt_area), gt_area, gt_xywh[:, 2] * gt_xywh[:, 3])
