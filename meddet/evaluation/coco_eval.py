@@ -5,8 +5,8 @@ Two backends compute the same numbers: faster-coco-eval (C++, the default) and p
 integer ids, so the caller's dicts are never modified (both libraries write into the dicts they
 are given) and image ids of any hashable type work. The private image ids follow the order of the
 original ids (not the order of ``images`` in the file): COCO's accumulation breaks ties in score
-by image id, so this gives pycocotools' numbers on the original file to the last digit. Neither library is asked to print:
-pycocotools' prints are captured and logged at DEBUG level.
+by image id, so this gives pycocotools' numbers on the original file to the last digit. Neither
+library is asked to print: pycocotools' prints are captured and logged at DEBUG level.
 
 Edge cases: with no predictions every AP is 0 for classes that have ground truth (pycocotools
 cannot load an empty result list; the results object is built directly instead); a class with

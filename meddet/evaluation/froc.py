@@ -43,7 +43,8 @@ from meddet.errors import ConfigError
 from meddet.evaluation.matching import EvalData
 from meddet.evaluation.plots import plot_lines
 
-__all__ = ["FROC_RULES", "FROC_INTERPOLATIONS", "DEFAULT_FP_RATES", "FROCCurve", "FROC", "froc", "froc_hits", "rate_label"]
+__all__ = ["FROC_RULES", "FROC_INTERPOLATIONS", "DEFAULT_FP_RATES", "FROCCurve", "FROC", "froc", "froc_hits",
+           "rate_label", "check_interpolation"]
 
 FROC_RULES = ("center", "iou")
 FROC_INTERPOLATIONS = ("step", "linear")
@@ -236,7 +237,8 @@ class FROC:
             labels[c.name] = f"{'all lesions' if c.name == ALL else c.name} (CPM {cpm:.3f})"
         return plot_lines(out / "froc.png", xs, ys, xlabel="Mean false positives per image", ylabel="Sensitivity",
                           title=f"FROC (hit: {self.describe_rule()}; {self.interpolation} interpolation)",
-                          labels=labels, highlight=ALL, logx=True, steps=self.interpolation == "step", xlim=(lo, hi), vlines=self.fp_rates, xticks=self.fp_rates)
+                          labels=labels, highlight=ALL, logx=True, steps=self.interpolation == "step",
+                          xlim=(lo, hi), vlines=self.fp_rates, xticks=self.fp_rates)
 
 
 def froc(data: EvalData, rule: str = "center", iou_thresh: float = 0.5,

@@ -4,16 +4,16 @@
 detection of the image — detections on crowd regions included (the ROC does not match boxes, so
 the box-level crowd rule does not apply); images without such a detection score -inf, below every
 detection. An image is positive when it holds at least one ground truth of the class (crowd
-regions are not lesions). The ROC curve has a
-point at every distinct image score, from (0, 0) (threshold +inf) to (1, 1); the AUC is the
-trapezoidal area under it, which equals the Mann-Whitney probability that a positive image
-outscores a negative one, ties counting one half. AUC is NaN when there are no positive or no
+regions are not lesions). The ROC curve has a point at every distinct image score, from (0, 0)
+(threshold +inf) to (1, 1); the AUC is the trapezoidal area under it, which equals the
+Mann-Whitney probability that a positive image outscores a negative one, ties counting one half
+(scikit-learn's ``roc_auc_score`` on these scores). AUC is NaN when there are no positive or no
 negative images.
 
 Sensitivity and specificity are reported at the evaluation's score threshold (an image is called
 positive when it has a detection of the class scoring at least that threshold, i.e. its image score
-reaches it; with per-class thresholds, ``any`` uses each detection's class threshold) and at the threshold maximising Youden's J
-(sensitivity + specificity - 1), highest threshold on ties.
+reaches it; with per-class thresholds, ``any`` uses each detection's class threshold) and at the
+threshold maximising Youden's J (sensitivity + specificity - 1), highest threshold on ties.
 """
 from __future__ import annotations
 
