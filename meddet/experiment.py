@@ -49,6 +49,11 @@ time, error, the metrics), ``summary.csv`` + ``summary.md`` (per variant and met
 paired differences over matching seeds/folds, their std, 95% t CI, two-sided paired t-test p),
 ``verdict.json`` + ``verdict.md`` (each rule per variant: observed value, threshold, pass/fail; a
 variant's overall PASS/FAIL).
+
+What the intervals resample: ``summary.csv`` and ``paired.csv`` say it in their ``unit`` column —
+training runs (``run (seed)``, or ``run (seed, fold)``), never images. The test set of a seed is fixed,
+so they measure training variability only; the test-set sampling error of one run is in its
+``eval/bootstrap_ci.csv``, by patient (``EVAL.BOOTSTRAP_UNIT``).
 """
 from __future__ import annotations
 
@@ -579,7 +584,7 @@ class ExperimentResult:
         if len(self.paired):
             rows = [[r.variant, r.metric, _fmt(r.mean_diff), f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]",
                      _fmt(r.p_value, 3), str(r.n_pairs)] for r in self.paired.itertuples()]
-            lines += [f"Paired differences vs {self.spec.baseline}:",
+            lines += [f"Paired differences vs {self.spec.baseline} (over {_interval_unit(self.spec)}):",
                       _md_table(["variant", "metric", "mean diff", "95% CI", "p", "pairs"], rows), ""]
         if self.spec.rules:
             lines += [self.verdict_markdown(), ""]
@@ -731,16 +736,23 @@ def run_experiment(yaml_path: str | Path, resume: bool = True, only: list[str] |
     return result
 
 
+def _interval_unit(spec: ExperimentSpec) -> str:
+    """What the experiment's t intervals are over: training runs, by seed (and fold)."""
+    return "run (seed, fold)" if spec.kfold else "run (seed)"
+
+
 def _write_outputs(result: ExperimentResult) -> None:
     out = result.spec.output_dir
     out.mkdir(parents=True, exist_ok=True)
     runs = result.runs.drop(columns=["pair"] + ([] if result.spec.kfold else ["fold"]))
     runs.to_csv(out / "runs.csv", index=False, na_rep="NaN")
-    result.summary.to_csv(out / "summary.csv", index=False, na_rep="NaN")
+    unit = _interval_unit(result.spec)
+    result.summary.assign(unit=unit).to_csv(out / "summary.csv", index=False, na_rep="NaN")
     (out / "summary.md").write_text(
-        f"# Experiment {result.spec.path.name}\n\nmean ± std [95% t CI] (n runs) per variant and metric\n\n"
+        f"# Experiment {result.spec.path.name}\n\nmean ± std [95% t CI] (n runs) per variant and metric; the "
+        f"intervals resample training runs ({unit}) on a fixed test set, not patients or images\n\n"
         f"{result.summary_markdown()}\n", encoding="utf-8")
-    result.paired.to_csv(out / "paired.csv", index=False, na_rep="NaN")
+    result.paired.assign(unit=unit).to_csv(out / "paired.csv", index=False, na_rep="NaN")
     save_json_atomic({**result.verdict, "failed_runs": result.failed, "missing_metrics": result.missing_metrics},
                      out / "verdict.json", indent=1)
     (out / "verdict.md").write_text(f"# Verdict: {result.spec.path.name}\n\n{result.verdict_markdown()}\n",

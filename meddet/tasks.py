@@ -58,19 +58,23 @@ def _load_results(path: str | os.PathLike) -> list[dict]:
 
 
 def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict] | str | os.PathLike,
-                         out_dir: str | os.PathLike, extra_sections=()) -> dict:
+                         out_dir: str | os.PathLike, extra_sections=(),
+                         predictions_source: str | os.PathLike | None = None) -> dict:
     """Score COCO-results predictions (a list or a JSON file, from any detector) against a COCO file:
     every view of the evaluator (COCO AP, per-class table, P/R/F1, confusion, curves, FROC, image-level ROC,
-    bootstrap CIs, error galleries, reports) under `out_dir`."""
+    bootstrap CIs, error galleries, reports) under `out_dir`. Errors name `gt_path` and the predictions'
+    file (`predictions_source`: the file a list was saved to)."""
     from meddet.evaluation import evaluate, evaluation_kwargs
 
     gt = load_coco(gt_path)
     if not isinstance(predictions, list):
+        predictions_source = predictions_source or predictions
         predictions = _load_results(predictions)
     kwargs = evaluation_kwargs(cfg)
     if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
         kwargs["image_root"] = str(Path(gt_path).parent)
-    return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, **kwargs)
+    return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, gt_source=gt_path,
+                    predictions_source=predictions_source, **kwargs)
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
@@ -162,7 +166,8 @@ def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.
         loose.MODEL.ROI_HEADS.NMS_THRESH_TEST = max(max(cfg.EVAL.TUNE_NMS_THRESHOLDS), 0.7)
         loose.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.01
         preds = predict_dataset(loose, gt_path)
-    result = tune(load_coco(gt_path), preds, out_dir, **tune_kwargs(cfg))
+    result = tune(load_coco(gt_path), preds, out_dir, gt_source=gt_path,
+                  predictions_source=predictions or f"predictions of the model on {gt_path}", **tune_kwargs(cfg))
     return result
 
 
@@ -192,7 +197,8 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
         sections.append(("Tile-level evaluation", _tile_section(tile_metrics)))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    metrics = evaluate_predictions(cfg, gt_path, preds, out_dir, extra_sections=sections)
+    metrics = evaluate_predictions(cfg, gt_path, preds, out_dir, extra_sections=sections,
+                                   predictions_source=out_dir / "coco_instances_results.json")
     if tile_metrics:
         table = hierarchical_table(tile_metrics, metrics)
         table.to_csv(out_dir / "hierarchical.csv", index=False)
@@ -223,7 +229,8 @@ def evaluate_tiles(cfg, gt_path: str | os.PathLike, out_dir: str | os.PathLike) 
     whole.DATASETS.IMAGE_ROOT = ""
     preds = predict_dataset(whole, tile_json)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    return evaluate_predictions(whole, tile_json, preds, out_dir)
+    return evaluate_predictions(whole, tile_json, preds, out_dir,
+                                predictions_source=out_dir / "coco_instances_results.json")
 
 
 HEADLINE_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "prf1/precision", "prf1/recall", "prf1/F1")

@@ -123,6 +123,9 @@ def test_statistics_match_hand_computed_values(tmp_path, base_yaml, fakes):
     assert d["mean_diff"] == pytest.approx(0.12) and d["std_diff"] == pytest.approx(0.02)
     assert d["ci95_low"] == pytest.approx(0.12 - half) and d["ci95_high"] == pytest.approx(0.12 + half)
     assert d["p_value"] == pytest.approx(0.0091, abs=2e-4)  # t = 10.39 on 2 df
+    # The intervals say what they resample: training runs by seed, not patients or images.
+    assert set(paired["unit"]) == {"run (seed)"} and set(pd.read_csv(out / "summary.csv")["unit"]) == {"run (seed)"}
+    assert "training runs (run (seed))" in (out / "summary.md").read_text()
     d = row(paired, variant="better", metric="bbox/AP")  # constant +5: zero spread
     assert (d["mean_diff"], d["ci95_low"], d["ci95_high"]) == (5.0, 5.0, 5.0)
     assert math.isnan(d["p_value"])  # no spread: the t-test is undefined

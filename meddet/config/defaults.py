@@ -260,9 +260,15 @@ _C.EVAL.FROC_HIT = "center"
 _C.EVAL.FROC_IOU = 0.5
 # Mean false positives per image at which FROC sensitivity is reported.
 _C.EVAL.FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-# 95% confidence intervals by bootstrap over images: number of resamples (0 = none) and seed.
+# How sensitivity at each rate is read off the FROC curve: "step" (the lowest threshold within the
+# rate, LUNA16) or "linear" (interpolated between the curve's points, as MONAI's compute_froc_score).
+_C.EVAL.FROC_INTERPOLATION = "step"
+# 95% confidence intervals by bootstrap: number of resamples (0 = none) and seed.
 _C.EVAL.BOOTSTRAP_SAMPLES = 1000
 _C.EVAL.BOOTSTRAP_SEED = 0
+# What a bootstrap resample draws: "patient" (all views of a patient together; images when the
+# ground truth has no patient_id), "image", or the name of an image field to group by (e.g. "study_id").
+_C.EVAL.BOOTSTRAP_UNIT = "patient"
 # Crops per error gallery (highest-scoring false positives, missed ground truths; 0 = no galleries).
 _C.EVAL.GALLERY_SIZE = 16
 # Post-hoc tuning (`-c tune`): NMS IoU thresholds swept, and the objective per class:

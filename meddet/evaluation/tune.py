@@ -125,13 +125,16 @@ def tune(
     target_fpi: float = 1.0,
     froc_hit: str = "center",
     froc_iou: float = 0.5,
+    gt_source: str | os.PathLike | None = None,
+    predictions_source: str | os.PathLike | None = None,
 ) -> TuneResult:
     """Sweep NMS IoU and score thresholds on validation predictions (see the module docstring);
     write ``tune.csv`` and ``tuned_config.yaml`` into `out_dir` when given.
 
     Config keys: `nms_thresholds` ``EVAL.TUNE_NMS_THRESHOLDS``, `objective`
     ``EVAL.TUNE_OBJECTIVE``, `target_fpi` ``EVAL.TUNE_TARGET_FPI``, `iou_thresh`
-    ``EVAL.IOU_THRESH``, `froc_hit` / `froc_iou` ``EVAL.FROC_HIT`` / ``EVAL.FROC_IOU``.
+    ``EVAL.IOU_THRESH``, `froc_hit` / `froc_iou` ``EVAL.FROC_HIT`` / ``EVAL.FROC_IOU``;
+    `gt_source` / `predictions_source`: the files dicts were read from, named in errors.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"EVAL.TUNE_OBJECTIVE is {objective!r}; expected one of {list(OBJECTIVES)}")
@@ -142,7 +145,7 @@ def tune(
         raise ConfigError(f"EVAL.IOU_THRESH is {iou_thresh!r}; expected a number in (0, 1]")
     if objective == "froc" and not (np.isfinite(target_fpi) and target_fpi > 0):
         raise ConfigError(f"EVAL.TUNE_TARGET_FPI is {target_fpi!r}; expected a positive number")
-    data = EvalData.from_coco(gt, predictions)
+    data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source)
     names = list(data.class_names)
     has_gt = data.instances_per_class() > 0
     if not has_gt.any():
