@@ -39,7 +39,11 @@ def test_nms_fusion_with_weights_prefers_the_heavier_model():
     b = _set([(12, 10, 52, 50, 0.7, 0)])
     fused = fuse_detections([a, b], method="nms", iou_thresh=0.5, weights=[1, 3], image_size=(100, 100))
     np.testing.assert_allclose(fused["boxes"], [[12, 10, 52, 50]], atol=1e-3)
-    assert fused["scores"].tolist() == pytest.approx([0.7], abs=1e-5)
+    # As ensemble_boxes.nms: each score times its model's weight over the sum of the weights.
+    assert fused["scores"].tolist() == pytest.approx([0.7 * 3 / 4], abs=1e-5)
+    # Without weights the scores are kept as they are (ensemble_boxes.nms with weights=None).
+    plain = fuse_detections([a, b], method="nms", iou_thresh=0.5, image_size=(100, 100))
+    assert plain["scores"].tolist() == pytest.approx([0.8], abs=1e-5)
 
 
 def test_empty_sets_and_bad_settings():

@@ -245,6 +245,10 @@ _C.TEST.SCORE_THRESH = 0.5
 # Per-class score thresholds, one per class in class-index order (our key; written by `-c tune`).
 # Empty: every class uses TEST.SCORE_THRESH.
 _C.TEST.CLASS_SCORE_THRESH = []
+# The class name of each TEST.CLASS_SCORE_THRESH value (our key; written by `-c tune`), so thresholds
+# follow classes by name (ensembles); empty: DATASETS.CLASS_NAMES in index order. Unnamed classes use
+# TEST.SCORE_THRESH.
+_C.TEST.CLASS_SCORE_THRESH_NAMES = []
 
 _C.EVAL = CN()
 # IoU at which a detection matches a ground truth for P/R/F1 and the confusion matrix.
