@@ -149,7 +149,9 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 _C.DATALOADER.ASPECT_RATIO_GROUPING = False
 # TrainingSampler | RepeatFactorTrainingSampler (LVIS repeat factors, detectron2's keys) |
-# ClassBalancedSampler (our key: images drawn with probability from their rarest class's frequency)
+# ClassBalancedSampler (ours: images drawn so that every class, and the images without boxes, is held by
+# the same share of the drawn images) | RarestClassSampler (ours: images drawn with probability from their
+# rarest class's frequency; ClassBalancedSampler's behaviour before it balanced exactly)
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 # Repeat factor max(1, (t / f) ** 0.5) when True (LVIS), max(1, t / f) when False.
