@@ -41,37 +41,39 @@ def _set_yaml(path: Path, **keys) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Run A (a tiny model trained 4 iterations, every proposal kept so it has boxes to fuse and filter),
-    run B (A's weights in another run folder) and run C (A's weights with classes square and blob: a
-    member that adds the class "blob"). Each run's config.yaml points at its own folder."""
+def _train(root: Path, name: str, coco: Path, seed: int) -> Path:
+    """A tiny model trained 4 iterations on `coco`, every proposal kept (SCORE_THRESH_TEST 0) so it has
+    boxes to fuse and to filter; returns its run folder."""
     from meddet.config import load_config
     from meddet.engine import Trainer
 
-    root = tmp_path_factory.mktemp("ens_e2e")
-    coco = make_tiny_coco(root / "data", n_images=4)
     cfg = load_config(
         str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
         TINY_MODEL_OPTS + ["DATASETS.TRAIN", f"('{coco}',)", "DATASETS.VAL", f"('{coco}',)",
-                           "DATASETS.TEST", f"('{coco}',)", "OUTPUT_DIR", str(root / "a"),
+                           "DATASETS.TEST", f"('{coco}',)", "OUTPUT_DIR", str(root / name), "SEED", str(seed),
                            "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0",
                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
                            "EVAL.BOOTSTRAP_SAMPLES", "0", "EVAL.GALLERY_SIZE", "0"],
     )
     Trainer(cfg).train()
-    a = root / "a"
-    out = {"a": a, "coco": coco}
-    for name, classes in (("b", None), ("c", ["square", "blob"])):
-        run = root / name
-        run.mkdir()
-        shutil.copy2(a / "model_final.pth", run / "model_final.pth")
-        shutil.copy2(a / "config.yaml", run / "config.yaml")
-        _set_yaml(run / "config.yaml", OUTPUT_DIR=str(run))
-        if classes:
-            _set_yaml(run / "config.yaml", **{"DATASETS.CLASS_NAMES": classes})
-        out[name] = run
-    return out
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run A (classes square, disc), run B (A's weights in another run folder: a model fused with itself)
+    and run C (another tiny model, trained on classes square and blob: a member that adds the class
+    "blob"). Each run's config.yaml points at its own folder."""
+    root = tmp_path_factory.mktemp("ens_e2e")
+    coco = make_tiny_coco(root / "data", n_images=4)
+    a = _train(root, "a", coco, seed=7)
+    c = _train(root, "c", make_tiny_coco(root / "data_c", n_images=4, seed=1, names=("square", "blob")), seed=3)
+    b = root / "b"
+    b.mkdir()
+    shutil.copy2(a / "model_final.pth", b / "model_final.pth")
+    shutil.copy2(a / "config.yaml", b / "config.yaml")
+    _set_yaml(b / "config.yaml", OUTPUT_DIR=str(b))
+    return {"a": a, "b": b, "c": c, "coco": coco}
 
 
 def _cfg(run: Path, *opts):
@@ -133,6 +135,13 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
     one_m = json.loads((tmp_path / "one" / "metrics.json").read_text())
     for key in ("bbox/AP", "bbox/AP50", "prf1/F1"):
         assert ens_m[key] == pytest.approx(one_m[key], abs=1e-6), key
+
+    def results(folder):
+        rows = json.loads((tmp_path / folder / "coco_instances_results.json").read_text())
+        return np.array(sorted([r["image_id"], r["category_id"], *r["bbox"], r["score"]] for r in rows))
+
+    assert len(results("one")) > 0
+    np.testing.assert_allclose(results("ens"), results("one"), atol=1e-3)
 
     # -c tune --ensemble: written beside the run's own tune/, for the ensemble's (the data's) classes.
     assert cli("-c", "tune", "--config-file", a / "config.yaml", "--ensemble", b, "ENSEMBLE.METHOD", "nms") == 0
