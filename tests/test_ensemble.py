@@ -101,3 +101,27 @@ def test_member_class_missing_from_the_ensemble_is_a_config_error():
         EnsemblePredictor([odd], ["cell", "cluster"], _ens_cfg())
     with pytest.raises(ConfigError, match="ENSEMBLE.WEIGHTS"):
         EnsemblePredictor([odd, odd], ["cell", "mitosis"], _ens_cfg(WEIGHTS=[1.0, 2.0, 3.0]))
+
+
+def test_tuned_thresholds_follow_classes_by_name_when_a_member_adds_a_class():
+    """Three tuned per-class thresholds (no names: the first member's classes, in order) and a member
+    that adds a fourth class: no "expected one per class" error; the added class gets TEST.SCORE_THRESH."""
+    from meddet.tasks import class_thresholds
+
+    first = FakePredictor(["mass", "calc", "arch"], _set([]))
+    extra = FakePredictor(["calc", "node"], _set([]))
+    cfg = _ens_cfg()
+    cfg.TEST.SCORE_THRESH = 0.45
+    cfg.TEST.CLASS_SCORE_THRESH = [0.3, 0.6, 0.7]
+    ens = EnsemblePredictor([first, extra], ["mass", "calc", "arch", "node"], cfg)
+    assert class_thresholds(ens.cfg, ens.class_names).tolist() == [0.3, 0.6, 0.7, 0.45]
+    assert list(ens.cfg.DATASETS.CLASS_NAMES) == ens.class_names
+    # Named thresholds (as -c tune writes them) in another order than the ensemble's classes.
+    cfg.TEST.CLASS_SCORE_THRESH_NAMES = ["arch", "mass", "calc"]
+    ens = EnsemblePredictor([first, extra], ["node", "mass", "calc", "arch"], cfg)
+    assert class_thresholds(ens.cfg, ens.class_names).tolist() == [0.45, 0.6, 0.7, 0.3]  # arch .3, mass .6, calc .7
+    assert class_thresholds(ens.cfg, ens.class_names, override=0.2).tolist() == [0.2] * 4
+    # A count that fits no naming is refused with the key's name.
+    cfg.TEST.CLASS_SCORE_THRESH_NAMES = ["arch", "mass"]
+    with pytest.raises(ConfigError, match="TEST.CLASS_SCORE_THRESH has 3 values for the 2 classes"):
+        EnsemblePredictor([first, extra], ["mass", "calc", "arch", "node"], cfg)

@@ -18,9 +18,9 @@ For each NMS value, each class gets its best score threshold by the objective:
 
 The NMS value kept is the one with the best macro objective at the per-class thresholds (mean over
 classes with ground truth of each class's objective at its own threshold: what
-``TEST.CLASS_SCORE_THRESH`` reaches; ties go to the larger NMS IoU, which suppresses less). The global ``TEST.SCORE_THRESH``
-is, at that NMS value, the threshold of best macro F1 over a 0.001 grid (``"f1"``), or the
-all-lesion FROC threshold at `target_fpi` (``"froc"``; 1.0 when even the top detection exceeds
+``TEST.CLASS_SCORE_THRESH`` reaches; ties go to the larger NMS IoU, which suppresses less). The
+global ``TEST.SCORE_THRESH`` is, at that NMS value, the threshold of best macro F1 over a 0.001 grid
+(``"f1"``), or the all-lesion FROC threshold at `target_fpi` (``"froc"``; 1.0 when even the top detection exceeds
 the budget); a class without a usable threshold (no ground truth, no true positive, or no
 detection within the FP budget) falls back to it in ``TEST.CLASS_SCORE_THRESH``. The table's
 ``macro`` row holds, per NMS value, the macro objective reached at that single global threshold
