@@ -178,6 +178,9 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
     assert [(cl["name"], cl["score_thresh"]) for cl in info["classes"]] == [
         (n, pytest.approx(t)) for n, t in by_name.items()]
     assert info["engine"] == "ensemble" and info["ensemble"]["method"] == "nms"
+    assert [m["classes"] for m in info["members"]] == [["square", "disc"], ["square", "blob"]]
+    for page in ("/", "/model"):
+        assert client.get(page).status_code == 200, page
     import io
 
     import cv2
