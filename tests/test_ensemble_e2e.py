@@ -248,6 +248,12 @@ def test_tuned_thresholds_reach_predict_evaluate_bundle_and_web_app(runs, tmp_pa
     info = create_app(load_predictor(tmp_path / "bundle", device="cpu")).test_client().get("/api/v1/model").get_json()
     assert {cl["name"]: cl["score_thresh"] for cl in info["classes"]} == pytest.approx(tuned)
     assert info["score_thresh"] == pytest.approx(frag["TEST"]["SCORE_THRESH"])
+    # The bundle evaluates at them too (any predictor evaluates: meddet.tasks.evaluate_predictor).
+    from meddet.tasks import evaluate_predictor
+
+    m = evaluate_predictor(load_predictor(tmp_path / "bundle", device="cpu"), runs["coco"], tmp_path / "bundle_eval")
+    assert [m["prf1/score_thresh-square"], m["prf1/score_thresh-disc"]] == pytest.approx(list(tuned.values()))
+    assert (tmp_path / "bundle_eval" / "coco_instances_results.json").is_file()
     # --untuned: the run config's own thresholds.
     assert cli("-c", "export", "--run", run, "--output", tmp_path / "bundle_untuned", "--untuned") == 0
     meta = json.loads((tmp_path / "bundle_untuned" / "meddet.json").read_text())
