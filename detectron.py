@@ -172,6 +172,9 @@ def main(args: argparse.Namespace) -> int:
 
         if not args.input:
             raise ConfigError("explain needs --input IMAGE|DICOM ...")
+        if args.ensemble:
+            raise ConfigError("explain works on one model's layers, not an ensemble: explain each member's "
+                              "--config-file instead")
         out_dir = Path(args.output) if args.output else Path(cfg.OUTPUT_DIR) / "explain"
         paths = explain(cfg, args.input, out_dir, weights=resolve_weights(cfg),
                         score_thresh=args.score_thresh if args.score_thresh is not None else cfg.TEST.SCORE_THRESH,

@@ -258,3 +258,29 @@ def test_tuned_thresholds_reach_predict_evaluate_bundle_and_web_app(runs, tmp_pa
     assert cli("-c", "export", "--run", run, "--output", tmp_path / "bundle_untuned", "--untuned") == 0
     meta = json.loads((tmp_path / "bundle_untuned" / "meddet.json").read_text())
     assert meta["thresholds"]["tuned"] is None and [cl["score_thresh"] for cl in meta["classes"]] == [0.5, 0.5]
+
+
+def test_any_predictor_saves_as_a_bundle_and_loads_back(runs, tmp_path):
+    """save_predictor: a single, a tiled and an ensemble predictor built in Python become bundles that
+    load_predictor loads back to the same detections, thresholds and kind."""
+    from meddet.hub import load_predictor, save_predictor
+    from meddet.inference import EnsemblePredictor
+    from meddet.tasks import build_predictor, class_thresholds
+
+    image = np.asarray(__import__("cv2").imread(str(runs["coco"].parent / "images" / "img_002.png"), 0))
+    cases = {
+        "single": build_predictor(_cfg(runs["a"], "TEST.CLASS_SCORE_THRESH", [0.2, 0.6])),
+        "tiled": build_predictor(_cfg(runs["a"], "TILING.ENABLED", True, "TILING.SIZE", 64)),
+        "ensemble": build_predictor(_cfg(runs["a"], "ENSEMBLE.METHOD", "wbf", "TEST.CLASS_SCORE_THRESH", [0.2, 0.6]),
+                                    [runs["c"]]),
+    }
+    for name, p in cases.items():
+        back = load_predictor(save_predictor(p, tmp_path / name), device="cpu")
+        assert type(back) is type(p) and back.class_names == p.class_names and back.tiled == p.tiled, name
+        np.testing.assert_allclose(_sorted(back(image)), _sorted(p(image)), atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(class_thresholds(back.cfg, back.class_names),
+                                   class_thresholds(p.cfg, p.class_names), err_msg=name)
+    assert isinstance(load_predictor(tmp_path / "ensemble"), EnsemblePredictor)
+    assert class_thresholds(cases["ensemble"].cfg, ["square", "disc", "blob"]).tolist() == [0.2, 0.6, 0.5]
+    with pytest.raises(Exception, match="not empty"):
+        save_predictor(cases["single"], tmp_path / "single")

@@ -5,6 +5,7 @@ made from a run, loaded locally or from the Hugging Face Hub, and pushed there.
 >>> push_bundle("bundle/", "org/mammo-detector")       # -c push (token from env / `hf auth login`)
 >>> p = load_predictor("org/mammo-detector")           # also Predictor.from_pretrained(...)
 >>> export_ensemble(["output/cells", "output/clusters"], "bundle_ens/")   # -c export --run A --ensemble B
+>>> save_predictor(predictor, "bundle/")                # any predictor (single, tiled, ensemble) as a bundle
 
 A run's tuned thresholds (``tune/tuned_config.yaml`` from ``-c tune``) go into its bundle unless
 ``untuned``; meddet.json says which file they came from (``thresholds.tuned``).
@@ -34,6 +35,7 @@ __all__ = [
     "CARD_NAME",
     "export_bundle",
     "export_ensemble",
+    "save_predictor",
     "bundle_metadata",
     "read_bundle",
     "load_predictor",
@@ -457,24 +459,13 @@ def export_ensemble(members: Sequence[str | os.PathLike], out_dir: str | os.Path
     `untuned`) with `opts` (KEY VALUE, e.g. ENSEMBLE.METHOD nms) on top; its classes are `class_names`
     (default: the first member's, then each member's new ones in order) and per-class thresholds follow
     them by name (a class only a later member has gets TEST.SCORE_THRESH)."""
-    import shutil
-
-    from meddet.config import load_config, merge_yaml, save_config
-    from meddet.inference.ensemble import FUSION_METHODS, ensemble_config
+    from meddet.config import load_config, merge_yaml
     from meddet.tasks import TUNE_ENSEMBLE_DIR, TUNED_CONFIG
 
     if len(members) < 2:
         raise ConfigError(f"ensemble export: {len(members)} member(s) given; expected at least two")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"{out}: folder exists and is not empty (pass overwrite=True / --overwrite)")
-        for name in BUNDLE_FILES:
-            (out / name).unlink(missing_ok=True)
-        for sub in out.glob(f"{MEMBER_PREFIX}*"):
-            if sub.is_dir():
-                shutil.rmtree(sub)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out, overwrite)
     entries, metas = [], []
     for k, spec in enumerate(members):
         folder = f"{MEMBER_PREFIX}{k}"
@@ -505,21 +496,48 @@ def export_ensemble(members: Sequence[str | os.PathLike], out_dir: str | os.Path
     elif metas[0].get("thresholds", {}).get("tuned"):
         tuned_from = f"{entries[0]['folder']}: {metas[0]['thresholds']['tuned']}"
     cfg.merge_from_list(list(opts))
+    meta = _write_ensemble_top(out, cfg, names, first, entries, metas, tuned_from)
+    logger.info("exported an ensemble of %d members (%s fusion) to bundle %s", len(entries), meta["ensemble"]["method"],
+                out)
+    return out
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """An empty bundle folder: created, or emptied of bundle files and member folders with `overwrite`."""
+    import shutil
+
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out}: folder exists and is not empty (pass overwrite=True / --overwrite)")
+        for name in BUNDLE_FILES:
+            (out / name).unlink(missing_ok=True)
+        for sub in out.glob(f"{MEMBER_PREFIX}*"):
+            if sub.is_dir():
+                shutil.rmtree(sub)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_ensemble_top(out: Path, cfg, names: Sequence[str], first: Sequence[str], entries: list[dict],
+                        metas: list[dict], tuned_from: str | None) -> dict[str, Any]:
+    """The top of an ensemble bundle (config.yaml, meddet.json, README.md) over member bundles already in
+    `out/<entry folder>`; `cfg` the first member's config with ENSEMBLE.* and the thresholds. Returns meta."""
+    from meddet.config import save_config
+    from meddet.inference.ensemble import FUSION_METHODS, ensemble_config
+    from meddet.tasks import class_thresholds
+    from meddet.visualize import class_color
+
     if str(cfg.ENSEMBLE.METHOD).lower() not in FUSION_METHODS:
         raise ConfigError(f"ENSEMBLE.METHOD: expected 'wbf' or 'nms', found {cfg.ENSEMBLE.METHOD!r}")
     weights = [float(w) for w in cfg.ENSEMBLE.WEIGHTS]
-    if weights and len(weights) != len(members):
-        raise ConfigError(f"ENSEMBLE.WEIGHTS: {len(weights)} weights for {len(members)} models; expected one per "
+    if weights and len(weights) != len(entries):
+        raise ConfigError(f"ENSEMBLE.WEIGHTS: {len(weights)} weights for {len(entries)} models; expected one per "
                           "model (or none)")
     ens_cfg = ensemble_config(cfg, names, first).clone()
     ens_cfg.defrost()
     ens_cfg.MODEL.WEIGHTS = ""
     ens_cfg.MODEL.DEVICE = "auto"
     ens_cfg.OUTPUT_DIR = "./output"
-    from meddet.tasks import class_thresholds
-    from meddet.visualize import class_color
-
-    thresholds = class_thresholds(ens_cfg, names)
+    thresholds = class_thresholds(ens_cfg, list(names))
     e = ens_cfg.ENSEMBLE
     meta = {
         "format": BUNDLE_FORMAT,
@@ -543,8 +561,57 @@ def export_ensemble(members: Sequence[str | os.PathLike], out_dir: str | os.Path
     save_config(ens_cfg, out / CONFIG_NAME)
     (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out / CARD_NAME).write_text(_ensemble_card(meta, out.resolve().name), encoding="utf-8")
-    logger.info("exported an ensemble of %d members (%s fusion) to bundle %s", len(entries), meta["ensemble"]["method"],
-                out)
+    return meta
+
+
+def save_predictor(predictor, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Any predictor (a :class:`~meddet.inference.base.DetectorLike`) as a bundle `load_predictor` loads
+    back: a Predictor (whole-image or tiled) as a model bundle of its loaded weights, config and
+    thresholds; an EnsemblePredictor as an ensemble bundle of its members' bundles and its fusion settings
+    and thresholds. What a loaded bundle knew (metrics, training data, where tuned thresholds came from)
+    is kept. Returns the bundle folder."""
+    from meddet.config import save_config
+
+    out = Path(out_dir)
+    _prepare_out(out, overwrite)
+    known = getattr(predictor, "bundle", None) or {}
+    members = getattr(predictor, "members", None)
+    if members is not None:
+        entries, metas = [], []
+        for k, m in enumerate(members):
+            if getattr(m, "members", None) is not None:
+                raise ConfigError(f"ensemble member {k} is itself an ensemble; expected single models as members")
+            folder = f"{MEMBER_PREFIX}{k}"
+            save_predictor(m, out / folder)
+            meta = read_bundle(out / folder)
+            metas.append(meta)
+            entries.append({"folder": folder, "source": str(getattr(m, "bundle_dir", "") or "in memory"),
+                            "engine": meta.get("engine"), "classes": [c["name"] for c in meta["classes"]]})
+        _write_ensemble_top(out, predictor.cfg, predictor.class_names, members[0].class_names, entries, metas,
+                            (known.get("thresholds") or {}).get("tuned"))
+        logger.info("saved an ensemble of %d members to bundle %s", len(entries), out)
+        return out
+    import torch
+
+    cfg = predictor.cfg.clone()
+    cfg.defrost()
+    cfg.DATASETS.CLASS_NAMES = list(predictor.class_names)
+    state = {k: v.detach().cpu() for k, v in predictor.model.state_dict().items()}
+    torch.save({"model": state}, out / WEIGHTS_NAME)
+    meta = bundle_metadata(cfg, known.get("metrics"))
+    if known.get("training_data"):
+        meta["training_data"] = known["training_data"]
+    meta["thresholds"]["tuned"] = (known.get("thresholds") or {}).get("tuned")
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "auto"
+    cfg.OUTPUT_DIR = "./output"
+    if meta["thresholds"]["class_score_thresh"]:
+        cfg.TEST.CLASS_SCORE_THRESH = list(meta["thresholds"]["class_score_thresh"])
+        cfg.TEST.CLASS_SCORE_THRESH_NAMES = list(cfg.DATASETS.CLASS_NAMES)
+    save_config(cfg, out / CONFIG_NAME)
+    (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out / CARD_NAME).write_text(_model_card(meta, out.resolve().name), encoding="utf-8")
+    logger.info("saved a predictor to bundle %s", out)
     return out
 
 

@@ -19,8 +19,6 @@ from meddet.errors import ConfigError, DataError
 
 __all__ = ["DetectorLike", "score_thresholds", "threshold_names", "inference_on_records"]
 
-ImageLike = "str | os.PathLike | np.ndarray"
-
 
 @runtime_checkable
 class DetectorLike(Protocol):
