@@ -48,7 +48,11 @@ time, error, the metrics), ``summary.csv`` + ``summary.md`` (per variant and met
 95% Student t CI over seeds/folds), ``paired.csv`` (per variant vs baseline and metric: mean of the
 paired differences over matching seeds/folds, their std, 95% t CI, two-sided paired t-test p),
 ``verdict.json`` + ``verdict.md`` (each rule per variant: observed value, threshold, pass/fail; a
-variant's overall PASS/FAIL).
+variant's overall PASS/FAIL). ``-c experiment`` exits 1 when a variant's verdict is FAIL (a CI gate;
+``--no-fail-on-verdict`` to exit 0), as it does when a run failed.
+
+Keys are read as written: a bare ``on:`` (or ``off``, ``yes``, ``no``, ``y``, ``n``, which YAML 1.1
+reads as booleans) is the key ``"on"``.
 
 What the intervals resample: ``summary.csv`` and ``paired.csv`` say it in their ``unit`` column —
 training runs (``run (seed)``, or ``run (seed, fold)``), never images. The test set of a seed is fixed,
@@ -98,6 +102,23 @@ RUN_CONFIG = "run_config.yaml"
 
 
 # ---------------------------------------------------------------------------- the spec
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that mapping keys are never YAML 1.1 booleans: a bare ``on:``, ``off:``,
+    ``yes:``, ``no:``, ``y:``, ``n:`` (any case) key is the string written, as the user means it (a
+    rule's ``on: ci_low``). Values keep YAML's usual reading."""
+
+    def construct_mapping(self, node, deep=False):
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:bool":
+                key_node.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_spec_yaml(text: str):
+    """An experiment YAML's content (see `_SpecLoader`: boolean-looking keys stay strings)."""
+    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 @dataclass(frozen=True)
 class Rule:
     """One verdict rule: `metric`'s paired difference (variant − baseline) must reach `threshold`.
@@ -291,7 +312,7 @@ def load_experiment(yaml_path: str | Path) -> ExperimentSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_spec_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
@@ -551,6 +572,11 @@ class ExperimentResult:
     def ok(self) -> bool:
         """No run failed and every metric was found (the CLI exits 1 otherwise)."""
         return not self.failed and not self.missing_metrics
+
+    @property
+    def failing_variants(self) -> list[str]:
+        """Variants whose verdict is FAIL (the CLI exits 1 when there are any, unless --no-fail-on-verdict)."""
+        return [v for v, res in self.verdict.get("variants", {}).items() if res.get("verdict") == "FAIL"]
 
     def summary_markdown(self) -> str:
         """Variants × metrics: ``mean ± std [95% CI] (n)``."""

@@ -149,7 +149,9 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 _C.DATALOADER.ASPECT_RATIO_GROUPING = False
 # TrainingSampler | RepeatFactorTrainingSampler (LVIS repeat factors, detectron2's keys) |
-# ClassBalancedSampler (our key: images drawn with probability from their rarest class's frequency)
+# ClassBalancedSampler (ours: images drawn so that every class, and the images without boxes, is held by
+# the same share of the drawn images) | RarestClassSampler (ours: images drawn with probability from their
+# rarest class's frequency; ClassBalancedSampler's behaviour before it balanced exactly)
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 # Repeat factor max(1, (t / f) ** 0.5) when True (LVIS), max(1, t / f) when False.
@@ -245,6 +247,10 @@ _C.TEST.SCORE_THRESH = 0.5
 # Per-class score thresholds, one per class in class-index order (our key; written by `-c tune`).
 # Empty: every class uses TEST.SCORE_THRESH.
 _C.TEST.CLASS_SCORE_THRESH = []
+# The class name of each TEST.CLASS_SCORE_THRESH value (our key; written by `-c tune`), so thresholds
+# follow classes by name (ensembles); empty: DATASETS.CLASS_NAMES in index order. Unnamed classes use
+# TEST.SCORE_THRESH.
+_C.TEST.CLASS_SCORE_THRESH_NAMES = []
 
 _C.EVAL = CN()
 # IoU at which a detection matches a ground truth for P/R/F1 and the confusion matrix.

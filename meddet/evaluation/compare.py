@@ -47,10 +47,31 @@ _UNRANKED = {"mAP50 CI low", "mAP50 CI high"}
 
 
 def _metrics_file(run: Path) -> Path:
-    for p in (run / "eval" / "metrics.json", run / "metrics.json"):
-        if p.is_file():
-            return p
-    raise DataError(f"{run}: no eval/metrics.json (run `detectron.py -c evaluate` on this run first)")
+    evaluated = run / "eval" / "metrics.json"
+    if evaluated.is_file():
+        return evaluated
+    flat = run / "metrics.json"
+    if flat.is_file() and not (run / "config.yaml").is_file() and not _is_json_lines(flat):
+        return flat  # an evaluation folder itself
+    raise DataError(f"{run}: no eval/metrics.json (not evaluated yet): run `detectron.py -c evaluate "
+                    f"--config-file {run / 'config.yaml'}` first")
+
+
+def _is_json_lines(path: Path) -> bool:
+    """Whether `path` is a training metrics.json (JSON lines) rather than one evaluation JSON object."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = f.readline().strip()
+            second = f.readline().strip()
+    except OSError:
+        return False
+    if not first or not second:
+        return False
+    try:
+        json.loads(first)
+        return True
+    except json.JSONDecodeError:
+        return False
 
 
 def _read_metrics(path: Path) -> dict:
