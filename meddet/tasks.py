@@ -64,13 +64,13 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
     bootstrap CIs, error galleries, reports) under `out_dir`."""
     from meddet.evaluation import evaluate, evaluation_kwargs
 
-    gt = load_coco(gt_path)
     if not isinstance(predictions, list):
         predictions = _load_results(predictions)
     kwargs = evaluation_kwargs(cfg)
     if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
         kwargs["image_root"] = str(Path(gt_path).parent)
-    return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, **kwargs)
+    # the file itself, so that messages about its boxes name it
+    return evaluate(str(gt_path), predictions, out_dir, extra_sections=extra_sections, **kwargs)
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:

@@ -250,7 +250,8 @@ class Trainer:
 
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN: no training COCO file given")
-        train_records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
+        train_records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
+                                            bool(cfg.DATASETS.STRICT_BOXES))
         if cfg.DATASETS.CLASS_NAMES and list(cfg.DATASETS.CLASS_NAMES) != names:
             raise ConfigError(
                 f"DATASETS.CLASS_NAMES {list(cfg.DATASETS.CLASS_NAMES)} differ from the training data's "

@@ -25,7 +25,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from meddet.data.coco import load_coco
+from meddet.data.coco import clip_coco_boxes, load_coco
 from meddet.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -146,13 +146,19 @@ class EvalData:
         cls,
         gt: dict | str | os.PathLike,
         predictions: Sequence[dict] | str | os.PathLike,
+        strict_boxes: bool = False,
     ) -> "EvalData":
         """Validate and convert a COCO ground truth (dict or file) and COCO-results predictions
-        (list or file). Prediction category ids are in the ground truth's id space."""
+        (list or file). Prediction category ids are in the ground truth's id space.
+
+        Ground-truth boxes reaching outside their image are clipped to it and those with nothing
+        inside dropped, as for training (meddet.data.coco.clip_coco_boxes; `strict_boxes`: an error)."""
         gt_source = "ground truth"
         if not isinstance(gt, dict):
             gt_source = str(gt)
             gt = load_coco(gt)
+        if isinstance(gt.get("images"), list) and isinstance(gt.get("annotations"), list):
+            gt, _ = clip_coco_boxes(gt, gt_source, strict=strict_boxes)
         pred_source = "predictions"
         if isinstance(predictions, (str, os.PathLike)):
             pred_source = str(predictions)
