@@ -97,3 +97,16 @@ def test_evaluation_ground_truth_follows_the_same_rule(tmp_path):
     kw = {**evaluation_kwargs(cfg), "bootstrap_samples": 0, "gallery_size": 0}
     with pytest.raises(DataError, match=r"images/im0.png.*\[90, 10, 40, 20\]"):
         evaluate(str(path), preds, **kw)
+
+
+def test_an_empty_training_split_is_an_error_naming_the_file(tmp_path):
+    empty = tmp_path / "train.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "lesion"}]}))
+    cfg = get_cfg()
+    cfg.merge_from_list(["DATASETS.TRAIN", (str(empty),), "DATALOADER.NUM_WORKERS", 0])
+    with pytest.raises(DataError, match=f"{empty}: the training split holds no images"):
+        build_train_loader(cfg)
+    no_boxes = _coco(tmp_path / "nb", [[], []])  # images, but none with a box
+    cfg.merge_from_list(["DATASETS.TRAIN", (str(no_boxes),)])
+    with pytest.raises(DataError, match=f"{no_boxes}: none of its 2 images has a box"):
+        build_train_loader(cfg)

@@ -380,15 +380,26 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
     if records is None:
         records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
                                       bool(cfg.DATASETS.STRICT_BOXES))
-    what = "images"
+    files = ", ".join(map(str, cfg.DATASETS.TRAIN)) or "DATASETS.TRAIN"
+    if not records:
+        raise DataError(f"{files}: the training split holds no images (DATASETS.TRAIN); expected a COCO file "
+                        "with at least one image (an empty split of a small dataset? re-split it)")
+    n_images, what = len(records), "images"
     if cfg.TILING.ENABLED:
         records = tile_records(records, TilingParams.from_cfg(cfg, names), names)
         what = "tiles"
+        if not records:
+            raise DataError(f"{files}: none of its {n_images} images gives a training tile with the TILING.* "
+                            "settings (KEEP_CLASSES, NEGATIVE_FRACTION, MIN_VISIBLE); expected at least one")
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         kept = [r for r in records if r["annotations"]]
         if len(kept) < len(records):
             logger.info("Training on %d of %d %s (%d without boxes left out: DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
                         len(kept), len(records), what, len(records) - len(kept))
+        if not kept:
+            raise DataError(f"{files}: none of its {len(records)} {what} has a box, and "
+                            "DATALOADER.FILTER_EMPTY_ANNOTATIONS leaves such images out; expected boxes in the "
+                            "training split (or set DATALOADER.FILTER_EMPTY_ANNOTATIONS False)")
         records = kept
     for f in dict.fromkeys(r["file_name"] for r in records):
         if not Path(f).is_file():
