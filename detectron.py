@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("-c", "--command", required=True, choices=COMMANDS, help="what to do")
     p.add_argument("--config-file", default="", metavar="FILE", help="YAML config (may use _BASE_)")
-    p.add_argument("--resume", action="store_true", help="train: continue from OUTPUT_DIR/last_checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="train: continue from the newest checkpoint in OUTPUT_DIR that loads (last_checkpoint is a hint)")
     p.add_argument("--gt", default="", metavar="COCO.json", help="evaluate: ground truth (default DATASETS.TEST[0])")
     p.add_argument("--predictions", default="", metavar="RESULTS.json",
                    help="evaluate: score this COCO-results file instead of running a model")

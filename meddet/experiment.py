@@ -653,7 +653,8 @@ def _execute(cfg: CfgNode, key: RunKey, run_dir: Path, gt_path: str) -> dict[str
     import meddet.tasks
 
     t0 = time.perf_counter()
-    resume = (run_dir / "last_checkpoint").exists()
+    # anything a killed training leaves (the trainer refuses such a folder without resume)
+    resume = any((run_dir / n).exists() for n in ("last_checkpoint", "metrics.json")) or any(run_dir.glob("model_*.pth"))
     logger.info("Run %s: %s training in %s", key, "resuming" if resume else "starting", run_dir)
     meddet.engine.train(cfg, resume=resume)
     eval_cfg = cfg.clone()

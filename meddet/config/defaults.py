@@ -144,6 +144,10 @@ _C.DATASETS.IMAGE_ROOT = ""
 # Class names in model-index order (our key). Empty: taken from the training COCO's categories;
 # the trainer writes them into the run's config.yaml so evaluate/predict know them.
 _C.DATASETS.CLASS_NAMES = []
+# Boxes reaching outside their image: False clips them to it (and drops those with nothing inside),
+# counted in one warning naming the images, for training and for the ground truth of evaluation;
+# True stops with an error naming the file, the image and the box.
+_C.DATASETS.STRICT_BOXES = False
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from meddet.data.coco import class_names, coco_to_records, load_coco
+from meddet.data.coco import class_names, clip_coco_boxes, coco_to_records, load_coco
 from meddet.data.tiling import TilingParams, clip_boxes_to_window, tile_records
 from meddet.data.transforms import (
     apply_augmentation,
@@ -25,14 +25,19 @@ from meddet.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
-def load_records(json_paths: Sequence[str], image_root: str = "") -> tuple[list[dict], list[str]]:
-    """Records of one or more COCO files that must share the same categories."""
+def load_records(json_paths: Sequence[str], image_root: str = "", strict_boxes: bool = False
+                 ) -> tuple[list[dict], list[str]]:
+    """Records of one or more COCO files that must share the same categories.
+
+    Boxes are clipped to their image and those left with nothing inside dropped (counted, one
+    warning naming the images; `strict_boxes`, DATASETS.STRICT_BOXES: an error instead), so the
+    model trains and validates on the boxes it can see (meddet.data.coco.clip_coco_boxes)."""
     if not json_paths:
         raise ConfigError("no dataset given: set DATASETS.TRAIN / DATASETS.TEST to COCO JSON files")
     records: list[dict] = []
     names: list[str] | None = None
     for p in json_paths:
-        coco = load_coco(p)
+        coco, _ = clip_coco_boxes(load_coco(p), str(p), strict=strict_boxes)
         n = class_names(coco)
         if names is not None and n != names:
             raise DataError(f"{p}: categories {n} differ from those of {json_paths[0]} ({names})")
@@ -420,16 +425,28 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
     DATALOADER.FILTER_EMPTY_ANNOTATIONS then applies to tiles, and DATALOADER.SAMPLER_TRAIN samples them."""
     names = list(cfg.DATASETS.CLASS_NAMES)
     if records is None:
-        records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
-    what = "images"
+        records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
+                                      bool(cfg.DATASETS.STRICT_BOXES))
+    files = ", ".join(map(str, cfg.DATASETS.TRAIN)) or "DATASETS.TRAIN"
+    if not records:
+        raise DataError(f"{files}: the training split holds no images (DATASETS.TRAIN); expected a COCO file "
+                        "with at least one image (an empty split of a small dataset? re-split it)")
+    n_images, what = len(records), "images"
     if cfg.TILING.ENABLED:
         records = tile_records(records, TilingParams.from_cfg(cfg, names), names)
         what = "tiles"
+        if not records:
+            raise DataError(f"{files}: none of its {n_images} images gives a training tile with the TILING.* "
+                            "settings (KEEP_CLASSES, NEGATIVE_FRACTION, MIN_VISIBLE); expected at least one")
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         kept = [r for r in records if r["annotations"]]
         if len(kept) < len(records):
             logger.info("Training on %d of %d %s (%d without boxes left out: DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
                         len(kept), len(records), what, len(records) - len(kept))
+        if not kept:
+            raise DataError(f"{files}: none of its {len(records)} {what} has a box, and "
+                            "DATALOADER.FILTER_EMPTY_ANNOTATIONS leaves such images out; expected boxes in the "
+                            "training split (or set DATALOADER.FILTER_EMPTY_ANNOTATIONS False)")
         records = kept
     for f in dict.fromkeys(r["file_name"] for r in records):
         if not Path(f).is_file():
@@ -458,7 +475,7 @@ def build_test_loader(cfg, json_path: str, batch_size: int = 1, with_boxes: bool
     `tiles` yields the tiles of the images instead (TILING.SIZE/OVERLAP/MIN_VISIBLE; every tile, the
     KEEP_CLASSES/NEGATIVE_FRACTION training filters do not apply) and returns the tile records, whose
     image ids are those of meddet.data.tiling.tile_coco on the same COCO (tile-level evaluation)."""
-    records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT)
+    records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT, bool(cfg.DATASETS.STRICT_BOXES))
     if tiles:
         params = TilingParams.from_cfg(cfg, names).for_evaluation()
         records = tile_records(records, params, names)

@@ -191,6 +191,7 @@ def run_evaluation(
     extra_sections: Sequence[tuple[str, str]] = (),
     gt_source: str | os.PathLike | None = None,
     predictions_source: str | os.PathLike | None = None,
+    strict_boxes: bool = False,
 ) -> EvaluationResult:
     """Evaluate COCO-results `predictions` (list or JSON file; category ids in the ground
     truth's id space) against the COCO ground truth `gt` (dict as `load_coco` returns, or file).
@@ -208,14 +209,17 @@ def run_evaluation(
     (``EVAL.BOOTSTRAP_UNIT``: ``patient``, ``image`` or an image field) is what a resample draws. When `out_dir` is
     given, every file is written there (`EvaluationResult.write`); `image_root`
     (``DATASETS.IMAGE_ROOT``; default: the folder of `gt` when it is a file), `gallery_size`
-    (``EVAL.GALLERY_SIZE``) and `dicom_kwargs` serve the error galleries.
+    (``EVAL.GALLERY_SIZE``) and `dicom_kwargs` serve the error galleries. Ground-truth boxes
+    reaching outside their image are clipped to it (dropped when nothing is left), as in training;
+    `strict_boxes` (``DATASETS.STRICT_BOXES``) makes them an error.
     """
     iou_thresh = _check_thresh(iou_thresh, "EVAL.IOU_THRESH (iou_thresh)", low_open=True)
     check_backend(backend)
     bootstrap_samples = _check_count(bootstrap_samples, "EVAL.BOOTSTRAP_SAMPLES (bootstrap_samples)")
     gallery_size = _check_count(gallery_size, "EVAL.GALLERY_SIZE (gallery_size)")
     t0 = time.perf_counter()
-    data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source)
+    data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source,
+                              strict_boxes=bool(strict_boxes))
     score_thresh = _check_score_thresh(score_thresh, data.class_names)
     max_dets = _check_count(max_dets, "EVAL.MAX_DETS (max_dets)")
     coco = coco_evaluate(data, backend, max_dets)
@@ -267,8 +271,8 @@ def evaluate(
 
 def evaluation_kwargs(cfg) -> dict[str, Any]:
     """The keyword arguments of `run_evaluation` / `evaluate` from a config: TEST.SCORE_THRESH
-    (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty) and the
-    DICOM pixel options."""
+    (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty),
+    DATASETS.STRICT_BOXES and the DICOM pixel options."""
     from meddet.data.dataset import dicom_kwargs
 
     class_thresh = list(cfg.TEST.CLASS_SCORE_THRESH)
@@ -287,4 +291,5 @@ def evaluation_kwargs(cfg) -> dict[str, Any]:
         "image_root": cfg.DATASETS.IMAGE_ROOT or None,
         "gallery_size": cfg.EVAL.GALLERY_SIZE,
         "dicom_kwargs": dicom_kwargs(cfg),
+        "strict_boxes": bool(cfg.DATASETS.STRICT_BOXES),
     }

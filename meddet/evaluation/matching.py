@@ -25,7 +25,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from meddet.data.coco import load_coco
+from meddet.data.coco import clip_coco_boxes, load_coco
 from meddet.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -192,15 +192,21 @@ class EvalData:
         *,
         gt_source: str | os.PathLike | None = None,
         predictions_source: str | os.PathLike | None = None,
+        strict_boxes: bool = False,
     ) -> "EvalData":
         """Validate and convert a COCO ground truth (dict or file) and COCO-results predictions
         (list or file). Prediction category ids are in the ground truth's id space. Errors name the
         files: their paths, or `gt_source` / `predictions_source` (the files the dicts were read
-        from) when given dicts. Numbers must be JSON numbers: ``"0.9"`` is an error, not 0.9."""
+        from) when given dicts. Numbers must be JSON numbers: ``"0.9"`` is an error, not 0.9.
+
+        Ground-truth boxes reaching outside their image are clipped to it and those with nothing
+        inside dropped, as for training (meddet.data.coco.clip_coco_boxes; `strict_boxes`: an error)."""
         if not isinstance(gt, dict):
             gt_source = gt_source or str(gt)
             gt = load_coco(gt)
         gt_source = str(gt_source) if gt_source else "ground truth"
+        if isinstance(gt.get("images"), list) and isinstance(gt.get("annotations"), list):
+            gt, _ = clip_coco_boxes(gt, gt_source, strict=strict_boxes)
         if isinstance(predictions, (str, os.PathLike)):
             predictions_source = predictions_source or str(predictions)
             predictions = load_predictions(predictions)
