@@ -185,6 +185,9 @@ def load_dicom(path: str | os.PathLike, *, headers_only: bool = False) -> Datase
     if "PixelData" not in ds and not headers_only:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise DicomError(f"{path}: float pixel data is not supported (expected integer Pixel Data)")
+        if _has_pixel_tag(path):
+            raise DicomError(f"{path}: truncated file: the pixel data ends early ({path.stat().st_size:,} bytes; "
+                             "expected a complete DICOM image, copy or export the file again)")
         raise DicomError(f"{path}: DICOM file has no pixel data (expected an image, found SOP class {_sop_name(ds)})")
     for tag in ("Rows", "Columns"):
         if tag not in ds:
@@ -193,6 +196,13 @@ def load_dicom(path: str | os.PathLike, *, headers_only: bool = False) -> Datase
     if frames > 1:
         raise DicomError(f"{path}: multi-frame DICOM with {frames} frames (expected a single 2-D image)")
     return ds
+
+
+def _has_pixel_tag(path: Path) -> bool:
+    """Whether the file holds the Pixel Data tag (7FE0,0010) although pydicom read none: a truncated file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
 def _force_read(path: Path, headers_only: bool) -> Dataset:
@@ -226,8 +236,9 @@ def stored_pixels(ds: Dataset, source: str | os.PathLike = "") -> np.ndarray:
         arr = ds.pixel_array
     except Exception as e:  # decoder plugins raise their own types
         ts = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        what = "truncated file: " if "less than expected" in str(e) else ""
         raise DicomError(
-            f"{src}: cannot decode the pixel data (transfer syntax {getattr(ts, 'name', ts)}): {e}"
+            f"{src}: {what}cannot decode the pixel data (transfer syntax {getattr(ts, 'name', ts)}): {e}"
         ) from None
     if arr.ndim != 2:
         raise DicomError(f"{src}: decoded pixel data has shape {arr.shape} (expected a single 2-D image)")
