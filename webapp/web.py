@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(predictor, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      max_queue=args.max_queue, cors_origins=args.cors_origin)
     print(f"serving http://{args.host}:{args.port}/", file=sys.stderr)
-    serve(app, host=args.host, port=args.port, threads=args.threads,
+    # recv_bytes: read uploads in 256 KB chunks (waitress's 8 KB makes a 14 MB DICOM take twice as long)
+    serve(app, host=args.host, port=args.port, threads=args.threads, recv_bytes=256 * 1024,
           max_request_body_size=int(args.max_upload_mb * 1024 * 1024) + 1024 * 1024)
     return 0
 

@@ -61,6 +61,7 @@
       this.W = pred.image.width; this.H = pred.image.height;
       this.mirror = !!(opts && opts.mirror);
       this.zoomable = !!(opts && opts.zoomable);
+      this.align = (opts && opts.align) || "center";  // hanging: right views against the right edge, left views the left
       this.heat = (opts && opts.heat) || new Map();
       this.detail = null; this.fitted = true; this.s = 1; this.tx = 0; this.ty = 0;
       this.crops = 0; this.timer = null; this.abort = null;
@@ -76,7 +77,9 @@
     fitScale() { return Math.min(this.canvas.width / this.W, this.canvas.height / this.H); }
     fit() {
       this.s = this.fitScale();
-      this.tx = (this.canvas.width - this.W * this.s) / 2; this.ty = (this.canvas.height - this.H * this.s) / 2;
+      const room = this.canvas.width - this.W * this.s;
+      this.tx = this.align === "right" ? room : this.align === "left" ? 0 : room / 2;
+      this.ty = (this.canvas.height - this.H * this.s) / 2;
       this.fitted = true;
     }
     clamp() {  // keep the image on screen: centred when smaller than the canvas, no empty margin when larger
@@ -162,7 +165,8 @@
       this.canvas.dataset.visible = String(dets.length);
       this.canvas.dataset.heatmaps = String(maps);
       this.canvas.dataset.crops = String(this.crops);
-      this.canvas.dataset.view = JSON.stringify({ s: this.s, tx: this.tx, ty: this.ty, mirror: this.mirror, width: this.W, height: this.H });
+      this.canvas.dataset.view = JSON.stringify({ s: this.s, tx: this.tx, ty: this.ty, mirror: this.mirror, width: this.W, height: this.H,
+        canvas: [cw, ch] });
     }
   }
 
@@ -312,8 +316,11 @@
     c.setAttribute("role", "button");
     c.setAttribute("aria-label", (name || "image") + ": open to zoom");
     cap.textContent = name + (v.mirror ? " (mirrored)" : "") + (v.reason ? " — " + v.reason : "");
+    cap.title = cap.textContent;
     fig.append(c, cap);
-    const view = new View(c, v, pics.get(v), { mirror: v.mirror });
+    // in the hanging protocol the chest walls meet in the middle: right views against their cell's right edge
+    const align = v.view && !v.reason ? (v.laterality === "R" ? "right" : "left") : "center";
+    const view = new View(c, v, pics.get(v), { mirror: v.mirror, align });
     exam.views.push(view);
     const open = () => openSingle(v, pics.get(v), new Map(), v.mirror, true);
     c.addEventListener("click", open);
