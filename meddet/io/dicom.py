@@ -186,8 +186,8 @@ def load_dicom(path: str | os.PathLike, *, headers_only: bool = False) -> Datase
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise DicomError(f"{path}: float pixel data is not supported (expected integer Pixel Data)")
         if _has_pixel_tag(path):
-            raise DicomError(f"{path}: truncated file: the pixel data ends early ({path.stat().st_size:,} bytes; "
-                             "expected a complete DICOM image, copy or export the file again)")
+            raise DicomError(f"{path}: truncated file: the pixel data ends early (expected a complete DICOM "
+                             "image; copy or export the file again)")
         raise DicomError(f"{path}: DICOM file has no pixel data (expected an image, found SOP class {_sop_name(ds)})")
     for tag in ("Rows", "Columns"):
         if tag not in ds:
@@ -198,10 +198,16 @@ def load_dicom(path: str | os.PathLike, *, headers_only: bool = False) -> Datase
     return ds
 
 
-def _has_pixel_tag(path: Path) -> bool:
-    """Whether the file holds the Pixel Data tag (7FE0,0010) although pydicom read none: a truncated file."""
-    with open(path, "rb") as f:
-        data = f.read()
+def _has_pixel_tag(source: Path | bytes) -> bool:
+    """Whether the file (a path or its bytes) holds the Pixel Data tag (7FE0,0010) although pydicom read
+    none: a truncated file (an encapsulated pixel data element cut short is dropped whole by pydicom)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError:
+            return False
     return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
