@@ -354,7 +354,7 @@ def _load_model(model):
 
 def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, max_queue: int = 4,
                cors_origins: Sequence[str] = (), explain_timeout_s: float = 30.0, explain_max_detections: int = 5,
-               explain_max_side: int = 2048, image_store_items: int = 16, image_store_mb: float = 512,
+               explain_max_side: int = 2048, image_store_items: int = 16, image_store_mb: float = 256,
                image_store_ttl_s: float = 600.0) -> Flask:
     """The web app over `model` (any meddet.inference.DetectorLike: a Predictor, a tiled one, an
     EnsemblePredictor; or a bundle folder, an ensemble bundle or a Hub repo id).
