@@ -2,6 +2,7 @@
 
     python benchmarks/web_load.py --model BUNDLE_OR_REPO_ID [--clients 4] [--requests 40]
     python benchmarks/web_load.py --model BUNDLE --image png --size 2048      # the older PNG run
+    python benchmarks/web_load.py --synthetic-model 18 --single 4 --requests 8   # no bundle at hand
 
 Generates one synthetic full-field mammogram with meddet.synth (default: `--rows` 4500 x `--cols` 2800,
 16-bit, RLE-compressed DICOM, as a clinician's upload), starts `webapp/web.py` (waitress) as a subprocess on
@@ -13,12 +14,17 @@ server's peak memory (VmHWM). The same file is then predicted directly (``predic
 one at a time) and the web layer's overhead is reported for one client (latency) and for the concurrent
 run (throughput: the server runs one image at a time). Targets (issue 14, 2 CPU cores): response <= 1 MB,
 one-client p50 <= 2.0 s, web overhead <= 15%. Exit status 1 when any request failed.
+
+`--synthetic-model DEPTH` serves a ResNet-DEPTH FPN Faster R-CNN with random weights at the default test
+size (shortest edge 800, longest <= 1333) exported as a bundle in a temporary folder: the cost of a real
+model of that size, with meaningless boxes (up to 100 per image), when no trained bundle is at hand.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -66,6 +72,26 @@ def _dicom(rows: int, cols: int, path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _synthetic_bundle(depth: int, root: Path) -> Path:
+    """A bundle of a random-weight ResNet-`depth` FPN Faster R-CNN at the default test size (no download)."""
+    import torch
+
+    from meddet.config import load_config, save_config
+    from meddet.hub import export_bundle
+    from meddet.modeling import build_model
+
+    run = root / "synthetic_run"
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(str(REPO / "configs" / "Base-RCNN-FPN.yaml"), [
+        "MODEL.DEVICE", "cpu", "MODEL.ENGINE", "torchvision", "MODEL.RESNETS.DEPTH", str(depth),
+        "MODEL.ROI_HEADS.NUM_CLASSES", "2", "DATASETS.CLASS_NAMES", "['mass', 'calcification']",
+        "OUTPUT_DIR", str(run)])
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict(), "iteration": 0}, run / "model_final.pth")
+    save_config(cfg, run / "config.yaml")
+    return export_bundle(run, root / "synthetic_bundle", untuned=True)
+
+
 def _multipart(data: bytes) -> tuple[bytes, str]:
     boundary = "meddetbenchboundary7f3a"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"bench\"\r\n"
@@ -73,19 +99,24 @@ def _multipart(data: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _post(url: str, body: bytes, ctype: str, sizes: list[int] | None = None) -> tuple[float, int]:
-    """Upload-to-result seconds (the whole answer read) and the status; the answer's size is added to `sizes`."""
+def _post(url: str, body: bytes, ctype: str, sizes: list[int] | None = None,
+          model_s: list[float] | None = None) -> tuple[float, int]:
+    """Upload-to-result seconds (the whole answer read) and the status; the answer's size is added to `sizes`,
+    the server's own model time (inference_ms) to `model_s`."""
     t0 = time.perf_counter()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
-            n = len(r.read())
+            raw = r.read()
             status = r.status
     except urllib.error.HTTPError as e:
-        n, status = len(e.read()), e.code
+        raw, status = e.read(), e.code
+    elapsed = time.perf_counter() - t0
     if sizes is not None:
-        sizes.append(n)
-    return time.perf_counter() - t0, status
+        sizes.append(len(raw))
+    if model_s is not None and status == 200:
+        model_s.append(json.loads(raw)["inference_ms"] / 1000)
+    return elapsed, status
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -101,7 +132,9 @@ def _pct(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="model bundle folder or Hugging Face repo id")
+    ap.add_argument("--model", help="model bundle folder or Hugging Face repo id")
+    ap.add_argument("--synthetic-model", type=int, metavar="DEPTH", choices=(18, 34, 50, 101),
+                    help="instead of --model: a random-weight ResNet-DEPTH FPN model at the default test size")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=16, help="requests in the concurrent run")
     ap.add_argument("--image", choices=("dicom", "png"), default="dicom",
@@ -113,8 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--display-max-side", type=int, default=2048, help="what the page asks (its screen)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    if (args.model is None) == (args.synthetic_model is None):
+        ap.error("give --model or --synthetic-model")
 
     tmp = Path(tempfile.mkdtemp(prefix="meddet-bench-"))
+    model_name = args.model
+    if args.synthetic_model is not None:
+        args.model = str(_synthetic_bundle(args.synthetic_model, tmp))
+        model_name = f"random-weight R{args.synthetic_model}-FPN (800 x 1333 test size)"
     if args.image == "dicom":
         png = tmp / "bench.dcm"
         data = _dicom(args.rows, args.cols, png)
@@ -162,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         worker = ThreadPoolExecutor(1)
         worker.submit(direct_call).result()  # warm-up
         sizes: list[int] = []
-        single, direct = [], []
+        single, direct, server_model = [], [], []
         for _ in range(max(3, args.single)):
-            single.append(_post(url, body, ctype, sizes))
+            single.append(_post(url, body, ctype, sizes, server_model))
             direct.append(worker.submit(direct_call).result())
         worker.shutdown()
 
@@ -200,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     paired = statistics.median(w / d for w, d in zip(single_lat, direct))
     report = {
         "image": what,
+        "model": model_name,
         "cpu_threads": os.cpu_count(),
         "response_bytes_max": max(sizes),
         "response_bytes_p50": int(statistics.median(sizes)),
@@ -211,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         "direct_p95_ms": round(_pct(direct, 95), 1),
         "latency_overhead_pct": round(overhead, 1),
         "latency_overhead_paired_p50_pct": round((paired - 1) * 100, 1),
+        # everything but the model call: upload, decoding, display picture, JSON, transfer (upload-to-result minus
+        # the server's inference_ms); the direct call pays the decoding too
+        "outside_model_p50_ms": round(statistics.median(t - m for t, m in zip(single_lat, server_model)) * 1000, 1),
+        "server_model_p50_ms": round(statistics.median(server_model) * 1000, 1),
         "clients": args.clients,
         "requests": len(results),
         "errors": errors,
@@ -228,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ok, value in targets:
         print(f"target {name:26s} {value:>10s}  {'met' if ok else 'MISSED'}")
     print(json.dumps(report))
+    shutil.rmtree(tmp, ignore_errors=True)
     return 1 if errors else 0
 
 
