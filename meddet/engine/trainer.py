@@ -206,6 +206,10 @@ class Trainer:
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but the training data "
                 f"has {len(names)} categories {names}"
             )
+        # The engine that trains, recorded in config.yaml (auto: the engine of the weights it starts from).
+        from meddet.modeling.build import resolve_engine
+
+        cfg.MODEL.ENGINE = resolve_engine(cfg.MODEL.ENGINE, ckpt or cfg.MODEL.WEIGHTS or None)
         cfg.freeze()
         self.cfg = cfg
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
@@ -231,7 +235,7 @@ class Trainer:
             logger.info("Resuming from %s at iteration %d%s", ckpt, self.start_iter,
                         f" ({dropped} metrics lines after it dropped: they are re-run)" if dropped else "")
         elif cfg.MODEL.WEIGHTS:
-            load_model_weights(self.model, cfg.MODEL.WEIGHTS)
+            load_model_weights(self.model, cfg.MODEL.WEIGHTS, cfg)
 
         # One model object for checkpoints/evaluation; DistributedDataParallel only for the training step.
         self.train_model = self.model

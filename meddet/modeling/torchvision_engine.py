@@ -48,6 +48,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from yacs.config import CfgNode
 
 from meddet.errors import ConfigError, DataError, ModelError
+from meddet.modeling.checkpoint import architecture_of
 
 logger = logging.getLogger(__name__)
 
@@ -719,6 +720,7 @@ class TorchvisionRCNN(FasterRCNN):
         )
         self.transform = MeddetRCNNTransform(mean, std, flip_channels=flip)
         self.num_classes = num_classes
+        self.architecture = architecture_of(cfg)  # stored in every checkpoint (meddet.modeling.checkpoint)
         self.input_format = cfg.INPUT.FORMAT
         self._loss_weights = {
             "loss_rpn_cls": float(m.RPN.LOSS_WEIGHT),
