@@ -15,6 +15,7 @@ from meddet.errors import ConfigError
 __all__ = ["CfgNode", "get_cfg", "load_config", "merge_yaml", "merge_overrides", "save_config"]
 
 BASE_KEY = "_BASE_"
+CONFIG_VERSION = 2  # detectron2's config VERSION whose key names meddet reads
 
 
 def _load_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -70,6 +71,11 @@ def merge_yaml(cfg: CfgNode, path: str | os.PathLike) -> CfgNode:
         cfg.merge_from_other_cfg(CfgNode(data))
     except (ValueError, KeyError, AssertionError, TypeError) as e:
         raise ConfigError(f"{path}: {e}") from None
+    if cfg.VERSION != CONFIG_VERSION:
+        raise ConfigError(
+            f"{path}: VERSION {cfg.VERSION!r}; expected {CONFIG_VERSION}, detectron2's current config version "
+            "(older configs need detectron2's upgrade_config first)"
+        )
     return cfg
 
 

@@ -211,6 +211,10 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+# detectron2's legacy bias settings: bias learning rate = BASE_LR x BIAS_LR_FACTOR; bias weight decay
+# WEIGHT_DECAY_BIAS (None: the weight decay of the layer's other parameters).
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
@@ -221,7 +225,9 @@ _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.IMS_PER_BATCH = 16
 _C.SOLVER.CLIP_GRADIENTS = CN()
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
-# "value" | "norm"
+# detectron2's meaning: "value" (clamp each gradient element to +-CLIP_VALUE) | "norm" (each parameter's
+# gradient on its own to a NORM_TYPE-norm <= CLIP_VALUE); and "full_model" (the name detectron2-based
+# projects use): all gradients together to a joint norm <= CLIP_VALUE.
 _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
 _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0

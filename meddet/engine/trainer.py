@@ -20,7 +20,7 @@ from tqdm import tqdm
 from meddet.config import save_config
 from meddet.engine import comm
 from meddet.engine.events import EventStorage, JSONWriter, TensorboardWriter, truncate_metrics
-from meddet.engine.solver import build_lr_scheduler, build_optimizer
+from meddet.engine.solver import build_lr_scheduler, build_optimizer, clip_gradients
 from meddet.errors import ConfigError, MeddetError
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,11 @@ class Trainer:
         self.device = resolve_device(cfg.MODEL.DEVICE)
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", comm.get_local_rank())
+        if self.device.type == "cuda":  # detectron2 sets it for training (default_setup)
+            torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+        if cfg.VIS_PERIOD > 0:
+            raise ConfigError(f"VIS_PERIOD: {cfg.VIS_PERIOD}; meddet draws no training visualizations, expected 0 "
+                              "(see the run's predictions with -c predict / -c evaluate's error galleries)")
         self.model = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -379,17 +384,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         clip = self.cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED:
+        if clip.ENABLED:  # detectron2's meaning of CLIP_TYPE (meddet.engine.solver.clip_gradients)
             self.scaler.unscale_(self.optimizer)
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            if clip.CLIP_TYPE == "norm":
-                torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
-            elif clip.CLIP_TYPE == "value":
-                torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
-            else:
-                raise ConfigError(
-                    f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: expected 'value' or 'norm', found {clip.CLIP_TYPE!r}"
-                )
+            clip_gradients(clip, self.optimizer)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         step_time = time.perf_counter() - t0

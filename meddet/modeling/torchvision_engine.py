@@ -124,6 +124,11 @@ def _check_unsupported(cfg: CfgNode) -> None:
             "convolutions, which the torchvision engine does not build; expected all False"
         )
     _expect("MODEL.ANCHOR_GENERATOR.OFFSET", m.ANCHOR_GENERATOR.OFFSET, [0.0])
+    _expect("MODEL.ANCHOR_GENERATOR.ANGLES", [list(a) for a in m.ANCHOR_GENERATOR.ANGLES], [[[-90, 0, 90]]],
+            "angles belong to rotated anchors (RotatedAnchorGenerator), which the torchvision engine does not build")
+    # torchvision's matchers label below the low threshold background, between ignored, above foreground
+    _expect("MODEL.RPN.IOU_LABELS", list(m.RPN.IOU_LABELS), [[0, -1, 1]])
+    _expect("MODEL.ROI_HEADS.IOU_LABELS", list(m.ROI_HEADS.IOU_LABELS), [[0, 1]])
     _expect("MODEL.RPN.BOUNDARY_THRESH", m.RPN.BOUNDARY_THRESH, [-1])
     _expect("MODEL.RPN.BBOX_REG_WEIGHTS", tuple(m.RPN.BBOX_REG_WEIGHTS), [(1.0, 1.0, 1.0, 1.0)])
     _expect("MODEL.RPN.BBOX_REG_LOSS_TYPE", m.RPN.BBOX_REG_LOSS_TYPE, ["smooth_l1"])
@@ -360,15 +365,17 @@ class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
 
 class D2RegionProposalNetwork(RegionProposalNetwork):
     """torchvision's RPN with detectron2's proposal selection (``find_top_rpn_proposals``): per-level
-    top-k, clip, drop empty boxes, NMS per level ranked by the objectness *logits* and keep the top
+    top-k, clip, drop boxes not wider and higher than ``MODEL.PROPOSAL_GENERATOR.MIN_SIZE`` (0: empty ones),
+    NMS per level ranked by the objectness *logits* and keep the top
     ``POST_NMS_TOPK``. torchvision ranks NMS by sigmoid probabilities, which tie at 1.0 in float32 for the
     confident logits (> ~17) of trained models and then keep other proposals than detectron2.
 
     The losses are detectron2's (``RPN.losses``): see :meth:`compute_loss`."""
 
-    def __init__(self, *args: Any, smooth_l1_beta: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, smooth_l1_beta: float = 0.0, min_box_size: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
+        self.min_box_size = float(min_box_size)  # MODEL.PROPOSAL_GENERATOR.MIN_SIZE
 
     def compute_loss(  # type: ignore[override]
         self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
@@ -406,7 +413,8 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         final_boxes, final_scores = [], []
         for boxes, logits, lvl, shape in zip(proposals, objectness, levels, image_shapes):
             boxes = clip_boxes_to_image(boxes, shape)
-            keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+            wh = boxes[:, 2:] - boxes[:, :2]
+            keep = (wh > self.min_box_size).all(dim=1)  # detectron2: Boxes.nonempty(threshold=MIN_SIZE)
             keep &= torch.isfinite(boxes).all(dim=1) & torch.isfinite(logits)
             boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
             keep = batched_nms(boxes, logits, lvl, self.nms_thresh)[: self.post_nms_top_n()]
@@ -702,6 +710,7 @@ class TorchvisionRCNN(FasterRCNN):
             post_nms_top_n={"training": int(m.RPN.POST_NMS_TOPK_TRAIN), "testing": int(m.RPN.POST_NMS_TOPK_TEST)},
             nms_thresh=float(m.RPN.NMS_THRESH),
             smooth_l1_beta=smooth_l1_beta("MODEL.RPN.SMOOTH_L1_BETA", m.RPN.SMOOTH_L1_BETA),
+            min_box_size=float(m.PROPOSAL_GENERATOR.MIN_SIZE),
         )
         self.roi_heads = D2RoIHeads(
             self.roi_heads.box_roi_pool,

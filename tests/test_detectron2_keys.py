@@ -1,0 +1,198 @@
+"""detectron2's meaning for detectron2's keys (issue 20 item 3): gradient clipping per parameter, bias and norm
+optimizer settings, aspect-ratio grouping, CUDNN_BENCHMARK, VIS_PERIOD and the model keys the torchvision
+engine used to ignore."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import small_model_cfg
+
+from meddet.config import get_cfg
+from meddet.data.dataset import TrainingBatchSampler
+from meddet.engine.solver import build_optimizer, clip_gradients, optimizer_param_groups
+from meddet.errors import ConfigError, ModelError
+
+
+def _clip_cfg(kind: str, value: float = 5.0):
+    cfg = get_cfg()
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = kind
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = value
+    return cfg
+
+
+def _two_params(grads):
+    params = [nn.Parameter(torch.zeros(len(g))) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = torch.tensor(g)
+    return params, torch.optim.SGD(params, lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        # detectron2's "norm": each parameter on its own (|g1| = 5 stays, |g2| = 10 halves)
+        ("norm", [[3.0, 4.0], [3.0, 4.0]]),
+        # "full_model": all together (joint norm sqrt(125) -> 5)
+        ("full_model", [[3.0 / math.sqrt(5), 4.0 / math.sqrt(5)], [6.0 / math.sqrt(5), 8.0 / math.sqrt(5)]]),
+        ("value", [[3.0, 4.0], [5.0, 5.0]]),
+    ],
+)
+def test_clip_types_have_detectron2s_meaning(kind, expected):
+    params, opt = _two_params([[3.0, 4.0], [6.0, 8.0]])
+    clip_gradients(_clip_cfg(kind).SOLVER.CLIP_GRADIENTS, opt)
+    for p, e in zip(params, expected):
+        assert torch.allclose(p.grad, torch.tensor(e), atol=1e-5), (kind, p.grad)
+
+
+def test_unknown_clip_type_is_refused_when_the_optimizer_is_built():
+    with pytest.raises(ConfigError, match="CLIP_TYPE: expected one of value, norm, full_model, found 'global'"):
+        build_optimizer(_clip_cfg("global"), nn.Linear(2, 2))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+
+def _hyper(cfg, model):
+    """{parameter name: (lr, weight_decay)} of the optimizer's groups."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer_param_groups(cfg, model)
+            for p in g["params"]}
+
+
+def test_param_groups_follow_detectron2s_get_default_optimizer_params():
+    model = _Net()
+    cfg = get_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_NORM = 0.1, 1e-4, 0.0
+    assert _hyper(cfg, model) == {"conv.weight": (0.1, 1e-4), "conv.bias": (0.1, 1e-4), "norm.weight": (0.1, 0.0),
+                                  "norm.bias": (0.1, 0.0), "fc.weight": (0.1, 1e-4), "fc.bias": (0.1, 1e-4)}
+    assert len(optimizer_param_groups(cfg, model)) == 2  # same values share a group
+    cfg.SOLVER.BIAS_LR_FACTOR, cfg.SOLVER.WEIGHT_DECAY_BIAS = 2.0, 0.5
+    hyper = _hyper(cfg, model)
+    assert hyper["conv.bias"] == hyper["fc.bias"] == hyper["norm.bias"] == (0.2, 0.5)  # bias wins over norm
+    assert hyper["norm.weight"] == (0.1, 0.0) and hyper["conv.weight"] == (0.1, 1e-4)
+    opt = build_optimizer(cfg, model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 0.5)  # the schedule scales every group
+    assert sorted({g["lr"] for g in opt.param_groups}) == [0.05, 0.1]
+    assert sched is not None
+
+
+def test_frozen_parameters_are_left_out():
+    model = _Net()
+    model.conv.weight.requires_grad_(False)
+    assert "conv.weight" not in _hyper(get_cfg(), model)
+
+
+# ------------------------------------------------------------------------------------- aspect-ratio grouping
+def _batches(sampler, n):
+    return [b for b in itertools.islice(iter(sampler), n)]
+
+
+def test_aspect_ratio_grouping_gives_batches_of_one_orientation_and_resumes():
+    wide = [i % 3 == 0 for i in range(30)]
+    sampler = TrainingBatchSampler(30, 4, seed=1, groups=wide)
+    batches = _batches(sampler, 40)
+    for b in batches:
+        assert len(b) == 4 and len({wide[i] for _, i in b}) == 1
+    positions = [p for b in batches for p, _ in b]
+    assert len(set(positions)) == len(positions)  # every item its own augmentation seed
+    resumed = _batches(TrainingBatchSampler(30, 4, seed=1, start_iter=25, groups=wide), 15)
+    assert resumed == batches[25:]
+    # two processes share each global batch
+    halves = [_batches(TrainingBatchSampler(30, 4, seed=1, rank=r, world_size=2, groups=wide), 5) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == batches[:5]
+
+
+def test_aspect_ratio_grouping_saves_padding_on_mixed_orientations():
+    """Padding of a batch is what its images leave of the largest height x largest width."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sizes = [(800, 1333) if rng.random() < 0.5 else (1333, 800) for _ in range(200)]  # (h, w) after resizing
+    wide = [w > h for h, w in sizes]
+
+    def padded_fraction(sampler):
+        pad = total = 0
+        for b in _batches(sampler, 200):
+            hs, ws = zip(*(sizes[i] for _, i in b))
+            area = len(b) * max(hs) * max(ws)
+            pad += area - sum(h * w for h, w in zip(hs, ws))
+            total += area
+        return pad / total
+
+    plain = padded_fraction(TrainingBatchSampler(200, 4, seed=0))
+    grouped = padded_fraction(TrainingBatchSampler(200, 4, seed=0, groups=wide))
+    assert grouped == 0.0 and plain > 0.3  # mixed batches of 800x1333 and 1333x800 are ~40% padding
+
+
+def test_aspect_ratio_grouping_refuses_quarter_turns(tiny_cfg):
+    from meddet.data.dataset import build_train_loader
+
+    cfg = tiny_cfg.clone()
+    cfg.merge_from_list(["DATALOADER.ASPECT_RATIO_GROUPING", True, "AUG.ROT90_PROB", 0.5])
+    with pytest.raises(ConfigError, match="ASPECT_RATIO_GROUPING True with AUG.ROT90_PROB 0.5"):
+        build_train_loader(cfg)
+    cfg.AUG.ROT90_PROB = 0.0
+    loader, _ = build_train_loader(cfg)
+    batch = next(iter(loader))
+    assert len({b["image"].shape[-1] > b["image"].shape[-2] for b in batch}) == 1
+
+
+# ------------------------------------------------------------------------------------- other keys
+def test_vis_period_is_refused(tiny_cfg):
+    from meddet.engine import Trainer
+
+    cfg = tiny_cfg.clone()
+    cfg.VIS_PERIOD = 20
+    with pytest.raises(ConfigError, match="VIS_PERIOD: 20"):
+        Trainer(cfg)
+
+
+@pytest.mark.parametrize(
+    ("opts", "key"),
+    [
+        (["MODEL.RPN.IOU_LABELS", [-1, 0, 1]], "MODEL.RPN.IOU_LABELS"),
+        (["MODEL.ROI_HEADS.IOU_LABELS", [1, 0]], "MODEL.ROI_HEADS.IOU_LABELS"),
+        (["MODEL.ANCHOR_GENERATOR.ANGLES", [[0]]], "MODEL.ANCHOR_GENERATOR.ANGLES"),
+    ],
+)
+def test_torchvision_engine_refuses_keys_it_cannot_honour(opts, key):
+    from meddet.modeling import build_model
+
+    with pytest.raises(ModelError, match=key):
+        build_model(small_model_cfg("torchvision", *opts))
+
+
+def test_proposal_min_size_drops_small_proposals():
+    from meddet.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(small_model_cfg("torchvision"))
+    model.eval()
+    proposals = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 3.0, 30.0], [5.0, 5.0, 40.0, 40.0]]])
+    logits = torch.tensor([[3.0, 2.0, 1.0]])
+    boxes, _ = model.rpn.filter_proposals(proposals, logits, [(64, 64)], [3])
+    assert len(boxes[0]) == 3
+    model.rpn.min_box_size = 5.0  # MODEL.PROPOSAL_GENERATOR.MIN_SIZE 5: detectron2's nonempty(threshold=5)
+    boxes, _ = model.rpn.filter_proposals(proposals, logits, [(64, 64)], [3])
+    assert boxes[0].tolist() == [[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 40.0, 40.0]]
+    cfg = small_model_cfg("torchvision", "MODEL.PROPOSAL_GENERATOR.MIN_SIZE", 5)
+    assert build_model(cfg).rpn.min_box_size == 5.0
+
+
+def test_config_version_other_than_detectron2s_is_refused(tmp_path):
+    from meddet.config import load_config
+
+    (tmp_path / "old.yaml").write_text("VERSION: 1\n")
+    with pytest.raises(ConfigError, match="old.yaml: VERSION 1; expected 2"):
+        load_config(tmp_path / "old.yaml")
