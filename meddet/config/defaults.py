@@ -212,7 +212,9 @@ _C.SOLVER.NESTEROV = False
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
 # detectron2's legacy bias settings: bias learning rate = BASE_LR x BIAS_LR_FACTOR; bias weight decay
-# WEIGHT_DECAY_BIAS (None: the weight decay of the layer's other parameters).
+# WEIGHT_DECAY_BIAS (None: the weight decay of the layer's other parameters). detectron2's default is
+# 0.0001 (its WEIGHT_DECAY default, copied when defined), which also decays the biases of norm layers;
+# set 0.0001 to reproduce that.
 _C.SOLVER.BIAS_LR_FACTOR = 1.0
 _C.SOLVER.WEIGHT_DECAY_BIAS = None
 _C.SOLVER.GAMMA = 0.1
