@@ -196,3 +196,93 @@ def test_config_version_other_than_detectron2s_is_refused(tmp_path):
     (tmp_path / "old.yaml").write_text("VERSION: 1\n")
     with pytest.raises(ConfigError, match="old.yaml: VERSION 1; expected 2"):
         load_config(tmp_path / "old.yaml")
+
+
+# ------------------------------------------------------------------------------------- detectron2's own configs
+# The keys of detectron2's model-zoo Base-RCNN-FPN.yaml and COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml.
+D2_BASE_RCNN_FPN = """
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  BACKBONE:
+    NAME: "build_resnet_fpn_backbone"
+  RESNETS:
+    OUT_FEATURES: ["res2", "res3", "res4", "res5"]
+  FPN:
+    IN_FEATURES: ["res2", "res3", "res4", "res5"]
+  ANCHOR_GENERATOR:
+    SIZES: [[32], [64], [128], [256], [512]]
+    ASPECT_RATIOS: [[0.5, 1.0, 2.0]]
+  RPN:
+    IN_FEATURES: ["p2", "p3", "p4", "p5", "p6"]
+    PRE_NMS_TOPK_TRAIN: 2000
+    PRE_NMS_TOPK_TEST: 1000
+    POST_NMS_TOPK_TRAIN: 1000
+    POST_NMS_TOPK_TEST: 1000
+  ROI_HEADS:
+    NAME: "StandardROIHeads"
+    IN_FEATURES: ["p2", "p3", "p4", "p5"]
+  ROI_BOX_HEAD:
+    NAME: "FastRCNNConvFCHead"
+    NUM_FC: 2
+    POOLER_RESOLUTION: 7
+  ROI_MASK_HEAD:
+    NAME: "MaskRCNNConvUpsampleHead"
+    NUM_CONV: 4
+    POOLER_RESOLUTION: 14
+DATASETS:
+  TRAIN: ("coco_2017_train",)
+  TEST: ("coco_2017_val",)
+SOLVER:
+  IMS_PER_BATCH: 16
+  BASE_LR: 0.02
+  STEPS: (60000, 80000)
+  MAX_ITER: 90000
+INPUT:
+  MIN_SIZE_TRAIN: (640, 672, 704, 736, 768, 800)
+VERSION: 2
+"""
+
+
+def _zoo(tmp_path, body: str):
+    (tmp_path / "Base-RCNN-FPN.yaml").write_text(D2_BASE_RCNN_FPN)
+    (tmp_path / "COCO-Detection").mkdir(exist_ok=True)
+    path = tmp_path / "COCO-Detection" / "model.yaml"
+    path.write_text('_BASE_: "../Base-RCNN-FPN.yaml"\n' + body)
+    return path
+
+
+def test_detectron2_model_zoo_box_config_loads_and_builds(tmp_path, caplog):
+    import logging
+
+    from meddet.config import load_config
+    from meddet.modeling import build_model
+
+    path = _zoo(tmp_path, "MODEL:\n  WEIGHTS: 'detectron2://ImageNetPretrained/MSRA/R-50.pkl'\n  MASK_ON: False\n"
+                          "  RESNETS:\n    DEPTH: 50\nSOLVER:\n  STEPS: (210000, 250000)\n  MAX_ITER: 270000\n")
+    with caplog.at_level(logging.INFO, logger="meddet.config"):
+        cfg = load_config(path, ["MODEL.ENGINE", "torchvision", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+                                 "MODEL.ROI_HEADS.NUM_CLASSES", 80])
+    assert "MODEL.ROI_MASK_HEAD.NAME" in caplog.text and "not used" in caplog.text
+    assert cfg.SOLVER.MAX_ITER == 270000 and cfg.MODEL.RESNETS.DEPTH == 50 and not cfg.MODEL.MASK_ON
+    model = build_model(cfg)
+    assert model.engine == "torchvision" and model.roi_heads.box_predictor.cls_score.out_features == 81
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("MODEL: {MASK_ON: True}\n", "MODEL.MASK_ON is True; meddet builds box detectors only .*without a mask head"),
+        ("MODEL:\n  KEYPOINT_ON: True\n  ROI_KEYPOINT_HEAD: {NUM_KEYPOINTS: 17}\n",
+         "MODEL.KEYPOINT_ON is True.*a keypoint head"),
+        ("MODEL:\n  ROI_HEADS: {NAME: CascadeROIHeads}\n  ROI_BOX_CASCADE_HEAD: {IOUS: [0.5, 0.6, 0.7]}\n",
+         r"MODEL.ROI_BOX_CASCADE_HEAD.IOUS belongs to the cascade box head"),
+        ("MODEL: {ROI_MASK_HEED: {NUM_CONV: 4}}\n", "unknown config key 'MODEL.ROI_MASK_HEED'"),
+    ],
+)
+def test_detectron2_parts_meddet_lacks_are_refused_when_switched_on(tmp_path, body, match):
+    from meddet.config import load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(_zoo(tmp_path, body))
+    with pytest.raises(ConfigError, match="command line: MODEL.MASK_ON is True"):
+        load_config(None, ["MODEL.MASK_ON", "True"])

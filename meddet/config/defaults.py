@@ -16,6 +16,12 @@ _C.MODEL.ENGINE = "auto"
 # auto | cpu | cuda | mps (auto: cuda when available, else cpu)
 _C.MODEL.DEVICE = "auto"
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# detectron2's switches of parts meddet does not build (box detection only): must stay False. With them
+# off, detectron2 model-zoo YAMLs load: their keys of those parts (MODEL.ROI_MASK_HEAD.*, ...) are accepted
+# and not used (meddet.config).
+_C.MODEL.MASK_ON = False
+_C.MODEL.KEYPOINT_ON = False
+_C.MODEL.LOAD_PROPOSALS = False
 # Local checkpoint to start from ("" = random init; nothing is downloaded).
 _C.MODEL.WEIGHTS = ""
 # Pixel statistics in INPUT.FORMAT channel order, on the 0..255 scale.
