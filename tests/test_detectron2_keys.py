@@ -286,3 +286,48 @@ def test_detectron2_parts_meddet_lacks_are_refused_when_switched_on(tmp_path, bo
         load_config(_zoo(tmp_path, body))
     with pytest.raises(ConfigError, match="command line: MODEL.MASK_ON is True"):
         load_config(None, ["MODEL.MASK_ON", "True"])
+
+
+# ------------------------------------------------------------------------------------- training statistics
+D2_STATS = {"fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy", "fast_rcnn/false_negative",
+            "roi_head/num_fg_samples", "roi_head/num_bg_samples", "rpn/num_pos_anchors", "rpn/num_neg_anchors"}
+
+
+def test_classification_stats_are_detectron2s_with_background_first():
+    from meddet.modeling.torchvision_engine import classification_stats
+
+    # 5 ROIs, classes 1..2 (0 = background): predictions bg, 1, 2, 2, 0 for labels 0, 1, 1, 2, 2
+    logits = torch.tensor([[5.0, 0, 0], [0, 5, 0], [0, 0, 5], [0, 0, 5], [5, 0, 0]])
+    labels = torch.tensor([0, 1, 1, 2, 2])
+    stats = {k: float(v) for k, v in classification_stats(logits, labels, torch.where(labels > 0)[0]).items()}
+    assert stats == pytest.approx({"fast_rcnn/cls_accuracy": 3 / 5, "fast_rcnn/fg_cls_accuracy": 2 / 4,
+                                   "fast_rcnn/false_negative": 1 / 4})
+    only_bg = classification_stats(logits[:1], labels[:1], torch.where(labels[:1] > 0)[0])
+    assert set(only_bg) == {"fast_rcnn/cls_accuracy"}  # no foreground: detectron2 logs accuracy only
+    assert classification_stats(logits[:0], labels[:0], labels[:0]) == {}
+
+
+def test_torchvision_engine_reports_detectron2s_training_statistics():
+    from meddet.modeling import build_model
+
+    torch.manual_seed(0)
+    cfg = small_model_cfg("torchvision")
+    model = build_model(cfg)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    batch = [{"image": torch.rand(3, 64, 96, generator=g) * 255, "height": 64, "width": 96,
+              "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
+              "classes": torch.tensor([0, 2])},
+             {"image": torch.rand(3, 64, 64, generator=g) * 255, "height": 64, "width": 64,
+              "boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.int64)}]
+    model(batch)
+    stats = {k: float(v) for k, v in model.training_stats.items()}
+    assert set(stats) == D2_STATS
+    rpn_batch = cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE
+    assert 0 < stats["rpn/num_pos_anchors"] <= rpn_batch * cfg.MODEL.RPN.POSITIVE_FRACTION
+    assert stats["rpn/num_pos_anchors"] + stats["rpn/num_neg_anchors"] == rpn_batch  # plenty of anchors
+    roi_batch = cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+    assert 0 < stats["roi_head/num_fg_samples"] <= roi_batch * cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION
+    assert 0 < stats["roi_head/num_fg_samples"] + stats["roi_head/num_bg_samples"] <= roi_batch
+    for k in ("fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy", "fast_rcnn/false_negative"):
+        assert 0.0 <= stats[k] <= 1.0, k

@@ -266,6 +266,9 @@ def test_run_records_the_resolved_engine_and_checkpoints_their_architecture(tiny
     run = cfg.OUTPUT_DIR
     assert "Training torchvision from iteration 0" in caplog.text
     assert yaml.safe_load(open(f"{run}/config.yaml"))["MODEL"]["ENGINE"] == "torchvision"
+    lines = [json.loads(line) for line in open(f"{run}/metrics.json")]
+    # detectron2's training statistics are in metrics.json as in detectron2's runs
+    assert {"fast_rcnn/cls_accuracy", "roi_head/num_fg_samples", "rpn/num_pos_anchors"} <= set(lines[-1])
     for name in ("model_0000000.pth", "model_final.pth"):
         meta = torch.load(f"{run}/{name}", weights_only=True)["meddet"]
         assert meta["engine"] == "torchvision", name

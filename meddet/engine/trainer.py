@@ -375,6 +375,8 @@ class Trainer:
             losses = self.train_model(batch)
         total = sum(losses.values())
         loss_values = comm.reduce_mean({k: float(v.detach()) for k, v in losses.items()})
+        # detectron2's training statistics (fast_rcnn/cls_accuracy, rpn/num_pos_anchors, ...), this process's
+        stats = {k: float(v) for k, v in (getattr(self.model, "training_stats", None) or {}).items()}
         total_value = sum(loss_values.values())
         if not math.isfinite(total_value):
             raise FloatingPointError(
@@ -392,7 +394,7 @@ class Trainer:
         step_time = time.perf_counter() - t0
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.storage.put_scalars(total_loss=total_value, **loss_values, time=step_time, data_time=data_time)
+        self.storage.put_scalars(total_loss=total_value, **loss_values, **stats, time=step_time, data_time=data_time)
         self.storage.put_scalar("lr", lr, smooth=False)
         remaining = self.max_iter - self.iter - 1
         self.storage.put_scalar("eta_seconds", remaining * (self.storage.median("time") or 0.0), smooth=False)

@@ -10,7 +10,8 @@ meddet's model interface, so meddet's Trainer, evaluator and Predictor use it un
   ``.pkl``, ``model_final.pth``) load through detectron2's ``DetectionCheckpointer``
   (:func:`load_detectron2_weights`), followed by meddet's check that every parameter was filled.
 - Training needs detectron2's ``EventStorage``: the model opens one per step when the caller has none,
-  so meddet's loop needs nothing detectron2-specific.
+  so meddet's loop needs nothing detectron2-specific, and keeps the statistics detectron2 logs into it
+  (``fast_rcnn/cls_accuracy``, ``rpn/num_pos_anchors``, ...) as ``training_stats`` for meddet's trainer.
 - Explanations: ``explain_inputs``, ``feature_maps`` and ``box_class_logits`` are the interface
   :mod:`meddet.xai` uses on both engines (FPN maps ``p2``..``p6``, box logits with the background last).
 
@@ -19,7 +20,6 @@ detectron2 engine is selected.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -125,16 +125,6 @@ class WeightedFastRCNNOutputLayers(FastRCNNOutputLayers):
         return losses
 
 
-def _event_storage() -> contextlib.AbstractContextManager[Any]:
-    """The caller's detectron2 EventStorage when one is open, else a fresh one for this step (detectron2's
-    RPN and box head log statistics into it and fail without one)."""
-    try:
-        get_event_storage()
-    except AssertionError:
-        return EventStorage()
-    return contextlib.nullcontext()
-
-
 class Detectron2RCNN(GeneralizedRCNN):
     """detectron2's ``GeneralizedRCNN`` with meddet's batch interface.
 
@@ -193,8 +183,15 @@ class Detectron2RCNN(GeneralizedRCNN):
                 item["instances"] = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
             inputs.append(item)
         if self.training:
-            with _event_storage():
-                return dict(super().forward(inputs))
+            try:
+                get_event_storage()
+            except AssertionError:  # no caller's EventStorage: one for this step, its statistics kept
+                with EventStorage() as storage:
+                    losses = dict(super().forward(inputs))
+                # detectron2's training statistics (fast_rcnn/*, roi_head/*, rpn/*), written by meddet's trainer
+                self.training_stats = {k: v[0] for k, v in storage.latest().items()}
+                return losses
+            return dict(super().forward(inputs))  # the caller's storage receives the statistics
         return [
             {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
             for r in (out["instances"] for out in super().forward(inputs))

@@ -376,6 +376,7 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
         self.min_box_size = float(min_box_size)  # MODEL.PROPOSAL_GENERATOR.MIN_SIZE
+        self.stats: dict[str, Any] = {}  # detectron2's RPN statistics of the last training step
 
     def compute_loss(  # type: ignore[override]
         self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
@@ -385,7 +386,10 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         ``RPN.BATCH_SIZE_PER_IMAGE * images`` as detectron2 does (torchvision: mean, beta 1/9)."""
         sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
         pos = torch.where(torch.cat(sampled_pos))[0]
-        sampled = torch.cat([pos, torch.where(torch.cat(sampled_neg))[0]])
+        neg = torch.where(torch.cat(sampled_neg))[0]
+        sampled = torch.cat([pos, neg])
+        # detectron2's RPN.losses statistics: sampled positive / negative anchors per image
+        self.stats = {"rpn/num_pos_anchors": len(pos) / len(labels), "rpn/num_neg_anchors": len(neg) / len(labels)}
         normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
         targets = torch.cat(regression_targets)
         box_loss = box_regression_loss(pred_bbox_deltas[pos], targets[pos], self.smooth_l1_beta) / normalizer
@@ -423,6 +427,21 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         return final_boxes, final_scores
 
 
+def classification_stats(class_logits: Tensor, labels: Tensor, fg: Tensor) -> dict[str, Tensor]:
+    """detectron2's ``_log_classification_stats`` (prefix ``fast_rcnn``) for torchvision's class layout
+    (background is class 0): accuracy over the sampled ROIs, and over the foreground ones (``fg``, their
+    indices) the accuracy and the fraction predicted as background (false negatives)."""
+    if labels.numel() == 0:
+        return {}
+    with torch.no_grad():
+        pred = class_logits.argmax(dim=1)
+        stats = {"fast_rcnn/cls_accuracy": (pred == labels).float().mean()}
+        if len(fg):
+            stats["fast_rcnn/fg_cls_accuracy"] = (pred[fg] == labels[fg]).float().mean()
+            stats["fast_rcnn/false_negative"] = (pred[fg] == 0).float().mean()
+    return stats
+
+
 class D2RoIHeads(RoIHeads):
     """torchvision's box head with detectron2's test-time selection (``fast_rcnn_inference`` then
     ``detector_postprocess``): clip, score > threshold, NMS per class, top ``DETECTIONS_PER_IMAGE``, and only
@@ -435,6 +454,7 @@ class D2RoIHeads(RoIHeads):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
+        self.stats: dict[str, Any] = {}  # detectron2's ROI head statistics of the last training step
         weights = None if class_weights is None else torch.tensor([1.0, *class_weights])  # background first
         # not persistent: the weights come from the config, checkpoints stay torchvision's state dict
         self.register_buffer("class_weights", weights, persistent=False)
@@ -452,6 +472,10 @@ class D2RoIHeads(RoIHeads):
             if targets is None:
                 raise DataError("model input: training needs 'boxes' and 'classes' for every image")
             proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+            # detectron2's label_and_sample_proposals statistics: sampled ROIs per image (0 = background here)
+            fg_counts = torch.stack([(lab > 0).sum() for lab in labels]).float()
+            bg_counts = torch.tensor([float(len(lab)) for lab in labels], device=fg_counts.device) - fg_counts
+            self.stats = {"roi_head/num_fg_samples": fg_counts.mean(), "roi_head/num_bg_samples": bg_counts.mean()}
         features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(features)
         if self.training:
@@ -469,6 +493,7 @@ class D2RoIHeads(RoIHeads):
         targets = torch.cat(regression_targets)
         loss_cls = weighted_cross_entropy(class_logits, labels_all, self.class_weights)
         fg = torch.where(labels_all > 0)[0]
+        self.stats.update(classification_stats(class_logits, labels_all, fg))
         deltas = box_regression.reshape(len(labels_all), -1, 4)[fg, labels_all[fg]]
         box_loss = box_regression_loss(deltas, targets[fg], self.smooth_l1_beta) / max(labels_all.numel(), 1)
         return {"loss_classifier": loss_cls, "loss_box_reg": box_loss}
@@ -760,6 +785,8 @@ class TorchvisionRCNN(FasterRCNN):
                 targets.append({"boxes": boxes.to(device, non_blocking=True),
                                 "labels": classes.to(device, non_blocking=True) + 1})  # torchvision: 0 = background
             losses = super().forward(images, targets)
+            # detectron2's training statistics of this step (the trainer writes them to metrics.json)
+            self.training_stats = {**getattr(self.rpn, "stats", {}), **getattr(self.roi_heads, "stats", {})}
             return {name: losses[tv_name] * self._loss_weights[name] for tv_name, name in _LOSS_NAMES.items()}
         detections = super().forward(images)
         return [
