@@ -70,7 +70,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("running")
     g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     g.add_argument("--shard", default=None, metavar="I/N", help="convert only share I of N (0 <= I < N)")
-    g.add_argument("--overwrite", action="store_true", help="convert everything again (default: reuse valid outputs)")
+    g.add_argument("--overwrite", action="store_true", help="convert everything again (default: reuse valid outputs); ids.json keeps the ids")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -8,10 +8,12 @@
     python detectron.py -c predict  --config-file output/run/config.yaml --input IMG|DICOM|DIR ... [--output DIR]
     python detectron.py -c predict  --config-file cells/config.yaml --ensemble clusters/config.yaml --input DIR
     python detectron.py -c tune     --config-file output/run/config.yaml        # thresholds on DATASETS.VAL
+        (then predict / evaluate / export of that run use output/run/tune/tuned_config.yaml; --untuned to not)
     python detectron.py -c experiment --config-file configs/experiments/demo_imbalance.yaml   # variants x seeds
     python detectron.py -c compare  output/run_a output/run_b ...                # headline metrics side by side
     python detectron.py -c explain  --config-file output/run/config.yaml --input IMG ... [--output DIR]   # Grad-CAM
     python detectron.py -c export   --run output/run --output bundles/run        # self-describing model bundle
+    python detectron.py -c export   --run output/a --ensemble output/b --output bundles/ab   # bundle of bundles
     python detectron.py -c push     --bundle bundles/run --repo-id ORG/NAME [--private]   # to the Hugging Face Hub
     python detectron.py -c convert-weights --config-file CFG --weights d2_model.pth --output tv.pth
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("-c", "--command", required=True, choices=COMMANDS, help="what to do")
     p.add_argument("--config-file", default="", metavar="FILE", help="YAML config (may use _BASE_)")
-    p.add_argument("--resume", action="store_true", help="train: continue from OUTPUT_DIR/last_checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="train: continue from the newest checkpoint in OUTPUT_DIR that loads (last_checkpoint is a hint)")
     p.add_argument("--gt", default="", metavar="COCO.json", help="evaluate: ground truth (default DATASETS.TEST[0])")
     p.add_argument("--predictions", default="", metavar="RESULTS.json",
                    help="evaluate: score this COCO-results file instead of running a model")
@@ -46,8 +50,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", default="", metavar="DIR",
                    help="evaluate/predict: output folder (default OUTPUT_DIR/eval, OUTPUT_DIR/predictions)")
     p.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
-                   help="evaluate/predict: more models fused with the configured one by ENSEMBLE.* (run config "
-                        "YAMLs, run folders, bundle folders or Hub repo ids); classes are matched by name")
+                   help="evaluate/predict/tune: more models fused with the configured one by ENSEMBLE.* (run config "
+                        "YAMLs, run folders, bundle folders or Hub repo ids); classes are matched by name. "
+                        "export: more run or bundle folders to bundle with --run as an ensemble bundle")
+    p.add_argument("--untuned", action="store_true",
+                   help="predict/evaluate/export: ignore the run's tune/tuned_config.yaml (from -c tune) and use "
+                        "the thresholds of the config as it is")
+    p.add_argument("--no-fail-on-verdict", action="store_true",
+                   help="experiment: exit 0 when a variant's verdict is FAIL (default: exit 1, as a CI gate)")
     p.add_argument("--score-thresh", type=float, default=None, help="predict: minimum score (default TEST.SCORE_THRESH)")
     p.add_argument("--overwrite", action="store_true", help="evaluate/predict: replace earlier outputs in --output")
     p.add_argument("--run", default="", metavar="DIR", help="export: the run folder to bundle")
@@ -67,7 +77,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("opts", nargs="*", metavar="KEY VALUE",
                    help="config overrides, e.g. SOLVER.BASE_LR 0.001 OUTPUT_DIR output/x (options may come "
                         "before or after them)")
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    # `--ensemble A B KEY VALUE ...`: nargs="+" also takes the overrides after the members; a config key
+    # (UPPER.CASE dotted) ends the member list.
+    for i, item in enumerate(args.ensemble):
+        if _CONFIG_KEY.match(item):
+            args.opts = args.ensemble[i:] + args.opts
+            args.ensemble = args.ensemble[:i]
+            break
+    return args
+
+
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -90,7 +111,20 @@ def main(args: argparse.Namespace) -> int:
 
         if not args.run or not args.output:
             raise ConfigError("export needs --run OUTPUT_DIR and --output BUNDLE_DIR")
-        out = export_bundle(args.run, args.output, weights=args.weights or None, overwrite=args.overwrite)
+        if args.ensemble:
+            from meddet.hub import export_ensemble
+
+            if args.weights:
+                raise ConfigError("export --ensemble takes each run's own weights; --weights is for one run")
+            out = export_ensemble([args.run, *args.ensemble], args.output, opts=args.opts,
+                                  overwrite=args.overwrite, untuned=args.untuned)
+            print(f"ensemble bundle written to {out}")
+            return 0
+        if args.opts:
+            raise ConfigError(f"export takes no KEY VALUE overrides for one run (found {args.opts}); the bundle "
+                              "holds the run's config")
+        out = export_bundle(args.run, args.output, weights=args.weights or None, overwrite=args.overwrite,
+                            untuned=args.untuned)
         print(f"bundle written to {out}")
         return 0
     if args.command == "push":
@@ -111,8 +145,20 @@ def main(args: argparse.Namespace) -> int:
                               "experiment YAML's variants or base config")
         result = run_experiment(args.config_file)
         print(result.format())
-        return 0 if result.ok else 1
-    cfg = load_config(args.config_file or None, args.opts)
+        if not result.ok:
+            return 1
+        failing = result.failing_variants
+        if failing and not args.no_fail_on_verdict:
+            print(f"verdict FAIL for {', '.join(failing)} (exit 1; --no-fail-on-verdict to exit 0)", file=sys.stderr)
+            return 1
+        return 0
+    if args.command in ("predict", "evaluate"):
+        from meddet.tasks import load_run_config
+
+        cfg = load_run_config(args.config_file or None, args.opts, tuned=not args.untuned,
+                              ensemble=bool(args.ensemble))
+    else:
+        cfg = load_config(args.config_file or None, args.opts)
     if args.command == "convert-weights":
         from meddet.modeling import convert_checkpoint
 
@@ -127,6 +173,9 @@ def main(args: argparse.Namespace) -> int:
 
         if not args.input:
             raise ConfigError("explain needs --input IMAGE|DICOM ...")
+        if args.ensemble:
+            raise ConfigError("explain works on one model's layers, not an ensemble: explain each member's "
+                              "--config-file instead")
         out_dir = Path(args.output) if args.output else Path(cfg.OUTPUT_DIR) / "explain"
         paths = explain(cfg, args.input, out_dir, weights=resolve_weights(cfg),
                         score_thresh=args.score_thresh if args.score_thresh is not None else cfg.TEST.SCORE_THRESH,
@@ -172,7 +221,8 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "tune":
         from meddet.tasks import tune_model
 
-        result = tune_model(cfg, args.gt or None, args.output or None, args.predictions or None)
+        result = tune_model(cfg, args.gt or None, args.output or None, args.predictions or None,
+                            ensemble=args.ensemble)
         print(result.summary())
         return 0
     if args.command == "predict":

@@ -48,7 +48,16 @@ time, error, the metrics), ``summary.csv`` + ``summary.md`` (per variant and met
 95% Student t CI over seeds/folds), ``paired.csv`` (per variant vs baseline and metric: mean of the
 paired differences over matching seeds/folds, their std, 95% t CI, two-sided paired t-test p),
 ``verdict.json`` + ``verdict.md`` (each rule per variant: observed value, threshold, pass/fail; a
-variant's overall PASS/FAIL).
+variant's overall PASS/FAIL). ``-c experiment`` exits 1 when a variant's verdict is FAIL (a CI gate;
+``--no-fail-on-verdict`` to exit 0), as it does when a run failed.
+
+Keys are read as written: a bare ``on:`` (or ``off``, ``yes``, ``no``, ``y``, ``n``, which YAML 1.1
+reads as booleans) is the key ``"on"``.
+
+What the intervals resample: ``summary.csv`` and ``paired.csv`` say it in their ``unit`` column —
+training runs (``run (seed)``, or ``run (seed, fold)``), never images. The test set of a seed is fixed,
+so they measure training variability only; the test-set sampling error of one run is in its
+``eval/bootstrap_ci.csv``, by patient (``EVAL.BOOTSTRAP_UNIT``).
 """
 from __future__ import annotations
 
@@ -93,6 +102,23 @@ RUN_CONFIG = "run_config.yaml"
 
 
 # ---------------------------------------------------------------------------- the spec
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that mapping keys are never YAML 1.1 booleans: a bare ``on:``, ``off:``,
+    ``yes:``, ``no:``, ``y:``, ``n:`` (any case) key is the string written, as the user means it (a
+    rule's ``on: ci_low``). Values keep YAML's usual reading."""
+
+    def construct_mapping(self, node, deep=False):
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:bool":
+                key_node.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_spec_yaml(text: str):
+    """An experiment YAML's content (see `_SpecLoader`: boolean-looking keys stay strings)."""
+    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 @dataclass(frozen=True)
 class Rule:
     """One verdict rule: `metric`'s paired difference (variant − baseline) must reach `threshold`.
@@ -286,7 +312,7 @@ def load_experiment(yaml_path: str | Path) -> ExperimentSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_spec_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
@@ -547,6 +573,11 @@ class ExperimentResult:
         """No run failed and every metric was found (the CLI exits 1 otherwise)."""
         return not self.failed and not self.missing_metrics
 
+    @property
+    def failing_variants(self) -> list[str]:
+        """Variants whose verdict is FAIL (the CLI exits 1 when there are any, unless --no-fail-on-verdict)."""
+        return [v for v, res in self.verdict.get("variants", {}).items() if res.get("verdict") == "FAIL"]
+
     def summary_markdown(self) -> str:
         """Variants × metrics: ``mean ± std [95% CI] (n)``."""
         rows = []
@@ -579,7 +610,7 @@ class ExperimentResult:
         if len(self.paired):
             rows = [[r.variant, r.metric, _fmt(r.mean_diff), f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]",
                      _fmt(r.p_value, 3), str(r.n_pairs)] for r in self.paired.itertuples()]
-            lines += [f"Paired differences vs {self.spec.baseline}:",
+            lines += [f"Paired differences vs {self.spec.baseline} (over {_interval_unit(self.spec)}):",
                       _md_table(["variant", "metric", "mean diff", "95% CI", "p", "pairs"], rows), ""]
         if self.spec.rules:
             lines += [self.verdict_markdown(), ""]
@@ -622,7 +653,8 @@ def _execute(cfg: CfgNode, key: RunKey, run_dir: Path, gt_path: str) -> dict[str
     import meddet.tasks
 
     t0 = time.perf_counter()
-    resume = (run_dir / "last_checkpoint").exists()
+    # anything a killed training leaves (the trainer refuses such a folder without resume)
+    resume = any((run_dir / n).exists() for n in ("last_checkpoint", "metrics.json")) or any(run_dir.glob("model_*.pth"))
     logger.info("Run %s: %s training in %s", key, "resuming" if resume else "starting", run_dir)
     meddet.engine.train(cfg, resume=resume)
     eval_cfg = cfg.clone()
@@ -731,16 +763,23 @@ def run_experiment(yaml_path: str | Path, resume: bool = True, only: list[str] |
     return result
 
 
+def _interval_unit(spec: ExperimentSpec) -> str:
+    """What the experiment's t intervals are over: training runs, by seed (and fold)."""
+    return "run (seed, fold)" if spec.kfold else "run (seed)"
+
+
 def _write_outputs(result: ExperimentResult) -> None:
     out = result.spec.output_dir
     out.mkdir(parents=True, exist_ok=True)
     runs = result.runs.drop(columns=["pair"] + ([] if result.spec.kfold else ["fold"]))
     runs.to_csv(out / "runs.csv", index=False, na_rep="NaN")
-    result.summary.to_csv(out / "summary.csv", index=False, na_rep="NaN")
+    unit = _interval_unit(result.spec)
+    result.summary.assign(unit=unit).to_csv(out / "summary.csv", index=False, na_rep="NaN")
     (out / "summary.md").write_text(
-        f"# Experiment {result.spec.path.name}\n\nmean ± std [95% t CI] (n runs) per variant and metric\n\n"
+        f"# Experiment {result.spec.path.name}\n\nmean ± std [95% t CI] (n runs) per variant and metric; the "
+        f"intervals resample training runs ({unit}) on a fixed test set, not patients or images\n\n"
         f"{result.summary_markdown()}\n", encoding="utf-8")
-    result.paired.to_csv(out / "paired.csv", index=False, na_rep="NaN")
+    result.paired.assign(unit=unit).to_csv(out / "paired.csv", index=False, na_rep="NaN")
     save_json_atomic({**result.verdict, "failed_runs": result.failed, "missing_metrics": result.missing_metrics},
                      out / "verdict.json", indent=1)
     (out / "verdict.md").write_text(f"# Verdict: {result.spec.path.name}\n\n{result.verdict_markdown()}\n",

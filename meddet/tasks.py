@@ -58,19 +58,28 @@ def _load_results(path: str | os.PathLike) -> list[dict]:
 
 
 def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict] | str | os.PathLike,
-                         out_dir: str | os.PathLike, extra_sections=()) -> dict:
+                         out_dir: str | os.PathLike, extra_sections=(),
+                         predictions_source: str | os.PathLike | None = None) -> dict:
     """Score COCO-results predictions (a list or a JSON file, from any detector) against a COCO file:
     every view of the evaluator (COCO AP, per-class table, P/R/F1, confusion, curves, FROC, image-level ROC,
-    bootstrap CIs, error galleries, reports) under `out_dir`."""
+    bootstrap CIs, error galleries, reports) under `out_dir`. Errors name `gt_path` and the predictions'
+    file (`predictions_source`: the file a list was saved to)."""
     from meddet.evaluation import evaluate, evaluation_kwargs
 
     gt = load_coco(gt_path)
     if not isinstance(predictions, list):
+        predictions_source = predictions_source or predictions
         predictions = _load_results(predictions)
     kwargs = evaluation_kwargs(cfg)
+    if list(cfg.TEST.CLASS_SCORE_THRESH):  # per-class thresholds follow the ground truth's classes by name
+        from meddet.inference.base import score_thresholds
+
+        names = [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+        kwargs["score_thresh"] = score_thresholds(cfg, names).tolist()
     if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
         kwargs["image_root"] = str(Path(gt_path).parent)
-    return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, **kwargs)
+    return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, gt_source=gt_path,
+                    predictions_source=predictions_source, **kwargs)
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
@@ -88,9 +97,55 @@ def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
     return inference_on_dataset(predictor.inference_model, loader, [c["id"] for c in cats], desc="predict")
 
 
-def _member_predictor(spec: str | os.PathLike, device: str):
+TUNE_DIR, TUNE_ENSEMBLE_DIR, TUNED_CONFIG = "tune", "tune_ensemble", "tuned_config.yaml"
+
+
+def tuned_config_path(run_dir: str | os.PathLike, ensemble: bool = False) -> Path | None:
+    """The run's `-c tune` output that its consumers use: ``tune/tuned_config.yaml`` (for an ensemble
+    ``tune_ensemble/tuned_config.yaml`` first, written by ``-c tune --ensemble``); None when there is none."""
+    folders = (TUNE_ENSEMBLE_DIR, TUNE_DIR) if ensemble else (TUNE_DIR,)
+    for folder in folders:
+        p = Path(run_dir) / folder / TUNED_CONFIG
+        if p.is_file():
+            return p
+    return None
+
+
+def apply_tuned(cfg, run_dir: str | os.PathLike | None = None, ensemble: bool = False) -> Path | None:
+    """Merge the run's tuned thresholds (see `tuned_config_path`; `run_dir` default cfg.OUTPUT_DIR) into
+    `cfg` (not frozen) and log it; returns the file used, or None (cfg unchanged)."""
+    from meddet.config import merge_yaml
+
+    path = tuned_config_path(run_dir if run_dir is not None else cfg.OUTPUT_DIR, ensemble=ensemble)
+    if path is None:
+        return None
+    merge_yaml(cfg, path)
+    logger.info("using the tuned thresholds of %s (NMS IoU %g, score %g, per class %s); --untuned to not",
+                path, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST, cfg.TEST.SCORE_THRESH,
+                dict(zip(list(cfg.TEST.CLASS_SCORE_THRESH_NAMES) or list(cfg.DATASETS.CLASS_NAMES),
+                         list(cfg.TEST.CLASS_SCORE_THRESH))) or "-")
+    return path
+
+
+def load_run_config(path: str | os.PathLike | None, opts: Sequence[str] = (), tuned: bool = True,
+                    ensemble: bool = False):
+    """A run's config as predict / evaluate use it: the YAML, then the run's tuned thresholds (when
+    `tuned` and OUTPUT_DIR holds `-c tune` output; see `apply_tuned`), then the `KEY VALUE` overrides,
+    which win over both."""
+    from meddet.config import load_config, merge_overrides
+
+    probe = load_config(path, opts)  # OUTPUT_DIR may come from the overrides
+    if not tuned or tuned_config_path(probe.OUTPUT_DIR, ensemble=ensemble) is None:
+        return probe
+    cfg = load_config(path)
+    apply_tuned(cfg, probe.OUTPUT_DIR, ensemble=ensemble)
+    merge_overrides(cfg, list(opts))
+    return cfg
+
+
+def _member_predictor(spec: str | os.PathLike, device: str, opts: Sequence = ()):
     """One ensemble member: a run config YAML, a run folder (config.yaml), a bundle folder (meddet.json)
-    or a Hugging Face repo id."""
+    or a Hugging Face repo id; `opts` (KEY VALUE) are merged into its config."""
     from meddet.config import load_config
     from meddet.hub import META_NAME, load_predictor
     from meddet.inference import Predictor
@@ -99,28 +154,32 @@ def _member_predictor(spec: str | os.PathLike, device: str):
     if p.is_file() and p.suffix in (".yaml", ".yml"):
         member_cfg = load_config(p)
     elif p.is_dir() and (p / META_NAME).is_file():
-        return load_predictor(p, device=device)
+        return load_predictor(p, device=device, opts=opts)
     elif p.is_dir() and (p / "config.yaml").is_file():
         member_cfg = load_config(p / "config.yaml")
     elif p.exists():
         raise ConfigError(f"{p}: not an ensemble member (expected a config YAML, a run folder with config.yaml "
                           "or a model bundle folder with meddet.json)")
     else:
-        return load_predictor(str(spec), device=device)
+        return load_predictor(str(spec), device=device, opts=opts)
     member_cfg.MODEL.DEVICE = device
+    member_cfg.merge_from_list(list(opts))
     return Predictor(member_cfg, weights=resolve_weights(member_cfg))
 
 
-def build_predictor(cfg, ensemble: Sequence[str | os.PathLike] = (), class_names: Sequence[str] | None = None):
+def build_predictor(cfg, ensemble: Sequence[str | os.PathLike] = (), class_names: Sequence[str] | None = None,
+                    member_opts: Sequence = ()):
     """The configured model's Predictor or, with `ensemble` members (see `_member_predictor`), an
     EnsemblePredictor of it and them fused by ENSEMBLE.*; members' classes are matched by name to
-    `class_names` (default: the configured model's classes, then each member's new ones in order)."""
+    `class_names` (default: the configured model's classes, then each member's new ones in order).
+    `member_opts` (KEY VALUE) are merged into every added member's config. Either way a
+    :class:`~meddet.inference.base.DetectorLike`."""
     from meddet.inference import EnsemblePredictor, Predictor
 
     primary = Predictor(cfg, weights=resolve_weights(cfg), class_names=class_names if not ensemble else None)
     if not ensemble:
         return primary
-    members = [primary] + [_member_predictor(m, cfg.MODEL.DEVICE) for m in ensemble]
+    members = [primary] + [_member_predictor(m, cfg.MODEL.DEVICE, member_opts) for m in ensemble]
     names = list(class_names or [])
     if not names:
         for m in members:
@@ -129,14 +188,19 @@ def build_predictor(cfg, ensemble: Sequence[str | os.PathLike] = (), class_names
 
 
 def _records_results(predictor, gt_path: str | os.PathLike, cfg) -> list[dict]:
-    """COCO results of any predictor (sliced, ensemble) called on each whole image of a COCO file."""
+    """COCO results of any predictor (sliced, ensemble) called on each whole image of a COCO file; the
+    predictor's classes are matched to the file's categories by name."""
     from meddet.data.dataset import load_records
-    from meddet.inference import sliced_inference_on_records
+    from meddet.inference import inference_on_records
 
     gt = load_coco(gt_path)
-    cats = sorted(gt["categories"], key=lambda c: c["id"])
+    ids = {c["name"]: c["id"] for c in gt["categories"]}
+    unknown = [n for n in predictor.class_names if n not in ids]
+    if unknown:
+        raise DataError(f"{gt_path}: the model's classes {unknown} are not among the categories {sorted(ids)}; "
+                        "expected every predicted class to be a category of the ground truth")
     records, _ = load_records([str(gt_path)], cfg.DATASETS.IMAGE_ROOT)
-    return sliced_inference_on_records(predictor, records, [c["id"] for c in cats])
+    return inference_on_records(predictor, records, [ids[n] for n in predictor.class_names])
 
 
 def _gt_class_names(gt_path: str | os.PathLike) -> list[str]:
@@ -144,25 +208,33 @@ def _gt_class_names(gt_path: str | os.PathLike) -> list[str]:
 
 
 def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-               predictions: str | os.PathLike | None = None):
+               predictions: str | os.PathLike | None = None, ensemble: Sequence[str | os.PathLike] = ()):
     """Sweep score and NMS thresholds on the validation split without retraining; writes tune.csv and
-    tuned_config.yaml (a fragment to merge into predict / the web app's config)."""
+    tuned_config.yaml (default in OUTPUT_DIR/tune, with `ensemble` members OUTPUT_DIR/tune_ensemble),
+    which predict / evaluate / export of the run then use (see `load_run_config`, meddet.hub)."""
     from meddet.evaluation import tune, tune_kwargs
 
     gt_path = gt_path or (cfg.DATASETS.VAL[0] if cfg.DATASETS.VAL else None)
     if not gt_path:
         raise ConfigError("nothing to tune on: set DATASETS.VAL or pass --gt COCO.json")
-    out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "tune")
+    out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / (TUNE_ENSEMBLE_DIR if ensemble else TUNE_DIR))
     if predictions:
         preds = _load_results(predictions)
     else:
         # Permissive settings, so the sweep can only tighten them (see meddet.evaluation.tune).
+        nms = max(max(cfg.EVAL.TUNE_NMS_THRESHOLDS), 0.7)
+        loose_opts = ["MODEL.ROI_HEADS.NMS_THRESH_TEST", nms, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.01]
         loose = cfg.clone()
         loose.defrost()
-        loose.MODEL.ROI_HEADS.NMS_THRESH_TEST = max(max(cfg.EVAL.TUNE_NMS_THRESHOLDS), 0.7)
-        loose.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.01
-        preds = predict_dataset(loose, gt_path)
-    result = tune(load_coco(gt_path), preds, out_dir, **tune_kwargs(cfg))
+        loose.merge_from_list(loose_opts)
+        if ensemble:
+            predictor = build_predictor(loose, ensemble, class_names=_gt_class_names(gt_path),
+                                        member_opts=loose_opts)
+            preds = _records_results(predictor, gt_path, loose)
+        else:
+            preds = predict_dataset(loose, gt_path)
+    result = tune(load_coco(gt_path), preds, out_dir, gt_source=gt_path,
+                  predictions_source=predictions or f"predictions of the model on {gt_path}", **tune_kwargs(cfg))
     return result
 
 
@@ -180,19 +252,39 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
         raise ConfigError("nothing to evaluate on: set DATASETS.TEST or pass --gt COCO.json")
     out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "eval")
     _check_out_dir(out_dir, ["metrics.json"], overwrite)
+    eval_cfg = cfg
     if ensemble:
         predictor = build_predictor(cfg, ensemble, class_names=_gt_class_names(gt_path))
         preds = _records_results(predictor, gt_path, cfg)
+        eval_cfg = predictor.cfg  # thresholds restated for the ensemble's (the ground truth's) classes
     else:
         preds = predict_dataset(cfg, gt_path)
+    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir, tiles=bool(cfg.TILING.ENABLED and not ensemble))
+
+
+def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.PathLike,
+                       overwrite: bool = True) -> dict:
+    """The whole evaluator on any predictor (a :class:`~meddet.inference.base.DetectorLike`: a
+    Predictor, a tiled one, an ensemble, a loaded bundle) called on each image of a COCO file;
+    thresholds and EVAL.* from ``predictor.cfg``. Writes what `evaluate_model` writes (no run sections)."""
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, ["metrics.json"], overwrite)
+    preds = _records_results(predictor, gt_path, predictor.cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_json_atomic(preds, out_dir / "coco_instances_results.json")
+    return evaluate_predictions(predictor.cfg, gt_path, preds, out_dir)
+
+
+def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool) -> dict:
     sections = run_sections(cfg)
     tile_metrics: dict = {}
-    if cfg.TILING.ENABLED and not ensemble:
+    if tiles:
         tile_metrics = evaluate_tiles(cfg, gt_path, out_dir / "tiles")
         sections.append(("Tile-level evaluation", _tile_section(tile_metrics)))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    metrics = evaluate_predictions(cfg, gt_path, preds, out_dir, extra_sections=sections)
+    metrics = evaluate_predictions(eval_cfg, gt_path, preds, out_dir, extra_sections=sections,
+                                   predictions_source=out_dir / "coco_instances_results.json")
     if tile_metrics:
         table = hierarchical_table(tile_metrics, metrics)
         table.to_csv(out_dir / "hierarchical.csv", index=False)
@@ -223,7 +315,8 @@ def evaluate_tiles(cfg, gt_path: str | os.PathLike, out_dir: str | os.PathLike) 
     whole.DATASETS.IMAGE_ROOT = ""
     preds = predict_dataset(whole, tile_json)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    return evaluate_predictions(whole, tile_json, preds, out_dir)
+    return evaluate_predictions(whole, tile_json, preds, out_dir,
+                                predictions_source=out_dir / "coco_instances_results.json")
 
 
 HEADLINE_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "prf1/precision", "prf1/recall", "prf1/F1")
@@ -270,19 +363,13 @@ class PredictReport:
     results_json: Path | None = None
 
 
-def class_thresholds(cfg, num_classes: int, override: float | None = None) -> np.ndarray:
-    """Per-class score thresholds: `override`, else TEST.CLASS_SCORE_THRESH (from `-c tune`), else
+def class_thresholds(cfg, classes: int | Sequence[str], override: float | None = None) -> np.ndarray:
+    """Per-class score thresholds: `override`, else TEST.CLASS_SCORE_THRESH (from `-c tune`; matched
+    to `classes` by name when given names, see meddet.inference.base.score_thresholds), else
     TEST.SCORE_THRESH for every class."""
-    if override is not None:
-        return np.full(num_classes, float(override))
-    per_class = list(cfg.TEST.CLASS_SCORE_THRESH)
-    if per_class:
-        if len(per_class) != num_classes:
-            raise ConfigError(
-                f"TEST.CLASS_SCORE_THRESH has {len(per_class)} values; expected one per class ({num_classes})"
-            )
-        return np.asarray(per_class, dtype=float)
-    return np.full(num_classes, float(cfg.TEST.SCORE_THRESH))
+    from meddet.inference.base import score_thresholds
+
+    return score_thresholds(cfg, classes, override)
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -318,7 +405,7 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = build_predictor(cfg, ensemble)
     names = predictor.class_names
-    thresh = class_thresholds(cfg, len(names), score_thresh)
+    thresh = class_thresholds(predictor.cfg, names, score_thresh)
     report = PredictReport()
     images, results, used = [], [], set()
     from tqdm import tqdm

@@ -4,27 +4,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import REPO, TINY_MODEL_OPTS, make_tiny_coco
+from conftest import REPO, make_tiny_coco
 
 METRICS = {"bbox/AP": 0.125, "bbox/AP50": 0.25}
 
 
 def make_run(root: Path) -> Path:
-    """Train the tiny model for 4 iterations; add eval/metrics.json as the evaluator writes it."""
+    """Train the tiny model for 4 iterations (a real run folder), then give its final checkpoint the weights
+    of the blob detector (tests/blob_detector.py), so the run detects the bright squares and discs of
+    `make_tiny_coco` the same on every machine; add eval/metrics.json as the evaluator writes it."""
+    import torch
+
+    from blob_detector import BLOB_MODEL_OPTS, make_blob_detector
     from meddet.config import load_config
     from meddet.engine import Trainer
 
     coco = make_tiny_coco(root / "data")
     cfg = load_config(
         str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-        TINY_MODEL_OPTS + ["DATASETS.TRAIN", f"('{coco}',)", "OUTPUT_DIR", str(root / "run"),
+        BLOB_MODEL_OPTS + ["DATASETS.TRAIN", f"('{coco}',)", "OUTPUT_DIR", str(root / "run"),
                            "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100",
-                           # every proposal kept, so an untrained model still gives boxes to filter
+                           # every proposal kept, so the tests see many boxes to filter
                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
                            "TEST.CLASS_SCORE_THRESH", "[0.3, 0.4]"],
     )
-    Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    trainer.train()
     run = root / "run"
+    final = run / "model_final.pth"
+    ckpt = torch.load(final, map_location="cpu", weights_only=True)
+    model = make_blob_detector(trainer.model)
+    ckpt["model"] = model.state_dict()
+    torch.save(ckpt, final)
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "metrics.json").write_text(json.dumps(METRICS))
     return run

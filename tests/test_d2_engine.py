@@ -14,7 +14,7 @@ pytest.importorskip("detectron2", reason="detectron2 is not installed (build it 
 
 from torchvision.ops import box_iou  # noqa: E402
 
-from conftest import small_model_cfg  # noqa: E402
+from conftest import seeded, small_model_cfg  # noqa: E402
 
 from meddet.errors import ModelError  # noqa: E402
 from meddet.modeling import build_model, load_model_weights, save_checkpoint  # noqa: E402
@@ -57,7 +57,7 @@ def predict(model, batch):
 def twins(*opts, seed: int = 0):
     """A torchvision-engine model and the detectron2-engine model holding its converted weights."""
     cfg = small_cfg(*opts)
-    torch.manual_seed(seed)
+    torch.manual_seed(seeded(seed))
     tv = build_model(small_cfg("MODEL.ENGINE", "torchvision", *opts))
     d2 = build_model(cfg)
     result = d2.load_state_dict(tv_to_d2_state_dict(tv.state_dict(), cfg), strict=False)
@@ -101,24 +101,29 @@ def test_detectron2_build_errors_are_model_errors():
 
 # ------------------------------------------------------------------------------------- interface
 def test_training_losses_have_the_torchvision_engines_names_and_fall():
-    torch.manual_seed(0)
+    """Small plain gradient steps on one batch, with the same anchor/proposal sampling each time (the RNG
+    reseeded before each forward): the loss falls on any machine, as gradient descent must (6 momentum
+    steps at lr 0.01 from a random init fell on one CPU and not on another)."""
+    torch.manual_seed(seeded(0))
     model = build_model(small_cfg())
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     model.train()
     totals = []
-    for _ in range(6):
-        losses = model(train_batch())  # no detectron2 EventStorage open: the model opens one
+    batch = train_batch()
+    for _ in range(3):
+        torch.manual_seed(seeded(1))
+        losses = model(batch)  # no detectron2 EventStorage open: the model opens one
         assert set(losses) == LOSSES and all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
         total = sum(losses.values())
         opt.zero_grad()
         total.backward()
         opt.step()
         totals.append(total.item())
-    assert totals[-1] < totals[0]
+    assert totals[2] < totals[1] < totals[0], totals
 
 
 def test_eval_output_is_meddets_format_in_original_pixels():
-    torch.manual_seed(0)
+    torch.manual_seed(seeded(0))
     model = build_model(small_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0))
     img = image(64, 96)
     small = predict(model, [{"image": img, "height": 64, "width": 96}])[0]
@@ -186,7 +191,7 @@ def test_torchvision_weights_converted_give_the_same_detections(tmp_path):
     tv_path = save_checkpoint(tmp_path / "tv.pth", tv)
     cfg = small_cfg()
     d2_path = convert_checkpoint(tv_path, tmp_path / "d2.pth", "tv-to-d2", cfg)
-    torch.manual_seed(99)
+    torch.manual_seed(seeded(99))
     d2 = build_model(cfg)
     assert load_model_weights(d2, d2_path) == {}
     for seed, (h, w) in enumerate([(96, 128), (64, 64)]):
@@ -195,13 +200,13 @@ def test_torchvision_weights_converted_give_the_same_detections(tmp_path):
 
 
 def test_model_zoo_pkl_and_class_count_change_load_through_detectron2(tmp_path, caplog):
-    torch.manual_seed(1)
+    torch.manual_seed(seeded(1))
     source = build_model(small_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 5))
     path = tmp_path / "model_final_abc.pkl"
     with path.open("wb") as f:
         pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()},
                      "__author__": "Detectron2 Model Zoo"}, f)
-    torch.manual_seed(2)
+    torch.manual_seed(seeded(2))
     same = build_model(small_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 5))
     load_model_weights(same, path)
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in same.state_dict().items())
@@ -248,7 +253,7 @@ def test_detections_of_the_detectron2_engine_are_explained_by_every_method(tmp_p
 
     from meddet.xai import explain, gradcam
 
-    torch.manual_seed(0)
+    torch.manual_seed(seeded(0))
     cfg = small_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "INPUT.MIN_SIZE_TEST", 64)
     model = build_model(cfg).eval()
     item = {"image": image(64, 96), "height": 128, "width": 192}

@@ -1,6 +1,8 @@
 """End to end through the command lines: synthetic CBIS-DDSM → COCO → train → evaluate → predict,
 and a training run killed mid-way that resumes from its last checkpoint."""
+import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -85,24 +87,36 @@ def test_killed_training_resumes_from_last_checkpoint(coco_dir, tmp_path):
     cmd = [PY, "detectron.py", "-c", "train", "--config-file", str(REPO / "configs/Base-RCNN-FPN.yaml"),
            *_train_opts(coco, run, 400, 4)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def pointed() -> int:
+        """The iteration count of the checkpoint last_checkpoint names (0 before the first)."""
+        with contextlib.suppress(FileNotFoundError, IndexError, ValueError):
+            return int((run / "last_checkpoint").read_text().strip().split("_")[1].split(".")[0])
+        return 0
+
     try:
+        # Wait for the pointer, not for a checkpoint file: the file appears before the pointer names it,
+        # and a fast machine could be killed in between.
         deadline = time.time() + 300
-        while not (run / "model_0000007.pth").exists():
+        while pointed() < 7:
             assert proc.poll() is None, "training ended early"
             assert time.time() < deadline, "no checkpoint within 5 minutes"
             time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    last = (run / "last_checkpoint").read_text().strip()
-    done = int(last.split("_")[1].split(".")[0])
-    assert done >= 7
+    # Resuming continues after a checkpoint the run wrote (the one last_checkpoint names, or a newer one
+    # written just before the kill), never from zero; MAX_ITER past the newest so both end at the same place.
+    written = sorted(int(p.stem.split("_")[1]) for p in run.glob("model_[0-9]*.pth"))
+    assert written and written[-1] >= pointed() >= 7
+    newest = written[-1]
     res = _run("detectron.py", "-c", "train", "--config-file", REPO / "configs/Base-RCNN-FPN.yaml",
-               *_train_opts(coco, run, done + 5, 4), "--resume")
-    assert f"at iteration {done + 1}" in res.stderr  # continued, not restarted from zero
+               *_train_opts(coco, run, newest + 5, 4), "--resume")
+    started = int(re.search(r"Resuming from \S+ at iteration (\d+)", res.stderr).group(1))
+    assert started - 1 in written and started - 1 >= 7  # continued, not restarted from zero
     its = [json.loads(l)["iteration"] for l in (run / "metrics.json").read_text().splitlines()]
-    assert its == sorted(set(its)) and its[-1] == done + 4
+    assert its == sorted(set(its)) and its[-1] == newest + 4
     # and without --resume the run folder is protected
     again = _run("detectron.py", "-c", "train", "--config-file", REPO / "configs/Base-RCNN-FPN.yaml",
-                 *_train_opts(coco, run, done + 5, 4), check=False)
+                 *_train_opts(coco, run, newest + 5, 4), check=False)
     assert again.returncode == 2 and "--resume" in again.stderr

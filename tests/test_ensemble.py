@@ -39,7 +39,11 @@ def test_nms_fusion_with_weights_prefers_the_heavier_model():
     b = _set([(12, 10, 52, 50, 0.7, 0)])
     fused = fuse_detections([a, b], method="nms", iou_thresh=0.5, weights=[1, 3], image_size=(100, 100))
     np.testing.assert_allclose(fused["boxes"], [[12, 10, 52, 50]], atol=1e-3)
-    assert fused["scores"].tolist() == pytest.approx([0.7], abs=1e-5)
+    # As ensemble_boxes.nms: each score times its model's weight over the sum of the weights.
+    assert fused["scores"].tolist() == pytest.approx([0.7 * 3 / 4], abs=1e-5)
+    # Without weights the scores are kept as they are (ensemble_boxes.nms with weights=None).
+    plain = fuse_detections([a, b], method="nms", iou_thresh=0.5, image_size=(100, 100))
+    assert plain["scores"].tolist() == pytest.approx([0.8], abs=1e-5)
 
 
 def test_empty_sets_and_bad_settings():
@@ -97,3 +101,27 @@ def test_member_class_missing_from_the_ensemble_is_a_config_error():
         EnsemblePredictor([odd], ["cell", "cluster"], _ens_cfg())
     with pytest.raises(ConfigError, match="ENSEMBLE.WEIGHTS"):
         EnsemblePredictor([odd, odd], ["cell", "mitosis"], _ens_cfg(WEIGHTS=[1.0, 2.0, 3.0]))
+
+
+def test_tuned_thresholds_follow_classes_by_name_when_a_member_adds_a_class():
+    """Three tuned per-class thresholds (no names: the first member's classes, in order) and a member
+    that adds a fourth class: no "expected one per class" error; the added class gets TEST.SCORE_THRESH."""
+    from meddet.tasks import class_thresholds
+
+    first = FakePredictor(["mass", "calc", "arch"], _set([]))
+    extra = FakePredictor(["calc", "node"], _set([]))
+    cfg = _ens_cfg()
+    cfg.TEST.SCORE_THRESH = 0.45
+    cfg.TEST.CLASS_SCORE_THRESH = [0.3, 0.6, 0.7]
+    ens = EnsemblePredictor([first, extra], ["mass", "calc", "arch", "node"], cfg)
+    assert class_thresholds(ens.cfg, ens.class_names).tolist() == [0.3, 0.6, 0.7, 0.45]
+    assert list(ens.cfg.DATASETS.CLASS_NAMES) == ens.class_names
+    # Named thresholds (as -c tune writes them) in another order than the ensemble's classes.
+    cfg.TEST.CLASS_SCORE_THRESH_NAMES = ["arch", "mass", "calc"]
+    ens = EnsemblePredictor([first, extra], ["node", "mass", "calc", "arch"], cfg)
+    assert class_thresholds(ens.cfg, ens.class_names).tolist() == [0.45, 0.6, 0.7, 0.3]  # arch .3, mass .6, calc .7
+    assert class_thresholds(ens.cfg, ens.class_names, override=0.2).tolist() == [0.2] * 4
+    # A count that fits no naming is refused with the key's name.
+    cfg.TEST.CLASS_SCORE_THRESH_NAMES = ["arch", "mass"]
+    with pytest.raises(ConfigError, match="TEST.CLASS_SCORE_THRESH has 3 values for the 2 classes"):
+        EnsemblePredictor([first, extra], ["mass", "calc", "arch", "node"], cfg)

@@ -91,3 +91,33 @@ def test_compare_runs_side_by_side(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no eval/metrics.json"):
         compare([a, tmp_path / "empty"])
+
+
+def test_compare_on_an_unevaluated_run_says_run_evaluate_first(tmp_path):
+    run = tmp_path / "trained"
+    run.mkdir()
+    (run / "config.yaml").write_text("OUTPUT_DIR: ./output/trained\n")
+    # A training run's metrics.json: detectron2 JSON lines, not an evaluation.
+    (run / "metrics.json").write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1, "total_loss": 0.9}\n')
+    with pytest.raises(DataError, match=r"trained: no eval/metrics.json \(not evaluated yet\): run "
+                                        r"`detectron.py -c evaluate"):
+        compare([run])
+
+
+def test_tune_summary_reports_the_macro_f1_reached_at_the_chosen_thresholds(tmp_path):
+    gt, preds = tune_case()
+    preds = preds + [det(5, 2, [60, 60, 20, 20], 0.45)]  # a calc FP: its best threshold is no longer mass's
+    res = tune(gt, preds, tmp_path, nms_thresholds=(0.7,))  # 0.7 suppresses nothing here
+    # Recomputed by the evaluator on the same predictions: one global threshold, then the per-class ones.
+    at_global = evaluate(gt, preds, score_thresh=res.score_thresh, bootstrap_samples=0, gallery_size=0)
+    at_class = evaluate(gt, preds, score_thresh=res.class_score_thresh, bootstrap_samples=0, gallery_size=0)
+    assert res.macro_at_score_thresh == pytest.approx(at_global["prf1/macro_F1"], abs=1e-9)
+    assert res.macro_at_class_thresh == pytest.approx(at_class["prf1/macro_F1"], abs=1e-9)
+    assert res.macro_at_class_thresh > res.macro_at_score_thresh
+    text = res.summary()
+    assert (f"macro F1 at score >= {res.score_thresh:.4f} for every class (TEST.SCORE_THRESH): "
+            f"{at_global['prf1/macro_F1']:.4f}") in text
+    assert f"macro F1 at the per-class thresholds (TEST.CLASS_SCORE_THRESH): {at_class['prf1/macro_F1']:.4f}" in text
+    # The fragment names each per-class threshold's class.
+    frag = yaml.safe_load((tmp_path / "tuned_config.yaml").read_text())
+    assert frag["TEST"]["CLASS_SCORE_THRESH_NAMES"] == ["mass", "calc"]

@@ -123,6 +123,9 @@ def test_statistics_match_hand_computed_values(tmp_path, base_yaml, fakes):
     assert d["mean_diff"] == pytest.approx(0.12) and d["std_diff"] == pytest.approx(0.02)
     assert d["ci95_low"] == pytest.approx(0.12 - half) and d["ci95_high"] == pytest.approx(0.12 + half)
     assert d["p_value"] == pytest.approx(0.0091, abs=2e-4)  # t = 10.39 on 2 df
+    # The intervals say what they resample: training runs by seed, not patients or images.
+    assert set(paired["unit"]) == {"run (seed)"} and set(pd.read_csv(out / "summary.csv")["unit"]) == {"run (seed)"}
+    assert "training runs (run (seed))" in (out / "summary.md").read_text()
     d = row(paired, variant="better", metric="bbox/AP")  # constant +5: zero spread
     assert (d["mean_diff"], d["ci95_low"], d["ci95_high"]) == (5.0, 5.0, 5.0)
     assert math.isnan(d["p_value"])  # no spread: the t-test is undefined
@@ -331,3 +334,63 @@ def test_real_experiment_two_variants_two_seeds(tmp_path):
     assert row(result.summary, variant="rfs", metric="bbox/AP50")["n"] == 2
     assert row(result.paired, variant="rfs", metric="recall/disc")["n_pairs"] == 2
     assert result.verdict["variants"]["rfs"]["verdict"] == "PASS"  # AP50 cannot drop by more than 100 points
+
+
+def _documented_example() -> str:
+    """The experiment YAML of meddet.experiment's docstring, as text."""
+    import textwrap
+
+    import meddet.experiment
+
+    doc = meddet.experiment.__doc__
+    block = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    return textwrap.dedent(block)
+
+
+def test_documented_example_yaml_reads_as_written(tmp_path):
+    import shutil
+
+    text = _documented_example()
+    assert "on: ci_low" in text  # the bare key YAML 1.1 reads as the boolean True
+    for cfg in ("cyto_demo_R18_FPN.yaml", "Base-RCNN-FPN.yaml"):  # its base: ../cyto_demo_R18_FPN.yaml
+        shutil.copy2(REPO / "configs" / cfg, tmp_path / cfg)
+    exp = tmp_path / "experiments" / "x.yaml"
+    exp.parent.mkdir()
+    exp.write_text(text)
+    spec = load_experiment(exp)
+    assert [(r.metric, r.kind, r.threshold, r.on) for r in spec.rules] == [
+        ("recall/cluster", "min_gain", 0.05, "mean"), ("bbox/AP", "max_drop", 3.0, "ci_low")]
+    assert spec.kfold is not None and spec.kfold.k == 3 and spec.baseline == "plain"
+
+
+@pytest.mark.parametrize("key", ["on", "On", "ON", "off", "yes", "no", "y", "n", "Y", "true"])
+def test_boolean_looking_keys_are_the_strings_written(key):
+    from meddet.experiment import read_spec_yaml
+
+    data = read_spec_yaml(f"{key}: ci_low\nnested: {{{key}: 1}}\nvalue: yes\n")
+    assert data == {key: "ci_low", "nested": {key: 1}, "value": True}  # values keep YAML's reading
+
+
+def test_rule_on_key_with_a_bad_value_names_it(tmp_path, base_yaml):
+    exp = write_exp(tmp_path, rules=None)
+    exp.write_text(exp.read_text() + "rules:\n  - {metric: bbox/AP, max_drop: 3.0, on: median}\n")
+    with pytest.raises(ConfigError, match=r"rules\[0\].on: found 'median'"):
+        load_experiment(exp)
+
+
+def _cli_main(argv):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detectron_cli", REPO / "detectron.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(mod.parse_args(argv))
+
+
+def test_fail_verdict_exits_non_zero_unless_told_not_to(tmp_path, base_yaml, fakes, capsys):
+    exp = write_exp(tmp_path, variants={"plain": {}, "worse": {}}, rules=[{"metric": "bbox/AP", "max_drop": 3.0}])
+    assert _cli_main(["-c", "experiment", "--config-file", str(exp)]) == 1
+    assert "verdict FAIL for worse" in capsys.readouterr().err
+    assert _cli_main(["-c", "experiment", "--config-file", str(exp), "--no-fail-on-verdict"]) == 0
+    exp = write_exp(tmp_path, variants={"plain": {}, "better": {}}, rules=[{"metric": "bbox/AP", "max_drop": 3.0}])
+    assert _cli_main(["-c", "experiment", "--config-file", str(exp)]) == 0

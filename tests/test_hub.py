@@ -117,6 +117,7 @@ def _client(tmp_path, env_extra, *args):
                           timeout=300)
 
 
+@pytest.mark.slow  # four CLI subprocesses, each importing torch (~25 s)
 def test_push_and_pull_through_the_hub_client(bundle, image, tmp_path):
     from hf_standin import HubStandIn
 

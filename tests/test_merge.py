@@ -145,8 +145,8 @@ def test_greedy_nmm_matches_reference_loop(metric):
     np.testing.assert_allclose(key(got), key(ref), rtol=1e-5, atol=1e-3)
 
 
-def test_agrees_with_sahi_when_installed():
-    pytest.importorskip("sahi")
+def test_agrees_with_sahi():
+    """SAHI 0.12.8 (installed by the Makefile) merges the same boxes."""
     from sahi.postprocess.combine import GreedyNMMPostprocess, NMMPostprocess, NMSPostprocess
     from sahi.prediction import ObjectPrediction
 

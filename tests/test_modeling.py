@@ -20,7 +20,7 @@ from meddet.modeling import (
 )
 from meddet.modeling import build as build_module
 
-from conftest import small_model_cfg
+from conftest import seeded, small_model_cfg
 
 LOSSES = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
 
@@ -31,7 +31,7 @@ def tiny_cfg(*opts):
 
 
 def build(*opts, seed: int = 0):
-    torch.manual_seed(seed)
+    torch.manual_seed(seeded(seed))
     return build_model(tiny_cfg(*opts))
 
 
@@ -341,11 +341,11 @@ def test_class_weights_scale_each_rois_cross_entropy():
 
 
 def test_class_weights_change_only_the_classification_loss():
-    torch.manual_seed(3)
+    torch.manual_seed(seeded(3))
     plain = build()(train_batch())
-    torch.manual_seed(3)
+    torch.manual_seed(seeded(3))
     ones = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [1.0, 1.0, 1.0])(train_batch())
-    torch.manual_seed(3)
+    torch.manual_seed(seeded(3))
     heavy = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [5.0, 5.0, 5.0])(train_batch())
     for name in LOSSES:
         torch.testing.assert_close(ones[name], plain[name])  # all ones = unweighted

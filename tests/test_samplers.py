@@ -130,3 +130,41 @@ def test_build_epoch_order_from_config(caplog):
     cfg = load_config(None, ["DATALOADER.SAMPLER_TRAIN", "Balanced"])
     with pytest.raises(ConfigError, match="SAMPLER_TRAIN.*RepeatFactorTrainingSampler.*'Balanced'"):
         build_epoch_order(cfg, recs)
+
+
+def _shares(recs, w):
+    """Share of the drawn images holding each class, and of those without boxes (expected, from weights)."""
+    from meddet.data.dataset import _class_presence
+
+    p = _class_presence(recs)
+    groups = np.column_stack([p, ~p.any(axis=1)])
+    return (w[:, None] * groups).sum(axis=0) / w.sum()
+
+
+def test_class_balanced_sampler_gives_every_class_an_equal_share():
+    """The imbalanced toy set (class 0 in 17 of 20 images, class 1 in 2, class 2 in 4, mixed images, two
+    without boxes): every class and the negatives end up in the same share of the drawn images (±5%),
+    where weighting by the rarest class alone leaves 0.57 / 0.28 / 0.36."""
+    from meddet.data.dataset import equal_share_weights, rarest_class_weights
+
+    recs = _toy()
+    w = equal_share_weights(recs)
+    shares = _shares(recs, w)
+    assert np.all(np.abs(shares - shares.mean()) <= 0.05 * shares.mean()), shares
+    assert (w > 0).all()  # every image is still drawn now and then
+    old = _shares(recs, rarest_class_weights(recs))[:3]
+    assert old.max() - old.min() > 0.25  # what the rarest-class weights leave
+    # Drawn for real over many epochs by the configured sampler: the same shares.
+    cfg = load_config(None, ["DATALOADER.SAMPLER_TRAIN", "ClassBalancedSampler"])
+    order = build_epoch_order(cfg, recs)
+    drawn = np.array([i for e in range(1500) for i in order.indices(2, e)])
+    empirical = _shares(recs, np.bincount(drawn, minlength=len(recs)).astype(float))
+    assert np.all(np.abs(empirical - shares.mean()) <= 0.05 * shares.mean()), empirical
+
+
+def test_rarest_class_sampler_keeps_the_former_class_balanced_weights():
+    from meddet.data.dataset import rarest_class_weights
+
+    recs = _toy()
+    cfg = load_config(None, ["DATALOADER.SAMPLER_TRAIN", "RarestClassSampler"])
+    np.testing.assert_allclose(build_epoch_order(cfg, recs).weights.numpy(), rarest_class_weights(recs))

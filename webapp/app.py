@@ -194,8 +194,11 @@ class ModelService:
         from meddet.tasks import class_thresholds
         from meddet.xai import explain_detections, heatmap_rgba
 
+        if not hasattr(self.predictor, "model") or not hasattr(self.predictor, "prepare"):
+            raise UploadError(422, "explain: this model cannot be explained (an ensemble: explanations need one "
+                                   "model's layers; explain a member's bundle instead)")
         scores, classes = np.asarray(out["scores"]), np.asarray(out["classes"], dtype=np.int64)
-        thr = class_thresholds(self.predictor.cfg, len(self.predictor.class_names), threshold)
+        thr = class_thresholds(self.predictor.cfg, self.predictor.class_names, threshold)
         order = np.argsort(-scores, kind="stable")
         candidates = order[scores[order] >= thr[classes[order]]]
         chosen = candidates[: self.explain_max_detections]
@@ -276,24 +279,38 @@ def _hex(bgr: Sequence[int]) -> str:
 
 
 def model_info(predictor) -> dict[str, Any]:
-    """Classes (name, colour, default threshold), engine, input and metrics of the served model."""
+    """Classes (name, colour, default threshold: the tuned one when the bundle was tuned), engine, input
+    and metrics of the served model (any meddet.inference.DetectorLike); for an ensemble, its fusion
+    settings and members."""
     from meddet.tasks import class_thresholds
     from meddet.visualize import class_color
 
     meta = getattr(predictor, "bundle", None) or {}
     cfg = predictor.cfg
-    thr = class_thresholds(cfg, len(predictor.class_names))
+    thr = class_thresholds(cfg, predictor.class_names)
+    members = getattr(predictor, "members", None)
+    extra: dict[str, Any] = {}
+    if members is not None:
+        extra["ensemble"] = meta.get("ensemble") or {
+            "method": predictor.method, "iou_thresh": predictor.iou_thresh, "weights": predictor.weights or [],
+            "skip_box_thresh": predictor.skip_box_thresh}
+        extra["members"] = [{"classes": list(m.class_names),
+                             "engine": (getattr(m, "bundle", None) or {}).get("engine", str(m.cfg.MODEL.ENGINE))}
+                            for m in members]
     return {
         "classes": [{"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thr[i])}
                     for i, n in enumerate(predictor.class_names)],
         "score_thresh": float(cfg.TEST.SCORE_THRESH),
         # the engine actually serving (a bundle's weights may have been converted for the engine available here)
-        "engine": (getattr(getattr(predictor, "model", None), "engine", None)
+        "engine": (meta.get("engine", "ensemble") if members is not None
+                   else getattr(getattr(predictor, "model", None), "engine", None)
                    or meta.get("engine", str(cfg.MODEL.ENGINE))),
         "input": meta.get("input", {"min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
                                     "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST)}),
         "metrics": meta.get("metrics", {}),
         "training_data": meta.get("training_data", {}),
+        "tuned": (meta.get("thresholds") or {}).get("tuned"),
+        **extra,
     }
 
 
@@ -331,7 +348,8 @@ def _load_model(model):
 def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, max_queue: int = 4,
                cors_origins: Sequence[str] = (), explain_timeout_s: float = 30.0, explain_max_detections: int = 5,
                explain_max_side: int = 2048) -> Flask:
-    """The web app over `model` (a Predictor, a bundle folder or a Hub repo id).
+    """The web app over `model` (any meddet.inference.DetectorLike: a Predictor, a tiled one, an
+    EnsemblePredictor; or a bundle folder, an ensemble bundle or a Hub repo id).
 
     `max_upload_mb` bounds the request body (413 above), `max_pixels` the decoded image, `max_queue`
     the requests waiting or running (503 above); `cors_origins` lists origins allowed to call the API

@@ -150,12 +150,18 @@ _C.DATASETS.IMAGE_ROOT = ""
 # Class names in model-index order (our key). Empty: taken from the training COCO's categories;
 # the trainer writes them into the run's config.yaml so evaluate/predict know them.
 _C.DATASETS.CLASS_NAMES = []
+# Boxes reaching outside their image: False clips them to it (and drops those with nothing inside),
+# counted in one warning naming the images, for training and for the ground truth of evaluation;
+# True stops with an error naming the file, the image and the box.
+_C.DATASETS.STRICT_BOXES = False
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 _C.DATALOADER.ASPECT_RATIO_GROUPING = False
 # TrainingSampler | RepeatFactorTrainingSampler (LVIS repeat factors, detectron2's keys) |
-# ClassBalancedSampler (our key: images drawn with probability from their rarest class's frequency)
+# ClassBalancedSampler (ours: images drawn so that every class, and the images without boxes, is held by
+# the same share of the drawn images) | RarestClassSampler (ours: images drawn with probability from their
+# rarest class's frequency; ClassBalancedSampler's behaviour before it balanced exactly)
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
 # Repeat factor max(1, (t / f) ** 0.5) when True (LVIS), max(1, t / f) when False.
@@ -259,6 +265,10 @@ _C.TEST.SCORE_THRESH = 0.5
 # Per-class score thresholds, one per class in class-index order (our key; written by `-c tune`).
 # Empty: every class uses TEST.SCORE_THRESH.
 _C.TEST.CLASS_SCORE_THRESH = []
+# The class name of each TEST.CLASS_SCORE_THRESH value (our key; written by `-c tune`), so thresholds
+# follow classes by name (ensembles); empty: DATASETS.CLASS_NAMES in index order. Unnamed classes use
+# TEST.SCORE_THRESH.
+_C.TEST.CLASS_SCORE_THRESH_NAMES = []
 
 _C.EVAL = CN()
 # IoU at which a detection matches a ground truth for P/R/F1 and the confusion matrix.
@@ -274,9 +284,15 @@ _C.EVAL.FROC_HIT = "center"
 _C.EVAL.FROC_IOU = 0.5
 # Mean false positives per image at which FROC sensitivity is reported.
 _C.EVAL.FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-# 95% confidence intervals by bootstrap over images: number of resamples (0 = none) and seed.
+# How sensitivity at each rate is read off the FROC curve: "step" (the lowest threshold within the
+# rate, LUNA16) or "linear" (interpolated between the curve's points, as MONAI's compute_froc_score).
+_C.EVAL.FROC_INTERPOLATION = "step"
+# 95% confidence intervals by bootstrap: number of resamples (0 = none) and seed.
 _C.EVAL.BOOTSTRAP_SAMPLES = 1000
 _C.EVAL.BOOTSTRAP_SEED = 0
+# What a bootstrap resample draws: "patient" (all views of a patient together; images when the
+# ground truth has no patient_id), "image", or the name of an image field to group by (e.g. "study_id").
+_C.EVAL.BOOTSTRAP_UNIT = "patient"
 # Crops per error gallery (highest-scoring false positives, missed ground truths; 0 = no galleries).
 _C.EVAL.GALLERY_SIZE = 16
 # Post-hoc tuning (`-c tune`): NMS IoU thresholds swept, and the objective per class:

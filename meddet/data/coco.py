@@ -7,13 +7,22 @@ image's own pixels. `file_name` is resolved against an explicit image root, else
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meddet.errors import DataError
 
+logger = logging.getLogger(__name__)
+
 REQUIRED_TOP = ("images", "annotations", "categories")
+# How far (pixels) a box may reach past the image edge before it counts as outside (rounding of
+# converted coordinates); such boxes are still clipped, silently.
+BOX_TOLERANCE = 0.5
+_WARNED: set[tuple[str, int, int]] = set()
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
@@ -118,3 +127,79 @@ def coco_to_records(coco: dict, json_path: str | os.PathLike, image_root: str | 
             }
         )
     return records
+
+
+@dataclass
+class BoxFixes:
+    """What clip_coco_boxes did: boxes clipped to their image, boxes dropped (nothing left inside),
+    and the image files they are on (in order, each once)."""
+
+    clipped: int = 0
+    dropped: int = 0
+    files: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.clipped or self.dropped)
+
+
+def clip_coco_boxes(coco: dict, source: str, strict: bool = False) -> tuple[dict, BoxFixes]:
+    """The ground truth as a model can see it: every box clipped to its image (``[0, width] x
+    [0, height]``), and boxes with nothing left inside dropped. Returns a COCO dict (the input is
+    not changed; only annotations differ) and the counts. The same rule serves training
+    (DatasetMapper's records) and evaluation (the ground truth that detections are matched to).
+
+    A warning (once per file and counts) names `source` and the image files. ``strict``
+    (DATASETS.STRICT_BOXES) makes the first box reaching outside by more than BOX_TOLERANCE pixels a
+    DataError naming the file, the image and the box. Boxes with other faults (not numbers, zero
+    size inside the image, unknown image) are left to the checks of their readers."""
+    images = {im.get("id"): im for im in coco.get("images", []) if isinstance(im, dict)}
+    fixes = BoxFixes()
+    seen: set[str] = set()
+    anns = []
+    for i, a in enumerate(coco.get("annotations", [])):
+        im = images.get(a.get("image_id")) if isinstance(a, dict) else None
+        try:
+            x, y, w, h = (float(v) for v in a["bbox"])
+            W, H = float(im["width"]), float(im["height"])
+        except (TypeError, ValueError, KeyError):
+            anns.append(a)
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h, W, H)) or w <= 0 or h <= 0:
+            anns.append(a)
+            continue
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, W), min(y + h, H)
+        if (x1, y1, x2, y2) == (x, y, x + w, y + h):
+            anns.append(a)
+            continue
+        t = BOX_TOLERANCE
+        outside = x < -t or y < -t or x + w > W + t or y + h > H + t
+        vanished = x2 <= x1 or y2 <= y1
+        name = str(im.get("file_name", im.get("id")))
+        if strict and (outside or vanished):
+            raise DataError(
+                f"{source}: annotations[{i}] (image {name}, {W:g}x{H:g}) has bbox {list(a['bbox'])}, which "
+                f"{'lies wholly' if vanished else 'reaches'} outside the image; expected x, y >= 0, x + w <= "
+                f"{W:g}, y + h <= {H:g} (DATASETS.STRICT_BOXES is on; turn it off to clip such boxes)"
+            )
+        if (outside or vanished) and name not in seen:
+            seen.add(name)
+            fixes.files.append(name)
+        if vanished:
+            fixes.dropped += 1
+            continue
+        fixes.clipped += int(outside)
+        new = {**a, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+        if isinstance(a.get("area"), (int, float)):
+            new["area"] = min(float(a["area"]), (x2 - x1) * (y2 - y1))
+        anns.append(new)
+    if fixes and (source, fixes.clipped, fixes.dropped) not in _WARNED:
+        _WARNED.add((source, fixes.clipped, fixes.dropped))
+        shown = ", ".join(fixes.files[:8]) + (f", ... ({len(fixes.files)} images)" if len(fixes.files) > 8 else "")
+        logger.warning(
+            "%s: %d box(es) reach outside their image and were clipped to it, %d lie wholly outside and were "
+            "dropped (%s); set DATASETS.STRICT_BOXES True to stop on such boxes instead",
+            source, fixes.clipped, fixes.dropped, shown,
+        )
+    if not fixes:
+        return coco, fixes
+    return {**coco, "annotations": anns}, fixes

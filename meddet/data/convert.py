@@ -1,10 +1,19 @@
 """What every converter to COCO shares: the report of a batch conversion (what was skipped and
-why), assembling the COCO dict from manifest entries, and writing ``all.json`` plus the
-patient-level ``train/val/test.json`` next to ``images/``.
+why, what changed against the previous conversion in the same folder), assembling the COCO dict
+from manifest entries, and writing ``all.json`` plus the patient-level ``train/val/test.json``
+next to ``images/``.
+
+Image and annotation ids are stable across re-conversions: ``ids.json`` next to the manifest maps
+each output's key (its source file's identity, e.g. CBIS-DDSM's ``Mass-Training_P_00001_LEFT_CC``)
+to its image id and annotation ids. A first conversion numbers the images 1..N in key order (as
+before); a later one into the same folder keeps every id it already gave and numbers new outputs
+after the largest id ever given, so an image that drops out (an unreadable file) changes no other
+id and its id is never reused. Copy ``ids.json`` into a new output folder to keep the ids there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,7 +28,9 @@ from meddet.data.splits import SPLIT_NAMES, split_by_patient, subset_coco
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConversionReport", "Skipped", "assemble_coco", "safe_name", "write_coco_splits"]
+__all__ = ["ID_MAP", "ConversionReport", "Skipped", "assemble_coco", "safe_name", "write_coco_splits"]
+
+ID_MAP = "ids.json"
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,9 @@ class ConversionReport:
     skipped: list[Skipped] = field(default_factory=list)
     excluded: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # against the previous conversion in the same folder: "added", "removed", "changed" (outputs, from
+    # the manifest) and "moved" (images now in another split); empty on a first conversion
+    changes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +98,15 @@ class ConversionReport:
             lines.append("splits: " + ", ".join(f"{k} {v} images" for k, v in self.splits.items()))
         if self.n_reused:
             lines.append(f"{self.n_converted} image(s) converted, {self.n_reused} reused from an earlier run")
+        if self.changes:
+            counts = ", ".join(f"{len(self.changes.get(k, []))} {k}" for k in ("added", "removed", "changed", "moved"))
+            lines.append(f"against the previous conversion: {counts}"
+                         + (f" (listed in {self.files['changes']})" if "changes" in self.files else ""))
+            for k in ("removed", "moved", "added", "changed"):
+                items = self.changes.get(k, [])
+                lines += [f"  {k}: {i}" for i in items[:20]]
+                if len(items) > 20:
+                    lines.append(f"  ... {len(items) - 20} more {k}")
         if self.warnings:
             lines.append(f"{len(self.warnings)} warning(s):")
             lines += [f"  {w}" for w in self.warnings]
@@ -104,20 +127,68 @@ def safe_name(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._") or "image"
 
 
+def _load_id_map(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None or not path.is_file():
+        return {"images": {}, "annotations": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ids = {"images": {str(k): int(v) for k, v in data["images"].items()},
+               "annotations": {str(k): [int(i) for i in v] for k, v in data["annotations"].items()}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: not an id map written by meddet ({type(e).__name__}: {e}); expected "
+                        '{"images": {key: id}, "annotations": {key: [ids]}}; move it away to number ids afresh') from None
+    return ids
+
+
 def assemble_coco(
-    entries: Sequence[dict[str, Any]], categories: Sequence[dict[str, Any]], info: dict[str, Any]
+    entries: Sequence[dict[str, Any]],
+    categories: Sequence[dict[str, Any]],
+    info: dict[str, Any],
+    id_map: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """A COCO dict from manifest entries (each with ``record`` and ``annotations``): image and
-    annotation ids 1..N in the entries' order, so the same inputs give the same ids whatever the
-    number of workers."""
+    """A COCO dict from manifest entries (each with ``key``, ``record`` and ``annotations``).
+
+    Without ``id_map``: image and annotation ids 1..N in the entries' order. With it (a path,
+    normally ``OUT/ids.json``): ids already given to a key are kept, new keys get ids after the
+    largest ever given, and the map is written back (module docstring). Either way the same
+    inputs give the same ids whatever the number of workers."""
+    path = Path(id_map) if id_map is not None else None
+    ids = _load_id_map(path)
+    next_image = max(ids["images"].values(), default=0) + 1
+    next_ann = max((i for v in ids["annotations"].values() for i in v), default=0) + 1
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for entry in entries:
-        image_id = len(images) + 1
+    for n, entry in enumerate(entries):
+        key = str(entry.get("key", n))
+        if key not in ids["images"]:
+            ids["images"][key] = next_image
+            next_image += 1
+        image_id = ids["images"][key]
         images.append({"id": image_id, **entry["record"]})
-        for a in entry["annotations"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **a})
+        ann_ids = ids["annotations"].setdefault(key, [])
+        while len(ann_ids) < len(entry["annotations"]):
+            ann_ids.append(next_ann)
+            next_ann += 1
+        for a, ann_id in zip(entry["annotations"], ann_ids):
+            annotations.append({"id": ann_id, "image_id": image_id, **a})
+    if path is not None:
+        save_json_atomic(ids, path)
     return {"info": dict(info), "images": images, "annotations": annotations, "categories": list(categories)}
+
+
+def _previous_splits(out: Path) -> dict[str, str]:
+    """file_name -> split in the split files an earlier conversion left in ``out`` (empty if none)."""
+    found: dict[str, str] = {}
+    for name in SPLIT_NAMES:
+        path = out / f"{name}.json"
+        try:
+            images = json.loads(path.read_text(encoding="utf-8")).get("images", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for im in images:
+            if isinstance(im, dict) and "file_name" in im:
+                found[str(im["file_name"])] = name
+    return found
 
 
 def write_coco_splits(
@@ -138,9 +209,10 @@ def write_coco_splits(
     reproduce it. Fills ``report``'s counts, split sizes and file paths, and returns it.
     """
     out = Path(out_dir)
+    before = _previous_splits(out)
     if assignment is None:
         assignment = split_by_patient(coco["images"], fractions, seed)
-        split_info = {"method": "patient", "fractions": list(fractions), "seed": seed}
+        split_info = {"method": "patient", "assignment": "hash", "fractions": list(fractions), "seed": seed}
     coco.setdefault("info", {})
     coco["info"].update({"meddet_version": __version__, "split": dict(split_info or {})})
     coco.setdefault("licenses", [])
@@ -154,10 +226,32 @@ def write_coco_splits(
         save_json_atomic(sub, path)
         report.files[name] = path
         report.splits[name] = len(sub["images"])
+    if before:
+        split_of = {i: name for name in SPLIT_NAMES for i in assignment.get(name, [])}
+        now = {im["file_name"]: split_of.get(im["id"], "none") for im in coco["images"]}
+        moved = [f"{f}: {before[f]} -> {now[f]}" for f in sorted(now) if f in before and before[f] != now[f]]
+        report.changes["moved"] = moved
+        if moved:
+            logger.warning("%d image(s) are in another split than in the previous conversion of %s (seed, "
+                           "fractions or patient ids changed?)", len(moved), out)
+        write_changes(out, report)
     report.n_images = len(coco["images"])
     report.n_annotations = len(coco["annotations"])
     report.categories = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     return report
+
+
+def write_changes(out_dir: str | os.PathLike, report: ConversionReport) -> None:
+    """``changes.txt``: one line ``KIND: ITEM`` per change against the previous conversion."""
+    path = Path(out_dir) / "changes.txt"
+    if not any(report.changes.values()):  # nothing changed: no file (and no stale one from an older run)
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(f"{k}: {i}\n" for k in ("removed", "moved", "added", "changed")
+                           for i in report.changes.get(k, [])), encoding="utf-8")
+    os.replace(tmp, path)
+    report.files["changes"] = path
 
 
 def read_csv_strings(path: str | os.PathLike, what: str = "CSV file", sep: str = ","):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from meddet.data.coco import class_names, coco_to_records, load_coco
+from meddet.data.coco import class_names, clip_coco_boxes, coco_to_records, load_coco
 from meddet.data.tiling import TilingParams, clip_boxes_to_window, tile_records
 from meddet.data.transforms import (
     apply_augmentation,
@@ -25,14 +25,19 @@ from meddet.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
-def load_records(json_paths: Sequence[str], image_root: str = "") -> tuple[list[dict], list[str]]:
-    """Records of one or more COCO files that must share the same categories."""
+def load_records(json_paths: Sequence[str], image_root: str = "", strict_boxes: bool = False
+                 ) -> tuple[list[dict], list[str]]:
+    """Records of one or more COCO files that must share the same categories.
+
+    Boxes are clipped to their image and those left with nothing inside dropped (counted, one
+    warning naming the images; `strict_boxes`, DATASETS.STRICT_BOXES: an error instead), so the
+    model trains and validates on the boxes it can see (meddet.data.coco.clip_coco_boxes)."""
     if not json_paths:
         raise ConfigError("no dataset given: set DATASETS.TRAIN / DATASETS.TEST to COCO JSON files")
     records: list[dict] = []
     names: list[str] | None = None
     for p in json_paths:
-        coco = load_coco(p)
+        coco, _ = clip_coco_boxes(load_coco(p), str(p), strict=strict_boxes)
         n = class_names(coco)
         if names is not None and n != names:
             raise DataError(f"{p}: categories {n} differ from those of {json_paths[0]} ({names})")
@@ -231,8 +236,9 @@ class RepeatFactorOrder:
 
 
 class ClassBalancedOrder:
-    """DATALOADER.SAMPLER_TRAIN "ClassBalancedSampler": len(weights) draws per epoch with replacement,
-    image i with probability proportional to weights[i] (class_balanced_weights), seeded by seed + epoch."""
+    """DATALOADER.SAMPLER_TRAIN "ClassBalancedSampler" (weights from :func:`equal_share_weights`) and
+    "RarestClassSampler" (:func:`rarest_class_weights`): len(weights) draws per epoch with replacement,
+    image i with probability proportional to weights[i], seeded by seed + epoch."""
 
     def __init__(self, weights: np.ndarray):
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
@@ -248,7 +254,7 @@ class ClassBalancedOrder:
         return torch.multinomial(self.weights, len(self.weights), replacement=True, generator=g).tolist()
 
 
-SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "ClassBalancedSampler")
+SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "ClassBalancedSampler", "RarestClassSampler")
 
 
 def _class_presence(records: Sequence[dict], num_classes: int = 0) -> np.ndarray:
@@ -274,12 +280,15 @@ def repeat_factors(records: Sequence[dict], threshold: float, sqrt: bool = True)
     return np.maximum(1.0, (presence * r_class).max(axis=1, initial=0.0))
 
 
-def class_balanced_weights(records: Sequence[dict]) -> np.ndarray:
-    """Sampling weight of each image: max over the classes it holds of 1 / (images holding that class).
+def rarest_class_weights(records: Sequence[dict]) -> np.ndarray:
+    """DATALOADER.SAMPLER_TRAIN "RarestClassSampler" (what "ClassBalancedSampler" did before it balanced
+    exactly): sampling weight of each image = max over the classes it holds of 1 / (images holding that
+    class).
 
-    Images without boxes form one more group with weight 1 / (images without boxes), so in expectation
-    each class, and the negatives together, are drawn about equally often (exactly so when every image
-    holds one class; an image with several classes counts for its rarest)."""
+    Images without boxes form one more group with weight 1 / (images without boxes). Each class, and the
+    negatives together, are drawn equally often only when every image holds one class: an image with
+    several classes counts for its rarest, so classes that share images with rarer ones are over-drawn
+    (e.g. shares 0.57 / 0.28 / 0.36 on an imbalanced set). :func:`equal_share_weights` balances exactly."""
     presence = _class_presence(records)
     counts = presence.sum(axis=0)
     w_class = np.divide(1.0, counts, out=np.zeros(len(counts)), where=counts > 0)
@@ -288,6 +297,45 @@ def class_balanced_weights(records: Sequence[dict]) -> np.ndarray:
     if empty.any():
         weights[empty] = 1.0 / empty.sum()
     return weights
+
+
+class_balanced_weights = rarest_class_weights  # the name before "RarestClassSampler" existed
+
+EQUAL_SHARE_TOL = 1e-4  # relative spread of the class shares at which equal_share_weights stops
+EQUAL_SHARE_MAX_ITER = 20000
+
+
+def equal_share_weights(records: Sequence[dict], tol: float = EQUAL_SHARE_TOL,
+                        max_iter: int = EQUAL_SHARE_MAX_ITER) -> np.ndarray:
+    """DATALOADER.SAMPLER_TRAIN "ClassBalancedSampler": sampling weights (summing to 1) under which every
+    class is held by the same share of the drawn images, and the images without boxes (one more group,
+    when there are any) make up that share too.
+
+    Found by multiplicative scaling from equal weights: each step multiplies an image's weight by the
+    geometric mean, over the groups it holds, of (mean share / that group's share), until the shares
+    agree within `tol` (relative) or `max_iter` steps. Every image keeps a positive weight. When the
+    classes cannot be balanced exactly (a class that only ever appears with another), the shares come
+    as close as the data allows and a warning says so."""
+    presence = _class_presence(records).astype(np.float64)
+    if not len(records):
+        return np.zeros(0)
+    empty = ~presence.any(axis=1)
+    groups = np.column_stack([presence, empty]) if empty.any() else presence
+    groups = groups[:, groups.any(axis=0)]
+    n_groups = groups.sum(axis=1)
+    w = np.full(len(records), 1.0 / len(records))
+    shares = groups.T @ w
+    for _ in range(int(max_iter)):
+        shares = groups.T @ w
+        target = shares.mean()
+        if np.max(np.abs(shares - target)) <= tol * target:
+            break
+        w = w * np.exp((groups @ np.log(target / shares)) / n_groups)
+        w /= w.sum()
+    else:
+        logger.warning("ClassBalancedSampler: class shares %s could not be made equal (a class only appears "
+                       "together with another?); using the closest reached", np.round(shares, 3).tolist())
+    return w
 
 
 def _log_class_shares(records: Sequence[dict], weights: np.ndarray, names: Sequence[str], what: str) -> None:
@@ -313,8 +361,12 @@ def build_epoch_order(cfg, records: Sequence[dict], names: Sequence[str] = ()) -
         _log_class_shares(records, factors, names, f"RepeatFactorTrainingSampler (mean repeat {factors.mean():.2f})")
         return RepeatFactorOrder(factors)
     if name == "ClassBalancedSampler":
-        weights = class_balanced_weights(records)
+        weights = equal_share_weights(records)
         _log_class_shares(records, weights, names, "ClassBalancedSampler")
+        return ClassBalancedOrder(weights)
+    if name == "RarestClassSampler":
+        weights = rarest_class_weights(records)
+        _log_class_shares(records, weights, names, "RarestClassSampler")
         return ClassBalancedOrder(weights)
     raise ConfigError(f"DATALOADER.SAMPLER_TRAIN: expected one of {list(SAMPLERS)}, found {name!r}")
 
@@ -397,16 +449,28 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
     DATALOADER.FILTER_EMPTY_ANNOTATIONS then applies to tiles, and DATALOADER.SAMPLER_TRAIN samples them."""
     names = list(cfg.DATASETS.CLASS_NAMES)
     if records is None:
-        records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
-    what = "images"
+        records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
+                                      bool(cfg.DATASETS.STRICT_BOXES))
+    files = ", ".join(map(str, cfg.DATASETS.TRAIN)) or "DATASETS.TRAIN"
+    if not records:
+        raise DataError(f"{files}: the training split holds no images (DATASETS.TRAIN); expected a COCO file "
+                        "with at least one image (an empty split of a small dataset? re-split it)")
+    n_images, what = len(records), "images"
     if cfg.TILING.ENABLED:
         records = tile_records(records, TilingParams.from_cfg(cfg, names), names)
         what = "tiles"
+        if not records:
+            raise DataError(f"{files}: none of its {n_images} images gives a training tile with the TILING.* "
+                            "settings (KEEP_CLASSES, NEGATIVE_FRACTION, MIN_VISIBLE); expected at least one")
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         kept = [r for r in records if r["annotations"]]
         if len(kept) < len(records):
             logger.info("Training on %d of %d %s (%d without boxes left out: DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
                         len(kept), len(records), what, len(records) - len(kept))
+        if not kept:
+            raise DataError(f"{files}: none of its {len(records)} {what} has a box, and "
+                            "DATALOADER.FILTER_EMPTY_ANNOTATIONS leaves such images out; expected boxes in the "
+                            "training split (or set DATALOADER.FILTER_EMPTY_ANNOTATIONS False)")
         records = kept
     for f in dict.fromkeys(r["file_name"] for r in records):
         if not Path(f).is_file():
@@ -445,7 +509,7 @@ def build_test_loader(cfg, json_path: str, batch_size: int = 1, with_boxes: bool
     `tiles` yields the tiles of the images instead (TILING.SIZE/OVERLAP/MIN_VISIBLE; every tile, the
     KEEP_CLASSES/NEGATIVE_FRACTION training filters do not apply) and returns the tile records, whose
     image ids are those of meddet.data.tiling.tile_coco on the same COCO (tile-level evaluation)."""
-    records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT)
+    records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT, bool(cfg.DATASETS.STRICT_BOXES))
     if tiles:
         params = TilingParams.from_cfg(cfg, names).for_evaluation()
         records = tile_records(records, params, names)

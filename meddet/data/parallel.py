@@ -17,7 +17,11 @@ the image (atomically, :func:`meddet.io.write_png`). :func:`run_jobs` then
   costs only the items it held, which are retried one at a time so the culprit is named;
 - writes ``manifest.jsonl`` (one JSON object per output: key, source, output, shape, bit depth,
   SHA-256, input stamps, settings fingerprint, and the COCO record and annotations, so the COCO
-  files can be rebuilt without touching pixels) and records each failure in the report.
+  files can be rebuilt without touching pixels) and records each failure in the report;
+- compares the new manifest with the one an earlier run left (whether or not its outputs were
+  reused): the report's ``changes`` and ``changes.txt`` list each output added, removed (with the
+  reason: the error that skipped it, or gone from the inputs) and changed (other pixels, record or
+  boxes).
 
 :func:`write_error_report` writes ``errors.txt``: one line per skipped item with the reason.
 Sharded runs write ``manifest.shard-I-of-N.jsonl`` / ``errors.shard-I-of-N.txt``; a later run
@@ -58,6 +62,7 @@ __all__ = [
     "file_stamps",
     "fingerprint",
     "load_manifest",
+    "manifest_changes",
     "manifest_name",
     "parallel_map",
     "parse_shard",
@@ -338,7 +343,9 @@ def run_jobs(
         i, n = options.shard
         todo = [j for j in todo if zlib.crc32(j.key.encode()) % n == i]
         logger.info("shard %d/%d: %d of %d image(s)", i, n, len(todo), len(keys))
-    previous = load_manifest(out) if options.resume else {}
+    before = load_manifest(out)  # for the change report, even when nothing is reused
+    previous = before if options.resume else {}
+    failed: dict[str, str] = {}
     _remove_stale_temporaries(out, [j.output for j in todo])
 
     def tasks() -> Iterator[tuple]:
@@ -359,12 +366,14 @@ def run_jobs(
             bar.update()
             if isinstance(result, BaseException):
                 report.skip(job.item, str(result))
+                failed[job.key] = str(result)
                 continue
             status, payload, detail = result
             if status == "error":
                 if detail:
                     logger.debug("%s: %s", job.item, detail)
                 report.skip(job.item, payload)
+                failed[job.key] = str(payload)
                 continue
             entries[job.key] = payload
             if status == "ok":
@@ -387,7 +396,34 @@ def run_jobs(
         logger.info("%s: %d output(s) reused from an earlier run, %d converted", desc, report.n_reused,
                     report.n_converted)
     report.files["errors"] = write_error_report(out, report, options.shard)
+    if options.shard is None and before:
+        from meddet.data.convert import write_changes
+
+        report.changes.update(manifest_changes(before, entries, failed))
+        write_changes(out, report)
     return ordered
+
+
+def manifest_changes(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], failed: dict[str, str] | None = None
+) -> dict[str, list[str]]:
+    """What changed from one manifest (``{key: entry}``) to the next: ``added`` and ``removed`` keys
+    (a removed one with why: the error that skipped it, else gone from the inputs) and ``changed`` ones
+    (other output file, pixels, COCO record or boxes), each sorted."""
+    failed = failed or {}
+
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return all(a.get(k) == b.get(k) for k in ("output", "sha256", "record", "annotations"))
+
+    removed = []
+    for k in sorted(set(before) - set(after)):
+        why = failed.get(k, "no longer among the inputs (or skipped before conversion: see errors.txt)")
+        removed.append(f"{k} ({' '.join(why.split())})")
+    return {
+        "added": sorted(set(after) - set(before)),
+        "removed": removed,
+        "changed": sorted(k for k in set(before) & set(after) if not same(before[k], after[k])),
+    }
 
 
 def _write_lines_atomic(path: Path, lines: Iterable[str]) -> None:

@@ -1,13 +1,24 @@
 """Patient-level train/val/test splits of a COCO dataset.
 
 No patient ever lands in two splits: images are grouped by ``patient_id`` (an image without one
-is its own group), the groups are shuffled with the seed, and each group goes to the split whose
-cumulative image-count target its midpoint falls in, so the fractions come out close to the
-requested ones in images, not just in patients.
+is its own group). Each group's split is a pure function of its key and the seed: a keyed hash
+(BLAKE2b, keyed by the seed) places the group at a point in [0, 1), and the split is the
+fraction interval that point falls in (train ``[0, f_train)``, val ``[f_train, f_train + f_val)``,
+...). So removing an image or a whole patient (an unreadable file skipped by a re-conversion)
+never moves another patient, and adding one never does either. The fractions are met in
+expectation: with N patients each split's share is within about ``1/sqrt(N)`` of the request.
+The one exception, for tiny datasets: a split asked for that no group hashes into takes the
+group whose point lies nearest its interval (from a split keeping at least one group).
+
+``method="balanced"`` is the other choice, for a fixed set of groups (synthetic data): groups are
+shuffled with the seed and each goes to the split whose cumulative image-count target its midpoint
+falls in, so even a few patients share the fractions closely, but one group more or less can move
+others.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, Sequence
 
@@ -17,7 +28,7 @@ from meddet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPLIT_NAMES", "check_fractions", "patient_key", "split_by_patient", "subset_coco"]
+__all__ = ["SPLIT_NAMES", "check_fractions", "patient_key", "split_by_patient", "split_point", "subset_coco"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -40,22 +51,75 @@ def patient_key(image: dict[str, Any]) -> str:
     return f"image:{image.get('file_name', image['id'])}"
 
 
+def split_point(key: str, seed: int) -> float:
+    """The group's point in [0, 1): a BLAKE2b hash of its key, keyed by the seed (stable across
+    runs, platforms and Python versions, unlike ``hash()``)."""
+    h = hashlib.blake2b(str(key).encode("utf-8"), digest_size=8, key=f"meddet-split:{int(seed)}".encode())
+    return int.from_bytes(h.digest(), "big") / 2.0**64
+
+
 def split_by_patient(
     images: Sequence[dict[str, Any]],
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 42,
     names: Sequence[str] = SPLIT_NAMES,
+    method: str = "hash",
 ) -> dict[str, list[Any]]:
     """Assign COCO image records to splits by patient; returns ``{split name: [image ids]}``
     (ids in the input's order).
 
-    Deterministic: the same images (in any order), fractions and seed give the same split.
+    ``method="hash"`` (default): a group's split depends only on its key (``patient_key``), the
+    seed and the fractions (module docstring): the same patient goes to the same split whatever
+    else is in the dataset. ``"balanced"``: closest image-count fractions for a fixed set.
     A split with a fraction > 0 is never left empty while another split has two or more groups.
     """
     fr = check_fractions(fractions, names)
     groups: dict[str, list[Any]] = {}
     for im in images:
         groups.setdefault(patient_key(im), []).append(im["id"])
+    if method == "balanced":
+        assigned = _balanced(groups, fr, seed, names)
+    elif method == "hash":
+        assigned = _hashed(groups, fr, seed, names)
+    else:
+        raise ConfigError(f"split method: expected 'hash' or 'balanced', found {method!r}")
+    position = {im["id"]: pos for pos, im in enumerate(images)}
+    return {n: sorted((i for key in assigned[n] for i in groups[key]), key=position.__getitem__) for n in names}
+
+
+def _hashed(groups: dict[str, list[Any]], fr: Sequence[float], seed: int, names: Sequence[str]) -> dict[str, list[str]]:
+    bounds, acc = [], 0.0
+    for f in fr:
+        acc += f
+        bounds.append(acc)
+    point = {key: split_point(key, seed) for key in groups}
+    assigned: dict[str, list[str]] = {n: [] for n in names}
+    for key in sorted(groups):
+        k = next((i for i, b in enumerate(bounds) if point[key] < b), len(names) - 1)
+        while fr[k] == 0 and k > 0:  # never put a patient into a split asked to be empty
+            k -= 1
+        while fr[k] == 0:
+            k += 1
+        assigned[names[k]].append(key)
+    # Tiny datasets: a split asked for but left empty takes the group whose point lies nearest its
+    # interval, from a split that keeps at least one group.
+    for k, (n, f) in enumerate(zip(names, fr)):
+        if f > 0 and not assigned[n]:
+            lo, hi = bounds[k] - f, bounds[k]
+            donors = [(max(lo - point[key], point[key] - hi), key, m) for m in names if len(assigned[m]) > 1
+                      for key in assigned[m]]
+            if donors:
+                _, key, m = min(donors)
+                assigned[m].remove(key)
+                assigned[n].append(key)
+            else:
+                logger.warning(
+                    "split %r is empty: %d patient group(s) are too few for fractions %s", n, len(groups), list(fr)
+                )
+    return assigned
+
+
+def _balanced(groups: dict[str, list[Any]], fr: Sequence[float], seed: int, names: Sequence[str]) -> dict[str, list[str]]:
     keys = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(keys))
     total = sum(len(v) for v in groups.values())
@@ -70,8 +134,6 @@ def split_by_patient(
             k -= 1
         assigned[names[k]].append(key)
         done += len(groups[key])
-    # Small datasets: a split asked for but left empty takes the last group of the split with
-    # the most groups, as long as that one keeps at least one.
     for n, f in zip(names, fr):
         if f > 0 and not assigned[n]:
             donor = max(names, key=lambda m: len(assigned[m]))
@@ -81,8 +143,7 @@ def split_by_patient(
                 logger.warning(
                     "split %r is empty: %d patient group(s) are too few for fractions %s", n, len(keys), list(fr)
                 )
-    position = {im["id"]: pos for pos, im in enumerate(images)}
-    return {n: sorted((i for key in assigned[n] for i in groups[key]), key=position.__getitem__) for n in names}
+    return assigned
 
 
 def subset_coco(coco: dict[str, Any], image_ids: Sequence[Any]) -> dict[str, Any]:

@@ -40,6 +40,14 @@ class EventStorage:
         h = self._hist.get(name)
         return median(h) if h else None
 
+    def history(self) -> dict[str, list[float]]:
+        """The smoothing windows, saved with a checkpoint so that a resumed run writes the same medians."""
+        return {k: list(v) for k, v in self._hist.items()}
+
+    def load_history(self, hist: dict) -> None:
+        for k, values in (hist or {}).items():
+            self._hist[str(k)] = deque((float(v) for v in values), maxlen=self.window)
+
     def clear_unsmoothed(self) -> None:
         """Forget one-off values (e.g. evaluation results) once they have been written."""
         self._latest = {k: v for k, v in self._latest.items() if v[2]}

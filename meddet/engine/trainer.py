@@ -1,7 +1,14 @@
 """The training loop (one loop for both engines) and its hooks.
 
 Run folder (ARCHITECTURE.md): config.yaml, metrics.json (detectron2 JSON lines), TensorBoard events,
-model_XXXXXXX.pth every SOLVER.CHECKPOINT_PERIOD, last_checkpoint, model_final.pth.
+model_XXXXXXX.pth every SOLVER.CHECKPOINT_PERIOD, last_checkpoint, model_final.pth, model_best.pth,
+training_done.json (the end-of-training steps finished).
+
+Resume (meddet.engine.resume): from the newest checkpoint that loads, whatever last_checkpoint says; a run
+whose loop ended but whose final validation was killed repeats only the end-of-training steps. A checkpoint
+is written after the iteration's evaluation and metrics line, so metrics.json after kills and resumes equals
+an uninterrupted run's (the smoothing windows travel in the checkpoint; only the wall-clock `time`,
+`data_time` and `eta_seconds` differ).
 """
 from __future__ import annotations
 
@@ -20,12 +27,21 @@ from tqdm import tqdm
 from meddet.config import save_config
 from meddet.engine import comm
 from meddet.engine.events import EventStorage, JSONWriter, TensorboardWriter, truncate_metrics
+from meddet.engine.resume import (
+    DONE_FILE,
+    LAST_CHECKPOINT,
+    checkpoint_files,
+    find_resume_checkpoint,
+    read_done,
+    read_pointer,
+    remove_stale_temporaries,
+    set_aside,
+    write_done,
+)
 from meddet.engine.solver import build_lr_scheduler, build_optimizer, clip_gradients
 from meddet.errors import ConfigError, MeddetError
 
 logger = logging.getLogger(__name__)
-
-LAST_CHECKPOINT = "last_checkpoint"
 
 
 def seed_all(seed: int) -> int:
@@ -39,13 +55,12 @@ def seed_all(seed: int) -> int:
 
 
 def last_checkpoint_path(output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named in OUTPUT_DIR/last_checkpoint (detectron2's convention), if any."""
-    f = Path(output_dir) / LAST_CHECKPOINT
-    if not f.is_file():
-        return None
-    name = f.read_text(encoding="utf-8").strip()
-    p = Path(output_dir) / name
-    return p if p.is_file() else None
+    """The checkpoint named in OUTPUT_DIR/last_checkpoint (detectron2's convention), if it exists; None (and
+    a warning saying why) when the pointer is missing, unreadable or names a missing file."""
+    name, problem = read_pointer(output_dir)
+    if problem:
+        logger.warning("%s", problem)
+    return Path(output_dir) / name if name else None
 
 
 class HookBase:
@@ -88,7 +103,9 @@ class PeriodicWriter(HookBase):
 
 
 class PeriodicCheckpointer(HookBase):
-    """model_{iter:07d}.pth every SOLVER.CHECKPOINT_PERIOD iterations; model_final.pth at the end."""
+    """model_{iter:07d}.pth every SOLVER.CHECKPOINT_PERIOD iterations, after the iteration's other hooks
+    (evaluation, metrics line), so a checkpoint holds everything its iteration did. model_final.pth is
+    written by the trainer when the loop ends, before the end-of-training steps."""
 
     def __init__(self, period: int):
         self.period = period
@@ -97,9 +114,6 @@ class PeriodicCheckpointer(HookBase):
         it = self.trainer.iter
         if self.period > 0 and (it + 1) % self.period == 0 and it < self.trainer.max_iter - 1:
             self.trainer.save(f"model_{it:07d}.pth")
-
-    def after_train(self) -> None:  # the loop ended normally (last iteration or early stop)
-        self.trainer.save("model_final.pth")
 
 
 class EvalHook(HookBase):
@@ -123,18 +137,49 @@ class EvalHook(HookBase):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
+    def before_train(self) -> None:
+        """On resume: the best value, the evaluations without improvement and the last evaluated iteration,
+        read back from metrics.json up to the iteration resumed from (as an uninterrupted run holds them)."""
+        import json
+
+        last = self.trainer.start_iter - 1
+        path = self.trainer.output_dir / "metrics.json"
+        if last < 0 or not path.is_file():
+            return
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            it = rec.get("iteration", -1) if isinstance(rec, dict) else -1
+            if not isinstance(it, int) or it > last:
+                continue
+            if any(str(k).startswith(("bbox/", "val/")) for k in rec):
+                self.last_eval_iter = max(self.last_eval_iter, it)
+            v = rec.get(self.best_metric)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                if self._improved(v):
+                    self.best, self.bad_evals = v, 0
+                else:
+                    self.bad_evals += 1
+
     def _run(self) -> None:
         self.last_eval_iter = self.trainer.iter
         results = self.eval_fn()
         for k, v in results.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.trainer.storage.put_scalar(k, v, smooth=False)
-        self.trainer.flush_writers()  # every evaluation gets its own metrics.json line
         value = results.get(self.best_metric)
         if value is None or not math.isfinite(value):
+            self.trainer.flush_writers()  # every evaluation gets its own metrics.json line
             logger.warning("TEST.BEST_METRIC %r is not among the validation results (%s); no model_best.pth",
                            self.best_metric, ", ".join(sorted(results)[:12]))
             return
+        self._judge(value)
+        # after model_best.pth: a resumed run that finds this line in metrics.json has the checkpoint too
+        self.trainer.flush_writers()
+
+    def _judge(self, value: float) -> None:
         if self._improved(value):
             self.best, self.bad_evals = value, 0
             if comm.is_main_process():
@@ -171,14 +216,25 @@ class Trainer:
         cfg.defrost()
         self.output_dir = Path(cfg.OUTPUT_DIR)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
-        ckpt = last_checkpoint_path(self.output_dir) if resume else None
+        # last_checkpoint is advisory: the newest checkpoint that loads (ModelError if some exist but none
+        # loads: starting again from iteration 0 would overwrite them).
+        point = find_resume_checkpoint(self.output_dir) if resume else None
+        ckpt = point.path if point is not None else None
         if resume and ckpt is None:
-            logger.warning("--resume: no checkpoint in %s; starting from iteration 0", self.output_dir)
-        if not resume and (self.output_dir / LAST_CHECKPOINT).exists():
-            raise ConfigError(
-                f"OUTPUT_DIR {self.output_dir} already holds a run (last_checkpoint); pass --resume to "
-                "continue it, or choose another OUTPUT_DIR (nothing is overwritten)"
-            )
+            _, problem = read_pointer(self.output_dir)
+            logger.warning("--resume: no checkpoint in %s%s; starting from iteration 0", self.output_dir,
+                           f" ({problem})" if problem else "")
+        if not resume:
+            metrics = self.output_dir / "metrics.json"
+            held = [p.name for p in checkpoint_files(self.output_dir)]
+            held += [n for n in (LAST_CHECKPOINT,) if (self.output_dir / n).exists()]
+            if metrics.is_file() and metrics.stat().st_size:
+                held.append(metrics.name)
+            if held:
+                raise ConfigError(
+                    f"OUTPUT_DIR {self.output_dir} already holds a run ({', '.join(sorted(held)[:4])}); pass "
+                    "--resume to continue it, or choose another OUTPUT_DIR (nothing is overwritten)"
+                )
         # On resume keep the seed of the run being continued, so the data order goes on unchanged.
         if ckpt is not None and (self.output_dir / "config.yaml").is_file():
             from meddet.config import get_cfg
@@ -194,7 +250,8 @@ class Trainer:
 
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN: no training COCO file given")
-        train_records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT)
+        train_records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
+                                            bool(cfg.DATASETS.STRICT_BOXES))
         if cfg.DATASETS.CLASS_NAMES and list(cfg.DATASETS.CLASS_NAMES) != names:
             raise ConfigError(
                 f"DATASETS.CLASS_NAMES {list(cfg.DATASETS.CLASS_NAMES)} differ from the training data's "
@@ -232,15 +289,31 @@ class Trainer:
 
         self.start_iter = 0
         self._resume_rng: torch.Tensor | None = None
+        self._resume_meta: dict = {}
+        self._loop_done = self._finished = False
         if ckpt is not None:
             last = load_checkpoint_for_resume(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
             self._resume_rng = torch.get_rng_state()  # as saved; re-applied once the data iterator exists
+            self._resume_meta = point.meta
             self.start_iter = last + 1
-            dropped = truncate_metrics(self.output_dir / "metrics.json", last)
-            logger.info("Resuming from %s at iteration %d%s", ckpt, self.start_iter,
-                        f" ({dropped} metrics lines after it dropped: they are re-run)" if dropped else "")
+            dropped = 0
+            if comm.is_main_process():
+                for bad, why in point.damaged:  # the resumed run must not overwrite them: kept aside
+                    if bad.exists():
+                        logger.warning("%s is damaged (%s); renamed to %s", bad, why, set_aside(bad).name)
+                remove_stale_temporaries(self.output_dir)
+                dropped = truncate_metrics(self.output_dir / "metrics.json", last)
+            logger.info("Resuming from %s at iteration %d (%s)%s", ckpt, self.start_iter, point.reason,
+                        f"; {dropped} metrics lines after it dropped: they are re-run" if dropped else "")
+            # The loop ended in that run (last iteration or early stop): only the end-of-training steps remain,
+            # unless training_done.json says they finished too.
+            self._loop_done = bool(point.meta.get("stopped_early")) or self.start_iter >= self.max_iter
+            done = read_done(self.output_dir)
+            self._finished = self._loop_done and bool(done) and done.get("iteration") == last
         elif cfg.MODEL.WEIGHTS:
             load_model_weights(self.model, cfg.MODEL.WEIGHTS, cfg)
+        if resume and ckpt is None and comm.is_main_process():
+            truncate_metrics(self.output_dir / "metrics.json", -1)  # lines of a run killed before its 1st checkpoint
 
         # One model object for checkpoints/evaluation; DistributedDataParallel only for the training step.
         self.train_model = self.model
@@ -251,6 +324,7 @@ class Trainer:
         self.train_loader, _ = build_train_loader(cfg, self.start_iter, self.rank, self.world_size,
                                                   records=train_records)
         self.storage = EventStorage(self.start_iter)
+        self.storage.load_history(self._resume_meta.get("storage_hist") or {})
         self.iter = self.start_iter
         self.stop_requested = False
         self._warned_loading = False
@@ -260,14 +334,14 @@ class Trainer:
     # ------------------------------------------------------------------ hooks
     def _build_hooks(self) -> None:
         cfg = self.cfg
-        if comm.is_main_process():
-            self.register(PeriodicCheckpointer(int(cfg.SOLVER.CHECKPOINT_PERIOD)))
         if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.VAL:
             self.register(EvalHook(int(cfg.TEST.EVAL_PERIOD), self.evaluate_val, cfg.TEST.BEST_METRIC,
                                    cfg.TEST.BEST_MODE, int(cfg.TEST.EARLY_STOP_PATIENCE)))
         if comm.is_main_process():
             self.register(PeriodicWriter([JSONWriter(self.output_dir / "metrics.json"),
                                           TensorboardWriter(self.output_dir)]))
+            # last: a checkpoint of iteration i is written after i's evaluation and metrics line
+            self.register(PeriodicCheckpointer(int(cfg.SOLVER.CHECKPOINT_PERIOD)))
 
     def flush_writers(self) -> None:
         """Write pending metrics now (after an evaluation) instead of at the next write period."""
@@ -352,7 +426,8 @@ class Trainer:
         from meddet.modeling.checkpoint import save_checkpoint
 
         path = self.output_dir / name
-        meta = {"class_names": list(self.cfg.DATASETS.CLASS_NAMES), "rng_torch": torch.get_rng_state()}
+        meta = {"class_names": list(self.cfg.DATASETS.CLASS_NAMES), "rng_torch": torch.get_rng_state(),
+                "storage_hist": self.storage.history(), "stopped_early": bool(self.stop_requested)}
         if torch.cuda.is_available() and self.device.type == "cuda":
             meta["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         meta.update(extra or {})
@@ -413,24 +488,53 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if comm.is_main_process():
             save_config(self.cfg, self.output_dir / "config.yaml")
+        if self._finished:
+            logger.info("Nothing to do: the run already finished at iteration %d (%s)", self.start_iter - 1,
+                        DONE_FILE)
+            return
+        for h in self.hooks:
+            h.before_train()
+        start = time.perf_counter()
+        if not self._loop_done:
+            self._loop()
+            if comm.is_main_process():  # before the end-of-training steps: a kill during them loses no training
+                self.save("model_final.pth", extra={"loop_done": True})
+        else:
+            self.iter = self.storage.iter = self.start_iter - 1
+            logger.info("The training loop of %s already ended at iteration %d%s; repeating the end-of-training "
+                        "steps that did not finish (final validation, model_best.pth, final metrics)",
+                        self.output_dir, self.iter, " (early stop)" if self._resume_meta.get("stopped_early") else "")
+            if comm.is_main_process() and not self._resume_meta.get("loop_done"):
+                self.save("model_final.pth", extra={"loop_done": True})
+        for h in self.hooks:
+            h.after_train()
+        if comm.is_main_process():
+            write_done(self.output_dir, {"iteration": self.iter, "checkpoint": "model_final.pth",
+                                         "stopped_early": bool(self.stop_requested
+                                                               or self._resume_meta.get("stopped_early"))})
+        elapsed = time.perf_counter() - start
+        done = max(self.iter + 1 - self.start_iter, 0)
+        logger.info("Training finished: %d iterations in %s (%.3f s/it)", done,
+                    datetime.timedelta(seconds=int(elapsed)), elapsed / max(done, 1))
+        if comm.is_main_process() and (self.output_dir / "metrics.json").is_file():
+            from meddet.engine.diagnosis import diagnose, format_findings
+
+            logger.info("Training diagnosis:\n%s", format_findings(diagnose(self.output_dir / "metrics.json")))
+
+    def _loop(self) -> None:
         logger.info("Training %s from iteration %d to %d on %s (output: %s)", self.cfg.MODEL.ENGINE,
                     self.start_iter, self.max_iter, self.device, self.output_dir)
-        if self.start_iter >= self.max_iter:
-            logger.info("Nothing to do: the run already reached SOLVER.MAX_ITER %d", self.max_iter)
-            return
         if comm.is_main_process():
             from meddet.modeling.summary import model_summary
 
             logger.info("Model summary:\n%s", model_summary(self.model, self.cfg))
+            (self.output_dir / DONE_FILE).unlink(missing_ok=True)  # an extended run is not finished
         self.model.train()
-        for h in self.hooks:
-            h.before_train()
         data_iter = iter(self.train_loader)  # draws a seed from the torch RNG, in a fresh run as on resume
         if self._resume_rng is not None:
             torch.set_rng_state(self._resume_rng)
         bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
                    mininterval=2, disable=not comm.is_main_process())
-        start = time.perf_counter()
         try:
             for self.iter in range(self.start_iter, self.max_iter):
                 self.storage.iter = self.iter
@@ -445,15 +549,6 @@ class Trainer:
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         finally:
             bar.close()
-        for h in self.hooks:
-            h.after_train()
-        elapsed = time.perf_counter() - start
-        logger.info("Training finished: %d iterations in %s (%.3f s/it)", self.max_iter - self.start_iter,
-                    datetime.timedelta(seconds=int(elapsed)), elapsed / max(self.max_iter - self.start_iter, 1))
-        if comm.is_main_process() and (self.output_dir / "metrics.json").is_file():
-            from meddet.engine.diagnosis import diagnose, format_findings
-
-            logger.info("Training diagnosis:\n%s", format_findings(diagnose(self.output_dir / "metrics.json")))
 
 
 def train(cfg, resume: bool = False) -> Path:

@@ -3,8 +3,9 @@
 `evaluate(gt, predictions, out_dir)` is the entry point (`run_evaluation` returns everything
 it computed): COCO AP (faster-coco-eval or pycocotools), P/R/F1 per class at a score threshold
 and at each class's F1-optimal threshold, the YOLO-style per-class table, the detection
-confusion matrix, PR and F1/P/R-against-score curves, FROC, image-level ROC, bootstrap
-confidence intervals over images, typed errors with galleries, and the reports (report.md,
+confusion matrix, PR and F1/P/R-against-score curves, FROC, image-level ROC, breast- and
+exam-level ROC with the calibration of detection scores, bootstrap
+confidence intervals (patients resampled by default), typed errors with galleries, and the reports (report.md,
 analysis_report.txt, project_summary.csv). All views read one detection-to-ground-truth
 matching (`Matches`, valid at every score threshold). `tune` picks score and NMS thresholds on
 a validation split; `compare` tabulates the headline metrics of several runs.
@@ -15,6 +16,7 @@ from meddet.evaluation.compare import HEADLINE_METRICS, compare, format_comparis
 from meddet.evaluation.confusion import confusion_frame, confusion_matrix, normalize_columns, plot_confusion_matrix
 from meddet.evaluation.curves import ScoreCurves, pr_curve_frame, score_curves
 from meddet.evaluation.error_analysis import ERROR_TYPES, ErrorAnalysis, classify_errors, write_galleries
+from meddet.evaluation.exam import Calibration, ExamLevel, calibration, exam_level
 from meddet.evaluation.evaluator import EvaluationResult, evaluate, evaluation_kwargs, run_evaluation
 from meddet.evaluation.froc import FROC, FROC_RULES, FROCCurve, froc, froc_hits
 from meddet.evaluation.matching import EvalData, Matches, Overlaps, load_predictions, match_detections
@@ -31,6 +33,7 @@ __all__ = [
     "confusion_frame", "confusion_matrix", "normalize_columns", "plot_confusion_matrix",
     "ScoreCurves", "pr_curve_frame", "score_curves",
     "ERROR_TYPES", "ErrorAnalysis", "classify_errors", "write_galleries",
+    "Calibration", "ExamLevel", "calibration", "exam_level",
     "EvaluationResult", "evaluate", "evaluation_kwargs", "run_evaluation",
     "FROC", "FROC_RULES", "FROCCurve", "froc", "froc_hits",
     "EvalData", "Matches", "Overlaps", "load_predictions", "match_detections",

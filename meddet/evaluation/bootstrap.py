@@ -1,11 +1,20 @@
-"""95% confidence intervals by bootstrap over images, without re-running COCOeval.
+"""95% confidence intervals by cluster bootstrap (patients, by default), without re-running COCOeval.
 
-A resample draws as many images as the set holds, uniformly with replacement (seeded NumPy
-`Generator`); it is represented by its weights — how many times each image was drawn — and
-every statistic is a weighted sum over per-image quantities computed once:
+**The resampling unit** (``EVAL.BOOTSTRAP_UNIT``, `image_clusters`): views of one patient are
+correlated (a screening exam has 2–4 views of each breast, and a lesion seen on one is usually
+seen on the other), so resampling images as if independent gives intervals that are too narrow.
+``patient`` (the default) resamples patients — all images of a drawn patient enter together —
+whenever the ground truth's images carry ``patient_id`` (an image without one is its own patient;
+with no ``patient_id`` at all it falls back to ``image``); ``image`` resamples images; any other
+value names an image field to group by (e.g. ``study_id``, ``parent_id`` for tiles). The unit is
+written next to every interval (``bootstrap_ci.csv``, report.md, ``-c compare``).
+
+A resample draws as many units as the set holds, uniformly with replacement (seeded NumPy
+`Generator`); it is represented by its weights — how many times each image was drawn (its
+unit's count) — and every statistic is a weighted sum over per-image quantities computed once:
 
 - **COCO AP** (`APStats`): for each IoU threshold 0.50:0.05:0.95, the detections of each class
-  in COCO's accumulation order (score descending, then image, then input order; the 100
+  in COCO's accumulation order (score descending, then image id, then input order; the 100
   highest-scoring per image and class, COCO's maxDets), with their TP / ignored flags from the
   greedy matching at that threshold, and the ground-truth count per image and class. For a
   resample, the weighted cumulative TP and FP counts at the true positives give recall and
@@ -18,7 +27,8 @@ every statistic is a weighted sum over per-image quantities computed once:
   detection with two ground truths, which the two greedy rules break differently).
 - **Recall at the score threshold** per class: weighted TP and ground-truth counts per image.
 - **FROC sensitivity at x FP/image** (all lesions): the false positives and lesions of the
-  ``all`` curve as weighted events in score order, with the step rule of `meddet.evaluation.froc`.
+  ``all`` curve as weighted events in score order, read with the rule of `meddet.evaluation.froc`
+  (step or linear); FP/image divides by the resample's number of images.
 
 Intervals are percentile intervals (2.5th and 97.5th percentiles of the resampled values,
 NaN-resampled values left out); the estimate is the full-set value.
@@ -39,7 +49,11 @@ from meddet.evaluation.matching import EvalData, Matches, match_detections
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCO_IOUS", "RECALL_THRESHOLDS", "APStats", "BootstrapCI", "bootstrap_ci", "resample_weights"]
+__all__ = ["COCO_IOUS", "RECALL_THRESHOLDS", "BOOTSTRAP_UNITS", "APStats", "BootstrapCI", "Clusters",
+           "bootstrap_ci", "image_clusters", "percentile_interval", "resample_weights"]
+
+# Named units; any other EVAL.BOOTSTRAP_UNIT value is an image field to group images by.
+BOOTSTRAP_UNITS = ("patient", "image")
 
 # pycocotools' Params: iouThrs and recThrs, built the same way so the floats are identical.
 COCO_IOUS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -57,6 +71,86 @@ def resample_weights(n_images: int, n_resamples: int, rng: np.random.Generator) 
     idx = rng.integers(0, n_images, size=(n_resamples, n_images))
     flat = (np.arange(n_resamples)[:, None] * n_images + idx).ravel()
     return np.bincount(flat, minlength=n_resamples * n_images).reshape(n_resamples, n_images).astype(np.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class Clusters:
+    """The bootstrap's resampling units: `index[i]` is the unit (0..n-1) of image i; `unit` names
+    what a unit is (``patient``, ``image`` or an image field)."""
+
+    unit: str
+    index: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.index.max()) + 1 if self.index.size else 0
+
+    def describe(self) -> str:
+        """E.g. ``patient (40 patients)``, ``image (160 images)``, ``study_id (52 groups)``."""
+        what = {"patient": "patients", "image": "images"}.get(self.unit, "groups")
+        return f"{self.unit} ({self.n} {what})"
+
+    def weights(self, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+        """``[n_resamples x images]`` image weights: each resample draws `n` units with
+        replacement, and every image counts as often as its unit was drawn."""
+        return resample_weights(self.n, n_resamples, rng)[:, self.index]
+
+
+def _key(v: object) -> object:
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
+def image_clusters(data: EvalData, unit: str = "patient") -> Clusters:
+    """The resampling units of `data`'s images for ``EVAL.BOOTSTRAP_UNIT`` `unit` (see the module
+    docstring). An image lacking the field (``None`` or empty) is a unit of its own; a field no
+    image has is a ConfigError (``patient`` instead falls back to ``image``)."""
+    if not isinstance(unit, str) or not unit:
+        raise ConfigError(f"EVAL.BOOTSTRAP_UNIT is {unit!r}; expected {' | '.join(BOOTSTRAP_UNITS)} or the "
+                          "name of an image field of the ground truth")
+    I = data.num_images
+    if unit == "image":
+        return Clusters("image", np.arange(I, dtype=np.int64))
+    images = data.images or [{} for _ in range(I)]
+    field_name = "patient_id" if unit == "patient" else unit
+    values = [im.get(field_name) for im in images]
+    present = [v not in (None, "") for v in values]
+    if not any(present):
+        if unit == "patient":
+            if I:
+                logger.info("%s: no image has a patient_id; the bootstrap resamples images", data.gt_source)
+            return Clusters("image", np.arange(I, dtype=np.int64))
+        found = sorted({k for im in images for k in im})
+        raise ConfigError(f"EVAL.BOOTSTRAP_UNIT is {unit!r}, but no image of {data.gt_source} has a {unit!r} field; "
+                          f"expected {' | '.join(BOOTSTRAP_UNITS)} or one of the image fields {found}")
+    missing = present.count(False)
+    if missing:
+        logger.warning("%s: %d of %d images have no %s; each is resampled as a unit of its own",
+                       data.gt_source, missing, I, field_name)
+    keys = [("v", _key(v)) if ok else ("image", i) for i, (v, ok) in enumerate(zip(values, present))]
+    lookup: dict = {}
+    index = np.fromiter((lookup.setdefault(k, len(lookup)) for k in keys), dtype=np.int64, count=I)
+    return Clusters(unit, index)
+
+
+def percentile_interval(compute, clusters: Clusters, n_resamples: int, rng: np.random.Generator,
+                        level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(estimate, low, high) of the statistics `compute` maps image weights ``[B x I]`` (float) to
+    (``[B x M]``): the estimate at all weights 1, the `level` percentile interval over
+    `n_resamples` cluster resamples of `clusters` (NaN resampled values left out)."""
+    I = clusters.index.size
+    estimate = np.asarray(compute(np.ones((1, I))), dtype=np.float64)[0]
+    samples = np.concatenate([
+        np.asarray(compute(clusters.weights(min(_DRAW_BATCH, n_resamples - a), rng).astype(np.float64)))
+        for a in range(0, n_resamples, _DRAW_BATCH)])
+    tail = 100 * (1 - level) / 2
+    with warnings.catch_warnings():  # all-NaN columns (e.g. a class never drawn) give NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
+    return estimate, low, high
 
 
 def _row_searchsorted(sorted_cols: np.ndarray, queries: np.ndarray, big: float) -> np.ndarray:
@@ -115,7 +209,8 @@ class APStats:
         rank = np.empty(n, dtype=np.int64)
         rank[by_group] = idx - np.repeat(start, np.diff(np.append(start, n)))
         valid = np.flatnonzero(rank < max_dets)
-        order = valid[np.lexsort((valid, data.det_image[valid], -data.det_score[valid], data.det_class[valid]))]
+        image_rank = data.coco_image_rank[data.det_image[valid]]  # ties by image id, as COCO
+        order = valid[np.lexsort((valid, image_rank, -data.det_score[valid], data.det_class[valid]))]
         bounds = np.searchsorted(data.det_class[order], np.arange(K + 1))
         real = ~data.gt_crowd
         gt_counts = np.zeros((I, K), dtype=np.int64)
@@ -199,17 +294,22 @@ def _mean_classes(ap: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class _FROCStats:
     """The ``all`` FROC curve as weighted events: per-image counts of false positives and of
-    found lesions up to each score group that finds a lesion, and lesions per image. The
-    sensitivity at x FP/image is that of the last such group with at most x·I false positives
-    (a group finding no lesion cannot raise it)."""
+    found lesions up to each score group that finds a lesion (and of false positives scoring
+    above it, for the linear rule), and lesions per image. FP/image divides by the resample's
+    image count (its weights' sum: a patient resample holds a varying number of images). Step
+    rule: the sensitivity at x FP/image is that of the last such group with at most x FP/image (a
+    group finding no lesion cannot raise it). Linear rule: the polyline of those groups' corners,
+    each preceded by the point just above its score, interpolated at x (`FROCCurve.polyline`)."""
 
     n_images: int
     fp_counts: object
+    fp_above_counts: object
     hit_counts: object
     lesions: np.ndarray
+    interpolation: str = "step"
 
     @classmethod
-    def from_curve(cls, curve: FROCCurve) -> "_FROCStats":
+    def from_curve(cls, curve: FROCCurve, interpolation: str = "step") -> "_FROCStats":
         found = np.isfinite(curve.lesion_scores)
         score = np.concatenate([curve.lesion_scores[found], curve.fp_scores])
         image = np.concatenate([curve.lesion_images[found], curve.fp_images])
@@ -217,26 +317,40 @@ class _FROCStats:
         order = np.argsort(-score, kind="stable")
         score, image, is_fp = score[order], image[order], is_fp[order]
         ends = np.flatnonzero(np.append(score[1:] != score[:-1], True)) if score.size else np.zeros(0, np.int64)
+        starts = np.append(0, ends[:-1] + 1) if ends.size else np.zeros(0, np.int64)
         group = np.searchsorted(ends, np.arange(score.size))
         lesion_groups = np.unique(group[~is_fp])
         checkpoints = ends[lesion_groups]
         pos = np.arange(score.size)
         I = curve.n_images
         return cls(I, _block_counts(pos[is_fp], checkpoints, image[is_fp], I),
+                   _block_counts(pos[is_fp], starts[lesion_groups] - 1, image[is_fp], I),
                    _block_counts(pos[~is_fp], checkpoints, image[~is_fp], I),
-                   np.bincount(curve.lesion_images, minlength=I).astype(np.float64))
+                   np.bincount(curve.lesion_images, minlength=I).astype(np.float64), interpolation)
 
     def sensitivity_at(self, weights: np.ndarray, rate: float) -> np.ndarray:
         W = np.asarray(weights, dtype=np.float64)
         total = W @ self.lesions
+        n_img = W.sum(axis=1)
         n_cp = self.fp_counts.shape[0]
         if n_cp == 0:
             return np.where(total > 0, 0.0, np.nan)
         WT = np.ascontiguousarray(W.T)
         cfp = np.cumsum(self.fp_counts @ WT, axis=0)  # [checkpoints x B]
         chit = np.cumsum(self.hit_counts @ WT, axis=0)
-        n_ok = np.sum(cfp <= rate * self.n_images + 1e-9, axis=0)
-        found = np.where(n_ok > 0, chit[np.maximum(n_ok - 1, 0), np.arange(W.shape[0])], 0.0)
+        if self.interpolation == "linear":
+            above = np.cumsum(self.fp_above_counts @ WT, axis=0)
+            found = np.empty(W.shape[0])
+            for b in range(W.shape[0]):
+                x = np.empty(2 * n_cp + 1)
+                y = np.empty(2 * n_cp + 1)
+                x[0] = y[0] = 0.0
+                x[1::2], y[1::2] = above[:, b], np.append(0.0, chit[:-1, b])
+                x[2::2], y[2::2] = cfp[:, b], chit[:, b]
+                found[b] = np.interp(rate, x / n_img[b], y) if n_img[b] > 0 else np.nan
+        else:
+            n_ok = np.sum(cfp <= rate * n_img[None, :] + 1e-9, axis=0)
+            found = np.where(n_ok > 0, chit[np.maximum(n_ok - 1, 0), np.arange(W.shape[0])], 0.0)
         out = np.full(W.shape[0], np.nan)
         np.divide(found, total, out=out, where=total > 0)
         return out
@@ -245,11 +359,18 @@ class _FROCStats:
 @dataclass(frozen=True)
 class BootstrapCI:
     """Bootstrap confidence intervals: one row per metric (``metric``, ``estimate``,
-    ``ci95_low``, ``ci95_high``), `n_resamples` resamples drawn with `seed`."""
+    ``ci95_low``, ``ci95_high``), `n_resamples` resamples of `n_units` units of kind `unit`
+    (``patient``, ``image`` or an image field) drawn with `seed`."""
 
     table: pd.DataFrame
     n_resamples: int
     seed: int
+    unit: str = "image"
+    n_units: int = 0
+
+    def describe(self) -> str:
+        """What was resampled, e.g. ``patient (40 patients)``."""
+        return Clusters(self.unit, np.arange(self.n_units)).describe()
 
     def to_metrics(self) -> dict[str, float]:
         """``ci95_low/<metric>`` and ``ci95_high/<metric>`` for each metric."""
@@ -260,8 +381,9 @@ class BootstrapCI:
         return out
 
     def to_frame(self) -> pd.DataFrame:
-        """``bootstrap_ci.csv``: the table with the number of resamples and the seed."""
-        return self.table.assign(resamples=self.n_resamples, seed=self.seed)
+        """``bootstrap_ci.csv``: the table with the resampling unit, the number of units, of
+        resamples and the seed."""
+        return self.table.assign(unit=self.unit, units=self.n_units, resamples=self.n_resamples, seed=self.seed)
 
 
 def bootstrap_ci(
@@ -274,16 +396,21 @@ def bootstrap_ci(
     seed: int = 0,
     fp_rate: float = 1.0,
     ap_stats: APStats | None = None,
+    unit: str | Clusters = "patient",
+    froc_interpolation: str = "step",
 ) -> BootstrapCI:
     """95% bootstrap intervals for ``bbox/AP50`` and ``bbox/AP`` (percent, as COCO's), recall
     per class at `score_thresh` from class-aware `matches` (``prf1/recall-<class>``), and the
-    all-lesion FROC sensitivity at `fp_rate` FP/image (``froc/sens@1fp``)."""
+    all-lesion FROC sensitivity at `fp_rate` FP/image (``froc/sens@1fp``, read by the
+    `froc_interpolation` rule of ``EVAL.FROC_INTERPOLATION``), resampling `unit`
+    (``EVAL.BOOTSTRAP_UNIT``, see `image_clusters`; or given `Clusters`)."""
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise ConfigError(f"EVAL.BOOTSTRAP_SAMPLES is {n_resamples!r}; expected a positive integer (0 disables)")
     try:
         rng = np.random.default_rng(int(seed))
     except (TypeError, ValueError):
         raise ConfigError(f"EVAL.BOOTSTRAP_SEED is {seed!r}; expected a non-negative integer") from None
+    clusters = unit if isinstance(unit, Clusters) else image_clusters(data, unit)
     I, K = data.num_images, data.num_classes
     stats = ap_stats or APStats.from_data(data)
     t50 = int(np.flatnonzero(np.isclose(stats.iou_thresholds, 0.5))[0])
@@ -291,7 +418,7 @@ def bootstrap_ci(
     tp = matches.det_tp(score_thresh)
     np.add.at(tp_ik, (data.det_image[tp], data.det_class[tp]), 1)
     gt_ik = stats.gt_counts.astype(np.float64)
-    froc_stats = _FROCStats.from_curve(froc_all)
+    froc_stats = _FROCStats.from_curve(froc_all, froc_interpolation)
 
     def compute(W: np.ndarray) -> np.ndarray:
         W = W.astype(np.float64)
@@ -301,14 +428,9 @@ def bootstrap_ci(
         sens = froc_stats.sensitivity_at(W, fp_rate)
         return np.column_stack([100 * _mean_classes(ap[:, t50:t50 + 1]), 100 * _mean_classes(ap), recall, sens])
 
-    estimate = compute(np.ones((1, I), dtype=np.int32))[0]
-    samples = np.concatenate([compute(resample_weights(I, min(_DRAW_BATCH, n_resamples - a), rng))
-                              for a in range(0, n_resamples, _DRAW_BATCH)])
-    with warnings.catch_warnings():  # all-NaN columns (e.g. a class never drawn) give NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanpercentile(samples, [2.5, 97.5], axis=0)
+    estimate, low, high = percentile_interval(compute, clusters, n_resamples, rng)
     names = ["bbox/AP50", "bbox/AP", *[f"prf1/recall-{n}" for n in data.class_names], f"froc/{rate_label(fp_rate)}"]
     table = pd.DataFrame({"metric": names, "estimate": estimate, "ci95_low": low, "ci95_high": high})
-    logger.debug("bootstrap: %d resamples of %d images", n_resamples, I)
-    return BootstrapCI(table, int(n_resamples), int(seed))
+    logger.debug("bootstrap: %d resamples of %s over %d images", n_resamples, clusters.describe(), I)
+    return BootstrapCI(table, int(n_resamples), int(seed), clusters.unit, clusters.n)
 

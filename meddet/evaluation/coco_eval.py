@@ -1,10 +1,12 @@
-"""COCO box metrics (AP, AP50, AP75, APs/m/l, AR1/10/100, per-class AP and AP50).
+"""COCO box metrics (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l, per-class AP and AP50).
 
 Two backends compute the same numbers: faster-coco-eval (C++, the default) and pycocotools
 (the reference). Both get private copies of the ground truth and predictions with contiguous
 integer ids, so the caller's dicts are never modified (both libraries write into the dicts they
-are given) and image ids of any hashable type work. Neither library is asked to print:
-pycocotools' prints are captured and logged at DEBUG level.
+are given) and image ids of any hashable type work. The private image ids follow the order of the
+original ids (not the order of ``images`` in the file): COCO's accumulation breaks ties in score
+by image id, so this gives pycocotools' numbers on the original file to the last digit. Neither
+library is asked to print: pycocotools' prints are captured and logged at DEBUG level.
 
 Edge cases: with no predictions every AP is 0 for classes that have ground truth (pycocotools
 cannot load an empty result list; the results object is built directly instead); a class with
@@ -34,7 +36,8 @@ BACKENDS = ("faster_coco_eval", "pycocotools")
 class CocoMetrics:
     """COCO results as fractions in [0, 1] (NaN where undefined).
 
-    `summary` maps ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR<max_dets>`` to values; `per_class_ap`
+    `summary` maps COCO's 12 summary numbers ``AP, AP50, AP75, APs, APm, APl, AR1, AR10,
+    AR<max_dets>, ARs, ARm, ARl`` to values (in `COCOeval.summarize`'s order); `per_class_ap`
     and `per_class_ap50` are indexed by class index. `precision` is COCO's accumulated array
     ``[T(IoU) x R(recall) x K x A(area) x M(maxDets)]`` (-1 where undefined) for PR curves;
     `iou_thresholds` and `recall_thresholds` index its first two axes.
@@ -82,20 +85,23 @@ def _mean_valid(a: np.ndarray) -> float:
 
 
 def _coco_dicts(data: EvalData) -> tuple[dict, dict]:
-    """Ground truth and results datasets with ids image 1..I, category 1..K, annotation 1..N."""
+    """Ground truth and results datasets with ids image 1..I (in the order of the original ids, so
+    that ties in score are broken as pycocotools breaks them on the original file), category
+    1..K, annotation 1..N."""
+    rank = data.coco_image_rank + 1
     images = [{"id": i + 1} for i in range(data.num_images)]
     categories = [{"id": k + 1, "name": n} for k, n in enumerate(data.class_names)]
     gt_anns = [
-        {"id": j + 1, "image_id": im + 1, "category_id": c + 1, "bbox": box, "area": area, "iscrowd": int(crowd)}
+        {"id": j + 1, "image_id": im, "category_id": c + 1, "bbox": box, "area": area, "iscrowd": int(crowd)}
         for j, (im, c, box, area, crowd) in enumerate(zip(
-            data.gt_image.tolist(), data.gt_class.tolist(), data.gt_xywh.tolist(), data.gt_area.tolist(),
+            rank[data.gt_image].tolist(), data.gt_class.tolist(), data.gt_xywh.tolist(), data.gt_area.tolist(),
             data.gt_crowd.tolist()))
     ]
     dt_area = (data.det_xywh[:, 2] * data.det_xywh[:, 3]).tolist()
     dt_anns = [
-        {"id": j + 1, "image_id": im + 1, "category_id": c + 1, "bbox": box, "score": s, "area": area, "iscrowd": 0}
+        {"id": j + 1, "image_id": im, "category_id": c + 1, "bbox": box, "score": s, "area": area, "iscrowd": 0}
         for j, (im, c, box, s, area) in enumerate(zip(
-            data.det_image.tolist(), data.det_class.tolist(), data.det_xywh.tolist(), data.det_score.tolist(),
+            rank[data.det_image].tolist(), data.det_class.tolist(), data.det_xywh.tolist(), data.det_score.tolist(),
             dt_area))
     ]
     gt = {"images": images, "categories": categories, "annotations": gt_anns}
@@ -140,7 +146,9 @@ def coco_evaluate(data: EvalData, backend: str = "faster_coco_eval", max_dets: i
     """Run the COCO box evaluation of `data` with `backend` (``"faster_coco_eval"`` or
     ``"pycocotools"``), counting the `max_dets` highest-scoring detections per image (``EVAL.MAX_DETS``;
     COCO's 100 by default, as detectron2's ``max_dets_per_image``: raise it for images holding more
-    objects, e.g. thousands of cells). AP and APs/m/l are at `max_dets`; ARn at 1, 10 and `max_dets`."""
+    objects, e.g. thousands of cells). AP, APs/m/l and ARs/m/l are at `max_dets`; ARn at 1, 10 and
+    `max_dets` (pycocotools' `summarize` takes its first number, AP, at a literal 100 detections and
+    prints -1 when `max_dets` is not 100; here AP is at `max_dets`, as detectron2 reports it)."""
     check_backend(backend)
     if max_dets <= 10:
         raise ConfigError(f"EVAL.MAX_DETS is {max_dets}; expected more than 10 (COCO also reports AR1 and AR10)")
@@ -165,6 +173,8 @@ def coco_evaluate(data: EvalData, backend: str = "faster_coco_eval", max_dets: i
     }
     for i, n in enumerate(p.maxDets):
         summary[f"AR{n}"] = _mean_valid(recall[:, :, a_all, i])
+    for size, name in (("small", "ARs"), ("medium", "ARm"), ("large", "ARl")):
+        summary[name] = _mean_valid(recall[:, :, area.index(size), m100])
     per_ap = np.array([_mean_valid(precision[:, :, k, a_all, m100]) for k in range(K)])
     per_ap50 = np.array([_mean_valid(precision[t50, :, k, a_all, m100]) for k in range(K)])
     return CocoMetrics(summary, per_ap, per_ap50, precision, np.asarray(p.iouThrs), np.asarray(p.recThrs))

@@ -3,11 +3,15 @@
 Each run folder holds ``eval/metrics.json`` (written by ``-c evaluate``); an evaluation folder
 itself (holding a flat ``metrics.json``) is accepted too. The run's name is the last part of
 ``OUTPUT_DIR`` in its ``config.yaml`` (the name it was trained under), else the folder's name;
-clashing names get their folder path instead. Rates are fractions (COCO AP included).
+clashing names get their folder path instead. Rates are fractions (COCO AP included). The
+``CI unit`` column says what each run's bootstrap resampled (``patient``, ``image`` or an image
+field, from its ``bootstrap_ci.csv``): intervals over images are narrower than over patients on the
+same data, so compare intervals of one unit only.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from meddet.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["HEADLINE_METRICS", "compare", "format_comparison", "write_comparison"]
 
@@ -41,10 +47,31 @@ _UNRANKED = {"mAP50 CI low", "mAP50 CI high"}
 
 
 def _metrics_file(run: Path) -> Path:
-    for p in (run / "eval" / "metrics.json", run / "metrics.json"):
-        if p.is_file():
-            return p
-    raise DataError(f"{run}: no eval/metrics.json (run `detectron.py -c evaluate` on this run first)")
+    evaluated = run / "eval" / "metrics.json"
+    if evaluated.is_file():
+        return evaluated
+    flat = run / "metrics.json"
+    if flat.is_file() and not (run / "config.yaml").is_file() and not _is_json_lines(flat):
+        return flat  # an evaluation folder itself
+    raise DataError(f"{run}: no eval/metrics.json (not evaluated yet): run `detectron.py -c evaluate "
+                    f"--config-file {run / 'config.yaml'}` first")
+
+
+def _is_json_lines(path: Path) -> bool:
+    """Whether `path` is a training metrics.json (JSON lines) rather than one evaluation JSON object."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = f.readline().strip()
+            second = f.readline().strip()
+    except OSError:
+        return False
+    if not first or not second:
+        return False
+    try:
+        json.loads(first)
+        return True
+    except json.JSONDecodeError:
+        return False
 
 
 def _read_metrics(path: Path) -> dict:
@@ -57,6 +84,21 @@ def _read_metrics(path: Path) -> dict:
     if not isinstance(data, dict) or "bbox/AP" not in data:
         raise DataError(f"{path}: expected the evaluation's flat metrics dict with 'bbox/AP'")
     return data
+
+
+def _ci_unit(metrics_file: Path) -> str:
+    """The resampling unit in ``bootstrap_ci.csv`` beside `metrics_file`; ``image`` for files written
+    before the unit was recorded, empty without intervals."""
+    path = metrics_file.parent / "bootstrap_ci.csv"
+    if not path.is_file():
+        return ""
+    try:
+        units = pd.read_csv(path, usecols=lambda c: c == "unit")
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return ""
+    if "unit" not in units or units["unit"].dropna().empty:
+        return "image"
+    return str(units["unit"].dropna().iloc[0])
 
 
 def _run_name(run: Path) -> str:
@@ -74,8 +116,8 @@ def _run_name(run: Path) -> str:
 
 
 def compare(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """One row per run: ``run``, ``path``, ``images`` and the `HEADLINE_METRICS` columns
-    (NaN where a run lacks a metric, e.g. evaluated before FROC existed)."""
+    """One row per run: ``run``, ``path``, ``images`` and the `HEADLINE_METRICS` columns (NaN where
+    a run lacks a metric, e.g. evaluated before FROC existed), with ``CI unit`` after the interval."""
     if not run_dirs:
         raise DataError("compare: no run folder given")
     rows = []
@@ -83,13 +125,20 @@ def compare(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
         run = Path(r)
         if not run.is_dir():
             raise DataError(f"{run}: run folder not found")
-        m = _read_metrics(_metrics_file(run))
+        mfile = _metrics_file(run)
+        m = _read_metrics(mfile)
         row = {"run": _run_name(run), "path": str(run), "images": m.get("gt/images", float("nan"))}
         for col, (key, scale) in HEADLINE_METRICS.items():
             v = m.get(key)
             row[col] = float(v) * scale if isinstance(v, (int, float)) else float("nan")
+            if col == "mAP50 CI high":
+                row["CI unit"] = _ci_unit(mfile)
         rows.append(row)
     df = pd.DataFrame(rows)
+    units = sorted({u for u in df["CI unit"] if u})
+    if len(units) > 1:
+        logger.warning("compare: the runs' intervals resample different units (%s); intervals over images "
+                       "are narrower than over patients on the same data", ", ".join(units))
     dup = df["run"].duplicated(keep=False)
     df.loc[dup, "run"] = df.loc[dup, "path"]
     return df
@@ -113,7 +162,7 @@ def format_comparison(df: pd.DataFrame, digits: int = 3) -> str:
                 if c in best and not math.isnan(v) and np.isclose(v, best[c]) and len(df) > 1:
                     s += "*"
             else:
-                s = str(v)
+                s = str(v) if str(v) else "-"
             line.append(s)
         cells.append(line)
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]

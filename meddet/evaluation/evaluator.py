@@ -10,7 +10,9 @@ Files written by `EvaluationResult.write` (each PNG has a CSV of its numbers):
 ``metrics.json`` (the flat dict), ``per_class.csv``, ``prf1.csv`` (``point`` = ``threshold`` /
 ``F1-optimal``), ``confusion_matrix.{csv,png}``, ``confusion_matrix_normalized.csv``,
 ``pr_curve``, ``f1_curve``, ``p_curve``, ``r_curve`` (.png/.csv), ``froc.{png,csv}``,
-``froc_summary.csv``, ``roc.{png,csv}``, ``roc_summary.csv``, ``bootstrap_ci.csv`` (with resamples),
+``froc_summary.csv``, ``roc.{png,csv}``, ``roc_summary.csv``, ``exam_level.csv`` and
+``exam_roc.{png,csv}`` (breast / exam level, when the images carry ``patient_id``),
+``calibration.{png,csv}``, ``bootstrap_ci.csv`` (with resamples and their unit),
 ``errors.csv``, ``errors_detail.csv``, ``errors_fp_<class>`` / ``errors_fn_<class>`` galleries
 (.png/.csv, when the images are readable), ``report.md``, ``analysis_report.txt`` and
 ``project_summary.csv``.
@@ -19,9 +21,12 @@ Metric names: ``bbox/…`` as detectron2 writes them (percent, 0–100); ``prf1/
 the operating point (``prf1/score_thresh``, ``prf1/iou_thresh``); ``prf1_opt/…`` at the
 F1-optimal thresholds (``prf1_opt/score_thresh-<class>``); ``froc/sens@<x>fp`` and
 ``froc/cpm`` (all lesions; ``-<class>`` per class); ``image/auc``, ``image/sensitivity``,
-``image/specificity`` (any lesion; ``-<class>`` per class); ``ci95_low/<metric>`` and
+``image/specificity`` (any lesion; ``-<class>`` per class); ``breast/auc``, ``exam/auc`` (with
+``ci95_low/…`` and ``ci95_high/…`` over patients), ``breast/sens@spec0.9``, ``breast/spec@sens0.9``
+(and ``exam/…``), ``calibration/ece`` (see `meddet.evaluation.exam`); ``ci95_low/<metric>`` and
 ``ci95_high/<metric>`` for ``bbox/AP50``, ``bbox/AP``, ``prf1/recall-<class>`` and
-``froc/sens@1fp``; ``errors/<type>`` counts and ``errors/<type>_share``; ``gt/images``,
+``froc/sens@1fp`` (resampling patients by default: ``EVAL.BOOTSTRAP_UNIT``, named in
+``bootstrap_ci.csv`` and the reports); ``errors/<type>`` counts and ``errors/<type>_share``; ``gt/images``,
 ``gt/instances`` and their ``-<class>`` entries say what was evaluated. Undefined values are NaN
 (JSON ``NaN``, as detectron2 writes them; ``-`` in text tables).
 """
@@ -44,6 +49,7 @@ from meddet.evaluation.coco_eval import CocoMetrics, check_backend, coco_evaluat
 from meddet.evaluation.confusion import confusion_frame, confusion_matrix, normalize_columns, plot_confusion_matrix
 from meddet.evaluation.curves import ScoreCurves, score_curves, write_pr_curve
 from meddet.evaluation.error_analysis import ErrorAnalysis, classify_errors, write_galleries
+from meddet.evaluation.exam import ExamLevel, exam_level
 from meddet.evaluation.froc import DEFAULT_FP_RATES, FROC, froc
 from meddet.evaluation.matching import EvalData, Matches, match_detections
 from meddet.evaluation.prf1 import PRF1, f1_optimal, prf1_at
@@ -78,6 +84,7 @@ class EvaluationResult:
     image_roc: ImageROC
     bootstrap: BootstrapCI | None
     errors: ErrorAnalysis
+    exam: ExamLevel | None = None
 
     def prf1_frame(self) -> pd.DataFrame:
         """``prf1.csv``: the rows of `PRF1.to_frame` at the operating point (``point`` =
@@ -121,6 +128,8 @@ class EvaluationResult:
         self.curves.write(out)
         self.froc.write(out)
         self.image_roc.write(out)
+        if self.exam is not None:
+            self.exam.write(out)
         if self.bootstrap is not None:
             self.bootstrap.to_frame().to_csv(out / "bootstrap_ci.csv", index=False, na_rep="NaN")
         else:
@@ -172,33 +181,45 @@ def run_evaluation(
     froc_hit: str = "center",
     froc_iou: float = 0.5,
     fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+    froc_interpolation: str = "step",
     bootstrap_samples: int = 1000,
     bootstrap_seed: int = 0,
+    bootstrap_unit: str = "patient",
     image_root: str | os.PathLike | None = None,
     gallery_size: int = 16,
     dicom_kwargs: dict[str, Any] | None = None,
     extra_sections: Sequence[tuple[str, str]] = (),
+    gt_source: str | os.PathLike | None = None,
+    predictions_source: str | os.PathLike | None = None,
+    strict_boxes: bool = False,
 ) -> EvaluationResult:
     """Evaluate COCO-results `predictions` (list or JSON file; category ids in the ground
     truth's id space) against the COCO ground truth `gt` (dict as `load_coco` returns, or file).
+    Errors in either name its file: the path given, or `gt_source` / `predictions_source` (the
+    file a dict or list was read from). An empty `predictions` list is scored (0) with a warning.
 
     `score_thresh` (``TEST.SCORE_THRESH``, or ``TEST.CLASS_SCORE_THRESH``: one per class) and
     `iou_thresh` (``EVAL.IOU_THRESH``) set the operating point of P/R/F1, the confusion matrix,
     image-level sensitivity/specificity, bootstrap recall and the error analysis; COCO AP, the
     curves and FROC sweep all scores. `backend` (``EVAL.BACKEND``) picks faster-coco-eval or
     pycocotools; `max_dets` (``EVAL.MAX_DETS``) is how many detections per image COCO AP counts. `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
-    ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``; `bootstrap_samples` (0: no intervals) and
-    `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``. When `out_dir` is
+    ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``, `froc_interpolation` ``EVAL.FROC_INTERPOLATION``
+    (``step`` or ``linear``, MONAI's); `bootstrap_samples` (0: no intervals) and
+    `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``; `bootstrap_unit`
+    (``EVAL.BOOTSTRAP_UNIT``: ``patient``, ``image`` or an image field) is what a resample draws. When `out_dir` is
     given, every file is written there (`EvaluationResult.write`); `image_root`
     (``DATASETS.IMAGE_ROOT``; default: the folder of `gt` when it is a file), `gallery_size`
-    (``EVAL.GALLERY_SIZE``) and `dicom_kwargs` serve the error galleries.
+    (``EVAL.GALLERY_SIZE``) and `dicom_kwargs` serve the error galleries. Ground-truth boxes
+    reaching outside their image are clipped to it (dropped when nothing is left), as in training;
+    `strict_boxes` (``DATASETS.STRICT_BOXES``) makes them an error.
     """
     iou_thresh = _check_thresh(iou_thresh, "EVAL.IOU_THRESH (iou_thresh)", low_open=True)
     check_backend(backend)
     bootstrap_samples = _check_count(bootstrap_samples, "EVAL.BOOTSTRAP_SAMPLES (bootstrap_samples)")
     gallery_size = _check_count(gallery_size, "EVAL.GALLERY_SIZE (gallery_size)")
     t0 = time.perf_counter()
-    data = EvalData.from_coco(gt, predictions)
+    data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source,
+                              strict_boxes=bool(strict_boxes))
     score_thresh = _check_score_thresh(score_thresh, data.class_names)
     max_dets = _check_count(max_dets, "EVAL.MAX_DETS (max_dets)")
     coco = coco_evaluate(data, backend, max_dets)
@@ -206,21 +227,24 @@ def run_evaluation(
     agnostic = match_detections(data, iou_thresh, class_agnostic=True)
     prf1 = prf1_at(matches, score_thresh)
     best = f1_optimal(matches)
-    froc_result = froc(data, froc_hit, froc_iou, fp_rates)
+    froc_result = froc(data, froc_hit, froc_iou, fp_rates, froc_interpolation)
     roc = image_roc(matches, score_thresh)
     errors = classify_errors(matches, score_thresh)
+    exam = exam_level(matches, bootstrap_samples, bootstrap_seed)
     boot = None
     if bootstrap_samples:
         boot = bootstrap_ci(data, matches, score_thresh, froc_result.all, n_resamples=bootstrap_samples,
-                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data, max_dets=max_dets))
+                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data, max_dets=max_dets),
+                            unit=bootstrap_unit, froc_interpolation=froc_interpolation)
     metrics = {**coco.to_metrics(data.class_names), **prf1.to_metrics(), **best.to_metrics("prf1_opt"),
-               **froc_result.to_metrics(), **roc.to_metrics(), **(boot.to_metrics() if boot else {}),
+               **froc_result.to_metrics(), **roc.to_metrics(), **exam.to_metrics(),
+               **(boot.to_metrics() if boot else {}),
                **errors.to_metrics(), **data.to_metrics()}
     result = EvaluationResult(
         data=data, matches=matches, agnostic_matches=agnostic, coco=coco, prf1=prf1,
         per_class=per_class_table(metrics), confusion=confusion_matrix(agnostic, score_thresh),
         metrics=metrics, score_thresh=score_thresh, iou_thresh=iou_thresh, backend=backend, f1_optimal=best,
-        curves=score_curves(matches), froc=froc_result, image_roc=roc, bootstrap=boot, errors=errors,
+        curves=score_curves(matches), froc=froc_result, image_roc=roc, bootstrap=boot, errors=errors, exam=exam,
     )
     logger.info("evaluated %d images, %d ground truths, %d detections (%s, %d bootstrap resamples) in %.2fs",
                 data.num_images, len(data.gt_class), len(data.det_score), backend, bootstrap_samples,
@@ -247,8 +271,8 @@ def evaluate(
 
 def evaluation_kwargs(cfg) -> dict[str, Any]:
     """The keyword arguments of `run_evaluation` / `evaluate` from a config: TEST.SCORE_THRESH
-    (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty) and the
-    DICOM pixel options."""
+    (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty),
+    DATASETS.STRICT_BOXES and the DICOM pixel options."""
     from meddet.data.dataset import dicom_kwargs
 
     class_thresh = list(cfg.TEST.CLASS_SCORE_THRESH)
@@ -260,9 +284,12 @@ def evaluation_kwargs(cfg) -> dict[str, Any]:
         "froc_hit": cfg.EVAL.FROC_HIT,
         "froc_iou": cfg.EVAL.FROC_IOU,
         "fp_rates": tuple(cfg.EVAL.FROC_FP_RATES),
+        "froc_interpolation": cfg.EVAL.FROC_INTERPOLATION,
         "bootstrap_samples": cfg.EVAL.BOOTSTRAP_SAMPLES,
         "bootstrap_seed": cfg.EVAL.BOOTSTRAP_SEED,
+        "bootstrap_unit": cfg.EVAL.BOOTSTRAP_UNIT,
         "image_root": cfg.DATASETS.IMAGE_ROOT or None,
         "gallery_size": cfg.EVAL.GALLERY_SIZE,
         "dicom_kwargs": dicom_kwargs(cfg),
+        "strict_boxes": bool(cfg.DATASETS.STRICT_BOXES),
     }

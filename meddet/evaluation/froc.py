@@ -14,13 +14,20 @@ Conventions (those of CAD evaluation, e.g. LUNA16):
   does) is ignored; crowd regions are not lesions.
 - **FP/image** = false positives / all images (images without lesions included);
   **sensitivity** = found lesions / all lesions (NaN without lesions).
-- **Sensitivity at x FP/image** is that of the lowest threshold whose FP/image is ≤ x: the
-  highest sensitivity reachable without exceeding x (a step function, no interpolation). When
-  all detections together stay below x it is the final sensitivity. The **CPM** is the mean
-  sensitivity over the FP rates (0.125 … 8 by default), as in LUNA16.
+- **Sensitivity at x FP/image** (``EVAL.FROC_INTERPOLATION``): ``"step"`` (default, LUNA16) —
+  that of the lowest threshold whose FP/image is ≤ x: the highest sensitivity reachable without
+  exceeding x, an operating point one can set. ``"linear"`` — the FROC polyline (every threshold's
+  (FP/image, sensitivity) point, from (0, 0)) linearly interpolated at x, i.e. MONAI's
+  ``compute_froc_score`` (CAMELYON16): ``np.interp(x, fps_per_image[::-1], sensitivity[::-1])`` on the
+  points of ``compute_froc_curve_data`` (which, fed the lesions' best scores with 0 for missed ones
+  as MONAI's ``compute_fp_tp_probs`` does, ends at the lowest detection score, as this curve does).
+  Either way, when all detections together stay below x it is the final sensitivity. The **CPM**
+  is the mean sensitivity over the FP rates (0.125 … 8 by default), as in LUNA16.
 
 The curve keeps its corners: the start (no detection), every threshold at which a lesion is
-found, and the end (every detection kept) — lossless for the step function above.
+found, and the end (every detection kept) — lossless for the step rule; the linear rule adds,
+before each corner, the point just above its threshold (same sensitivity as the corner before,
+the false positives scoring above it), which is all of the polyline that is not on a flat segment.
 """
 from __future__ import annotations
 
@@ -36,9 +43,11 @@ from meddet.errors import ConfigError
 from meddet.evaluation.matching import EvalData
 from meddet.evaluation.plots import plot_lines
 
-__all__ = ["FROC_RULES", "DEFAULT_FP_RATES", "FROCCurve", "FROC", "froc", "froc_hits", "rate_label"]
+__all__ = ["FROC_RULES", "FROC_INTERPOLATIONS", "DEFAULT_FP_RATES", "FROCCurve", "FROC", "froc", "froc_hits",
+           "rate_label", "check_interpolation"]
 
 FROC_RULES = ("center", "iou")
+FROC_INTERPOLATIONS = ("step", "linear")
 DEFAULT_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 ALL = "all"
 
@@ -109,13 +118,37 @@ class FROCCurve:
     def sensitivity(self) -> np.ndarray:
         return self.found / self.n_lesions if self.n_lesions else np.full(self.found.shape, np.nan)
 
-    def sensitivity_at(self, rates: Sequence[float]) -> np.ndarray:
-        """Sensitivity at each mean-FP-per-image rate (the step rule of the module docstring)."""
+    def polyline(self) -> tuple[np.ndarray, np.ndarray]:
+        """(FP/image, sensitivity) of every vertex of the FROC polyline, FP ascending: each corner
+        preceded by the point just above its threshold (see the module docstring)."""
+        fp_sorted = np.sort(self.fp_scores)
+        above = fp_sorted.size - np.searchsorted(fp_sorted, self.score_thresh[1:], side="right")
+        fp = np.empty(2 * self.fp.size - 1, dtype=np.int64)
+        found = np.empty_like(fp)
+        fp[0], found[0] = self.fp[0], self.found[0]
+        fp[1::2], found[1::2] = above, self.found[:-1]
+        fp[2::2], found[2::2] = self.fp[1:], self.found[1:]
+        return fp / float(self.n_images), found / float(self.n_lesions)
+
+    def sensitivity_at(self, rates: Sequence[float], interpolation: str = "step") -> np.ndarray:
+        """Sensitivity at each mean-FP-per-image rate, by the `interpolation` rule (``"step"`` or
+        ``"linear"``, see the module docstring)."""
+        check_interpolation(interpolation)
         if not self.n_lesions:
             return np.full(len(rates), np.nan)
+        if interpolation == "linear":
+            fpi, sens = self.polyline()
+            return np.interp(np.asarray(rates, dtype=np.float64), fpi, sens)
         limit = np.asarray(rates, dtype=np.float64) * self.n_images
         idx = np.searchsorted(self.fp, limit + 1e-9, side="right") - 1
         return self.found[idx] / self.n_lesions
+
+
+def check_interpolation(interpolation: str) -> str:
+    """`interpolation` if it is one of `FROC_INTERPOLATIONS`, else a ConfigError."""
+    if interpolation not in FROC_INTERPOLATIONS:
+        raise ConfigError(f"EVAL.FROC_INTERPOLATION is {interpolation!r}; expected one of {list(FROC_INTERPOLATIONS)}")
+    return interpolation
 
 
 def _curve(name: str, n_images: int, fp_scores: np.ndarray, fp_images: np.ndarray, lesion_scores: np.ndarray,
@@ -140,6 +173,7 @@ class FROC:
     iou_thresh: float
     fp_rates: tuple[float, ...]
     curves: list[FROCCurve]
+    interpolation: str = "step"
 
     @property
     def all(self) -> FROCCurve:
@@ -151,11 +185,18 @@ class FROC:
             return "detection centre inside the lesion box"
         return f"IoU >= {self.iou_thresh:g}"
 
+    def describe_interpolation(self) -> str:
+        """How sensitivity at x FP/image is read off the curve, in words."""
+        if self.interpolation == "linear":
+            return ("linear interpolation of the FROC polyline at x FP/image (MONAI's compute_froc_score, "
+                    "CAMELYON16)")
+        return "that of the lowest threshold with at most x FP/image (step rule, LUNA16)"
+
     def summary_frame(self) -> pd.DataFrame:
         """One row per curve (classes, then ``all``): lesions, sensitivity at each FP rate, CPM."""
         rows = []
         for c in self.curves:
-            sens = c.sensitivity_at(self.fp_rates)
+            sens = c.sensitivity_at(self.fp_rates, self.interpolation)
             rows.append([c.name, c.n_lesions, *sens, float(np.mean(sens)) if c.n_lesions else np.nan])
         return pd.DataFrame(rows, columns=["Class", "Lesions", *map(rate_label, self.fp_rates), "CPM"])
 
@@ -188,19 +229,23 @@ class FROC:
         for c, cpm in zip(self.curves, summary["CPM"]):
             if not c.n_lesions:
                 continue
-            # The step curve, extended flat to the right edge of the plot.
-            fpi = np.append(c.fp_per_image, max(hi, float(c.fp_per_image[-1])))
+            # The step curve (or the polyline the linear rule reads), extended flat to the right edge.
+            fpi, sens = c.polyline() if self.interpolation == "linear" else (c.fp_per_image, c.sensitivity)
+            fpi = np.append(fpi, max(hi, float(fpi[-1])))
             xs[c.name] = np.maximum(fpi, lo)
-            ys[c.name] = np.append(c.sensitivity, c.sensitivity[-1])
+            ys[c.name] = np.append(sens, sens[-1])
             labels[c.name] = f"{'all lesions' if c.name == ALL else c.name} (CPM {cpm:.3f})"
         return plot_lines(out / "froc.png", xs, ys, xlabel="Mean false positives per image", ylabel="Sensitivity",
-                          title=f"FROC (hit: {self.describe_rule()})", labels=labels, highlight=ALL, logx=True,
-                          steps=True, xlim=(lo, hi), vlines=self.fp_rates, xticks=self.fp_rates)
+                          title=f"FROC (hit: {self.describe_rule()}; {self.interpolation} interpolation)",
+                          labels=labels, highlight=ALL, logx=True, steps=self.interpolation == "step",
+                          xlim=(lo, hi), vlines=self.fp_rates, xticks=self.fp_rates)
 
 
 def froc(data: EvalData, rule: str = "center", iou_thresh: float = 0.5,
-         fp_rates: Sequence[float] = DEFAULT_FP_RATES) -> FROC:
-    """FROC curves of `data` per class and for all lesions (see the module docstring)."""
+         fp_rates: Sequence[float] = DEFAULT_FP_RATES, interpolation: str = "step") -> FROC:
+    """FROC curves of `data` per class and for all lesions (see the module docstring);
+    `interpolation` (``EVAL.FROC_INTERPOLATION``) is how sensitivity at each FP rate is read."""
+    check_interpolation(interpolation)
     rates = tuple(float(r) for r in fp_rates)
     if not rates or any(not np.isfinite(r) or r <= 0 for r in rates):
         raise ConfigError(f"EVAL.FROC_FP_RATES is {list(fp_rates)}; expected positive numbers")
@@ -220,4 +265,4 @@ def froc(data: EvalData, rule: str = "center", iou_thresh: float = 0.5,
     fpm = ~hits & ~ign
     lowest = float(data.det_score[~ign].min()) if (~ign).any() else np.inf
     curves.append(_curve(ALL, I, data.det_score[fpm], data.det_image[fpm], lesion[real], data.gt_image[real], lowest))
-    return FROC(rule, float(iou_thresh), rates, curves)
+    return FROC(rule, float(iou_thresh), rates, curves, interpolation)

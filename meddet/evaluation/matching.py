@@ -25,7 +25,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from meddet.data.coco import load_coco
+from meddet.data.coco import clip_coco_boxes, load_coco
 from meddet.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -73,24 +73,44 @@ def _index_column(values: list, lookup: dict, source: str, what: str, field_name
         raise
 
 
+def _is_number(v: object) -> bool:
+    """A JSON number (int or float, NumPy scalars included), not a bool or a numeric string."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _describe(v: object) -> str:
+    if isinstance(v, str):
+        return f"{v!r} (a string)"
+    if isinstance(v, (bool, np.bool_)):
+        return f"{v!r} (a boolean)"
+    return repr(v)
+
+
 def _float_array(values: list, shape_tail: tuple[int, ...], source: str, what: str, field_name: str,
                  expected: str) -> np.ndarray:
-    """Values as a float64 array of shape (N, *shape_tail), finite; else a DataError naming the item."""
+    """Values as a float64 array of shape (N, *shape_tail), finite numbers only (a numeric string
+    such as ``"0.9"`` or a boolean is not a number); else a DataError naming the item."""
+    if not len(values):
+        return np.zeros((0,) + shape_tail)
     try:
-        arr = np.asarray(values, dtype=np.float64).reshape((len(values),) + shape_tail)
-        ok = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim)))
+        raw = np.asarray(values)
+        ok_type = raw.dtype.kind in "iuf" and raw.shape == (len(values),) + shape_tail
+        if ok_type and not shape_tail:  # NumPy turns [0.9, True] into floats silently
+            ok_type = not any(isinstance(v, (bool, np.bool_)) for v in values)
+        arr = raw.astype(np.float64).reshape((len(values),) + shape_tail) if ok_type else None
+        ok = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim))) if ok_type else None
     except (ValueError, TypeError):
         ok = None
     if ok is not None and ok.all():
         return arr
     for i, v in enumerate(values):
-        try:
-            a = np.asarray(v, dtype=np.float64)
-            good = a.shape == shape_tail and bool(np.isfinite(a).all())
-        except (ValueError, TypeError):
-            good = False
+        items = v if isinstance(v, (list, tuple)) and shape_tail else [v]
+        good = (len(items) == (shape_tail[0] if shape_tail else 1) and all(_is_number(x) for x in items)
+                and bool(np.isfinite(np.asarray(items, dtype=np.float64)).all()))
         if not good:
-            raise DataError(f"{source}: {what}[{i}].{field_name} is {v!r}; expected {expected}")
+            shown = (f"{v!r} (holding a string)" if isinstance(v, (list, tuple)) and any(isinstance(x, str) for x in v)
+                     else _describe(v))
+            raise DataError(f"{source}: {what}[{i}].{field_name} is {shown}; expected {expected}")
     raise DataError(f"{source}: {what}[*].{field_name} cannot be read as numbers; expected {expected}")
 
 
@@ -116,7 +136,9 @@ class EvalData:
     is ``image_ids[i]`` of the ground truth, class `k` is the k-th category by ascending id
     (``category_ids[k]``, ``class_names[k]``, the model's class index). Boxes are COCO
     ``[x, y, w, h]`` in image pixels. `file_names` holds each image's COCO ``file_name`` (None
-    where absent), for drawing errors on the images.
+    where absent), for drawing errors on the images; `images` the ground truth's image records
+    themselves (read, never modified: ``patient_id``, ``laterality``, … for grouping images) and
+    `gt_source` the ground truth's file path (or "ground truth" when given as a dict).
     """
 
     image_ids: list[Any]
@@ -132,10 +154,31 @@ class EvalData:
     det_xywh: np.ndarray
     det_score: np.ndarray
     file_names: list[str | None] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list, repr=False)
+    gt_source: str = "ground truth"
 
     @property
     def num_images(self) -> int:
         return len(self.image_ids)
+
+    @cached_property
+    def coco_image_order(self) -> np.ndarray:
+        """Image indices in the order pycocotools evaluates them: by ascending image id (its
+        ``np.unique`` of the ids), whatever the order of ``images`` in the file. COCO's
+        accumulation breaks ties in score by this order, so AP depends on it. Ids that cannot be
+        compared with each other (mixed types) keep the file order."""
+        try:
+            order = sorted(range(self.num_images), key=self.image_ids.__getitem__)
+        except TypeError:
+            order = list(range(self.num_images))
+        return np.asarray(order, dtype=np.int64)
+
+    @cached_property
+    def coco_image_rank(self) -> np.ndarray:
+        """Position of each image in `coco_image_order` (0 = first evaluated)."""
+        rank = np.empty(self.num_images, dtype=np.int64)
+        rank[self.coco_image_order] = np.arange(self.num_images)
+        return rank
 
     @property
     def num_classes(self) -> int:
@@ -146,17 +189,28 @@ class EvalData:
         cls,
         gt: dict | str | os.PathLike,
         predictions: Sequence[dict] | str | os.PathLike,
+        *,
+        gt_source: str | os.PathLike | None = None,
+        predictions_source: str | os.PathLike | None = None,
+        strict_boxes: bool = False,
     ) -> "EvalData":
         """Validate and convert a COCO ground truth (dict or file) and COCO-results predictions
-        (list or file). Prediction category ids are in the ground truth's id space."""
-        gt_source = "ground truth"
+        (list or file). Prediction category ids are in the ground truth's id space. Errors name the
+        files: their paths, or `gt_source` / `predictions_source` (the files the dicts were read
+        from) when given dicts. Numbers must be JSON numbers: ``"0.9"`` is an error, not 0.9.
+
+        Ground-truth boxes reaching outside their image are clipped to it and those with nothing
+        inside dropped, as for training (meddet.data.coco.clip_coco_boxes; `strict_boxes`: an error)."""
         if not isinstance(gt, dict):
-            gt_source = str(gt)
+            gt_source = gt_source or str(gt)
             gt = load_coco(gt)
-        pred_source = "predictions"
+        gt_source = str(gt_source) if gt_source else "ground truth"
+        if isinstance(gt.get("images"), list) and isinstance(gt.get("annotations"), list):
+            gt, _ = clip_coco_boxes(gt, gt_source, strict=strict_boxes)
         if isinstance(predictions, (str, os.PathLike)):
-            pred_source = str(predictions)
+            predictions_source = predictions_source or str(predictions)
             predictions = load_predictions(predictions)
+        pred_source = str(predictions_source) if predictions_source else "predictions"
         for key in ("images", "annotations", "categories"):
             if not isinstance(gt.get(key), list):
                 raise DataError(f"{gt_source}: missing or non-list field {key!r} (expected a COCO detection dict)")
@@ -191,7 +245,14 @@ class EvalData:
         if (gt_xywh[:, 2:] < 0).any():
             i = int(np.flatnonzero((gt_xywh[:, 2:] < 0).any(axis=1))[0])
             raise DataError(f"{src}: annotations[{i}].bbox is {anns[i]['bbox']!r}; expected width and height >= 0")
-        gt_area = np.array([a["area"] if isinstance(a.get("area"), (int, float)) else np.nan for a in anns],
+        for i, a in enumerate(anns):
+            if a.get("area") is not None and not _is_number(a["area"]):
+                raise DataError(f"{src}: annotations[{i}].area is {_describe(a['area'])}; expected a number "
+                                "(or no 'area': the box's w*h)")
+            crowd = a.get("iscrowd")
+            if crowd is not None and (isinstance(crowd, str) or crowd not in (0, 1)):
+                raise DataError(f"{src}: annotations[{i}].iscrowd is {_describe(crowd)}; expected 0 or 1")
+        gt_area = np.array([a["area"] if a.get("area") is not None else np.nan for a in anns],
                            dtype=np.float64).reshape(-1)
         gt_area = np.where(np.isfinite(gt_area), gt_area, gt_xywh[:, 2] * gt_xywh[:, 3])
         gt_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool).reshape(-1)
@@ -216,9 +277,13 @@ class EvalData:
                             "expected width and height >= 0")
         det_score = _float_array(_column(predictions, "score", src, "predictions"), (), src, "predictions",
                                  "score", "a finite number")
+        if not len(predictions):
+            logger.warning("%s: no detections; every AP, recall and sensitivity is 0 (every file is still "
+                           "written)", src)
         file_names = [im.get("file_name") if isinstance(im, dict) else None for im in gt["images"]]
+        image_records = [im if isinstance(im, dict) else {} for im in gt["images"]]
         return cls(image_ids, category_ids, class_names, gt_image, gt_class, gt_xywh, gt_area, gt_crowd,
-                   det_image, det_class, det_xywh, det_score, file_names)
+                   det_image, det_class, det_xywh, det_score, file_names, image_records, gt_source)
 
     def with_detections(self, keep: np.ndarray) -> "EvalData":
         """The same ground truth with only the detections selected by `keep` (mask or indices)."""

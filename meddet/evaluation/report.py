@@ -71,8 +71,14 @@ def _ci(result: "EvaluationResult", metric: str, scale: float) -> tuple[float, f
     return (m.get(f"ci95_low/{metric}", float("nan")) * scale, m.get(f"ci95_high/{metric}", float("nan")) * scale)
 
 
+def _ci_unit(result: "EvaluationResult") -> str:
+    """What the bootstrap resampled, e.g. ``patient (40 patients)``; empty without intervals."""
+    return result.bootstrap.describe() if result.bootstrap is not None else ""
+
+
 def headline(result: "EvaluationResult") -> pd.DataFrame:
-    """The headline table: metric, value, 95% CI low and high (fractions)."""
+    """The headline table: metric, value, 95% CI low and high (fractions) and, beside each
+    interval, what the bootstrap resampled (``CI resamples``)."""
     m = result.metrics
     nan = float("nan")
     at = _thresh_text(result)
@@ -96,7 +102,9 @@ def headline(result: "EvaluationResult") -> pd.DataFrame:
         (f"image-level sensitivity / specificity (any lesion, {at})",
          f"{_fmt(m.get('image/sensitivity', nan))} / {_fmt(m.get('image/specificity', nan))}", nan, nan),
     ]
-    return pd.DataFrame(rows, columns=["metric", "value", "95% CI low", "95% CI high"])
+    unit = _ci_unit(result)
+    rows = [(*r, unit if isinstance(r[2], float) and not math.isnan(r[2]) else "") for r in rows]
+    return pd.DataFrame(rows, columns=["metric", "value", "95% CI low", "95% CI high", "CI resamples"])
 
 
 def _thresh_text(result: "EvaluationResult") -> str:
@@ -120,7 +128,7 @@ def summary_row(result: "EvaluationResult") -> pd.DataFrame:
         "precision": m.get("prf1/precision", nan), "recall": m.get("prf1/recall", nan), "F1": m.get("prf1/F1", nan),
         "macro_F1": m.get("prf1/macro_F1", nan), "weighted_F1": m.get("prf1/weighted_F1", nan),
         "macro_F1_optimal": m.get("prf1_opt/macro_F1", nan),
-        "froc_hit": result.froc.hit_rule,
+        "froc_hit": result.froc.hit_rule, "froc_interpolation": result.froc.interpolation,
     }
     for r in result.froc.fp_rates:
         row[f"froc_{rate_label(r)}"] = m.get(f"froc/{rate_label(r)}", nan)
@@ -128,10 +136,17 @@ def summary_row(result: "EvaluationResult") -> pd.DataFrame:
     row["image_auc"] = m.get("image/auc", nan)
     row["image_sensitivity"] = m.get("image/sensitivity", nan)
     row["image_specificity"] = m.get("image/specificity", nan)
+    for level in ("breast", "exam"):
+        row[f"{level}_auc"] = m.get(f"{level}/auc", nan)
+        row[f"{level}_auc_ci95_low"] = m.get(f"ci95_low/{level}/auc", nan)
+        row[f"{level}_auc_ci95_high"] = m.get(f"ci95_high/{level}/auc", nan)
+    row["calibration_ece"] = m.get("calibration/ece", nan)
     for metric, name, scale in (("bbox/AP50", "mAP50", 0.01), ("bbox/AP", "mAP50-95", 0.01),
                                 ("froc/sens@1fp", "froc_sens@1fp", 1.0)):
         lo, hi = _ci(result, metric, scale)
         row[f"{name}_ci95_low"], row[f"{name}_ci95_high"] = lo, hi
+    row["ci95_unit"] = result.bootstrap.unit if result.bootstrap is not None else ""
+    row["ci95_units"] = result.bootstrap.n_units if result.bootstrap is not None else 0
     for name in ("confusion", "duplicate", "localisation", "both", "background", "missed"):
         row[f"errors_{name}_share"] = m.get(f"errors/{name}_share", nan)
     return pd.DataFrame([row])
@@ -159,22 +174,52 @@ def _sections(result: "EvaluationResult", files: Sequence[str], galleries: Seque
          [], [("Confusion matrix", "confusion_matrix.png")]),
         ("FROC",
          f"Hit rule: {froc.describe_rule()}. FP/image over all {d.num_images} images; a lesion is found when a "
-         "detection hits it, extra hits on a found lesion are neither TP nor FP; sensitivity at x FP/image is that "
-         "of the lowest threshold with at most x FP/image. CPM: mean over the listed rates.",
+         "detection hits it, extra hits on a found lesion are neither TP nor FP; sensitivity at x FP/image: "
+         f"{froc.describe_interpolation()} (EVAL.FROC_INTERPOLATION). CPM: mean over the listed rates.",
          [froc.summary_frame()], [("FROC", "froc.png")]),
         ("Image-level ROC",
-         "Each image scored by its highest detection score for the class; positive when it holds a ground truth "
-         "of the class. Sensitivity/specificity at the operating point and at Youden's optimum.",
+         "Image score = highest detection score for the class (every detection of the image, crowd regions "
+         "included; no detection: below every score); an image is positive when it holds a ground truth of the "
+         "class (crowd regions excluded). AUC: trapezoidal area, ties count one half. Sensitivity/specificity at "
+         "the operating point (called positive when the image score reaches it) and at Youden's optimum.",
          [result.image_roc.summary_frame()], [("Image-level ROC", "roc.png")]),
     ]
+    exam = result.exam
+    if exam is not None:
+        if exam.levels:
+            text = ("Breast = patient_id + laterality, exam = patient_id (+ study when the images carry one). "
+                    "Suspicion score = highest detection score over the views (any class; no detection: below "
+                    "every score); positive when a view holds a ground truth. AUC with a 95% percentile bootstrap "
+                    "interval resampling patients"
+                    + (f" ({exam.n_resamples} resamples)" if exam.n_resamples else " (not computed: "
+                       "EVAL.BOOTSTRAP_SAMPLES 0)")
+                    + "; sensitivity at the lowest threshold with specificity >= 0.9, specificity at the highest "
+                    "threshold with sensitivity >= 0.9 (empirical ROC points).")
+            tables, plots = [exam.summary_frame()], [("Breast / exam ROC", "exam_roc.png")]
+        else:
+            text = "Not computed: no image carries a patient_id (and laterality for breasts)."
+            tables, plots = [], []
+        sections.append(("Breast- and exam-level results", text, tables, plots))
+        sections.append((
+            "Calibration of detection scores",
+            f"Each detection's score as the probability that it is a true positive (class-aware match at IoU >= "
+            f"{result.iou_thresh:g}), in {len(exam.calibration.count)} equal-width bins. Expected calibration "
+            f"error (ECE): {_fmt(exam.calibration.ece)}.",
+            [exam.calibration.to_frame()], [("Calibration", "calibration.png")]))
     if result.bootstrap is not None:
         ci = result.bootstrap.table.copy()
         scale = np.where(ci["metric"].str.startswith("bbox/"), 0.01, 1.0)
         for c in ("estimate", "ci95_low", "ci95_high"):
             ci[c] = ci[c] * scale
+        b = result.bootstrap
+        how = {"patient": "patients (all images of a drawn patient enter together, as views of one patient "
+                          "are correlated)",
+               "image": "images (as if independent: too narrow when several images come from one patient)"}
+        drawn = how.get(b.unit, f"groups of images sharing their {b.unit!r} field")
+        ci.insert(len(ci.columns), "resampled", b.describe())
         sections.append(("Bootstrap 95% confidence intervals",
-                         f"Percentile intervals over {result.bootstrap.n_resamples} resamples of the images (seed "
-                         f"{result.bootstrap.seed}); COCO AP as fractions.", [ci], []))
+                         f"Percentile intervals over {b.n_resamples} resamples of the {b.n_units} {drawn}; unit "
+                         f"set by EVAL.BOOTSTRAP_UNIT, seed {b.seed}; COCO AP as fractions.", [ci], []))
     else:
         sections.append(("Bootstrap 95% confidence intervals", "Not computed (EVAL.BOOTSTRAP_SAMPLES 0).", [], []))
     err_text = ("False positives at the operating point typed as confusion (other class, IoU >= t), duplicate "

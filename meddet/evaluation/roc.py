@@ -1,17 +1,19 @@
 """Image-level (exam-level) ROC: "does this image contain a lesion of class k?".
 
-Each image is scored by its highest detection score for the class (``any``: for any class);
-images without such a detection score -inf, below every detection. An image is positive when
-it holds at least one ground truth of the class (crowd regions excluded). The ROC curve has a
-point at every distinct image score, from (0, 0) (threshold +inf) to (1, 1); the AUC is the
-trapezoidal area under it, which equals the Mann-Whitney probability that a positive image
-outscores a negative one, ties counting one half. AUC is NaN when there are no positive or no
+**Image score = highest detection score** for the class (``any``: for any class), over every
+detection of the image — detections on crowd regions included (the ROC does not match boxes, so
+the box-level crowd rule does not apply); images without such a detection score -inf, below every
+detection. An image is positive when it holds at least one ground truth of the class (crowd
+regions are not lesions). The ROC curve has a point at every distinct image score, from (0, 0)
+(threshold +inf) to (1, 1); the AUC is the trapezoidal area under it, which equals the
+Mann-Whitney probability that a positive image outscores a negative one, ties counting one half
+(scikit-learn's ``roc_auc_score`` on these scores). AUC is NaN when there are no positive or no
 negative images.
 
 Sensitivity and specificity are reported at the evaluation's score threshold (an image is called
-positive when it keeps a detection of the class at that threshold; with per-class thresholds,
-``any`` uses each detection's class threshold) and at the threshold maximising Youden's J
-(sensitivity + specificity - 1), highest threshold on ties.
+positive when it has a detection of the class scoring at least that threshold, i.e. its image score
+reaches it; with per-class thresholds, ``any`` uses each detection's class threshold) and at the
+threshold maximising Youden's J (sensitivity + specificity - 1), highest threshold on ties.
 """
 from __future__ import annotations
 
@@ -130,14 +132,14 @@ def _curve(name: str, y: np.ndarray, s: np.ndarray, called: np.ndarray) -> ROCCu
 
 
 def image_roc(matches: Matches, score_thresh: float | np.ndarray) -> ImageROC:
-    """Image-level ROC per class and for any class, from the detections of `matches`' data
-    (crowd-ignored detections are left out); `score_thresh` is the operating point."""
+    """Image-level ROC per class and for any class, from every detection of `matches`' data
+    (image score = highest detection score, see the module docstring); `score_thresh` is the
+    operating point."""
     data = matches.data
     I, K = data.num_images, data.num_classes
-    valid = ~matches.det_ignored
-    kept = matches.kept(score_thresh)
+    kept = data.det_score >= matches.det_thresh(score_thresh)
     scores = np.full((I, K), -np.inf)
-    np.maximum.at(scores, (data.det_image[valid], data.det_class[valid]), data.det_score[valid])
+    np.maximum.at(scores, (data.det_image, data.det_class), data.det_score)
     called = np.zeros((I, K), dtype=bool)
     called[data.det_image[kept], data.det_class[kept]] = True
     real = ~data.gt_crowd

@@ -16,12 +16,18 @@ For each NMS value, each class gets its best score threshold by the objective:
 - ``"froc"``: the highest sensitivity at `target_fpi` false positives per image (FROC of that
   class, hit rule `froc_hit`), reached at the lowest threshold within the FP budget.
 
-The NMS value kept is the one with the best macro objective (mean over classes with ground
-truth; ties go to the larger NMS IoU, which suppresses less). The global ``TEST.SCORE_THRESH``
-is, at that NMS value, the threshold of best macro F1 over a 0.001 grid (``"f1"``), or the
-all-lesion FROC threshold at `target_fpi` (``"froc"``; 1.0 when even the top detection exceeds
+The NMS value kept is the one with the best macro objective at the per-class thresholds (mean over
+classes with ground truth of each class's objective at its own threshold: what
+``TEST.CLASS_SCORE_THRESH`` reaches; ties go to the larger NMS IoU, which suppresses less). The
+global ``TEST.SCORE_THRESH`` is, at that NMS value, the threshold of best macro F1 over a 0.001 grid
+(``"f1"``), or the all-lesion FROC threshold at `target_fpi` (``"froc"``; 1.0 when even the top detection exceeds
 the budget); a class without a usable threshold (no ground truth, no true positive, or no
-detection within the FP budget) falls back to it in ``TEST.CLASS_SCORE_THRESH``.
+detection within the FP budget) falls back to it in ``TEST.CLASS_SCORE_THRESH``. The table's
+``macro`` row holds, per NMS value, the macro objective reached at that single global threshold
+(``objective``) and at the per-class thresholds (``objective_class_thresh``); the summary reports both.
+
+The fragment names the class of each per-class threshold (``TEST.CLASS_SCORE_THRESH_NAMES``), so the
+thresholds follow classes by name (a model or ensemble with other or more classes).
 """
 from __future__ import annotations
 
@@ -59,22 +65,44 @@ class TuneResult:
     class_score_thresh: list[float]
     table: pd.DataFrame
 
+    def _macro_row(self):
+        rows = self.table[(self.table["nms_thresh"] == self.nms_thresh) & (self.table["Class"] == "macro")]
+        return rows.iloc[0]
+
+    @property
+    def macro_at_class_thresh(self) -> float:
+        """The macro objective reached at the chosen per-class thresholds (TEST.CLASS_SCORE_THRESH)."""
+        return float(self._macro_row()["objective_class_thresh"])
+
+    @property
+    def macro_at_score_thresh(self) -> float:
+        """The macro objective reached at the chosen global threshold (TEST.SCORE_THRESH) for every class."""
+        return float(self._macro_row()["objective"])
+
     def fragment(self) -> dict[str, Any]:
-        """The config fragment: ``MODEL.ROI_HEADS.NMS_THRESH_TEST``, ``TEST.SCORE_THRESH`` and
-        ``TEST.CLASS_SCORE_THRESH`` (one per class, in class-index order)."""
+        """The config fragment: ``MODEL.ROI_HEADS.NMS_THRESH_TEST``, ``TEST.SCORE_THRESH``,
+        ``TEST.CLASS_SCORE_THRESH`` (one per class, in class-index order) and
+        ``TEST.CLASS_SCORE_THRESH_NAMES`` (the class of each)."""
         return {
             "MODEL": {"ROI_HEADS": {"NMS_THRESH_TEST": round(float(self.nms_thresh), 4)}},
             "TEST": {"SCORE_THRESH": round(float(self.score_thresh), 4),
-                     "CLASS_SCORE_THRESH": [round(float(t), 4) for t in self.class_score_thresh]},
+                     "CLASS_SCORE_THRESH": [round(float(t), 4) for t in self.class_score_thresh],
+                     "CLASS_SCORE_THRESH_NAMES": list(self.class_names)},
         }
 
     def summary(self) -> str:
-        """A few lines for logs and the CLI."""
-        best = self.table[(self.table["nms_thresh"] == self.nms_thresh)]
+        """A few lines for logs and the CLI: per class its threshold and objective there, then the macro
+        objective actually reached at the per-class thresholds and at the one global threshold."""
+        best = self.table[(self.table["nms_thresh"] == self.nms_thresh) & (self.table["Class"] != "macro")]
         lines = [f"tuned on the {self.objective} objective: NMS IoU {self.nms_thresh:g}, "
                  f"global score threshold {self.score_thresh:.4f}"]
         for row in best.itertuples(index=False):
             lines.append(f"  {row.Class:<20} score >= {row.score_thresh:.4f}  {self.objective} {row.objective:.4f}")
+        what = "F1" if self.objective == "f1" else "sensitivity"
+        lines.append(f"  macro {what} at the per-class thresholds (TEST.CLASS_SCORE_THRESH): "
+                     f"{self.macro_at_class_thresh:.4f}")
+        lines.append(f"  macro {what} at score >= {self.score_thresh:.4f} for every class (TEST.SCORE_THRESH): "
+                     f"{self.macro_at_score_thresh:.4f}")
         return "\n".join(lines)
 
     def write(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -125,13 +153,16 @@ def tune(
     target_fpi: float = 1.0,
     froc_hit: str = "center",
     froc_iou: float = 0.5,
+    gt_source: str | os.PathLike | None = None,
+    predictions_source: str | os.PathLike | None = None,
 ) -> TuneResult:
     """Sweep NMS IoU and score thresholds on validation predictions (see the module docstring);
     write ``tune.csv`` and ``tuned_config.yaml`` into `out_dir` when given.
 
     Config keys: `nms_thresholds` ``EVAL.TUNE_NMS_THRESHOLDS``, `objective`
     ``EVAL.TUNE_OBJECTIVE``, `target_fpi` ``EVAL.TUNE_TARGET_FPI``, `iou_thresh`
-    ``EVAL.IOU_THRESH``, `froc_hit` / `froc_iou` ``EVAL.FROC_HIT`` / ``EVAL.FROC_IOU``.
+    ``EVAL.IOU_THRESH``, `froc_hit` / `froc_iou` ``EVAL.FROC_HIT`` / ``EVAL.FROC_IOU``;
+    `gt_source` / `predictions_source`: the files dicts were read from, named in errors.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"EVAL.TUNE_OBJECTIVE is {objective!r}; expected one of {list(OBJECTIVES)}")
@@ -142,7 +173,7 @@ def tune(
         raise ConfigError(f"EVAL.IOU_THRESH is {iou_thresh!r}; expected a number in (0, 1]")
     if objective == "froc" and not (np.isfinite(target_fpi) and target_fpi > 0):
         raise ConfigError(f"EVAL.TUNE_TARGET_FPI is {target_fpi!r}; expected a positive number")
-    data = EvalData.from_coco(gt, predictions)
+    data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source)
     names = list(data.class_names)
     has_gt = data.instances_per_class() > 0
     if not has_gt.any():
@@ -158,7 +189,11 @@ def tune(
             curves = score_curves(matches)
             macro_curve = np.nanmean(np.where(has_gt[:, None], curves.values("F1"), np.nan), axis=0)
             rev = macro_curve[::-1]
-            glob = float(curves.thresholds[::-1][int(np.nanargmax(rev))]) if np.isfinite(rev).any() else np.nan
+            if np.isfinite(rev).any():
+                gi = len(rev) - 1 - int(np.nanargmax(rev))
+                glob, macro_glob = float(curves.thresholds[gi]), float(macro_curve[gi])
+            else:
+                glob, macro_glob = np.nan, np.nan
         else:
             fr = froc(sub, froc_hit, froc_iou, (target_fpi,))
             thr, value, fpi = [], [], []
@@ -168,6 +203,10 @@ def tune(
                 value.append(c.found[i] / c.n_lesions if c.n_lesions else np.nan)
                 fpi.append(c.fp[i] / c.n_images if c.n_images else np.nan)
             glob = float(thr[-1])
+            g = glob if np.isfinite(glob) else 1.0
+            sens_glob = np.array([np.sum(c.lesion_scores >= g) / c.n_lesions if c.n_lesions else np.nan
+                                  for c in fr.curves[:-1]])
+            macro_glob = _macro(np.nan_to_num(sens_glob, nan=0.0), has_gt)
             thr, value = np.array(thr[:-1]), np.nan_to_num(np.array(value[:-1]), nan=0.0)
             extra = {"sensitivity": value, "fp_per_image": np.array(fpi[:-1])}
         macro = _macro(value, has_gt)
@@ -175,8 +214,8 @@ def tune(
         for k, name in enumerate(names):
             rows.append({"nms_thresh": nms, "Class": name, "score_thresh": thr[k], "objective": value[k],
                          "detections": int(sub.det_score.size), **{key: v[k] for key, v in extra.items()}})
-        rows.append({"nms_thresh": nms, "Class": "macro", "score_thresh": glob, "objective": macro,
-                     "detections": int(sub.det_score.size)})
+        rows.append({"nms_thresh": nms, "Class": "macro", "score_thresh": glob, "objective": macro_glob,
+                     "objective_class_thresh": macro, "detections": int(sub.det_score.size)})
     macros = np.array([m for _, m, _, _ in per_nms])
     pick = len(macros) - 1 - int(np.nanargmax(macros[::-1])) if np.isfinite(macros).any() else len(macros) - 1
     nms, _, thr, glob = per_nms[pick]

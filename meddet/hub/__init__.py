@@ -4,6 +4,16 @@ made from a run, loaded locally or from the Hugging Face Hub, and pushed there.
 >>> export_bundle("output/run", "bundle/")            # -c export
 >>> push_bundle("bundle/", "org/mammo-detector")       # -c push (token from env / `hf auth login`)
 >>> p = load_predictor("org/mammo-detector")           # also Predictor.from_pretrained(...)
+>>> export_ensemble(["output/cells", "output/clusters"], "bundle_ens/")   # -c export --run A --ensemble B
+>>> save_predictor(predictor, "bundle/")                # any predictor (single, tiled, ensemble) as a bundle
+
+A run's tuned thresholds (``tune/tuned_config.yaml`` from ``-c tune``) go into its bundle unless
+``untuned``; meddet.json says which file they came from (``thresholds.tuned``).
+
+An ensemble bundle is a bundle of bundles: each member a complete bundle in a sub-folder
+(``member_0/``, ``member_1/``, ...), and at the top ``meddet.json`` (``"kind": "ensemble"``, the members,
+the fusion settings, the ensemble's classes and thresholds), ``config.yaml`` (the ensemble's config:
+ENSEMBLE.*, TEST.* thresholds) and ``README.md``. `load_predictor` loads it as an EnsemblePredictor.
 """
 from __future__ import annotations
 
@@ -24,6 +34,8 @@ __all__ = [
     "META_NAME",
     "CARD_NAME",
     "export_bundle",
+    "export_ensemble",
+    "save_predictor",
     "bundle_metadata",
     "read_bundle",
     "load_predictor",
@@ -37,6 +49,10 @@ CONFIG_NAME = "config.yaml"
 META_NAME = "meddet.json"
 CARD_NAME = "README.md"
 BUNDLE_FILES = (WEIGHTS_NAME, CONFIG_NAME, META_NAME, CARD_NAME)
+ENSEMBLE_KIND = "ensemble"
+MEMBER_PREFIX = "member_"
+# What a bundle folder holds on the Hub: its files and, for an ensemble, its members' files.
+BUNDLE_PATTERNS = list(BUNDLE_FILES) + [f"{MEMBER_PREFIX}*/{name}" for name in BUNDLE_FILES]
 
 
 def _hex(bgr: Sequence[int]) -> str:
@@ -94,7 +110,8 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | 
     names = list(cfg.DATASETS.CLASS_NAMES) or [f"class_{i}" for i in range(k)]
     if len(names) != k:
         raise ConfigError(f"DATASETS.CLASS_NAMES has {len(names)} names but MODEL.ROI_HEADS.NUM_CLASSES is {k}")
-    thresholds = class_thresholds(cfg, k)
+    thresholds = class_thresholds(cfg, names)
+    per_class = [float(t) for t in thresholds] if list(cfg.TEST.CLASS_SCORE_THRESH) else []
     d = cfg.DICOM
     return {
         "format": BUNDLE_FORMAT,
@@ -127,7 +144,7 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | 
         },
         "thresholds": {
             "score_thresh": float(cfg.TEST.SCORE_THRESH),
-            "class_score_thresh": [float(v) for v in cfg.TEST.CLASS_SCORE_THRESH],
+            "class_score_thresh": per_class,
             "model_score_thresh": float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
             "nms_thresh": float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST),
             "detections_per_image": int(cfg.TEST.DETECTIONS_PER_IMAGE),
@@ -259,10 +276,13 @@ def _model_card(meta: dict[str, Any], repo_name: str) -> str:
 
 
 def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
-                  overwrite: bool = False) -> Path:
-    """Turn a run folder (config.yaml, model_final.pth / model_best.pth, eval/metrics.json) into a bundle.
+                  overwrite: bool = False, untuned: bool = False) -> Path:
+    """Turn a run folder (config.yaml, model_final.pth / model_best.pth, eval/metrics.json and, from
+    `-c tune`, tune/tuned_config.yaml) into a bundle.
 
-    `weights` defaults to the run's model_final.pth, else model_best.pth. Returns the bundle folder.
+    `weights` defaults to the run's model_final.pth, else model_best.pth. The run's tuned thresholds
+    (NMS, score, per class) are the bundle's unless `untuned`; the log and meddet.json's
+    ``thresholds.tuned`` name the file they came from (null: the run config's own). Returns the bundle folder.
     """
     from meddet.config import load_config, save_config
     from meddet.modeling.checkpoint import _read, architecture_of, engine_of
@@ -271,7 +291,13 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
     cfg_path = run / CONFIG_NAME
     if not cfg_path.is_file():
         raise DataError(f"{cfg_path}: run config not found (expected a training run folder with config.yaml)")
+    from meddet.tasks import TUNE_DIR, TUNED_CONFIG, apply_tuned
+
     cfg = load_config(cfg_path)
+    tuned = None if untuned else apply_tuned(cfg, run)
+    if tuned is None and not untuned:
+        logger.info("%s: no %s/%s (from -c tune); the bundle keeps the run config's thresholds", run,
+                    TUNE_DIR, TUNED_CONFIG)
     if weights is None:
         for name in ("model_final.pth", "model_best.pth"):
             if (run / name).is_file():
@@ -310,6 +336,7 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
         weights_meta["class_names"] = list(saved_meta["class_names"])
     torch.save({"model": model_state, "meddet": weights_meta}, out / WEIGHTS_NAME)
     meta = bundle_metadata(cfg, _read_metrics(run), engine=engine)
+    meta["thresholds"]["tuned"] = tuned.relative_to(run).as_posix() if tuned is not None else None
     bundle_cfg = cfg.clone()
     bundle_cfg.defrost()
     bundle_cfg.MODEL.ENGINE = engine
@@ -317,19 +344,24 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
     bundle_cfg.MODEL.DEVICE = "auto"
     bundle_cfg.OUTPUT_DIR = "./output"
     bundle_cfg.DATASETS.CLASS_NAMES = [c["name"] for c in meta["classes"]]
+    if meta["thresholds"]["class_score_thresh"]:  # restated in class order, by name
+        bundle_cfg.TEST.CLASS_SCORE_THRESH = list(meta["thresholds"]["class_score_thresh"])
+        bundle_cfg.TEST.CLASS_SCORE_THRESH_NAMES = list(bundle_cfg.DATASETS.CLASS_NAMES)
     save_config(bundle_cfg, out / CONFIG_NAME)
     (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out / CARD_NAME).write_text(_model_card(meta, out.resolve().name), encoding="utf-8")
-    logger.info("exported %s (weights %s) to bundle %s", run, weights.name, out)
+    logger.info("exported %s (weights %s%s) to bundle %s", run, weights.name,
+                f", tuned thresholds from {tuned}" if tuned is not None else "", out)
     return out
 
 
 def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
-    """meddet.json of a bundle folder, checked for the files a prediction needs."""
+    """meddet.json of a bundle folder, checked for the files a prediction needs (for an ensemble bundle:
+    its config and every member bundle)."""
     folder = Path(folder)
-    for name in (WEIGHTS_NAME, CONFIG_NAME, META_NAME):
-        if not (folder / name).is_file():
-            raise DataError(f"{folder}: not a meddet bundle ({name} missing; expected {', '.join(BUNDLE_FILES)})")
+    if not (folder / META_NAME).is_file():
+        missing = next(n for n in (WEIGHTS_NAME, CONFIG_NAME, META_NAME) if not (folder / n).is_file())
+        raise DataError(f"{folder}: not a meddet bundle ({missing} missing; expected {', '.join(BUNDLE_FILES)})")
     try:
         meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -339,6 +371,23 @@ def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
             f"{folder / META_NAME}: bundle format {meta.get('format') if isinstance(meta, dict) else meta!r}; "
             f"expected {BUNDLE_FORMAT}"
         )
+    if meta.get("kind") == ENSEMBLE_KIND:
+        members = meta.get("members")
+        if not isinstance(members, list) or not members or not all(
+                isinstance(m, dict) and isinstance(m.get("folder"), str) for m in members):
+            raise DataError(f"{folder / META_NAME}: members is {members!r}; expected a list of "
+                            "{\"folder\": \"member_0\", ...} entries")
+        if not (folder / CONFIG_NAME).is_file():
+            raise DataError(f"{folder}: ensemble bundle without {CONFIG_NAME}")
+        for m in members:
+            sub = folder / m["folder"]
+            if Path(m["folder"]).is_absolute() or ".." in Path(m["folder"]).parts or not sub.is_dir():
+                raise DataError(f"{folder / META_NAME}: member folder {m['folder']!r} not found in the bundle")
+            read_bundle(sub)
+        return meta
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        if not (folder / name).is_file():
+            raise DataError(f"{folder}: not a meddet bundle ({name} missing; expected {', '.join(BUNDLE_FILES)})")
     return meta
 
 
@@ -360,7 +409,7 @@ def resolve_bundle(path_or_repo_id: str | os.PathLike, revision: str | None = No
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                      allow_patterns=list(BUNDLE_FILES)))
+                                      allow_patterns=BUNDLE_PATTERNS))
     except RepositoryNotFoundError:
         raise ModelError(f"{repo_id}: Hugging Face repo not found (or private without a token)") from None
     except RevisionNotFoundError:
@@ -372,21 +421,240 @@ def resolve_bundle(path_or_repo_id: str | os.PathLike, revision: str | None = No
 
 
 def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = None, device: str | None = None,
-                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None):
-    """A Predictor from a bundle folder or a Hub repo id; `device` overrides MODEL.DEVICE (default auto)."""
+                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                   opts: Sequence = ()):
+    """A predictor from a bundle folder or a Hub repo id: a Predictor, or for an ensemble bundle an
+    EnsemblePredictor of its members (each a Predictor); `device` overrides MODEL.DEVICE (default auto),
+    `opts` (KEY VALUE) are merged into the config (of each member and of the ensemble). Either way a
+    :class:`~meddet.inference.base.DetectorLike` with ``bundle`` (meddet.json) and ``bundle_dir``."""
     from meddet.config import load_config
     from meddet.inference.predictor import Predictor
 
     folder = resolve_bundle(path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token)
     meta = read_bundle(folder)
     cfg = load_config(folder / CONFIG_NAME)
-    apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
-    if device:
-        cfg.MODEL.DEVICE = device
-    predictor = Predictor(cfg, weights=folder / WEIGHTS_NAME, class_names=[c["name"] for c in meta["classes"]])
+    if meta.get("kind") == ENSEMBLE_KIND:
+        from meddet.inference.ensemble import EnsemblePredictor
+
+        members = [load_predictor(folder / m["folder"], device=device, opts=opts) for m in meta["members"]]
+        cfg.merge_from_list(list(opts))
+        if device:
+            cfg.MODEL.DEVICE = device
+        predictor = EnsemblePredictor(members, [c["name"] for c in meta["classes"]], cfg)
+    else:
+        apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
+        cfg.merge_from_list(list(opts))
+        if device:
+            cfg.MODEL.DEVICE = device
+        predictor = Predictor(cfg, weights=folder / WEIGHTS_NAME, class_names=[c["name"] for c in meta["classes"]])
     predictor.bundle = meta
     predictor.bundle_dir = folder
     return predictor
+
+
+def _copy_bundle(src: Path, dst: Path) -> dict[str, Any]:
+    """A bundle folder (or an ensemble bundle) copied to `dst`; returns its meddet.json."""
+    import shutil
+
+    meta = read_bundle(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in BUNDLE_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    for m in meta.get("members", []) if meta.get("kind") == ENSEMBLE_KIND else []:
+        _copy_bundle(src / m["folder"], dst / m["folder"])
+    return meta
+
+
+def export_ensemble(members: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                    opts: Sequence = (), overwrite: bool = False, untuned: bool = False,
+                    class_names: Sequence[str] | None = None) -> Path:
+    """An ensemble bundle (a bundle of bundles, see the module doc) of `members`: run folders (exported
+    as by `export_bundle`, with their tuned thresholds unless `untuned`), bundle folders or Hub repo ids,
+    fused in this order.
+
+    The ensemble's config is the first member's bundle config (its thresholds, tuned when its run was;
+    a first-member run's ``tune_ensemble/tuned_config.yaml``, from ``-c tune --ensemble``, wins unless
+    `untuned`) with `opts` (KEY VALUE, e.g. ENSEMBLE.METHOD nms) on top; its classes are `class_names`
+    (default: the first member's, then each member's new ones in order) and per-class thresholds follow
+    them by name (a class only a later member has gets TEST.SCORE_THRESH)."""
+    from meddet.config import load_config, merge_yaml
+    from meddet.tasks import TUNE_ENSEMBLE_DIR, TUNED_CONFIG
+
+    if len(members) < 2:
+        raise ConfigError(f"ensemble export: {len(members)} member(s) given; expected at least two")
+    out = Path(out_dir)
+    _prepare_out(out, overwrite)
+    entries, metas = [], []
+    for k, spec in enumerate(members):
+        folder = f"{MEMBER_PREFIX}{k}"
+        p = Path(spec)
+        if p.is_dir() and not (p / META_NAME).is_file() and (p / CONFIG_NAME).is_file():
+            export_bundle(p, out / folder, untuned=untuned)
+            meta = read_bundle(out / folder)
+        else:
+            meta = _copy_bundle(resolve_bundle(spec), out / folder)
+        if meta.get("kind") == ENSEMBLE_KIND:
+            raise ConfigError(f"{spec}: an ensemble bundle cannot be an ensemble member; give its members")
+        metas.append(meta)
+        entries.append({"folder": folder, "source": str(spec), "engine": meta.get("engine"),
+                        "classes": [c["name"] for c in meta["classes"]]})
+    first = [c["name"] for c in metas[0]["classes"]]
+    names = list(class_names or [])
+    if not names:
+        for e in entries:
+            names.extend(n for n in e["classes"] if n not in names)
+    cfg = load_config(out / entries[0]["folder"] / CONFIG_NAME)
+    first_run = Path(members[0])
+    tuned = first_run / TUNE_ENSEMBLE_DIR / TUNED_CONFIG
+    tuned_from = None
+    if not untuned and first_run.is_dir() and tuned.is_file():
+        merge_yaml(cfg, tuned)
+        tuned_from = tuned.relative_to(first_run).as_posix()
+        logger.info("ensemble export: using the tuned ensemble thresholds of %s", tuned)
+    elif metas[0].get("thresholds", {}).get("tuned"):
+        tuned_from = f"{entries[0]['folder']}: {metas[0]['thresholds']['tuned']}"
+    cfg.merge_from_list(list(opts))
+    meta = _write_ensemble_top(out, cfg, names, first, entries, metas, tuned_from)
+    logger.info("exported an ensemble of %d members (%s fusion) to bundle %s", len(entries), meta["ensemble"]["method"],
+                out)
+    return out
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """An empty bundle folder: created, or emptied of bundle files and member folders with `overwrite`."""
+    import shutil
+
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out}: folder exists and is not empty (pass overwrite=True / --overwrite)")
+        for name in BUNDLE_FILES:
+            (out / name).unlink(missing_ok=True)
+        for sub in out.glob(f"{MEMBER_PREFIX}*"):
+            if sub.is_dir():
+                shutil.rmtree(sub)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_ensemble_top(out: Path, cfg, names: Sequence[str], first: Sequence[str], entries: list[dict],
+                        metas: list[dict], tuned_from: str | None) -> dict[str, Any]:
+    """The top of an ensemble bundle (config.yaml, meddet.json, README.md) over member bundles already in
+    `out/<entry folder>`; `cfg` the first member's config with ENSEMBLE.* and the thresholds. Returns meta."""
+    from meddet.config import save_config
+    from meddet.inference.ensemble import FUSION_METHODS, ensemble_config
+    from meddet.tasks import class_thresholds
+    from meddet.visualize import class_color
+
+    if str(cfg.ENSEMBLE.METHOD).lower() not in FUSION_METHODS:
+        raise ConfigError(f"ENSEMBLE.METHOD: expected 'wbf' or 'nms', found {cfg.ENSEMBLE.METHOD!r}")
+    weights = [float(w) for w in cfg.ENSEMBLE.WEIGHTS]
+    if weights and len(weights) != len(entries):
+        raise ConfigError(f"ENSEMBLE.WEIGHTS: {len(weights)} weights for {len(entries)} models; expected one per "
+                          "model (or none)")
+    ens_cfg = ensemble_config(cfg, names, first).clone()
+    ens_cfg.defrost()
+    ens_cfg.MODEL.WEIGHTS = ""
+    ens_cfg.MODEL.DEVICE = "auto"
+    ens_cfg.OUTPUT_DIR = "./output"
+    thresholds = class_thresholds(ens_cfg, list(names))
+    e = ens_cfg.ENSEMBLE
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "kind": ENSEMBLE_KIND,
+        "config": CONFIG_NAME,
+        "engine": ENSEMBLE_KIND,
+        "members": entries,
+        "ensemble": {"method": str(e.METHOD).lower(), "iou_thresh": float(e.IOU_THRESH),
+                     "weights": weights, "skip_box_thresh": float(e.SKIP_BOX_THRESH)},
+        "classes": [{"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thresholds[i])}
+                    for i, n in enumerate(names)],
+        "input": metas[0].get("input", {}),
+        "thresholds": {
+            "score_thresh": float(ens_cfg.TEST.SCORE_THRESH),
+            "class_score_thresh": [float(v) for v in ens_cfg.TEST.CLASS_SCORE_THRESH],
+            "tuned": tuned_from,
+        },
+        "training_data": {},
+        "metrics": {},
+    }
+    save_config(ens_cfg, out / CONFIG_NAME)
+    (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out / CARD_NAME).write_text(_ensemble_card(meta, out.resolve().name), encoding="utf-8")
+    return meta
+
+
+def save_predictor(predictor, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Any predictor (a :class:`~meddet.inference.base.DetectorLike`) as a bundle `load_predictor` loads
+    back: a Predictor (whole-image or tiled) as a model bundle of its loaded weights, config and
+    thresholds; an EnsemblePredictor as an ensemble bundle of its members' bundles and its fusion settings
+    and thresholds. What a loaded bundle knew (metrics, training data, where tuned thresholds came from)
+    is kept. Returns the bundle folder."""
+    from meddet.config import save_config
+
+    out = Path(out_dir)
+    _prepare_out(out, overwrite)
+    known = getattr(predictor, "bundle", None) or {}
+    members = getattr(predictor, "members", None)
+    if members is not None:
+        entries, metas = [], []
+        for k, m in enumerate(members):
+            if getattr(m, "members", None) is not None:
+                raise ConfigError(f"ensemble member {k} is itself an ensemble; expected single models as members")
+            folder = f"{MEMBER_PREFIX}{k}"
+            save_predictor(m, out / folder)
+            meta = read_bundle(out / folder)
+            metas.append(meta)
+            entries.append({"folder": folder, "source": str(getattr(m, "bundle_dir", "") or "in memory"),
+                            "engine": meta.get("engine"), "classes": [c["name"] for c in meta["classes"]]})
+        _write_ensemble_top(out, predictor.cfg, predictor.class_names, members[0].class_names, entries, metas,
+                            (known.get("thresholds") or {}).get("tuned"))
+        logger.info("saved an ensemble of %d members to bundle %s", len(entries), out)
+        return out
+    import torch
+
+    cfg = predictor.cfg.clone()
+    cfg.defrost()
+    cfg.DATASETS.CLASS_NAMES = list(predictor.class_names)
+    state = {k: v.detach().cpu() for k, v in predictor.model.state_dict().items()}
+    torch.save({"model": state}, out / WEIGHTS_NAME)
+    meta = bundle_metadata(cfg, known.get("metrics"))
+    if known.get("training_data"):
+        meta["training_data"] = known["training_data"]
+    meta["thresholds"]["tuned"] = (known.get("thresholds") or {}).get("tuned")
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "auto"
+    cfg.OUTPUT_DIR = "./output"
+    if meta["thresholds"]["class_score_thresh"]:
+        cfg.TEST.CLASS_SCORE_THRESH = list(meta["thresholds"]["class_score_thresh"])
+        cfg.TEST.CLASS_SCORE_THRESH_NAMES = list(cfg.DATASETS.CLASS_NAMES)
+    save_config(cfg, out / CONFIG_NAME)
+    (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out / CARD_NAME).write_text(_model_card(meta, out.resolve().name), encoding="utf-8")
+    logger.info("saved a predictor to bundle %s", out)
+    return out
+
+
+def _ensemble_card(meta: dict[str, Any], repo_name: str) -> str:
+    ens = meta["ensemble"]
+    lines = [
+        "---", "library_name: meddet", "pipeline_tag: object-detection", "license: other", "tags:",
+        "- object-detection", "- medical-imaging", "- ensemble", "---", "",
+        f"# {repo_name}", "",
+        f"Ensemble of {len(meta['members'])} meddet detectors, fused by {ens['method'].upper()} "
+        f"(IoU >= {ens['iou_thresh']:g}, weights {ens['weights'] or 'equal'}). Each member is a complete model "
+        "bundle in its sub-folder, with its own model card.", "",
+        "> **Not a medical device.** This model is for research only. It has not been cleared or approved "
+        "by any regulator and must not be used for diagnosis or treatment decisions.", "",
+        "## Use", "", "```python", "from meddet.inference import Predictor",
+        f"p = Predictor.from_pretrained({repo_name!r})  # an EnsemblePredictor",
+        'out = p("image.png")  # boxes (x1, y1, x2, y2 in pixels), scores, classes, labels', "```", "",
+        "## Members", "", "| folder | engine | classes |", "|---|---|---|",
+        *[f"| {m['folder']} | {m['engine']} | {', '.join(m['classes'])} |" for m in meta["members"]], "",
+        "## Classes", "", "| index | name | colour | score threshold |", "|---|---|---|---|",
+        *[f"| {c['index']} | {c['name']} | `{c['color']}` | {c['score_thresh']:.3f} |" for c in meta["classes"]],
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
@@ -404,7 +672,7 @@ def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False, 
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
-                                 commit_message=commit_message, allow_patterns=list(BUNDLE_FILES))
+                                 commit_message=commit_message, allow_patterns=BUNDLE_PATTERNS)
     except HfHubHTTPError as e:
         raise ModelError(f"{repo_id}: push to the Hugging Face Hub failed ({e})") from None
     logger.info("pushed bundle %s to %s", folder, repo_id)

@@ -1,6 +1,7 @@
 """Inference: the Predictor (one image of any size, or a batch), sliced inference and merging of
 detections, ensembles of models, and inference over a dataset."""
-from meddet.inference.ensemble import EnsemblePredictor, fuse_detections
+from meddet.inference.base import DetectorLike, inference_on_records, score_thresholds
+from meddet.inference.ensemble import EnsemblePredictor, ensemble_config, fuse_detections
 from meddet.inference.merge import merge_detections
 from meddet.inference.predictor import (
     Predictor,
@@ -13,8 +14,12 @@ from meddet.inference.predictor import (
 from meddet.inference.sliced import default_workers, sliced_predict
 
 __all__ = [
+    "DetectorLike",
     "Predictor",
     "EnsemblePredictor",
+    "ensemble_config",
+    "inference_on_records",
+    "score_thresholds",
     "inference_on_dataset",
     "sliced_inference_on_records",
     "detections_to_coco_results",

@@ -3,7 +3,9 @@
 "wbf" uses the `ensemble_boxes` package (Solovyev et al., "Weighted boxes fusion", 2021): it averages the
 coordinates of the boxes of one class that overlap by ENSEMBLE.IOU_THRESH or more (weighted by score and
 model weight; a box found by only some models has its score scaled down accordingly). "nms" keeps the
-highest-scored box of each such cluster (torchvision.ops.batched_nms over all models' boxes).
+highest-scored box of each such cluster (torchvision.ops.batched_nms over all models' boxes); with
+ENSEMBLE.WEIGHTS each model's scores are first multiplied by its weight over the sum of the weights, as
+`ensemble_boxes.nms` does (no weights: scores as they are).
 
 Members may be specialists with different class sets (a cell detector and a cluster detector): each
 member's classes are mapped to the ensemble's class list by name before fusion.
@@ -40,7 +42,8 @@ def fuse_detections(dets: Sequence[dict], method: str = "wbf", iou_thresh: float
     class list). `method` "wbf" or "nms"; boxes of one class overlapping by IoU >= `iou_thresh` are fused;
     `weights`: one per model (None = equal); boxes scored below `skip_box_thresh` are ignored;
     `image_size` (height, width) of the image, needed because ensemble_boxes works on [0, 1] coordinates.
-    With "nms", each model's scores are multiplied by its weight divided by the largest weight."""
+    With "nms" and `weights` given, each model's scores are multiplied by its weight divided by the sum of
+    the weights (as ensemble_boxes.nms; without weights the scores are kept)."""
     method = str(method).lower()
     if method not in FUSION_METHODS:
         raise ConfigError(f"ENSEMBLE.METHOD: expected 'wbf' or 'nms', found {method!r}")
@@ -50,6 +53,7 @@ def fuse_detections(dets: Sequence[dict], method: str = "wbf", iou_thresh: float
         raise ValueError(f"image_size: expected the image's (height, width), found {image_size!r}")
     if weights is not None and len(weights) not in (0, len(dets)):
         raise ConfigError(f"ENSEMBLE.WEIGHTS: {len(weights)} weights for {len(dets)} models; expected one per model")
+    weighted = bool(weights)
     w_list = [float(x) for x in weights] if weights else [1.0] * len(dets)
     if any(x <= 0 for x in w_list):
         raise ConfigError(f"ENSEMBLE.WEIGHTS: expected positive weights, found {w_list}")
@@ -62,7 +66,7 @@ def fuse_detections(dets: Sequence[dict], method: str = "wbf", iou_thresh: float
         c = np.asarray(d["classes"], np.int64).reshape(-1)
         keep = s >= float(skip_box_thresh)
         boxes_l.append(np.clip(b[keep], 0.0, 1.0))
-        scores_l.append(s[keep] * (wt / max(w_list)) if method == "nms" else s[keep])
+        scores_l.append(s[keep] * (wt / sum(w_list)) if method == "nms" and weighted else s[keep])
         labels_l.append(c[keep])
     if sum(len(b) for b in boxes_l) == 0:
         return _empty()
@@ -83,8 +87,31 @@ def fuse_detections(dets: Sequence[dict], method: str = "wbf", iou_thresh: float
             "classes": np.asarray(fl)[order].astype(np.int64)}
 
 
+def ensemble_config(cfg, class_names: Sequence[str], first_member_names: Sequence[str]):
+    """`cfg` (the first member's, possibly tuned, with ENSEMBLE.*) restated for an ensemble of classes
+    `class_names` (frozen): DATASETS.CLASS_NAMES and MODEL.ROI_HEADS.NUM_CLASSES of the ensemble, and
+    TEST.CLASS_SCORE_THRESH / TEST.CLASS_SCORE_THRESH_NAMES one per ensemble class, matched by name
+    (TEST.CLASS_SCORE_THRESH_NAMES, else DATASETS.CLASS_NAMES, else `first_member_names`); a class no
+    per-class threshold names gets TEST.SCORE_THRESH."""
+    from meddet.inference.base import score_thresholds, threshold_names
+
+    src = cfg.clone()
+    src.defrost()
+    per_class = list(src.TEST.CLASS_SCORE_THRESH)
+    if per_class and not threshold_names(src):
+        src.TEST.CLASS_SCORE_THRESH_NAMES = list(first_member_names)
+    thresholds = score_thresholds(src, list(class_names))
+    src.DATASETS.CLASS_NAMES = list(class_names)
+    src.MODEL.ROI_HEADS.NUM_CLASSES = len(class_names)
+    src.TEST.CLASS_SCORE_THRESH = [float(t) for t in thresholds] if per_class else []
+    src.TEST.CLASS_SCORE_THRESH_NAMES = list(class_names) if per_class else []
+    src.freeze()
+    return src
+
+
 class EnsemblePredictor:
-    """Several Predictors as one: same `__call__` / `predict_batch` / `read` / `class_names` interface.
+    """Several predictors as one (a :class:`~meddet.inference.base.DetectorLike`, like each member):
+    same `__call__` / `predict_batch` / `read` / `class_names` / `cfg` / `tiled` interface.
 
     >>> ens = EnsemblePredictor([cell_model, cluster_model], ["cell", "cluster"], cfg)
     >>> out = ens("slide.png")                  # {"boxes", "scores", "classes", "labels"}
@@ -92,7 +119,13 @@ class EnsemblePredictor:
     Each member predicts as it is configured (sliced when its TILING.ENABLED is set); its class indices
     are mapped to `class_names` by name, then the members' detections are fused with ENSEMBLE.METHOD /
     IOU_THRESH / WEIGHTS / SKIP_BOX_THRESH of `cfg`. Images given as paths are read once, by the first
-    member's `read` (its DICOM settings)."""
+    member's `read` (its DICOM settings).
+
+    `cfg` (usually the first member's, possibly tuned) also gives the thresholds the ensemble is served
+    with: TEST.CLASS_SCORE_THRESH follows classes by name (TEST.CLASS_SCORE_THRESH_NAMES, else that
+    config's DATASETS.CLASS_NAMES, else the first member's classes) and a class no threshold names (one
+    a member adds) gets TEST.SCORE_THRESH. `self.cfg` is that config restated for the ensemble's classes
+    (DATASETS.CLASS_NAMES, TEST.CLASS_SCORE_THRESH[_NAMES] in `class_names` order)."""
 
     def __init__(self, predictors: Sequence, class_names: Sequence[str], cfg):
         if not predictors:
@@ -119,6 +152,17 @@ class EnsemblePredictor:
                 raise ConfigError(f"ensemble member {k}: classes {missing} are not among the ensemble's classes "
                                   f"{self.class_names}; expected every member class to be named there")
             self._maps.append(np.array([index[n] for n in p.class_names], dtype=np.int64))
+        self.cfg = ensemble_config(cfg, self.class_names, self.predictors[0].class_names)
+
+    @property
+    def members(self) -> list:
+        """The member predictors, in fusion order (ENSEMBLE.WEIGHTS order)."""
+        return self.predictors
+
+    @property
+    def tiled(self) -> bool:
+        """True when any member predicts by sliced inference."""
+        return any(bool(getattr(p, "tiled", False)) for p in self.predictors)
 
     def read(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
         """An array as is; a path read by the first member (see Predictor.read)."""

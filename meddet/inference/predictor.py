@@ -176,7 +176,8 @@ def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict],
 
 
 class Predictor:
-    """Predict on single images of any size with a trained model.
+    """Predict on single images of any size with a trained model (a
+    :class:`~meddet.inference.base.DetectorLike`, like the EnsemblePredictor).
 
     >>> p = Predictor(cfg)                      # MODEL.WEIGHTS, DATASETS.CLASS_NAMES from the run's config
     >>> out = p("mammogram.dcm")                # {"boxes", "scores", "classes", "labels"}

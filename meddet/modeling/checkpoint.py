@@ -157,7 +157,13 @@ def _read(path: str | os.PathLike) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails with many types (UnpicklingError, KeyError, RuntimeError, ...)
         unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", str(e), re.S)
-        detail = unpickler.group(1) if unpickler else f"{type(e).__name__}: {str(e).strip()[:200]}"
+        if unpickler:
+            detail = unpickler.group(1)
+        else:  # the first sentence only: torch's texts run on for lines, and a cut one ends mid-word
+            first = re.split(r"(?<=[.!?])\s", " ".join(str(e).split()), maxsplit=1)[0].rstrip(".")
+            detail = f"{type(e).__name__}: {first}"
+            if "zip archive" in first:
+                detail += "; the file is truncated or damaged"
         raise ModelError(
             f"{path}: cannot be read as a PyTorch checkpoint of tensors and plain values ({detail}); "
             "expected a meddet checkpoint or a state dict saved with torch.save"

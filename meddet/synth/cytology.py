@@ -102,7 +102,7 @@ def make_cytology(
             most ``n_images``. Images of one patient share the slide's stain and lamp, with small
             per-image changes.
         splits: ``{split name: fraction of images}`` (fractions >= 0 summing to 1), assigned by
-            patient with :func:`meddet.data.splits.split_by_patient` and ``seed``; ``None``
+            patient with :func:`meddet.data.splits.split_by_patient` (``method="balanced"``) and ``seed``; ``None``
             writes ``all.json`` only.
         seed: the only source of randomness: the same arguments give byte-identical files.
         progress: show a tqdm progress bar over the images.
@@ -163,8 +163,10 @@ def make_cytology(
             "categories": [dict(c) for c in CYTOLOGY_CATEGORIES]}
     paths: dict[str, Path] = {}
     if split_names:
-        assignment = split_by_patient(images, fractions, seed, names=split_names)
-        split_info = {"method": "patient", "names": list(split_names), "fractions": list(fractions), "seed": seed}
+        # a fixed set of patients: the closest shares (converters use the hash split, stable when images drop out)
+        assignment = split_by_patient(images, fractions, seed, names=split_names, method="balanced")
+        split_info = {"method": "patient", "assignment": "balanced", "names": list(split_names),
+                      "fractions": list(fractions), "seed": seed}
         info["split"] = split_info
         for name in split_names:
             sub = subset_coco(coco, assignment[name])

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from meddet.data.convert import ConversionReport, assemble_coco, read_csv_strings, safe_name, write_coco_splits
+from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, read_csv_strings, safe_name, write_coco_splits
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions
 from meddet.errors import DataError
@@ -194,6 +194,7 @@ def convert_box_csv(
         entries,
         [{"id": cat_ids[n], "name": n} for n in categories],
         {"description": f"{csv_path.name} converted by meddet", "preprocessing": pixels.as_kwargs()},
+        id_map=out / ID_MAP,
     )
     return write_coco_splits(coco, out, report, split, seed)
 

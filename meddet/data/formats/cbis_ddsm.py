@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from meddet.data.convert import ConversionReport, assemble_coco, read_csv_strings, write_coco_splits
+from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, read_csv_strings, write_coco_splits
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions, split_by_patient
 from meddet.errors import ConfigError, DataError
@@ -834,10 +834,11 @@ def convert_cbis_ddsm(
         "crop_breast": crop_breast,
     }
     coco = assemble_coco(
-        entries, [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories], info
+        entries, [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories], info,
+        id_map=out / ID_MAP,
     )
     if split == "official":
         assignment = _official_assignment(coco["images"], float(val_fraction), seed, report)
-        split_info = {"method": "official", "val_fraction": float(val_fraction), "seed": seed}
+        split_info = {"method": "official", "val_assignment": "hash", "val_fraction": float(val_fraction), "seed": seed}
         return write_coco_splits(coco, out, report, assignment=assignment, split_info=split_info)
     return write_coco_splits(coco, out, report, split, seed)

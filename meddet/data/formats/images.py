@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from meddet.data.convert import ConversionReport, assemble_coco, safe_name
+from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, safe_name
 from meddet.data.coco import save_json_atomic
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.errors import DataError
@@ -121,7 +121,7 @@ def convert_images(
     report.n_images = len(entries)
     if run.shard is None:
         info = {"description": f"images of {root.name} converted by meddet", "preprocessing": pixels.as_kwargs()}
-        coco = assemble_coco(entries, [], info)
+        coco = assemble_coco(entries, [], info, id_map=out / ID_MAP)
         save_json_atomic(coco, out / "all.json")
         report.files["all"] = out / "all.json"
     return report

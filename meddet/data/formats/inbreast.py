@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
-from meddet.data.convert import ConversionReport, assemble_coco, read_csv_strings, write_coco_splits
+from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, read_csv_strings, write_coco_splits
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions
 from meddet.errors import ConfigError, DataError
@@ -273,5 +273,6 @@ def convert_inbreast(
         entries,
         [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories],
         {"description": "INbreast converted by meddet", "class_scheme": scheme, "preprocessing": pixels.as_kwargs()},
+        id_map=out / ID_MAP,
     )
     return write_coco_splits(coco, out, report, split, seed)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from meddet.data.convert import ConversionReport, assemble_coco, write_coco_splits
+from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, write_coco_splits
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.data.splits import check_fractions
 from meddet.errors import ConfigError, DataError
@@ -262,5 +262,6 @@ def convert_mias(
         entries,
         [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories],
         {"description": "MIAS converted by meddet", "class_scheme": scheme},
+        id_map=out / ID_MAP,
     )
     return write_coco_splits(coco, out, report, split, seed)
