@@ -160,19 +160,11 @@ def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict],
     or not TILING.ENABLED is set: the way to evaluate a model trained on tiles against whole-image ground
     truth. `records` are dataset dicts (meddet.data.coco.coco_to_records: "file_name", "image_id",
     "height", "width"); `category_ids[k]` is the dataset's category id of class index k."""
+    from meddet.inference.base import inference_on_records
     from meddet.inference.sliced import sliced_predict
 
-    results: list[dict] = []
-    for rec in tqdm(records, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
-        image = predictor.read(rec["file_name"])
-        if image.shape[:2] != (rec["height"], rec["width"]):
-            raise DataError(
-                f"{rec['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO record says "
-                f"{rec['width']}x{rec['height']}"
-            )
-        det = sliced_predict(predictor.inference_model, image, predictor.cfg)
-        results.extend(detections_to_coco_results(det, rec["image_id"], category_ids))
-    return results
+    return inference_on_records(predictor, records, category_ids, desc,
+                                predict=lambda image: sliced_predict(predictor.inference_model, image, predictor.cfg))
 
 
 class Predictor:
