@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
 from meddet.data.transforms import resize, shortest_edge_size, to_model_tensor, to_unit_float
-from meddet.errors import ConfigError, DataError
+from meddet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
