@@ -98,7 +98,15 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, A
     torchvision engine: :func:`meddet.modeling.checkpoint.load_weights` (meddet checkpoints and state
     dicts, strict except for a class-count change). detectron2 engine: meddet checkpoints the same way,
     detectron2's own checkpoints (model-zoo ``.pkl``, ``model_final.pth``) through detectron2's
-    ``DetectionCheckpointer`` (:func:`meddet.modeling.d2_engine.load_detectron2_weights`)."""
+    ``DetectionCheckpointer`` (:func:`meddet.modeling.d2_engine.load_detectron2_weights`).
+    ``path`` may also name a remote source (``detectron2://``, ``https://``, ``hf://``, ``torchvision://``):
+    :mod:`meddet.modeling.weights_source` downloads it once into the cache and loads pretrained formats
+    (model-zoo ``.pkl``, Caffe2/MSRA and torchvision backbones) with their meaning."""
+    from meddet.modeling.weights_source import resolve_and_load
+
+    path, pretrained = resolve_and_load(model, path)
+    if pretrained is not None:
+        return pretrained
     inner = model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
     if getattr(inner, "engine", None) == DETECTRON2:
         from meddet.modeling.d2_engine import load_detectron2_weights
