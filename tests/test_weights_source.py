@@ -157,7 +157,8 @@ def test_url_and_hub_give_the_model_of_the_same_file_from_disk(tmp_path, env, se
 
     with HubStandIn(token="hf_test") as hub:
         sha = "1" * 40
-        hub.repos["org/tiny"] = {"private": False, "refs": {"main": sha}, "commits": {sha: {"model.pth": path.read_bytes()}}}
+        hub.repos["org/tiny"] = {"private": False, "refs": {"main": sha},
+                                 "commits": {sha: {"model.pth": path.read_bytes()}}}
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
         for spec in ("hf://org/tiny/model.pth", "hf://org/tiny@main", "hf://org/tiny"):
@@ -361,5 +362,34 @@ def test_coco_detector_loads_all_but_the_predictor_for_other_classes(tmp_path, e
     assert "re-initialising the box predictor" in caplog.text
     got, want = model.state_dict(), source.state_dict()
     torch.testing.assert_close(got["roi_heads.box_head.fc6.weight"], want["roi_heads.box_head.fc6.weight"])
-    torch.testing.assert_close(got["backbone.fpn.layer_blocks.0.0.weight"], want["backbone.fpn.layer_blocks.0.0.weight"])
+    fpn = "backbone.fpn.layer_blocks.0.0.weight"
+    torch.testing.assert_close(got[fpn], want[fpn])
     assert got["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3
+
+
+# ------------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("name", ["mammo_faster_rcnn_R50_FPN_coco", "mammo_faster_rcnn_R50_FPN_imagenet",
+                                  "cyto_faster_rcnn_R50_FPN_coco"])
+def test_pretrained_configs_fit_their_checkpoints(name):
+    """Each recipe's model has the checkpoint's conventions and, for the COCO ones, the COCO R50-FPN's
+    shapes (so the real model_final_280758.pkl fills everything but the box predictor)."""
+    from meddet.config import load_config
+    from meddet.modeling.weights_source import MSRA, WeightsSource, _tv_names, check_conventions, conventions_of
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml", ["MODEL.DEVICE", "cpu"])
+    spec = cfg.MODEL.WEIGHTS
+    assert spec.startswith("detectron2://")
+    model = build_model(cfg)
+    source = WeightsSource(spec, Path("x.pkl"), "detectron2", url=detectron2_url(spec[len("detectron2://"):], env={}))
+    assert conventions_of(source, "detectron2") is MSRA
+    check_conventions(model, MSRA, spec)  # no ConfigError
+    assert model.backbone.body.layer1[0].bn1.__class__.__name__ == "FrozenBatchNorm2d"
+    assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())
+    names = _tv_names(model)
+    weights = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    assert sorted(names.values()) == sorted(weights)  # every tensor has its detectron2 name
+    if "coco" in name:
+        state = model.state_dict()
+        assert tuple(state["backbone.fpn.layer_blocks.0.0.weight"].shape) == (256, 256, 3, 3)
+        assert tuple(state["roi_heads.box_head.fc6.weight"].shape) == (1024, 256 * 7 * 7)
+        assert tuple(state["rpn.head.cls_logits.weight"].shape) == (3, 256, 1, 1)

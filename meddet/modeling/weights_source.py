@@ -220,7 +220,8 @@ def resolve_weights(spec: str | os.PathLike, env: Mapping[str, str] | None = Non
         full = f"{name}/{_D2_MODELS[name]}" if name in _D2_MODELS else name
         parts = [p for p in full.split("/") if p not in ("", ".", "..")]
         if not parts:
-            raise ConfigError(f"MODEL.WEIGHTS {text}: names no file; expected e.g. detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+            raise ConfigError(f"MODEL.WEIGHTS {text}: names no file; expected e.g. "
+                              "detectron2://ImageNetPretrained/MSRA/R-50.pkl")
         dest = cache.joinpath("detectron2", *parts)
         download(url, dest, spec=text, env=env)
         return WeightsSource(text, dest, "detectron2", url=url, meta={"name": name})
@@ -418,26 +419,13 @@ def _interrupted(spec: str, url: str, part: Path, done: int, total: int | None, 
 
 
 # ------------------------------------------------------------------------------------------------ reading
-class _NumpyUnpickler(pickle.Unpickler):
-    """numpy arrays and plain values only: loading a model-zoo .pkl runs no code."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}; expected numpy arrays only")
-
-
 def read_pkl(path: Path) -> tuple[dict[str, Tensor], str]:
     """A ``.pkl`` checkpoint as (state dict with detectron2 names, ``"detectron2"`` or ``"caffe2"``), read as
     detectron2's ``DetectionCheckpointer._load_file`` does: ``{"model", "__author__"}`` is detectron2's model
     zoo layout; anything else is a Caffe2/Detectron blob dict (``"blobs"`` for detection models), renamed with
     detectron2's Caffe2 name rules (ImageNet backbones; Caffe2 detection models are refused)."""
+    from meddet.modeling.d2_convert import _NumpyUnpickler  # numpy arrays only: loading runs no code
+
     try:
         with path.open("rb") as f:
             obj = _NumpyUnpickler(f, encoding="latin1").load()
@@ -514,8 +502,9 @@ def _model_conventions(model: nn.Module) -> tuple[str, list[float], bool | None]
     stride: bool | None = None
     if getattr(model, "engine", None) == "detectron2":
         std = [float(v) for v in model.pixel_std.flatten().tolist()]
-        first = getattr(getattr(model.backbone, "bottom_up", None), "res3", None)
-        conv1 = getattr(first[0], "conv1", None) if first is not None else None
+        stage = getattr(getattr(model.backbone, "bottom_up", None), "res3", None)
+        block = stage[0] if stage is not None else None
+        conv1 = block.conv1 if block is not None and hasattr(block, "conv3") else None  # bottlenecks only
     else:
         std = [float(v) for v in model.transform.image_std]  # RGB order in the torchvision engine
         std = std[::-1] if fmt == "BGR" else std
@@ -615,8 +604,8 @@ def _from_torchvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             continue
         else:
             key = re.sub(r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.conv.0.0.\1", key)
-            key = re.sub(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$", r"backbone.fpn.\1_blocks.\2.0.\3",
-                         key)
+            key = re.sub(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$",
+                         r"backbone.fpn.\1_blocks.\2.0.\3", key)
             out[key] = value
     return out
 
@@ -646,12 +635,12 @@ def _load_backbone(model: nn.Module, state: dict[str, Tensor], spec: str) -> dic
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
-        parts = [_listing(w, items) for w, items in (("missing backbone keys", missing), ("unexpected keys", unexpected),
-                                                      ("shape mismatches", mismatched)) if items]
+        listed = (("missing backbone keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        parts = [_listing(what, items) for what, items in listed if items]
         raise ModelError(f"MODEL.WEIGHTS {spec}: the backbone does not fit the model: {'; '.join(parts)}; expected "
                          "a ResNet of MODEL.RESNETS.DEPTH (and NUM_GROUPS/WIDTH_PER_GROUP)")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    random = sorted({k.split(".")[0] if not k.startswith("backbone.") else "backbone.fpn" for k in own if k not in state})
+    random = sorted({"backbone.fpn" if k.startswith("backbone.") else k.split(".")[0] for k in own if k not in state})
     logger.warning(
         "Loaded an ImageNet backbone from %s (%d tensors, backbone.body.*); %s (%d tensors) start from random "
         "initialisation", spec, len(body), ", ".join(random), len([k for k in own if k not in state]),
