@@ -222,6 +222,28 @@ def test_torchvision_detector_with_old_names_loads_whole(tmp_path, env, server, 
     _same(_predict(model), _predict(source))
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_torchvision_detectors_have_the_names_and_shapes_of_a_meddet_config(version):
+    """torchvision's own Faster R-CNN R50-FPN (v1: two-FC head; v2: BN convs + FC head, two RPN convs) is a
+    meddet torchvision-engine model of the matching config, tensor for tensor (so its COCO weights load whole)."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
+
+    from meddet.modeling.weights_source import _from_torchvision
+
+    opts = ["MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256, "MODEL.RESNETS.STRIDE_IN_1X1", False,
+            "MODEL.FPN.OUT_CHANNELS", 256, "MODEL.ROI_BOX_HEAD.FC_DIM", 1024, "MODEL.ROI_HEADS.NUM_CLASSES", 90]
+    if version == "v2":
+        opts += ["MODEL.FPN.NORM", "BN", "MODEL.RPN.CONV_DIMS", [-1, -1], "MODEL.ROI_BOX_HEAD.NUM_CONV", 4,
+                 "MODEL.ROI_BOX_HEAD.NUM_FC", 1, "MODEL.ROI_BOX_HEAD.NORM", "BN"]
+        theirs = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
+    else:
+        theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    ours = build_model(_cfg(*opts)).state_dict()
+    mapped = _from_torchvision(theirs.state_dict())
+    shapes = {k: tuple(v.shape) for k, v in mapped.items() if not k.endswith("num_batches_tracked")}
+    assert shapes == {k: tuple(v.shape) for k, v in ours.items() if not k.endswith("num_batches_tracked")}
+
+
 # ------------------------------------------------------------------------------------------------ cache
 def test_wrong_hash_is_refused_and_nothing_is_cached(env, server, monkeypatch):
     data = _torch_bytes({"conv1.weight": torch.zeros(1)})
@@ -230,7 +252,7 @@ def test_wrong_hash_is_refused_and_nothing_is_cached(env, server, monkeypatch):
     _tv_url(monkeypatch, "ResNet18_Weights.IMAGENET1K_V1", filename)
     with pytest.raises(ModelError, match="refused"):
         resolve_weights("torchvision://ResNet18_Weights.IMAGENET1K_V1")
-    assert not list((env / "torchvision").iterdir())
+    assert [f.name for f in (env / "torchvision").iterdir() if f.suffix != ".lock"] == []
 
 
 @pytest.mark.parametrize("ranges", [True, False], ids=["resumes", "restarts"])

@@ -346,7 +346,17 @@ def download(url: str, dest: str | os.PathLike, spec: str | None = None, env: Ma
         return dest
     if offline(env):
         raise _offline_error(spec, url, dest, "offline (MEDDET_OFFLINE or HF_HUB_OFFLINE is set)")
+    from filelock import FileLock  # (a dependency of torch)
+
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):  # one download for all processes (each rank of a distributed run)
+        if dest.is_file():  # another process finished it while this one waited
+            return download(url, dest, spec=spec, env=env, hash_prefix=hash_prefix, timeout=timeout)
+        _fetch(url, dest, spec, prefix, timeout)
+    return dest
+
+
+def _fetch(url: str, dest: Path, spec: str, prefix: str | None, timeout: float) -> None:
     part = dest.with_name(dest.name + ".part")
     for attempt in range(2):
         start = part.stat().st_size if part.is_file() else 0
@@ -385,7 +395,6 @@ def download(url: str, dest: str | os.PathLike, spec: str | None = None, env: Ma
     if not prefix:
         _check_recorded(dest, digest, url)
     logger.info("Downloaded %s -> %s (%.1f MB, sha256 %s)", url, dest, dest.stat().st_size / 1e6, digest[:16])
-    return dest
 
 
 def _copy(response: Any, part: Path, start: int, total: int | None, url: str, name: str, spec: str) -> None:
