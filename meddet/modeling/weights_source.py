@@ -308,10 +308,11 @@ def _verify_hash_prefix(path: Path, prefix: str | None, spec: str) -> str:
     return digest
 
 
-def _offline_error(spec: str, url: str, dest: Path, why: str) -> ModelError:
+def _offline_error(spec: str, url: str, dest: Path, why: str, switched_off: bool = False) -> ModelError:
+    tail = ", or unset MEDDET_OFFLINE/HF_HUB_OFFLINE to download it" if switched_off else ""
     return ModelError(
         f"MODEL.WEIGHTS {spec}: {why} and it is not in the cache; download {url} where there is network and "
-        f"place it at {dest} (MEDDET_CACHE sets the cache folder), or unset MEDDET_OFFLINE/HF_HUB_OFFLINE"
+        f"place it at {dest} (MEDDET_CACHE sets the cache folder){tail}"
     )
 
 
@@ -345,7 +346,7 @@ def download(url: str, dest: str | os.PathLike, spec: str | None = None, env: Ma
             _check_recorded(dest, digest, url)
         return dest
     if offline(env):
-        raise _offline_error(spec, url, dest, "offline (MEDDET_OFFLINE or HF_HUB_OFFLINE is set)")
+        raise _offline_error(spec, url, dest, "offline (MEDDET_OFFLINE or HF_HUB_OFFLINE is set)", True)
     from filelock import FileLock  # (a dependency of torch)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -567,8 +568,10 @@ def _tv_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
-def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str) -> dict[str, Tensor]:
-    """detectron2 names and layout -> the torchvision engine's (stem channels for BGR, background first)."""
+def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str, strict: bool = True) -> dict[str, Tensor]:
+    """detectron2 names and layout -> the torchvision engine's (stem channels for BGR, background first).
+    ``strict``: a name without a place in the model is an error (else, as detectron2's name-matching
+    heuristics for Caffe2 files, it is logged and skipped)."""
     from meddet.modeling.d2_convert import _UNSUPPORTED, BBOX_PRED, CLS_SCORE, STEM_CONV
 
     for key in d2_state:
@@ -593,7 +596,10 @@ def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str) -> dic
         elif tv.startswith(BBOX_PRED):
             value = torch.cat([value.new_zeros((4, *value.shape[1:])), value])
         out[tv] = value
-    if unknown:
+    if unknown and not strict:
+        logger.warning("%s: %d blobs without a place in the model, not loaded: %s", spec, len(unknown),
+                    ", ".join(sorted(unknown)[:10]))
+    elif unknown:
         from meddet.modeling.checkpoint import _listing
 
         raise ModelError(f"MODEL.WEIGHTS {spec}: {_listing('parameters without a place in the model', sorted(unknown))}"
@@ -668,8 +674,10 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
         if source.kind == "torchvision":
             raise ModelError(f"MODEL.WEIGHTS {spec}: torchvision weights load into MODEL.ENGINE torchvision; "
                              "for detectron2 use detectron2://ImageNetPretrained/torchvision/R-50.pkl")
-        fmt = read_pkl(path)[1] if path.suffix == ".pkl" and path.is_file() else None
-        conv = conventions_of(source, fmt)
+        conv = conventions_of(source, None)
+        if conv is None and path.suffix == ".pkl" and path.is_file():
+            with contextlib.suppress(ModelError):  # detectron2's own loader reads what this one cannot
+                conv = conventions_of(source, read_pkl(path)[1])
         if conv is not None:
             check_conventions(model, conv, spec)
         return None
@@ -680,7 +688,7 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
         conv = conventions_of(source, fmt)
         if conv is not None:
             check_conventions(model, conv, spec)
-        state = _from_d2(model, d2_state, spec)
+        state = _from_d2(model, d2_state, spec, strict=fmt != "caffe2")
         if fmt == "caffe2" and getattr(model, "backbone", None) is not None:
             _warn_trainable_norm(model, spec)
         _fill_frozen_stats(model, state)
