@@ -165,6 +165,18 @@ def test_url_and_hub_give_the_model_of_the_same_file_from_disk(tmp_path, env, se
             from_hub = _model(cfg)
             load_model_weights(from_hub, spec)
             _same(_predict(from_hub), reference)
+        hub.repos["org/private"] = {"private": True, "refs": {"main": sha},
+                                    "commits": {sha: {"model.pth": path.read_bytes()}}}
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")  # not the token of whoever runs the tests
+        with pytest.raises(ModelError, match="HF_TOKEN") as e:
+            load_model_weights(_model(cfg), "hf://org/private/model.pth")
+        assert "\n" not in str(e.value)
+        monkeypatch.setenv("HF_TOKEN", "hf_test")  # huggingface_hub's own token handling
+        monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN")
+        from_private = _model(cfg)
+        load_model_weights(from_private, "hf://org/private/model.pth")
+        _same(_predict(from_private), reference)
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub's cache serves it offline
         load_model_weights(_model(cfg), "hf://org/tiny/model.pth")
         with pytest.raises(ModelError, match="HF_HUB_OFFLINE") as e:

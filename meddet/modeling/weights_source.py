@@ -227,7 +227,9 @@ def resolve_weights(spec: str | os.PathLike, env: Mapping[str, str] | None = Non
         return WeightsSource(text, dest, "detectron2", url=url, meta={"name": name})
     if text.startswith(("https://", "http://")):
         dest = cache / _url_cache_path(text)
-        download(text, dest, spec=text, env=env)
+        # torchvision's own URLs carry the hash prefix torch.hub checks; other URLs get theirs recorded
+        prefix = _hash_prefix(dest.name) if text.startswith(TORCHVISION_URL_PREFIX) else None
+        download(text, dest, spec=text, env=env, hash_prefix=prefix)
         return WeightsSource(text, dest, "url", url=text)
     if text.startswith("torchvision://"):
         name = text[len("torchvision://"):]
