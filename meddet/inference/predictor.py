@@ -196,15 +196,18 @@ class Predictor:
         from meddet.data.dataset import dicom_kwargs
         from meddet.modeling import build_model, resolve_device
         from meddet.modeling import load_model_weights
+        from meddet.modeling.build import resolve_engine
 
-        self.cfg = cfg.clone()
-        self.cfg.freeze()
-        self.device = resolve_device(cfg.MODEL.DEVICE)
-        self.model = build_model(self.cfg).to(self.device).eval()
         weights = weights if weights is not None else cfg.MODEL.WEIGHTS
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
-        load_model_weights(self.model, weights)
+        self.cfg = cfg.clone()
+        self.cfg.defrost()
+        self.cfg.MODEL.ENGINE = resolve_engine(cfg.MODEL.ENGINE, weights)  # auto: the checkpoint's engine
+        self.cfg.freeze()
+        self.device = resolve_device(cfg.MODEL.DEVICE)
+        self.model = build_model(self.cfg, weights=weights).to(self.device).eval()
+        load_model_weights(self.model, weights, self.cfg)
         # What predict paths run: an optimised copy (see optimize_for_inference) made from the weights just
         # loaded, or with optimize=False the plain model itself.
         self.inference_model = optimize_for_inference(self.model) if optimize else self.model
