@@ -5,6 +5,7 @@ formats load with their meaning (backbone only, class change, MSRA conventions c
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import logging
 import pickle
@@ -104,6 +105,14 @@ def test_detectron2_names_resolve_as_detectron2_does():
         "retinanet_R_50_FPN_3x/190397829/model_final_5bd44e.pkl")
     assert detectron2_url("ImageNetPretrained/MSRA/R-101.pkl", env={"MEDDET_DETECTRON2_URL_PREFIX": "http://m/"}) \
         == "http://m/ImageNetPretrained/MSRA/R-101.pkl"
+
+
+def test_auto_engine_follows_the_source():
+    from meddet.modeling.build import resolve_engine
+
+    assert resolve_engine("auto", "torchvision://ResNet50_Weights.IMAGENET1K_V2") == "torchvision"
+    if importlib.util.find_spec("detectron2") is None:  # detectron2 weights, converted for the torchvision engine
+        assert resolve_engine("auto", "detectron2://ImageNetPretrained/MSRA/R-50.pkl") == "torchvision"
 
 
 def test_cache_folder_follows_the_environment(tmp_path):

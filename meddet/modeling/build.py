@@ -114,7 +114,9 @@ def resolve_engine(requested: str, weights: str | os.PathLike | None = None) -> 
         raise ModelError(f"MODEL.ENGINE: {requested!r} is not an engine; expected one of {', '.join(ENGINES)}")
     if requested == TORCHVISION or not weights:
         return select_engine(requested)
-    saved = checkpoint_engine(weights)
+    from meddet.modeling.weights_source import is_remote, source_engine
+
+    saved = source_engine(weights) if is_remote(weights) else checkpoint_engine(weights)
     if requested == "auto" and saved == TORCHVISION:
         logger.info("Model engine: torchvision (MODEL.ENGINE auto: the engine of %s)", weights)
         return TORCHVISION

@@ -154,6 +154,18 @@ def is_remote(spec: str | os.PathLike) -> bool:
     return isinstance(spec, str) and spec.startswith(SCHEMES)
 
 
+def source_engine(spec: str | os.PathLike) -> str | None:
+    """The engine a remote source's weights belong to, without downloading: ``torchvision://`` the
+    torchvision engine's, ``detectron2://`` and other ``.pkl`` files detectron2's; None when the name does
+    not say (``MODEL.ENGINE auto`` then picks as for a checkpoint without an engine)."""
+    text = os.fspath(spec)
+    if text.startswith("torchvision://"):
+        return "torchvision"
+    if text.startswith("detectron2://") or urlparse(text).path.endswith(".pkl"):
+        return "detectron2"
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ resolving
 def detectron2_url(name: str, env: Mapping[str, str] | None = None) -> str:
     """detectron2's resolution of ``detectron2://NAME``: its model-zoo prefix + NAME (a catalog short name
