@@ -382,6 +382,11 @@ def test_msra_backbone_initialises_the_backbone_frozen_as_detectron2(env, server
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())  # FREEZE_AT 2
     assert all(p.requires_grad for p in model.backbone.body.layer2.parameters())
 
+    from meddet.inference import Predictor
+
+    with pytest.raises(ConfigError, match="only a pretrained backbone"):  # no random detector to predict with
+        Predictor(cfg, weights="detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+
 
 def test_msra_checkpoint_with_an_rgb_config_is_refused_with_the_keys_to_set(env, server):
     server.files["/detectron2/ImageNetPretrained/MSRA/R-50.pkl"] = pickle.dumps(
