@@ -441,3 +441,21 @@ def test_pretrained_configs_fit_their_checkpoints(name):
         assert tuple(state["backbone.fpn.layer_blocks.0.0.weight"].shape) == (256, 256, 3, 3)
         assert tuple(state["roi_heads.box_head.fc6.weight"].shape) == (1024, 256 * 7 * 7)
         assert tuple(state["rpn.head.cls_logits.weight"].shape) == (3, 256, 1, 1)
+
+
+@pytest.mark.detectron2
+@pytest.mark.skipif(importlib.util.find_spec("detectron2") is None,
+                    reason="detectron2 is not installed (build it from source to run these tests)")
+def test_detectron2_engine_loads_a_zoo_name_as_the_same_file_from_disk(tmp_path, env, server):
+    cfg = small_model_cfg("detectron2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "MODEL.ROI_HEADS.NUM_CLASSES", 3)
+    source = _model(cfg, seed=1)
+    data = pickle.dumps({"model": {k: v.numpy() for k, v in source.state_dict().items()},
+                         "__author__": "Detectron2 Model Zoo"})
+    name = "COCO-Detection/tiny_R_18_FPN/1/model_final_abc123.pkl"
+    server.files["/detectron2/" + name] = data
+    (tmp_path / "model_final_abc123.pkl").write_bytes(data)
+    from_zoo, from_disk = _model(cfg), _model(cfg)
+    load_model_weights(from_zoo, f"detectron2://{name}", cfg)
+    load_model_weights(from_disk, tmp_path / "model_final_abc123.pkl", cfg)
+    _same(_predict(from_zoo), _predict(source))
+    _same(_predict(from_disk), _predict(source))
