@@ -727,13 +727,12 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
 
 
 def _warn_trainable_norm(model: nn.Module, spec: str) -> None:
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
     trainable = [n for n, m in model.backbone.body.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if trainable and not any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.body.modules()):
+    if trainable:
         logger.warning(
             "%s: Caffe2 backbones fuse BatchNorm into an affine layer (no statistics); detectron2 loads them only "
-            "into MODEL.RESNETS.NORM FrozenBN, the model has trainable BatchNorm (%d layers)", spec, len(trainable),
+            "into MODEL.RESNETS.NORM FrozenBN, and %d BatchNorm layers of this backbone are trainable (BN)",
+            spec, len(trainable),
         )
 
 
