@@ -269,7 +269,7 @@ def _resolve_hf(spec: str, env: Mapping[str, str]) -> WeightsSource:
     repo, rev, filename = m["repo"], m["rev"], m["file"] or BUNDLE_WEIGHTS
     try:
         from huggingface_hub import constants, hf_hub_download
-        from huggingface_hub.errors import (
+        from huggingface_hub.utils import (  # (re-exported there by every version meddet supports)
             EntryNotFoundError,
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
