@@ -199,7 +199,10 @@ class Predictor:
         self.cfg.freeze()
         self.device = resolve_device(cfg.MODEL.DEVICE)
         self.model = build_model(self.cfg, weights=weights).to(self.device).eval()
-        load_model_weights(self.model, weights, self.cfg)
+        meta = load_model_weights(self.model, weights, self.cfg)
+        if meta.get("pretrained_part") == "backbone":  # FPN, RPN and box head random: no detector to predict with
+            raise ConfigError(f"MODEL.WEIGHTS {weights}: holds only a pretrained backbone (for training); expected "
+                              "a trained detector to predict with (a run's model_final.pth or a model bundle)")
         # What predict paths run: an optimised copy (see optimize_for_inference) made from the weights just
         # loaded, or with optimize=False the plain model itself.
         self.inference_model = optimize_for_inference(self.model) if optimize else self.model

@@ -114,7 +114,9 @@ def resolve_engine(requested: str, weights: str | os.PathLike | None = None) -> 
         raise ModelError(f"MODEL.ENGINE: {requested!r} is not an engine; expected one of {', '.join(ENGINES)}")
     if requested == TORCHVISION or not weights:
         return select_engine(requested)
-    saved = checkpoint_engine(weights)
+    from meddet.modeling.weights_source import is_remote, source_engine
+
+    saved = source_engine(weights) if is_remote(weights) else checkpoint_engine(weights)
     if requested == "auto" and saved == TORCHVISION:
         logger.info("Model engine: torchvision (MODEL.ENGINE auto: the engine of %s)", weights)
         return TORCHVISION
@@ -202,7 +204,15 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, cfg: CfgNode |
     that every parameter was filled (:func:`meddet.modeling.d2_engine.load_detectron2_weights`).
     A checkpoint of the other engine (its ``meddet`` entry, else its parameter names say so) is converted
     exactly on the fly with ``cfg`` (the model's config) and loaded strictly, with one warning; without
-    ``cfg``, or when the conversion fails, ModelError gives the command that converts it."""
+    ``cfg``, or when the conversion fails, ModelError gives the command that converts it.
+    ``path`` may also name a remote source (``detectron2://``, ``https://``, ``hf://``, ``torchvision://``):
+    :mod:`meddet.modeling.weights_source` downloads it once into the cache and loads pretrained formats
+    (model-zoo ``.pkl``, Caffe2/MSRA and torchvision backbones) with their meaning."""
+    from meddet.modeling.weights_source import resolve_and_load
+
+    path, pretrained = resolve_and_load(model, path)
+    if pretrained is not None:
+        return pretrained
     inner = _unwrap(model)
     engine, saved = getattr(inner, "engine", None), checkpoint_engine(path)
     if engine in (TORCHVISION, DETECTRON2) and saved and saved != engine:
