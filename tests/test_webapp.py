@@ -181,8 +181,8 @@ def test_full_queue_answers_503(predictor):
     class Slow:
         class_names = real.class_names
 
-        def read(self, path):
-            return real.read(path)
+        def read(self, path, **kwargs):
+            return real.read(path, **kwargs)
 
         def __call__(self, image):
             entered.set()
