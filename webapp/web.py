@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from waitress import serve
-
     from meddet.errors import MeddetError
     from meddet.hub import load_predictor
     from webapp.app import create_app
+    from webapp.server import private_tmp, serve_app
+
+    private_tmp()  # before anything may write a temporary file; stale ones of crashed runs removed
 
     try:
         predictor = load_predictor(args.model, device=args.device)
@@ -43,12 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = app.config["MEDDET_SERVICE"].budget.capacity
     print(f"serving http://{args.host}:{args.port}/ (request memory budget {budget / 2**20:,.0f} MiB)",
           file=sys.stderr)
-    body_limit = int(args.max_upload_mb * 1024 * 1024) + 1024 * 1024
-    # waitress answers only bodies over its own limit (with a plain-text page): that limit is above the app's,
-    # so Flask answers oversize uploads with JSON and security headers; bodies are buffered in memory
-    # (inbuf_overflow), never spooled to a temporary file.
-    serve(app, host=args.host, port=args.port, threads=args.threads,
-          max_request_body_size=body_limit, inbuf_overflow=body_limit)
+    serve_app(app, host=args.host, port=args.port, threads=args.threads, max_upload_mb=args.max_upload_mb)
     return 0
 
 
