@@ -231,14 +231,15 @@ class ModelService:
         return self._response(out, fmt, h, w, facts, elapsed, image, explanation)
 
     def estimate_bytes(self, header, upload_bytes: int, include_image: bool = False, explain: bool = False) -> int:
-        """Memory one request may take, from the image's header: the upload and its parsed copy, the
-        decoder's output with the display array made from it, then the display array with the model's
-        input (one float32 channel at a time at full size), plus the model's working set."""
+        """Memory one request may take, from the image's header: the upload and its parsed copy; the
+        decoder (OpenCV's and pydicom's decoders peak at twice their output, measured) and then its output
+        with the display array made from it; then the display array with the model's input (one float32
+        channel at a time at full size); plus the model's working set."""
         px = header.height * header.width * header.frames
         out_bpp = 3 if header.channels >= 3 else min(2, header.bytes_per_sample)
         if header.format == "dicom":
             out_bpp = 2  # up to 16-bit output; the value table is small
-        decode = header.decoded_bytes + px * out_bpp
+        decode = max(2 * header.decoded_bytes, header.decoded_bytes + px * out_bpp)
         prepare = px * out_bpp + px * 4
         need = 2 * upload_bytes + max(decode, prepare) + self.model_memory
         if include_image:
