@@ -243,7 +243,7 @@ class ModelService:
         prepare = px * out_bpp + px * 4
         need = 2 * upload_bytes + max(decode, prepare) + self.model_memory
         if include_image:
-            need += px * 3 * 2  # display copy and its PNG
+            need += px * (4 + 3 + 3)  # 16-to-8-bit step, display copy and its PNG
         if explain:
             side = self.explain_max_side
             need += side * side * 4 * (self.explain_max_detections + 2)
