@@ -134,14 +134,22 @@ def send(port: int, raw: bytes, slow: bool = False, timeout: float = 60) -> int:
             else:
                 s.sendall(raw)
             data = b""
-            while b"\r\n" not in data:
-                chunk = s.recv(4096)
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-            while chunk := s.recv(65536):  # drain so the server can finish
-                pass
-    except OSError:
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = None
+            for line in head.split(b"\r\n")[1:]:
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            while length is None or len(body) < length:  # the whole answer (keep-alive or not)
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+    except (OSError, ValueError):
         return 0
     try:
         return int(data.split(b" ", 2)[1])

@@ -136,3 +136,30 @@ def test_too_many_form_fields_says_so(tmp_path_factory):
     msg = r.get_json()["error"]["message"]
     assert "too many form fields" in msg and "upload too large" not in msg
     assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_app_errors_are_json_with_security_headers(tmp_path_factory):
+    from meddet.hub import load_predictor
+    from webapp import create_app
+
+    predictor = load_predictor(shared_run(tmp_path_factory)[1], device="cpu")
+    app = create_app(predictor)
+    client = app.test_client()
+
+    class Broken:
+        class_names = predictor.class_names
+
+        def read(self, data, **kwargs):
+            raise RuntimeError("boom /secret/path")
+
+    app.config["MEDDET_SERVICE"].predictor = Broken()
+    png = b"\x89PNG\r\n\x1a\n" + bytes.fromhex("0000000d49484452000000080000000808000000004b6d29de")
+    for method, path, status in (("get", "/nope", 404), ("get", "/api/v1/predict", 405),
+                                 ("post", "/api/v1/predict", 500)):
+        kwargs = {"data": {"file": (io.BytesIO(png), "x.png")}, "content_type": "multipart/form-data"} \
+            if method == "post" else {}
+        r = getattr(client, method)(path, **kwargs)
+        assert r.status_code == status and r.is_json, (path, r.status_code)
+        assert r.get_json()["error"]["status"] == status
+        assert r.headers["X-Content-Type-Options"] == "nosniff" and "Content-Security-Policy" in r.headers
+        assert "secret" not in r.get_data(as_text=True)

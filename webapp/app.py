@@ -483,9 +483,11 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
                 return error(413, f"too many form fields or a text field too large: at most {MAX_FORM_FIELDS} "
                                   "fields per request and 500 KB per text field (send the image as field 'file')")
             return error(413, f"upload too large: the limit is {max_upload_mb:g} MB")
-        if request.path.startswith(API):
-            return error(e.code or 500, e.description or e.name)
-        return e
+        if (e.code or 500) >= 500:
+            logger.error("internal error answering %s %s", request.method, request.path,
+                         exc_info=getattr(e, "original_exception", None) is not None)
+            return error(e.code or 500, "internal server error")
+        return error(e.code or 500, e.description or e.name)
 
     @app.errorhandler(MeddetError)
     def meddet_error(e: MeddetError) -> Response:
