@@ -564,8 +564,9 @@ def read_dicom(
     )
 
 
-def dicom_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Non-identifying facts about a DICOM image (no names, IDs, dates or UIDs), header only.
+def dicom_info(path: str | os.PathLike | bytes) -> dict[str, Any]:
+    """Non-identifying facts about a DICOM image (no names, IDs, dates or UIDs), header only; ``path``
+    may be the file's bytes.
 
     Keys: ``modality``, ``sop_class``, ``view``, ``laterality``, ``patient_orientation``,
     ``rows``, ``columns``, ``bits_allocated``, ``bits_stored``, ``photometric``,
