@@ -111,8 +111,10 @@ def serve_app(app, host: str, port: int, threads: int, max_upload_mb: float) -> 
     from waitress.server import BaseWSGIServer, create_server
 
     body_limit = int(max_upload_mb * 1024 * 1024) + 1024 * 1024
+    # request bodies and answers (which may hold the image, include_image=1) buffered in memory: waitress
+    # would otherwise spool them to temporary files over 512 KB / 1 MB
     server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=body_limit,
-                           inbuf_overflow=body_limit)  # bodies buffered in memory, never spooled to disk
+                           inbuf_overflow=body_limit, outbuf_overflow=2**40)
     channel = _json_error_channel(max_upload_mb)
     servers = [server] if isinstance(server, BaseWSGIServer) else [
         s for s in getattr(server, "map", {}).values() if isinstance(s, BaseWSGIServer)]
