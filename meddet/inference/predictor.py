@@ -32,7 +32,19 @@ def prepare_image(image: np.ndarray, cfg) -> dict:
     channel order; "height"/"width" are the input's own size, so detections come back in its pixels."""
     h, w = image.shape[:2]
     nh, nw = shortest_edge_size(h, w, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
-    img = resize(to_unit_float(image), (nh, nw))
+    if nh < h and image.dtype in (np.uint8, np.uint16) and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        # one float32 channel at a time, resized before the next is made (the same values as resizing the
+        # full float image, which would cost 12 bytes a pixel: a full-size 8900x8900 float copy is 3.8 GB)
+        planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(min(3, image.shape[2]))]
+        small = []
+        for plane in planes:
+            one = plane.astype(np.float32)
+            one /= 255.0 if image.dtype == np.uint8 else 65535.0
+            small.append(resize(one, (nh, nw)))
+            del one
+        img = to_unit_float(small[0] if len(small) == 1 else np.dstack(small))
+    else:
+        img = resize(to_unit_float(image), (nh, nw))
     return {"image": to_model_tensor(img, cfg.INPUT.FORMAT), "height": h, "width": w}
 
 
@@ -215,13 +227,15 @@ class Predictor:
         self.class_names = names or [f"class_{i}" for i in range(k)]
         self._dicom_kwargs = dicom_kwargs(cfg)
 
-    def read(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
-        """An array as is; a path through meddet.io.read_image (DICOM, PNG, JPEG; decided by content)."""
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
+        """An array as is; a path or a file's bytes through meddet.io.read_image (DICOM, PNG, JPEG; decided by
+        content; `kwargs` such as max_bytes go to it)."""
         if isinstance(image, np.ndarray):
             return image
         from meddet.io import read_image
 
-        return read_image(Path(image), **self._dicom_kwargs)
+        src = image if isinstance(image, (bytes, bytearray, memoryview)) else Path(image)
+        return read_image(src, **kwargs, **self._dicom_kwargs)
 
     @property
     def tiled(self) -> bool:

@@ -15,11 +15,12 @@ from meddet.io.dicom import (
     read_dicom,
     stored_pixels,
 )
-from meddet.io.image import read_image, write_png
+from meddet.io.image import ImageHeader, image_header, read_image, write_png
 
 __all__ = [
     "NORMALIZATIONS",
     "Geometry",
+    "ImageHeader",
     "PixelOptions",
     "breast_mask",
     "breast_region",
@@ -27,6 +28,7 @@ __all__ = [
     "dicom_info",
     "dicom_to_array",
     "flip_boxes",
+    "image_header",
     "is_dicom_file",
     "load_dicom",
     "orient_and_crop",
