@@ -189,3 +189,21 @@ def test_gradcam_explains_a_retinanet_detection():
     m.eval()
     cam = gradcam(m, {"image": _item()["image"], "height": 96, "width": 128}, detection_index=0)
     assert cam is not None
+
+
+@pytest.mark.parametrize("name", ["demo_mammo_retinanet_R18_FPN.yaml", "cyto_demo_retinanet_R18_FPN.yaml"])
+def test_demo_configs_build_a_retinanet(name):
+    from conftest import REPO
+
+    from meddet.config import load_config
+    from meddet.modeling import build_model
+    from meddet.modeling.retinanet import TorchvisionRetinaNet
+
+    cfg = load_config(str(REPO / "configs" / name), ["MODEL.DEVICE", "cpu", "MODEL.ENGINE", "torchvision"])
+    model = build_model(cfg)
+    assert isinstance(model, TorchvisionRetinaNet)
+    assert model.anchor_generator.num_anchors_per_location()[0] == 9
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 128, 128) * 255, "height": 128, "width": 128}])
+    assert set(out[0]) == {"boxes", "scores", "classes"}
