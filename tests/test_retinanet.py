@@ -207,3 +207,42 @@ def test_demo_configs_build_a_retinanet(name):
     with torch.no_grad():
         out = model([{"image": torch.rand(3, 128, 128) * 255, "height": 128, "width": 128}])
     assert set(out[0]) == {"boxes", "scores", "classes"}
+
+
+# ------------------------------------------------------------------ detectron2 engine (where it is installed)
+@pytest.mark.detectron2
+def test_detectron2_engine_builds_its_native_retinanet_with_meddets_interface():
+    pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source to run)")
+    from detectron2.modeling import RetinaNet
+
+    model = _model("MODEL.ENGINE", "detectron2", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
+    assert isinstance(model, RetinaNet) and model.engine == "detectron2" and model.num_classes == 2
+    model.train()
+    losses = model([_item(), _item(boxes=(), classes=(), seed=1)])
+    assert set(losses) == {"loss_cls", "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        det = model([{"image": _item()["image"], "height": 192, "width": 256}])[0]
+    assert set(det) == {"boxes", "scores", "classes"} and set(det["classes"].tolist()) <= {0, 1}
+    assert (det["boxes"][:, 2] <= 256).all()
+
+
+@pytest.mark.detectron2
+def test_detectron2_retinanet_and_its_converted_twin_give_the_same_detections():
+    pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source to run)")
+    from meddet.modeling.d2_convert import d2_to_tv_state_dict, tv_to_d2_state_dict
+
+    opts = ("MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "30")
+    d2_model = _model("MODEL.ENGINE", "detectron2", *opts).eval()
+    tv_model = _model(*opts).eval()
+    cfg = _cfg(*opts)
+    state = {k: v for k, v in d2_model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    tv_model.load_state_dict(d2_to_tv_state_dict(state, cfg), strict=False)
+    back = tv_to_d2_state_dict(tv_model.state_dict(), cfg)
+    assert all(torch.equal(back[k], state[k]) for k in back)
+    item = {"image": _item(seed=4)["image"], "height": 96, "width": 128}
+    with torch.no_grad():
+        a, b = d2_model([item])[0], tv_model([item])[0]
+    assert len(a["boxes"]) == len(b["boxes"]) > 0
+    assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["scores"], b["scores"], atol=1e-5)
+    assert torch.equal(a["classes"], b["classes"])
