@@ -180,6 +180,16 @@ def test_evaluate_and_bundle_round_trip(tiny_cfg, tmp_path):
         if isinstance(a[key], np.ndarray):
             np.testing.assert_allclose(a[key], b[key], atol=1e-5)
     assert loaded.cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+    # sliced inference (tiles of 64 px) and the model summary take a RetinaNet as they take Faster R-CNN
+    tiled = cfg.clone()
+    tiled.merge_from_list(["TILING.ENABLED", "True", "TILING.SIZE", "64", "TILING.OVERLAP", "0.25"])
+    sliced = Predictor(tiled, weights=cfg.MODEL.WEIGHTS)(image)
+    assert sliced["boxes"].shape[1] == 4 and len(sliced["boxes"]) > 0
+    assert (sliced["boxes"][:, 2] <= 112).all() and (sliced["boxes"][:, 3] <= 96).all()
+    from meddet.modeling.summary import model_summary
+
+    summary = model_summary(direct.model, cfg)
+    assert summary.gflops > 0 and summary.parameters > 0
 
 
 def test_gradcam_explains_a_retinanet_detection():
