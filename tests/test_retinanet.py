@@ -135,6 +135,23 @@ def test_checkpoint_converts_to_detectron2_names_and_back_exactly():
         assert all(torch.equal(back[k], tv[k]) for k in tv)
 
 
+def test_checkpoint_files_convert_both_ways(tmp_path):
+    from meddet.modeling import load_weights
+    from meddet.modeling.checkpoint import save_checkpoint
+    from meddet.modeling.d2_convert import convert_checkpoint
+
+    cfg = _cfg()
+    m = _model()
+    save_checkpoint(tmp_path / "tv.pth", m)
+    convert_checkpoint(tmp_path / "tv.pth", tmp_path / "d2.pth", "tv-to-d2", cfg)
+    convert_checkpoint(tmp_path / "d2.pth", tmp_path / "tv2.pth", "d2-to-tv", cfg)
+    torch.manual_seed(1)
+    other = _model()
+    load_weights(other, tmp_path / "tv2.pth")
+    ref = m.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in other.state_dict().items() if not k.endswith("num_batches_tracked"))
+
+
 def test_trains_and_resumes(tiny_cfg):
     from meddet.engine import Trainer, last_checkpoint_path
     from meddet.engine.events import read_metrics
