@@ -93,8 +93,8 @@ def test_engine_builds_detectron2s_model_from_meddet_keys(engine):
 
 
 def test_detectron2_build_errors_are_model_errors():
-    with pytest.raises(ModelError, match="MODEL.META_ARCHITECTURE: 'RetinaNet'"):
-        build_model(small_cfg("MODEL.META_ARCHITECTURE", "RetinaNet"))
+    with pytest.raises(ModelError, match="MODEL.META_ARCHITECTURE: 'SemanticSegmentor'"):
+        build_model(small_cfg("MODEL.META_ARCHITECTURE", "SemanticSegmentor"))
     with pytest.raises(ModelError, match="detectron2 cannot build.*NoSuchHeads"):
         build_model(small_cfg("MODEL.ROI_HEADS.NAME", "NoSuchHeads"))
 

@@ -67,8 +67,6 @@ _ABSENT_PARTS: list[tuple[str, str, Callable[[CfgNode], bool]]] = [
      lambda c: bool(c.MODEL.LOAD_PROPOSALS)),
     ("DATASETS.PRECOMPUTED_PROPOSAL_TOPK_", "precomputed proposals (MODEL.LOAD_PROPOSALS)",
      lambda c: bool(c.MODEL.LOAD_PROPOSALS)),
-    ("MODEL.RETINANET.", "RetinaNet (MODEL.META_ARCHITECTURE RetinaNet)",
-     lambda c: c.MODEL.META_ARCHITECTURE == "RetinaNet"),
     ("MODEL.SEM_SEG_HEAD.", "semantic segmentation (MODEL.META_ARCHITECTURE SemanticSegmentor/PanopticFPN)",
      lambda c: c.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "PanopticFPN")),
     ("MODEL.PANOPTIC_FPN.", "Panoptic FPN (MODEL.META_ARCHITECTURE PanopticFPN)",

@@ -32,7 +32,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode as D2CfgNode
 from detectron2.config import get_cfg as get_d2_cfg
 from detectron2.layers import cat
-from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling import GeneralizedRCNN, RetinaNet
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage, get_event_storage
@@ -125,6 +125,36 @@ class WeightedFastRCNNOutputLayers(FastRCNNOutputLayers):
         return losses
 
 
+def _meddet_forward(model: Any, d2_forward: Any, batched_inputs: Sequence[Mapping[str, Any]]) -> Any:
+    """meddet's model interface around a detectron2 meta-architecture's ``forward`` (``d2_forward``): inputs
+    checked as by the torchvision engine, an EventStorage per step when the caller has none (its statistics
+    kept as ``model.training_stats``), detections as plain dicts."""
+    check_batch(batched_inputs)
+    inputs = []
+    for i, x in enumerate(batched_inputs):
+        image = check_image(i, x)
+        h, w = image.shape[-2:]
+        item: dict[str, Any] = {"image": image, "height": int(x.get("height", h)), "width": int(x.get("width", w))}
+        if model.training:
+            boxes, classes = check_target(i, x, image, model.num_classes)
+            item["instances"] = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
+        inputs.append(item)
+    if model.training:
+        try:
+            get_event_storage()
+        except AssertionError:  # no caller's EventStorage: one for this step, its statistics kept
+            with EventStorage() as storage:
+                losses = dict(d2_forward(inputs))
+            # detectron2's training statistics (fast_rcnn/*, roi_head/*, rpn/*), written by meddet's trainer
+            model.training_stats = {k: v[0] for k, v in storage.latest().items()}
+            return losses
+        return dict(d2_forward(inputs))  # the caller's storage receives the statistics
+    return [
+        {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
+        for r in (out["instances"] for out in d2_forward(inputs))
+    ]
+
+
 class Detectron2RCNN(GeneralizedRCNN):
     """detectron2's ``GeneralizedRCNN`` with meddet's batch interface.
 
@@ -142,7 +172,7 @@ class Detectron2RCNN(GeneralizedRCNN):
         if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
             raise ModelError(
                 f"MODEL.META_ARCHITECTURE: {cfg.MODEL.META_ARCHITECTURE!r} is not supported by meddet's detectron2 "
-                "engine; expected 'GeneralizedRCNN'"
+                "engine; expected 'GeneralizedRCNN' or 'RetinaNet'"
             )
         weights = class_weights(cfg)
         d2_cfg = to_detectron2_cfg(cfg)
@@ -172,30 +202,7 @@ class Detectron2RCNN(GeneralizedRCNN):
         self, batched_inputs: Sequence[Mapping[str, Any]]
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training mode) or detections in original-image pixels (eval mode); see the class doc."""
-        check_batch(batched_inputs)
-        inputs = []
-        for i, x in enumerate(batched_inputs):
-            image = check_image(i, x)
-            h, w = image.shape[-2:]
-            item: dict[str, Any] = {"image": image, "height": int(x.get("height", h)), "width": int(x.get("width", w))}
-            if self.training:
-                boxes, classes = check_target(i, x, image, self.num_classes)
-                item["instances"] = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
-            inputs.append(item)
-        if self.training:
-            try:
-                get_event_storage()
-            except AssertionError:  # no caller's EventStorage: one for this step, its statistics kept
-                with EventStorage() as storage:
-                    losses = dict(super().forward(inputs))
-                # detectron2's training statistics (fast_rcnn/*, roi_head/*, rpn/*), written by meddet's trainer
-                self.training_stats = {k: v[0] for k, v in storage.latest().items()}
-                return losses
-            return dict(super().forward(inputs))  # the caller's storage receives the statistics
-        return [
-            {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
-            for r in (out["instances"] for out in super().forward(inputs))
-        ]
+        return _meddet_forward(self, super().forward, batched_inputs)
 
     # ---------------------------------------------------------------- explanation interface (meddet.xai)
     def explain_inputs(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -227,9 +234,46 @@ class Detectron2RCNN(GeneralizedRCNN):
         return logits
 
 
-def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN:
-    """Build detectron2's GeneralizedRCNN described by ``cfg`` behind meddet's model interface (random
-    init, on the CPU; MODEL.WEIGHTS is loaded by :func:`load_detectron2_weights`)."""
+class Detectron2RetinaNet(RetinaNet):
+    """detectron2's own ``RetinaNet`` (``MODEL.META_ARCHITECTURE RetinaNet``) with meddet's batch interface:
+    ``{"loss_cls", "loss_box_reg"}`` in training mode, per image ``{"boxes", "scores", "classes"}`` in
+    original-image pixels in eval mode. No explanation interface (a one-stage detector has no box classifier;
+    :mod:`meddet.xai` says so)."""
+
+    engine = ENGINE_NAME
+
+    def __init__(self, cfg: CfgNode) -> None:
+        from meddet.modeling.retinanet import retinanet_num_classes
+
+        retinanet_num_classes(cfg)  # ConfigError before anything is built
+        d2_cfg = to_detectron2_cfg(cfg)
+        try:
+            super().__init__(**RetinaNet.from_config(d2_cfg))
+        except (AssertionError, KeyError, ValueError, TypeError, NotImplementedError) as e:
+            raise ModelError(
+                f"detectron2 cannot build the RetinaNet the config describes ({type(e).__name__}: {e}); expected "
+                "MODEL.* values detectron2 accepts"
+            ) from e
+        self.num_classes = retinanet_num_classes(cfg)
+        self.architecture = architecture_of(cfg)
+        self.d2_cfg = d2_cfg
+
+    def forward(  # type: ignore[override]
+        self, batched_inputs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses (training mode) or detections in original-image pixels (eval mode)."""
+        return _meddet_forward(self, super().forward, batched_inputs)
+
+
+def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN | Detectron2RetinaNet:
+    """Build detectron2's GeneralizedRCNN (or RetinaNet, ``MODEL.META_ARCHITECTURE RetinaNet``) described by
+    ``cfg`` behind meddet's model interface (random init, on the CPU; MODEL.WEIGHTS is loaded by
+    :func:`load_detectron2_weights`)."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        model: Any = Detectron2RetinaNet(cfg)
+        logger.info("Built detectron2 RetinaNet (R%d): %d classes, %.2fM parameters", cfg.MODEL.RESNETS.DEPTH,
+                    model.num_classes, sum(p.numel() for p in model.parameters()) / 1e6)
+        return model
     model = Detectron2RCNN(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -242,7 +242,9 @@ def _move_stride_to_1x1(body: resnet.ResNet) -> None:
         first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
 
 
-def _build_backbone(cfg: CfgNode) -> BackboneWithFPN:
+def _build_backbone(cfg: CfgNode, first_stage: int = 1, extra_blocks: Any = None) -> BackboneWithFPN:
+    """ResNet-FPN on ``layer{first_stage}`` .. ``layer4`` (1: res2-res5, Faster R-CNN; 2: res3-res5, RetinaNet)
+    with ``extra_blocks`` on top (None: torchvision's max-pool P6, detectron2's LastLevelMaxPool)."""
     r = cfg.MODEL.RESNETS
     depth = int(r.DEPTH)
     if depth not in _RESNET_LAYOUTS:
@@ -269,17 +271,19 @@ def _build_backbone(cfg: CfgNode) -> BackboneWithFPN:
     _freeze_stages(body, min(freeze_at, len(_STAGES)))
     fpn_norm = cfg.MODEL.FPN.NORM
     fpn_norm_layer = _norm_layer("MODEL.FPN.NORM", fpn_norm) if fpn_norm else None
-    in_channels = [64 * block.expansion * 2**i for i in range(4)]
+    stages = range(first_stage - 1, 4)
     return BackboneWithFPN(
         body,
-        return_layers={f"layer{i + 1}": str(i) for i in range(4)},
-        in_channels_list=in_channels,
+        return_layers={f"layer{i + 1}": str(n) for n, i in enumerate(stages)},
+        in_channels_list=[64 * block.expansion * 2**i for i in stages],
         out_channels=int(cfg.MODEL.FPN.OUT_CHANNELS),
+        extra_blocks=extra_blocks,
         norm_layer=fpn_norm_layer,
     )
 
 
-def _per_level(key: str, values: Sequence[Sequence[float]], levels: int) -> list[tuple[float, ...]]:
+def _per_level(key: str, values: Sequence[Sequence[float]], levels: int,
+               names: Sequence[str] = tuple(_RPN_FEATURES)) -> list[tuple[float, ...]]:
     """detectron2 anchor lists: one list per level, or a single list used for every level."""
     lists = [tuple(float(v) for v in level) for level in values]
     if len(lists) == 1:
@@ -287,7 +291,7 @@ def _per_level(key: str, values: Sequence[Sequence[float]], levels: int) -> list
     if len(lists) != levels or not all(lists):
         raise ModelError(
             f"{key}: {[list(v) for v in values]}; expected {levels} non-empty lists (one per level "
-            f"{', '.join(_RPN_FEATURES)}) or a single list for all levels"
+            f"{', '.join(names)}) or a single list for all levels"
         )
     return lists
 
@@ -835,8 +839,13 @@ class TorchvisionRCNN(FasterRCNN):
         return torch.cat([logits[:, 1:], logits[:, :1]], dim=1)
 
 
-def build_torchvision_model(cfg: CfgNode) -> TorchvisionRCNN:
-    """Build the torchvision Faster R-CNN ResNet-FPN described by ``cfg`` (random init, on the CPU)."""
+def build_torchvision_model(cfg: CfgNode) -> nn.Module:
+    """Build the torchvision Faster R-CNN ResNet-FPN (or, with ``MODEL.META_ARCHITECTURE RetinaNet``, the
+    RetinaNet of :mod:`meddet.modeling.retinanet`) described by ``cfg`` (random init, on the CPU)."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        from meddet.modeling.retinanet import build_torchvision_retinanet
+
+        return build_torchvision_retinanet(cfg)
     model = TorchvisionRCNN(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -297,6 +297,8 @@ def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], l
             if deadline is not None and time.monotonic() > deadline:
                 break
             lay = layer or _level_for_box(tbox)
+            if handle is None and lay not in features:  # RetinaNet: p3..p7; the nearest level the model has
+                lay = min(features, key=lambda k: abs(int(k[1:]) - int(lay[1:])) if k[1:].isdigit() else 99)
             act = captured[0] if handle is not None else features[lay]
             with torch.set_grad_enabled(needs_grad):
                 logits = model.box_class_logits(features, tbox[None])  # (1, K + 1), background last
