@@ -16,11 +16,14 @@ from meddet.io.dicom import (
     stored_pixels,
 )
 from meddet.io.image import read_image, write_png
+from meddet.io.recipe import PreprocessRecipe, TaggedImage, read_for_recipe
 
 __all__ = [
     "NORMALIZATIONS",
     "Geometry",
     "PixelOptions",
+    "PreprocessRecipe",
+    "TaggedImage",
     "breast_mask",
     "breast_region",
     "chest_wall_side",
@@ -33,6 +36,7 @@ __all__ = [
     "pixel_spacing",
     "quantize",
     "read_dicom",
+    "read_for_recipe",
     "read_image",
     "stored_pixels",
     "write_png",

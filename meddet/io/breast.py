@@ -55,12 +55,13 @@ def breast_mask(image: np.ndarray) -> np.ndarray:
     return labels == largest
 
 
-def breast_region(image: np.ndarray, margin: float = 0.02) -> list[int]:
+def breast_region(image: np.ndarray, margin: float = 0.02, source: str = "") -> list[int]:
     """``[x, y, w, h]`` of the breast in ``image``'s pixels, grown by ``margin`` x the image size
-    on every side (clipped); the whole image when no breast is found."""
+    on every side (clipped); the whole image when no breast is found (a warning naming ``source``)."""
     h, w = image.shape[:2]
     mask = breast_mask(image)
     if not mask.any():
+        logger.warning("%s: no plausible breast region found; keeping the whole image", source or "image")
         return [0, 0, w, h]
     sy, sx = h / mask.shape[0], w / mask.shape[1]
     ys, xs = np.nonzero(mask)
@@ -116,6 +117,12 @@ class Geometry:
     def __init__(self, flipped: bool, crop: list[int] | None, original_size: tuple[int, int]) -> None:
         self.flipped, self.crop, self.original_size = flipped, crop, original_size
 
+    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Boxes ``(N, 4)`` xyxy in the output image's pixels -> the original image's pixels."""
+        from meddet.io.recipe import boxes_to_original
+
+        return boxes_to_original(boxes_xyxy, self)
+
     def to_record(self) -> dict[str, object]:
         """``{"flipped": bool, "crop": [x, y, w, h] | None, "original_size": [h, w]}``."""
         return {"flipped": self.flipped, "crop": self.crop, "original_size": list(self.original_size)}
@@ -130,13 +137,15 @@ def orient_and_crop(
     patient_orientation: Sequence[str] | None = None,
     laterality: str | None = None,
     margin: float = 0.02,
+    source: str = "",
 ) -> tuple[np.ndarray, list[list[float]], Geometry]:
     """Optionally mirror the image so that the chest wall is on the left (every breast faces the
     same way; the side from :func:`chest_wall_side`: tags when given, else the pixels) and crop
     it to the breast, moving the boxes with the pixels.
 
     The crop always keeps every box whole (the region grows to contain them), so no annotation is
-    cut. Returns the new image, the new boxes and the :class:`Geometry` applied.
+    cut. ``source`` names the file in the warning logged when no breast is found (the whole image
+    is then kept). Returns the new image, the new boxes and the :class:`Geometry` applied.
     """
     h, w = image.shape[:2]
     out = image
@@ -148,7 +157,7 @@ def orient_and_crop(
         flipped = True
     region: list[int] | None = None
     if crop:
-        x, y, cw, ch = breast_region(out, margin)
+        x, y, cw, ch = breast_region(out, margin, source=source)
         x1, y1 = x + cw, y + ch
         for bx, by, bw, bh in new_boxes:
             x, y = min(x, int(np.floor(bx))), min(y, int(np.floor(by)))

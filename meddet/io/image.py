@@ -21,7 +21,7 @@ from meddet.io.dicom import DICM_MAGIC, DICM_OFFSET, dicom_to_array, load_dicom,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_image", "write_png"]
+__all__ = ["effective_bit_depth", "read_image", "read_image_bits", "write_png"]
 
 # Magic numbers of the raster formats OpenCV reads here.
 _RASTER_MAGICS = (
@@ -37,6 +37,21 @@ _RASTER_MAGICS = (
 
 
 def read_image(path: str | os.PathLike, **dicom_kwargs: Any) -> np.ndarray:
+    """See :func:`read_image_bits` (this returns only the array)."""
+    return read_image_bits(path, **dicom_kwargs)[0]
+
+
+def effective_bit_depth(image: np.ndarray) -> int:
+    """How many bits the values of an unsigned integer image use: the bit length of its maximum
+    (at least 1), e.g. 12 for a 16-bit PNG whose values stay below 4096."""
+    return max(1, int(image.max()).bit_length()) if image.size else 1
+
+
+# Effective bit depths already reported in the log (once per depth and process).
+_REPORTED_BITS: set[int] = set()
+
+
+def read_image_bits(path: str | os.PathLike, **dicom_kwargs: Any) -> tuple[np.ndarray, int | None]:
     """Read a DICOM, PNG, JPEG, TIFF, BMP or PGM file, deciding the format by content, not by name.
 
     DICOM files ('DICM' at byte 128, or a raw dataset pydicom can force-read) go through
@@ -44,7 +59,11 @@ def read_image(path: str | os.PathLike, **dicom_kwargs: Any) -> np.ndarray:
     other formats are read unchanged by OpenCV (``dicom_kwargs`` do not apply to them).
 
     Returns a 2-D ``uint8``/``uint16`` array for greyscale images or an ``(H, W, 3)`` BGR ``uint8``
-    array for colour ones (an alpha channel is dropped, 16-bit colour is scaled to 8 bits).
+    array for colour ones (an alpha channel is dropped, 16-bit colour is scaled to 8 bits), and the
+    effective bit depth of a 16-bit greyscale raster whose values use fewer bits (else None).
+    Such an image (e.g. 12-bit data stored in a 16-bit PNG or TIFF, maximum below 4096) is scaled
+    to the full 16-bit range (normalized by its effective depth, not by 65535, which would leave it
+    nearly black); the first such image of each depth is reported in the log.
     Raises :class:`DataError` naming the file when it is missing or not a readable image.
     """
     path = Path(path)
@@ -55,18 +74,31 @@ def read_image(path: str | os.PathLike, **dicom_kwargs: Any) -> np.ndarray:
     if not head:
         raise DataError(f"{path}: empty file (expected a PNG, JPEG, TIFF, BMP, PGM or DICOM image)")
     if head[DICM_OFFSET : DICM_OFFSET + 4] == DICM_MAGIC:
-        return read_dicom(path, **dicom_kwargs)
+        return read_dicom(path, **dicom_kwargs), None
     if head.startswith(_RASTER_MAGICS):
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise DataError(f"{path}: cannot decode the image (corrupt or truncated {_format_name(head)} file)")
-        return _to_contract(img, path)
+        img = _to_contract(img, path)
+        bits = None
+        if img.ndim == 2 and img.dtype == np.uint16:
+            bits = effective_bit_depth(img)
+            if bits < 16 and img.max() > 0:
+                if bits not in _REPORTED_BITS:
+                    _REPORTED_BITS.add(bits)
+                    logger.info("%s: 16-bit image whose values use %d bits (max %d); normalized by its %d-bit "
+                                "range (further such images are not reported)", path, bits, int(img.max()), bits)
+                scale = 65535.0 / float(2**bits - 1)
+                img = np.minimum(np.rint(img.astype(np.float32) * scale), 65535).astype(np.uint16)
+            else:
+                bits = None
+        return img, bits
     try:
         # A DICOM dataset without the Part-10 preamble is still a DICOM.
         ds = load_dicom(path)
     except DicomError:
         raise DataError(f"{path}: not a readable image (expected a PNG, JPEG, TIFF, BMP, PGM or DICOM file)") from None
-    return dicom_to_array(ds, source=path, **dicom_kwargs)
+    return dicom_to_array(ds, source=path, **dicom_kwargs), None
 
 
 def _format_name(head: bytes) -> str:

@@ -1,0 +1,147 @@
+"""One preprocessing recipe from conversion to serving: recorded in the COCO info, the run config and the
+bundle; replayed on original files with boxes reported in the original file's pixels."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+DISC = (40, 90, 10)  # x, y, radius of the bright finding in the ORIGINAL image (a right breast)
+SIZE = (160, 128)  # rows, columns
+
+
+def breast_dicom(path: Path, artefact: str = "", seed: int = 0) -> Path:
+    """A right breast (chest wall on the right) with one bright disc: the blob detector finds it."""
+    from meddet.synth.mammo import encode_dicom, save_dicom
+
+    h, w = SIZE
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w), np.float32)
+    cv2.ellipse(img, (w - 1, h // 2), (int(w * 0.8), int(h * 0.42)), 0, 0, 360, 0.3, -1)
+    img += np.where(img > 0, rng.normal(0, 0.01, img.shape), 0).astype(np.float32)
+    x, y, r = DISC
+    cv2.circle(img, (x, y), r, 1.0, -1)
+    if artefact == "border":
+        img[0:2, :] = 1.0  # a bright film-border row along the top
+    elif artefact == "label":
+        img[6:14, 4:22] = 1.0  # a burned-in film label away from the breast
+    ds = encode_dicom(np.clip(img, 0, 1), bits_stored=12,
+                      attributes={"Laterality": "R", "ViewPosition": "CC", "PatientOrientation": ["P", "L"]},
+                      uid_entropy=(str(path), artefact))
+    save_dicom(ds, path)
+    return path
+
+
+def blob_weights(path: Path) -> Path:
+    import torch
+
+    from blob_detector import make_blob_detector
+    from meddet.modeling import build_model
+
+    model = make_blob_detector(build_model(blob_cfg()))
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def blob_cfg(opts=()):
+    from blob_detector import BLOB_MODEL_OPTS
+    from meddet.config import load_config
+
+    return load_config(str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+                       BLOB_MODEL_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "1", "DATASETS.CLASS_NAMES", "['mass']",
+                                          "INPUT.MIN_SIZE_TEST", "112", "INPUT.MAX_SIZE_TEST", "1000", *opts])
+
+
+def top(det: dict, thresh: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.asarray(det["scores"]) >= thresh
+    order = np.argsort(-np.asarray(det["scores"])[keep], kind="stable")
+    return np.asarray(det["boxes"])[keep][order], np.asarray(det["scores"])[keep][order]
+
+
+def test_recipe_serialises_and_maps_to_the_config():
+    from meddet.config import get_cfg
+    from meddet.io import PixelOptions, PreprocessRecipe
+
+    r = PreprocessRecipe(pixels=PixelOptions(normalize="percentile", percentiles=(2.0, 98.0), gamma=1.0,
+                                             bit_depth=16), flip_left="pixels", crop_breast=True, crop_margin=0.05)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert PreprocessRecipe.from_dict(d) == r
+    cfg = get_cfg()
+    cfg.merge_from_list(r.config_opts())
+    assert PreprocessRecipe.from_cfg(cfg).same_steps(r)
+    with pytest.raises(Exception, match="FLIP_LEFT"):
+        PreprocessRecipe(flip_left="sideways")
+
+
+@pytest.mark.parametrize("flip,crop,artefact", [("tags", False, ""), ("", True, "label"), ("tags", True, "border"),
+                                                ("pixels", True, "")])
+def test_dicom_gives_the_boxes_of_its_converted_png_in_original_pixels(tmp_path, flip, crop, artefact):
+    """Convert a DICOM with flip / crop; a model (blob detector) on the converted PNG and the same model
+    handed the original DICOM agree on boxes (0.5 px) and scores (1e-4), both in the DICOM's pixels."""
+    from meddet.data.formats.images import convert_images
+    from meddet.inference import Predictor
+    from meddet.io.recipe import TaggedImage, adopt_dataset_recipe, geometry_from_record
+
+    src = tmp_path / "src"
+    src.mkdir()
+    dcm = breast_dicom(src / "a.dcm", artefact)
+    convert_images(src, tmp_path / "out", flip_left=flip, crop_breast=crop, progress=False)
+    coco = json.loads((tmp_path / "out" / "all.json").read_text())
+    rec = coco["images"][0]
+    assert coco["info"]["preprocess"]["flip_left"] == flip and coco["info"]["preprocess"]["crop_breast"] == crop
+    if flip:
+        assert rec["flipped"] is True
+    if crop:
+        assert rec["width"] * rec["height"] < SIZE[0] * SIZE[1]
+
+    cfg = blob_cfg()
+    cfg.defrost()
+    adopt_dataset_recipe(cfg, [tmp_path / "out" / "all.json"])  # what the trainer does
+    assert cfg.PREPROCESS.FLIP_LEFT == flip and cfg.PREPROCESS.CROP_BREAST == crop
+    p = Predictor(cfg, weights=blob_weights(tmp_path / "w.pth"))
+
+    png = p.read(tmp_path / "out" / rec["file_name"])
+    on_png = p(TaggedImage(png, {"preprocessed": True}))  # as evaluate sees a converted record
+    png_boxes, png_scores = top(on_png)
+    png_boxes = geometry_from_record(rec).to_original(png_boxes)
+    dcm_boxes, dcm_scores = top(p(dcm))
+    assert len(dcm_boxes) >= 1 and len(dcm_boxes) == len(png_boxes)
+    np.testing.assert_allclose(dcm_boxes, png_boxes, atol=0.5)
+    np.testing.assert_allclose(dcm_scores, png_scores, atol=1e-4)
+    x, y, r = DISC  # the finding, in the original DICOM's pixels
+    bx = dcm_boxes[0]
+    assert abs((bx[0] + bx[2]) / 2 - x) < 4 and abs((bx[1] + bx[3]) / 2 - y) < 4
+
+
+def test_bundle_of_a_flip_crop_run_serves_a_raw_dicom_in_original_pixels(tmp_path):
+    """A bundle whose config flips and crops records the recipe in meddet.json; the web API handed the raw
+    DICOM answers with boxes in the DICOM's own pixels."""
+    from meddet.hub import load_predictor, save_predictor
+    from meddet.inference import Predictor
+    from webapp import create_app
+
+    cfg = blob_cfg(["PREPROCESS.FLIP_LEFT", "tags", "PREPROCESS.CROP_BREAST", "True"])
+    bundle = save_predictor(Predictor(cfg, weights=blob_weights(tmp_path / "w.pth")), tmp_path / "bundle")
+    meta = json.loads((Path(bundle) / "meddet.json").read_text())
+    assert meta["input"]["preprocess"]["flip_left"] == "tags" and meta["input"]["preprocess"]["crop_breast"]
+    loaded = load_predictor(bundle)
+    assert loaded.recipe.geometric
+    dcm = breast_dicom(tmp_path / "a.dcm")
+    client = create_app(loaded).test_client()
+    r = client.post("/api/v1/predict", data={"file": (io.BytesIO(dcm.read_bytes()), "a.dcm")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    body = r.get_json()
+    assert body["image"]["width"] == SIZE[1] and body["image"]["height"] == SIZE[0]
+    best = max(body["detections"], key=lambda d: d["score"])
+    x1, y1, x2, y2 = best["box"]
+    x, y, _ = DISC
+    assert abs((x1 + x2) / 2 - x) < 4 and abs((y1 + y2) / 2 - y) < 4
+    direct = loaded(loaded.read(dcm))
+    np.testing.assert_allclose(best["box"], top(direct)[0][0], atol=0.01)
