@@ -145,3 +145,34 @@ def test_bundle_of_a_flip_crop_run_serves_a_raw_dicom_in_original_pixels(tmp_pat
     assert abs((x1 + x2) / 2 - x) < 4 and abs((y1 + y2) / 2 - y) < 4
     direct = loaded(loaded.read(dcm))
     np.testing.assert_allclose(best["box"], top(direct)[0][0], atol=0.01)
+
+
+@pytest.mark.parametrize("artefact", ["border", "label", "marker", "ruler", "tape", "gradient", "dense", "monochrome1"])
+def test_round_trip_with_each_film_artefact(tmp_path, artefact):
+    """Flip (by tags) + crop of a right-breast film with one artefact of real films: the original DICOM
+    and its converted PNG give the same detections in the DICOM's pixels."""
+    from meddet.data.formats.images import convert_images
+    from meddet.inference import Predictor
+    from meddet.io.recipe import TaggedImage, adopt_dataset_recipe, geometry_from_record
+    from meddet.synth import encode_dicom, render_film, save_dicom
+
+    film = render_film(np.random.default_rng(7), 192, 160, "RIGHT", "CC", [("mass_high", 1)], (artefact,))
+    src = tmp_path / "src"
+    src.mkdir()
+    dcm = src / "a.dcm"
+    save_dicom(encode_dicom(film.image, photometric=film.photometric, bits_stored=12,
+                            attributes={"Laterality": "R"}), dcm)
+    convert_images(src, tmp_path / "out", flip_left="tags", crop_breast=True, progress=False)
+    rec = json.loads((tmp_path / "out" / "all.json").read_text())["images"][0]
+    assert rec["flipped"] and rec["crop"] and rec["crop"][2] * rec["crop"][3] < 192 * 160
+    cfg = blob_cfg()
+    cfg.defrost()
+    adopt_dataset_recipe(cfg, [tmp_path / "out" / "all.json"])
+    p = Predictor(cfg, weights=blob_weights(tmp_path / "w.pth"))
+    on_png = p(TaggedImage(p.read(tmp_path / "out" / rec["file_name"]), {"preprocessed": True}))
+    png_boxes, png_scores = top(on_png, 0.05)
+    dcm_boxes, dcm_scores = top(p(dcm), 0.05)
+    assert len(dcm_boxes) == len(png_boxes)
+    np.testing.assert_allclose(dcm_boxes, geometry_from_record(rec).to_original(png_boxes), atol=0.5)
+    np.testing.assert_allclose(dcm_scores, png_scores, atol=1e-4)
+    assert (dcm_boxes[:, 2] <= 160 + 0.5).all() and (dcm_boxes[:, 0] >= -0.5).all()
