@@ -176,3 +176,57 @@ def test_round_trip_with_each_film_artefact(tmp_path, artefact):
     np.testing.assert_allclose(dcm_boxes, geometry_from_record(rec).to_original(png_boxes), atol=0.5)
     np.testing.assert_allclose(dcm_scores, png_scores, atol=1e-4)
     assert (dcm_boxes[:, 2] <= 160 + 0.5).all() and (dcm_boxes[:, 0] >= -0.5).all()
+
+
+def test_explanations_of_a_flip_crop_model_are_in_original_pixels(tmp_path):
+    """-c explain and explain_detections (the web app's) explain what the model saw (flipped, cropped)
+    and return maps and boxes in the original image's frame: the map peaks on the finding."""
+    from meddet.inference import Predictor
+    from meddet.xai import explain_detections
+    from meddet.xai.explain import explain
+
+    cfg = blob_cfg(["PREPROCESS.FLIP_LEFT", "tags", "PREPROCESS.CROP_BREAST", "True"])
+    weights = blob_weights(tmp_path / "w.pth")
+    p = Predictor(cfg, weights=weights)
+    dcm = breast_dicom(tmp_path / "a.dcm")
+    image = p.read(dcm)
+    boxes, _ = top(p(image))
+    for max_side in (None, 80):
+        cams = explain_detections(p, image, boxes[:1], [0], max_side=max_side)
+        s = 1.0 if max_side is None else 80 / SIZE[0]
+        assert cams[0].heatmap.shape == (round(SIZE[0] * s), round(SIZE[1] * s))
+        np.testing.assert_allclose(cams[0].box, boxes[0] * s, atol=0.5)
+        assert cams[0].energy_inside() > 0.5  # the map lies on the finding in the original frame
+        assert cams[0].heatmap[:, -round(SIZE[1] * s) // 3:].sum() < 0.1 * cams[0].heatmap.sum()  # not mirrored
+    written = explain(cfg, [dcm], tmp_path / "xai", weights=weights)
+    assert cv2.imread(str(written[0])).shape[:2] == SIZE
+
+
+def test_loaders_replay_the_recipe_on_raw_records(tmp_path):
+    """A COCO file listing original DICOMs (boxes in their pixels): the training mapper flips / crops image
+    and boxes together; evaluation predictions come back in the original pixels."""
+    from meddet.data.coco import coco_to_records
+    from meddet.data.dataset import DatasetMapper
+    from meddet.tasks import predict_dataset
+
+    dcm = breast_dicom(tmp_path / "a.dcm")
+    x, y, r = DISC
+    coco = {"images": [{"id": 1, "file_name": "a.dcm", "height": SIZE[0], "width": SIZE[1]}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x - r, y - r, 2 * r + 1, 2 * r + 1],
+                             "area": 441, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "mass"}]}
+    path = tmp_path / "raw.json"
+    path.write_text(json.dumps(coco))
+    cfg = blob_cfg(["PREPROCESS.FLIP_LEFT", "tags", "PREPROCESS.CROP_BREAST", "True",
+                    "MODEL.WEIGHTS", str(blob_weights(tmp_path / "w.pth"))])
+    rec = coco_to_records(coco, path)[0]
+    out = DatasetMapper(cfg, is_train=False, with_boxes=True)(rec)
+    assert out["geometry"].flipped and out["geometry"].crop
+    img = out["image"].float().mean(0).numpy()
+    bx = out["boxes"][0].numpy() * img.shape[1] / out["width"]
+    cx, cy = int((bx[0] + bx[2]) / 2), int((bx[1] + bx[3]) / 2)
+    assert img[cy, cx] > img.mean() + 2 * img.std()  # the moved box still frames the bright finding
+    results = predict_dataset(cfg, path)
+    best = max(results, key=lambda d: d["score"])
+    bxx, byy, bw, bh = best["bbox"]
+    assert abs(bxx + bw / 2 - x) < 4 and abs(byy + bh / 2 - y) < 4

@@ -272,3 +272,39 @@ def adopt_dataset_recipe(cfg: Any, coco_paths: Sequence[str | os.PathLike]) -> P
     cfg.merge_from_list(found.config_opts())
     logger.info("preprocessing recipe of %s: %s", first, {k: v for k, v in found.to_dict().items() if k != "resize"})
     return found
+
+
+def boxes_from_original(boxes_xyxy: np.ndarray, geometry: Geometry | None) -> np.ndarray:
+    """Boxes ``(N, 4)`` xyxy in the original file's pixels -> the preprocessed image's (the inverse of
+    :func:`boxes_to_original`)."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
+    if geometry is None:
+        return boxes
+    if geometry.flipped:
+        w = float(geometry.original_size[1])
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    if geometry.crop:
+        boxes[:, [0, 2]] -= float(geometry.crop[0])
+        boxes[:, [1, 3]] -= float(geometry.crop[1])
+    return boxes
+
+
+def map_to_original(values: np.ndarray, geometry: Geometry | None, size: tuple[int, int]) -> np.ndarray:
+    """A per-pixel map (e.g. a class activation map) of the preprocessed image -> the original image's
+    frame of ``size`` ``(rows, columns)`` (the original size, or a scaled copy of it): resized into the
+    crop's place, zero outside it, flipped back."""
+    if geometry is None:
+        return values
+    oh, ow = geometry.original_size
+    sy, sx = size[0] / oh, size[1] / ow
+    x, y, cw, ch = geometry.crop or [0, 0, ow, oh]
+    x0, y0 = int(round(x * sx)), int(round(y * sy))
+    x1, y1 = min(size[1], max(x0 + 1, int(round((x + cw) * sx)))), min(size[0], max(y0 + 1, int(round((y + ch) * sy))))
+    out = np.zeros(size, dtype=values.dtype)
+    part = values
+    if part.shape != (y1 - y0, x1 - x0):
+        import cv2
+
+        part = cv2.resize(values.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    out[y0:y1, x0:x1] = part
+    return np.ascontiguousarray(out[:, ::-1]) if geometry.flipped else out
