@@ -230,3 +230,55 @@ def test_loaders_replay_the_recipe_on_raw_records(tmp_path):
     best = max(results, key=lambda d: d["score"])
     bxx, byy, bw, bh = best["bbox"]
     assert abs(bxx + bw / 2 - x) < 4 and abs(byy + bh / 2 - y) < 4
+
+
+def test_cbis_conversion_recipe_reaches_the_run_config_and_the_bundle(tmp_path):
+    """convert_dataset.py cbis-ddsm --flip-left --crop-breast records the recipe; a run trained on it saves
+    it in config.yaml (PREPROCESS.*, DICOM.*) and its bundle's meddet.json; the bundle's Predictor replays it."""
+    import yaml
+
+    from blob_detector import BLOB_MODEL_OPTS
+    from convert_dataset import entry
+    from meddet.config import load_config
+    from meddet.engine import Trainer
+    from meddet.hub import export_bundle, load_predictor
+    from meddet.synth import make_cbis_ddsm
+
+    synth = make_cbis_ddsm(tmp_path / "raw", n_patients=2, seed=1, image_size=(160, 112))
+    rc = entry(["cbis-ddsm", "--mass-csv", *map(str, synth["mass_csvs"]), "--calc-csv", *map(str, synth["calc_csvs"]),
+                "--dicom-root", str(synth["dicom_root"]), "--out", str(tmp_path / "data"), "--flip-left",
+                "--crop-breast", "--gamma", "1.0", "--resplit", "--split", "1", "0", "0", "--no-progress"])
+    assert rc == 0
+    info = json.loads((tmp_path / "data" / "train.json").read_text())["info"]["preprocess"]
+    assert info["flip_left"] == "tags" and info["crop_breast"] and info["gamma"] == 1.0
+    cfg = load_config(str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+                      BLOB_MODEL_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "DATASETS.TRAIN",
+                                         f"('{tmp_path / 'data' / 'train.json'}',)", "OUTPUT_DIR", str(tmp_path / "run"),
+                                         "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1",
+                                         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96"])
+    Trainer(cfg).train()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["PREPROCESS"]["FLIP_LEFT"] == "tags" and saved["PREPROCESS"]["CROP_BREAST"] is True
+    assert saved["DICOM"]["GAMMA"] == 1.0
+    bundle = export_bundle(tmp_path / "run", tmp_path / "bundle")
+    meta = json.loads((bundle / "meddet.json").read_text())
+    assert meta["input"]["preprocess"]["flip_left"] == "tags" and meta["input"]["preprocess"]["gamma"] == 1.0
+    assert "cropped to the breast" in (bundle / "README.md").read_text()
+    p = load_predictor(bundle)
+    assert p.recipe.flip_left == "tags" and p.recipe.crop_breast and p.recipe.pixels.gamma == 1.0
+
+
+def test_images_command_has_the_geometry_options_of_cbis_ddsm(tmp_path):
+    from convert_dataset import build_parser, entry
+
+    src = tmp_path / "src"
+    src.mkdir()
+    breast_dicom(src / "a.dcm")
+    assert entry(["images", "--src", str(src), "--out", str(tmp_path / "out"), "--flip-left", "pixels",
+                  "--crop-breast", "--bit-depth", "16", "--no-progress"]) == 0
+    coco = json.loads((tmp_path / "out" / "all.json").read_text())
+    assert coco["info"]["preprocess"]["flip_left"] == "pixels" and coco["info"]["preprocess"]["bit_depth"] == 16
+    assert coco["images"][0]["flipped"] is True and coco["images"][0]["original_size"] == list(SIZE)
+    options = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["images"]._actions}
+    cbis = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["cbis-ddsm"]._actions}
+    assert {"flip_left", "crop_breast", "gamma", "normalize", "bit_depth", "no_voi", "window_index"} <= options & cbis
