@@ -221,13 +221,17 @@ def orient_and_crop(
         flipped = True
     region: list[int] | None = None
     if crop:
-        x, y, cw, ch = breast_region(out, margin, source=source)
+        pixel_region = breast_region(out, margin, source=source)
+        x, y, cw, ch = pixel_region
         x1, y1 = x + cw, y + ch
         for bx, by, bw, bh in new_boxes:
             x, y = min(x, int(np.floor(bx))), min(y, int(np.floor(by)))
             x1, y1 = max(x1, int(np.ceil(bx + bw))), max(y1, int(np.ceil(by + bh)))
         x, y, x1, y1 = max(0, x), max(0, y), min(w, x1), min(h, y1)
         region = [x, y, x1 - x, y1 - y]
+        if region != pixel_region:
+            logger.warning("%s: the crop grew beyond the breast region to keep annotated boxes whole; the same "
+                           "file read without its boxes (prediction) is cropped tighter", source or "image")
         out = np.ascontiguousarray(out[y:y1, x:x1])
         new_boxes = [[b[0] - x, b[1] - y, b[2], b[3]] for b in new_boxes]
     new_boxes = [[int(v) if float(v).is_integer() else v for v in b] for b in new_boxes]
