@@ -301,7 +301,10 @@ def model_info(predictor) -> dict[str, Any]:
         "classes": [{"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thr[i])}
                     for i, n in enumerate(predictor.class_names)],
         "score_thresh": float(cfg.TEST.SCORE_THRESH),
-        "engine": meta.get("engine", "ensemble" if members is not None else str(cfg.MODEL.ENGINE)),
+        # the engine actually serving (a bundle's weights may have been converted for the engine available here)
+        "engine": (meta.get("engine", "ensemble") if members is not None
+                   else getattr(getattr(predictor, "model", None), "engine", None)
+                   or meta.get("engine", str(cfg.MODEL.ENGINE))),
         "input": meta.get("input", {"min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
                                     "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST)}),
         "metrics": meta.get("metrics", {}),

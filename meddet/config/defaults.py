@@ -16,6 +16,12 @@ _C.MODEL.ENGINE = "auto"
 # auto | cpu | cuda | mps (auto: cuda when available, else cpu)
 _C.MODEL.DEVICE = "auto"
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# detectron2's switches of parts meddet does not build (box detection only): must stay False. With them
+# off, detectron2 model-zoo YAMLs load: their keys of those parts (MODEL.ROI_MASK_HEAD.*, ...) are accepted
+# and not used (meddet.config).
+_C.MODEL.MASK_ON = False
+_C.MODEL.KEYPOINT_ON = False
+_C.MODEL.LOAD_PROPOSALS = False
 # Local checkpoint to start from ("" = random init; nothing is downloaded).
 _C.MODEL.WEIGHTS = ""
 # Pixel statistics in INPUT.FORMAT channel order, on the 0..255 scale.
@@ -217,6 +223,12 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+# detectron2's legacy bias settings: bias learning rate = BASE_LR x BIAS_LR_FACTOR; bias weight decay
+# WEIGHT_DECAY_BIAS (None: the weight decay of the layer's other parameters). detectron2's default is
+# 0.0001 (its WEIGHT_DECAY default, copied when defined), which also decays the biases of norm layers;
+# set 0.0001 to reproduce that.
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
@@ -227,7 +239,9 @@ _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.IMS_PER_BATCH = 16
 _C.SOLVER.CLIP_GRADIENTS = CN()
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
-# "value" | "norm"
+# detectron2's meaning: "value" (clamp each gradient element to +-CLIP_VALUE) | "norm" (each parameter's
+# gradient on its own to a NORM_TYPE-norm <= CLIP_VALUE); and "full_model" (the name detectron2-based
+# projects use): all gradients together to a joint norm <= CLIP_VALUE.
 _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
 _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0

@@ -97,8 +97,11 @@ def _read_metrics(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def bundle_metadata(cfg, metrics: dict[str, float] | None = None) -> dict[str, Any]:
-    """The content of meddet.json for a run's config (classes, engine, preprocessing, thresholds, data, metrics)."""
+def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | None = None) -> dict[str, Any]:
+    """The content of meddet.json for a run's config (classes, engine, preprocessing, thresholds, data, metrics).
+
+    ``engine``: the engine of the bundle's weights (export_bundle passes the checkpoint's); default the
+    config's MODEL.ENGINE resolved here."""
     from meddet.modeling.build import select_engine
     from meddet.tasks import class_thresholds
     from meddet.io.recipe import PreprocessRecipe
@@ -115,7 +118,7 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None) -> dict[str, A
         "format": BUNDLE_FORMAT,
         "weights": WEIGHTS_NAME,
         "config": CONFIG_NAME,
-        "engine": select_engine(str(cfg.MODEL.ENGINE)),
+        "engine": engine or select_engine(str(cfg.MODEL.ENGINE)),
         "architecture": {"meta": cfg.MODEL.META_ARCHITECTURE, "depth": int(cfg.MODEL.RESNETS.DEPTH)},
         "classes": [
             {"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thresholds[i])}
@@ -299,7 +302,7 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
     ``thresholds.tuned`` name the file they came from (null: the run config's own). Returns the bundle folder.
     """
     from meddet.config import load_config, save_config
-    from meddet.modeling.checkpoint import _read
+    from meddet.modeling.checkpoint import _read, architecture_of, engine_of
 
     run = Path(run)
     cfg_path = run / CONFIG_NAME
@@ -331,13 +334,29 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
 
     import torch
 
-    # Only the model weights travel: optimizer/scheduler state are of no use to a user and large.
+    # Only the model weights travel (optimizer/scheduler state are of no use to a user and large), with the
+    # checkpoint's engine and architecture: the weights always load into the model that made them.
     model_state = state.get("model", state)
-    torch.save({"model": model_state}, out / WEIGHTS_NAME)
-    meta = bundle_metadata(cfg, _read_metrics(run))
+    saved_meta = dict(state.get("meddet") or {})
+    engine = engine_of(state)
+    if engine is None:
+        from meddet.modeling.build import select_engine
+
+        engine = select_engine(str(cfg.MODEL.ENGINE))
+        logger.warning("%s: names no engine and its parameter names fit none; the bundle says %s", weights, engine)
+    weights_meta = {
+        "engine": engine,
+        "num_classes": int(saved_meta.get("num_classes") or cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+        "architecture": dict(saved_meta.get("architecture") or architecture_of(cfg)),
+    }
+    if saved_meta.get("class_names"):
+        weights_meta["class_names"] = list(saved_meta["class_names"])
+    torch.save({"model": model_state, "meddet": weights_meta}, out / WEIGHTS_NAME)
+    meta = bundle_metadata(cfg, _read_metrics(run), engine=engine)
     meta["thresholds"]["tuned"] = tuned.relative_to(run).as_posix() if tuned is not None else None
     bundle_cfg = cfg.clone()
     bundle_cfg.defrost()
+    bundle_cfg.MODEL.ENGINE = engine
     bundle_cfg.MODEL.WEIGHTS = ""
     bundle_cfg.MODEL.DEVICE = "auto"
     bundle_cfg.OUTPUT_DIR = "./output"

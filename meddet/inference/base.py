@@ -79,12 +79,13 @@ def score_thresholds(cfg, class_names: Sequence[str] | int, override: float | No
 
 
 def inference_on_records(predictor: DetectorLike, records: Sequence[dict], category_ids: Sequence[int],
-                         desc: str = "predict") -> list[dict]:
+                         desc: str = "predict", predict=None) -> list[dict]:
     """COCO results of any predictor called on each whole image of `records` (dataset dicts with
     "file_name", "image_id", "height", "width"); `category_ids[k]` is the dataset's category id of the
-    predictor's class index k."""
+    predictor's class index k. `predict(image)` replaces ``predictor(image)`` when given."""
     from meddet.inference.predictor import detections_to_coco_results
 
+    predict = predict or predictor
     results: list[dict] = []
     for rec in tqdm(records, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
         image = predictor.read(rec["file_name"])
@@ -97,5 +98,5 @@ def inference_on_records(predictor: DetectorLike, records: Sequence[dict], categ
             from meddet.io.recipe import TaggedImage
 
             image = TaggedImage(image, {**(getattr(image, "hints", None) or {}), "preprocessed": True})
-        results.extend(detections_to_coco_results(predictor(image), rec["image_id"], category_ids))
+        results.extend(detections_to_coco_results(predict(image), rec["image_id"], category_ids))
     return results

@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
 from meddet.data.transforms import resize, shortest_edge_size, to_model_tensor, to_unit_float
-from meddet.errors import ConfigError, DataError
+from meddet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -163,19 +163,11 @@ def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict],
     or not TILING.ENABLED is set: the way to evaluate a model trained on tiles against whole-image ground
     truth. `records` are dataset dicts (meddet.data.coco.coco_to_records: "file_name", "image_id",
     "height", "width"); `category_ids[k]` is the dataset's category id of class index k."""
+    from meddet.inference.base import inference_on_records
     from meddet.inference.sliced import sliced_predict
 
-    results: list[dict] = []
-    for rec in tqdm(records, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
-        image = predictor.read(rec["file_name"])
-        if image.shape[:2] != (rec["height"], rec["width"]):
-            raise DataError(
-                f"{rec['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO record says "
-                f"{rec['width']}x{rec['height']}"
-            )
-        det = sliced_predict(predictor.inference_model, image, predictor.cfg)
-        results.extend(detections_to_coco_results(det, rec["image_id"], category_ids))
-    return results
+    return inference_on_records(predictor, records, category_ids, desc,
+                                predict=lambda image: sliced_predict(predictor.inference_model, image, predictor.cfg))
 
 
 class Predictor:
@@ -199,15 +191,18 @@ class Predictor:
         from meddet.data.dataset import dicom_kwargs
         from meddet.modeling import build_model, resolve_device
         from meddet.modeling import load_model_weights
+        from meddet.modeling.build import resolve_engine
 
-        self.cfg = cfg.clone()
-        self.cfg.freeze()
-        self.device = resolve_device(cfg.MODEL.DEVICE)
-        self.model = build_model(self.cfg).to(self.device).eval()
         weights = weights if weights is not None else cfg.MODEL.WEIGHTS
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
-        load_model_weights(self.model, weights)
+        self.cfg = cfg.clone()
+        self.cfg.defrost()
+        self.cfg.MODEL.ENGINE = resolve_engine(cfg.MODEL.ENGINE, weights)  # auto: the checkpoint's engine
+        self.cfg.freeze()
+        self.device = resolve_device(cfg.MODEL.DEVICE)
+        self.model = build_model(self.cfg, weights=weights).to(self.device).eval()
+        load_model_weights(self.model, weights, self.cfg)
         # What predict paths run: an optimised copy (see optimize_for_inference) made from the weights just
         # loaded, or with optimize=False the plain model itself.
         self.inference_model = optimize_for_inference(self.model) if optimize else self.model

@@ -8,9 +8,10 @@ meddet's model interface, so meddet's Trainer, evaluator and Predictor use it un
 - Parameter names are detectron2's (``backbone.bottom_up.*``, ``proposal_generator.*``, ``roi_heads.*``):
   meddet checkpoints of this engine are detectron2 state dicts, and detectron2 checkpoints (model-zoo
   ``.pkl``, ``model_final.pth``) load through detectron2's ``DetectionCheckpointer``
-  (:func:`load_detectron2_weights`).
+  (:func:`load_detectron2_weights`), followed by meddet's check that every parameter was filled.
 - Training needs detectron2's ``EventStorage``: the model opens one per step when the caller has none,
-  so meddet's loop needs nothing detectron2-specific.
+  so meddet's loop needs nothing detectron2-specific, and keeps the statistics detectron2 logs into it
+  (``fast_rcnn/cls_accuracy``, ``rpn/num_pos_anchors``, ...) as ``training_stats`` for meddet's trainer.
 - Explanations: ``explain_inputs``, ``feature_maps`` and ``box_class_logits`` are the interface
   :mod:`meddet.xai` uses on both engines (FPN maps ``p2``..``p6``, box logits with the background last).
 
@@ -19,7 +20,6 @@ detectron2 engine is selected.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -40,7 +40,7 @@ from torch import Tensor
 from yacs.config import CfgNode
 
 from meddet.errors import ModelError
-from meddet.modeling.checkpoint import load_weights
+from meddet.modeling.checkpoint import architecture_of, check_loaded, load_weights
 from meddet.modeling.torchvision_engine import (
     check_batch,
     check_image,
@@ -125,16 +125,6 @@ class WeightedFastRCNNOutputLayers(FastRCNNOutputLayers):
         return losses
 
 
-def _event_storage() -> contextlib.AbstractContextManager[Any]:
-    """The caller's detectron2 EventStorage when one is open, else a fresh one for this step (detectron2's
-    RPN and box head log statistics into it and fail without one)."""
-    try:
-        get_event_storage()
-    except AssertionError:
-        return EventStorage()
-    return contextlib.nullcontext()
-
-
 class Detectron2RCNN(GeneralizedRCNN):
     """detectron2's ``GeneralizedRCNN`` with meddet's batch interface.
 
@@ -175,6 +165,7 @@ class Detectron2RCNN(GeneralizedRCNN):
             predictor.set_class_weights(weights)
             self.roi_heads.box_predictor = predictor
         self.num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        self.architecture = architecture_of(cfg)  # stored in every checkpoint (meddet.modeling.checkpoint)
         self.d2_cfg = d2_cfg
 
     def forward(  # type: ignore[override]
@@ -192,8 +183,15 @@ class Detectron2RCNN(GeneralizedRCNN):
                 item["instances"] = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
             inputs.append(item)
         if self.training:
-            with _event_storage():
-                return dict(super().forward(inputs))
+            try:
+                get_event_storage()
+            except AssertionError:  # no caller's EventStorage: one for this step, its statistics kept
+                with EventStorage() as storage:
+                    losses = dict(super().forward(inputs))
+                # detectron2's training statistics (fast_rcnn/*, roi_head/*, rpn/*), written by meddet's trainer
+                self.training_stats = {k: v[0] for k, v in storage.latest().items()}
+                return losses
+            return dict(super().forward(inputs))  # the caller's storage receives the statistics
         return [
             {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
             for r in (out["instances"] for out in super().forward(inputs))
@@ -254,26 +252,48 @@ def _is_meddet_checkpoint(path: Path) -> bool:
     return isinstance(obj, Mapping) and isinstance(obj.get("meddet"), Mapping)
 
 
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """detectron2's ``DetectionCheckpointer`` that keeps what its non-strict load left out (``incompatible``:
+    missing and unexpected keys, keys skipped for their shape), so meddet can refuse a load that filled
+    too little instead of only logging warnings."""
+
+    incompatible: Any = None
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
 def load_detectron2_weights(model: Detectron2RCNN, path: str | os.PathLike) -> dict[str, Any]:
     """Load ``path`` into a detectron2-engine model and return the checkpoint's meddet metadata (empty if none).
 
     A meddet checkpoint (written by this engine's training) loads strictly through
     :func:`meddet.modeling.checkpoint.load_weights`. Anything else (a model-zoo ``.pkl``, a
     ``model_final.pth`` written by detectron2, ``convert_checkpoint(..., "tv-to-d2")`` output, an ImageNet
-    backbone with Caffe2 names) loads through detectron2's ``DetectionCheckpointer``, with its rules:
-    parameters whose shape differs (another class count) are skipped, missing and unexpected ones are
-    logged as warnings. detectron2's loader unpickles arbitrary objects: load only files you trust."""
+    backbone with Caffe2 names) loads through detectron2's ``DetectionCheckpointer`` and its name matching,
+    then :func:`meddet.modeling.checkpoint.check_loaded` refuses the load unless every parameter was filled,
+    except the box predictor when only the class count differs (fresh predictor) and a backbone-only
+    checkpoint (ImageNet initialisation). detectron2's loader unpickles arbitrary objects: load only files
+    you trust."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint file not found")
     if _is_meddet_checkpoint(path):
         return load_weights(model, path)
+    checkpointer = _RecordingCheckpointer(model)
     try:
-        DetectionCheckpointer(model).load(str(path))
+        checkpointer.load(str(path))
     except Exception as e:  # noqa: BLE001 - pickle, torch and fvcore fail with many exception types
         raise ModelError(
             f"{path}: detectron2's DetectionCheckpointer cannot load it ({type(e).__name__}: {e}); expected a "
             "detectron2 checkpoint (.pth/.pkl) or a meddet checkpoint"
         ) from e
-    logger.info("Loaded model weights from %s (detectron2 DetectionCheckpointer)", path)
+    incompatible = checkpointer.incompatible
+    missing = list(getattr(incompatible, "missing_keys", []) or [])
+    shapes = [item[0] for item in getattr(incompatible, "incorrect_shapes", []) or []]
+    how = check_loaded(path, model, {"model": {}}, missing, shapes,
+                       allow_backbone_only=True)
+    logger.info("Loaded model weights from %s (detectron2 DetectionCheckpointer, %s)", path,
+                {"full": "every parameter filled", "class_change": "box predictor re-initialised",
+                 "backbone": "backbone only"}[how])
     return {}
