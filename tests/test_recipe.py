@@ -145,6 +145,10 @@ def test_bundle_of_a_flip_crop_run_serves_a_raw_dicom_in_original_pixels(tmp_pat
     assert abs((x1 + x2) / 2 - x) < 4 and abs((y1 + y2) / 2 - y) < 4
     direct = loaded(loaded.read(dcm))
     np.testing.assert_allclose(best["box"], top(direct)[0][0], atol=0.01)
+    # meddet.json's recipe is the one replayed (as its tiling is)
+    meta["input"]["preprocess"]["crop_breast"] = False
+    (Path(bundle) / "meddet.json").write_text(json.dumps(meta))
+    assert not load_predictor(bundle).recipe.crop_breast
 
 
 @pytest.mark.parametrize("artefact", ["border", "label", "marker", "ruler", "tape", "gradient", "dense", "monochrome1"])

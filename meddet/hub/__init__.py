@@ -460,6 +460,11 @@ def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = No
         predictor = EnsemblePredictor(members, [c["name"] for c in meta["classes"]], cfg)
     else:
         apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
+        recipe = meta.get("input", {}).get("preprocess")
+        if recipe:  # the recorded preprocessing recipe is what the model expects: replay it (DICOM.*, PREPROCESS.*)
+            from meddet.io.recipe import PreprocessRecipe
+
+            cfg.merge_from_list(PreprocessRecipe.from_dict(recipe, f"{folder / META_NAME}: input.preprocess").config_opts())
         cfg.merge_from_list(list(opts))
         if device:
             cfg.MODEL.DEVICE = device
