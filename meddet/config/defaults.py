@@ -341,6 +341,19 @@ _C.DICOM.FIXED_RANGE = ()
 # out = max * (x / max) ** GAMMA after normalization (< 1 brightens mid-tones).
 _C.DICOM.GAMMA = 0.8
 
+# ---------------------------------------------------------------------------- PREPROCESS
+# Geometry steps of the preprocessing recipe (meddet.io.recipe; with DICOM.* for the pixels and
+# INPUT.*_TEST for the resize). Converters record them in the COCO info and the trainer adopts those of
+# its training data; readers of original files (predict, evaluate on raw records, the web app) replay
+# them and report boxes in the original file's pixels.
+_C.PREPROCESS = CN()
+# Mirror breasts so the chest wall is on the left: "" (never) | "tags" (PatientOrientation, else
+# Laterality, else the pixels) | "pixels".
+_C.PREPROCESS.FLIP_LEFT = ""
+# Crop to the breast (meddet.io.breast.breast_region), keeping CROP_MARGIN x the image size around it.
+_C.PREPROCESS.CROP_BREAST = False
+_C.PREPROCESS.CROP_MARGIN = 0.02
+
 # ---------------------------------------------------------------------------- misc
 _C.OUTPUT_DIR = "./output"
 # Seeds Python, NumPy, torch and the data order; < 0 picks one at random (saved in the run's config).

@@ -86,6 +86,10 @@ class DatasetMapper:
             self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
         self.aug = build_augmentation(cfg) if is_train else None
         self.dicom_kwargs = dicom_kwargs(cfg)
+        from meddet.io.recipe import PreprocessRecipe
+
+        # Raw records (not converted with the recipe's flip / crop) get them here, boxes included.
+        self.recipe = PreprocessRecipe.from_cfg(cfg)
         self.aug_stage = str(cfg.TILING.AUG_STAGE).lower()
         if self.aug_stage not in _AUG_STAGES:
             raise ConfigError(f"TILING.AUG_STAGE: expected one of {list(_AUG_STAGES)}, found {cfg.TILING.AUG_STAGE!r}")
@@ -108,6 +112,21 @@ class DatasetMapper:
                 f"{file_name}: image is {w0}x{h0} but its COCO record says {width}x{height}"
             )
         return image
+
+    def _raw(self, record: dict):
+        """An original file flipped / cropped by the preprocessing recipe, with its boxes:
+        (image, boxes xyxy, classes, meddet.io.Geometry)."""
+        from meddet.io.recipe import read_for_recipe
+
+        image = read_for_recipe(record["file_name"], self.recipe.pixels)
+        if image.shape[:2] != (record["height"], record["width"]):
+            raise DataError(f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO "
+                            f"record says {record['width']}x{record['height']}")
+        boxes, classes = _boxes_classes(record.get("annotations", []))
+        xywh = [[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in boxes.tolist()]
+        out, moved, geometry = self.recipe.apply(image, xywh)
+        moved_xyxy = np.asarray([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in moved], dtype=np.float32)
+        return np.asarray(out), moved_xyxy.reshape(-1, 4), classes, geometry
 
     def _read_parent(self, record: dict) -> np.ndarray:
         """The decoded parent image of a tile record, through the LRU cache (read-only: never modify it)."""
@@ -142,8 +161,14 @@ class DatasetMapper:
         return img[y0 : y0 + h, x0 : x0 + w], clipped[keep], classes[keep]
 
     def __call__(self, record: dict, seed: int = 0) -> dict:
+        geometry = None
         if "tile" in record:
             img, boxes, classes = self._tile(record, seed)
+        elif self.recipe.geometric and not record.get("preprocessed"):
+            img, boxes, classes, geometry = self._raw(record)
+            img = to_unit_float(img)
+            if self.aug is not None:
+                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
         else:
             img = to_unit_float(self._read_checked(record["file_name"], record["height"], record["width"]))
             boxes, classes = _boxes_classes(record.get("annotations", []))
@@ -163,6 +188,8 @@ class DatasetMapper:
             "image_id": record.get("image_id"),
             "file_name": record["file_name"],
         }
+        if geometry is not None and not self.is_train:
+            out["geometry"] = geometry  # inference_on_dataset maps the detections back to the file's pixels
         if self.with_boxes:
             out["boxes"] = torch.from_numpy(boxes)
             out["classes"] = torch.from_numpy(classes)

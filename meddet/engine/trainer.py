@@ -258,6 +258,9 @@ class Trainer:
                 f"categories {names}"
             )
         cfg.DATASETS.CLASS_NAMES = names
+        from meddet.io.recipe import adopt_dataset_recipe
+
+        adopt_dataset_recipe(cfg, list(cfg.DATASETS.TRAIN))  # the data's preprocessing recipe, saved with the run
         if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(names):
             raise ConfigError(
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but the training data "

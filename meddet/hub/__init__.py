@@ -104,6 +104,7 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | 
     config's MODEL.ENGINE resolved here."""
     from meddet.modeling.build import select_engine
     from meddet.tasks import class_thresholds
+    from meddet.io.recipe import PreprocessRecipe
     from meddet.visualize import class_color
 
     k = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
@@ -141,6 +142,9 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | 
             # Empty: the model predicts on whole images; else it was trained on tiles and predicts by
             # slicing with these settings (load_predictor applies them to TILING.*).
             "tiling": tiling_metadata(cfg),
+            # The whole recipe from the file to the model input (meddet.io.recipe), replayed by the
+            # Predictor the bundle loads into (its config.yaml holds the same DICOM.* / PREPROCESS.*).
+            "preprocess": PreprocessRecipe.from_cfg(cfg).to_dict(),
         },
         "thresholds": {
             "score_thresh": float(cfg.TEST.SCORE_THRESH),
@@ -262,6 +266,7 @@ def _model_card(meta: dict[str, Any], repo_name: str) -> str:
         f"DICOM: {dicom['normalize']} normalization, gamma {dicom['gamma']}, {dicom['bit_depth']}-bit, "
         f"VOI {'applied' if dicom['apply_voi'] else 'ignored'}. Shortest edge resized to "
         f"{meta['input']['min_size_test']} (longest at most {meta['input']['max_size_test']}).",
+        _geometry_text(meta["input"].get("preprocess") or {}),
         "",
         _tiling_text(meta["input"].get("tiling", {})),
         "",
@@ -273,6 +278,18 @@ def _model_card(meta: dict[str, Any], repo_name: str) -> str:
         "",
     ]
     return "\n".join(header + body)
+
+
+def _geometry_text(recipe: dict) -> str:
+    steps = []
+    if recipe.get("flip_left"):
+        steps.append(f"breasts mirrored so the chest wall is on the left (side from the {recipe['flip_left']})")
+    if recipe.get("crop_breast"):
+        steps.append(f"cropped to the breast (margin {recipe.get('crop_margin')})")
+    if not steps:
+        return ""
+    return ("Before the model: " + "; ".join(steps) + ". The Predictor replays this on original files and "
+            "reports boxes in the original file's pixels.")
 
 
 def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
@@ -443,6 +460,11 @@ def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = No
         predictor = EnsemblePredictor(members, [c["name"] for c in meta["classes"]], cfg)
     else:
         apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
+        recipe = meta.get("input", {}).get("preprocess")
+        if recipe:  # the recorded preprocessing recipe is what the model expects: replay it (DICOM.*, PREPROCESS.*)
+            from meddet.io.recipe import PreprocessRecipe
+
+            cfg.merge_from_list(PreprocessRecipe.from_dict(recipe, f"{folder / META_NAME}: input.preprocess").config_opts())
         cfg.merge_from_list(list(opts))
         if device:
             cfg.MODEL.DEVICE = device

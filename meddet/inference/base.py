@@ -94,5 +94,9 @@ def inference_on_records(predictor: DetectorLike, records: Sequence[dict], categ
                 f"{rec['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO record says "
                 f"{rec['width']}x{rec['height']}"
             )
+        if rec.get("preprocessed"):  # converted with the recipe's flip / crop: its boxes are in its own pixels
+            from meddet.io.recipe import TaggedImage
+
+            image = TaggedImage(image, {**(getattr(image, "hints", None) or {}), "preprocessed": True})
         results.extend(detections_to_coco_results(predict(image), rec["image_id"], category_ids))
     return results

@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
 from meddet.data.transforms import resize, shortest_edge_size, to_model_tensor, to_unit_float
-from meddet.errors import ConfigError
+from meddet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,10 @@ def inference_on_dataset(model, loader, category_ids: Sequence[int], desc: str =
         for batch in tqdm(loader, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
             dets = model(batch)
             for inp, det in zip(batch, dets):
-                results.extend(detections_to_coco_results(_to_numpy(det), inp["image_id"], category_ids))
+                det = _to_numpy(det)
+                if inp.get("geometry") is not None:  # a raw record the mapper flipped / cropped: original pixels
+                    det["boxes"] = inp["geometry"].to_original(det["boxes"])
+                results.extend(detections_to_coco_results(det, inp["image_id"], category_ids))
     finally:
         model.train(was_training)
     return results
@@ -226,16 +229,36 @@ class Predictor:
             )
         self.class_names = names or [f"class_{i}" for i in range(k)]
         self._dicom_kwargs = dicom_kwargs(cfg)
+        from meddet.io.recipe import PreprocessRecipe
+
+        # The preprocessing recipe (DICOM.*, PREPROCESS.*, INPUT.*_TEST) replayed on every image.
+        self.recipe = PreprocessRecipe.from_cfg(self.cfg)
 
     def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
         """An array as is; a path or a file's bytes through meddet.io.read_image (DICOM, PNG, JPEG; decided by
-        content; `kwargs` such as max_bytes go to it)."""
+        content; `kwargs` such as max_bytes and name go to it) as a meddet.io.TaggedImage carrying the header
+        facts (laterality, orientation) the recipe's flip uses."""
         if isinstance(image, np.ndarray):
             return image
-        from meddet.io import read_image
+        from meddet.io.recipe import read_for_recipe
 
         src = image if isinstance(image, (bytes, bytearray, memoryview)) else Path(image)
-        return read_image(src, **kwargs, **self._dicom_kwargs)
+        return read_for_recipe(src, self.recipe.pixels, **kwargs)
+
+    def preprocess(self, image: np.ndarray):
+        """The image the model sees and how to map boxes back: (array, meddet.io.Geometry or None).
+
+        PREPROCESS.FLIP_LEFT / CROP_BREAST are replayed on the original image (flip by tags uses the hints
+        of a TaggedImage from `read`; a plain array is flipped by its pixels); an image whose hints say it
+        is already preprocessed (``{"preprocessed": True}``) is left as is."""
+        hints = getattr(image, "hints", None) or {}
+        if not self.recipe.geometric or hints.get("preprocessed"):
+            return image, None
+        if image.ndim != 2:
+            raise DataError(f"{hints.get('source') or 'image'}: PREPROCESS.FLIP_LEFT / CROP_BREAST need a "
+                            f"greyscale image, found shape {image.shape}")
+        out, _, geometry = self.recipe.apply(image)
+        return out, geometry
 
     @property
     def tiled(self) -> bool:
@@ -250,15 +273,20 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]:
         """Detections of each image: {"boxes" (N, 4) xyxy float32 in the image's pixels, "scores", "classes"
-        (0-based), "labels" (class names)}. With TILING.ENABLED each image is predicted by slicing."""
+        (0-based), "labels" (class names)}. With TILING.ENABLED each image is predicted by slicing. The
+        preprocessing recipe's flip and crop (`preprocess`) are applied first and undone on the boxes, so
+        they are always in the pixels of the image (file) given."""
+        prepared = [self.preprocess(self.read(im)) for im in images]
         if self.tiled:
             from meddet.inference.sliced import sliced_predict
 
-            dets = [sliced_predict(self.inference_model, self.read(im), self.cfg) for im in images]
+            dets = [sliced_predict(self.inference_model, im, self.cfg) for im, _ in prepared]
         else:
-            batch = [self.prepare(self.read(im)) for im in images]
+            batch = [self.prepare(im) for im, _ in prepared]
             dets = [_to_numpy(det) for det in self.inference_model(batch)] if batch else []
-        for d in dets:
+        for d, (_, geometry) in zip(dets, prepared):
+            if geometry is not None:  # boxes in the original file's pixels: crop and flip undone
+                d["boxes"] = geometry.to_original(d["boxes"])
             d["labels"] = [self.class_names[int(c)] for c in d["classes"]]
         return dets
 

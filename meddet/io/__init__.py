@@ -16,12 +16,15 @@ from meddet.io.dicom import (
     stored_pixels,
 )
 from meddet.io.image import ImageHeader, image_header, read_image, write_png
+from meddet.io.recipe import PreprocessRecipe, TaggedImage, read_for_recipe
 
 __all__ = [
     "NORMALIZATIONS",
     "Geometry",
     "ImageHeader",
     "PixelOptions",
+    "PreprocessRecipe",
+    "TaggedImage",
     "breast_mask",
     "breast_region",
     "chest_wall_side",
@@ -35,6 +38,7 @@ __all__ = [
     "pixel_spacing",
     "quantize",
     "read_dicom",
+    "read_for_recipe",
     "read_image",
     "stored_pixels",
     "write_png",

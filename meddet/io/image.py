@@ -32,7 +32,8 @@ from meddet.io.dicom import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageHeader", "image_header", "jpeg_frame", "read_image", "write_png"]
+__all__ = ["ImageHeader", "effective_bit_depth", "image_header", "jpeg_frame", "read_image", "read_image_bits",
+           "write_png"]
 
 # Magic numbers of the raster formats OpenCV reads here.
 _RASTER_MAGICS = (
@@ -77,6 +78,34 @@ def _source(source: str | os.PathLike | bytes, name: str) -> tuple[str, Any]:
 
 def read_image(source: str | os.PathLike | bytes, *, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
                name: str = "upload", **dicom_kwargs: Any) -> np.ndarray:
+    """See :func:`read_image_bits` (this returns only the array)."""
+    return read_image_bits(source, max_bytes=max_bytes, name=name, **dicom_kwargs)[0]
+
+
+def effective_bit_depth(image: np.ndarray) -> int:
+    """How many bits the values of an unsigned integer image use: the bit length of its maximum
+    (at least 1), e.g. 12 for a 16-bit PNG whose values stay below 4096."""
+    return max(1, int(image.max()).bit_length()) if image.size else 1
+
+
+# Effective bit depths already reported in the log (once per depth and process).
+_REPORTED_BITS: set[int] = set()
+
+
+def _stretch_bits(img: np.ndarray, bits: int) -> np.ndarray:
+    """A uint16 image whose values use `bits` bits scaled to the full 16-bit range, rounded to nearest,
+    in integer arithmetic and in bands of rows (no full-size float copy)."""
+    m = (1 << bits) - 1
+    out = np.empty_like(img)
+    rows = max(1, _CHUNK_PIXELS // max(1, img.shape[1]))
+    for y in range(0, img.shape[0], rows):
+        band = img[y : y + rows].astype(np.uint32)
+        out[y : y + rows] = np.minimum((band * 65535 + m // 2) // m, 65535)
+    return out
+
+
+def read_image_bits(source: str | os.PathLike | bytes, *, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+                    name: str = "upload", **dicom_kwargs: Any) -> tuple[np.ndarray, int | None]:
     """Read a DICOM, PNG, JPEG, TIFF, BMP or PGM file, deciding the format by content, not by name.
 
     ``source`` is a path, or the file's bytes (decoded from memory, nothing is written to disk;
@@ -91,8 +120,11 @@ def read_image(source: str | os.PathLike | bytes, *, max_bytes: int | None = DEF
 
     Returns a 2-D ``uint8``/``uint16`` array for greyscale images or an ``(H, W, 3)`` BGR ``uint8``
     array for colour ones (an alpha channel is dropped, 16-bit colour is scaled to 8 bits with
-    integer arithmetic). Raises :class:`DataError` naming the file when it is missing or not a
-    readable image.
+    integer arithmetic), and the effective bit depth of a 16-bit greyscale raster whose values use
+    fewer bits (else None). Such an image (e.g. 12-bit data stored in a 16-bit PNG or TIFF, maximum
+    below 4096) is scaled to the full 16-bit range (normalized by its effective depth, not by 65535,
+    which would leave it nearly black); the first such image of each depth is reported in the log.
+    Raises :class:`DataError` naming the file when it is missing or not a readable image.
     """
     label, src = _source(source, name)
     if isinstance(src, Path):
@@ -105,7 +137,7 @@ def read_image(source: str | os.PathLike | bytes, *, max_bytes: int | None = DEF
     if not head:
         raise DataError(f"{label}: empty file (expected a PNG, JPEG, TIFF, BMP, PGM or DICOM image)")
     if head[DICM_OFFSET : DICM_OFFSET + 4] == DICM_MAGIC:
-        return read_dicom(src, max_bytes=max_bytes, name=label, **dicom_kwargs)
+        return read_dicom(src, max_bytes=max_bytes, name=label, **dicom_kwargs), None
     if head.startswith(_RASTER_MAGICS):
         header = _raster_header(src, head, label)
         _check_budget(header, max_bytes, label)
@@ -115,13 +147,25 @@ def read_image(source: str | os.PathLike | bytes, *, max_bytes: int | None = DEF
             img = cv2.imdecode(np.frombuffer(src, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise DataError(f"{label}: cannot decode the image (corrupt or truncated {_format_name(head)} file)")
-        return _to_contract(img, label)
+        img = _to_contract(img, label)
+        bits = None
+        if img.ndim == 2 and img.dtype == np.uint16:
+            bits = effective_bit_depth(img)
+            if bits < 16 and img.max() > 0:
+                if bits not in _REPORTED_BITS:
+                    _REPORTED_BITS.add(bits)
+                    logger.info("%s: 16-bit image whose values use %d bits (max %d); normalized by its %d-bit "
+                                "range (further such images are not reported)", label, bits, int(img.max()), bits)
+                img = _stretch_bits(img, bits)
+            else:
+                bits = None
+        return img, bits
     try:
         # A DICOM dataset without the Part-10 preamble is still a DICOM.
         ds = load_dicom(src, name=label)
     except DicomError:
         raise DataError(f"{label}: not a readable image (expected a PNG, JPEG, TIFF, BMP, PGM or DICOM file)") from None
-    return dicom_to_array(ds, source=label, max_bytes=max_bytes, **dicom_kwargs)
+    return dicom_to_array(ds, source=label, max_bytes=max_bytes, **dicom_kwargs), None
 
 
 def image_header(source: str | os.PathLike | bytes, name: str = "upload") -> ImageHeader:
