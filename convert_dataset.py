@@ -54,6 +54,14 @@ def _add_pixels(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window-index", type=int, default=0, help="which VOI LUT / window to apply (default 0)")
 
 
+def _add_geometry(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("geometry (recorded with the pixels in the COCO info as the preprocessing recipe)")
+    g.add_argument("--flip-left", nargs="?", const="tags", default="", choices=("tags", "pixels"),
+                   help="mirror breasts so the chest wall is on the left; the side from the tags "
+                   "(PatientOrientation, else laterality; the default) or from the pixels")
+    g.add_argument("--crop-breast", action="store_true", help="crop images to the breast (boxes move with it)")
+
+
 def _add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split",
@@ -109,10 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patient-level re-split with --split fractions instead of the official train/test split")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="official split: share of training images (by patient) kept for validation (default 0.15)")
-    p.add_argument("--flip-left", nargs="?", const="tags", default="", choices=("tags", "pixels"),
-                   help="mirror breasts so the chest wall is on the left; the side from the tags "
-                   "(PatientOrientation, else laterality; the default) or from the pixels")
-    p.add_argument("--crop-breast", action="store_true", help="crop images to the breast (boxes move with it)")
+    _add_geometry(p)
     p.add_argument("--out", required=True, help="output folder")
     _add_pixels(p)
     _add_split(p)
@@ -155,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", required=True, help="folder searched recursively")
     p.add_argument("--out", required=True, help="output folder")
     _add_pixels(p)
+    _add_geometry(p)
     _add_run(p)
     _add_debug(p)
 
@@ -274,7 +280,8 @@ def _convert(args: argparse.Namespace):
                                split=args.split, seed=args.seed, **common)
     from meddet.data.formats.images import convert_images
 
-    return convert_images(args.src, args.out, pixels=_pixels(args), **common)
+    return convert_images(args.src, args.out, pixels=_pixels(args), flip_left=args.flip_left,
+                          crop_breast=args.crop_breast, **common)
 
 
 def _where(items: list[str]) -> dict[str, list[str]]:

@@ -22,6 +22,11 @@ class DicomError(DataError):
     """A DICOM file cannot be read or decoded."""
 
 
+class ImageTooLargeError(DataError):
+    """An image would need more memory to decode than the budget allows (checked from its header,
+    before decoding)."""
+
+
 class ModelError(MeddetError):
     """A model cannot be built, or a checkpoint does not fit the model."""
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from meddet.config import get_cfg
-from meddet.data.dataset import DatasetMapper, build_train_loader, load_records
+from meddet.data.dataset import build_train_loader, load_records
 from meddet.errors import DataError
 from meddet.evaluation import evaluate, evaluation_kwargs
 

@@ -52,4 +52,7 @@ def test_shipped_configs_load():
 
     for f in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         cfg = load_config(f)
+        if cfg.MODEL.WEIGHTS:  # fine-tuning recipes keep the pretrained BatchNorm frozen, as detectron2
+            assert cfg.MODEL.RESNETS.NORM == "FrozenBN", f"{f.name}: pretrained backbones keep FrozenBN"
+            continue
         assert cfg.MODEL.RESNETS.NORM in ("BN", "GN", "SyncBN"), f"{f.name}: from-scratch needs trainable norm"

@@ -93,8 +93,8 @@ def test_engine_builds_detectron2s_model_from_meddet_keys(engine):
 
 
 def test_detectron2_build_errors_are_model_errors():
-    with pytest.raises(ModelError, match="MODEL.META_ARCHITECTURE: 'RetinaNet'"):
-        build_model(small_cfg("MODEL.META_ARCHITECTURE", "RetinaNet"))
+    with pytest.raises(ModelError, match="MODEL.META_ARCHITECTURE: 'SemanticSegmentor'"):
+        build_model(small_cfg("MODEL.META_ARCHITECTURE", "SemanticSegmentor"))
     with pytest.raises(ModelError, match="detectron2 cannot build.*NoSuchHeads"):
         build_model(small_cfg("MODEL.ROI_HEADS.NAME", "NoSuchHeads"))
 
@@ -302,3 +302,52 @@ def test_both_engines_explain_a_box_the_same_for_the_same_weights():
     ref = gradcam(tv, item, box=box, class_index=0, layer="backbone.body.layer2")
     np.testing.assert_allclose(ours.heatmap, ref.heatmap, atol=1e-3)
     assert ours.score == pytest.approx(ref.score, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------- issue 20
+D2_STATS = {"fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy", "fast_rcnn/false_negative",
+            "roi_head/num_fg_samples", "roi_head/num_bg_samples", "rpn/num_pos_anchors", "rpn/num_neg_anchors"}
+
+
+def test_training_step_keeps_detectron2s_statistics():
+    torch.manual_seed(0)
+    model = build_model(small_cfg())
+    model.train()
+    model(train_batch())
+    assert D2_STATS <= set(model.training_stats)
+    assert all(isinstance(float(v), float) for v in model.training_stats.values())
+
+
+def test_torchvision_checkpoint_into_the_detectron2_engine_is_converted_or_refused(tmp_path):
+    """The silent-random case with real detectron2: a torchvision-engine checkpoint (no engine field, as old
+    bundles) loaded into the detectron2 engine gives the torchvision model's detections, or a refusal."""
+    tv, _ = twins()
+    path = tmp_path / "model.pth"
+    torch.save({"model": tv.state_dict()}, path)
+    cfg = small_cfg()
+    torch.manual_seed(5)
+    d2 = build_model(cfg)
+    with pytest.raises(ModelError, match="torchvision-engine weights.*-c convert-weights"):
+        load_model_weights(d2, path)
+    load_model_weights(d2, path, cfg)
+    batch = [{"image": image(96, 128), "height": 96, "width": 128}]
+    assert_same_detections(predict(d2, batch)[0], predict(tv, batch)[0], cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+
+
+def test_detectron2_checkpointer_loads_that_fill_too_little_are_refused(tmp_path, caplog):
+    torch.manual_seed(1)
+    source = build_model(small_cfg())
+    state = source.state_dict()
+    stray = tmp_path / "stray.pth"
+    torch.save({"model": {"head.weight": torch.zeros(3)}}, stray)
+    with pytest.raises(ModelError, match="stray.pth: checkpoint does not fit the model: .*missing keys"):
+        load_model_weights(build_model(small_cfg()), stray)
+    backbone = tmp_path / "R-18.pkl"
+    with backbone.open("wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in state.items() if k.startswith("backbone.bottom_up.")},
+                     "__author__": "test"}, f)
+    other = build_model(small_cfg())
+    load_model_weights(other, backbone)  # an ImageNet-style backbone: accepted, heads stay random
+    assert torch.equal(other.state_dict()["backbone.bottom_up.stem.conv1.weight"],
+                       state["backbone.bottom_up.stem.conv1.weight"])
+    assert "holds only the backbone" in caplog.text

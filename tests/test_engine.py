@@ -1,5 +1,4 @@
 """The training loop: detectron2-style run folder, checkpoints, resume, no silent overwrite."""
-import json
 
 import pytest
 import torch

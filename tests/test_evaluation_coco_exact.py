@@ -31,7 +31,8 @@ def messy_case(seed: int):
         n_gt = int(rng.integers(20, 60)) if crowded else int(rng.integers(0, 8))
         for _ in range(n_gt):
             x, y = rng.uniform(0, 400, 2)
-            w, h = rng.uniform(3, 140, 2)
+            # inside the image: meddet clips ground truth reaching outside it (as training does), pycocotools not
+            w, h = np.minimum(rng.uniform(3, 140, 2), [512 - x, 512 - y])
             c = int(rng.choice(cat_ids))
             area = w * h if rng.random() < 0.8 else w * h * rng.uniform(0.3, 1.0)
             anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": c, "bbox": [x, y, w, h],

@@ -64,7 +64,7 @@ def test_in_memory_predictions_are_named_by_the_file_they_came_from(files):
 
 def test_empty_results_warn_and_still_write_every_file(files, caplog):
     gt, gt_path, tmp = files
-    full = run_evaluation(gt_path, [det(1, 1, [10, 10, 40, 40], 0.9)], tmp / "full", bootstrap_samples=20)
+    run_evaluation(gt_path, [det(1, 1, [10, 10, 40, 40], 0.9)], tmp / "full", bootstrap_samples=20)
     (tmp / "empty.json").write_text("[]")
     with caplog.at_level(logging.WARNING):
         res = run_evaluation(gt_path, tmp / "empty.json", tmp / "empty", bootstrap_samples=20)

@@ -55,7 +55,11 @@ def test_bundle_holds_everything_needed(bundle):
     # Only the model weights travel, not the optimizer state.
     import torch
 
-    assert set(torch.load(bundle / "model.pth", weights_only=True)) == {"model"}
+    weights = torch.load(bundle / "model.pth", weights_only=True)
+    assert set(weights) == {"model", "meddet"}
+    # ... with the engine and architecture that made them, so they load into that model anywhere.
+    assert weights["meddet"]["engine"] == "torchvision" and weights["meddet"]["num_classes"] == 2
+    assert weights["meddet"]["architecture"]["depth"] == 18
 
 
 def test_round_trip_reproduces_predictions_exactly(run_dir, bundle, image):

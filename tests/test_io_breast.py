@@ -62,3 +62,57 @@ def test_crop_to_breast_keeps_every_box_whole_and_drops_the_background():
         np.testing.assert_array_equal(crop(out, new), crop(img, old))
     region = breast_region(img)
     assert region[2] < 160 and region[3] <= 256  # the breast, not the whole film
+
+
+# ---------------------------------------------------------------- real-film artefacts (meddet.synth.render_film)
+@pytest.mark.parametrize("artefact", ["border", "label", "marker", "ruler", "tape", "gradient", "dense", "monochrome1",
+                                      "all"])
+@pytest.mark.parametrize("side", ["LEFT", "RIGHT"])
+def test_crop_and_side_survive_each_film_artefact(tmp_path, artefact, side):
+    """Read through the DICOM display chain (MONOCHROME1 inverted by the reader): the crop keeps every
+    lesion box and all tissue, leaves out the burned-in label / marker pixels, and the side from the
+    pixels is the breast's laterality."""
+    from meddet.io import read_dicom
+    from meddet.synth import ARTEFACTS, encode_dicom, render_film, save_dicom
+
+    arts = ARTEFACTS if artefact == "all" else (artefact,)
+    for seed in range(3):
+        film = render_film(np.random.default_rng(seed), 256, 200, side, "MLO" if seed % 2 else "CC",
+                           [("mass_high", 1), ("calcification", 1)], arts)
+        path = tmp_path / f"{seed}.dcm"
+        save_dicom(encode_dicom(film.image, photometric=film.photometric, bits_stored=12), path)
+        img = read_dicom(path)
+        x, y, w, h = breast_region(img)
+        inside = np.zeros(img.shape, bool)
+        inside[y : y + h, x : x + w] = True
+        assert (w, h) != (200, 256), "the crop fell back to the whole image"
+        for bx, by, bw, bh in film.boxes:
+            assert x <= bx and y <= by and bx + bw <= x + w and by + bh <= y + h
+        assert inside[film.tissue].all()
+        if film.labels.any():
+            assert (film.labels & ~inside).sum() >= 0.95 * film.labels.sum()
+        assert chest_wall_side(img) == side.lower()
+
+
+def test_film_artefacts_are_seeded_and_switchable():
+    from meddet.synth import render_film
+
+    a = render_film(np.random.default_rng(5), 128, 100, "LEFT", "CC", artefacts=("border", "label"))
+    b = render_film(np.random.default_rng(5), 128, 100, "LEFT", "CC", artefacts=("border", "label"))
+    plain = render_film(np.random.default_rng(5), 128, 100, "LEFT", "CC")
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.labels.any() and not plain.labels.any() and a.artefacts == ("border", "label")
+    with pytest.raises(Exception, match="unknown"):
+        render_film(np.random.default_rng(0), 64, 64, "LEFT", "CC", artefacts=("coffee_stain",))
+
+
+def test_no_plausible_breast_keeps_the_whole_image_and_warns_naming_the_file(caplog):
+    flat = np.zeros((120, 90), np.uint8)
+    speck = flat.copy()
+    speck[50:53, 40:43] = 255  # far too small for a breast
+    for img in (flat, speck):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="meddet.io.breast"):
+            out, boxes, geom = orient_and_crop(img, [[1, 2, 3, 4]], crop=True, source="films/case7.dcm")
+        assert out.shape == img.shape and geom.crop == [0, 0, 90, 120]
+        assert any("films/case7.dcm" in r.getMessage() and "whole image" in r.getMessage() for r in caplog.records)

@@ -248,7 +248,9 @@ def test_checkpoint_round_trip_reproduces_predictions(tmp_path):
     after = predict(fresh, batch)[0]
     for k in ("boxes", "scores", "classes"):
         assert torch.equal(before[k], after[k]), k
+    arch = meta.pop("architecture")  # the engine and architecture travel with the weights
     assert meta == {"engine": "torchvision", "num_classes": 3, "class_names": ["mass", "calc", "other"]}
+    assert arch["meta_architecture"] == "GeneralizedRCNN" and arch["depth"] == 18 and arch["num_classes"] == 3
 
     bare = tmp_path / "bare.pth"
     torch.save(model.state_dict(), bare)

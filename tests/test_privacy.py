@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from meddet.data.formats import convert_box_csv, convert_cbis_ddsm, convert_images
+from meddet.data.formats import convert_box_csv, convert_images
 from meddet.io import dicom_info
 from meddet.synth import IDENTIFYING_INFO, encode_dicom, make_cbis_ddsm, make_cbis_ddsm_jpeg, save_dicom
 

@@ -181,8 +181,8 @@ def test_full_queue_answers_503(predictor):
     class Slow:
         class_names = real.class_names
 
-        def read(self, path):
-            return real.read(path)
+        def read(self, path, **kwargs):
+            return real.read(path, **kwargs)
 
         def __call__(self, image):
             entered.set()
@@ -272,6 +272,26 @@ def test_explain_is_validated_and_bounded(predictor):
     assert "48 pixels" in params["explain"]["description"] and "0 s" in params["explain"]["description"]
     assert params["explain_method"]["schema"]["enum"] == ["hirescam", "gradcam", "gradcam++", "eigencam"]
     assert "overlay" in spec["components"]["schemas"]["Explanation"]["properties"]
+
+
+def test_large_uploads_are_never_spooled_to_disk(client, monkeypatch):
+    # werkzeug spools file parts over 500 KB to a temporary file: the app keeps them in memory
+    import tempfile
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload was written to a temporary file")
+
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", no_disk)
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_disk)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_disk)
+    import werkzeug.formparser
+
+    monkeypatch.setattr(werkzeug.formparser, "SpooledTemporaryFile", no_disk)
+    img = np.random.default_rng(5).integers(0, 256, (400, 600, 3), dtype=np.uint8)
+    data = _png(img)
+    assert 500_000 < len(data) < 1_000_000
+    r = _post(client, data)
+    assert r.status_code == 200 and r.get_json()["image"]["width"] == 600
 
 
 # ---------------------------------------------------------------- issue 14: correct, lean, exams

@@ -1,9 +1,11 @@
 """Flask app factory: upload page, result view, model page and a JSON API over one shared Predictor.
 
-Safety: uploads are size-limited, typed by content (PNG, JPEG, DICOM), refused above a pixel limit
-before decoding, decoded in a temporary folder that is removed at once; no file name or DICOM value
-that could identify a patient is logged or returned; CORS is closed unless origins are listed; one
-predictor runs one image at a time behind a bounded queue that answers 503 when full. Explanations
+Safety: uploads are size-limited, typed by content (PNG, JPEG, DICOM), refused above a pixel limit and a
+decoded-memory limit from their header before decoding, decoded from memory (never written to disk); no
+file name or DICOM value that could identify a patient is logged or returned; CORS is closed unless origins
+are listed; requests are admitted by a memory budget (each reserves its estimated decoded size and working
+set; 503 with Retry-After when the budget is spent) and one predictor runs one image at a time behind a
+bounded queue that answers 503 when full. Explanations
 (``explain=1``: class activation maps from meddet.xai) run inside the same slot and lock, for at most
 `explain_max_detections` findings, stop starting new ones after `explain_timeout_s`, and are made at
 most `explain_max_side` pixels on the longer side.
@@ -12,8 +14,7 @@ from __future__ import annotations
 
 import base64
 import logging
-import struct
-import tempfile
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,10 +22,10 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Request, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from meddet.errors import DataError, DicomError, MeddetError, ModelError
+from meddet.errors import DataError, DicomError, ImageTooLargeError, MeddetError, ModelError
 from meddet.xai.cam import METHODS
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ API = "/api/v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_OFFSET, DICOM_MAGIC = 128, b"DICM"
-# JPEG start-of-frame markers (C4 DHT, C8 JPG and CC DAC are not frames).
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+MAX_FORM_FIELDS = 100  # multipart parts per request (a flood of fields answers 413 naming the fields)
+RETRY_AFTER_S = 2
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
     "script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
@@ -51,12 +52,82 @@ DICOM_FACTS = ("modality", "view", "laterality", "patient_orientation", "rows", 
 
 
 class UploadError(Exception):
-    """A request the app refuses, with the HTTP status and a message for the user."""
+    """A request the app refuses, with the HTTP status, a message for the user and extra headers."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine (psutil when installed, else sysconf), bounded by a cgroup limit."""
+    total = 0
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:
+        try:
+            total = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            total = 8 * 1024**3
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total
+
+
+def default_max_memory_bytes() -> int:
+    """The default request memory budget: half of the machine's memory (the rest for the model, the OS
+    and the other processes), at least 256 MiB."""
+    return max(256 * 1024**2, machine_memory_bytes() // 2)
+
+
+class MemoryBudget:
+    """A counter of bytes reserved by requests in flight; a request that does not fit now is refused
+    (503, retry later), one that can never fit is refused for good (413)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> None:
+        nbytes = int(nbytes)
+        if nbytes > self.capacity:
+            raise UploadError(413, f"the image needs about {_mib(nbytes)} to process, more than the server's "
+                                   f"memory budget of {_mib(self.capacity)}")
+        with self._lock:
+            if self.used + nbytes > self.capacity:
+                raise UploadError(503, "server busy: the memory budget is in use by other images; retry in a moment",
+                                  {"Retry-After": str(RETRY_AFTER_S)})
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - int(nbytes))
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.0f} MiB"
+
+
+class InMemoryRequest(Request):
+    """Uploaded files stay in memory (werkzeug spools files over 500 KB to a temporary file on disk);
+    the body is bounded by MAX_CONTENT_LENGTH, the number of parts by MAX_FORM_PARTS."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        import io
+
+        return io.BytesIO()
 
 
 def sniff_format(data: bytes) -> str:
@@ -70,50 +141,6 @@ def sniff_format(data: bytes) -> str:
     raise UploadError(415, "unsupported file type: expected a PNG, JPEG or DICOM (Part-10, 'DICM' at byte 128) image")
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise UploadError(422, "truncated or malformed PNG: no IHDR header")
-    w, h = struct.unpack(">II", data[16:24])
-    return h, w
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise UploadError(422, "malformed JPEG: bad marker before the frame header")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in _JPEG_SOF:
-            if i + 9 > n:
-                break
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return h, w
-        i += 2 + length
-    raise UploadError(422, "truncated or malformed JPEG: no frame header with the image size")
-
-
-def _dicom_size(path: Path) -> tuple[int, int]:
-    """Rows and columns of a DICOM upload, from its header (pixel data read lazily, never decoded here)."""
-    from meddet.io.dicom import load_dicom
-
-    try:
-        ds = load_dicom(path)  # refuses missing pixel data, float pixels, multi-frame, missing Rows/Columns
-    except DicomError as e:
-        raise UploadError(422, _strip_path(str(e), path)) from None
-    try:
-        return int(ds.Rows), int(ds.Columns)
-    except (TypeError, ValueError):
-        raise UploadError(422, "DICOM image has no valid Rows/Columns") from None
-
-
 class ModelService:
     """One shared predictor: one image at a time (lock), at most `max_queue` requests waiting or running.
 
@@ -122,9 +149,12 @@ class ModelService:
     (drawn stretched over the image by clients)."""
 
     def __init__(self, predictor, max_queue: int = 4, max_pixels: int = 80_000_000,
-                 explain_timeout_s: float = 30.0, explain_max_detections: int = 5, explain_max_side: int = 2048):
+                 explain_timeout_s: float = 30.0, explain_max_detections: int = 5, explain_max_side: int = 2048,
+                 max_memory: int | None = None, model_memory: int | None = None):
         self.predictor = predictor
         self.max_pixels = int(max_pixels)
+        self.budget = MemoryBudget(default_max_memory_bytes() if max_memory is None else int(max_memory))
+        self.model_memory = model_working_set(predictor) if model_memory is None else int(model_memory)
         self.explain_timeout_s = float(explain_timeout_s)
         self.explain_max_detections = int(explain_max_detections)
         self.explain_max_side = int(explain_max_side)
@@ -154,42 +184,53 @@ class ModelService:
         if not data:
             raise UploadError(400, "empty upload: the file has no bytes")
         fmt = sniff_format(data)
-        if fmt == "png":
-            self._check_pixels(*_png_size(data))
-        elif fmt == "jpeg":
-            self._check_pixels(*_jpeg_size(data))
-        if not self._slots.acquire(blocking=False):
-            raise UploadError(503, "server busy: too many images waiting; retry in a moment")
+        from meddet.io import image_header
+
         try:
-            # Decoded in a private temporary folder removed on return: nothing is kept.
-            with tempfile.TemporaryDirectory(prefix="meddet-web-") as tmp:
-                path = Path(tmp) / "upload"
-                path.write_bytes(data)
+            header = image_header(data)
+        except DataError as e:
+            raise UploadError(422, f"{'DICOM' if fmt == 'dicom' else 'image'} cannot be decoded: "
+                                   f"{_strip_name(str(e))}") from None
+        self._check_pixels(header.height, header.width)
+        need = self.estimate_bytes(header, len(data), include_image=include_image, explain=explain is not None)
+        self.budget.reserve(need)
+        try:
+            if not self._slots.acquire(blocking=False):
+                raise UploadError(503, "server busy: too many images waiting; retry in a moment",
+                                  {"Retry-After": str(RETRY_AFTER_S)})
+            try:
+                # Decoded from memory: the upload is never written to disk.
                 facts = None
                 if fmt == "dicom":
-                    self._check_pixels(*_dicom_size(path))
                     from meddet.io import dicom_info
 
-                    info = dicom_info(path)
+                    info = dicom_info(data)
                     facts = {k: info.get(k) for k in DICOM_FACTS}
                 try:
-                    image = self.predictor.read(path)
+                    image = self.predictor.read(data, max_bytes=self.budget.capacity)
+                except ImageTooLargeError as e:
+                    raise UploadError(413, _strip_name(str(e))) from None
                 except DicomError as e:
-                    raise UploadError(422, f"DICOM cannot be decoded: {_strip_path(str(e), path)}") from None
+                    raise UploadError(422, f"DICOM cannot be decoded: {_strip_name(str(e))}") from None
                 except DataError as e:
-                    raise UploadError(422, f"image cannot be decoded: {_strip_path(str(e), path)}") from None
-            h, w = image.shape[:2]
-            self._check_pixels(h, w)
-            t0 = time.perf_counter()
-            explanation = None
-            with self._lock:
-                out = self.predictor(image)
-                elapsed = time.perf_counter() - t0
-                if explain is not None:
-                    explanation = self._explain(image, out, explain, explain_threshold)
-                self.served += 1
+                    raise UploadError(422, f"image cannot be decoded: {_strip_name(str(e))}") from None
+                h, w = image.shape[:2]
+                self._check_pixels(h, w)
+                t0 = time.perf_counter()
+                explanation = None
+                with self._lock:
+                    out = self.predictor(image)
+                    elapsed = time.perf_counter() - t0
+                    if explain is not None:
+                        explanation = self._explain(image, out, explain, explain_threshold)
+                    self.served += 1
+                if not include_image and display_max_side is None:
+                    del image
+                    image = None
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            self.budget.release(need)
         logger.info("predicted a %s image of %dx%d: %d detections in %.3f s", fmt, w, h, len(out["scores"]), elapsed)
         resp = self._response(out, fmt, h, w, facts, elapsed, image if include_image else None, explanation)
         if display_max_side is not None:
@@ -198,6 +239,25 @@ class ModelService:
             image_id = self.store.put(image) if self.store is not None else None
             resp["image"]["display"] = display_entry(image, display_max_side, display_format, image_id)
         return resp
+
+    def estimate_bytes(self, header, upload_bytes: int, include_image: bool = False, explain: bool = False) -> int:
+        """Memory one request may take, from the image's header: the upload and its parsed copy; the
+        decoder (OpenCV's and pydicom's decoders peak at twice their output, measured) and then its output
+        with the display array made from it; then the display array with the model's input (one float32
+        channel at a time at full size); plus the model's working set."""
+        px = header.height * header.width * header.frames
+        out_bpp = 3 if header.channels >= 3 else min(2, header.bytes_per_sample)
+        if header.format == "dicom":
+            out_bpp = 2  # up to 16-bit output; the value table is small
+        decode = max(2 * header.decoded_bytes, header.decoded_bytes + px * out_bpp)
+        prepare = px * out_bpp + px * 4
+        need = 2 * upload_bytes + max(decode, prepare) + self.model_memory
+        if include_image:
+            need += px * (4 + 3 + 3)  # 16-to-8-bit step, display copy and its PNG
+        if explain:
+            side = self.explain_max_side
+            need += side * side * 4 * (self.explain_max_detections + 2)
+        return need
 
     def _explain(self, image: np.ndarray, out: dict, method: str, threshold: float | None) -> dict[str, Any]:
         """Heat maps of the top findings: {"summary": response entry, "maps": {detection index: (png, layer)}}."""
@@ -270,9 +330,22 @@ class ModelService:
         return resp
 
 
-def _strip_path(message: str, path: Path) -> str:
-    """Error text without the temporary file's path."""
-    return message.replace(f"{path}: ", "").replace(str(path), "the upload")
+def _strip_name(message: str, name: str = "upload") -> str:
+    """Error text without the "upload: " prefix naming the in-memory file."""
+    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
+
+
+def model_working_set(predictor) -> int:
+    """A rough estimate of the memory one prediction takes beyond its image: the activations of a
+    Faster R-CNN with FPN on the largest test input (about 600 bytes per input pixel), at least 64 MiB."""
+    try:
+        cfg = predictor.cfg
+        px = int(cfg.INPUT.MIN_SIZE_TEST) * int(cfg.INPUT.MAX_SIZE_TEST)
+        if bool(cfg.TILING.ENABLED):
+            px = max(px, int(cfg.TILING.SIZE) ** 2 * max(1, int(cfg.TILING.BATCH_SIZE)))
+    except Exception:
+        px = 800 * 1333
+    return max(64 * 1024**2, px * 600)
 
 
 def _png_data_url(image: np.ndarray) -> str:
@@ -311,7 +384,10 @@ def model_info(predictor) -> dict[str, Any]:
         "classes": [{"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thr[i])}
                     for i, n in enumerate(predictor.class_names)],
         "score_thresh": float(cfg.TEST.SCORE_THRESH),
-        "engine": meta.get("engine", "ensemble" if members is not None else str(cfg.MODEL.ENGINE)),
+        # the engine actually serving (a bundle's weights may have been converted for the engine available here)
+        "engine": (meta.get("engine", "ensemble") if members is not None
+                   else getattr(getattr(predictor, "model", None), "engine", None)
+                   or meta.get("engine", str(cfg.MODEL.ENGINE))),
         "input": meta.get("input", {"min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
                                     "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST)}),
         "metrics": meta.get("metrics", {}),
@@ -354,8 +430,9 @@ def _load_model(model):
 
 def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, max_queue: int = 4,
                cors_origins: Sequence[str] = (), explain_timeout_s: float = 30.0, explain_max_detections: int = 5,
-               explain_max_side: int = 2048, image_store_items: int = 16, image_store_mb: float = 256,
-               image_store_ttl_s: float = 600.0) -> Flask:
+               explain_max_side: int = 2048, max_memory_mb: float | None = None,
+               model_memory_mb: float | None = None, image_store_items: int = 16,
+               image_store_mb: float = 256, image_store_ttl_s: float = 600.0) -> Flask:
     """The web app over `model` (any meddet.inference.DetectorLike: a Predictor, a tiled one, an
     EnsemblePredictor; or a bundle folder, an ensemble bundle or a Hub repo id).
 
@@ -363,13 +440,20 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     the requests waiting or running (503 above); `cors_origins` lists origins allowed to call the API
     (none by default). Explanations (``explain=1``) cover at most `explain_max_detections` findings,
     start none after `explain_timeout_s` seconds and are at most `explain_max_side` pixels wide or high.
+    `max_memory_mb` is the memory budget of the requests in flight (default: half the machine's memory):
+    each reserves its estimated decoded size plus the model's working set (`model_memory_mb`, default
+    estimated from the test input size) before decoding, and is answered 503 with Retry-After when the
+    budget is in use, 413 when it could never fit.
     Decoded images for the page's zoom are kept in memory only, at most `image_store_items` images and
-    `image_store_mb` MB, each for `image_store_ttl_s` seconds (webapp.display.ImageStore; 0 items: none).
+    `image_store_mb` MB, each for `image_store_ttl_s` seconds (webapp.display.ImageStore; 0 items: none);
+    that memory comes on top of `max_memory_mb`.
     """
     predictor = _load_model(model)
     service = ModelService(predictor, max_queue=max_queue, max_pixels=max_pixels,
                            explain_timeout_s=explain_timeout_s, explain_max_detections=explain_max_detections,
-                           explain_max_side=explain_max_side)
+                           explain_max_side=explain_max_side,
+                           max_memory=None if max_memory_mb is None else int(max_memory_mb * 2**20),
+                           model_memory=None if model_memory_mb is None else int(model_memory_mb * 2**20))
     info = model_info(predictor)
     card = ""
     bundle_dir = getattr(predictor, "bundle_dir", None)
@@ -378,7 +462,9 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     allowed = set(cors_origins)
 
     app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_FIELDS
     app.config["MEDDET_SERVICE"] = service
     from webapp.display import ImageStore
     from webapp.jsonsafe import FiniteJSONProvider
@@ -387,9 +473,10 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     app.json = FiniteJSONProvider(app)
     app.json.sort_keys = False
 
-    def error(status: int, message: str) -> Response:
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         resp = jsonify({"error": {"status": status, "message": message}})
         resp.status_code = status
+        resp.headers.update(headers or {})
         return resp
 
     @app.after_request
@@ -407,15 +494,22 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     @app.errorhandler(UploadError)
     def upload_error(e: UploadError) -> Response:
         logger.info("refused an upload (%d): %s", e.status, e.message)
-        return error(e.status, e.message)
+        return error(e.status, e.message, e.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Response:
         if e.code == 413:
+            length = request.content_length
+            if length is not None and length <= app.config["MAX_CONTENT_LENGTH"]:
+                # the body is within the limit: werkzeug stopped on the form's parts
+                return error(413, f"too many form fields or a text field too large: at most {MAX_FORM_FIELDS} "
+                                  "fields per request and 500 KB per text field (send the image as field 'file')")
             return error(413, f"upload too large: the limit is {max_upload_mb:g} MB")
-        if request.path.startswith(API):
-            return error(e.code or 500, e.description or e.name)
-        return e
+        if (e.code or 500) >= 500:
+            logger.error("internal error answering %s %s", request.method, request.path,
+                         exc_info=getattr(e, "original_exception", None) is not None)
+            return error(e.code or 500, "internal server error")
+        return error(e.code or 500, e.description or e.name)
 
     @app.errorhandler(MeddetError)
     def meddet_error(e: MeddetError) -> Response:

@@ -80,11 +80,11 @@ def openapi_spec(max_upload_mb: float, max_pixels: int, explain_timeout_s: float
                         "schema": {"$ref": "#/components/schemas/Prediction"}}}},
                     "400": err("No file, empty file, or a bad threshold, explain, explain_method or "
                                "explain_threshold"),
-                    "413": err("Upload or image too large"),
+                    "413": err("Upload, form fields or image too large (pixels, or decoded memory over the budget)"),
                     "415": err("Not a PNG, JPEG or DICOM file"),
                     "422": err("File cannot be decoded (truncated, no pixel data, unsupported encoding), "
                                "or the model cannot be explained"),
-                    "503": err("Server busy: the queue is full; retry later"),
+                    "503": err("Server busy: the queue or the memory budget is full; retry after Retry-After seconds"),
                 },
             }},
             "/api/v1/exam": {"post": {

@@ -40,6 +40,11 @@ def display_options(req=None) -> dict[str, Any]:
 def register_views(app: Flask, service, api: str) -> None:
     """Add the crop, exam and favicon routes to `app` (made by webapp.app.create_app)."""
 
+    @app.context_processor
+    def zoom_keep():
+        ttl = service.store.ttl_s if service.store is not None and service.store.max_items else 0
+        return {"zoom_keep_minutes": f"{ttl / 60:g}"}
+
     @app.get("/favicon.ico")
     def favicon():
         return send_from_directory(app.static_folder, "favicon.svg", mimetype="image/svg+xml", max_age=86400)

@@ -19,16 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-upload-mb", type=float, default=64)
     ap.add_argument("--max-pixels", type=int, default=80_000_000)
     ap.add_argument("--max-queue", type=int, default=4, help="requests waiting or running before 503")
+    ap.add_argument("--max-memory", type=float, default=None, metavar="MB",
+                    help="memory budget of the requests in flight, in MB (default: half the machine's memory); "
+                         "each reserves its decoded size plus the model's working set, 503 when full")
     ap.add_argument("--cors-origin", action="append", default=[], help="origin allowed to call the API (repeat)")
     ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: the bundle's, auto)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from waitress import serve
-
     from meddet.errors import MeddetError
     from meddet.hub import load_predictor
     from webapp.app import create_app
+    from webapp.server import private_tmp, serve_app
+
+    private_tmp()  # before anything may write a temporary file; stale ones of crashed runs removed
 
     try:
         predictor = load_predictor(args.model, device=args.device)
@@ -36,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     app = create_app(predictor, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                     max_queue=args.max_queue, cors_origins=args.cors_origin)
-    print(f"serving http://{args.host}:{args.port}/", file=sys.stderr)
-    # recv_bytes: read uploads in 256 KB chunks (waitress's 8 KB makes a 14 MB DICOM take twice as long)
-    serve(app, host=args.host, port=args.port, threads=args.threads, recv_bytes=256 * 1024,
-          max_request_body_size=int(args.max_upload_mb * 1024 * 1024) + 1024 * 1024)
+                     max_queue=args.max_queue, cors_origins=args.cors_origin, max_memory_mb=args.max_memory)
+    budget = app.config["MEDDET_SERVICE"].budget.capacity
+    print(f"serving http://{args.host}:{args.port}/ (request memory budget {budget / 2**20:,.0f} MiB)",
+          file=sys.stderr)
+    serve_app(app, host=args.host, port=args.port, threads=args.threads, max_upload_mb=args.max_upload_mb)
     return 0
 
 

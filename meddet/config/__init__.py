@@ -2,9 +2,10 @@
 and `KEY VALUE` overrides from the command line."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import yaml
 from yacs.config import CfgNode
@@ -14,7 +15,10 @@ from meddet.errors import ConfigError
 
 __all__ = ["CfgNode", "get_cfg", "load_config", "merge_yaml", "merge_overrides", "save_config"]
 
+logger = logging.getLogger(__name__)
+
 BASE_KEY = "_BASE_"
+CONFIG_VERSION = 2  # detectron2's config VERSION whose key names meddet reads
 
 
 def _load_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -51,25 +55,95 @@ def _deep_update(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
-def _check_keys(cfg: CfgNode, data: dict, source: str, prefix: str = "") -> None:
-    """Refuse unknown keys with the full dotted name (yacs' own error is less precise)."""
+# detectron2 keys of parts meddet does not build (detectron2's model-zoo YAMLs carry them): key prefix ->
+# (the part, whether the config switches it on). Accepted and not used while the part is off, as detectron2
+# itself ignores them then; refused with one line while it is on.
+_ABSENT_PARTS: list[tuple[str, str, Callable[[CfgNode], bool]]] = [
+    ("MODEL.ROI_MASK_HEAD.", "the mask head (Mask R-CNN; MODEL.MASK_ON)", lambda c: bool(c.MODEL.MASK_ON)),
+    ("INPUT.MASK_FORMAT", "the mask head (Mask R-CNN; MODEL.MASK_ON)", lambda c: bool(c.MODEL.MASK_ON)),
+    ("MODEL.ROI_KEYPOINT_HEAD.", "the keypoint head (MODEL.KEYPOINT_ON)", lambda c: bool(c.MODEL.KEYPOINT_ON)),
+    ("TEST.KEYPOINT_OKS_SIGMAS", "the keypoint head (MODEL.KEYPOINT_ON)", lambda c: bool(c.MODEL.KEYPOINT_ON)),
+    ("DATASETS.PROPOSAL_FILES_", "precomputed proposals (MODEL.LOAD_PROPOSALS)",
+     lambda c: bool(c.MODEL.LOAD_PROPOSALS)),
+    ("DATASETS.PRECOMPUTED_PROPOSAL_TOPK_", "precomputed proposals (MODEL.LOAD_PROPOSALS)",
+     lambda c: bool(c.MODEL.LOAD_PROPOSALS)),
+    ("MODEL.SEM_SEG_HEAD.", "semantic segmentation (MODEL.META_ARCHITECTURE SemanticSegmentor/PanopticFPN)",
+     lambda c: c.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "PanopticFPN")),
+    ("MODEL.PANOPTIC_FPN.", "Panoptic FPN (MODEL.META_ARCHITECTURE PanopticFPN)",
+     lambda c: c.MODEL.META_ARCHITECTURE == "PanopticFPN"),
+    ("MODEL.ROI_BOX_CASCADE_HEAD.", "the cascade box head (MODEL.ROI_HEADS.NAME CascadeROIHeads)",
+     lambda c: c.MODEL.ROI_HEADS.NAME == "CascadeROIHeads"),
+]
+# Switches of those parts: a config that turns one on is refused (meddet builds box detectors only).
+_PART_SWITCHES = {"MASK_ON": "a mask head", "KEYPOINT_ON": "a keypoint head",
+                  "LOAD_PROPOSALS": "precomputed proposals"}
+
+
+def _absent_part(full: str) -> tuple[str, Callable[[CfgNode], bool]] | None:
+    for prefix, part, is_on in _ABSENT_PARTS:
+        if full.startswith(prefix):
+            return part, is_on
+    return None
+
+
+def _leaf_keys(value: object, full: str) -> list[str]:
+    """The dotted names of the values under ``full`` (itself when ``value`` is no mapping)."""
+    if isinstance(value, dict) and value:
+        return [key for k, v in value.items() for key in _leaf_keys(v, f"{full}.{k}")]
+    return [full]
+
+
+def _check_keys(cfg: CfgNode, data: dict, source: str, prefix: str = "", absent: list[str] | None = None) -> dict:
+    """Refuse unknown keys with the full dotted name (yacs' own error is less precise). Keys of detectron2
+    parts meddet does not build (_ABSENT_PARTS) are left out of the returned data and listed in ``absent``."""
+    kept = {}
     for k, v in data.items():
         full = f"{prefix}{k}"
         if k not in cfg:
+            leaves = _leaf_keys(v, full)
+            if absent is not None and all(_absent_part(key) is not None for key in leaves):
+                absent.extend(leaves)
+                continue
             raise ConfigError(f"{source}: unknown config key {full!r}")
         if isinstance(cfg[k], CfgNode):
             if not isinstance(v, dict):
                 raise ConfigError(f"{source}: {full!r} is a section; expected a mapping, found {v!r}")
-            _check_keys(cfg[k], v, source, full + ".")
+            v = _check_keys(cfg[k], v, source, full + ".", absent)
+        kept[k] = v
+    return kept
+
+
+def check_parts(cfg: CfgNode, source: str, absent: Sequence[str] = ()) -> None:
+    """Refuse a config that switches on a detectron2 part meddet does not build (MODEL.MASK_ON, ...), or
+    that gives keys of such a part while it is on; keys of parts switched off are accepted and not used."""
+    for switch, what in _PART_SWITCHES.items():
+        if cfg.MODEL[switch]:
+            raise ConfigError(f"{source}: MODEL.{switch} is True; meddet builds box detectors only (Faster R-CNN), "
+                              f"without {what}; expected False")
+    for key in absent:
+        part, is_on = _absent_part(key)  # type: ignore[misc]
+        if is_on(cfg):
+            raise ConfigError(f"{source}: {key} belongs to {part}, which meddet does not build; expected that "
+                              "part switched off")
+    if absent:
+        logger.info("%s: %d keys of detectron2 parts meddet does not build (switched off) are not used: %s",
+                    source, len(absent), ", ".join(absent))
 
 
 def merge_yaml(cfg: CfgNode, path: str | os.PathLike) -> CfgNode:
     data = _load_yaml_with_base(Path(path))
-    _check_keys(cfg, data, str(path))
+    absent: list[str] = []
+    data = _check_keys(cfg, data, str(path), absent=absent)
     try:
         cfg.merge_from_other_cfg(CfgNode(data))
     except (ValueError, KeyError, AssertionError, TypeError) as e:
         raise ConfigError(f"{path}: {e}") from None
+    check_parts(cfg, str(path), absent)
+    if cfg.VERSION != CONFIG_VERSION:
+        raise ConfigError(
+            f"{path}: VERSION {cfg.VERSION!r}; expected {CONFIG_VERSION}, detectron2's current config version "
+            "(older configs need detectron2's upgrade_config first)"
+        )
     return cfg
 
 
@@ -93,6 +167,7 @@ def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
         cfg.merge_from_list(opts)
     except (ValueError, KeyError, AssertionError, TypeError) as e:
         raise ConfigError(f"command line: {e}") from None
+    check_parts(cfg, "command line")
     return cfg
 
 

@@ -16,6 +16,12 @@ _C.MODEL.ENGINE = "auto"
 # auto | cpu | cuda | mps (auto: cuda when available, else cpu)
 _C.MODEL.DEVICE = "auto"
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# detectron2's switches of parts meddet does not build (box detection only): must stay False. With them
+# off, detectron2 model-zoo YAMLs load: their keys of those parts (MODEL.ROI_MASK_HEAD.*, ...) are accepted
+# and not used (meddet.config).
+_C.MODEL.MASK_ON = False
+_C.MODEL.KEYPOINT_ON = False
+_C.MODEL.LOAD_PROPOSALS = False
 # Local checkpoint to start from ("" = random init; nothing is downloaded).
 _C.MODEL.WEIGHTS = ""
 # Pixel statistics in INPUT.FORMAT channel order, on the 0..255 scale.
@@ -77,6 +83,26 @@ _C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
 _C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
 _C.MODEL.RPN.NMS_THRESH = 0.7
 _C.MODEL.RPN.CONV_DIMS = [-1]
+
+# RetinaNet (MODEL.META_ARCHITECTURE RetinaNet, BACKBONE.NAME build_retinanet_resnet_fpn_backbone, RESNETS.OUT_FEATURES
+# and FPN.IN_FEATURES [res3, res4, res5]): detectron2's keys and defaults, except NUM_CLASSES (meddet's 3; it must
+# equal MODEL.ROI_HEADS.NUM_CLASSES, which the rest of meddet reads).
+_C.MODEL.RETINANET = CN()
+_C.MODEL.RETINANET.NUM_CLASSES = 3
+_C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.RETINANET.NUM_CONVS = 4
+_C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
+_C.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+_C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
+_C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5
+_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
+_C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.1
+_C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RETINANET.NORM = ""
 
 _C.MODEL.ROI_HEADS = CN()
 _C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
@@ -217,6 +243,12 @@ _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
 _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+# detectron2's legacy bias settings: bias learning rate = BASE_LR x BIAS_LR_FACTOR; bias weight decay
+# WEIGHT_DECAY_BIAS (None: the weight decay of the layer's other parameters). detectron2's default is
+# 0.0001 (its WEIGHT_DECAY default, copied when defined), which also decays the biases of norm layers;
+# set 0.0001 to reproduce that.
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
@@ -227,7 +259,9 @@ _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.IMS_PER_BATCH = 16
 _C.SOLVER.CLIP_GRADIENTS = CN()
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
-# "value" | "norm"
+# detectron2's meaning: "value" (clamp each gradient element to +-CLIP_VALUE) | "norm" (each parameter's
+# gradient on its own to a NORM_TYPE-norm <= CLIP_VALUE); and "full_model" (the name detectron2-based
+# projects use): all gradients together to a joint norm <= CLIP_VALUE.
 _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
 _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
@@ -306,6 +340,19 @@ _C.DICOM.PERCENTILES = (1.0, 99.0)
 _C.DICOM.FIXED_RANGE = ()
 # out = max * (x / max) ** GAMMA after normalization (< 1 brightens mid-tones).
 _C.DICOM.GAMMA = 0.8
+
+# ---------------------------------------------------------------------------- PREPROCESS
+# Geometry steps of the preprocessing recipe (meddet.io.recipe; with DICOM.* for the pixels and
+# INPUT.*_TEST for the resize). Converters record them in the COCO info and the trainer adopts those of
+# its training data; readers of original files (predict, evaluate on raw records, the web app) replay
+# them and report boxes in the original file's pixels.
+_C.PREPROCESS = CN()
+# Mirror breasts so the chest wall is on the left: "" (never) | "tags" (PatientOrientation, else
+# Laterality, else the pixels) | "pixels".
+_C.PREPROCESS.FLIP_LEFT = ""
+# Crop to the breast (meddet.io.breast.breast_region), keeping CROP_MARGIN x the image size around it.
+_C.PREPROCESS.CROP_BREAST = False
+_C.PREPROCESS.CROP_MARGIN = 0.02
 
 # ---------------------------------------------------------------------------- misc
 _C.OUTPUT_DIR = "./output"

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from meddet.data.coco import class_names, load_coco, resolve_image_path
 from meddet.data.parallel import parallel_map
 from meddet.errors import ConfigError, MeddetError
-from meddet.io.image import read_image
+from meddet.io.image import read_image_bits
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class CheckReport:
     counts: dict[str, dict[str, Any]]
     box_sizes: dict[str, dict[str, Any]]
     findings: list[Finding]
+    # per split: effective bit depth ("8", "16", "12 of 16" ...) -> number of images (when images were read)
+    bit_depths: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Finding]:
@@ -84,6 +86,7 @@ class CheckReport:
             "classes": self.classes,
             "counts": self.counts,
             "box_sizes": self.box_sizes,
+            "bit_depths": self.bit_depths,
             "errors": [asdict(f) for f in self.errors],
             "warnings": [asdict(f) for f in self.warnings],
         }
@@ -95,6 +98,8 @@ class CheckReport:
         rows = [["images", *[str(self.counts[s]["images"]) for s in splits]],
                 ["boxes", *[str(self.counts[s]["boxes"]) for s in splits]],
                 ["images without boxes", *[str(self.counts[s]["empty_images"]) for s in splits]]]
+        if self.bit_depths:
+            rows.append(["bit depth", *[_fmt_depths(self.bit_depths.get(s, {})) for s in splits]])
         rows += [[f"  {c}", *[str(self.counts[s]["per_class"].get(c, 0)) for s in splits]] for c in self.classes]
         lines = _format_table(head, rows)
         size_rows = []
@@ -120,6 +125,8 @@ class CheckReport:
         md.append("| images | " + " | ".join(str(self.counts[s]["images"]) for s in splits) + " |")
         md.append("| boxes | " + " | ".join(str(self.counts[s]["boxes"]) for s in splits) + " |")
         md.append("| images without boxes | " + " | ".join(str(self.counts[s]["empty_images"]) for s in splits) + " |")
+        if self.bit_depths:
+            md.append("| bit depth | " + " | ".join(_fmt_depths(self.bit_depths.get(s, {})) for s in splits) + " |")
         for c in self.classes:
             md.append(f"| {c} | " + " | ".join(str(self.counts[s]["per_class"].get(c, 0)) for s in splits) + " |")
         md += ["", "## Box sizes (sqrt(w*h); min / median / max)", "", "| class | boxes | px | mm |", "|---|---|---|---|"]
@@ -142,6 +149,11 @@ class CheckReport:
         js.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         md.write_text(self.to_markdown(), encoding="utf-8")
         return js, md
+
+
+def _fmt_depths(depths: dict[str, int]) -> str:
+    """``{"8": 3, "12 of 16": 2}`` -> ``"8-bit 3, 12 of 16-bit 2"``."""
+    return ", ".join(f"{k}-bit {v}" for k, v in sorted(depths.items())) or "-"
 
 
 def _format_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -179,19 +191,21 @@ class _Findings:
 
 
 def _image_facts(task: tuple[str, str, str, int, int]) -> tuple[str, str | None, str]:
-    """``("ok", content hash, "")`` or ``("missing" | "unreadable" | "size", None, message)`` for
+    """``("ok", content hash, effective bit depth)`` or ``("missing" | "unreadable" | "size", None, message)`` for
     a ``(split, file_name, path, height, width)`` task."""
     _, _, path, height, width = task
     if not os.path.isfile(path):
         return "missing", None, f"{path}: file not found"
     try:
-        img = read_image(path)
+        img, bits = read_image_bits(path)
     except MeddetError as e:
         return "unreadable", None, str(e)
     if img.shape[:2] != (height, width):
         return "size", None, f"{path}: file is {img.shape[0]}x{img.shape[1]}, the record says {height}x{width}"
     digest = hashlib.sha256(f"{img.shape}{img.dtype}".encode() + img.tobytes()).hexdigest()
-    return "ok", digest, ""
+    # the effective bit depth: "8", "16", or e.g. "12 of 16" for 16-bit files whose values use 12 bits
+    depth = f"{bits} of 16" if bits else str(8 * img.dtype.itemsize)
+    return "ok", digest, depth
 
 
 def _indexed_facts(task: tuple[int, tuple[str, str, str, int, int]]) -> tuple[str, str | None, str]:
@@ -229,6 +243,7 @@ def check_dataset(
     sizes_mm: dict[str, list[float]] = defaultdict(list)
     patients: dict[str, set[str]] = defaultdict(set)
     tasks: list[tuple[str, str, str, int, int]] = []  # split, name, path, h, w
+    bit_depths: dict[str, dict[str, int]] = {}
     for path, split in zip(coco_files, stems):
         coco = load_coco(path)
         names = class_names(coco)
@@ -278,12 +293,14 @@ def check_dataset(
             findings.add("error", "patient in several splits", "patients with images in more than one split",
                          f"patient {pid}: {', '.join(sorted(in_splits))}")
     if check_images:
-        _check_images(tasks, findings, workers, progress)
+        _check_images(tasks, findings, workers, progress, bit_depths)
     box_sizes = {c: {"n": len(sizes_px[c]), "px": _stats(sizes_px[c]), "mm": _stats(sizes_mm[c])} for c in classes}
-    return CheckReport({s: str(p) for s, p in zip(stems, coco_files)}, classes, counts, box_sizes, findings.sorted())
+    return CheckReport({s: str(p) for s, p in zip(stems, coco_files)}, classes, counts, box_sizes, findings.sorted(),
+                       bit_depths)
 
 
-def _check_images(tasks: list[tuple[str, str, str, int, int]], findings: _Findings, workers: int, progress: bool) -> None:
+def _check_images(tasks: list[tuple[str, str, str, int, int]], findings: _Findings, workers: int, progress: bool,
+                  bit_depths: dict[str, dict[str, int]]) -> None:
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     messages = {
         "missing": ("missing image", "image files not found"),
@@ -306,6 +323,12 @@ def _check_images(tasks: list[tuple[str, str, str, int, int]], findings: _Findin
             findings.add("error", check, text, f"{split}: {message}")
         else:
             by_hash[digest].append((split, name))
+            depths = bit_depths.setdefault(split, {})
+            depths[message] = depths.get(message, 0) + 1
+            if " of " in message:
+                findings.add("warning", "effective bit depth",
+                             "16-bit images whose values use fewer bits (read normalized by their effective depth)",
+                             f"{split}: {name} ({message} bits)")
     for members in by_hash.values():
         if len(members) < 2:
             continue

@@ -126,6 +126,9 @@ def coco_to_records(coco: dict, json_path: str | os.PathLike, image_root: str | 
                 "annotations": anns,
             }
         )
+        if any(k in im for k in ("flipped", "crop", "original_size")):
+            # converted with the recipe's flip / crop already (meddet.io.recipe): never apply them again
+            records[-1]["preprocessed"] = True
     return records
 
 

@@ -86,6 +86,10 @@ class DatasetMapper:
             self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
         self.aug = build_augmentation(cfg) if is_train else None
         self.dicom_kwargs = dicom_kwargs(cfg)
+        from meddet.io.recipe import PreprocessRecipe
+
+        # Raw records (not converted with the recipe's flip / crop) get them here, boxes included.
+        self.recipe = PreprocessRecipe.from_cfg(cfg)
         self.aug_stage = str(cfg.TILING.AUG_STAGE).lower()
         if self.aug_stage not in _AUG_STAGES:
             raise ConfigError(f"TILING.AUG_STAGE: expected one of {list(_AUG_STAGES)}, found {cfg.TILING.AUG_STAGE!r}")
@@ -108,6 +112,21 @@ class DatasetMapper:
                 f"{file_name}: image is {w0}x{h0} but its COCO record says {width}x{height}"
             )
         return image
+
+    def _raw(self, record: dict):
+        """An original file flipped / cropped by the preprocessing recipe, with its boxes:
+        (image, boxes xyxy, classes, meddet.io.Geometry)."""
+        from meddet.io.recipe import read_for_recipe
+
+        image = read_for_recipe(record["file_name"], self.recipe.pixels)
+        if image.shape[:2] != (record["height"], record["width"]):
+            raise DataError(f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO "
+                            f"record says {record['width']}x{record['height']}")
+        boxes, classes = _boxes_classes(record.get("annotations", []))
+        xywh = [[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in boxes.tolist()]
+        out, moved, geometry = self.recipe.apply(image, xywh)
+        moved_xyxy = np.asarray([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in moved], dtype=np.float32)
+        return np.asarray(out), moved_xyxy.reshape(-1, 4), classes, geometry
 
     def _read_parent(self, record: dict) -> np.ndarray:
         """The decoded parent image of a tile record, through the LRU cache (read-only: never modify it)."""
@@ -142,8 +161,14 @@ class DatasetMapper:
         return img[y0 : y0 + h, x0 : x0 + w], clipped[keep], classes[keep]
 
     def __call__(self, record: dict, seed: int = 0) -> dict:
+        geometry = None
         if "tile" in record:
             img, boxes, classes = self._tile(record, seed)
+        elif self.recipe.geometric and not record.get("preprocessed"):
+            img, boxes, classes, geometry = self._raw(record)
+            img = to_unit_float(img)
+            if self.aug is not None:
+                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
         else:
             img = to_unit_float(self._read_checked(record["file_name"], record["height"], record["width"]))
             boxes, classes = _boxes_classes(record.get("annotations", []))
@@ -163,6 +188,8 @@ class DatasetMapper:
             "image_id": record.get("image_id"),
             "file_name": record["file_name"],
         }
+        if geometry is not None and not self.is_train:
+            out["geometry"] = geometry  # inference_on_dataset maps the detections back to the file's pixels
         if self.with_boxes:
             out["boxes"] = torch.from_numpy(boxes)
             out["classes"] = torch.from_numpy(classes)
@@ -377,10 +404,15 @@ class TrainingBatchSampler:
 
     `start_iter` skips the batches already consumed, so a resumed run continues the same sequence.
     `rank`/`world_size` shard each global batch across processes.
+
+    `groups` (DATALOADER.ASPECT_RATIO_GROUPING, detectron2's AspectRatioGroupedDataset): one bool per index
+    (the image is wider than high); the stream then fills one bucket per group and yields a bucket as a
+    batch when it is full, so every batch holds images of one orientation and pads less. Deterministic:
+    a resumed run replays the grouping of the batches it skips (index arithmetic only).
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
-                 world_size: int = 1, order: EpochOrder | None = None):
+                 world_size: int = 1, order: EpochOrder | None = None, groups: Sequence[bool] | None = None):
         if size <= 0:
             raise DataError("the training set has no usable images (all empty or filtered)")
         if batch_size % world_size:
@@ -390,6 +422,9 @@ class TrainingBatchSampler:
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start_iter, self.rank, self.world_size = start_iter, rank, world_size
         self.order = order if order is not None else PermutationOrder(size)
+        if groups is not None and len(groups) != size:
+            raise ValueError(f"groups: {len(groups)} values for {size} images")
+        self.groups = None if groups is None else [bool(g) for g in groups]
 
     def _indices(self, skip: int) -> Iterator[int]:
         """The index stream, epoch after epoch, less its first `skip` entries."""
@@ -404,13 +439,29 @@ class TrainingBatchSampler:
             skip = 0
 
     def __iter__(self):
+        per_rank = self.batch_size // self.world_size
+        for batch in self._grouped() if self.groups is not None else self._plain():
+            yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def _plain(self) -> Iterator[list[tuple[int, int]]]:
         pos = self.start_iter * self.batch_size
         stream = self._indices(pos)
-        per_rank = self.batch_size // self.world_size
         while True:
             batch = [(pos + i, next(stream)) for i in range(self.batch_size)]
             pos += self.batch_size
-            yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+            yield batch
+
+    def _grouped(self) -> Iterator[list[tuple[int, int]]]:
+        buckets: dict[bool, list[tuple[int, int]]] = {False: [], True: []}
+        done = 0
+        for pos, idx in enumerate(self._indices(0)):
+            bucket = buckets[self.groups[idx]]
+            bucket.append((pos, idx))
+            if len(bucket) == self.batch_size:
+                if done >= self.start_iter:
+                    yield list(bucket)
+                done += 1
+                bucket.clear()
 
 
 def _collate(batch):
@@ -453,8 +504,18 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
             raise DataError(f"{f}: image file not found (referenced by DATASETS.TRAIN)")
     mapper = DatasetMapper(cfg, is_train=True)
     order = build_epoch_order(cfg, records, names) if records else None
+    groups = None
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        if cfg.AUG.ENABLED and cfg.AUG.ROT90_PROB > 0:
+            raise ConfigError(
+                f"DATALOADER.ASPECT_RATIO_GROUPING True with AUG.ROT90_PROB {cfg.AUG.ROT90_PROB}: quarter turns "
+                "change an image's orientation after it was grouped; expected one of them off"
+            )
+        groups = [int(r["width"]) > int(r["height"]) for r in records]
+        logger.info("DATALOADER.ASPECT_RATIO_GROUPING: batches of one orientation (%d of %d %s wider than high)",
+                    sum(groups), len(groups), what)
     sampler = TrainingBatchSampler(len(records), int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.SEED), start_iter, rank,
-                                   world_size, order=order)
+                                   world_size, order=order, groups=groups)
     workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(
         _MappedDataset(records, mapper, int(cfg.SEED)),

@@ -36,6 +36,7 @@ import logging
 import multiprocessing
 import os
 import re
+import sys
 import traceback
 import zlib
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -204,10 +205,71 @@ def _work(task: tuple[Callable[[Job, Path], Converted], Job, Path, dict | None, 
     return "ok", entry, ""
 
 
-def _init_worker() -> None:
+# --- workers die with their parent -----------------------------------------------------------------
+# A killed run must not leave its fork server, workers and resource tracker running: the fork server and
+# every worker ask the kernel for SIGKILL when their parent dies (Linux PR_SET_PDEATHSIG), and each worker
+# also watches the converting process from a thread (any platform; the fork server stays single-threaded).
+# The fork server learns which process it belongs to from this variable, set before it starts.
+_PARENT_ENV = "MEDDET_POOL_PARENT"
+_WATCH_S = 0.5
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # no libc prctl: the watchdog thread still applies to workers
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, killed but not yet reaped, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _watch_parent(owner: int, parent: int) -> None:
+    import time
+
+    while True:
+        time.sleep(_WATCH_S)
+        if os.getppid() != parent or not _alive(owner):
+            os._exit(1)
+
+
+def _init_worker(owner: int | None = None) -> None:
+    import threading
+
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    if owner is not None:
+        parent = os.getppid()
+        _die_with_parent()
+        if not _alive(owner) or not _alive(parent):  # the parent died before the request took effect
+            os._exit(1)
+        threading.Thread(target=_watch_parent, args=(owner, parent), name="meddet-parent-watch", daemon=True).start()
+
+
+if (os.environ.get(_PARENT_ENV) == str(os.getppid()) and sys.argv[:1] == ["-c"]
+        and "multiprocessing.forkserver" in sys.modules):
+    # imported (preloaded) by the fork server of the converting process: die with it
+    _die_with_parent()
 
 
 # Modules the fork server imports once, so each worker starts warm.
@@ -218,6 +280,7 @@ def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     """Workers are never forked from this process: a fork inherits other libraries' thread pools
     in a broken state (OpenCV's deadlocks the child). A fork server (started once per process,
     then forking clean, warm workers quickly) where the platform has one, else spawn."""
+    os.environ[_PARENT_ENV] = str(os.getpid())  # read by the fork server when it starts (see above)
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([*_PRELOAD, *preload])  # used when the server starts
@@ -226,7 +289,8 @@ def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
 
 
 def _pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(preload), initializer=_init_worker)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(preload), initializer=_init_worker,
+                               initargs=(os.getpid(),))
 
 
 def parallel_map(

@@ -38,7 +38,7 @@ from meddet.engine.resume import (
     set_aside,
     write_done,
 )
-from meddet.engine.solver import build_lr_scheduler, build_optimizer
+from meddet.engine.solver import build_lr_scheduler, build_optimizer, clip_gradients
 from meddet.errors import ConfigError, MeddetError
 
 logger = logging.getLogger(__name__)
@@ -258,11 +258,18 @@ class Trainer:
                 f"categories {names}"
             )
         cfg.DATASETS.CLASS_NAMES = names
+        from meddet.io.recipe import adopt_dataset_recipe
+
+        adopt_dataset_recipe(cfg, list(cfg.DATASETS.TRAIN))  # the data's preprocessing recipe, saved with the run
         if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(names):
             raise ConfigError(
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but the training data "
                 f"has {len(names)} categories {names}"
             )
+        # The engine that trains, recorded in config.yaml (auto: the engine of the weights it starts from).
+        from meddet.modeling.build import resolve_engine
+
+        cfg.MODEL.ENGINE = resolve_engine(cfg.MODEL.ENGINE, ckpt or cfg.MODEL.WEIGHTS or None)
         cfg.freeze()
         self.cfg = cfg
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
@@ -270,6 +277,11 @@ class Trainer:
         self.device = resolve_device(cfg.MODEL.DEVICE)
         if self.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", comm.get_local_rank())
+        if self.device.type == "cuda":  # detectron2 sets it for training (default_setup)
+            torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+        if cfg.VIS_PERIOD > 0:
+            raise ConfigError(f"VIS_PERIOD: {cfg.VIS_PERIOD}; meddet draws no training visualizations, expected 0 "
+                              "(see the run's predictions with -c predict / -c evaluate's error galleries)")
         self.model = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -302,7 +314,7 @@ class Trainer:
             done = read_done(self.output_dir)
             self._finished = self._loop_done and bool(done) and done.get("iteration") == last
         elif cfg.MODEL.WEIGHTS:
-            load_model_weights(self.model, cfg.MODEL.WEIGHTS)
+            load_model_weights(self.model, cfg.MODEL.WEIGHTS, cfg)
         if resume and ckpt is None and comm.is_main_process():
             truncate_metrics(self.output_dir / "metrics.json", -1)  # lines of a run killed before its 1st checkpoint
 
@@ -441,6 +453,8 @@ class Trainer:
             losses = self.train_model(batch)
         total = sum(losses.values())
         loss_values = comm.reduce_mean({k: float(v.detach()) for k, v in losses.items()})
+        # detectron2's training statistics (fast_rcnn/cls_accuracy, rpn/num_pos_anchors, ...), this process's
+        stats = {k: float(v) for k, v in (getattr(self.model, "training_stats", None) or {}).items()}
         total_value = sum(loss_values.values())
         if not math.isfinite(total_value):
             raise FloatingPointError(
@@ -450,23 +464,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         clip = self.cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED:
+        if clip.ENABLED:  # detectron2's meaning of CLIP_TYPE (meddet.engine.solver.clip_gradients)
             self.scaler.unscale_(self.optimizer)
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            if clip.CLIP_TYPE == "norm":
-                torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
-            elif clip.CLIP_TYPE == "value":
-                torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
-            else:
-                raise ConfigError(
-                    f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: expected 'value' or 'norm', found {clip.CLIP_TYPE!r}"
-                )
+            clip_gradients(clip, self.optimizer)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         step_time = time.perf_counter() - t0
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.storage.put_scalars(total_loss=total_value, **loss_values, time=step_time, data_time=data_time)
+        self.storage.put_scalars(total_loss=total_value, **loss_values, **stats, time=step_time, data_time=data_time)
         self.storage.put_scalar("lr", lr, smooth=False)
         remaining = self.max_iter - self.iter - 1
         self.storage.put_scalar("eta_seconds", remaining * (self.storage.median("time") or 0.0), smooth=False)

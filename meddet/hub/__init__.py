@@ -97,10 +97,14 @@ def _read_metrics(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def bundle_metadata(cfg, metrics: dict[str, float] | None = None) -> dict[str, Any]:
-    """The content of meddet.json for a run's config (classes, engine, preprocessing, thresholds, data, metrics)."""
+def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | None = None) -> dict[str, Any]:
+    """The content of meddet.json for a run's config (classes, engine, preprocessing, thresholds, data, metrics).
+
+    ``engine``: the engine of the bundle's weights (export_bundle passes the checkpoint's); default the
+    config's MODEL.ENGINE resolved here."""
     from meddet.modeling.build import select_engine
     from meddet.tasks import class_thresholds
+    from meddet.io.recipe import PreprocessRecipe
     from meddet.visualize import class_color
 
     k = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
@@ -114,7 +118,7 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None) -> dict[str, A
         "format": BUNDLE_FORMAT,
         "weights": WEIGHTS_NAME,
         "config": CONFIG_NAME,
-        "engine": select_engine(str(cfg.MODEL.ENGINE)),
+        "engine": engine or select_engine(str(cfg.MODEL.ENGINE)),
         "architecture": {"meta": cfg.MODEL.META_ARCHITECTURE, "depth": int(cfg.MODEL.RESNETS.DEPTH)},
         "classes": [
             {"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thresholds[i])}
@@ -138,6 +142,9 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None) -> dict[str, A
             # Empty: the model predicts on whole images; else it was trained on tiles and predicts by
             # slicing with these settings (load_predictor applies them to TILING.*).
             "tiling": tiling_metadata(cfg),
+            # The whole recipe from the file to the model input (meddet.io.recipe), replayed by the
+            # Predictor the bundle loads into (its config.yaml holds the same DICOM.* / PREPROCESS.*).
+            "preprocess": PreprocessRecipe.from_cfg(cfg).to_dict(),
         },
         "thresholds": {
             "score_thresh": float(cfg.TEST.SCORE_THRESH),
@@ -259,6 +266,7 @@ def _model_card(meta: dict[str, Any], repo_name: str) -> str:
         f"DICOM: {dicom['normalize']} normalization, gamma {dicom['gamma']}, {dicom['bit_depth']}-bit, "
         f"VOI {'applied' if dicom['apply_voi'] else 'ignored'}. Shortest edge resized to "
         f"{meta['input']['min_size_test']} (longest at most {meta['input']['max_size_test']}).",
+        _geometry_text(meta["input"].get("preprocess") or {}),
         "",
         _tiling_text(meta["input"].get("tiling", {})),
         "",
@@ -272,6 +280,18 @@ def _model_card(meta: dict[str, Any], repo_name: str) -> str:
     return "\n".join(header + body)
 
 
+def _geometry_text(recipe: dict) -> str:
+    steps = []
+    if recipe.get("flip_left"):
+        steps.append(f"breasts mirrored so the chest wall is on the left (side from the {recipe['flip_left']})")
+    if recipe.get("crop_breast"):
+        steps.append(f"cropped to the breast (margin {recipe.get('crop_margin')})")
+    if not steps:
+        return ""
+    return ("Before the model: " + "; ".join(steps) + ". The Predictor replays this on original files and "
+            "reports boxes in the original file's pixels.")
+
+
 def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
                   overwrite: bool = False, untuned: bool = False) -> Path:
     """Turn a run folder (config.yaml, model_final.pth / model_best.pth, eval/metrics.json and, from
@@ -282,7 +302,7 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
     ``thresholds.tuned`` name the file they came from (null: the run config's own). Returns the bundle folder.
     """
     from meddet.config import load_config, save_config
-    from meddet.modeling.checkpoint import _read
+    from meddet.modeling.checkpoint import _read, architecture_of, engine_of
 
     run = Path(run)
     cfg_path = run / CONFIG_NAME
@@ -314,13 +334,29 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
 
     import torch
 
-    # Only the model weights travel: optimizer/scheduler state are of no use to a user and large.
+    # Only the model weights travel (optimizer/scheduler state are of no use to a user and large), with the
+    # checkpoint's engine and architecture: the weights always load into the model that made them.
     model_state = state.get("model", state)
-    torch.save({"model": model_state}, out / WEIGHTS_NAME)
-    meta = bundle_metadata(cfg, _read_metrics(run))
+    saved_meta = dict(state.get("meddet") or {})
+    engine = engine_of(state)
+    if engine is None:
+        from meddet.modeling.build import select_engine
+
+        engine = select_engine(str(cfg.MODEL.ENGINE))
+        logger.warning("%s: names no engine and its parameter names fit none; the bundle says %s", weights, engine)
+    weights_meta = {
+        "engine": engine,
+        "num_classes": int(saved_meta.get("num_classes") or cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+        "architecture": dict(saved_meta.get("architecture") or architecture_of(cfg)),
+    }
+    if saved_meta.get("class_names"):
+        weights_meta["class_names"] = list(saved_meta["class_names"])
+    torch.save({"model": model_state, "meddet": weights_meta}, out / WEIGHTS_NAME)
+    meta = bundle_metadata(cfg, _read_metrics(run), engine=engine)
     meta["thresholds"]["tuned"] = tuned.relative_to(run).as_posix() if tuned is not None else None
     bundle_cfg = cfg.clone()
     bundle_cfg.defrost()
+    bundle_cfg.MODEL.ENGINE = engine
     bundle_cfg.MODEL.WEIGHTS = ""
     bundle_cfg.MODEL.DEVICE = "auto"
     bundle_cfg.OUTPUT_DIR = "./output"
@@ -424,6 +460,11 @@ def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = No
         predictor = EnsemblePredictor(members, [c["name"] for c in meta["classes"]], cfg)
     else:
         apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
+        recipe = meta.get("input", {}).get("preprocess")
+        if recipe:  # the recorded preprocessing recipe is what the model expects: replay it (DICOM.*, PREPROCESS.*)
+            from meddet.io.recipe import PreprocessRecipe
+
+            cfg.merge_from_list(PreprocessRecipe.from_dict(recipe, f"{folder / META_NAME}: input.preprocess").config_opts())
         cfg.merge_from_list(list(opts))
         if device:
             cfg.MODEL.DEVICE = device

@@ -40,7 +40,7 @@ class DetectorLike(Protocol):
     @property
     def tiled(self) -> bool: ...
 
-    def read(self, image: str | os.PathLike | np.ndarray) -> np.ndarray: ...
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray: ...
 
     def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]: ...
 
@@ -79,12 +79,13 @@ def score_thresholds(cfg, class_names: Sequence[str] | int, override: float | No
 
 
 def inference_on_records(predictor: DetectorLike, records: Sequence[dict], category_ids: Sequence[int],
-                         desc: str = "predict") -> list[dict]:
+                         desc: str = "predict", predict=None) -> list[dict]:
     """COCO results of any predictor called on each whole image of `records` (dataset dicts with
     "file_name", "image_id", "height", "width"); `category_ids[k]` is the dataset's category id of the
-    predictor's class index k."""
+    predictor's class index k. `predict(image)` replaces ``predictor(image)`` when given."""
     from meddet.inference.predictor import detections_to_coco_results
 
+    predict = predict or predictor
     results: list[dict] = []
     for rec in tqdm(records, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
         image = predictor.read(rec["file_name"])
@@ -93,5 +94,9 @@ def inference_on_records(predictor: DetectorLike, records: Sequence[dict], categ
                 f"{rec['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO record says "
                 f"{rec['width']}x{rec['height']}"
             )
-        results.extend(detections_to_coco_results(predictor(image), rec["image_id"], category_ids))
+        if rec.get("preprocessed"):  # converted with the recipe's flip / crop: its boxes are in its own pixels
+            from meddet.io.recipe import TaggedImage
+
+            image = TaggedImage(image, {**(getattr(image, "hints", None) or {}), "preprocessed": True})
+        results.extend(detections_to_coco_results(predict(image), rec["image_id"], category_ids))
     return results

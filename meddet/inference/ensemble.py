@@ -164,9 +164,9 @@ class EnsemblePredictor:
         """True when any member predicts by sliced inference."""
         return any(bool(getattr(p, "tiled", False)) for p in self.predictors)
 
-    def read(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
-        """An array as is; a path read by the first member (see Predictor.read)."""
-        return self.predictors[0].read(image)
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
+        """An array as is; a path or a file's bytes read by the first member (see Predictor.read)."""
+        return self.predictors[0].read(image, **kwargs)
 
     def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]:
         """Fused detections of each image: {"boxes", "scores", "classes" (ensemble indices), "labels"}."""

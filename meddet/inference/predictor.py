@@ -32,7 +32,19 @@ def prepare_image(image: np.ndarray, cfg) -> dict:
     channel order; "height"/"width" are the input's own size, so detections come back in its pixels."""
     h, w = image.shape[:2]
     nh, nw = shortest_edge_size(h, w, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
-    img = resize(to_unit_float(image), (nh, nw))
+    if nh < h and image.dtype in (np.uint8, np.uint16) and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        # one float32 channel at a time, resized before the next is made (the same values as resizing the
+        # full float image, which would cost 12 bytes a pixel: a full-size 8900x8900 float copy is 3.8 GB)
+        planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(min(3, image.shape[2]))]
+        small = []
+        for plane in planes:
+            one = plane.astype(np.float32)
+            one /= 255.0 if image.dtype == np.uint8 else 65535.0
+            small.append(resize(one, (nh, nw)))
+            del one
+        img = to_unit_float(small[0] if len(small) == 1 else np.dstack(small))
+    else:
+        img = resize(to_unit_float(image), (nh, nw))
     return {"image": to_model_tensor(img, cfg.INPUT.FORMAT), "height": h, "width": w}
 
 
@@ -148,7 +160,10 @@ def inference_on_dataset(model, loader, category_ids: Sequence[int], desc: str =
         for batch in tqdm(loader, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
             dets = model(batch)
             for inp, det in zip(batch, dets):
-                results.extend(detections_to_coco_results(_to_numpy(det), inp["image_id"], category_ids))
+                det = _to_numpy(det)
+                if inp.get("geometry") is not None:  # a raw record the mapper flipped / cropped: original pixels
+                    det["boxes"] = inp["geometry"].to_original(det["boxes"])
+                results.extend(detections_to_coco_results(det, inp["image_id"], category_ids))
     finally:
         model.train(was_training)
     return results
@@ -160,19 +175,11 @@ def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict],
     or not TILING.ENABLED is set: the way to evaluate a model trained on tiles against whole-image ground
     truth. `records` are dataset dicts (meddet.data.coco.coco_to_records: "file_name", "image_id",
     "height", "width"); `category_ids[k]` is the dataset's category id of class index k."""
+    from meddet.inference.base import inference_on_records
     from meddet.inference.sliced import sliced_predict
 
-    results: list[dict] = []
-    for rec in tqdm(records, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
-        image = predictor.read(rec["file_name"])
-        if image.shape[:2] != (rec["height"], rec["width"]):
-            raise DataError(
-                f"{rec['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO record says "
-                f"{rec['width']}x{rec['height']}"
-            )
-        det = sliced_predict(predictor.inference_model, image, predictor.cfg)
-        results.extend(detections_to_coco_results(det, rec["image_id"], category_ids))
-    return results
+    return inference_on_records(predictor, records, category_ids, desc,
+                                predict=lambda image: sliced_predict(predictor.inference_model, image, predictor.cfg))
 
 
 class Predictor:
@@ -196,15 +203,21 @@ class Predictor:
         from meddet.data.dataset import dicom_kwargs
         from meddet.modeling import build_model, resolve_device
         from meddet.modeling import load_model_weights
+        from meddet.modeling.build import resolve_engine
 
-        self.cfg = cfg.clone()
-        self.cfg.freeze()
-        self.device = resolve_device(cfg.MODEL.DEVICE)
-        self.model = build_model(self.cfg).to(self.device).eval()
         weights = weights if weights is not None else cfg.MODEL.WEIGHTS
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
-        load_model_weights(self.model, weights)
+        self.cfg = cfg.clone()
+        self.cfg.defrost()
+        self.cfg.MODEL.ENGINE = resolve_engine(cfg.MODEL.ENGINE, weights)  # auto: the checkpoint's engine
+        self.cfg.freeze()
+        self.device = resolve_device(cfg.MODEL.DEVICE)
+        self.model = build_model(self.cfg, weights=weights).to(self.device).eval()
+        meta = load_model_weights(self.model, weights, self.cfg)
+        if meta.get("pretrained_part") == "backbone":  # FPN, RPN and box head random: no detector to predict with
+            raise ConfigError(f"MODEL.WEIGHTS {weights}: holds only a pretrained backbone (for training); expected "
+                              "a trained detector to predict with (a run's model_final.pth or a model bundle)")
         # What predict paths run: an optimised copy (see optimize_for_inference) made from the weights just
         # loaded, or with optimize=False the plain model itself.
         self.inference_model = optimize_for_inference(self.model) if optimize else self.model
@@ -216,14 +229,36 @@ class Predictor:
             )
         self.class_names = names or [f"class_{i}" for i in range(k)]
         self._dicom_kwargs = dicom_kwargs(cfg)
+        from meddet.io.recipe import PreprocessRecipe
 
-    def read(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
-        """An array as is; a path through meddet.io.read_image (DICOM, PNG, JPEG; decided by content)."""
+        # The preprocessing recipe (DICOM.*, PREPROCESS.*, INPUT.*_TEST) replayed on every image.
+        self.recipe = PreprocessRecipe.from_cfg(self.cfg)
+
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
+        """An array as is; a path or a file's bytes through meddet.io.read_image (DICOM, PNG, JPEG; decided by
+        content; `kwargs` such as max_bytes and name go to it) as a meddet.io.TaggedImage carrying the header
+        facts (laterality, orientation) the recipe's flip uses."""
         if isinstance(image, np.ndarray):
             return image
-        from meddet.io import read_image
+        from meddet.io.recipe import read_for_recipe
 
-        return read_image(Path(image), **self._dicom_kwargs)
+        src = image if isinstance(image, (bytes, bytearray, memoryview)) else Path(image)
+        return read_for_recipe(src, self.recipe.pixels, **kwargs)
+
+    def preprocess(self, image: np.ndarray):
+        """The image the model sees and how to map boxes back: (array, meddet.io.Geometry or None).
+
+        PREPROCESS.FLIP_LEFT / CROP_BREAST are replayed on the original image (flip by tags uses the hints
+        of a TaggedImage from `read`; a plain array is flipped by its pixels); an image whose hints say it
+        is already preprocessed (``{"preprocessed": True}``) is left as is."""
+        hints = getattr(image, "hints", None) or {}
+        if not self.recipe.geometric or hints.get("preprocessed"):
+            return image, None
+        if image.ndim != 2:
+            raise DataError(f"{hints.get('source') or 'image'}: PREPROCESS.FLIP_LEFT / CROP_BREAST need a "
+                            f"greyscale image, found shape {image.shape}")
+        out, _, geometry = self.recipe.apply(image)
+        return out, geometry
 
     @property
     def tiled(self) -> bool:
@@ -238,15 +273,20 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]:
         """Detections of each image: {"boxes" (N, 4) xyxy float32 in the image's pixels, "scores", "classes"
-        (0-based), "labels" (class names)}. With TILING.ENABLED each image is predicted by slicing."""
+        (0-based), "labels" (class names)}. With TILING.ENABLED each image is predicted by slicing. The
+        preprocessing recipe's flip and crop (`preprocess`) are applied first and undone on the boxes, so
+        they are always in the pixels of the image (file) given."""
+        prepared = [self.preprocess(self.read(im)) for im in images]
         if self.tiled:
             from meddet.inference.sliced import sliced_predict
 
-            dets = [sliced_predict(self.inference_model, self.read(im), self.cfg) for im in images]
+            dets = [sliced_predict(self.inference_model, im, self.cfg) for im, _ in prepared]
         else:
-            batch = [self.prepare(self.read(im)) for im in images]
+            batch = [self.prepare(im) for im, _ in prepared]
             dets = [_to_numpy(det) for det in self.inference_model(batch)] if batch else []
-        for d in dets:
+        for d, (_, geometry) in zip(dets, prepared):
+            if geometry is not None:  # boxes in the original file's pixels: crop and flip undone
+                d["boxes"] = geometry.to_original(d["boxes"])
             d["labels"] = [self.class_names[int(c)] for c in d["classes"]]
         return dets
 

@@ -37,30 +37,84 @@ def _small_uint8(image: np.ndarray) -> tuple[np.ndarray, float]:
     return small, scale
 
 
+def _band(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Rows / columns at each edge of a shrunk image left out of the mask: film borders, scanner
+    edges and edge lines (1-3 px at full size) live there and would join the breast."""
+    return max(2, int(round(0.015 * shape[0]))), max(2, int(round(0.015 * shape[1])))
+
+
+# A breast covers at least this share of the image; less means no plausible breast was found.
+_MIN_BREAST_AREA = 0.03
+
+
+def _background_level(image: np.ndarray, is_background: np.ndarray, default: float) -> np.ndarray:
+    """Per-pixel background level: the larger of its row's and its column's median background value."""
+    def profile(img: np.ndarray, bg: np.ndarray) -> np.ndarray:
+        vals = np.where(bg, img, np.nan)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(vals, axis=1)
+        counts = bg.sum(axis=1)
+        return np.where(counts >= 0.1 * img.shape[1], med, default).astype(np.float32)
+
+    rows = profile(image, is_background)
+    cols = profile(image.T, is_background.T)
+    return np.maximum(rows[:, None], cols[None, :])
+
+
 def breast_mask(image: np.ndarray) -> np.ndarray:
     """The breast as a bool mask of a shrunk copy of ``image`` (long side <= 512 px).
 
-    Otsu threshold, a small opening against noise, then the largest connected component, so a
-    burned-in film label or a marker (smaller, separate) is not part of it.
+    Robust to what real films carry: a band along every edge (see :func:`_band`) is left out, so a
+    bright film-border row or column cannot join the breast; the threshold lies between the
+    background level (per row and column, so a scanner's edge gradient stays background) and
+    Otsu's threshold of the inner image (conservative: the faint periphery of the breast stays in,
+    also for dense breasts against a lifted background); then a small opening
+    against noise, the largest connected component (a burned-in label, marker, ruler or tape strip
+    is smaller and separate; any other component at least a quarter of its size is kept too) with
+    its holes filled. Empty when no plausible breast is found (flat image, largest part below 3% of
+    the image).
     """
     small, _ = _small_uint8(image)
-    if int(small.max()) == int(small.min()):
+    h, w = small.shape
+    by, bx = _band(small.shape)
+    if h <= 2 * by + 2 or w <= 2 * bx + 2 or int(small.max()) == int(small.min()):
         return np.zeros(small.shape, bool)
-    _, fg = cv2.threshold(cv2.GaussianBlur(small, (5, 5), 0), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    blurred = cv2.GaussianBlur(small, (5, 5), 0)
+    inner = np.ascontiguousarray(blurred[by:-by, bx:-bx])
+    otsu, _ = cv2.threshold(inner, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    below = inner[inner <= otsu]
+    background = float(np.median(below)) if below.size else 0.0
+    # The background level along each row and column (a scanner's edge gradient raises it near an
+    # edge): the median of the background pixels there, and the higher of the two per pixel.
+    level = _background_level(blurred.astype(np.float32), blurred <= otsu, background)
+    fg = (blurred.astype(np.float32) - level > 0.5 * (float(otsu) - background)).astype(np.uint8)
+    fg[:by], fg[-by:], fg[:, :bx], fg[:, -bx:] = 0, 0, 0, 0
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     if n <= 1:
         return np.zeros(small.shape, bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == largest
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = int(areas.max())
+    if largest < _MIN_BREAST_AREA * h * w:
+        return np.zeros(small.shape, bool)
+    keep = 1 + np.flatnonzero(areas >= 0.25 * largest)
+    mask = np.isin(labels, keep).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(mask, contours, -1, 1, thickness=cv2.FILLED)  # holes (dark fat, lesions) filled
+    return mask.astype(bool)
 
 
-def breast_region(image: np.ndarray, margin: float = 0.02) -> list[int]:
+def breast_region(image: np.ndarray, margin: float = 0.02, source: str = "") -> list[int]:
     """``[x, y, w, h]`` of the breast in ``image``'s pixels, grown by ``margin`` x the image size
-    on every side (clipped); the whole image when no breast is found."""
+    on every side (clipped); the whole image when no breast is found (a warning naming ``source``)."""
     h, w = image.shape[:2]
     mask = breast_mask(image)
     if not mask.any():
+        logger.warning("%s: no plausible breast region found; keeping the whole image", source or "image")
         return [0, 0, w, h]
     sy, sx = h / mask.shape[0], w / mask.shape[1]
     ys, xs = np.nonzero(mask)
@@ -69,6 +123,16 @@ def breast_region(image: np.ndarray, margin: float = 0.02) -> list[int]:
     y0 = max(0, int(np.floor(ys.min() * sy - my)))
     x1 = min(w, int(np.ceil((xs.max() + 1) * sx + mx)))
     y1 = min(h, int(np.ceil((ys.max() + 1) * sy + my)))
+    # A breast reaching the edge band (left out of the mask) reaches the edge: never cut it there.
+    by, bx = _band(mask.shape)
+    if ys.min() <= by:
+        y0 = 0
+    if ys.max() >= mask.shape[0] - by - 1:
+        y1 = h
+    if xs.min() <= bx:
+        x0 = 0
+    if xs.max() >= mask.shape[1] - bx - 1:
+        x1 = w
     return [x0, y0, x1 - x0, y1 - y0]
 
 
@@ -93,8 +157,9 @@ def chest_wall_side(
     if laterality and str(laterality).upper()[:1] in ("L", "R"):
         return "left" if str(laterality).upper().startswith("L") else "right"
     mask = breast_mask(image)
+    _, bx = _band(mask.shape)
     strip = max(1, mask.shape[1] // 20)
-    left, right = int(mask[:, :strip].sum()), int(mask[:, -strip:].sum())
+    left, right = int(mask[:, bx : bx + strip].sum()), int(mask[:, -bx - strip : -bx].sum())
     if left == right:
         logger.debug("chest wall side undecided from the pixels (%d vs %d); assuming left", left, right)
     return "left" if left >= right else "right"
@@ -116,6 +181,12 @@ class Geometry:
     def __init__(self, flipped: bool, crop: list[int] | None, original_size: tuple[int, int]) -> None:
         self.flipped, self.crop, self.original_size = flipped, crop, original_size
 
+    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Boxes ``(N, 4)`` xyxy in the output image's pixels -> the original image's pixels."""
+        from meddet.io.recipe import boxes_to_original
+
+        return boxes_to_original(boxes_xyxy, self)
+
     def to_record(self) -> dict[str, object]:
         """``{"flipped": bool, "crop": [x, y, w, h] | None, "original_size": [h, w]}``."""
         return {"flipped": self.flipped, "crop": self.crop, "original_size": list(self.original_size)}
@@ -130,13 +201,15 @@ def orient_and_crop(
     patient_orientation: Sequence[str] | None = None,
     laterality: str | None = None,
     margin: float = 0.02,
+    source: str = "",
 ) -> tuple[np.ndarray, list[list[float]], Geometry]:
     """Optionally mirror the image so that the chest wall is on the left (every breast faces the
     same way; the side from :func:`chest_wall_side`: tags when given, else the pixels) and crop
     it to the breast, moving the boxes with the pixels.
 
     The crop always keeps every box whole (the region grows to contain them), so no annotation is
-    cut. Returns the new image, the new boxes and the :class:`Geometry` applied.
+    cut. ``source`` names the file in the warning logged when no breast is found (the whole image
+    is then kept). Returns the new image, the new boxes and the :class:`Geometry` applied.
     """
     h, w = image.shape[:2]
     out = image
@@ -148,13 +221,17 @@ def orient_and_crop(
         flipped = True
     region: list[int] | None = None
     if crop:
-        x, y, cw, ch = breast_region(out, margin)
+        pixel_region = breast_region(out, margin, source=source)
+        x, y, cw, ch = pixel_region
         x1, y1 = x + cw, y + ch
         for bx, by, bw, bh in new_boxes:
             x, y = min(x, int(np.floor(bx))), min(y, int(np.floor(by)))
             x1, y1 = max(x1, int(np.ceil(bx + bw))), max(y1, int(np.ceil(by + bh)))
         x, y, x1, y1 = max(0, x), max(0, y), min(w, x1), min(h, y1)
         region = [x, y, x1 - x, y1 - y]
+        if region != pixel_region:
+            logger.warning("%s: the crop grew beyond the breast region to keep annotated boxes whole; the same "
+                           "file read without its boxes (prediction) is cropped tighter", source or "image")
         out = np.ascontiguousarray(out[y:y1, x:x1])
         new_boxes = [[b[0] - x, b[1] - y, b[2], b[3]] for b in new_boxes]
     new_boxes = [[int(v) if float(v).is_integer() else v for v in b] for b in new_boxes]

@@ -25,6 +25,7 @@ Every error is a :class:`~meddet.errors.DicomError` naming the file.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -38,13 +39,16 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from meddet.errors import ConfigError, DicomError
+from meddet.errors import ConfigError, DicomError, ImageTooLargeError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
     "NORMALIZATIONS",
     "PixelOptions",
+    "check_decoded_size",
+    "decoded_bytes",
     "dicom_info",
     "dicom_to_array",
     "is_dicom_file",
@@ -56,6 +60,9 @@ __all__ = [
 ]
 
 DICM_OFFSET = 128
+# Default memory budget of one decoded image (the decoder's output array), checked from the header before
+# decoding by every reader of meddet.io; callers with other limits pass ``max_bytes``.
+DEFAULT_MAX_DECODED_BYTES = 2 * 1024**3
 DICM_MAGIC = b"DICM"
 _NOT_DICOM_HINT = "expected a DICOM Part-10 file with 'DICM' at byte 128, or a raw DICOM dataset"
 
@@ -163,36 +170,54 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return head[DICM_OFFSET : DICM_OFFSET + 4] == DICM_MAGIC
 
 
-def load_dicom(path: str | os.PathLike, *, headers_only: bool = False) -> Dataset:
+def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, name: str = "upload") -> Dataset:
     """Open a DICOM file (Part-10, or a raw dataset as a fallback) and check it holds one image.
 
-    Large values (the pixel data) are read lazily, so a caller that only needs the header reads
-    little; ``headers_only=True`` stops before the pixel data altogether.
-    Raises :class:`DicomError` naming the file when it is missing, not a DICOM, has no pixel data
-    or is multi-frame.
+    ``path`` may also be the file's bytes (decoded from memory, nothing written to disk; ``name``
+    then stands for the file in messages). Large values (the pixel data) of a file are read lazily,
+    so a caller that only needs the header reads little; ``headers_only=True`` stops before the pixel
+    data altogether. Raises :class:`DicomError` naming the file when it is missing, not a DICOM, has
+    no pixel data or is multi-frame.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DicomError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise DicomError(f"{path}: not a DICOM file (the file is empty; {_NOT_DICOM_HINT})")
+    raw = None
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        data = raw = bytes(path)
+        path = Path(name)
+        if not data:
+            raise DicomError(f"{path}: not a DICOM file (the file is empty; {_NOT_DICOM_HINT})")
+
+        def opener():
+            return io.BytesIO(data), None  # in memory already: nothing to defer
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DicomError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise DicomError(f"{path}: not a DICOM file (the file is empty; {_NOT_DICOM_HINT})")
+
+        def opener():
+            return path, "64 KB"
     try:
-        ds = pydicom.dcmread(path, defer_size="64 KB", stop_before_pixels=headers_only)
+        src, defer = opener()
+        ds = pydicom.dcmread(src, defer_size=defer, stop_before_pixels=headers_only)
     except InvalidDicomError:
-        ds = _force_read(path, headers_only)
+        ds = _force_read(path, opener, headers_only)
     except Exception as e:  # pydicom raises many types on broken headers
         raise DicomError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds and not headers_only:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise DicomError(f"{path}: float pixel data is not supported (expected integer Pixel Data)")
-        if _has_pixel_tag(path):
+        if _has_pixel_tag(path if raw is None else raw):
             raise DicomError(f"{path}: truncated file: the pixel data ends early (expected a complete DICOM "
                              "image; copy or export the file again)")
         raise DicomError(f"{path}: DICOM file has no pixel data (expected an image, found SOP class {_sop_name(ds)})")
     for tag in ("Rows", "Columns"):
         if tag not in ds:
             raise DicomError(f"{path}: DICOM file has no {tag} attribute (expected an image)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise DicomError(f"{path}: invalid NumberOfFrames {ds.get('NumberOfFrames')!r} (expected an integer)") from None
     if frames > 1:
         raise DicomError(f"{path}: multi-frame DICOM with {frames} frames (expected a single 2-D image)")
     return ds
@@ -211,9 +236,10 @@ def _has_pixel_tag(source: Path | bytes) -> bool:
     return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
-def _force_read(path: Path, headers_only: bool) -> Dataset:
+def _force_read(path: Path, opener, headers_only: bool) -> Dataset:
     try:
-        ds = pydicom.dcmread(path, force=True, defer_size="64 KB", stop_before_pixels=headers_only)
+        src, defer = opener()
+        ds = pydicom.dcmread(src, force=True, defer_size=defer, stop_before_pixels=headers_only)
     except Exception:
         raise DicomError(f"{path}: not a DICOM file ({_NOT_DICOM_HINT})") from None
     if "Rows" not in ds or "Columns" not in ds or (not headers_only and "PixelData" not in ds):
@@ -224,20 +250,97 @@ def _force_read(path: Path, headers_only: bool) -> Dataset:
     return ds
 
 
+def _int_attr(ds: Dataset, keyword: str, default: int, src: str | os.PathLike) -> int:
+    value = ds.get(keyword, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise DicomError(f"{src}: invalid {keyword} {value!r} (expected an integer)") from None
+
+
+def decoded_bytes(ds: Dataset, source: str | os.PathLike = "") -> int:
+    """Bytes of the decoded pixel data, from the header only: Rows x Columns x SamplesPerPixel x
+    bytes per sample (BitsAllocated) x NumberOfFrames."""
+    src = source or ds.get("filename", "") or "<dataset>"
+    rows, cols = _int_attr(ds, "Rows", 0, src), _int_attr(ds, "Columns", 0, src)
+    samples = max(1, _int_attr(ds, "SamplesPerPixel", 1, src))
+    bits = _int_attr(ds, "BitsAllocated", 16, src)
+    frames = max(1, _int_attr(ds, "NumberOfFrames", 1, src))
+    if rows <= 0 or cols <= 0 or not 1 <= bits <= 64:
+        raise DicomError(f"{src}: invalid image size {cols}x{rows} with {bits} bits allocated "
+                         "(expected positive Rows/Columns and 1-64 bits)")
+    return rows * cols * samples * ((bits + 7) // 8) * frames
+
+
+def _codestream_size(fragment: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, components, bits) a JPEG / JPEG-LS / JPEG 2000 codestream declares, or None when
+    its header is not found in the first bytes."""
+    from meddet.io.image import jpeg_frame
+
+    if fragment[:2] == b"\xff\xd8":
+        frame = jpeg_frame(io.BytesIO(fragment))
+        return None if frame is None else frame
+    i = fragment.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K SOC + SIZ (raw codestream or inside a JP2 box)
+    if i >= 0 and len(fragment) >= i + 42:
+        xsiz, ysiz, xo, yo = (int.from_bytes(fragment[i + k:i + k + 4], "big") for k in (8, 12, 16, 20))
+        comps = int.from_bytes(fragment[i + 40:i + 42], "big")
+        bits = (fragment[i + 42] & 0x7F) + 1 if len(fragment) > i + 42 else 16
+        return max(0, ysiz - yo), max(0, xsiz - xo), max(1, comps), bits
+    return None
+
+
+def check_decoded_size(ds: Dataset, source: str | os.PathLike = "", max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> int:
+    """Refuse, before decoding, an image whose decoded pixels would exceed ``max_bytes``
+    (:class:`ImageTooLargeError`), or whose compressed codestream declares another size than the header
+    (:class:`DicomError`: a decoder allocates what the codestream says). Returns the decoded bytes."""
+    src = source or ds.get("filename", "") or "<dataset>"
+    need = decoded_bytes(ds, src)
+    if max_bytes is not None and need > max_bytes:
+        raise ImageTooLargeError(
+            f"{src}: decoding needs {need / 2**20:,.0f} MiB ({int(ds.Columns)}x{int(ds.Rows)} pixels, "
+            f"{_int_attr(ds, 'SamplesPerPixel', 1, src)} sample(s) of {_int_attr(ds, 'BitsAllocated', 16, src)} bits), "
+            f"more than the budget of {max_bytes / 2**20:,.0f} MiB"
+        )
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and getattr(ts, "is_encapsulated", False) and "PixelData" in ds:
+        from pydicom.encaps import generate_fragments
+
+        try:
+            fragments = generate_fragments(ds.PixelData)
+            next(fragments, b"")  # the Basic Offset Table item
+            first = next(fragments, b"")
+        except Exception as e:
+            raise DicomError(f"{src}: malformed encapsulated pixel data ({e})") from None
+        declared = _codestream_size(bytes(first[:65536]))
+        if declared is not None:
+            rows, cols, comps, _bits = declared
+            if (rows, cols) != (int(ds.Rows), int(ds.Columns)) and rows != 0:
+                raise DicomError(
+                    f"{src}: the compressed pixel data declares {cols}x{rows} pixels but Rows/Columns say "
+                    f"{int(ds.Columns)}x{int(ds.Rows)} (expected the same size)"
+                )
+    return need
+
+
 def _sop_name(ds: Dataset) -> str:
     uid = ds.get("SOPClassUID")
     return getattr(uid, "name", str(uid)) if uid else "unknown"
 
 
-def stored_pixels(ds: Dataset, source: str | os.PathLike = "") -> np.ndarray:
-    """The stored pixel values (2-D, no LUT applied), decoding compressed transfer syntaxes."""
+def stored_pixels(ds: Dataset, source: str | os.PathLike = "",
+                  max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
+    """The stored pixel values (2-D, no LUT applied), decoding compressed transfer syntaxes.
+
+    The decoded size is checked from the header first (:func:`check_decoded_size`): an image over
+    ``max_bytes`` (None: no limit) raises :class:`~meddet.errors.ImageTooLargeError` without decoding."""
     src = source or ds.get("filename", "") or "<dataset>"
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    if _int_attr(ds, "SamplesPerPixel", 1, src) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomError(
             f"{src}: photometric interpretation {photometric or 'missing'!r} with "
             f"{ds.get('SamplesPerPixel', 1)} sample(s) per pixel (expected a greyscale MONOCHROME1/2 image)"
         )
+    check_decoded_size(ds, src, max_bytes)
     try:
         arr = ds.pixel_array
     except Exception as e:  # decoder plugins raise their own types
@@ -389,6 +492,7 @@ def dicom_to_array(
     gamma: float = 0.8,
     bit_depth: int = 8,
     source: str | os.PathLike = "",
+    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
     """Turn an opened DICOM dataset into a display-ready 2-D ``uint8``/``uint16`` array.
 
@@ -396,7 +500,7 @@ def dicom_to_array(
     """
     _check_options(normalize, percentiles, fixed_range, gamma, bit_depth, window_index)
     src = source or ds.get("filename", "") or "<dataset>"
-    arr = stored_pixels(ds, src)
+    arr = stored_pixels(ds, src, max_bytes=max_bytes)
     chain = _DisplayChain(ds, apply_voi, window_index, src)
     padding = _padding_range(ds)
     values, counts, positions, index, size = _value_table(arr, chain, normalize, padding)
@@ -428,7 +532,7 @@ def dicom_to_array(
 
 
 def read_dicom(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     *,
     apply_voi: bool = True,
     window_index: int = 0,
@@ -437,11 +541,14 @@ def read_dicom(
     fixed_range: tuple[float, float] | None = None,
     gamma: float = 0.8,
     bit_depth: int = 8,
+    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+    name: str = "upload",
 ) -> np.ndarray:
     """Read a single-frame greyscale DICOM as a display-ready 2-D ``uint8``/``uint16`` array.
 
     Args:
-        path: the DICOM file (Part-10 or, as a fallback, a raw dataset).
+        path: the DICOM file (Part-10 or, as a fallback, a raw dataset), or its bytes (decoded from
+            memory; ``name`` stands for the file in messages).
         apply_voi: apply the VOI LUT Sequence, else Window Center/Width, when the file has one.
         window_index: which of several VOI LUTs / windows to use.
         normalize: what maps to black and white, from statistics of the whole image (never of a
@@ -452,12 +559,15 @@ def read_dicom(
         fixed_range: ``(low, high)`` for ``normalize="fixed"``.
         gamma: ``out = max * (x / max) ** gamma`` after normalization (< 1 brightens mid-tones).
         bit_depth: 8 (``uint8``) or 16 (``uint16``).
+        max_bytes: memory budget of the decoded pixels, checked from the header before decoding
+            (:class:`~meddet.errors.ImageTooLargeError` above it); None for no limit.
 
     MONOCHROME1 images are inverted so that tissue is bright; *Pixel Padding Value* pixels are
     left out of the statistics and come out black. Raises :class:`DicomError` naming the file
     for a missing file, a non-DICOM, no pixel data, an undecodable, colour or multi-frame image.
     """
-    ds = load_dicom(path)
+    ds = load_dicom(path, name=name)
+    source = Path(name) if isinstance(path, (bytes, bytearray, memoryview)) else path
     return dicom_to_array(
         ds,
         apply_voi=apply_voi,
@@ -467,12 +577,14 @@ def read_dicom(
         fixed_range=fixed_range,
         gamma=gamma,
         bit_depth=bit_depth,
-        source=path,
+        source=source,
+        max_bytes=max_bytes,
     )
 
 
-def dicom_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Non-identifying facts about a DICOM image (no names, IDs, dates or UIDs), header only.
+def dicom_info(path: str | os.PathLike | bytes) -> dict[str, Any]:
+    """Non-identifying facts about a DICOM image (no names, IDs, dates or UIDs), header only; ``path``
+    may be the file's bytes.
 
     Keys: ``modality``, ``sop_class``, ``view``, ``laterality``, ``patient_orientation``,
     ``rows``, ``columns``, ``bits_allocated``, ``bits_stored``, ``photometric``,

@@ -1,10 +1,16 @@
 """Checkpoints in detectron2's layout: ``{"model", "optimizer", "scheduler", "scaler", "iteration"}`` plus a
-``"meddet"`` entry (engine, num_classes, class names, ...).
+``"meddet"`` entry (engine, architecture, num_classes, class names, ...).
+
+- The engine travels with the weights: every checkpoint records the engine that wrote it and the model's
+  architecture (:func:`architecture_of`); checkpoints without that entry (older meddet files, bare state
+  dicts, detectron2's own files) get their engine from their parameter names (:func:`infer_engine`).
 
 - save_checkpoint writes atomically (temporary file in the same folder, then os.replace).
 - load_weights is strict: any missing or unexpected key or shape mismatch is an error listing the keys,
   except a change in the number of classes, which re-initialises only the box predictor (fine-tuning).
 - load_checkpoint_for_resume restores model, optimizer, scheduler and AMP scaler and returns the iteration.
+- check_loaded is the same rule for loaders that fill a model non-strictly (detectron2's checkpointer):
+  every parameter the model expects must have been filled.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,63 @@ logger = logging.getLogger(__name__)
 PREDICTOR_PREFIX = "roi_heads.box_predictor."
 _RESERVED = ("model", "optimizer", "scheduler", "scaler", "iteration", "meddet")
 _SHOWN = 10
+TORCHVISION, DETECTRON2 = "torchvision", "detectron2"
+# Parameter-name prefixes only one engine's models have.
+_ENGINE_PREFIXES = {
+    TORCHVISION: ("backbone.body.", "backbone.fpn.", "rpn.head."),
+    DETECTRON2: ("backbone.bottom_up.", "backbone.fpn_lateral", "backbone.fpn_output", "proposal_generator."),
+}
+# Model entries that are no learned weights: rebuilt from the config, so never "missing" (as in detectron2).
+_NOT_WEIGHTS = re.compile(r"(^|\.)num_batches_tracked$|^pixel_(mean|std)$|anchor_generator\.cell_anchors")
+CONVERT_COMMAND = ("python detectron.py -c convert-weights --config-file CONFIG --weights {path} "
+                   "--output CONVERTED.pth --direction {direction}")
+
+
+def architecture_of(cfg: Any) -> dict[str, Any]:
+    """The model a config describes, as plain values stored in every checkpoint's ``meddet`` entry (so a
+    checkpoint that does not fit a model can say why)."""
+    m = cfg.MODEL
+    return {
+        "meta_architecture": str(m.META_ARCHITECTURE),
+        "backbone": str(m.BACKBONE.NAME),
+        "depth": int(m.RESNETS.DEPTH),
+        "norm": str(m.RESNETS.NORM),
+        "fpn_out_channels": int(m.FPN.OUT_CHANNELS),
+        "roi_heads": str(m.ROI_HEADS.NAME),
+        "box_head": str(m.ROI_BOX_HEAD.NAME),
+        "box_head_num_conv": int(m.ROI_BOX_HEAD.NUM_CONV),
+        "box_head_num_fc": int(m.ROI_BOX_HEAD.NUM_FC),
+        "num_classes": int(m.ROI_HEADS.NUM_CLASSES),
+        "input_format": str(cfg.INPUT.FORMAT),
+    }
+
+
+def infer_engine(keys: Iterable[str]) -> str | None:
+    """The engine whose parameter names ``keys`` are (``backbone.body.*`` torchvision, ``backbone.bottom_up.*``
+    detectron2, ...); None when they are neither or both."""
+    found = {engine for k in keys for engine, prefixes in _ENGINE_PREFIXES.items() if k.startswith(prefixes)}
+    return found.pop() if len(found) == 1 else None
+
+
+def engine_of(ckpt: Mapping[str, Any]) -> str | None:
+    """The engine of a checkpoint read by :func:`read_checkpoint`: its ``meddet`` entry's, else inferred
+    from its parameter names; None when unknown."""
+    meta = ckpt.get("meddet") or {}
+    if meta.get("engine") in (TORCHVISION, DETECTRON2):
+        return str(meta["engine"])
+    return infer_engine(ckpt.get("model") or {})
+
+
+def checkpoint_engine(path: str | os.PathLike) -> str | None:
+    """The engine the checkpoint file ``path`` was written for (see :func:`engine_of`): a ``.pkl`` is
+    detectron2's; None when the file cannot be read safely or its names belong to no engine (the loader then
+    reports what is wrong with it)."""
+    if Path(path).suffix == ".pkl":
+        return DETECTRON2
+    try:
+        return engine_of(_read(path))
+    except ModelError:
+        return None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -46,7 +109,8 @@ def save_checkpoint(
 ) -> Path:
     """Write ``{"model", "optimizer", "scheduler", "scaler", "iteration", "meddet"}`` to ``path`` atomically.
 
-    Only the states given are stored. ``meddet`` holds the model's ``engine`` and ``num_classes`` and every
+    Only the states given are stored. ``meddet`` holds the model's ``engine``, ``num_classes`` and
+    ``architecture`` (:func:`architecture_of`, set by the model builders) and every
     entry of ``extra`` (e.g. ``{"class_names": [...]}``, whose length must match ``num_classes``).
     Returns the path written."""
     path = Path(path)
@@ -55,6 +119,8 @@ def save_checkpoint(
         "engine": getattr(model, "engine", None),
         "num_classes": getattr(model, "num_classes", None),
     }
+    if getattr(model, "architecture", None):
+        meta["architecture"] = dict(model.architecture)
     meta.update(extra or {})
     names = meta.get("class_names")
     if names and meta["num_classes"] is not None and len(names) != meta["num_classes"]:
@@ -132,8 +198,8 @@ def _load_model_state(
     state = dict(ckpt["model"])
     own = model.state_dict()
 
-    def counted(k: str) -> bool:  # BatchNorm's step counter is not a weight (FrozenBN has none)
-        return not k.endswith("num_batches_tracked")
+    def counted(k: str) -> bool:  # BatchNorm's step counter, pixel statistics, anchors: no learned weights
+        return not _NOT_WEIGHTS.search(k)
 
     missing = [k for k in own if k not in state and counted(k)]
     unexpected = [k for k in state if k not in own and counted(k)]
@@ -153,14 +219,9 @@ def _load_model_state(
                 "shape mismatches",
                 [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched],
             ))
-        meta = ckpt.get("meddet") or {}
-        saved_engine, engine = meta.get("engine"), getattr(model, "engine", None)
-        if saved_engine and engine and saved_engine != engine:
-            hint = f"the checkpoint was saved by the {saved_engine} engine, the model is {engine}"
-        else:
-            hint = ("expected weights of the same architecture (MODEL.RESNETS.*, MODEL.FPN.OUT_CHANNELS, "
-                    "MODEL.ANCHOR_GENERATOR.*, MODEL.ROI_BOX_HEAD.*, MODEL.ROI_HEADS.NUM_CLASSES)")
-        raise ModelError(f"{path}: checkpoint does not fit the model: {'; '.join(parts)}; {hint}")
+        raise ModelError(
+            f"{path}: checkpoint does not fit the model: {'; '.join(parts)}; {likely_cause(ckpt, model, path)}"
+        )
     if class_change:
         skipped = [k for k in state if k.startswith(PREDICTOR_PREFIX)]
         logger.warning(
@@ -176,6 +237,79 @@ def _load_model_state(
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     model.load_state_dict(state, strict=False)
+
+
+_ARCH_KEYS = {  # architecture field -> the config key that sets it
+    "meta_architecture": "MODEL.META_ARCHITECTURE", "backbone": "MODEL.BACKBONE.NAME", "depth": "MODEL.RESNETS.DEPTH",
+    "norm": "MODEL.RESNETS.NORM", "fpn_out_channels": "MODEL.FPN.OUT_CHANNELS", "roi_heads": "MODEL.ROI_HEADS.NAME",
+    "box_head": "MODEL.ROI_BOX_HEAD.NAME", "box_head_num_conv": "MODEL.ROI_BOX_HEAD.NUM_CONV",
+    "box_head_num_fc": "MODEL.ROI_BOX_HEAD.NUM_FC", "num_classes": "MODEL.ROI_HEADS.NUM_CLASSES",
+}
+
+
+def likely_cause(ckpt: Mapping[str, Any], model: nn.Module, path: str | os.PathLike) -> str:
+    """Why a checkpoint does not fit ``model``, as far as its metadata and names tell: another engine (with
+    the command that converts it), another architecture (the config keys that differ), or else what to check."""
+    model = _unwrap(model)
+    saved, engine = engine_of(ckpt), getattr(model, "engine", None)
+    if saved and engine and saved != engine:
+        direction = "d2-to-tv" if saved == DETECTRON2 else "tv-to-d2"
+        return (f"likely cause: the checkpoint holds {saved}-engine weights and the model is the {engine} engine's; "
+                f"use MODEL.ENGINE {saved} (or auto), or convert it: "
+                f"{CONVERT_COMMAND.format(path=path, direction=direction)}")
+    arch = (ckpt.get("meddet") or {}).get("architecture") or {}
+    own = getattr(model, "architecture", None) or {}
+    differ = [f"{_ARCH_KEYS[k]} {arch[k]!r} (model: {own[k]!r})" for k in _ARCH_KEYS
+              if k in arch and k in own and arch[k] != own[k]]
+    if differ:
+        return ("likely cause: the checkpoint is another architecture; set the model's keys to the checkpoint's: "
+                + ", ".join(differ))
+    return ("expected weights of the same engine and architecture (MODEL.ENGINE, MODEL.RESNETS.*, "
+            "MODEL.FPN.OUT_CHANNELS, MODEL.ANCHOR_GENERATOR.*, MODEL.ROI_BOX_HEAD.*, MODEL.ROI_HEADS.NUM_CLASSES)")
+
+
+def check_loaded(
+    path: str | os.PathLike,
+    model: nn.Module,
+    ckpt: Mapping[str, Any],
+    missing: Sequence[str],
+    incorrect_shapes: Sequence[str] = (),
+    allow_backbone_only: bool = False,
+) -> str:
+    """Refuse a non-strict load (detectron2's ``DetectionCheckpointer``) that left expected parameters unfilled.
+
+    ``missing``: the model's keys the checkpoint did not fill (shape mismatches included);
+    ``incorrect_shapes``: the keys skipped for their shape. Accepted, and returned as ``"full"``,
+    ``"class_change"`` or ``"backbone"``: everything filled; only the box predictor left out for its shape
+    (another class count: it keeps its fresh initialisation, a warning says so); with
+    ``allow_backbone_only``, a checkpoint that holds exactly the backbone (``backbone.bottom_up.*``, an
+    ImageNet-pretrained ResNet as detectron2 trains from). Anything else raises ModelError listing the
+    missing keys and the likely cause (:func:`likely_cause`)."""
+    model = _unwrap(model)
+    own = [k for k in model.state_dict() if not _NOT_WEIGHTS.search(k)]
+    missing = [k for k in dict.fromkeys(missing) if not _NOT_WEIGHTS.search(k)]
+    if not missing:
+        return "full"
+    wrong_shape = set(incorrect_shapes)
+    if all(k.startswith(PREDICTOR_PREFIX) and k in wrong_shape for k in missing):
+        logger.warning("%s: the number of classes differs from the model's; not loading %s (the box predictor "
+                       "keeps its fresh initialisation); all other weights are loaded", path, ", ".join(missing))
+        return "class_change"
+    backbone = "backbone.bottom_up."
+    filled = set(own) - set(missing)
+    if (allow_backbone_only and filled and all(k.startswith(backbone) for k in filled)
+            and not any(k.startswith(backbone) for k in missing)):
+        logger.warning("%s: holds only the backbone (%d tensors); the FPN, RPN and box head (%d tensors) start from "
+                       "random initialisation", path, len(filled), len(missing))
+        return "backbone"
+    parts = [_listing("missing keys", missing)]
+    shapes = [k for k in missing if k in wrong_shape]
+    if shapes:
+        parts.append(_listing("shape mismatches", shapes))
+    raise ModelError(
+        f"{path}: checkpoint does not fit the model: {'; '.join(parts)} ({len(filled)} of {len(own)} "
+        f"filled); {likely_cause(ckpt, model, path)}"
+    )
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
@@ -210,6 +344,13 @@ def load_checkpoint_for_resume(
                 f"{path}: no {key} state, so training cannot resume from it; "
                 "start a new run with MODEL.WEIGHTS pointing to it instead"
             )
+    saved, engine = engine_of(ckpt), getattr(_unwrap(model), "engine", None)
+    if saved and engine and saved != engine:
+        raise ModelError(
+            f"{path}: written by the {saved} engine and the model is the {engine} engine's; resuming needs the "
+            f"engine that trained the run (its optimizer state belongs to that engine's parameters): use MODEL.ENGINE "
+            f"{saved} where it is available, or start a new run with MODEL.WEIGHTS {path} (converted on loading)"
+        )
     _load_model_state(path, model, ckpt, allow_class_change=False)
     try:
         if optimizer is not None:

@@ -56,7 +56,7 @@ _UNSUPPORTED: list[tuple[str, str]] = [
     (r"^backbone\.(top_block|fpn_(lateral|output)6)\.", "an FPN with extra convolutional levels (RetinaNet P6/P7)"),
 ]
 # detectron2 buffers that are no parameters of the model (anchors are rebuilt from the config)
-_D2_IGNORED = (r"^proposal_generator\.anchor_generator\.", r"^pixel_(mean|std)$")
+_D2_IGNORED = (r"^(proposal_generator\.)?anchor_generator\.", r"^pixel_(mean|std)$")
 # Caffe2 (Detectron 1) blob names, which detectron2 converts with its own heuristics
 _C2_NAME = re.compile(r"^(res\d_\d+_branch|conv1_w$|res_conv1_bn|fc1000_|fpn_inner_|rpn_cls_logits_)")
 
@@ -82,7 +82,26 @@ def _tv_to_d2_rules(rpn_convs: int, head_convs: int) -> list[tuple[re.Pattern[st
     return [(re.compile(pattern), repl) for pattern, repl in rules]
 
 
-def _d2_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs: int, conv_fc_head: bool) -> str:
+def _retinanet_rules(num_convs: int, norm: bool) -> list[tuple[re.Pattern[str], str]]:
+    """torchvision RetinaNet head and P6/P7 names -> detectron2's (``RetinaNetHead``, ``LastLevelP6P7``)."""
+    rules = [
+        (r"^backbone\.body\.conv1\.weight$", "backbone.bottom_up.stem.conv1.weight"),
+        (r"^backbone\.body\.bn1\.(\w+)$", r"backbone.bottom_up.stem.conv1.norm.\1"),
+        (r"^backbone\.fpn\.extra_blocks\.(p6|p7)\.(weight|bias)$", r"backbone.top_block.\1.\2"),
+        (r"^head\.classification_head\.cls_logits\.(weight|bias)$", r"head.cls_score.\1"),
+        (r"^head\.regression_head\.bbox_reg\.(weight|bias)$", r"head.bbox_pred.\1"),
+    ]
+    per_block = 3 if norm else 2  # detectron2's subnet: conv, [norm], ReLU per block
+    for k in range(num_convs):
+        for tv, d2 in (("classification", "cls"), ("regression", "bbox")):
+            rules.append((rf"^head\.{tv}_head\.conv\.{k}\.0\.(weight|bias)$", rf"head.{d2}_subnet.{k * per_block}.\1"))
+            if norm:
+                rules.append((rf"^head\.{tv}_head\.conv\.{k}\.1\.(\w+)$", rf"head.{d2}_subnet.{k * per_block + 1}.\1"))
+    return [(re.compile(pattern), repl) for pattern, repl in rules]
+
+
+def _d2_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs: int, conv_fc_head: bool,
+             fpn_first_level: int = 2) -> str:
     """The detectron2 name of one torchvision-engine parameter (ModelError if it has none)."""
     m = re.match(r"^backbone\.body\.layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)$", tv_name)
     if m:
@@ -97,7 +116,7 @@ def _d2_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs:
     m = re.match(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d)\.0\.(weight|bias)$", tv_name)
     if m:
         kind, index, leaf = m.groups()
-        return f"backbone.fpn_{'lateral' if kind == 'inner' else 'output'}{int(index) + 2}.{leaf}"
+        return f"backbone.fpn_{'lateral' if kind == 'inner' else 'output'}{int(index) + fpn_first_level}.{leaf}"
     if conv_fc_head:
         m = re.match(r"^roi_heads\.box_head\.(\d+)\.(weight|bias)$", tv_name)
         if m and int(m.group(1)) > head_convs:  # Linear layers after the Flatten, every other module
@@ -110,6 +129,13 @@ def _d2_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs:
 
 def _reference(cfg: CfgNode) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The torchvision engine's state dict for ``cfg`` and its name map torchvision -> detectron2."""
+    if is_retinanet(cfg):
+        from meddet.modeling.retinanet import TorchvisionRetinaNet
+
+        r = cfg.MODEL.RETINANET
+        rules = _retinanet_rules(int(r.NUM_CONVS), bool(r.NORM))
+        state = {k: v for k, v in TorchvisionRetinaNet(cfg).state_dict().items() if not k.endswith("num_batches_tracked")}
+        return state, {k: _d2_name(k, rules, 0, False, fpn_first_level=3) for k in state}
     model = TorchvisionRCNN(cfg)
     h = cfg.MODEL.ROI_BOX_HEAD
     head_convs = int(h.NUM_CONV)
@@ -119,9 +145,14 @@ def _reference(cfg: CfgNode) -> tuple[dict[str, Tensor], dict[str, str]]:
     return state, {k: _d2_name(k, rules, head_convs, conv_fc_head) for k in state}
 
 
-def _refuse_unsupported(d2_state: Mapping[str, Any], num_classes: int) -> None:
+def is_retinanet(cfg: CfgNode) -> bool:
+    """Whether ``cfg`` describes a RetinaNet (``MODEL.META_ARCHITECTURE RetinaNet``)."""
+    return cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+
+
+def _refuse_unsupported(d2_state: Mapping[str, Any], num_classes: int, retinanet: bool = False) -> None:
     for key in d2_state:
-        for pattern, what in _UNSUPPORTED:
+        for pattern, what in _UNSUPPORTED[:-1] if retinanet else _UNSUPPORTED:
             if re.search(pattern, key):
                 raise ModelError(
                     f"detectron2 parameter {key!r}: belongs to {what}, which the torchvision engine does not "
@@ -177,7 +208,7 @@ def d2_to_tv_state_dict(d2_state: Mapping[str, Any], cfg: CfgNode) -> dict[str, 
     listing the names otherwise); values are copied, except the stem conv's channel order and the box
     predictor's class layout (see the module doc)."""
     num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    _refuse_unsupported(d2_state, num_classes)
+    _refuse_unsupported(d2_state, num_classes, retinanet=is_retinanet(cfg))
     _check_pixel_stats(d2_state, cfg)
     reference, names = _reference(cfg)
     source = {
@@ -289,7 +320,7 @@ def convert_checkpoint(
     dst = Path(dst)
     if direction == "d2-to-tv":
         state = d2_to_tv_state_dict(load_d2_state_dict(src), cfg)
-        model = TorchvisionRCNN(cfg)
+        model = _tv_model(cfg)
         model.load_state_dict(state, strict=False)  # num_batches_tracked keeps the model's own
         save_checkpoint(dst, model, extra={"converted_from": f"detectron2:{Path(src).name}"})
     else:
@@ -298,3 +329,12 @@ def convert_checkpoint(
         torch.save({"model": state, "__author__": "meddet"}, dst)
     logger.info("Converted %s (%s) -> %s: %d parameters", src, direction, dst, len(state))
     return dst
+
+
+def _tv_model(cfg: CfgNode) -> torch.nn.Module:
+    """The torchvision-engine model ``cfg`` describes (Faster R-CNN or RetinaNet), random weights."""
+    if is_retinanet(cfg):
+        from meddet.modeling.retinanet import TorchvisionRetinaNet
+
+        return TorchvisionRetinaNet(cfg)
+    return TorchvisionRCNN(cfg)

@@ -8,9 +8,10 @@ meddet's model interface, so meddet's Trainer, evaluator and Predictor use it un
 - Parameter names are detectron2's (``backbone.bottom_up.*``, ``proposal_generator.*``, ``roi_heads.*``):
   meddet checkpoints of this engine are detectron2 state dicts, and detectron2 checkpoints (model-zoo
   ``.pkl``, ``model_final.pth``) load through detectron2's ``DetectionCheckpointer``
-  (:func:`load_detectron2_weights`).
+  (:func:`load_detectron2_weights`), followed by meddet's check that every parameter was filled.
 - Training needs detectron2's ``EventStorage``: the model opens one per step when the caller has none,
-  so meddet's loop needs nothing detectron2-specific.
+  so meddet's loop needs nothing detectron2-specific, and keeps the statistics detectron2 logs into it
+  (``fast_rcnn/cls_accuracy``, ``rpn/num_pos_anchors``, ...) as ``training_stats`` for meddet's trainer.
 - Explanations: ``explain_inputs``, ``feature_maps`` and ``box_class_logits`` are the interface
   :mod:`meddet.xai` uses on both engines (FPN maps ``p2``..``p6``, box logits with the background last).
 
@@ -19,7 +20,6 @@ detectron2 engine is selected.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -32,7 +32,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode as D2CfgNode
 from detectron2.config import get_cfg as get_d2_cfg
 from detectron2.layers import cat
-from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling import GeneralizedRCNN, RetinaNet
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage, get_event_storage
@@ -40,7 +40,7 @@ from torch import Tensor
 from yacs.config import CfgNode
 
 from meddet.errors import ModelError
-from meddet.modeling.checkpoint import load_weights
+from meddet.modeling.checkpoint import architecture_of, check_loaded, load_weights
 from meddet.modeling.torchvision_engine import (
     check_batch,
     check_image,
@@ -125,14 +125,34 @@ class WeightedFastRCNNOutputLayers(FastRCNNOutputLayers):
         return losses
 
 
-def _event_storage() -> contextlib.AbstractContextManager[Any]:
-    """The caller's detectron2 EventStorage when one is open, else a fresh one for this step (detectron2's
-    RPN and box head log statistics into it and fail without one)."""
-    try:
-        get_event_storage()
-    except AssertionError:
-        return EventStorage()
-    return contextlib.nullcontext()
+def _meddet_forward(model: Any, d2_forward: Any, batched_inputs: Sequence[Mapping[str, Any]]) -> Any:
+    """meddet's model interface around a detectron2 meta-architecture's ``forward`` (``d2_forward``): inputs
+    checked as by the torchvision engine, an EventStorage per step when the caller has none (its statistics
+    kept as ``model.training_stats``), detections as plain dicts."""
+    check_batch(batched_inputs)
+    inputs = []
+    for i, x in enumerate(batched_inputs):
+        image = check_image(i, x)
+        h, w = image.shape[-2:]
+        item: dict[str, Any] = {"image": image, "height": int(x.get("height", h)), "width": int(x.get("width", w))}
+        if model.training:
+            boxes, classes = check_target(i, x, image, model.num_classes)
+            item["instances"] = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
+        inputs.append(item)
+    if model.training:
+        try:
+            get_event_storage()
+        except AssertionError:  # no caller's EventStorage: one for this step, its statistics kept
+            with EventStorage() as storage:
+                losses = dict(d2_forward(inputs))
+            # detectron2's training statistics (fast_rcnn/*, roi_head/*, rpn/*), written by meddet's trainer
+            model.training_stats = {k: v[0] for k, v in storage.latest().items()}
+            return losses
+        return dict(d2_forward(inputs))  # the caller's storage receives the statistics
+    return [
+        {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
+        for r in (out["instances"] for out in d2_forward(inputs))
+    ]
 
 
 class Detectron2RCNN(GeneralizedRCNN):
@@ -152,7 +172,7 @@ class Detectron2RCNN(GeneralizedRCNN):
         if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
             raise ModelError(
                 f"MODEL.META_ARCHITECTURE: {cfg.MODEL.META_ARCHITECTURE!r} is not supported by meddet's detectron2 "
-                "engine; expected 'GeneralizedRCNN'"
+                "engine; expected 'GeneralizedRCNN' or 'RetinaNet'"
             )
         weights = class_weights(cfg)
         d2_cfg = to_detectron2_cfg(cfg)
@@ -175,29 +195,14 @@ class Detectron2RCNN(GeneralizedRCNN):
             predictor.set_class_weights(weights)
             self.roi_heads.box_predictor = predictor
         self.num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        self.architecture = architecture_of(cfg)  # stored in every checkpoint (meddet.modeling.checkpoint)
         self.d2_cfg = d2_cfg
 
     def forward(  # type: ignore[override]
         self, batched_inputs: Sequence[Mapping[str, Any]]
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training mode) or detections in original-image pixels (eval mode); see the class doc."""
-        check_batch(batched_inputs)
-        inputs = []
-        for i, x in enumerate(batched_inputs):
-            image = check_image(i, x)
-            h, w = image.shape[-2:]
-            item: dict[str, Any] = {"image": image, "height": int(x.get("height", h)), "width": int(x.get("width", w))}
-            if self.training:
-                boxes, classes = check_target(i, x, image, self.num_classes)
-                item["instances"] = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
-            inputs.append(item)
-        if self.training:
-            with _event_storage():
-                return dict(super().forward(inputs))
-        return [
-            {"boxes": r.pred_boxes.tensor, "scores": r.scores, "classes": r.pred_classes}
-            for r in (out["instances"] for out in super().forward(inputs))
-        ]
+        return _meddet_forward(self, super().forward, batched_inputs)
 
     # ---------------------------------------------------------------- explanation interface (meddet.xai)
     def explain_inputs(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -229,9 +234,46 @@ class Detectron2RCNN(GeneralizedRCNN):
         return logits
 
 
-def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN:
-    """Build detectron2's GeneralizedRCNN described by ``cfg`` behind meddet's model interface (random
-    init, on the CPU; MODEL.WEIGHTS is loaded by :func:`load_detectron2_weights`)."""
+class Detectron2RetinaNet(RetinaNet):
+    """detectron2's own ``RetinaNet`` (``MODEL.META_ARCHITECTURE RetinaNet``) with meddet's batch interface:
+    ``{"loss_cls", "loss_box_reg"}`` in training mode, per image ``{"boxes", "scores", "classes"}`` in
+    original-image pixels in eval mode. No explanation interface (a one-stage detector has no box classifier;
+    :mod:`meddet.xai` says so)."""
+
+    engine = ENGINE_NAME
+
+    def __init__(self, cfg: CfgNode) -> None:
+        from meddet.modeling.retinanet import retinanet_num_classes
+
+        retinanet_num_classes(cfg)  # ConfigError before anything is built
+        d2_cfg = to_detectron2_cfg(cfg)
+        try:
+            super().__init__(**RetinaNet.from_config(d2_cfg))
+        except (AssertionError, KeyError, ValueError, TypeError, NotImplementedError) as e:
+            raise ModelError(
+                f"detectron2 cannot build the RetinaNet the config describes ({type(e).__name__}: {e}); expected "
+                "MODEL.* values detectron2 accepts"
+            ) from e
+        self.num_classes = retinanet_num_classes(cfg)
+        self.architecture = architecture_of(cfg)
+        self.d2_cfg = d2_cfg
+
+    def forward(  # type: ignore[override]
+        self, batched_inputs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses (training mode) or detections in original-image pixels (eval mode)."""
+        return _meddet_forward(self, super().forward, batched_inputs)
+
+
+def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN | Detectron2RetinaNet:
+    """Build detectron2's GeneralizedRCNN (or RetinaNet, ``MODEL.META_ARCHITECTURE RetinaNet``) described by
+    ``cfg`` behind meddet's model interface (random init, on the CPU; MODEL.WEIGHTS is loaded by
+    :func:`load_detectron2_weights`)."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        model: Any = Detectron2RetinaNet(cfg)
+        logger.info("Built detectron2 RetinaNet (R%d): %d classes, %.2fM parameters", cfg.MODEL.RESNETS.DEPTH,
+                    model.num_classes, sum(p.numel() for p in model.parameters()) / 1e6)
+        return model
     model = Detectron2RCNN(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -254,26 +296,48 @@ def _is_meddet_checkpoint(path: Path) -> bool:
     return isinstance(obj, Mapping) and isinstance(obj.get("meddet"), Mapping)
 
 
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """detectron2's ``DetectionCheckpointer`` that keeps what its non-strict load left out (``incompatible``:
+    missing and unexpected keys, keys skipped for their shape), so meddet can refuse a load that filled
+    too little instead of only logging warnings."""
+
+    incompatible: Any = None
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
 def load_detectron2_weights(model: Detectron2RCNN, path: str | os.PathLike) -> dict[str, Any]:
     """Load ``path`` into a detectron2-engine model and return the checkpoint's meddet metadata (empty if none).
 
     A meddet checkpoint (written by this engine's training) loads strictly through
     :func:`meddet.modeling.checkpoint.load_weights`. Anything else (a model-zoo ``.pkl``, a
     ``model_final.pth`` written by detectron2, ``convert_checkpoint(..., "tv-to-d2")`` output, an ImageNet
-    backbone with Caffe2 names) loads through detectron2's ``DetectionCheckpointer``, with its rules:
-    parameters whose shape differs (another class count) are skipped, missing and unexpected ones are
-    logged as warnings. detectron2's loader unpickles arbitrary objects: load only files you trust."""
+    backbone with Caffe2 names) loads through detectron2's ``DetectionCheckpointer`` and its name matching,
+    then :func:`meddet.modeling.checkpoint.check_loaded` refuses the load unless every parameter was filled,
+    except the box predictor when only the class count differs (fresh predictor) and a backbone-only
+    checkpoint (ImageNet initialisation). detectron2's loader unpickles arbitrary objects: load only files
+    you trust."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint file not found")
     if _is_meddet_checkpoint(path):
         return load_weights(model, path)
+    checkpointer = _RecordingCheckpointer(model)
     try:
-        DetectionCheckpointer(model).load(str(path))
+        checkpointer.load(str(path))
     except Exception as e:  # noqa: BLE001 - pickle, torch and fvcore fail with many exception types
         raise ModelError(
             f"{path}: detectron2's DetectionCheckpointer cannot load it ({type(e).__name__}: {e}); expected a "
             "detectron2 checkpoint (.pth/.pkl) or a meddet checkpoint"
         ) from e
-    logger.info("Loaded model weights from %s (detectron2 DetectionCheckpointer)", path)
+    incompatible = checkpointer.incompatible
+    missing = list(getattr(incompatible, "missing_keys", []) or [])
+    shapes = [item[0] for item in getattr(incompatible, "incorrect_shapes", []) or []]
+    how = check_loaded(path, model, {"model": {}}, missing, shapes,
+                       allow_backbone_only=True)
+    logger.info("Loaded model weights from %s (detectron2 DetectionCheckpointer, %s)", path,
+                {"full": "every parameter filled", "class_change": "box predictor re-initialised",
+                 "backbone": "backbone only"}[how])
     return {}

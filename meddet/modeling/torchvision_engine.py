@@ -48,6 +48,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from yacs.config import CfgNode
 
 from meddet.errors import ConfigError, DataError, ModelError
+from meddet.modeling.checkpoint import architecture_of
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,11 @@ def _check_unsupported(cfg: CfgNode) -> None:
             "convolutions, which the torchvision engine does not build; expected all False"
         )
     _expect("MODEL.ANCHOR_GENERATOR.OFFSET", m.ANCHOR_GENERATOR.OFFSET, [0.0])
+    _expect("MODEL.ANCHOR_GENERATOR.ANGLES", [list(a) for a in m.ANCHOR_GENERATOR.ANGLES], [[[-90, 0, 90]]],
+            "angles belong to rotated anchors (RotatedAnchorGenerator), which the torchvision engine does not build")
+    # torchvision's matchers label below the low threshold background, between ignored, above foreground
+    _expect("MODEL.RPN.IOU_LABELS", list(m.RPN.IOU_LABELS), [[0, -1, 1]])
+    _expect("MODEL.ROI_HEADS.IOU_LABELS", list(m.ROI_HEADS.IOU_LABELS), [[0, 1]])
     _expect("MODEL.RPN.BOUNDARY_THRESH", m.RPN.BOUNDARY_THRESH, [-1])
     _expect("MODEL.RPN.BBOX_REG_WEIGHTS", tuple(m.RPN.BBOX_REG_WEIGHTS), [(1.0, 1.0, 1.0, 1.0)])
     _expect("MODEL.RPN.BBOX_REG_LOSS_TYPE", m.RPN.BBOX_REG_LOSS_TYPE, ["smooth_l1"])
@@ -236,7 +242,9 @@ def _move_stride_to_1x1(body: resnet.ResNet) -> None:
         first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
 
 
-def _build_backbone(cfg: CfgNode) -> BackboneWithFPN:
+def _build_backbone(cfg: CfgNode, first_stage: int = 1, extra_blocks: Any = None) -> BackboneWithFPN:
+    """ResNet-FPN on ``layer{first_stage}`` .. ``layer4`` (1: res2-res5, Faster R-CNN; 2: res3-res5, RetinaNet)
+    with ``extra_blocks`` on top (None: torchvision's max-pool P6, detectron2's LastLevelMaxPool)."""
     r = cfg.MODEL.RESNETS
     depth = int(r.DEPTH)
     if depth not in _RESNET_LAYOUTS:
@@ -263,17 +271,19 @@ def _build_backbone(cfg: CfgNode) -> BackboneWithFPN:
     _freeze_stages(body, min(freeze_at, len(_STAGES)))
     fpn_norm = cfg.MODEL.FPN.NORM
     fpn_norm_layer = _norm_layer("MODEL.FPN.NORM", fpn_norm) if fpn_norm else None
-    in_channels = [64 * block.expansion * 2**i for i in range(4)]
+    stages = range(first_stage - 1, 4)
     return BackboneWithFPN(
         body,
-        return_layers={f"layer{i + 1}": str(i) for i in range(4)},
-        in_channels_list=in_channels,
+        return_layers={f"layer{i + 1}": str(n) for n, i in enumerate(stages)},
+        in_channels_list=[64 * block.expansion * 2**i for i in stages],
         out_channels=int(cfg.MODEL.FPN.OUT_CHANNELS),
+        extra_blocks=extra_blocks,
         norm_layer=fpn_norm_layer,
     )
 
 
-def _per_level(key: str, values: Sequence[Sequence[float]], levels: int) -> list[tuple[float, ...]]:
+def _per_level(key: str, values: Sequence[Sequence[float]], levels: int,
+               names: Sequence[str] = tuple(_RPN_FEATURES)) -> list[tuple[float, ...]]:
     """detectron2 anchor lists: one list per level, or a single list used for every level."""
     lists = [tuple(float(v) for v in level) for level in values]
     if len(lists) == 1:
@@ -281,7 +291,7 @@ def _per_level(key: str, values: Sequence[Sequence[float]], levels: int) -> list
     if len(lists) != levels or not all(lists):
         raise ModelError(
             f"{key}: {[list(v) for v in values]}; expected {levels} non-empty lists (one per level "
-            f"{', '.join(_RPN_FEATURES)}) or a single list for all levels"
+            f"{', '.join(names)}) or a single list for all levels"
         )
     return lists
 
@@ -359,15 +369,18 @@ class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
 
 class D2RegionProposalNetwork(RegionProposalNetwork):
     """torchvision's RPN with detectron2's proposal selection (``find_top_rpn_proposals``): per-level
-    top-k, clip, drop empty boxes, NMS per level ranked by the objectness *logits* and keep the top
+    top-k, clip, drop boxes not wider and higher than ``MODEL.PROPOSAL_GENERATOR.MIN_SIZE`` (0: empty ones),
+    NMS per level ranked by the objectness *logits* and keep the top
     ``POST_NMS_TOPK``. torchvision ranks NMS by sigmoid probabilities, which tie at 1.0 in float32 for the
     confident logits (> ~17) of trained models and then keep other proposals than detectron2.
 
     The losses are detectron2's (``RPN.losses``): see :meth:`compute_loss`."""
 
-    def __init__(self, *args: Any, smooth_l1_beta: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, smooth_l1_beta: float = 0.0, min_box_size: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
+        self.min_box_size = float(min_box_size)  # MODEL.PROPOSAL_GENERATOR.MIN_SIZE
+        self.stats: dict[str, Any] = {}  # detectron2's RPN statistics of the last training step
 
     def compute_loss(  # type: ignore[override]
         self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
@@ -377,7 +390,10 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         ``RPN.BATCH_SIZE_PER_IMAGE * images`` as detectron2 does (torchvision: mean, beta 1/9)."""
         sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
         pos = torch.where(torch.cat(sampled_pos))[0]
-        sampled = torch.cat([pos, torch.where(torch.cat(sampled_neg))[0]])
+        neg = torch.where(torch.cat(sampled_neg))[0]
+        sampled = torch.cat([pos, neg])
+        # detectron2's RPN.losses statistics: sampled positive / negative anchors per image
+        self.stats = {"rpn/num_pos_anchors": len(pos) / len(labels), "rpn/num_neg_anchors": len(neg) / len(labels)}
         normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
         targets = torch.cat(regression_targets)
         box_loss = box_regression_loss(pred_bbox_deltas[pos], targets[pos], self.smooth_l1_beta) / normalizer
@@ -405,13 +421,29 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         final_boxes, final_scores = [], []
         for boxes, logits, lvl, shape in zip(proposals, objectness, levels, image_shapes):
             boxes = clip_boxes_to_image(boxes, shape)
-            keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+            wh = boxes[:, 2:] - boxes[:, :2]
+            keep = (wh > self.min_box_size).all(dim=1)  # detectron2: Boxes.nonempty(threshold=MIN_SIZE)
             keep &= torch.isfinite(boxes).all(dim=1) & torch.isfinite(logits)
             boxes, logits, lvl = boxes[keep], logits[keep], lvl[keep]
             keep = batched_nms(boxes, logits, lvl, self.nms_thresh)[: self.post_nms_top_n()]
             final_boxes.append(boxes[keep])
             final_scores.append(torch.sigmoid(logits[keep]))
         return final_boxes, final_scores
+
+
+def classification_stats(class_logits: Tensor, labels: Tensor, fg: Tensor) -> dict[str, Tensor]:
+    """detectron2's ``_log_classification_stats`` (prefix ``fast_rcnn``) for torchvision's class layout
+    (background is class 0): accuracy over the sampled ROIs, and over the foreground ones (``fg``, their
+    indices) the accuracy and the fraction predicted as background (false negatives)."""
+    if labels.numel() == 0:
+        return {}
+    with torch.no_grad():
+        pred = class_logits.argmax(dim=1)
+        stats = {"fast_rcnn/cls_accuracy": (pred == labels).float().mean()}
+        if len(fg):
+            stats["fast_rcnn/fg_cls_accuracy"] = (pred[fg] == labels[fg]).float().mean()
+            stats["fast_rcnn/false_negative"] = (pred[fg] == 0).float().mean()
+    return stats
 
 
 class D2RoIHeads(RoIHeads):
@@ -426,6 +458,7 @@ class D2RoIHeads(RoIHeads):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
+        self.stats: dict[str, Any] = {}  # detectron2's ROI head statistics of the last training step
         weights = None if class_weights is None else torch.tensor([1.0, *class_weights])  # background first
         # not persistent: the weights come from the config, checkpoints stay torchvision's state dict
         self.register_buffer("class_weights", weights, persistent=False)
@@ -443,6 +476,10 @@ class D2RoIHeads(RoIHeads):
             if targets is None:
                 raise DataError("model input: training needs 'boxes' and 'classes' for every image")
             proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+            # detectron2's label_and_sample_proposals statistics: sampled ROIs per image (0 = background here)
+            fg_counts = torch.stack([(lab > 0).sum() for lab in labels]).float()
+            bg_counts = torch.tensor([float(len(lab)) for lab in labels], device=fg_counts.device) - fg_counts
+            self.stats = {"roi_head/num_fg_samples": fg_counts.mean(), "roi_head/num_bg_samples": bg_counts.mean()}
         features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(features)
         if self.training:
@@ -460,6 +497,7 @@ class D2RoIHeads(RoIHeads):
         targets = torch.cat(regression_targets)
         loss_cls = weighted_cross_entropy(class_logits, labels_all, self.class_weights)
         fg = torch.where(labels_all > 0)[0]
+        self.stats.update(classification_stats(class_logits, labels_all, fg))
         deltas = box_regression.reshape(len(labels_all), -1, 4)[fg, labels_all[fg]]
         box_loss = box_regression_loss(deltas, targets[fg], self.smooth_l1_beta) / max(labels_all.numel(), 1)
         return {"loss_classifier": loss_cls, "loss_box_reg": box_loss}
@@ -701,6 +739,7 @@ class TorchvisionRCNN(FasterRCNN):
             post_nms_top_n={"training": int(m.RPN.POST_NMS_TOPK_TRAIN), "testing": int(m.RPN.POST_NMS_TOPK_TEST)},
             nms_thresh=float(m.RPN.NMS_THRESH),
             smooth_l1_beta=smooth_l1_beta("MODEL.RPN.SMOOTH_L1_BETA", m.RPN.SMOOTH_L1_BETA),
+            min_box_size=float(m.PROPOSAL_GENERATOR.MIN_SIZE),
         )
         self.roi_heads = D2RoIHeads(
             self.roi_heads.box_roi_pool,
@@ -719,6 +758,7 @@ class TorchvisionRCNN(FasterRCNN):
         )
         self.transform = MeddetRCNNTransform(mean, std, flip_channels=flip)
         self.num_classes = num_classes
+        self.architecture = architecture_of(cfg)  # stored in every checkpoint (meddet.modeling.checkpoint)
         self.input_format = cfg.INPUT.FORMAT
         self._loss_weights = {
             "loss_rpn_cls": float(m.RPN.LOSS_WEIGHT),
@@ -749,6 +789,8 @@ class TorchvisionRCNN(FasterRCNN):
                 targets.append({"boxes": boxes.to(device, non_blocking=True),
                                 "labels": classes.to(device, non_blocking=True) + 1})  # torchvision: 0 = background
             losses = super().forward(images, targets)
+            # detectron2's training statistics of this step (the trainer writes them to metrics.json)
+            self.training_stats = {**getattr(self.rpn, "stats", {}), **getattr(self.roi_heads, "stats", {})}
             return {name: losses[tv_name] * self._loss_weights[name] for tv_name, name in _LOSS_NAMES.items()}
         detections = super().forward(images)
         return [
@@ -797,8 +839,13 @@ class TorchvisionRCNN(FasterRCNN):
         return torch.cat([logits[:, 1:], logits[:, :1]], dim=1)
 
 
-def build_torchvision_model(cfg: CfgNode) -> TorchvisionRCNN:
-    """Build the torchvision Faster R-CNN ResNet-FPN described by ``cfg`` (random init, on the CPU)."""
+def build_torchvision_model(cfg: CfgNode) -> nn.Module:
+    """Build the torchvision Faster R-CNN ResNet-FPN (or, with ``MODEL.META_ARCHITECTURE RetinaNet``, the
+    RetinaNet of :mod:`meddet.modeling.retinanet`) described by ``cfg`` (random init, on the CPU)."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        from meddet.modeling.retinanet import build_torchvision_retinanet
+
+        return build_torchvision_retinanet(cfg)
     model = TorchvisionRCNN(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

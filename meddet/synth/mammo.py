@@ -50,13 +50,16 @@ from meddet.io.image import write_png
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ARTEFACTS",
     "DIGITAL_MAMMOGRAPHY",
+    "Film",
     "SECONDARY_CAPTURE",
     "IDENTIFYING_INFO",
     "encode_dicom",
     "make_box_csv_dataset",
     "make_cbis_ddsm",
     "make_cbis_ddsm_jpeg",
+    "render_film",
     "render_mammogram",
     "save_dicom",
 ]
@@ -393,6 +396,146 @@ def render_mammogram(
     noise = cv2.GaussianBlur(rng.standard_normal((height, width)).astype(np.float32), (0, 0), 0.7)
     img = np.where(breast, img + 0.012 * noise, 0.0)
     return np.clip(img, 0.0, 1.0).astype(np.float32), masks
+
+
+# ------------------------------------------------------------------------------ film artefacts
+# What digitised films and digital mammograms carry besides the breast (render_film).
+ARTEFACTS = ("border", "label", "marker", "ruler", "tape", "gradient", "dense", "monochrome1")
+
+
+@dataclass
+class Film:
+    """A mammogram with artefacts (:func:`render_film`).
+
+    ``image``: float32 in [0, 1] (1 = bright, as displayed; ``photometric`` says how to store it);
+    ``boxes``: COCO ``[x, y, w, h]`` of the lesions; ``tissue``: the breast's pixels; ``labels``: the
+    pixels of burned-in text labels and laterality markers; ``strips``: rulers and tape; ``side``
+    (``LEFT``/``RIGHT``: the chest wall is on that edge); ``artefacts``: those drawn."""
+
+    image: np.ndarray
+    boxes: list[list[int]]
+    tissue: np.ndarray
+    labels: np.ndarray
+    strips: np.ndarray
+    side: str
+    view: str
+    artefacts: tuple[str, ...]
+    photometric: str = "MONOCHROME2"
+
+
+def _text(img: np.ndarray, mask: np.ndarray, text: str, x: int, y: int, height: int, value: float) -> None:
+    """Bright text whose top-left corner is (x, y), ``height`` px tall; its pixels go into ``mask``."""
+    scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, max(4, height), 2)
+    thick = max(1, height // 6)
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    layer = np.zeros(img.shape, np.uint8)
+    cv2.putText(layer, text, (x, y + th), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thick, cv2.LINE_AA)
+    on = layer > 0
+    img[on] = np.maximum(img[on], value * layer[on] / 255.0)
+    mask |= on
+
+
+def _text_width(text: str, height: int) -> int:
+    scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, max(4, height), 2)
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, height // 6))[0][0]
+
+
+def render_film(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    side: str,
+    view: str,
+    lesions: Sequence[tuple[str, int]] = (("mass_high", 1),),
+    artefacts: Sequence[str] = (),
+    density: int = 2,
+) -> Film:
+    """A mammogram on a film with the given ``artefacts`` (each switchable, all drawn from ``rng``):
+
+    - ``border``: bright film-border rows / columns, 1-3 px, along one to four random edges;
+    - ``label``: a burned-in film label (``LCC``, ``RMLO``...) near the edge away from the chest wall;
+    - ``marker``: a laterality marker (a framed ``L``/``R``) near a corner away from the chest wall;
+    - ``ruler``: a ticked ruler strip along the edge away from the chest wall;
+    - ``tape``: a semi-transparent tape strip across a corner away from the chest wall;
+    - ``gradient``: a scanner edge gradient (background brightening towards one edge);
+    - ``dense``: a dense breast of low contrast against a lifted background;
+    - ``monochrome1``: to be stored inverted (``photometric`` MONOCHROME1; ``image`` stays as displayed).
+
+    The breast covers part of the film (the rest is background, as on digitised films), so labels
+    sit where real ones do: on the background, away from the breast.
+    """
+    unknown = sorted(set(artefacts) - set(ARTEFACTS))
+    if unknown:
+        raise ConfigError(f"artefacts: unknown {unknown}; expected some of {list(ARTEFACTS)}")
+    arts = tuple(a for a in ARTEFACTS if a in artefacts)
+    breast_w = int(round(width * rng.uniform(0.62, 0.75)))
+    img_b, masks = render_mammogram(rng, height, breast_w, side, view, 4 if "dense" in arts else density, lesions)
+    img = np.zeros((height, width), np.float32)
+    x_off = 0 if side == "LEFT" else width - breast_w
+    img[:, x_off : x_off + breast_w] = img_b
+    tissue = img > 0
+    boxes = []
+    for regions in masks:
+        for m in regions:
+            ys, xs = np.nonzero(m)
+            boxes.append([int(xs.min()) + x_off, int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)])
+    if "dense" in arts:
+        base = float(rng.uniform(0.08, 0.16))
+        img = np.where(tissue, base + 0.1 + 0.45 * img, base).astype(np.float32)
+    if "gradient" in arts:
+        edge = int(rng.integers(4))
+        n = height if edge < 2 else width
+        ramp = np.clip(1.0 - np.arange(n) / (0.12 * n), 0.0, 1.0).astype(np.float32) * float(rng.uniform(0.05, 0.1))
+        ramp = ramp if edge % 2 == 0 else ramp[::-1]
+        img += np.where(tissue, 0.0, ramp[:, None] if edge < 2 else ramp[None, :]).astype(np.float32)
+    labels = np.zeros((height, width), bool)
+    strips = np.zeros((height, width), bool)
+    free = width - breast_w  # background columns on the far side
+    if "label" in arts:
+        text = ("L" if side == "LEFT" else "R") + view
+        th = max(6, int(height * rng.uniform(0.025, 0.04)))
+        tw = _text_width(text, th)
+        th = max(6, int(th * min(1.0, free * 0.6 / max(1, tw))))
+        x = (width - free + int(free * 0.1)) if side == "LEFT" else int(free * 0.3)
+        y = int(height * rng.uniform(0.06, 0.2)) if rng.random() < 0.5 else int(height * rng.uniform(0.75, 0.9))
+        _text(img, labels, text, x, y, th, float(rng.uniform(0.8, 1.0)))
+    if "marker" in arts:
+        s = max(8, int(min(height, free) * rng.uniform(0.05, 0.08)))
+        x = (width - free + int(free * 0.5)) if side == "LEFT" else int(free * 0.5) - s
+        y = int(height * rng.uniform(0.3, 0.6))
+        box = np.zeros((height, width), np.uint8)
+        cv2.rectangle(box, (x, y), (x + s, y + s), 1, max(1, s // 8))
+        img[box > 0] = 0.95
+        labels |= box > 0
+        _text(img, labels, "L" if side == "LEFT" else "R", x + s // 4, y + s // 5, int(s * 0.6), 0.95)
+    if "ruler" in arts:
+        rw = max(3, int(width * rng.uniform(0.02, 0.035)))
+        x0 = width - rw - 4 if side == "LEFT" else 4
+        y0, y1 = int(height * 0.1), int(height * 0.9)
+        img[y0:y1, x0 : x0 + rw] = 0.55
+        for ty in range(y0, y1, max(3, height // 60)):
+            img[ty, x0 : x0 + rw // 2] = 0.9
+        strips[y0:y1, x0 : x0 + rw] = True
+    if "tape" in arts:
+        tw_, th_ = int(free * rng.uniform(0.4, 0.6)), int(height * rng.uniform(0.04, 0.07))
+        x0 = width - tw_ - 6 if side == "LEFT" else 6
+        y0 = 6 if rng.random() < 0.5 else height - th_ - 6
+        img[y0 : y0 + th_, x0 : x0 + tw_] += 0.3
+        strips[y0 : y0 + th_, x0 : x0 + tw_] = True
+    if "border" in arts:
+        for edge in rng.permutation(4)[: int(rng.integers(1, 5))]:
+            k = int(rng.integers(1, 4))
+            v = float(rng.uniform(0.8, 1.0))
+            if edge == 0:
+                img[:k, :] = v
+            elif edge == 1:
+                img[-k:, :] = v
+            elif edge == 2:
+                img[:, :k] = v
+            else:
+                img[:, -k:] = v
+    return Film(np.clip(img, 0.0, 1.0).astype(np.float32), boxes, tissue, labels, strips, side, view, arts,
+                "MONOCHROME1" if "monochrome1" in arts else "MONOCHROME2")
 
 
 # ------------------------------------------------------------------------------ CBIS-DDSM tree

@@ -297,6 +297,8 @@ def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], l
             if deadline is not None and time.monotonic() > deadline:
                 break
             lay = layer or _level_for_box(tbox)
+            if handle is None and lay not in features:  # RetinaNet: p3..p7; the nearest level the model has
+                lay = min(features, key=lambda k: abs(int(k[1:]) - int(lay[1:])) if k[1:].isdigit() else 99)
             act = captured[0] if handle is not None else features[lay]
             with torch.set_grad_enabled(needs_grad):
                 logits = model.box_class_logits(features, tbox[None])  # (1, K + 1), background last
@@ -353,10 +355,11 @@ def overlay(image: np.ndarray, cams: Sequence[CAM], alpha: float = 0.45,
         raise DataError(f"Grad-CAM overlay: map of {heat.shape} for an image of {img.shape[:2]}; expected equal sizes")
     colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
     out = cv2.addWeighted(img, 1.0 - alpha, colour, alpha, 0.0)
-    for c in cams:
-        x1, y1, x2, y2 = (int(round(v)) for v in c.box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), 1)
-        name = labels[c.class_index] if labels else str(c.class_index)
-        cv2.putText(out, f"{name} {c.score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+    # Boxes and labels by the shared placement routine (highest score on top, no overlapping labels).
+    from meddet.visualize import draw_detections
+
+    names = list(labels) if labels else [str(i) for i in range(max(c.class_index for c in cams) + 1)]
+    return draw_detections(out, np.asarray([c.box for c in cams], dtype=np.float32).reshape(-1, 4),
+                           np.asarray([c.score for c in cams], dtype=np.float32),
+                           np.asarray([c.class_index for c in cams]), names,
+                           box_colors=[(255, 255, 255)] * len(cams))

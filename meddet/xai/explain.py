@@ -40,11 +40,41 @@ def explain_detections(
     h, w = image.shape[:2]
     scale = min(1.0, max_side / max(h, w)) if max_side else 1.0
     out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
-    batch = dict(predictor.prepare(image), height=out_h, width=out_w)
-    sx, sy = out_w / w, out_h / h
-    scaled = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], dtype=np.float32)
-    return gradcams(predictor.model, batch, scaled, [int(c) for c in classes], layer=layer, method=method,
+    # The model sees the image after the preprocessing recipe's flip / crop (Predictor.preprocess): explain
+    # that image, then put the maps and boxes back into the original image's frame.
+    prepared, geometry = predictor.preprocess(image) if hasattr(predictor, "preprocess") else (image, None)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if geometry is not None:
+        from meddet.io.recipe import boxes_from_original
+
+        boxes = boxes_from_original(boxes, geometry)
+    ph, pw = prepared.shape[:2]
+    map_h, map_w = max(1, round(ph * scale)), max(1, round(pw * scale))
+    batch = dict(predictor.prepare(prepared), height=map_h, width=map_w)
+    sx, sy = map_w / pw, map_h / ph
+    scaled = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+    cams = gradcams(predictor.model, batch, scaled, [int(c) for c in classes], layer=layer, method=method,
                     deadline=deadline)
+    return _cams_to_original(cams, geometry, (out_h, out_w))
+
+
+def _cams_to_original(cams: list[CAM], geometry, size: tuple[int, int]) -> list[CAM]:
+    """CAMs of the preprocessed image -> the original image's frame of `size` (rows, columns)."""
+    if geometry is None:
+        return cams
+    import dataclasses
+
+    from meddet.io.recipe import boxes_to_original, map_to_original
+
+    oh, ow = geometry.original_size
+    sx, sy = size[1] / ow, size[0] / oh
+    out = []
+    for c in cams:
+        # the box: map pixels -> preprocessed image pixels -> original pixels -> map pixels of the original
+        ph_scale = np.array([sx, sy, sx, sy], dtype=np.float32)
+        box = boxes_to_original(np.asarray(c.box, dtype=np.float32) / ph_scale, geometry)[0] * ph_scale
+        out.append(dataclasses.replace(c, heatmap=map_to_original(c.heatmap, geometry, size), box=box))
+    return out
 
 
 def explain(
@@ -74,12 +104,14 @@ def explain(
         if not path.is_file():
             raise DataError(f"{path}: image not found; expected a DICOM, PNG or JPEG file to explain")
         image = predictor.read(path)
-        batch = predictor.prepare(image)
+        prepared, geometry = predictor.preprocess(image)  # the recipe's flip / crop, undone on the overlay
+        batch = predictor.prepare(prepared)
         with torch.no_grad():
             det = predictor.model([batch])[0]
         keep = (det["scores"] >= score_thresh).nonzero().flatten()[:max_detections]
         cams = gradcams(predictor.model, batch, det["boxes"][keep].detach().cpu(),
                         det["classes"][keep].tolist(), layer=layer, method=method)
+        cams = _cams_to_original(cams, geometry, image.shape[:2])
         logger.info("%s: %d detections explained", path, len(cams))
         target = out / f"{path.stem}_gradcam.png"
         cv2.imwrite(str(target), overlay(image, cams, labels=predictor.class_names))

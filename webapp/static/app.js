@@ -151,16 +151,22 @@
       const lw = Math.max(2, Math.round(2 * dpr()));
       const fs = Math.max(11, Math.round(12 * dpr()));
       ctx.font = fs + "px sans-serif"; ctx.textBaseline = "bottom";
-      for (const d of dets) {
+      // boxes in canvas pixels (mirrored views: x flipped), labels placed by labels.js (the twin of
+      // meddet.visualize.layout_labels): never overlapping, the highest score drawn last
+      const boxes = dets.map((d) => {
         const xa = this.cx(d.box[0]), xb = this.cx(d.box[2]);
-        const x1 = Math.min(xa, xb), x2 = Math.max(xa, xb), y1 = this.cy(d.box[1]), y2 = this.cy(d.box[3]);
+        return [Math.min(xa, xb), this.cy(d.box[1]), Math.max(xa, xb), this.cy(d.box[3])];
+      });
+      const texts = dets.map((d) => d.label + " " + d.score.toFixed(2));
+      const sizes = texts.map((t) => [Math.ceil(ctx.measureText(t).width) + 6, fs + 4]);
+      const placed = window.meddetLabels ? window.meddetLabels.layoutLabels(boxes, dets.map((d) => d.score), sizes, cw, ch)
+        : dets.map((d, i) => [i, [boxes[i][0], boxes[i][1] - sizes[i][1], sizes[i][0], sizes[i][1]]]);
+      for (const [i, [lx, ly, lw2, lh]] of placed) {
+        const d = dets[i], [x1, y1, x2, y2] = boxes[i];
         ctx.strokeStyle = "#000"; ctx.lineWidth = lw + 2 * Math.round(dpr()); ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
         ctx.strokeStyle = d.color; ctx.lineWidth = lw; ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-        const text = d.label + " " + d.score.toFixed(2);
-        const tw = ctx.measureText(text).width, th = fs + 4;
-        const ty = y1 - th - lw >= 0 ? y1 - lw : y2 + th + lw;
-        ctx.fillStyle = d.color; ctx.fillRect(x1, ty - th, tw + 6, th);
-        ctx.fillStyle = "#000"; ctx.fillText(text, x1 + 3, ty - 2);
+        ctx.fillStyle = d.color; ctx.fillRect(lx, ly, lw2, lh);
+        ctx.fillStyle = "#000"; ctx.fillText(texts[i], lx + 3, ly + lh - 2);
       }
       this.canvas.dataset.visible = String(dets.length);
       this.canvas.dataset.heatmaps = String(maps);

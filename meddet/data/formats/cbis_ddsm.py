@@ -40,6 +40,7 @@ from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jo
 from meddet.data.splits import check_fractions, split_by_patient
 from meddet.errors import ConfigError, DataError
 from meddet.io.breast import orient_and_crop
+from meddet.io.recipe import PreprocessRecipe
 from meddet.io.dicom import PixelOptions, dicom_to_array, is_dicom_file, load_dicom, pixel_spacing, stored_pixels
 from meddet.io.image import read_image, write_png
 
@@ -611,7 +612,7 @@ def _convert_image(job: Job, out_dir: Path) -> Converted:
     arr = dicom_to_array(ds, source=image_path, **p.pixels.as_kwargs()) if ds is not None else img
     arr, boxes, geometry = orient_and_crop(
         arr, boxes, flip_left=bool(p.flip_left), crop=p.crop_breast, patient_orientation=orientation,
-        laterality=laterality,
+        laterality=laterality, source=str(image_path),
     )
     digest = write_png(out_dir / job.output, arr)
     annotations = [{**f, "bbox": b, "area": b[2] * b[3]} for f, b in zip(fields, boxes)]
@@ -832,6 +833,8 @@ def convert_cbis_ddsm(
         "benign_without_callback": classes.benign_without_callback,
         "flip_left": flip_left,
         "crop_breast": crop_breast,
+        # the whole recipe (meddet.io.recipe): the trainer adopts it, bundles and predictors replay it
+        "preprocess": PreprocessRecipe(pixels=pixels, flip_left=flip_left, crop_breast=crop_breast).to_dict(),
     }
     coco = assemble_coco(
         entries, [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories], info,

@@ -19,8 +19,11 @@ from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, safe_na
 from meddet.data.coco import save_json_atomic
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
 from meddet.errors import DataError
-from meddet.io.dicom import PixelOptions, dicom_to_array, is_dicom_file, load_dicom, pixel_spacing
-from meddet.io.image import read_image, write_png
+import numpy as np
+
+from meddet.io.dicom import PixelOptions, is_dicom_file, load_dicom, pixel_spacing
+from meddet.io.image import write_png
+from meddet.io.recipe import PreprocessRecipe, read_for_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +55,15 @@ def find_images(root: str | os.PathLike) -> list[Path]:
 class _ImageJob:
     path: str
     source: str
-    pixels: PixelOptions
+    recipe: PreprocessRecipe
 
 
 def _convert_image(job: Job, out_dir: Path) -> Converted:
     p: _ImageJob = job.payload
     record: dict[str, Any] = {"file_name": job.output, "source": p.source}
+    img = read_for_recipe(p.path, p.recipe.pixels)
     if is_dicom_file(p.path):
-        ds = load_dicom(p.path)
-        img = dicom_to_array(ds, source=p.path, **p.pixels.as_kwargs())
+        ds = load_dicom(p.path, headers_only=True)
         laterality = str(ds.get("Laterality") or ds.get("ImageLaterality") or "")
         view = str(ds.get("ViewPosition", ""))
         spacing = pixel_spacing(ds)
@@ -68,7 +71,15 @@ def _convert_image(job: Job, out_dir: Path) -> Converted:
         if spacing:
             record["pixel_spacing"] = spacing
     else:
-        img = read_image(p.path, **p.pixels.as_kwargs())
+        bits = img.hints.get("effective_bit_depth")
+        if bits:
+            record["effective_bit_depth"] = int(bits)
+    if p.recipe.geometric:
+        if img.ndim != 2:
+            raise DataError(f"{p.path}: --flip-left / --crop-breast need a greyscale image, found shape {img.shape}")
+        img, _, geometry = p.recipe.apply(img)
+        record.update(geometry.to_record())
+    img = np.asarray(img)
     digest = write_png(out_dir / job.output, img)
     record.update(height=int(img.shape[0]), width=int(img.shape[1]))
     return Converted(
@@ -89,15 +100,21 @@ def convert_images(
     pixels: PixelOptions | None = None,
     run: RunOptions | None = None,
     progress: bool = True,
+    flip_left: str = "",
+    crop_breast: bool = False,
 ) -> ConversionReport:
     """Convert every image under ``src`` (see :func:`find_images`) to ``out_dir/images/*.png``.
 
-    DICOMs go through the display chain with ``pixels``; raster images are copied unchanged.
+    DICOMs go through the display chain with ``pixels``; raster images are copied unchanged (16-bit
+    ones that use fewer bits are scaled to the full range, see :func:`meddet.io.read_image`).
+    ``flip_left`` / ``crop_breast``: as in the CBIS-DDSM converter (image records say what was done;
+    the COCO ``info["preprocess"]`` holds the whole recipe, :mod:`meddet.io.recipe`).
     Only non-identifying header facts are kept (laterality, view, pixel spacing). An unreadable
     file is skipped and listed in the report and ``errors.txt``. A sharded run writes no
     ``all.json``.
     """
     pixels = pixels or PixelOptions()
+    recipe = PreprocessRecipe(pixels=pixels, flip_left=flip_left, crop_breast=crop_breast)
     run = run or RunOptions()
     root, out = Path(src), Path(out_dir)
     files = find_images(root)
@@ -113,14 +130,16 @@ def convert_images(
             k += 1
             key = f"{stem}_{k}"
         used.add(key)
-        jobs.append(Job(key=key, output=f"images/{key}.png", item=rel, payload=_ImageJob(str(path), rel, pixels)))
-    settings = {"converter": "images", "pixels": pixels.as_kwargs()}
+        jobs.append(Job(key=key, output=f"images/{key}.png", item=rel, payload=_ImageJob(str(path), rel, recipe)))
+    settings = {"converter": "images", "pixels": pixels.as_kwargs(), "flip_left": flip_left,
+                "crop_breast": crop_breast}
     entries = run_jobs(
         jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="images"
     )
     report.n_images = len(entries)
     if run.shard is None:
-        info = {"description": f"images of {root.name} converted by meddet", "preprocessing": pixels.as_kwargs()}
+        info = {"description": f"images of {root.name} converted by meddet", "preprocessing": pixels.as_kwargs(),
+                "preprocess": recipe.to_dict()}
         coco = assemble_coco(entries, [], info, id_map=out / ID_MAP)
         save_json_atomic(coco, out / "all.json")
         report.files["all"] = out / "all.json"
