@@ -335,9 +335,17 @@ def test_exam_is_hung_in_protocol_order(server, browser, files, size):
     p.close()
 
 
-def test_exam_with_a_missing_view_says_so(server, browser, files):
+def test_exam_from_a_zip_with_a_missing_view_says_so(server, browser, files, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "exam.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in files["exam"]:
+            if f.stem != "R-MLO":
+                z.write(f, f"exam/{f.name}")
     p = Page(browser, server, (1280, 800))
-    p.upload(*[f for f in files["exam"] if f.stem != "R-MLO"])
+    p.upload(archive)  # one .zip is read as an exam
+    assert sum("/api/v1/exam" in u for u in p.requests) == 1
     missing = p.page.locator(".hanging figure.missing")
     assert missing.count() == 1 and missing.get_attribute("data-view") == "R-MLO"
     assert "R-MLO: missing" in missing.inner_text() and "missing: R-MLO" in p.page.inner_text(".study h3")
