@@ -266,6 +266,14 @@ def test_zoom_fetches_full_resolution_detail_of_the_visible_region(server, brows
     assert 0 <= x and x + w <= 1601 and 0 <= y and y + h <= 2401 and w * h < 0.2 * 1600 * 2400
     assert int(q["max_side"]) <= 2048
     p.shot("webapp_zoomed.png")
+    # "Zoom" on a finding centres it
+    page.click("#zoom-fit")
+    label, score, (x1, y1, x2, y2) = _findings(page)[0]
+    page.locator("#findings li .zoom-to").first.click()
+    z = p.view()
+    assert z["s"] > fit["s"] * 1.5
+    on_canvas = [z["tx"] + x1 * z["s"], z["ty"] + y1 * z["s"], z["tx"] + x2 * z["s"], z["ty"] + y2 * z["s"]]
+    assert 0 <= on_canvas[0] < on_canvas[2] <= z["canvas"][0] and 0 <= on_canvas[1] < on_canvas[3] <= z["canvas"][1]
     # keyboard: fit, zoom, pan; wheel zooms at the pointer
     page.focus("#viewer")
     page.keyboard.press("0")
@@ -349,4 +357,8 @@ def test_exam_from_a_zip_with_a_missing_view_says_so(server, browser, files, tmp
     missing = p.page.locator(".hanging figure.missing")
     assert missing.count() == 1 and missing.get_attribute("data-view") == "R-MLO"
     assert "R-MLO: missing" in missing.inner_text() and "missing: R-MLO" in p.page.inner_text(".study h3")
+    # a finding of the exam's list opens its view zoomed in on it
+    first = p.page.locator("#exam-findings li").first
+    first.locator(".zoom-to").click()
+    assert p.page.is_visible("#viewer") and not p.view()["s"] == pytest.approx(p.view()["canvas"][1] / p.view()["height"])
     p.close()

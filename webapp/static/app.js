@@ -97,6 +97,16 @@
       if (ns <= fs * 1.0001) this.fit(); else { this.fitted = false; this.clamp(); }
       this.draw(); this.wantDetail();
     }
+    zoomTo(box) {  // centre a finding with room around it (three times its size), at full resolution
+      const [x1, y1, x2, y2] = box, side = 3 * Math.max(x2 - x1, y2 - y1, 1);
+      const fs = this.fitScale();
+      const ns = Math.min(Math.max(Math.min(this.canvas.width, this.canvas.height) / side, fs), 8 * dpr());
+      const cxo = (x1 + x2) / 2, cyo = (y1 + y2) / 2;
+      this.s = ns;
+      this.tx = this.canvas.width / 2 - (this.mirror ? this.W - cxo : cxo) * ns; this.ty = this.canvas.height / 2 - cyo * ns;
+      if (ns <= fs * 1.0001) this.fit(); else { this.fitted = false; this.clamp(); }
+      this.draw(); this.wantDetail();
+    }
     pan(dx, dy) { if (this.fitted) return; this.tx += dx; this.ty += dy; this.clamp(); this.draw(); this.wantDetail(); }
     reset() { this.fit(); this.detail = null; this.draw(); }
     region() {  // the visible part of the image, in original pixels
@@ -189,7 +199,7 @@
   window.addEventListener("resize", layout);
 
   // ---------------------------------------------------------------- panel
-  function findingItem(d, v) {
+  function findingItem(d, v, open) {
     const li = document.createElement("li");
     li.className = "finding";
     const sw = document.createElement("span");
@@ -203,8 +213,13 @@
       if (d === selected) li.classList.add("selected");
       const pick = () => { selected = selected === d ? null : d; render(); };
       li.addEventListener("click", pick);
-      li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(); } });
+      li.addEventListener("keydown", (e) => { if (e.target === li && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); pick(); } });
     }
+    const zoom = document.createElement("button");
+    zoom.type = "button"; zoom.className = "zoom-to"; zoom.textContent = "Zoom";
+    zoom.setAttribute("aria-label", "Zoom to " + d.label + " " + d.score.toFixed(2));
+    zoom.addEventListener("click", (e) => { e.stopPropagation(); if (open) open(); if (single) single.zoomTo(d.box); });
+    li.append(" ", zoom);
     return li;
   }
 
@@ -253,7 +268,8 @@
           const h = document.createElement("h3");
           h.textContent = study.label + " · " + name + ": " + countText(dets.length, v.detections.length);
           const ol = document.createElement("ol");
-          for (const d of dets) ol.append(findingItem(d, null));
+          const open = () => openSingle(v, exam.pics.get(v), new Map(), v.mirror, true);
+          for (const d of dets) ol.append(findingItem(d, null, open));
           byView.append(h, ol);
         }
       }
@@ -338,7 +354,7 @@
     const pics = new Map();
     for (const study of data.studies)
       for (const v of Object.values(study.views).filter(Boolean).concat(study.extra)) pics.set(v, await loadImage(v.image.display.url));
-    exam = { data, views: [] };
+    exam = { data, views: [], pics };
     single = null; singleData = null; selected = null;
     const root = $("exam");
     root.replaceChildren();
