@@ -70,7 +70,7 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
     if not isinstance(predictions, list):
         predictions_source = predictions_source or predictions
         predictions = _load_results(predictions)
-    kwargs = evaluation_kwargs(cfg)
+    kwargs = evaluation_kwargs(cfg, views)
     if list(cfg.TEST.CLASS_SCORE_THRESH):  # per-class thresholds follow the ground truth's classes by name
         from meddet.inference.base import score_thresholds
 

@@ -188,3 +188,24 @@ def test_validation_during_training_computes_only_the_coco_view(tiny_cfg, tiny_c
     out = Trainer(cfg).evaluate_val()
     assert computed == ["coco"]
     assert "bbox/AP" in out and "bbox/AP50" in out and not any(k.startswith("prf1/") for k in out)
+
+
+def test_evaluation_kwargs_reads_dicom_options_only_for_the_galleries():
+    from meddet.config import get_cfg
+    from meddet.data.dataset import dicom_kwargs
+    from meddet.evaluation import evaluation_kwargs
+
+    cfg = get_cfg()
+    assert evaluation_kwargs(cfg)["dicom_kwargs"] == dicom_kwargs(cfg)  # unchanged by default
+    assert evaluation_kwargs(cfg, "errors")["dicom_kwargs"] == dicom_kwargs(cfg)
+    assert evaluation_kwargs(cfg, "coco")["dicom_kwargs"] is None
+
+
+def test_coco_only_in_process_loads_no_plotting_or_tables(case):
+    code = ("import sys; from meddet.evaluation import run_evaluation; "
+            f"m = run_evaluation({str(case[0])!r}, {str(case[1])!r}, views='coco').metrics; "
+            "print(sorted(x for x in ('torch', 'pandas', 'matplotlib', 'scipy', 'pydicom') if x in sys.modules), "
+            "m['bbox/AP'] > 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[] True"

@@ -260,12 +260,18 @@ def evaluate(
     return run_evaluation(gt, predictions, out_dir, **kwargs).metrics
 
 
-def evaluation_kwargs(cfg) -> dict[str, Any]:
+def evaluation_kwargs(cfg, views: Iterable[str] | str | None = None) -> dict[str, Any]:
     """The keyword arguments of `run_evaluation` / `evaluate` from a config: TEST.SCORE_THRESH
     (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty),
-    DATASETS.STRICT_BOXES and the DICOM pixel options."""
-    from meddet.io.dicom import PixelOptions  # meddet.data.dataset.dicom_kwargs, without torch
+    DATASETS.STRICT_BOXES and the DICOM pixel options (None when `views` are given without the
+    ``errors`` view, the only one reading images: the COCO-only path then loads no DICOM reader)."""
+    requested, _ = resolve_views(views)
+    if "errors" in requested:
+        from meddet.io.dicom import PixelOptions  # meddet.data.dataset.dicom_kwargs, without torch
 
+        dicom = PixelOptions.from_cfg(cfg).as_kwargs()
+    else:
+        dicom = None
     class_thresh = list(cfg.TEST.CLASS_SCORE_THRESH)
     return {
         "score_thresh": class_thresh if class_thresh else cfg.TEST.SCORE_THRESH,
@@ -281,6 +287,6 @@ def evaluation_kwargs(cfg) -> dict[str, Any]:
         "bootstrap_unit": cfg.EVAL.BOOTSTRAP_UNIT,
         "image_root": cfg.DATASETS.IMAGE_ROOT or None,
         "gallery_size": cfg.EVAL.GALLERY_SIZE,
-        "dicom_kwargs": PixelOptions.from_cfg(cfg).as_kwargs(),
+        "dicom_kwargs": dicom,
         "strict_boxes": bool(cfg.DATASETS.STRICT_BOXES),
     }
