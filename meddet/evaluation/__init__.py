@@ -1,7 +1,8 @@
 """Evaluation of box detections against a COCO ground truth: one evaluator, many views.
 
 `evaluate(gt, predictions, out_dir)` is the entry point (`run_evaluation` returns everything
-it computed; `views=` picks what to compute, see `meddet.evaluation.views`): COCO AP (faster-coco-eval or pycocotools), P/R/F1 per class at a score threshold
+it computed; `views=` picks what to compute, see `meddet.evaluation.views`): COCO AP
+(faster-coco-eval or pycocotools), P/R/F1 per class at a score threshold
 and at each class's F1-optimal threshold, the YOLO-style per-class table, the detection
 confusion matrix, PR and F1/P/R-against-score curves, FROC, image-level ROC, breast- and
 exam-level ROC with the calibration of detection scores, bootstrap
