@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from meddet.data.coco import load_coco, save_json_atomic
@@ -59,18 +58,19 @@ def _load_results(path: str | os.PathLike) -> list[dict]:
 
 def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict] | str | os.PathLike,
                          out_dir: str | os.PathLike, extra_sections=(),
-                         predictions_source: str | os.PathLike | None = None) -> dict:
+                         predictions_source: str | os.PathLike | None = None, views=None) -> dict:
     """Score COCO-results predictions (a list or a JSON file, from any detector) against a COCO file:
     every view of the evaluator (COCO AP, per-class table, P/R/F1, confusion, curves, FROC, image-level ROC,
-    bootstrap CIs, error galleries, reports) under `out_dir`. Errors name `gt_path` and the predictions'
-    file (`predictions_source`: the file a list was saved to)."""
+    bootstrap CIs, error galleries, reports; `views`: only those, see `meddet.evaluation.run_evaluation`)
+    under `out_dir`. Errors name `gt_path` and the predictions' file (`predictions_source`: the file a list
+    was saved to). Imports no torch (unless TEST.CLASS_SCORE_THRESH is set)."""
     from meddet.evaluation import evaluate, evaluation_kwargs
 
     gt = load_coco(gt_path)
     if not isinstance(predictions, list):
         predictions_source = predictions_source or predictions
         predictions = _load_results(predictions)
-    kwargs = evaluation_kwargs(cfg)
+    kwargs = evaluation_kwargs(cfg, views)
     if list(cfg.TEST.CLASS_SCORE_THRESH):  # per-class thresholds follow the ground truth's classes by name
         from meddet.inference.base import score_thresholds
 
@@ -79,7 +79,7 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
     if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
         kwargs["image_root"] = str(Path(gt_path).parent)
     return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, gt_source=gt_path,
-                    predictions_source=predictions_source, **kwargs)
+                    predictions_source=predictions_source, views=views, **kwargs)
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
@@ -239,9 +239,9 @@ def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.
 
 
 def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-                   overwrite: bool = True, ensemble: Sequence[str | os.PathLike] = ()) -> dict:
+                   overwrite: bool = True, ensemble: Sequence[str | os.PathLike] = (), views=None) -> dict:
     """Predict on a COCO split with the configured model (or an ensemble of it and `ensemble` members)
-    and run the whole evaluator on it.
+    and run the whole evaluator on it (`views`: only those views, see `meddet.evaluation.run_evaluation`).
 
     A model trained on tiles (TILING.ENABLED) is evaluated at both levels: tile level on the split cut
     into tiles (`out_dir/tiles/`, raw per-tile predictions) and whole image on predictions merged by
@@ -259,7 +259,8 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
         eval_cfg = predictor.cfg  # thresholds restated for the ensemble's (the ground truth's) classes
     else:
         preds = predict_dataset(cfg, gt_path)
-    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir, tiles=bool(cfg.TILING.ENABLED and not ensemble))
+    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir,
+                               tiles=bool(cfg.TILING.ENABLED and not ensemble), views=views)
 
 
 def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -275,7 +276,8 @@ def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.
     return evaluate_predictions(predictor.cfg, gt_path, preds, out_dir)
 
 
-def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool) -> dict:
+def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool,
+                        views=None) -> dict:
     sections = run_sections(cfg)
     tile_metrics: dict = {}
     if tiles:
@@ -284,7 +286,7 @@ def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
     metrics = evaluate_predictions(eval_cfg, gt_path, preds, out_dir, extra_sections=sections,
-                                   predictions_source=out_dir / "coco_instances_results.json")
+                                   predictions_source=out_dir / "coco_instances_results.json", views=views)
     if tile_metrics:
         table = hierarchical_table(tile_metrics, metrics)
         table.to_csv(out_dir / "hierarchical.csv", index=False)
@@ -397,6 +399,8 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     (see `build_predictor`).
 
     A bad file is skipped and reported; the rest still run."""
+    import cv2
+
     from meddet.visualize import draw_detections
 
     files = collect_inputs(inputs)
