@@ -33,11 +33,12 @@ Datasets (``--datasets``, comma-separated):
   deepforest real aerial RGB images with Pascal VOC tree-crown boxes, the data files of the PyPI package
              ``deepforest`` 2.1.0 (installed with ``pip install --no-deps --target``; only its data/ folder is
              read, the package is never imported): 4 annotated images, 951 crowns (one 2299x2472 image holds
-             574), every label (Tree, Alive, Dead) mapped to one class ``tree``.
+             574), every label (Tree, Alive, Dead) mapped to one class ``tree``; SOAP_031.png has no boxes and
+             is not used.
              Split by image region, never by tile, so no test pixel is seen in training: each image is cut into
              horizontal bands, rows [0, 60%) train, [60%, 70%) validation, [70%, 100%) test. A box crossing a
              band edge is clipped to each band and kept where at least half its area lies inside
-             (``--min-visible``), so a crown on a boundary can appear, cut, on both sides. Each band is then
+             so a crown on a boundary can appear, cut, on both sides (568 / 91 / 292 crowns). Each band is then
              tiled, 384x384, every tile kept (train: 25% overlap; val/test: no overlap, so a crown counts
              about once); models train and are scored on tiles.
 
@@ -62,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import os
@@ -93,6 +93,10 @@ CYTO_CONFIGS = {"frcnn": "configs/cyto_demo_R18_FPN.yaml", "retinanet": "configs
 REGION_BANDS = {"train": (0.0, 0.6), "val": (0.6, 0.7), "test": (0.7, 1.0)}
 CONF = 0.001  # score floor of the predictions scored on both sides
 MAX_DET = 300  # boxes kept per image on both sides
+
+
+class BenchError(RuntimeError):
+    """A missing extra, missing data or a bad flag: main() prints it as one line and exits 2."""
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
@@ -151,7 +155,8 @@ def read_voc(xml_path: str | os.PathLike) -> dict:
             "names": names}
 
 
-TABLE_COLUMNS = ["dataset", "model", "mAP50", "mAP50-95", "sens@1FP", "iterations", "epochs", "train_s", "ms/image"]
+TABLE_COLUMNS = ["dataset", "model", "mAP50", "mAP50-95", "sens@1FP", "iterations", "batch", "epochs", "train_s",
+                 "ms/image"]
 
 
 def format_table(rows: Sequence[dict], markdown: bool = True) -> str:
@@ -240,7 +245,7 @@ def build_mammo(root: Path, small: bool, seed: int) -> Dataset:
         report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], root / "coco",
                                    seed=42)
         if report.skipped:
-            raise RuntimeError(f"mammo: conversion skipped {len(report.skipped)} item(s): {report.skipped[:3]}")
+            raise BenchError(f"mammo: conversion skipped {len(report.skipped)} item(s): {report.skipped[:3]}")
     splits = {s: root / "coco" / f"{s}.json" for s in ("train", "val", "test")}
     names, side = _coco_stats(splits["train"])
     return Dataset("mammo", splits, names, side, MAMMO_CONFIGS)
@@ -279,7 +284,7 @@ def deepforest_data_dir() -> Path:
 
     spec = importlib.util.find_spec("deepforest")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("deepforest is not installed: pip install --no-deps --target <dir> deepforest==2.1.0 "
+        raise BenchError("deepforest is not installed: pip install --no-deps --target <dir> deepforest==2.1.0 "
                            "and put <dir> on PYTHONPATH (or pass --deepforest-data)")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
@@ -293,7 +298,7 @@ def write_region_split(data_dir: Path, out: Path, min_visible: float = 0.5) -> d
 
     xmls = sorted(data_dir.glob("*.xml"))
     if not xmls:
-        raise RuntimeError(f"{data_dir}: no Pascal VOC .xml files (expected deepforest's data/ folder)")
+        raise BenchError(f"{data_dir}: no Pascal VOC .xml files (expected deepforest's data/ folder)")
     cocos = {s: {"images": [], "annotations": [], "categories": [{"id": 1, "name": "tree"}]} for s in REGION_BANDS}
     (out / "images").mkdir(parents=True, exist_ok=True)
     for xml in xmls:
@@ -304,7 +309,7 @@ def write_region_split(data_dir: Path, out: Path, min_visible: float = 0.5) -> d
             continue
         pixels = np.asarray(Image.open(image_file).convert("RGB"))
         if pixels.shape[:2] != (voc["height"], voc["width"]):
-            raise RuntimeError(f"{image_file}: {pixels.shape[1]}x{pixels.shape[0]}, but {xml} says "
+            raise BenchError(f"{image_file}: {pixels.shape[1]}x{pixels.shape[0]}, but {xml} says "
                                f"{voc['width']}x{voc['height']}")
         for split, (y0, y1) in region_bands(voc["height"]).items():
             coco = cocos[split]
@@ -419,7 +424,12 @@ def train_meddet(ds: Dataset, model: str, out: Path, budget: float, device: str,
     trainer = Trainer(cfg)
     trainer.register(_time_budget_hook(budget))
     trainer.train()
-    return {"train_s": time.perf_counter() - t0, "iterations": trainer.iter + 1, "epochs": None,
+    iterations, batch = trainer.iter + 1, int(cfg.SOLVER.IMS_PER_BATCH)
+    try:  # the images it trains on (empty ones left out by DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        epochs = iterations * batch / len(trainer.train_loader.dataset)
+    except (AttributeError, TypeError, ZeroDivisionError):
+        epochs = None
+    return {"train_s": time.perf_counter() - t0, "iterations": iterations, "batch": batch, "epochs": epochs,
             "weights": out / "model_final.pth", "cfg": cfg}
 
 
@@ -457,11 +467,10 @@ def _ultralytics(threads: int | None = None):
     """Ultralytics' YOLO class, set up offline; `threads`: the torch threads it sets when it picks a CPU device
     (its own default is cpu_count - 1)."""
     try:
-        import ultralytics  # noqa: F401
         from ultralytics import YOLO
         from ultralytics.utils import SETTINGS
     except ImportError as e:
-        raise RuntimeError("Ultralytics is not importable: `make bench-peer` installs it (see the module docstring)"
+        raise BenchError("Ultralytics is not importable: `make bench-peer` installs it (see the module docstring)"
                            f" ({e})") from None
     SETTINGS.update({"sync": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False,
                      "raytune": False, "tensorboard": False, "wandb": False, "vscode_msg": False,
@@ -490,17 +499,17 @@ def train_yolo(ds: Dataset, model: str, data_yaml: Path, out: Path, budget: floa
     if out.exists():
         shutil.rmtree(out)
     net = YOLO(f"{model}.yaml")
-    batches = [0]
-    net.add_callback("on_train_batch_end", lambda trainer: batches.__setitem__(0, batches[0] + 1))
+    batches = [0]  # counted at the start: a batch begun is trained on (the time stop comes after its step)
+    net.add_callback("on_train_batch_start", lambda trainer: batches.__setitem__(0, batches[0] + 1))
     t0 = time.perf_counter()
     net.train(data=str(data_yaml), epochs=10_000, time=budget / 3600, imgsz=ds.imgsz, batch=batch,
               device=_yolo_device(device), workers=1, project=str(out.parent), name=out.name, exist_ok=True,
               pretrained=False, plots=False, val=False, seed=seed, deterministic=False, verbose=False,
               patience=0)
     train_s = time.perf_counter() - t0
-    epochs = int(getattr(net.trainer, "epoch", -1)) + 1
-    weights = out / "weights" / "last.pt"
-    return {"train_s": train_s, "iterations": batches[0], "epochs": epochs, "weights": weights}
+    per_epoch = len(net.trainer.train_loader)
+    return {"train_s": train_s, "iterations": batches[0], "batch": int(net.trainer.batch_size),
+            "epochs": batches[0] / per_epoch if per_epoch else None, "weights": out / "weights" / "last.pt"}
 
 
 def predict_yolo(trained: dict, ds: Dataset, device: str, threads: int) -> tuple[list[dict], float]:
@@ -518,7 +527,7 @@ def predict_yolo(trained: dict, ds: Dataset, device: str, threads: int) -> tuple
         path = resolve_image_path(im["file_name"], ds.splits["test"], "")
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR, as Ultralytics reads its training images
         if image is None:
-            raise RuntimeError(f"{path}: OpenCV cannot read it")
+            raise BenchError(f"{path}: OpenCV cannot read it")
         if k == 0:
             net.predict(image, **kw)  # warm-up
         t0 = time.perf_counter()
@@ -547,7 +556,10 @@ def score(ds: Dataset, model: str, preds: list[dict], out: Path) -> tuple[dict, 
     return row, pr_curve_frame(res.coco, res.data.class_names)
 
 
-def plot_pr(curves: dict[str, Any], ds: str, out: Path) -> Path:
+def plot_pr(curves: dict[str, Any], ds: str, out: Path, map50: dict[str, float] | None = None) -> Path:
+    """pr_curves_<ds>.png in `out`: each model's COCO-interpolated precision against recall at IoU 0.5 (the
+    ``all`` column of meddet.evaluation.pr_curve_frame), YOLO dashed; `map50` adds each model's mAP50 to the
+    legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -556,7 +568,8 @@ def plot_pr(curves: dict[str, Any], ds: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5))
     for model, df in curves.items():
         style = "--" if model.startswith("yolo") else "-"
-        ax.plot(df["recall"], df["all"], style, label=model)
+        label = f"{model} (mAP50 {map50[model]:.1f})" if map50 and model in map50 else model
+        ax.plot(df["recall"], df["all"], style, label=label)
     ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
            title=f"{ds}: precision-recall, IoU 0.5 (mean over classes)")
     ax.grid(alpha=0.3)
@@ -580,7 +593,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown += [d for d in datasets if d not in DATASETS]
     if unknown:
-        raise SystemExit(f"unknown model/dataset {unknown}; models: {YOLO_MODELS + MEDDET_MODELS}, datasets: {DATASETS}")
+        raise BenchError(f"unknown model/dataset {unknown}; models: {YOLO_MODELS + MEDDET_MODELS}, "
+                           f"datasets: {DATASETS}")
     if any(m in YOLO_MODELS for m in models):
         _ultralytics(args.threads)  # fail now, not after an hour of meddet training
     rows: list[dict] = []
@@ -588,12 +602,13 @@ def run(args: argparse.Namespace) -> list[dict]:
         torch.set_num_threads(args.threads)
         root = out / name
         logger.info("== dataset %s", name)
+        data = root / ("data-small" if args.small else "data")  # reused by later runs with the same --small
         if name == "mammo":
-            ds = build_mammo(root / "data", args.small, args.seed)
+            ds = build_mammo(data, args.small, args.seed)
         elif name == "cytology":
-            ds = build_cytology(root / "data", args.small, args.seed)
+            ds = build_cytology(data, args.small, args.seed)
         else:
-            ds = build_deepforest(root / "data", args.small, args.seed,
+            ds = build_deepforest(data, args.small, args.seed,
                                   Path(args.deepforest_data) if args.deepforest_data else None)
         data_yaml = None
         curves = {}
@@ -614,14 +629,15 @@ def run(args: argparse.Namespace) -> list[dict]:
                 trained = train_meddet(ds, model, run_dir / "train", args.budget_seconds, args.device, args.seed)
                 preds, ms = predict_meddet(trained, ds)
             row, curves[model] = score(ds, model, preds, run_dir / "eval")
-            row.update(iterations=trained["iterations"], epochs=trained["epochs"], train_s=trained["train_s"],
+            row.update(iterations=trained["iterations"], batch=trained["batch"], epochs=trained["epochs"],
+                       train_s=trained["train_s"],
                        **{"ms/image": ms})
             rows.append(row)
             write_table(rows, out)
             logger.info("%s / %s: mAP50 %.1f, %d iterations, %.1f ms/image", name, model, row["mAP50"],
                         row["iterations"], ms)
         if curves:
-            plot_pr(curves, name, out)
+            plot_pr(curves, name, out, {r["model"]: r["mAP50"] for r in rows if r["dataset"] == name})
     return rows
 
 
@@ -641,11 +657,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    rows = run(args)
+    try:
+        rows = run(args)
+    except BenchError as e:
+        if args.debug:
+            raise
+        print(f"peer_benchmark: {e}", file=sys.stderr)
+        return 2
     print()
     print(format_table(rows, markdown=False))
     print(f"\nmAP50, mAP50-95, AP50 <class>: COCO AP in percent on the test split; sens@1FP: FROC sensitivity (%) at "
-          f"1 false positive per image; train_s: wall-clock of training ({args.budget_seconds:.0f} s budget); "
+          f"1 false positive per image; iterations: batches of `batch` images trained on (Ultralytics steps its "
+          f"optimizer every 64 images); epochs: passes over the training images; train_s: wall-clock of training "
+          f"({args.budget_seconds:.0f} s budget; Ultralytics adds its data scan and final validation); "
           f"ms/image: median predict time.\nFiles: {Path(args.output).resolve()} (results.csv, results.md, "
           "pr_curves_<dataset>.png, <dataset>/<model>/eval/)")
     return 0

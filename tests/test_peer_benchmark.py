@@ -144,10 +144,10 @@ def test_region_split_keeps_test_rows_out_of_training(tmp_path):
 def test_table_prints_every_model_and_class_and_writes_csv_and_markdown(tmp_path):
     rows = [
         {"dataset": "mammo", "model": "yolo11n", "mAP50": 41.234, "mAP50-95": 20.0, "sens@1FP": 55.5,
-         "iterations": 120, "epochs": 12, "train_s": 600.4, "ms/image": 35.25, "AP50 mass": 50.0,
+         "iterations": 120, "batch": 16, "epochs": 12.04, "train_s": 600.4, "ms/image": 35.25, "AP50 mass": 50.0,
          "AP50 calc": float("nan")},
         {"dataset": "mammo", "model": "frcnn_r18", "mAP50": 60.0, "mAP50-95": 30.0, "sens@1FP": 70.0,
-         "iterations": 800, "epochs": None, "train_s": 601.0, "ms/image": 80.0, "AP50 mass": 61.0,
+         "iterations": 800, "batch": 4, "epochs": None, "train_s": 601.0, "ms/image": 80.0, "AP50 mass": 61.0,
          "AP50 calc": 59.0},
     ]
     md = pb.format_table(rows)
@@ -155,7 +155,7 @@ def test_table_prints_every_model_and_class_and_writes_csv_and_markdown(tmp_path
     assert lines[0].startswith("| dataset | model | mAP50 | mAP50-95 | sens@1FP")
     assert lines[0].rstrip(" |").endswith("AP50 mass | AP50 calc")
     assert set(lines[1]) <= set("|-") and len(lines) == 4
-    assert "| mammo | yolo11n | 41.2 | 20.0 | 55.5 | 120 | 12 | 600.4 | 35.2 | 50.0 | - |" == lines[2]
+    assert "| mammo | yolo11n | 41.2 | 20.0 | 55.5 | 120 | 16 | 12.0 | 600.4 | 35.2 | 50.0 | - |" == lines[2]
     assert "| - |" in lines[3]  # no epochs for meddet
     plain = pb.format_table(rows, markdown=False).splitlines()
     assert len(plain) == 3 and plain[0].split()[:3] == ["dataset", "model", "mAP50"]
@@ -165,6 +165,17 @@ def test_table_prints_every_model_and_class_and_writes_csv_and_markdown(tmp_path
     back = list(csv.DictReader(csv_path.open()))
     assert [r["model"] for r in back] == ["yolo11n", "frcnn_r18"]
     assert float(back[0]["mAP50"]) == pytest.approx(41.234) and math.isnan(float(back[0]["AP50 calc"]))
+
+
+def test_pr_plot_of_both_sides_is_written(tmp_path):
+    import pandas as pd
+
+    r = np.linspace(0, 1, 101)
+    curves = {"yolo11n": pd.DataFrame({"recall": r, "all": 1 - r}),
+              "frcnn_r18": pd.DataFrame({"recall": r, "all": 1 - r / 2})}
+    path = pb.plot_pr(curves, "mammo", tmp_path, {"yolo11n": 50.0, "frcnn_r18": 75.0})
+    assert path == tmp_path / "pr_curves_mammo.png"
+    assert Image.open(path).size[0] > 100
 
 
 def test_time_budget_refits_the_schedule_and_stops(monkeypatch):
