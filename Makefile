@@ -43,7 +43,7 @@ bench-sliced: $(STAMP)
 	$(VENV)/bin/python benchmarks/sliced_benchmark.py
 
 # meddet Faster R-CNN R18/R50 and RetinaNet R18 against Ultralytics YOLO11n/s, from scratch, the same split,
-# input size and wall-clock budget (10 min each on 2 CPU threads: about 2.5 h for 3 datasets x 5 models).
+# input size and wall-clock budget (10 min each on 2 CPU threads: about 3 h for 3 datasets x 5 models).
 # e.g. make bench-peer PEER_ARGS="--budget-seconds 60 --datasets mammo --models yolo11n,frcnn_r18"
 bench-peer: $(PEER_EXTRAS)/.installed
 	PYTHONPATH=$(abspath $(PEER_EXTRAS)) OMP_NUM_THREADS=2 $(VENV)/bin/python benchmarks/peer_benchmark.py $(PEER_ARGS)

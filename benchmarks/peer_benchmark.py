@@ -37,7 +37,7 @@ Datasets (``--datasets``, comma-separated):
              is not used.
              Split by image region, never by tile, so no test pixel is seen in training: each image is cut into
              horizontal bands, rows [0, 60%) train, [60%, 70%) validation, [70%, 100%) test. A box crossing a
-             band edge is clipped to each band and kept where at least half its area lies inside
+             band edge is clipped to each band and kept where at least half its area lies inside,
              so a crown on a boundary can appear, cut, on both sides (568 / 91 / 292 crowns). Each band is then
              tiled, 384x384, every tile kept (train: 25% overlap; val/test: no overlap, so a crown counts
              about once); models train and are scored on tiles.
@@ -46,8 +46,13 @@ Output (``--output``, default output/peer_benchmark): per dataset its data, each
 evaluation folder (``<dataset>/<model>/eval``: every file of meddet's evaluator), ``pr_curves_<dataset>.png``
 (all models' precision-recall at IoU 0.5), and ``results.csv`` / ``results.md`` (the printed table).
 
-Install and run (``make bench-peer`` does both): Ultralytics' wheel requires opencv-python, which clashes with
-meddet's opencv-python-headless (both own ``cv2``), so the extras go into a separate folder put on PYTHONPATH:
+Defaults: models yolo11n, yolo11s, frcnn_r18, frcnn_r50, retinanet_r18 on all three datasets, 15 runs of 10 min
+plus data preparation and inference: about 3 hours on 2 CPU cores. Data loading follows each tool's CPU
+default (meddet: the config's DATALOADER.NUM_WORKERS 1; Ultralytics: in the main process).
+
+Install and run (``make bench-peer`` does both): the ``ultralytics`` wheel requires opencv-python, which clashes
+with meddet's opencv-python-headless (both own ``cv2``); its build ``ultralytics-opencv-headless`` (the same code)
+goes, without dependencies like deepforest, into a folder put on PYTHONPATH, so the venv itself is unchanged:
 
     pip install --no-deps --target .venv/peer-extras ultralytics-opencv-headless==8.4.190 \\
         ultralytics-thop==2.2.3 polars==2.1.0 polars-runtime-32==2.1.0 deepforest==2.1.0
