@@ -11,8 +11,15 @@ PYTEST_ARGS ?=
 # opencv-python-headless (both own cv2), so it goes in without its dependencies (shapely is in [dev]).
 SAHI_SPEC ?= sahi==0.12.8
 STAMP := $(VENV)/.meddet-installed
+# Benchmark-only extras of `make bench-peer`, kept out of the venv (so `make test` never sees them) in a folder
+# put on PYTHONPATH: Ultralytics (its opencv-headless build, still --no-deps: torch, numpy, cv2, matplotlib,
+# psutil, pyyaml come from the venv; requests and the HUB client are not needed offline) and deepforest, whose
+# wheel ships the real annotated aerial images (its data files only: the package is never imported).
+PEER_EXTRAS ?= $(VENV)/peer-extras
+PEER_SPEC ?= ultralytics-opencv-headless==8.4.190 ultralytics-thop==2.2.3 polars==2.1.0 polars-runtime-32==2.1.0 deepforest==2.1.0
+PEER_ARGS ?=
 
-.PHONY: demo demo-cytology test test-fast venv clean-venv bench-sliced
+.PHONY: demo demo-cytology test test-fast venv clean-venv bench-sliced bench-peer
 
 venv: $(STAMP)
 
@@ -34,6 +41,17 @@ demo-cytology: $(STAMP)
 bench-sliced: $(STAMP)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check fire requests
 	$(VENV)/bin/python benchmarks/sliced_benchmark.py
+
+# meddet Faster R-CNN R18/R50 and RetinaNet R18 against Ultralytics YOLO11n/s, from scratch, the same split,
+# input size and wall-clock budget (10 min each on 2 CPU threads: about 3 h for 3 datasets x 5 models).
+# e.g. make bench-peer PEER_ARGS="--budget-seconds 60 --datasets mammo --models yolo11n,frcnn_r18"
+bench-peer: $(PEER_EXTRAS)/.installed
+	PYTHONPATH=$(abspath $(PEER_EXTRAS)) OMP_NUM_THREADS=2 $(VENV)/bin/python benchmarks/peer_benchmark.py $(PEER_ARGS)
+
+$(PEER_EXTRAS)/.installed: $(STAMP) Makefile
+	rm -rf $(PEER_EXTRAS)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --target $(PEER_EXTRAS) $(PEER_SPEC)
+	@touch $@
 
 test: $(STAMP)
 	@sh scripts/ensure_chromium.sh
