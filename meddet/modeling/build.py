@@ -22,9 +22,9 @@ from yacs.config import CfgNode
 from meddet.errors import EngineUnavailableError, MeddetError, ModelError
 from meddet.modeling.checkpoint import (
     CONVERT_COMMAND,
-    _load_model_state,
-    _read,
-    _unwrap,
+    load_model_state,
+    read_checkpoint,
+    unwrap_model,
     checkpoint_engine,
     load_weights,
 )
@@ -167,7 +167,7 @@ def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | Non
     if saved == DETECTRON2:
         ckpt: dict[str, Any] = {"model": load_d2_state_dict(path)}
     else:
-        ckpt = _read(path)
+        ckpt = read_checkpoint(path)
     # Convert as the checkpoint's class count (a fine-tuning run re-initialises the predictor below).
     conv_cfg = cfg.clone()
     conv_cfg.defrost()
@@ -183,7 +183,7 @@ def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | Non
             f"failed ({e}); use MODEL.ENGINE {saved} where it is available, or set the config to the "
             f"checkpoint's model and convert it: {command}"
         ) from None
-    _load_model_state(path, model, {**ckpt, "model": state}, allow_class_change=True)
+    load_model_state(path, model, {**ckpt, "model": state}, allow_class_change=True)
     key = str(Path(path).resolve())
     (logger.debug if key in _CONVERTED else logger.warning)(
         "%s: %s-engine weights converted on the fly for the %s engine (exact; %s); to skip this step convert "
@@ -213,7 +213,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, cfg: CfgNode |
     path, pretrained = resolve_and_load(model, path)
     if pretrained is not None:
         return pretrained
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     engine, saved = getattr(inner, "engine", None), checkpoint_engine(path)
     if engine in (TORCHVISION, DETECTRON2) and saved and saved != engine:
         return _load_converted(inner, Path(path), saved, cfg)
