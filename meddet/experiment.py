@@ -81,6 +81,7 @@ from meddet.config import CfgNode, load_config
 from meddet.data.coco import load_coco, resolve_image_path, save_json_atomic, read_json
 from meddet.data.splits import patient_key
 from meddet.errors import ConfigError, DataError
+from meddet.data.splits import subset_coco
 
 logger = logging.getLogger(__name__)
 
@@ -449,8 +450,6 @@ def _pooled_coco(cfg: CfgNode, spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def _write_folds(pooled: dict[str, Any], kf: KFold, seed: int, fold: int, run_dir: Path) -> tuple[Path, Path]:
-    from meddet.data.splits import subset_coco
-
     test_ids = kfold_split(pooled["images"], kf.k, kf.by, kf.seed if kf.seed is not None else seed)[fold]
     held = set(test_ids)
     train_ids = [im["id"] for im in pooled["images"] if im["id"] not in held]

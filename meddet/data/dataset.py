@@ -21,6 +21,9 @@ from meddet.data.transforms import (
     to_unit_float,
 )
 from meddet.errors import ConfigError, DataError
+from meddet.io import read_image
+from meddet.io.dicom import PixelOptions
+from meddet.io.recipe import PreprocessRecipe, read_for_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +68,6 @@ class DatasetMapper:
     size) and clips the augmented boxes to it with TILING.MIN_VISIBLE."""
 
     def __init__(self, cfg, is_train: bool, with_boxes: bool | None = None):
-        from meddet.io import read_image
-
         self._read = read_image
         self.is_train = is_train
         # Test-time batches carry boxes too when asked (validation loss).
@@ -86,7 +87,6 @@ class DatasetMapper:
             self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
         self.aug = build_augmentation(cfg) if is_train else None
         self.dicom_kwargs = dicom_kwargs(cfg)
-        from meddet.io.recipe import PreprocessRecipe
 
         # Raw records (not converted with the recipe's flip / crop) get them here, boxes included.
         self.recipe = PreprocessRecipe.from_cfg(cfg)
@@ -116,8 +116,6 @@ class DatasetMapper:
     def _raw(self, record: dict):
         """An original file flipped / cropped by the preprocessing recipe, with its boxes:
         (image, boxes xyxy, classes, meddet.io.Geometry)."""
-        from meddet.io.recipe import read_for_recipe
-
         image = read_for_recipe(record["file_name"], self.recipe.pixels)
         if image.shape[:2] != (record["height"], record["width"]):
             raise DataError(f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO "
@@ -198,8 +196,6 @@ class DatasetMapper:
 
 def dicom_kwargs(cfg) -> dict:
     """Pixel-reading options of the DICOM section, as keyword arguments of meddet.io.read_image."""
-    from meddet.io.dicom import PixelOptions
-
     return PixelOptions.from_cfg(cfg).as_kwargs()
 
 

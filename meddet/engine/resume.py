@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from meddet.errors import ModelError
+from meddet.modeling.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def _first_sentence(text: str) -> str:
 def probe(path: Path) -> dict[str, Any]:
     """Load test: the checkpoint's ``iteration`` and ``meddet`` metadata if it reads completely and holds
     everything a resume needs; ModelError (one sentence, naming the file) if not."""
-    from meddet.modeling.checkpoint import read_checkpoint
-
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty file (0 bytes)")
     ckpt = read_checkpoint(path)

@@ -29,6 +29,8 @@ from meddet.modeling.checkpoint import (
     load_weights,
 )
 from meddet.modeling.torchvision_engine import ENGINE_NAME as TORCHVISION, build_torchvision_model
+from meddet.modeling.d2_convert import d2_to_tv_state_dict, load_d2_state_dict, tv_to_d2_state_dict
+from meddet.modeling.weights_source import is_remote, resolve_and_load, source_engine
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,6 @@ def resolve_engine(requested: str, weights: str | os.PathLike | None = None) -> 
         raise ModelError(f"MODEL.ENGINE: {requested!r} is not an engine; expected one of {', '.join(ENGINES)}")
     if requested == TORCHVISION or not weights:
         return select_engine(requested)
-    from meddet.modeling.weights_source import is_remote, source_engine
 
     saved = source_engine(weights) if is_remote(weights) else checkpoint_engine(weights)
     if requested == "auto" and saved == TORCHVISION:
@@ -154,8 +155,6 @@ def _class_count(state: Any) -> int | None:
 
 def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | None) -> dict[str, Any]:
     """Load another engine's checkpoint into ``model`` through the exact conversion (d2_convert)."""
-    from meddet.modeling.d2_convert import d2_to_tv_state_dict, load_d2_state_dict, tv_to_d2_state_dict
-
     engine = model.engine
     direction = "d2-to-tv" if saved == DETECTRON2 else "tv-to-d2"
     command = CONVERT_COMMAND.format(path=path, direction=direction)
@@ -208,8 +207,6 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, cfg: CfgNode |
     ``path`` may also name a remote source (``detectron2://``, ``https://``, ``hf://``, ``torchvision://``):
     :mod:`meddet.modeling.weights_source` downloads it once into the cache and loads pretrained formats
     (model-zoo ``.pkl``, Caffe2/MSRA and torchvision backbones) with their meaning."""
-    from meddet.modeling.weights_source import resolve_and_load
-
     path, pretrained = resolve_and_load(model, path)
     if pretrained is not None:
         return pretrained

@@ -35,6 +35,7 @@ from meddet.config import get_cfg
 from meddet.errors import ConfigError, ModelError
 from meddet.modeling.checkpoint import format_listing, read_checkpoint, save_checkpoint
 from meddet.modeling.torchvision_engine import TorchvisionRCNN
+from meddet.modeling.retinanet import TorchvisionRetinaNet
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,6 @@ def d2_param_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_c
 def _reference(cfg: CfgNode) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The torchvision engine's state dict for ``cfg`` and its name map torchvision -> detectron2."""
     if is_retinanet(cfg):
-        from meddet.modeling.retinanet import TorchvisionRetinaNet
-
         r = cfg.MODEL.RETINANET
         rules = _retinanet_rules(int(r.NUM_CONVS), bool(r.NORM))
         state = {k: v for k, v in TorchvisionRetinaNet(cfg).state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -334,7 +333,5 @@ def convert_checkpoint(
 def _tv_model(cfg: CfgNode) -> torch.nn.Module:
     """The torchvision-engine model ``cfg`` describes (Faster R-CNN or RetinaNet), random weights."""
     if is_retinanet(cfg):
-        from meddet.modeling.retinanet import TorchvisionRetinaNet
-
         return TorchvisionRetinaNet(cfg)
     return TorchvisionRCNN(cfg)

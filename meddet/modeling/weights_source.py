@@ -52,6 +52,16 @@ import torch
 from torch import Tensor, nn
 
 from meddet.errors import ConfigError, ModelError
+from meddet.modeling.checkpoint import format_listing, load_model_state, read_checkpoint
+from meddet.modeling.d2_convert import (  # NumpyUnpickler: numpy arrays only, loading runs no code
+    BBOX_PRED,
+    CLS_SCORE,
+    STEM_CONV,
+    UNSUPPORTED_PARTS,
+    NumpyUnpickler,
+    d2_param_name,
+    tv_to_d2_rules,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -448,8 +458,6 @@ def read_pkl(path: Path) -> tuple[dict[str, Tensor], str]:
     detectron2's ``DetectionCheckpointer._load_file`` does: ``{"model", "__author__"}`` is detectron2's model
     zoo layout; anything else is a Caffe2/Detectron blob dict (``"blobs"`` for detection models), renamed with
     detectron2's Caffe2 name rules (ImageNet backbones; Caffe2 detection models are refused)."""
-    from meddet.modeling.d2_convert import NumpyUnpickler  # numpy arrays only: loading runs no code
-
     try:
         with path.open("rb") as f:
             obj = NumpyUnpickler(f, encoding="latin1").load()
@@ -566,8 +574,6 @@ def _tv_names(model: nn.Module) -> dict[str, str]:
     mapping, its layout read from the model itself)."""
     from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
-    from meddet.modeling.d2_convert import d2_param_name, tv_to_d2_rules
-
     state = model.state_dict()
     rpn_convs = len([k for k in state if re.fullmatch(r"rpn\.head\.conv\.\d+\.0\.weight", k)])
     head_convs = len([k for k in state if re.fullmatch(r"roi_heads\.box_head\.\d+\.0\.weight", k)])
@@ -586,8 +592,6 @@ def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str, strict
     """detectron2 names and layout -> the torchvision engine's (stem channels for BGR, background first).
     ``strict``: a name without a place in the model is an error (else, as detectron2's name-matching
     heuristics for Caffe2 files, it is logged and skipped)."""
-    from meddet.modeling.d2_convert import UNSUPPORTED_PARTS, BBOX_PRED, CLS_SCORE, STEM_CONV
-
     for key in d2_state:
         for pattern, what in UNSUPPORTED_PARTS:
             if re.search(pattern, key):
@@ -614,8 +618,6 @@ def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str, strict
         logger.warning("%s: %d blobs without a place in the model, not loaded: %s", spec, len(unknown),
                     ", ".join(sorted(unknown)[:10]))
     elif unknown:
-        from meddet.modeling.checkpoint import format_listing
-
         raise ModelError(f"MODEL.WEIGHTS {spec}: {format_listing('parameters without a place in the model', sorted(unknown))}"
                          "; expected the Faster R-CNN ResNet-FPN the config describes (check MODEL.RESNETS.DEPTH, "
                          "MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC, MODEL.RPN.CONV_DIMS)")
@@ -655,8 +657,6 @@ def _fill_frozen_stats(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 
 def _load_backbone(model: nn.Module, state: dict[str, Tensor], spec: str) -> dict[str, Any]:
-    from meddet.modeling.checkpoint import format_listing
-
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     body = [k for k in own if k.startswith("backbone.body.")]
     missing = [k for k in body if k not in state]
@@ -707,8 +707,6 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
             _warn_trainable_norm(model, spec)
         _fill_frozen_stats(model, state)
     else:
-        from meddet.modeling.checkpoint import read_checkpoint
-
         raw = read_checkpoint(path)["model"]
         if source.kind != "torchvision" and not _is_torchvision_resnet(raw) and "rpn.head.conv.weight" not in raw:
             conv = conventions_of(source, None)
@@ -719,7 +717,6 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
         state = _from_torchvision(raw)
     if state and all(k.startswith("backbone.body.") for k in state):
         return _load_backbone(model, state, spec)
-    from meddet.modeling.checkpoint import load_model_state
 
     load_model_state(spec, model, {"model": state}, allow_class_change=True)
     logger.info("Loaded pretrained detector weights from %s (%s)", spec, path)
