@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from meddet.errors import ConfigError, DataError
-from meddet.io.breast import Geometry, orient_and_crop
+from meddet.io.breast import Geometry, boxes_to_original, orient_and_crop
 from meddet.io.dicom import (
     DEFAULT_MAX_DECODED_BYTES,
     DICM_MAGIC,
@@ -231,20 +231,6 @@ def geometry_from_record(record: dict[str, Any]) -> Geometry | None:
     size = record.get("original_size") or [record["height"], record["width"]]
     crop = record.get("crop")
     return Geometry(bool(record.get("flipped", False)), list(crop) if crop else None, (int(size[0]), int(size[1])))
-
-
-def boxes_to_original(boxes_xyxy: np.ndarray, geometry: Geometry | None) -> np.ndarray:
-    """Boxes ``(N, 4)`` xyxy in the preprocessed image's pixels -> the original file's pixels."""
-    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
-    if geometry is None:
-        return boxes
-    if geometry.crop:
-        boxes[:, [0, 2]] += float(geometry.crop[0])
-        boxes[:, [1, 3]] += float(geometry.crop[1])
-    if geometry.flipped:
-        w = float(geometry.original_size[1])
-        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-    return boxes
 
 
 def dataset_recipe(coco_path: str | os.PathLike) -> PreprocessRecipe | None:

@@ -28,6 +28,7 @@ from meddet.modeling.checkpoint import (
     checkpoint_engine,
     load_weights,
 )
+from meddet.modeling.retinanet import build_torchvision_retinanet
 from meddet.modeling.torchvision_engine import ENGINE_NAME as TORCHVISION, build_torchvision_model
 from meddet.modeling.d2_convert import d2_to_tv_state_dict, load_d2_state_dict, tv_to_d2_state_dict
 from meddet.modeling.weights_source import is_remote, resolve_and_load, source_engine
@@ -138,8 +139,15 @@ def _build_detectron2_model(cfg: CfgNode) -> nn.Module:
     return build_detectron2_model(cfg)
 
 
+def _build_torchvision_model(cfg: CfgNode) -> nn.Module:
+    """The torchvision engine's Faster R-CNN, or with MODEL.META_ARCHITECTURE RetinaNet its RetinaNet."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return build_torchvision_retinanet(cfg)
+    return build_torchvision_model(cfg)
+
+
 _BUILDERS: dict[str, Callable[[CfgNode], nn.Module]] = {
-    TORCHVISION: build_torchvision_model,
+    TORCHVISION: _build_torchvision_model,
     DETECTRON2: _build_detectron2_model,
 }
 
