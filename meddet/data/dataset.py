@@ -15,6 +15,7 @@ from meddet.data.tiling import TilingParams, clip_boxes_to_window, tile_records
 from meddet.data.transforms import (
     apply_augmentation,
     build_augmentation,
+    prepare_image,
     resize,
     shortest_edge_size,
     to_model_tensor,
@@ -59,7 +60,9 @@ def _boxes_classes(anns: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DatasetMapper:
-    """Reads an image, augments it (training), resizes its shortest edge and builds the model's dict.
+    """Reads an image, augments it (training), resizes its shortest edge and builds the model's dict. At test
+    time (is_train False) the image is prepared by meddet.data.transforms.prepare_image, as the Predictor
+    prepares it, so evaluation through the loader and prediction see the same model input.
 
     Tile records (meddet.data.tiling.tile_records, they carry "tile") are cut out of their parent image,
     read through a per-process LRU cache of TILING.CACHE_IMAGES decoded images. TILING.AUG_STAGE
@@ -69,6 +72,7 @@ class DatasetMapper:
 
     def __init__(self, cfg, is_train: bool, with_boxes: bool | None = None):
         self._read = read_image
+        self.cfg = cfg
         self.is_train = is_train
         # Test-time batches carry boxes too when asked (validation loss).
         self.with_boxes = is_train if with_boxes is None else with_boxes
@@ -164,22 +168,25 @@ class DatasetMapper:
             img, boxes, classes = self._tile(record, seed)
         elif self.recipe.geometric and not record.get("preprocessed"):
             img, boxes, classes, geometry = self._raw(record)
-            img = to_unit_float(img)
             if self.aug is not None:
-                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
+                img, boxes, classes = apply_augmentation(self.aug, to_unit_float(img), boxes, classes, seed)
         else:
-            img = to_unit_float(self._read_checked(record["file_name"], record["height"], record["width"]))
+            img = self._read_checked(record["file_name"], record["height"], record["width"])
             boxes, classes = _boxes_classes(record.get("annotations", []))
             if self.aug is not None:
-                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
-        rng = np.random.default_rng(seed)
+                img, boxes, classes = apply_augmentation(self.aug, to_unit_float(img), boxes, classes, seed)
         h, w = img.shape[:2]
-        nh, nw = shortest_edge_size(h, w, self._short_edge(rng), self.max_size)
-        img = resize(img, (nh, nw))
+        if self.is_train:
+            rng = np.random.default_rng(seed)
+            nh, nw = shortest_edge_size(h, w, self._short_edge(rng), self.max_size)
+            tensor = to_model_tensor(resize(to_unit_float(img), (nh, nw)), self.format)
+        else:  # the Predictor's own test-time preparation (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, INPUT.FORMAT)
+            tensor = prepare_image(img, self.cfg)["image"]
+            nh, nw = tensor.shape[1:]
         if len(boxes):
             boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
         out = {
-            "image": to_model_tensor(img, self.format),
+            "image": tensor,
             # The size predictions are mapped back to (after augmentation: the augmented frame).
             "height": h,
             "width": w,
