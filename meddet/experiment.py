@@ -79,9 +79,9 @@ from scipy import stats
 
 from meddet.config import CfgNode, load_config
 from meddet.data.coco import load_coco, resolve_image_path, save_json_atomic, read_json
-from meddet.data.splits import patient_key
+from meddet.data.splits import patient_key, subset_coco
 from meddet.errors import ConfigError, DataError
-from meddet.data.splits import subset_coco
+import meddet.tasks
 
 logger = logging.getLogger(__name__)
 
@@ -648,8 +648,7 @@ def _flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _execute(cfg: CfgNode, key: RunKey, run_dir: Path, gt_path: str) -> dict[str, Any]:
     """Train (resuming from the last checkpoint when there is one) and evaluate one run; its run.json."""
-    import meddet.engine
-    import meddet.tasks
+    import meddet.engine  # torch: imported when a run trains, not when an experiment is only planned or compared
 
     t0 = time.perf_counter()
     # anything a killed training leaves (the trainer refuses such a folder without resume)

@@ -1,4 +1,8 @@
-"""Whole tasks behind `detectron.py -c evaluate|predict` (the CLI stays a thin argument parser)."""
+"""Whole tasks behind `detectron.py -c evaluate|predict` (the CLI stays a thin argument parser).
+
+Importing this module does not import torch: `-c evaluate --predictions` scores a results file without it.
+So the modules that import torch (meddet.inference, .engine, .modeling, .hub, .data.dataset) and, for now,
+meddet.evaluation are imported inside the functions that need them; everything else at the top."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +13,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from meddet.config.tuned import (  # noqa: F401  (re-exported: meddet.tasks names of the tuned-config contract)
     TUNE_DIR,
@@ -19,7 +24,9 @@ from meddet.config.tuned import (  # noqa: F401  (re-exported: meddet.tasks name
     tuned_config_path,
 )
 from meddet.data.coco import load_coco, save_json_atomic
+from meddet.config import load_config
 from meddet.errors import ConfigError, DataError, MeddetError
+from meddet.visualize import draw_detections
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +115,6 @@ def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
 def _member_predictor(spec: str | os.PathLike, device: str, opts: Sequence = ()):
     """One ensemble member: a run config YAML, a run folder (config.yaml), a bundle folder (meddet.json)
     or a Hugging Face repo id; `opts` (KEY VALUE) are merged into its config."""
-    from meddet.config import load_config
     from meddet.hub import META_NAME, load_predictor
     from meddet.inference import Predictor
 
@@ -359,8 +365,6 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     (see `build_predictor`).
 
     A bad file is skipped and reported; the rest still run."""
-    from meddet.visualize import draw_detections
-
     files = collect_inputs(inputs)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, ["predictions.json"], overwrite)
@@ -370,8 +374,6 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     thresh = class_thresholds(predictor.cfg, names, score_thresh)
     report = PredictReport()
     images, results, used = [], [], set()
-    from tqdm import tqdm
-
     for image_id, f in enumerate(tqdm(files, desc="predict", dynamic_ncols=True, mininterval=2), start=1):
         try:
             image = predictor.read(f)

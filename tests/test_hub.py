@@ -181,3 +181,11 @@ def test_tiled_bundle_says_so_and_loads_as_sliced(run_dir, tmp_path):
     (bundle / "meddet.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="input.tiling.tile_size"):
         load_predictor(bundle, device="cpu")
+
+
+def test_predictor_from_pretrained_points_to_the_hub(bundle):
+    # meddet.inference sits below meddet.hub: the old classmethod says where loading a bundle went.
+    from meddet.inference import Predictor
+
+    with pytest.raises(AttributeError, match="meddet.hub import from_pretrained"):
+        Predictor.from_pretrained(bundle, device="cpu")
