@@ -97,15 +97,17 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
                     predictions_source=predictions_source, **kwargs)
 
 
-def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
+def predict_dataset(cfg, gt_path: str | os.PathLike, predictor=None) -> list[dict]:
     """COCO results of the configured model on every image of a COCO file (whole images through the
-    test loader; a model trained on tiles predicts each image by slicing)."""
+    test loader; a model trained on tiles predicts each image by slicing). `predictor`: the configured
+    model's Predictor when the caller already built it (with the file's classes), else built here."""
     from meddet.data.dataset import build_test_loader
     from meddet.inference import Predictor, inference_on_dataset
 
     gt = load_coco(gt_path)
     cats = sorted(gt["categories"], key=lambda c: c["id"])
-    predictor = Predictor(cfg, weights=resolve_weights(cfg), class_names=[c["name"] for c in cats])
+    if predictor is None:
+        predictor = Predictor(cfg, weights=resolve_weights(cfg), class_names=[c["name"] for c in cats])
     if predictor.tiled:
         return _records_results(predictor, gt_path, cfg)
     loader, _, _ = build_test_loader(cfg, str(gt_path))
@@ -221,13 +223,16 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
     out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "eval")
     _check_out_dir(out_dir, ["metrics.json"], overwrite)
     eval_cfg = cfg
+    predictor = build_predictor(cfg, ensemble, class_names=_gt_class_names(gt_path))
     if ensemble:
-        predictor = build_predictor(cfg, ensemble, class_names=_gt_class_names(gt_path))
         preds = _records_results(predictor, gt_path, cfg)
         eval_cfg = predictor.cfg  # thresholds restated for the ensemble's (the ground truth's) classes
+        model = predictor.members[0].model  # the configured model, summarised in the report
     else:
-        preds = predict_dataset(cfg, gt_path)
-    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir, tiles=bool(cfg.TILING.ENABLED and not ensemble))
+        preds = predict_dataset(cfg, gt_path, predictor)
+        model = predictor.model
+    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir, tiles=bool(cfg.TILING.ENABLED and not ensemble),
+                               model=model)
 
 
 def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -243,8 +248,9 @@ def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.
     return evaluate_predictions(predictor.cfg, gt_path, preds, out_dir)
 
 
-def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool) -> dict:
-    sections = run_sections(cfg)
+def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool,
+                        model=None) -> dict:
+    sections = run_sections(cfg, model)
     tile_metrics: dict = {}
     if tiles:
         tile_metrics = evaluate_tiles(cfg, gt_path, out_dir / "tiles")
@@ -311,13 +317,17 @@ def _tile_section(tile_metrics: dict) -> str:
             + format_summary(tile_metrics))
 
 
-def run_sections(cfg) -> list[tuple[str, str]]:
-    """Report sections about the model and its training run: model summary, training diagnosis."""
+def run_sections(cfg, model=None) -> list[tuple[str, str]]:
+    """Report sections about the model and its training run: model summary (of `model`, the model that
+    was evaluated; without one, of a model built from `cfg`), training diagnosis."""
     from meddet.engine.diagnosis import diagnose, format_findings
-    from meddet.modeling import build_model
     from meddet.modeling.summary import model_summary
 
-    sections = [("Model summary", str(model_summary(build_model(cfg), cfg)))]
+    if model is None:
+        from meddet.modeling import build_model
+
+        model = build_model(cfg)
+    sections = [("Model summary", str(model_summary(model, cfg)))]
     metrics = Path(cfg.OUTPUT_DIR) / "metrics.json"
     if metrics.is_file():
         sections.append(("Training diagnosis", format_findings(diagnose(metrics))))
