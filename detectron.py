@@ -5,6 +5,7 @@
     torchrun --nproc_per_node N detectron.py -c train ...   # DistributedDataParallel, SOLVER.IMS_PER_BATCH global
     python detectron.py -c evaluate --config-file output/run/config.yaml [--gt test.json] [KEY VALUE ...]
     python detectron.py -c evaluate --gt test.json --predictions results.json   # score any detector
+    python detectron.py -c evaluate --gt test.json --predictions results.json --views coco   # COCO AP only, fast
     python detectron.py -c predict  --config-file output/run/config.yaml --input IMG|DICOM|DIR ... [--output DIR]
     python detectron.py -c predict  --config-file cells/config.yaml --ensemble clusters/config.yaml --input DIR
     python detectron.py -c tune     --config-file output/run/config.yaml        # thresholds on DATASETS.VAL
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gt", default="", metavar="COCO.json", help="evaluate: ground truth (default DATASETS.TEST[0])")
     p.add_argument("--predictions", default="", metavar="RESULTS.json",
                    help="evaluate: score this COCO-results file instead of running a model")
+    p.add_argument("--views", default="", metavar="V1,V2",
+                   help="evaluate: compute and write only these evaluation views (coco, prf1, per_class, confusion, "
+                        "curves, froc, roc, exam, bootstrap, errors, report; default all)")
     p.add_argument("--input", nargs="+", default=[], metavar="PATH", help="predict: images, DICOMs or folders")
     p.add_argument("--output", default="", metavar="DIR",
                    help="evaluate/predict: output folder (default OUTPUT_DIR/eval, OUTPUT_DIR/predictions)")
@@ -202,13 +206,15 @@ def main(args: argparse.Namespace) -> int:
         from meddet.tasks import evaluate_model, evaluate_predictions
 
         out_dir = Path(args.output) if args.output else Path(cfg.OUTPUT_DIR) / "eval"
+        views = args.views or None
         if args.predictions:
             gt = args.gt or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
             if not gt:
                 raise ConfigError("--predictions needs --gt COCO.json (or DATASETS.TEST in the config)")
-            metrics = evaluate_predictions(cfg, gt, args.predictions, out_dir)
+            metrics = evaluate_predictions(cfg, gt, args.predictions, out_dir, views=views)
         else:
-            metrics = evaluate_model(cfg, args.gt or None, out_dir, overwrite=True, ensemble=args.ensemble)
+            metrics = evaluate_model(cfg, args.gt or None, out_dir, overwrite=True, ensemble=args.ensemble,
+                                     views=views)
         print(format_per_class_table(metrics))
         print("\n" + format_summary(metrics))
         if (out_dir / "hierarchical.csv").is_file():
@@ -216,7 +222,10 @@ def main(args: argparse.Namespace) -> int:
 
             print("\nTile level vs whole image (merged by sliced inference):")
             print(pd.read_csv(out_dir / "hierarchical.csv").to_string(index=False, float_format="%.3f"))
-        print(f"\n(outputs in {out_dir}: report.md, metrics.json, per_class.csv, curves, FROC, confusion matrix)")
+        if views:
+            print(f"\n(outputs in {out_dir}: metrics.json and the files of the views {views})")
+        else:
+            print(f"\n(outputs in {out_dir}: report.md, metrics.json, per_class.csv, curves, FROC, confusion matrix)")
         return 0
     if args.command == "tune":
         from meddet.tasks import tune_model

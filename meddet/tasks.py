@@ -1,8 +1,9 @@
 """Whole tasks behind `detectron.py -c evaluate|predict` (the CLI stays a thin argument parser).
 
-Importing this module does not import torch: `-c evaluate --predictions` scores a results file without it.
-So the modules that import torch (meddet.inference, .engine, .modeling, .hub, .data.dataset) and, for now,
-meddet.evaluation are imported inside the functions that need them; everything else at the top."""
+Importing this module imports neither torch nor cv2: `-c evaluate --predictions` scores a results file
+without them. So the modules that import them (meddet.inference, .engine, .modeling, .hub, .data.dataset,
+.visualize, meddet.evaluation's views) are imported inside the functions that need them; the light ones
+(meddet.config, meddet.data.coco, meddet.errors) at the top."""
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
-from tqdm import tqdm
 
 from meddet.config.tuned import (  # noqa: F401  (re-exported: meddet.tasks names of the tuned-config contract)
     TUNE_DIR,
@@ -23,10 +22,9 @@ from meddet.config.tuned import (  # noqa: F401  (re-exported: meddet.tasks name
     load_run_config,
     tuned_config_path,
 )
-from meddet.data.coco import load_coco, save_json_atomic
 from meddet.config import load_config
+from meddet.data.coco import load_coco, save_json_atomic
 from meddet.errors import ConfigError, DataError, MeddetError
-from meddet.visualize import draw_detections
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +72,19 @@ def _load_results(path: str | os.PathLike) -> list[dict]:
 
 def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict] | str | os.PathLike,
                          out_dir: str | os.PathLike, extra_sections=(),
-                         predictions_source: str | os.PathLike | None = None) -> dict:
+                         predictions_source: str | os.PathLike | None = None, views=None) -> dict:
     """Score COCO-results predictions (a list or a JSON file, from any detector) against a COCO file:
     every view of the evaluator (COCO AP, per-class table, P/R/F1, confusion, curves, FROC, image-level ROC,
-    bootstrap CIs, error galleries, reports) under `out_dir`. Errors name `gt_path` and the predictions'
-    file (`predictions_source`: the file a list was saved to)."""
+    bootstrap CIs, error galleries, reports; `views`: only those, see `meddet.evaluation.run_evaluation`)
+    under `out_dir`. Errors name `gt_path` and the predictions' file (`predictions_source`: the file a list
+    was saved to). Imports no torch (unless TEST.CLASS_SCORE_THRESH is set)."""
     from meddet.evaluation import evaluate, evaluation_kwargs
 
     gt = load_coco(gt_path)
     if not isinstance(predictions, list):
         predictions_source = predictions_source or predictions
         predictions = _load_results(predictions)
-    kwargs = evaluation_kwargs(cfg)
+    kwargs = evaluation_kwargs(cfg, views)
     if list(cfg.TEST.CLASS_SCORE_THRESH):  # per-class thresholds follow the ground truth's classes by name
         from meddet.inference.base import score_thresholds
 
@@ -94,7 +93,7 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
     if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
         kwargs["image_root"] = str(Path(gt_path).parent)
     return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, gt_source=gt_path,
-                    predictions_source=predictions_source, **kwargs)
+                    predictions_source=predictions_source, views=views, **kwargs)
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike, predictor=None) -> list[dict]:
@@ -209,9 +208,9 @@ def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.
 
 
 def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-                   overwrite: bool = True, ensemble: Sequence[str | os.PathLike] = ()) -> dict:
+                   overwrite: bool = True, ensemble: Sequence[str | os.PathLike] = (), views=None) -> dict:
     """Predict on a COCO split with the configured model (or an ensemble of it and `ensemble` members)
-    and run the whole evaluator on it.
+    and run the whole evaluator on it (`views`: only those views, see `meddet.evaluation.run_evaluation`).
 
     A model trained on tiles (TILING.ENABLED) is evaluated at both levels: tile level on the split cut
     into tiles (`out_dir/tiles/`, raw per-tile predictions) and whole image on predictions merged by
@@ -231,8 +230,8 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
     else:
         preds = predict_dataset(cfg, gt_path, predictor)
         model = predictor.model
-    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir, tiles=bool(cfg.TILING.ENABLED and not ensemble),
-                               model=model)
+    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir,
+                               tiles=bool(cfg.TILING.ENABLED and not ensemble), views=views, model=model)
 
 
 def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -249,7 +248,7 @@ def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.
 
 
 def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool,
-                        model=None) -> dict:
+                        views=None, model=None) -> dict:
     sections = run_sections(cfg, model)
     tile_metrics: dict = {}
     if tiles:
@@ -258,7 +257,7 @@ def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
     metrics = evaluate_predictions(eval_cfg, gt_path, preds, out_dir, extra_sections=sections,
-                                   predictions_source=out_dir / "coco_instances_results.json")
+                                   predictions_source=out_dir / "coco_instances_results.json", views=views)
     if tile_metrics:
         table = hierarchical_table(tile_metrics, metrics)
         table.to_csv(out_dir / "hierarchical.csv", index=False)
@@ -375,6 +374,11 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     (see `build_predictor`).
 
     A bad file is skipped and reported; the rest still run."""
+    import cv2
+    from tqdm import tqdm
+
+    from meddet.visualize import draw_detections
+
     files = collect_inputs(inputs)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, ["predictions.json"], overwrite)

@@ -175,8 +175,17 @@ def test_errors_name_the_file(tmp_path):
     good = tmp_path / "trunc.dcm"
     save_dicom(encode_dicom(phantom(), attributes=MG_ATTRS), good)
     good.write_bytes(good.read_bytes()[:-1000])
-    with pytest.raises(DicomError, match=r"trunc\.dcm"):
+    with pytest.raises(DicomError, match=r"trunc\.dcm: truncated file"):
         read_dicom(good)
+    # RLE (encapsulated, undefined length): pydicom reads nothing, which must not read as "no pixel data"
+    from pydicom.uid import RLELossless
+
+    ds = encode_dicom(phantom(), attributes=MG_ATTRS)
+    ds.compress(RLELossless)
+    save_dicom(ds, tmp_path / "rle.dcm")
+    (tmp_path / "rle.dcm").write_bytes((tmp_path / "rle.dcm").read_bytes()[:-200])
+    with pytest.warns(UserWarning), pytest.raises(DicomError, match=r"rle\.dcm: truncated file: the pixel data ends early"):
+        read_dicom(tmp_path / "rle.dcm")
 
 
 def test_read_image_decides_by_content(tmp_path):

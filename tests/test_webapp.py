@@ -292,3 +292,173 @@ def test_large_uploads_are_never_spooled_to_disk(client, monkeypatch):
     assert 500_000 < len(data) < 1_000_000
     r = _post(client, data)
     assert r.status_code == 200 and r.get_json()["image"]["width"] == 600
+
+
+# ---------------------------------------------------------------- issue 14: correct, lean, exams
+def _strict_json(raw: bytes):
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"not JSON: bare {name}")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+def test_undefined_metrics_are_null_in_json_and_undefined_on_the_page(predictor, monkeypatch):
+    from webapp import create_app
+
+    meta = dict(getattr(predictor, "bundle", None) or {})
+    meta["metrics"] = {"bbox/AP": float("nan"), "bbox/AP50": 0.25, "froc/sens@inf": float("inf")}
+    monkeypatch.setattr(predictor, "bundle", meta, raising=False)
+    c = create_app(predictor).test_client()
+    info = _strict_json(c.get("/api/v1/model").data)
+    assert info["metrics"] == {"bbox/AP": None, "bbox/AP50": 0.25, "froc/sens@inf": None}
+    page = c.get("/model").get_data(as_text=True)
+    assert "nan" not in page.lower().replace("nan-", "") and "undefined" in page and "0.2500" in page
+
+
+@pytest.mark.parametrize("rle", [False, True])
+def test_truncated_dicom_is_reported_as_truncated(client, tmp_path, rle):
+    from exam_fixture import view_dicom
+
+    dcm = view_dicom(tmp_path / "t.dcm", "L-CC", transfer_syntax="rle" if rle else None).read_bytes()
+    r = _post(client, dcm[: len(dcm) * 2 // 3])
+    assert r.status_code == 422
+    msg = r.get_json()["error"]["message"]
+    assert "truncated file" in msg and "no pixel data" not in msg and str(tmp_path) not in msg
+
+
+def test_favicon(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.mimetype == "image/svg+xml" and b"<svg" in r.data
+    assert 'rel="icon"' in client.get("/").get_data(as_text=True)
+
+
+def test_display_image_is_small_and_boxes_stay_in_original_pixels(predictor):
+    from webapp import create_app
+
+    c = create_app(predictor).test_client()
+    big = cv2.resize(_image(1), (1200, 960), interpolation=cv2.INTER_NEAREST)  # 1200 x 960
+    plain = _post(c, _png(big)).get_json()
+    r = _post(c, _png(big), display="1", display_max_side="600")
+    body = _strict_json(r.data)
+    disp = body["image"]["display"]
+    assert (disp["width"], disp["height"], disp["format"]) == (600, 480, "jpeg") and disp["scale"] == 0.5
+    assert disp["url"].startswith("data:image/jpeg;base64,") and disp["bytes"] < 200_000
+    assert body["detections"] == plain["detections"], "boxes stay in the original image's pixels"
+    import base64
+
+    pic = cv2.imdecode(np.frombuffer(base64.b64decode(disp["url"].split(",", 1)[1]), np.uint8), cv2.IMREAD_GRAYSCALE)
+    want = cv2.resize(big, (600, 480), interpolation=cv2.INTER_AREA)
+    assert pic.shape == (480, 600) and np.abs(pic.astype(int) - want).mean() < 3
+    webp = _post(c, _png(big), display="1", display_format="webp").get_json()["image"]["display"]
+    assert webp["url"].startswith("data:image/webp;base64,") and webp["width"] == 1200  # never enlarged
+    assert _post(c, _png(big), display="1", display_format="gif").status_code == 400
+
+
+def test_crops_are_full_resolution_bounded_and_expire(predictor):
+    import time
+
+    from webapp import create_app
+
+    app = create_app(predictor, image_store_items=2, image_store_ttl_s=30)
+    c = app.test_client()
+    big = cv2.resize(_image(2), (1200, 960), interpolation=cv2.INTER_NEAREST)
+    ids = [_post(c, _png(big), display="1", display_max_side="300").get_json()["image"]["display"]["id"]
+           for _ in range(3)]
+    crop = c.get(f"/api/v1/images/{ids[2]}/crop?x=100.5&y=200&w=150&h=120")
+    assert crop.status_code == 200 and crop.mimetype == "image/jpeg"
+    assert crop.headers["X-Crop-Region"] == "100,200,151,120" and crop.headers["Cache-Control"] == "no-store"
+    got = cv2.imdecode(np.frombuffer(crop.data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert got.shape == (120, 151) and np.abs(got.astype(int) - big[200:320, 100:251]).mean() < 3
+    small = c.get(f"/api/v1/images/{ids[2]}/crop?x=0&y=0&w=1200&h=960&max_side=100")
+    assert cv2.imdecode(np.frombuffer(small.data, np.uint8), cv2.IMREAD_GRAYSCALE).shape == (80, 100)
+    # bounded in count: the oldest image is gone; a bad region is refused
+    assert c.get(f"/api/v1/images/{ids[0]}/crop?x=0&y=0&w=10&h=10").status_code == 404
+    assert c.get(f"/api/v1/images/{ids[1]}/crop?x=0&y=0&w=10&h=10").status_code == 200
+    r = c.get(f"/api/v1/images/{ids[1]}/crop?x=5000&y=0&w=10&h=10")
+    assert r.status_code == 400 and "outside" in r.get_json()["error"]["message"]
+    assert c.get(f"/api/v1/images/{ids[1]}/crop?x=0&y=0&w=-1&h=10").status_code == 400
+    # without display=1 nothing is kept; bounded in time
+    store = app.config["MEDDET_SERVICE"].store
+    before = len(store)
+    _post(c, _png(big))
+    assert len(store) == before
+    store.ttl_s = 0.05
+    time.sleep(0.1)
+    assert c.get(f"/api/v1/images/{ids[2]}/crop?x=0&y=0&w=10&h=10").status_code == 404 and len(store) == 0
+
+
+def _exam_post(client, paths, **form):
+    files = [(io.BytesIO(p.read_bytes()) if hasattr(p, "read_bytes") else io.BytesIO(p[1]),
+              p.name if hasattr(p, "name") else p[0]) for p in paths]
+    return client.post("/api/v1/exam", data={"files": files, **form}, content_type="multipart/form-data")
+
+
+def test_exam_hangs_views_by_tags_and_scores_each_breast(client, tmp_path):
+    from exam_fixture import SECRETS, disc_png, exam_files, view_dicom
+
+    files = exam_files(tmp_path / "exam")
+    untagged = view_dicom(tmp_path / "untagged.dcm", "L-CC", seed=7, tags=False)
+    other = view_dicom(tmp_path / "other.dcm", "R-CC", seed=8, study="1.2.3.999", patient="P_OTHER_777")
+    png = disc_png(tmp_path / "disc.png")
+    r = _exam_post(client, [*files, untagged, other, png], display="1", display_max_side="128")
+    assert r.status_code == 200
+    body = r.get_data(as_text=True)
+    for s in (*SECRETS, "P_OTHER_777", "1.2.3.999", "1.2.826.0.1.3680043.8.498.4242", "R-CC.dcm"):
+        assert s not in body
+    exam = _strict_json(r.data)
+    assert exam["protocol"] == [["R-CC", "L-CC"], ["R-MLO", "L-MLO"]] and exam["errors"] == []
+    first, second, loose = exam["studies"]
+    assert [first["label"], first["patient"]] == ["Exam 1", "Patient A"]
+    assert [second["label"], second["patient"]] == ["Exam 2", "Patient B"]
+    assert first["missing"] == [] and second["missing"] == ["L-CC", "R-MLO", "L-MLO"]
+    from exam_fixture import VIEWS
+
+    for name, (h, w) in VIEWS.items():
+        v = first["views"][name]
+        assert (v["image"]["height"], v["image"]["width"]) == (h, w) and v["view"] == name
+        assert v["mirror"] is (name[0] == "R"), "stored with the chest wall on the left: right views mirrored"
+        assert v["image"]["display"]["id"] and max(v["image"]["display"]["width"], v["image"]["display"]["height"]) <= 128
+    # the untagged view is listed as extra, never guessed into the empty slot
+    assert [e["reason"] for e in first["extra"]] == ["no laterality tag"] and first["extra"][0]["source"] == {"file": 4}
+    assert loose["label"] == "Images without study tags" and loose["extra"][0]["reason"].startswith("no DICOM tags")
+    best = {side: max(d["score"] for k, v in first["views"].items() if k[0] == side for d in v["detections"])
+            for side in "RL"}
+    assert first["scores"] == {"exam": max(best.values()), "right": best["R"], "left": best["L"]}
+    assert second["scores"]["left"] is None and loose["scores"] == {"exam": None, "right": None, "left": None}
+    # one shared threshold
+    t = 0.5
+    high = _strict_json(_exam_post(client, files, threshold=str(t)).data)["studies"][0]
+    assert all(d["score"] >= t for v in high["views"].values() for d in v["detections"])
+    assert "display" not in high["views"]["R-CC"]["image"]
+
+
+def test_exam_from_a_zip_with_a_broken_file_and_a_duplicate(client, tmp_path):
+    import zipfile
+
+    from exam_fixture import exam_files, view_dicom
+
+    files = exam_files(tmp_path / "exam", views=("R-CC", "L-CC", "L-MLO"))
+    dup = view_dicom(tmp_path / "dup.dcm", "L-CC", seed=5)
+    zpath = tmp_path / "exam.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in (*files, dup):
+            z.write(f, f"study/{f.name}")
+        z.writestr("study/.DS_Store", b"junk")
+        z.writestr("__MACOSX/study/._R-CC.dcm", b"junk")
+    broken = ("broken.dcm", files[0].read_bytes()[:400])
+    r = _exam_post(client, [zpath, broken])
+    exam = _strict_json(r.data)
+    (study,) = exam["studies"]
+    assert study["missing"] == ["R-MLO"] and study["views"]["R-MLO"] is None
+    assert [e["reason"] for e in study["extra"]] == ["a second L-CC image"]
+    assert study["views"]["R-CC"]["source"] == {"file": 0, "member": 0}
+    (err,) = exam["errors"]
+    assert err["source"] == {"file": 1} and err["status"] == 422
+    r = client.post("/api/v1/exam", data={})
+    assert r.status_code == 400 and "'files'" in r.get_json()["error"]["message"]
+    spec = client.get("/api/v1/openapi.json").get_json()
+    post = spec["paths"]["/api/v1/exam"]["post"]
+    assert "multipart/form-data" in post["requestBody"]["content"] and "Exam" in spec["components"]["schemas"]
+    assert "/api/v1/images/{image_id}/crop" in spec["paths"]

@@ -424,7 +424,9 @@ def test_pretrained_configs_fit_their_checkpoints(name):
     from meddet.config import load_config
     from meddet.modeling.weights_source import MSRA, WeightsSource, _tv_names, check_conventions, conventions_of
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml", ["MODEL.DEVICE", "cpu"])
+    # the torchvision engine's layout (with detectron2 installed, `auto` would pick detectron2 for a zoo name)
+    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml",
+                      ["MODEL.DEVICE", "cpu", "MODEL.ENGINE", "torchvision"])
     spec = cfg.MODEL.WEIGHTS
     assert spec.startswith("detectron2://")
     model = build_model(cfg)

@@ -162,6 +162,7 @@ class ModelService:
         self._lock = threading.Lock()
         self.started = time.time()
         self.served = 0
+        self.store = None  # webapp.display.ImageStore: decoded images kept in memory for crops (create_app)
 
     def _check_pixels(self, h: int, w: int) -> None:
         if h <= 0 or w <= 0:
@@ -172,11 +173,14 @@ class ModelService:
             )
 
     def predict_bytes(self, data: bytes, include_image: bool = False, explain: str | None = None,
-                      explain_threshold: float | None = None) -> dict[str, Any]:
+                      explain_threshold: float | None = None, display_max_side: int | None = None,
+                      display_format: str = "jpeg") -> dict[str, Any]:
         """Check, decode and predict one uploaded file; raises UploadError for anything refused.
 
         `explain`: a meddet.xai method name to add heat maps of the findings scoring at least
-        `explain_threshold` (default: each class's threshold), or None for none."""
+        `explain_threshold` (default: each class's threshold), or None for none. `display_max_side`:
+        also answer a display image of at most that many pixels (webapp.display), the decoded image kept
+        in `store` for crops."""
         if not data:
             raise UploadError(400, "empty upload: the file has no bytes")
         fmt = sniff_format(data)
@@ -220,7 +224,7 @@ class ModelService:
                     if explain is not None:
                         explanation = self._explain(image, out, explain, explain_threshold)
                     self.served += 1
-                if not include_image:
+                if not include_image and display_max_side is None:
                     del image
                     image = None
             finally:
@@ -228,7 +232,13 @@ class ModelService:
         finally:
             self.budget.release(need)
         logger.info("predicted a %s image of %dx%d: %d detections in %.3f s", fmt, w, h, len(out["scores"]), elapsed)
-        return self._response(out, fmt, h, w, facts, elapsed, image, explanation)
+        resp = self._response(out, fmt, h, w, facts, elapsed, image if include_image else None, explanation)
+        if display_max_side is not None:
+            from webapp.display import display_entry
+
+            image_id = self.store.put(image) if self.store is not None else None
+            resp["image"]["display"] = display_entry(image, display_max_side, display_format, image_id)
+        return resp
 
     def estimate_bytes(self, header, upload_bytes: int, include_image: bool = False, explain: bool = False) -> int:
         """Memory one request may take, from the image's header: the upload and its parsed copy; the
@@ -421,7 +431,8 @@ def _load_model(model):
 def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, max_queue: int = 4,
                cors_origins: Sequence[str] = (), explain_timeout_s: float = 30.0, explain_max_detections: int = 5,
                explain_max_side: int = 2048, max_memory_mb: float | None = None,
-               model_memory_mb: float | None = None) -> Flask:
+               model_memory_mb: float | None = None, image_store_items: int = 16,
+               image_store_mb: float = 256, image_store_ttl_s: float = 600.0) -> Flask:
     """The web app over `model` (any meddet.inference.DetectorLike: a Predictor, a tiled one, an
     EnsemblePredictor; or a bundle folder, an ensemble bundle or a Hub repo id).
 
@@ -433,6 +444,9 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     each reserves its estimated decoded size plus the model's working set (`model_memory_mb`, default
     estimated from the test input size) before decoding, and is answered 503 with Retry-After when the
     budget is in use, 413 when it could never fit.
+    Decoded images for the page's zoom are kept in memory only, at most `image_store_items` images and
+    `image_store_mb` MB, each for `image_store_ttl_s` seconds (webapp.display.ImageStore; 0 items: none);
+    that memory comes on top of `max_memory_mb`.
     """
     predictor = _load_model(model)
     service = ModelService(predictor, max_queue=max_queue, max_pixels=max_pixels,
@@ -452,6 +466,11 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_PARTS"] = MAX_FORM_FIELDS
     app.config["MEDDET_SERVICE"] = service
+    from webapp.display import ImageStore
+    from webapp.jsonsafe import FiniteJSONProvider
+
+    service.store = ImageStore(image_store_items, int(image_store_mb * 1024 * 1024), image_store_ttl_s)
+    app.json = FiniteJSONProvider(app)
     app.json.sort_keys = False
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -534,11 +553,17 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
             raise UploadError(400, f"explain_method: expected one of {', '.join(METHODS)}, found {method!r}")
         explain_threshold = _score("explain_threshold",
                                    request.form.get("explain_threshold", request.args.get("explain_threshold")))
+        from webapp.views import display_options
+
         result = service.predict_bytes(f.read(), include_image=include_image, explain=method if explain else None,
-                                       explain_threshold=threshold if explain_threshold is None else explain_threshold)
+                                       explain_threshold=threshold if explain_threshold is None else explain_threshold,
+                                       **display_options(request))
         if threshold is not None:
             result["detections"] = [d for d in result["detections"] if d["score"] >= threshold]
         result["threshold"] = threshold
         return jsonify(result)
 
+    from webapp.views import register_views
+
+    register_views(app, service, API)
     return app

@@ -6,6 +6,28 @@ from typing import Any
 from meddet.xai.cam import METHODS
 
 
+DISPLAY_PARAMS = [
+    {"name": "display", "in": "query", "required": False, "schema": {"type": "boolean"},
+     "description": "Also return a display picture (image.display: a JPEG/WebP data URL at most display_max_side "
+                    "pixels long; boxes stay in the original image's pixels) and keep the decoded image in memory "
+                    "for /api/v1/images/{id}/crop. Also accepted as a form field."},
+    {"name": "display_max_side", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 64, "maximum": 4096, "default": 2048},
+     "description": "Longer side of the display picture in pixels (never enlarged)."},
+    {"name": "display_format", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["jpeg", "webp"], "default": "jpeg"}},
+]
+
+
+def _exam_doc() -> str:
+    from webapp import exam
+
+    return (exam.__doc__ or "").split("\n\n", 1)[-1].strip()
+
+
+EXAM_DOC = _exam_doc()
+
+
 def openapi_spec(max_upload_mb: float, max_pixels: int, explain_timeout_s: float = 30.0,
                  explain_max_detections: int = 5, explain_max_side: int = 2048) -> dict[str, Any]:
     """The API description, with this server's upload, pixel and explanation limits."""
@@ -42,6 +64,7 @@ def openapi_spec(max_upload_mb: float, max_pixels: int, explain_timeout_s: float
                      "description": "hirescam (what the box score used), gradcam, gradcam++ (box-specific, "
                                     "gradient-based) or eigencam (gradient-free, the same map for every finding). "
                                     "Also accepted as a form field."},
+                    *DISPLAY_PARAMS,
                 ],
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["file"],
@@ -62,6 +85,51 @@ def openapi_spec(max_upload_mb: float, max_pixels: int, explain_timeout_s: float
                     "422": err("File cannot be decoded (truncated, no pixel data, unsupported encoding), "
                                "or the model cannot be explained"),
                     "503": err("Server busy: the queue or the memory budget is full; retry after Retry-After seconds"),
+                },
+            }},
+            "/api/v1/exam": {"post": {
+                "summary": "Read several images as screening exams (hanging protocol, per-breast scores)",
+                "description": EXAM_DOC,
+                "parameters": DISPLAY_PARAMS,
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                  "description": f"DICOM, PNG or JPEG images, or ZIP archives of them; at most "
+                                                 f"16 images and {max_upload_mb:g} MB in all"},
+                        "threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                                      "description": "Drop detections scoring below this; the suspicion "
+                                                     "scores use the rest"},
+                    }}}}},
+                "responses": {
+                    "200": {"description": "One entry per study", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Exam"}}}},
+                    "400": err("No files, too many images, or a bad threshold or display parameter"),
+                    "413": err("Upload too large, or a ZIP that expands beyond the limit"),
+                    "422": err("A ZIP that cannot be read (files that cannot be decoded are listed in errors)"),
+                },
+            }},
+            "/api/v1/images/{image_id}/crop": {"get": {
+                "summary": "A region of a kept image at full resolution (for zooming)",
+                "description": "The decoded image of a prediction made with display=1 is kept in memory only "
+                               "(never on disk), for a bounded time and count; an expired id answers 404.",
+                "parameters": [
+                    {"name": "image_id", "in": "path", "required": True, "schema": {"type": "string"},
+                     "description": "image.display.id of the prediction"},
+                    *[{"name": k, "in": "query", "required": True, "schema": {"type": "number"},
+                       "description": f"{k} of the region in the original image's pixels"} for k in "xywh"],
+                    {"name": "max_side", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 16, "maximum": 4096, "default": 1024},
+                     "description": "Shrink the crop to at most this many pixels on its longer side"},
+                    {"name": "format", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["jpeg", "webp"], "default": "jpeg"}},
+                ],
+                "responses": {
+                    "200": {"description": "The region as an image; header X-Crop-Region: x,y,w,h actually "
+                                           "covered (whole pixels, clipped to the image)",
+                            "content": {"image/jpeg": {}, "image/webp": {}}},
+                    "400": err("A region that is empty, not finite or outside the image"),
+                    "404": err("No such image: expired, dropped or never kept"),
                 },
             }},
             "/api/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
@@ -92,12 +160,43 @@ def openapi_spec(max_upload_mb: float, max_pixels: int, explain_timeout_s: float
                 "empty_maps": {"type": "integer", "description": "Explained findings whose map is zero "
                                "everywhere: nothing at that layer raised their score"},
                 "explain_ms": {"type": "number"}}},
+            "Display": {"type": "object", "description": "With display=1 (inside image)", "properties": {
+                "url": {"type": "string", "description": "Data URL of the display picture (JPEG or WebP)"},
+                "format": {"type": "string", "enum": ["jpeg", "webp"]},
+                "width": {"type": "integer"}, "height": {"type": "integer"},
+                "scale": {"type": "number", "description": "display pixels per original pixel"},
+                "bytes": {"type": "integer"},
+                "id": {"type": ["string", "null"], "description": "For /api/v1/images/{id}/crop; null when "
+                       "the image could not be kept"}}},
+            "ExamView": {"allOf": [{"$ref": "#/components/schemas/Prediction"}, {"type": "object", "properties": {
+                "source": {"type": "object", "description": "{file: index of the upload, member: index in its "
+                           "ZIP}; names are never echoed"},
+                "view": {"type": ["string", "null"]}, "laterality": {"type": ["string", "null"]},
+                "mirror": {"type": ["boolean", "null"], "description": "Flip left-right to hang (chest wall "
+                           "of right views on the right, of left views on the left); null: side unknown"},
+                "reason": {"type": "string", "description": "Extra views only: why it has no slot"}}}]},
+            "Exam": {"type": "object", "properties": {
+                "protocol": {"type": "array", "description": "Rows of the hanging protocol"},
+                "studies": {"type": "array", "items": {"type": "object", "properties": {
+                    "label": {"type": "string", "description": "Exam 1, 2, ... (no UIDs)"},
+                    "patient": {"type": ["string", "null"], "description": "Patient A, B, ... (no IDs)"},
+                    "views": {"type": "object", "description": "R-CC, L-CC, R-MLO, L-MLO: an ExamView or null"},
+                    "missing": {"type": "array", "items": {"type": "string"}},
+                    "extra": {"type": "array", "items": {"$ref": "#/components/schemas/ExamView"}},
+                    "scores": {"type": "object", "properties": {
+                        "exam": {"type": ["number", "null"]}, "right": {"type": ["number", "null"]},
+                        "left": {"type": ["number", "null"]}}}}}},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "source": {"type": "object"}, "status": {"type": "integer"}, "message": {"type": "string"}}}},
+                "threshold": {"type": ["number", "null"]},
+                "scoring": {"type": "string"}}},
             "Prediction": {"type": "object", "properties": {
                 "image": {"type": "object", "properties": {
                     "format": {"type": "string", "enum": ["png", "jpeg", "dicom"]},
                     "width": {"type": "integer"}, "height": {"type": "integer"},
                     "png_base64": {"type": "string"}}},
                 "dicom": {"type": ["object", "null"], "description": "Non-identifying DICOM facts"},
+                "display": {"$ref": "#/components/schemas/Display"},
                 "detections": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}},
                 "threshold": {"type": ["number", "null"]},
                 "inference_ms": {"type": "number"},

@@ -376,7 +376,8 @@ class Trainer:
                 preds = [p for part, _ in gathered for p in part]
                 kwargs = evaluation_kwargs(self.cfg)
                 kwargs["bootstrap_samples"] = 0  # CIs belong to the final evaluation, not to every period
-                metrics = evaluate(gt, preds, None, **kwargs)
+                # COCO only: `out` keeps bbox/* (and the val/* losses), all that TEST.BEST_METRIC can name
+                metrics = evaluate(gt, preds, None, views=("coco",), **kwargs)
                 out.update({k: v for k, v in metrics.items() if k.startswith("bbox/")})
                 n = sum(l.get("_images", 0) for _, l in gathered)
                 if n:

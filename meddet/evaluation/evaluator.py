@@ -1,12 +1,15 @@
-"""The evaluator: one set of predictions against one COCO ground truth, every metric and file.
+"""The evaluator: one set of predictions against one COCO ground truth, the views asked for.
 
-`run_evaluation` computes everything once and returns an `EvaluationResult`: the arrays
-(`EvalData`), the class-aware and class-agnostic `Matches` (valid at every score threshold),
-COCO AP, P/R/F1 at the operating point and at each class's F1-optimal threshold, the per-class
-table, the confusion matrix, the score curves, FROC, image-level ROC, bootstrap confidence
-intervals and the typed errors. `evaluate` is the short form returning the flat metrics dict.
+`run_evaluation` computes the requested views (`meddet.evaluation.views`; default every one) once and
+returns an `EvaluationResult`: the arrays (`EvalData`), the class-aware and class-agnostic `Matches`
+(valid at every score threshold), COCO AP, P/R/F1 at the operating point and at each class's
+F1-optimal threshold, the per-class table, the confusion matrix, the score curves, FROC, image-level
+ROC, breast/exam level, bootstrap confidence intervals and the typed errors (None where a view was not
+computed). `evaluate` is the short form returning the flat metrics dict. ``views=("coco",)`` is the
+COCO-only fast path (no matching; ``bbox/…`` and ``gt/…`` metrics, ``metrics.json``).
 
-Files written by `EvaluationResult.write` (each PNG has a CSV of its numbers):
+Files written by `EvaluationResult.write` (each PNG has a CSV of its numbers; only those of the
+requested views, and ``metrics.json``):
 ``metrics.json`` (the flat dict), ``per_class.csv``, ``prf1.csv`` (``point`` = ``threshold`` /
 ``F1-optimal``), ``confusion_matrix.{csv,png}``, ``confusion_matrix_normalized.csv``,
 ``pr_curve``, ``f1_curve``, ``p_curve``, ``r_curve`` (.png/.csv), ``froc.{png,csv}``,
@@ -35,60 +38,63 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from meddet.data.coco import save_json_atomic
 from meddet.errors import ConfigError
-from meddet.evaluation.bootstrap import APStats, BootstrapCI, bootstrap_ci
-from meddet.evaluation.coco_eval import CocoMetrics, check_backend, coco_evaluate
-from meddet.evaluation.confusion import confusion_frame, confusion_matrix, normalize_columns, plot_confusion_matrix
-from meddet.evaluation.curves import ScoreCurves, score_curves, write_pr_curve
-from meddet.evaluation.error_analysis import ErrorAnalysis, classify_errors, write_galleries
-from meddet.evaluation.exam import ExamLevel, exam_level
-from meddet.evaluation.froc import DEFAULT_FP_RATES, FROC, froc
-from meddet.evaluation.matching import EvalData, Matches, match_detections
-from meddet.evaluation.prf1 import PRF1, f1_optimal, prf1_at
-from meddet.evaluation.report import write_reports
-from meddet.evaluation.roc import ImageROC, image_roc
-from meddet.evaluation.tables import per_class_table
+from meddet.evaluation.coco_eval import check_backend
+from meddet.evaluation.matching import EvalData, Matches
+from meddet.evaluation.views import VIEWS, EvalContext, WriteOptions, resolve_views
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EvaluationResult", "run_evaluation", "evaluate", "evaluation_kwargs"]
 
+# meddet.evaluation.froc.DEFAULT_FP_RATES (repeated here so that the COCO-only path imports no pandas).
+_DEFAULT_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
 
 @dataclass(frozen=True, eq=False)
 class EvaluationResult:
-    """Everything one evaluation computed (see the module docstring). `score_thresh` is the
-    operating point: one float, or an array of one threshold per class."""
+    """What one evaluation computed (see the module docstring): a field is None when its view was not
+    asked for. `score_thresh` is the operating point: one float, or an array of one threshold per class.
+    `views` are the requested views (whose files `write` writes), `results` every computed view's result
+    by view name (a view registered outside meddet is found there)."""
 
     data: EvalData
-    matches: Matches
-    agnostic_matches: Matches
-    coco: CocoMetrics
-    prf1: PRF1
-    per_class: pd.DataFrame
-    confusion: np.ndarray
-    metrics: dict[str, float]
-    score_thresh: float | np.ndarray
-    iou_thresh: float
-    backend: str
-    f1_optimal: PRF1
-    curves: ScoreCurves
-    froc: FROC
-    image_roc: ImageROC
-    bootstrap: BootstrapCI | None
-    errors: ErrorAnalysis
-    exam: ExamLevel | None = None
+    matches: Matches | None = None
+    agnostic_matches: Matches | None = None
+    coco: Any = None  # CocoMetrics
+    prf1: Any = None  # PRF1
+    per_class: Any = None  # pandas DataFrame
+    confusion: np.ndarray | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    score_thresh: float | np.ndarray = 0.5
+    iou_thresh: float = 0.5
+    backend: str = "faster_coco_eval"
+    f1_optimal: Any = None  # PRF1
+    curves: Any = None  # ScoreCurves
+    froc: Any = None  # FROC
+    image_roc: Any = None  # ImageROC
+    bootstrap: Any = None  # BootstrapCI | None
+    errors: Any = None  # ErrorAnalysis
+    exam: Any = None  # ExamLevel
+    views: tuple[str, ...] = tuple(VIEWS)
+    results: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def prf1_frame(self) -> pd.DataFrame:
+    def view(self, name: str) -> Any:
+        """The result of view `name` (KeyError when it was not computed)."""
+        return self.results[name]
+
+    def prf1_frame(self):
         """``prf1.csv``: the rows of `PRF1.to_frame` at the operating point (``point`` =
         ``threshold``), then at each class's F1-optimal threshold (``point`` = ``F1-optimal``)."""
+        import pandas as pd
+
         a, b = self.prf1.to_frame(), self.f1_optimal.to_frame()
         a.insert(0, "point", "threshold")
         b.insert(0, "point", "F1-optimal")
@@ -103,7 +109,8 @@ class EvaluationResult:
         dicom_kwargs: dict[str, Any] | None = None,
         extra_sections: Sequence[tuple[str, str]] = (),
     ) -> Path:
-        """Write every evaluation file (see the module docstring) into `out_dir`; returns it.
+        """Write ``metrics.json`` and the files of the requested views (`views`; see the module
+        docstring) into `out_dir`; returns it.
 
         Error galleries read the images named by the COCO ``file_name`` under `image_root`
         (absolute file names as they are; None: relative to the working directory) with
@@ -114,30 +121,10 @@ class EvaluationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_json_atomic(self.metrics, out / "metrics.json", indent=2)
-        self.per_class.to_csv(out / "per_class.csv", index=False, na_rep="NaN")
-        self.prf1_frame().to_csv(out / "prf1.csv", index=False, na_rep="NaN")
-        names = self.data.class_names
-        confusion_frame(self.confusion, names).to_csv(out / "confusion_matrix.csv")
-        confusion_frame(normalize_columns(self.confusion), names).to_csv(
-            out / "confusion_matrix_normalized.csv", na_rep="NaN")
-        at = ("per-class score thresholds" if np.ndim(self.score_thresh)
-              else f"score >= {float(self.score_thresh):g}")
-        plot_confusion_matrix(self.confusion, names, out / "confusion_matrix.png",
-                              title=f"Confusion matrix ({at}, IoU >= {self.iou_thresh:g})")
-        write_pr_curve(self.coco, names, out)
-        self.curves.write(out)
-        self.froc.write(out)
-        self.image_roc.write(out)
-        if self.exam is not None:
-            self.exam.write(out)
-        if self.bootstrap is not None:
-            self.bootstrap.to_frame().to_csv(out / "bootstrap_ci.csv", index=False, na_rep="NaN")
-        else:
-            (out / "bootstrap_ci.csv").unlink(missing_ok=True)  # not one of an earlier evaluation
-        self.errors.to_frame().to_csv(out / "errors.csv", index=False, na_rep="NaN")
-        self.errors.detail_frame().to_csv(out / "errors_detail.csv", index=False, na_rep="NaN")
-        galleries = write_galleries(self.errors, out, image_root, gallery_size, dicom_kwargs)
-        write_reports(self, out, galleries, extra_sections=extra_sections)
+        opts = WriteOptions(image_root=image_root, gallery_size=gallery_size, dicom_kwargs=dicom_kwargs,
+                            extra_sections=extra_sections)
+        for name in self.views:
+            opts.written[name] = VIEWS[name].write(self.results[name], self, out, opts)
         logger.info("evaluation files written to %s in %.2fs", out, time.perf_counter() - t0)
         return out
 
@@ -180,7 +167,7 @@ def run_evaluation(
     max_dets: int = 100,
     froc_hit: str = "center",
     froc_iou: float = 0.5,
-    fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+    fp_rates: Sequence[float] = _DEFAULT_FP_RATES,
     froc_interpolation: str = "step",
     bootstrap_samples: int = 1000,
     bootstrap_seed: int = 0,
@@ -192,6 +179,7 @@ def run_evaluation(
     gt_source: str | os.PathLike | None = None,
     predictions_source: str | os.PathLike | None = None,
     strict_boxes: bool = False,
+    views: Iterable[str] | str | None = None,
 ) -> EvaluationResult:
     """Evaluate COCO-results `predictions` (list or JSON file; category ids in the ground
     truth's id space) against the COCO ground truth `gt` (dict as `load_coco` returns, or file).
@@ -212,42 +200,45 @@ def run_evaluation(
     (``EVAL.GALLERY_SIZE``) and `dicom_kwargs` serve the error galleries. Ground-truth boxes
     reaching outside their image are clipped to it (dropped when nothing is left), as in training;
     `strict_boxes` (``DATASETS.STRICT_BOXES``) makes them an error.
+
+    `views` (default None: all) names the views to compute and write (see `meddet.evaluation.views.VIEWS`:
+    ``coco``, ``prf1``, ``per_class``, ``confusion``, ``curves``, ``froc``, ``roc``, ``exam``,
+    ``bootstrap``, ``errors``, ``report``; a sequence or a comma-separated string); the views they read
+    are computed too (their metrics included), but only the requested ones write files. ``("coco",)``
+    is the COCO-only fast path (no matching).
     """
     iou_thresh = _check_thresh(iou_thresh, "EVAL.IOU_THRESH (iou_thresh)", low_open=True)
     check_backend(backend)
     bootstrap_samples = _check_count(bootstrap_samples, "EVAL.BOOTSTRAP_SAMPLES (bootstrap_samples)")
     gallery_size = _check_count(gallery_size, "EVAL.GALLERY_SIZE (gallery_size)")
+    requested, needed = resolve_views(views)
     t0 = time.perf_counter()
     data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source,
                               strict_boxes=bool(strict_boxes))
     score_thresh = _check_score_thresh(score_thresh, data.class_names)
     max_dets = _check_count(max_dets, "EVAL.MAX_DETS (max_dets)")
-    coco = coco_evaluate(data, backend, max_dets)
-    matches = match_detections(data, iou_thresh)
-    agnostic = match_detections(data, iou_thresh, class_agnostic=True)
-    prf1 = prf1_at(matches, score_thresh)
-    best = f1_optimal(matches)
-    froc_result = froc(data, froc_hit, froc_iou, fp_rates, froc_interpolation)
-    roc = image_roc(matches, score_thresh)
-    errors = classify_errors(matches, score_thresh)
-    exam = exam_level(matches, bootstrap_samples, bootstrap_seed)
-    boot = None
-    if bootstrap_samples:
-        boot = bootstrap_ci(data, matches, score_thresh, froc_result.all, n_resamples=bootstrap_samples,
-                            seed=bootstrap_seed, fp_rate=1.0, ap_stats=APStats.from_data(data, max_dets=max_dets),
-                            unit=bootstrap_unit, froc_interpolation=froc_interpolation)
-    metrics = {**coco.to_metrics(data.class_names), **prf1.to_metrics(), **best.to_metrics("prf1_opt"),
-               **froc_result.to_metrics(), **roc.to_metrics(), **exam.to_metrics(),
-               **(boot.to_metrics() if boot else {}),
-               **errors.to_metrics(), **data.to_metrics()}
+    ctx = EvalContext(data, score_thresh=score_thresh, iou_thresh=iou_thresh, backend=backend, max_dets=max_dets,
+                      froc_hit=froc_hit, froc_iou=froc_iou, fp_rates=fp_rates, froc_interpolation=froc_interpolation,
+                      bootstrap_samples=bootstrap_samples, bootstrap_seed=bootstrap_seed,
+                      bootstrap_unit=bootstrap_unit)
+    for name in needed:
+        view = VIEWS[name]
+        ctx.results[name] = view.compute(ctx)
+        ctx.metrics.update(view.metrics(ctx.results[name], ctx))
+    metrics = {**ctx.metrics, **data.to_metrics()}
+    r = ctx.results
+    prf1 = r.get("prf1")
     result = EvaluationResult(
-        data=data, matches=matches, agnostic_matches=agnostic, coco=coco, prf1=prf1,
-        per_class=per_class_table(metrics), confusion=confusion_matrix(agnostic, score_thresh),
-        metrics=metrics, score_thresh=score_thresh, iou_thresh=iou_thresh, backend=backend, f1_optimal=best,
-        curves=score_curves(matches), froc=froc_result, image_roc=roc, bootstrap=boot, errors=errors, exam=exam,
+        data=data, matches=ctx.__dict__.get("matches"), agnostic_matches=ctx.__dict__.get("agnostic_matches"),
+        coco=r.get("coco"), prf1=prf1.at_threshold if prf1 else None, per_class=r.get("per_class"),
+        confusion=r.get("confusion"), metrics=metrics, score_thresh=score_thresh, iou_thresh=iou_thresh,
+        backend=backend, f1_optimal=prf1.f1_optimal if prf1 else None, curves=r.get("curves"), froc=r.get("froc"),
+        image_roc=r.get("roc"), bootstrap=r.get("bootstrap"), errors=r.get("errors"), exam=r.get("exam"),
+        views=requested, results=dict(r),
     )
-    logger.info("evaluated %d images, %d ground truths, %d detections (%s, %d bootstrap resamples) in %.2fs",
-                data.num_images, len(data.gt_class), len(data.det_score), backend, bootstrap_samples,
+    logger.info("evaluated %d images, %d ground truths, %d detections (%s; %s) in %.2fs",
+                data.num_images, len(data.gt_class), len(data.det_score), backend,
+                "all views" if requested == tuple(VIEWS) else "views " + ", ".join(requested),
                 time.perf_counter() - t0)
     if out_dir is not None:
         if image_root is None and isinstance(gt, (str, os.PathLike)):
@@ -269,12 +260,18 @@ def evaluate(
     return run_evaluation(gt, predictions, out_dir, **kwargs).metrics
 
 
-def evaluation_kwargs(cfg) -> dict[str, Any]:
+def evaluation_kwargs(cfg, views: Iterable[str] | str | None = None) -> dict[str, Any]:
     """The keyword arguments of `run_evaluation` / `evaluate` from a config: TEST.SCORE_THRESH
     (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty),
-    DATASETS.STRICT_BOXES and the DICOM pixel options."""
-    from meddet.data.dataset import dicom_kwargs
+    DATASETS.STRICT_BOXES and the DICOM pixel options (None when `views` are given without the
+    ``errors`` view, the only one reading images: the COCO-only path then loads no DICOM reader)."""
+    requested, _ = resolve_views(views)
+    if "errors" in requested:
+        from meddet.io.dicom import PixelOptions  # meddet.data.dataset.dicom_kwargs, without torch
 
+        dicom = PixelOptions.from_cfg(cfg).as_kwargs()
+    else:
+        dicom = None
     class_thresh = list(cfg.TEST.CLASS_SCORE_THRESH)
     return {
         "score_thresh": class_thresh if class_thresh else cfg.TEST.SCORE_THRESH,
@@ -290,6 +287,6 @@ def evaluation_kwargs(cfg) -> dict[str, Any]:
         "bootstrap_unit": cfg.EVAL.BOOTSTRAP_UNIT,
         "image_root": cfg.DATASETS.IMAGE_ROOT or None,
         "gallery_size": cfg.EVAL.GALLERY_SIZE,
-        "dicom_kwargs": dicom_kwargs(cfg),
+        "dicom_kwargs": dicom,
         "strict_boxes": bool(cfg.DATASETS.STRICT_BOXES),
     }

@@ -3,19 +3,21 @@ headline summary for logs."""
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
 
 from meddet.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["per_class_table", "format_per_class_table", "format_summary"]
 
 PER_CLASS_COLUMNS = ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
 
 
-def per_class_table(metrics: Mapping[str, float]) -> pd.DataFrame:
+def per_class_table(metrics: Mapping[str, float]) -> "pd.DataFrame":
     """Ultralytics' validation table as a DataFrame, all values fractions in [0, 1], built from
     the flat metrics dict of `evaluate` (or a metrics.json read back).
 
@@ -25,6 +27,12 @@ def per_class_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     from COCO. ``all`` takes the macro P and R (classes with ground truth) and COCO's overall
     AP50 and AP. NaN marks an undefined value (e.g. AP of a class without ground truth).
     """
+    import pandas as pd
+
+    return pd.DataFrame(_per_class_rows(metrics), columns=PER_CLASS_COLUMNS)
+
+
+def _per_class_rows(metrics: Mapping[str, float]) -> list[tuple]:
     def count(key: str) -> int:
         if key not in metrics:
             raise DataError(f"metrics: no {key!r} entry; expected the metrics dict of meddet.evaluation.evaluate")
@@ -39,7 +47,7 @@ def per_class_table(metrics: Mapping[str, float]) -> pd.DataFrame:
              rate("prf1/macro_recall"), rate("bbox/AP50") / 100, rate("bbox/AP") / 100)]
     rows += [(n, count(f"gt/images-{n}"), count(f"gt/instances-{n}"), rate(f"prf1/precision-{n}"),
               rate(f"prf1/recall-{n}"), rate(f"bbox/AP50-{n}") / 100, rate(f"bbox/AP-{n}") / 100) for n in names]
-    return pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)
+    return rows
 
 
 def _cell(v: object, digits: int) -> str:
@@ -50,13 +58,15 @@ def _cell(v: object, digits: int) -> str:
     return str(v)
 
 
-def format_per_class_table(table: pd.DataFrame | Mapping[str, float], digits: int = 3) -> str:
+def format_per_class_table(table: "pd.DataFrame | Mapping[str, float]", digits: int = 3) -> str:
     """Right-aligned text table, NaN as ``-``, floats with `digits` decimals, the first column
     as wide as the longest name. `table` is a DataFrame (such as `per_class_table`'s) or the
     metrics dict of `evaluate`, which is turned into the per-class table first."""
-    df = table if isinstance(table, pd.DataFrame) else per_class_table(table)
-    cells = [[_cell(v, digits) for v in row] for row in df.itertuples(index=False)]
-    header = [str(c) for c in df.columns]
+    if isinstance(table, Mapping):  # no pandas needed (the COCO-only command line path)
+        rows, header = _per_class_rows(table), list(PER_CLASS_COLUMNS)
+    else:
+        rows, header = list(table.itertuples(index=False)), [str(c) for c in table.columns]
+    cells = [[_cell(v, digits) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) + 2 for i, h in enumerate(header)]
     widths[0] = max(widths[0], 22)
     widths[1:] = [max(w, 11) for w in widths[1:]]

@@ -180,8 +180,9 @@ def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, n
     data altogether. Raises :class:`DicomError` naming the file when it is missing, not a DICOM, has
     no pixel data or is multi-frame.
     """
+    raw = None
     if isinstance(path, (bytes, bytearray, memoryview)):
-        data = bytes(path)
+        data = raw = bytes(path)
         path = Path(name)
         if not data:
             raise DicomError(f"{path}: not a DICOM file (the file is empty; {_NOT_DICOM_HINT})")
@@ -207,6 +208,9 @@ def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, n
     if "PixelData" not in ds and not headers_only:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise DicomError(f"{path}: float pixel data is not supported (expected integer Pixel Data)")
+        if _has_pixel_tag(path if raw is None else raw):
+            raise DicomError(f"{path}: truncated file: the pixel data ends early (expected a complete DICOM "
+                             "image; copy or export the file again)")
         raise DicomError(f"{path}: DICOM file has no pixel data (expected an image, found SOP class {_sop_name(ds)})")
     for tag in ("Rows", "Columns"):
         if tag not in ds:
@@ -218,6 +222,19 @@ def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, n
     if frames > 1:
         raise DicomError(f"{path}: multi-frame DICOM with {frames} frames (expected a single 2-D image)")
     return ds
+
+
+def _has_pixel_tag(source: Path | bytes) -> bool:
+    """Whether the file (a path or its bytes) holds the Pixel Data tag (7FE0,0010) although pydicom read
+    none: a truncated file (an encapsulated pixel data element cut short is dropped whole by pydicom)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError:
+            return False
+    return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
 def _force_read(path: Path, opener, headers_only: bool) -> Dataset:
@@ -327,8 +344,9 @@ def stored_pixels(ds: Dataset, source: str | os.PathLike = "",
         arr = ds.pixel_array
     except Exception as e:  # decoder plugins raise their own types
         ts = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        what = "truncated file: " if "less than expected" in str(e) else ""
         raise DicomError(
-            f"{src}: cannot decode the pixel data (transfer syntax {getattr(ts, 'name', ts)}): {e}"
+            f"{src}: {what}cannot decode the pixel data (transfer syntax {getattr(ts, 'name', ts)}): {e}"
         ) from None
     if arr.ndim != 2:
         raise DicomError(f"{src}: decoded pixel data has shape {arr.shape} (expected a single 2-D image)")
