@@ -79,8 +79,9 @@ from scipy import stats
 
 from meddet.config import CfgNode, load_config
 from meddet.data.coco import load_coco, resolve_image_path, save_json_atomic, read_json
-from meddet.data.splits import patient_key
+from meddet.data.splits import patient_key, subset_coco
 from meddet.errors import ConfigError, DataError
+import meddet.tasks
 
 logger = logging.getLogger(__name__)
 
@@ -449,8 +450,6 @@ def _pooled_coco(cfg: CfgNode, spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def _write_folds(pooled: dict[str, Any], kf: KFold, seed: int, fold: int, run_dir: Path) -> tuple[Path, Path]:
-    from meddet.data.splits import subset_coco
-
     test_ids = kfold_split(pooled["images"], kf.k, kf.by, kf.seed if kf.seed is not None else seed)[fold]
     held = set(test_ids)
     train_ids = [im["id"] for im in pooled["images"] if im["id"] not in held]
@@ -649,8 +648,7 @@ def _flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _execute(cfg: CfgNode, key: RunKey, run_dir: Path, gt_path: str) -> dict[str, Any]:
     """Train (resuming from the last checkpoint when there is one) and evaluate one run; its run.json."""
-    import meddet.engine
-    import meddet.tasks
+    import meddet.engine  # torch: imported when a run trains, not when an experiment is only planned or compared
 
     t0 = time.perf_counter()
     # anything a killed training leaves (the trainer refuses such a folder without resume)

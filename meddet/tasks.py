@@ -1,4 +1,9 @@
-"""Whole tasks behind `detectron.py -c evaluate|predict` (the CLI stays a thin argument parser)."""
+"""Whole tasks behind `detectron.py -c evaluate|predict` (the CLI stays a thin argument parser).
+
+Importing this module imports neither torch nor cv2: `-c evaluate --predictions` scores a results file
+without them. So the modules that import them (meddet.inference, .engine, .modeling, .hub, .data.dataset,
+.visualize, meddet.evaluation's views) are imported inside the functions that need them; the light ones
+(meddet.config, meddet.data.coco, meddet.errors) at the top."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +14,15 @@ from typing import Sequence
 
 import numpy as np
 
+from meddet.config.tuned import (  # noqa: F401  (re-exported: meddet.tasks names of the tuned-config contract)
+    TUNE_DIR,
+    TUNE_ENSEMBLE_DIR,
+    TUNED_CONFIG,
+    apply_tuned,
+    load_run_config,
+    tuned_config_path,
+)
+from meddet.config import load_config
 from meddet.data.coco import load_coco, save_json_atomic
 from meddet.errors import ConfigError, DataError, MeddetError
 
@@ -82,71 +96,26 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
                     predictions_source=predictions_source, views=views, **kwargs)
 
 
-def predict_dataset(cfg, gt_path: str | os.PathLike) -> list[dict]:
+def predict_dataset(cfg, gt_path: str | os.PathLike, predictor=None) -> list[dict]:
     """COCO results of the configured model on every image of a COCO file (whole images through the
-    test loader; a model trained on tiles predicts each image by slicing)."""
+    test loader; a model trained on tiles predicts each image by slicing). `predictor`: the configured
+    model's Predictor when the caller already built it (with the file's classes), else built here."""
     from meddet.data.dataset import build_test_loader
     from meddet.inference import Predictor, inference_on_dataset
 
     gt = load_coco(gt_path)
     cats = sorted(gt["categories"], key=lambda c: c["id"])
-    predictor = Predictor(cfg, weights=resolve_weights(cfg), class_names=[c["name"] for c in cats])
+    if predictor is None:
+        predictor = Predictor(cfg, weights=resolve_weights(cfg), class_names=[c["name"] for c in cats])
     if predictor.tiled:
         return _records_results(predictor, gt_path, cfg)
     loader, _, _ = build_test_loader(cfg, str(gt_path))
     return inference_on_dataset(predictor.inference_model, loader, [c["id"] for c in cats], desc="predict")
 
 
-TUNE_DIR, TUNE_ENSEMBLE_DIR, TUNED_CONFIG = "tune", "tune_ensemble", "tuned_config.yaml"
-
-
-def tuned_config_path(run_dir: str | os.PathLike, ensemble: bool = False) -> Path | None:
-    """The run's `-c tune` output that its consumers use: ``tune/tuned_config.yaml`` (for an ensemble
-    ``tune_ensemble/tuned_config.yaml`` first, written by ``-c tune --ensemble``); None when there is none."""
-    folders = (TUNE_ENSEMBLE_DIR, TUNE_DIR) if ensemble else (TUNE_DIR,)
-    for folder in folders:
-        p = Path(run_dir) / folder / TUNED_CONFIG
-        if p.is_file():
-            return p
-    return None
-
-
-def apply_tuned(cfg, run_dir: str | os.PathLike | None = None, ensemble: bool = False) -> Path | None:
-    """Merge the run's tuned thresholds (see `tuned_config_path`; `run_dir` default cfg.OUTPUT_DIR) into
-    `cfg` (not frozen) and log it; returns the file used, or None (cfg unchanged)."""
-    from meddet.config import merge_yaml
-
-    path = tuned_config_path(run_dir if run_dir is not None else cfg.OUTPUT_DIR, ensemble=ensemble)
-    if path is None:
-        return None
-    merge_yaml(cfg, path)
-    logger.info("using the tuned thresholds of %s (NMS IoU %g, score %g, per class %s); --untuned to not",
-                path, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST, cfg.TEST.SCORE_THRESH,
-                dict(zip(list(cfg.TEST.CLASS_SCORE_THRESH_NAMES) or list(cfg.DATASETS.CLASS_NAMES),
-                         list(cfg.TEST.CLASS_SCORE_THRESH))) or "-")
-    return path
-
-
-def load_run_config(path: str | os.PathLike | None, opts: Sequence[str] = (), tuned: bool = True,
-                    ensemble: bool = False):
-    """A run's config as predict / evaluate use it: the YAML, then the run's tuned thresholds (when
-    `tuned` and OUTPUT_DIR holds `-c tune` output; see `apply_tuned`), then the `KEY VALUE` overrides,
-    which win over both."""
-    from meddet.config import load_config, merge_overrides
-
-    probe = load_config(path, opts)  # OUTPUT_DIR may come from the overrides
-    if not tuned or tuned_config_path(probe.OUTPUT_DIR, ensemble=ensemble) is None:
-        return probe
-    cfg = load_config(path)
-    apply_tuned(cfg, probe.OUTPUT_DIR, ensemble=ensemble)
-    merge_overrides(cfg, list(opts))
-    return cfg
-
-
 def _member_predictor(spec: str | os.PathLike, device: str, opts: Sequence = ()):
     """One ensemble member: a run config YAML, a run folder (config.yaml), a bundle folder (meddet.json)
     or a Hugging Face repo id; `opts` (KEY VALUE) are merged into its config."""
-    from meddet.config import load_config
     from meddet.hub import META_NAME, load_predictor
     from meddet.inference import Predictor
 
@@ -253,14 +222,16 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
     out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "eval")
     _check_out_dir(out_dir, ["metrics.json"], overwrite)
     eval_cfg = cfg
+    predictor = build_predictor(cfg, ensemble, class_names=_gt_class_names(gt_path))
     if ensemble:
-        predictor = build_predictor(cfg, ensemble, class_names=_gt_class_names(gt_path))
         preds = _records_results(predictor, gt_path, cfg)
         eval_cfg = predictor.cfg  # thresholds restated for the ensemble's (the ground truth's) classes
+        model = predictor.members[0].model  # the configured model, summarised in the report
     else:
-        preds = predict_dataset(cfg, gt_path)
+        preds = predict_dataset(cfg, gt_path, predictor)
+        model = predictor.model
     return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir,
-                               tiles=bool(cfg.TILING.ENABLED and not ensemble), views=views)
+                               tiles=bool(cfg.TILING.ENABLED and not ensemble), views=views, model=model)
 
 
 def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -277,8 +248,8 @@ def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.
 
 
 def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool,
-                        views=None) -> dict:
-    sections = run_sections(cfg)
+                        views=None, model=None) -> dict:
+    sections = run_sections(cfg, model)
     tile_metrics: dict = {}
     if tiles:
         tile_metrics = evaluate_tiles(cfg, gt_path, out_dir / "tiles")
@@ -345,13 +316,17 @@ def _tile_section(tile_metrics: dict) -> str:
             + format_summary(tile_metrics))
 
 
-def run_sections(cfg) -> list[tuple[str, str]]:
-    """Report sections about the model and its training run: model summary, training diagnosis."""
+def run_sections(cfg, model=None) -> list[tuple[str, str]]:
+    """Report sections about the model and its training run: model summary (of `model`, the model that
+    was evaluated; without one, of a model built from `cfg`), training diagnosis."""
     from meddet.engine.diagnosis import diagnose, format_findings
-    from meddet.modeling import build_model
     from meddet.modeling.summary import model_summary
 
-    sections = [("Model summary", str(model_summary(build_model(cfg), cfg)))]
+    if model is None:
+        from meddet.modeling import build_model
+
+        model = build_model(cfg)
+    sections = [("Model summary", str(model_summary(model, cfg)))]
     metrics = Path(cfg.OUTPUT_DIR) / "metrics.json"
     if metrics.is_file():
         sections.append(("Training diagnosis", format_findings(diagnose(metrics))))
@@ -400,6 +375,7 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 
     A bad file is skipped and reported; the rest still run."""
     import cv2
+    from tqdm import tqdm
 
     from meddet.visualize import draw_detections
 
@@ -412,8 +388,6 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     thresh = class_thresholds(predictor.cfg, names, score_thresh)
     report = PredictReport()
     images, results, used = [], [], set()
-    from tqdm import tqdm
-
     for image_id, f in enumerate(tqdm(files, desc="predict", dynamic_ncols=True, mininterval=2), start=1):
         try:
             image = predictor.read(f)

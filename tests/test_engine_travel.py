@@ -153,17 +153,17 @@ class _factory:
 def test_torchvision_bundle_where_detectron2_would_be_chosen_loads_its_own_model(tmp_path, monkeypatch):
     import numpy as np
 
-    from meddet.inference import Predictor
+    from meddet.hub import from_pretrained
 
     bundle = _old_style_bundle(tmp_path)
     rng = np.random.default_rng(3)
     img = rng.integers(0, 40, (96, 112), dtype=np.uint8)
     img[20:50, 30:60] = 220
-    reference = Predictor.from_pretrained(bundle, device="cpu")(img)
+    reference = from_pretrained(bundle, device="cpu")(img)
     monkeypatch.setattr(build_module, "detectron2_available", lambda: True)
     monkeypatch.setattr(build_module, "_detectron2_import_error", lambda: None)
     assert resolve_engine("auto") == "detectron2"  # what auto alone would build: the silent-random case
-    loaded = Predictor.from_pretrained(bundle, device="cpu")
+    loaded = from_pretrained(bundle, device="cpu")
     assert loaded.model.engine == "torchvision" and loaded.cfg.MODEL.ENGINE == "torchvision"
     out = loaded(img)
     assert len(out["scores"]) > 0

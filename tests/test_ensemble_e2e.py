@@ -162,11 +162,12 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
     assert [by_name["square"], by_name["disc"]] == pytest.approx(tuned["CLASS_SCORE_THRESH"])
     assert by_name["blob"] == pytest.approx(tuned["SCORE_THRESH"])  # the added class: the default threshold
 
-    # Loaded back (load_predictor / Predictor.from_pretrained): the same detections as built from the runs.
-    from meddet.inference import EnsemblePredictor, Predictor
+    # Loaded back (load_predictor / from_pretrained): the same detections as built from the runs.
+    from meddet.hub import from_pretrained
+    from meddet.inference import EnsemblePredictor
     from meddet.tasks import build_predictor
 
-    loaded = Predictor.from_pretrained(out, device="cpu")
+    loaded = from_pretrained(out, device="cpu")
     assert isinstance(loaded, EnsemblePredictor) and loaded.class_names == ["square", "disc", "blob"]
     direct = build_predictor(_cfg(a, "ENSEMBLE.METHOD", "nms"), [c])
     image = np.asarray(__import__("cv2").imread(str(coco.parent / "images" / "img_001.png"), 0))

@@ -64,11 +64,12 @@ def test_bundle_holds_everything_needed(bundle):
 
 def test_round_trip_reproduces_predictions_exactly(run_dir, bundle, image):
     from meddet.config import load_config
+    from meddet.hub import from_pretrained
     from meddet.inference import Predictor
 
     cfg = load_config(run_dir / "config.yaml")
     direct = Predictor(cfg, weights=run_dir / "model_final.pth")
-    loaded = Predictor.from_pretrained(bundle, device="cpu")
+    loaded = from_pretrained(bundle, device="cpu")
     _same(direct(image), loaded(image))
     assert loaded.class_names == ["square", "disc"]
     assert loaded.bundle["metrics"] == METRICS
@@ -91,13 +92,12 @@ def test_export_refuses_bad_input(run_dir, bundle, tmp_path):
 _CLIENT = r"""
 import json, os, sys
 import numpy as np
-from meddet.inference import Predictor
-from meddet.hub import push_bundle
+from meddet.hub import from_pretrained, push_bundle
 mode, arg, out = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "push":
     print(push_bundle(arg, "org/tiny-mammo", private=True))
 else:
-    p = Predictor.from_pretrained(arg, device="cpu")
+    p = from_pretrained(arg, device="cpu")
     d = p(np.load(os.path.join(os.path.dirname(out), "pred.in.npy")))
     np.savez(out, boxes=d["boxes"], scores=d["scores"], classes=d["classes"])
     print(json.dumps(p.class_names))
@@ -121,9 +121,9 @@ def _client(tmp_path, env_extra, *args):
 def test_push_and_pull_through_the_hub_client(bundle, image, tmp_path):
     from hf_standin import HubStandIn
 
-    from meddet.inference import Predictor
+    from meddet.hub import from_pretrained
 
-    local = Predictor.from_pretrained(bundle, device="cpu")(image)
+    local = from_pretrained(bundle, device="cpu")(image)
     np.save(tmp_path / "pred.in.npy", image)
     with HubStandIn(token="hf_test_token") as hub:
         # Without a token the Hub refuses the push and the user gets a ModelError naming the repo.
@@ -181,3 +181,11 @@ def test_tiled_bundle_says_so_and_loads_as_sliced(run_dir, tmp_path):
     (bundle / "meddet.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="input.tiling.tile_size"):
         load_predictor(bundle, device="cpu")
+
+
+def test_predictor_from_pretrained_points_to_the_hub(bundle):
+    # meddet.inference sits below meddet.hub: the old classmethod says where loading a bundle went.
+    from meddet.inference import Predictor
+
+    with pytest.raises(AttributeError, match="meddet.hub import from_pretrained"):
+        Predictor.from_pretrained(bundle, device="cpu")

@@ -174,7 +174,7 @@ def test_trains_and_resumes(tiny_cfg):
 
 def test_evaluate_and_bundle_round_trip(tiny_cfg, tmp_path):
     from meddet.engine import Trainer
-    from meddet.hub import export_bundle
+    from meddet.hub import export_bundle, from_pretrained
     from meddet.inference import Predictor
     from meddet.tasks import evaluate_model
 
@@ -189,7 +189,7 @@ def test_evaluate_and_bundle_round_trip(tiny_cfg, tmp_path):
     assert "bbox/AP50" in metrics and (tmp_path / "eval" / "metrics.json").is_file()
     bundle = export_bundle(cfg.OUTPUT_DIR, tmp_path / "bundle")
     direct = Predictor(cfg, weights=cfg.MODEL.WEIGHTS)
-    loaded = Predictor.from_pretrained(bundle, device="cpu")
+    loaded = from_pretrained(bundle, device="cpu")
     image = np.random.default_rng(3).integers(0, 255, (96, 112), dtype=np.uint8)
     a, b = direct(image), loaded(image)
     assert len(a["boxes"]) > 0

@@ -15,12 +15,16 @@ from meddet.data.tiling import TilingParams, clip_boxes_to_window, tile_records
 from meddet.data.transforms import (
     apply_augmentation,
     build_augmentation,
+    prepare_image,
     resize,
     shortest_edge_size,
     to_model_tensor,
     to_unit_float,
 )
 from meddet.errors import ConfigError, DataError
+from meddet.io import read_image
+from meddet.io.dicom import PixelOptions
+from meddet.io.recipe import PreprocessRecipe, read_for_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,9 @@ def _boxes_classes(anns: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DatasetMapper:
-    """Reads an image, augments it (training), resizes its shortest edge and builds the model's dict.
+    """Reads an image, augments it (training), resizes its shortest edge and builds the model's dict. At test
+    time (is_train False) the image is prepared by meddet.data.transforms.prepare_image, as the Predictor
+    prepares it, so evaluation through the loader and prediction see the same model input.
 
     Tile records (meddet.data.tiling.tile_records, they carry "tile") are cut out of their parent image,
     read through a per-process LRU cache of TILING.CACHE_IMAGES decoded images. TILING.AUG_STAGE
@@ -65,9 +71,8 @@ class DatasetMapper:
     size) and clips the augmented boxes to it with TILING.MIN_VISIBLE."""
 
     def __init__(self, cfg, is_train: bool, with_boxes: bool | None = None):
-        from meddet.io import read_image
-
         self._read = read_image
+        self.cfg = cfg
         self.is_train = is_train
         # Test-time batches carry boxes too when asked (validation loss).
         self.with_boxes = is_train if with_boxes is None else with_boxes
@@ -86,7 +91,6 @@ class DatasetMapper:
             self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
         self.aug = build_augmentation(cfg) if is_train else None
         self.dicom_kwargs = dicom_kwargs(cfg)
-        from meddet.io.recipe import PreprocessRecipe
 
         # Raw records (not converted with the recipe's flip / crop) get them here, boxes included.
         self.recipe = PreprocessRecipe.from_cfg(cfg)
@@ -116,8 +120,6 @@ class DatasetMapper:
     def _raw(self, record: dict):
         """An original file flipped / cropped by the preprocessing recipe, with its boxes:
         (image, boxes xyxy, classes, meddet.io.Geometry)."""
-        from meddet.io.recipe import read_for_recipe
-
         image = read_for_recipe(record["file_name"], self.recipe.pixels)
         if image.shape[:2] != (record["height"], record["width"]):
             raise DataError(f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO "
@@ -166,22 +168,25 @@ class DatasetMapper:
             img, boxes, classes = self._tile(record, seed)
         elif self.recipe.geometric and not record.get("preprocessed"):
             img, boxes, classes, geometry = self._raw(record)
-            img = to_unit_float(img)
             if self.aug is not None:
-                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
+                img, boxes, classes = apply_augmentation(self.aug, to_unit_float(img), boxes, classes, seed)
         else:
-            img = to_unit_float(self._read_checked(record["file_name"], record["height"], record["width"]))
+            img = self._read_checked(record["file_name"], record["height"], record["width"])
             boxes, classes = _boxes_classes(record.get("annotations", []))
             if self.aug is not None:
-                img, boxes, classes = apply_augmentation(self.aug, img, boxes, classes, seed)
-        rng = np.random.default_rng(seed)
+                img, boxes, classes = apply_augmentation(self.aug, to_unit_float(img), boxes, classes, seed)
         h, w = img.shape[:2]
-        nh, nw = shortest_edge_size(h, w, self._short_edge(rng), self.max_size)
-        img = resize(img, (nh, nw))
+        if self.is_train:
+            rng = np.random.default_rng(seed)
+            nh, nw = shortest_edge_size(h, w, self._short_edge(rng), self.max_size)
+            tensor = to_model_tensor(resize(to_unit_float(img), (nh, nw)), self.format)
+        else:  # the Predictor's own test-time preparation (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, INPUT.FORMAT)
+            tensor = prepare_image(img, self.cfg)["image"]
+            nh, nw = tensor.shape[1:]
         if len(boxes):
             boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
         out = {
-            "image": to_model_tensor(img, self.format),
+            "image": tensor,
             # The size predictions are mapped back to (after augmentation: the augmented frame).
             "height": h,
             "width": w,
@@ -198,8 +203,6 @@ class DatasetMapper:
 
 def dicom_kwargs(cfg) -> dict:
     """Pixel-reading options of the DICOM section, as keyword arguments of meddet.io.read_image."""
-    from meddet.io.dicom import PixelOptions
-
     return PixelOptions.from_cfg(cfg).as_kwargs()
 
 

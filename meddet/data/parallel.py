@@ -43,15 +43,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from meddet import __version__
 from meddet.errors import ConfigError, MeddetError
-
-if TYPE_CHECKING:
-    from meddet.data.convert import ConversionReport
+from meddet.data.convert import ConversionReport, write_changes
 
 logger = logging.getLogger(__name__)
 
@@ -461,8 +459,6 @@ def run_jobs(
                     report.n_converted)
     report.files["errors"] = write_error_report(out, report, options.shard)
     if options.shard is None and before:
-        from meddet.data.convert import write_changes
-
         report.changes.update(manifest_changes(before, entries, failed))
         write_changes(out, report)
     return ordered

@@ -15,6 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from meddet.errors import ConfigError, DataError
+from meddet.data.coco import category_id_to_index, class_names, load_coco, resolve_image_path, save_json_atomic
+from meddet.io import read_image, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +267,6 @@ def tile_coco(coco: dict, params: TilingParams) -> dict:
     (patient_id, source, ...). Annotations keep their category ids and fields, with `bbox` clipped to
     the tile in its coordinates, `area` its w*h, `parent_annotation_id`, and no segmentation (it is in
     the parent's coordinates). Tile ids are those tile_records gives the records of the same COCO."""
-    from meddet.data.coco import category_id_to_index, class_names
-
     names = class_names(coco)
     keep_idx, minority_idx = params.class_indices(names)
     cat_index = category_id_to_index(coco)
@@ -323,9 +323,6 @@ def write_tile_dataset(coco_path: str | os.PathLike, out_dir: str | os.PathLike,
     Parent images are resolved as meddet.data.coco does (`image_root`, else the COCO's folder) and read
     with meddet.io.read_image (`dicom_kwargs` for DICOM files); tile images record the resolved parent
     path as `parent_file_name`. Refuses (ConfigError) to overwrite an existing output COCO."""
-    from meddet.data.coco import load_coco, resolve_image_path, save_json_atomic
-    from meddet.io import read_image, write_png
-
     out_dir = Path(out_dir)
     out_json = out_dir / Path(coco_path).name
     if out_json.exists():

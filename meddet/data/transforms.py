@@ -107,3 +107,25 @@ def to_model_tensor(image_unit_bgr: np.ndarray, fmt: str):
         raise ConfigError(f"INPUT.FORMAT: expected 'BGR' or 'RGB', found {fmt!r}")
     arr = np.ascontiguousarray(image_unit_bgr.transpose(2, 0, 1)) * 255.0
     return torch.from_numpy(arr)
+
+
+def prepare_image(image: np.ndarray, cfg) -> dict:
+    """One image (HxW or HxWxC; uint8, uint16 or float in [0, 1]) as the model's test-time input dict:
+    shortest edge resized to INPUT.MIN_SIZE_TEST (longest at most INPUT.MAX_SIZE_TEST), INPUT.FORMAT
+    channel order; "height"/"width" are the input's own size, so detections come back in its pixels."""
+    h, w = image.shape[:2]
+    nh, nw = shortest_edge_size(h, w, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
+    if nh < h and image.dtype in (np.uint8, np.uint16) and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        # one float32 channel at a time, resized before the next is made (the same values as resizing the
+        # full float image, which would cost 12 bytes a pixel: a full-size 8900x8900 float copy is 3.8 GB)
+        planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(min(3, image.shape[2]))]
+        small = []
+        for plane in planes:
+            one = plane.astype(np.float32)
+            one /= 255.0 if image.dtype == np.uint8 else 65535.0
+            small.append(resize(one, (nh, nw)))
+            del one
+        img = to_unit_float(small[0] if len(small) == 1 else np.dstack(small))
+    else:
+        img = resize(to_unit_float(image), (nh, nw))
+    return {"image": to_model_tensor(img, cfg.INPUT.FORMAT), "height": h, "width": w}

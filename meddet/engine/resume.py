@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from meddet.errors import ModelError
+from meddet.modeling.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,9 @@ def _first_sentence(text: str) -> str:
 def probe(path: Path) -> dict[str, Any]:
     """Load test: the checkpoint's ``iteration`` and ``meddet`` metadata if it reads completely and holds
     everything a resume needs; ModelError (one sentence, naming the file) if not."""
-    from meddet.modeling.checkpoint import _read
-
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty file (0 bytes)")
-    ckpt = _read(path)
+    ckpt = read_checkpoint(path)
     missing = [k for k in ("iteration", "optimizer", "scheduler") if k not in ckpt or ckpt[k] is None]
     if missing:
         raise ModelError(f"{path}: no {', '.join(missing)} entry; not a training checkpoint written by meddet")

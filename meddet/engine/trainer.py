@@ -40,6 +40,18 @@ from meddet.engine.resume import (
 )
 from meddet.engine.solver import build_lr_scheduler, build_optimizer, clip_gradients
 from meddet.errors import ConfigError, MeddetError
+from meddet.config import get_cfg
+from meddet.data.coco import load_coco
+from meddet.data.dataset import build_test_loader, build_train_loader, load_records
+from meddet.data.tiling import TilingParams, tile_coco
+from meddet.engine.diagnosis import diagnose, format_findings
+from meddet.evaluation import evaluate, evaluation_kwargs
+from meddet.inference import inference_on_dataset
+from meddet.io.recipe import adopt_dataset_recipe
+from meddet.modeling import build_model, load_model_weights, resolve_device
+from meddet.modeling.build import resolve_engine
+from meddet.modeling.checkpoint import load_checkpoint_for_resume, save_checkpoint
+from meddet.modeling.summary import model_summary
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +220,6 @@ class Trainer:
     """One loop: data → losses → backward (AMP on CUDA) → clip → step; hooks write, checkpoint, evaluate."""
 
     def __init__(self, cfg, resume: bool = False):
-        from meddet.modeling import build_model, resolve_device
-        from meddet.modeling import load_model_weights
-        from meddet.modeling.checkpoint import load_checkpoint_for_resume
-
         cfg = cfg.clone()
         cfg.defrost()
         self.output_dir = Path(cfg.OUTPUT_DIR)
@@ -237,8 +245,6 @@ class Trainer:
                 )
         # On resume keep the seed of the run being continued, so the data order goes on unchanged.
         if ckpt is not None and (self.output_dir / "config.yaml").is_file():
-            from meddet.config import get_cfg
-
             prev = get_cfg()
             prev.merge_from_file(str(self.output_dir / "config.yaml"))
             if cfg.SEED < 0 or cfg.SEED != prev.SEED:
@@ -246,8 +252,6 @@ class Trainer:
         cfg.SEED = seed_all(int(cfg.SEED) + 0)
 
         # Class names from the training data when the config has none (saved with the run).
-        from meddet.data.dataset import build_train_loader, load_records
-
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN: no training COCO file given")
         train_records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
@@ -258,8 +262,6 @@ class Trainer:
                 f"categories {names}"
             )
         cfg.DATASETS.CLASS_NAMES = names
-        from meddet.io.recipe import adopt_dataset_recipe
-
         adopt_dataset_recipe(cfg, list(cfg.DATASETS.TRAIN))  # the data's preprocessing recipe, saved with the run
         if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(names):
             raise ConfigError(
@@ -267,8 +269,6 @@ class Trainer:
                 f"has {len(names)} categories {names}"
             )
         # The engine that trains, recorded in config.yaml (auto: the engine of the weights it starts from).
-        from meddet.modeling.build import resolve_engine
-
         cfg.MODEL.ENGINE = resolve_engine(cfg.MODEL.ENGINE, ckpt or cfg.MODEL.WEIGHTS or None)
         cfg.freeze()
         self.cfg = cfg
@@ -359,12 +359,6 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate_val(self) -> dict:
         """bbox/* metrics and validation losses (val/total_loss, val/loss_*) on DATASETS.VAL."""
-        from meddet.data.coco import load_coco
-        from meddet.data.dataset import build_test_loader
-        from meddet.data.tiling import TilingParams, tile_coco
-        from meddet.evaluation import evaluate, evaluation_kwargs
-        from meddet.inference import inference_on_dataset
-
         out: dict = {}
         # A model trained on tiles is validated on every tile of the validation images (what it sees).
         tiled = bool(self.cfg.TILING.ENABLED)
@@ -427,8 +421,6 @@ class Trainer:
     def save(self, name: str, update_last: bool = True, extra: dict | None = None) -> Path:
         """Checkpoint with model, optimizer, scheduler, scaler, iteration and the torch RNG state (so a
         resumed run draws the same proposals/samples as an uninterrupted one)."""
-        from meddet.modeling.checkpoint import save_checkpoint
-
         path = self.output_dir / name
         meta = {"class_names": list(self.cfg.DATASETS.CLASS_NAMES), "rng_torch": torch.get_rng_state(),
                 "storage_hist": self.storage.history(), "stopped_early": bool(self.stop_requested)}
@@ -521,16 +513,12 @@ class Trainer:
         logger.info("Training finished: %d iterations in %s (%.3f s/it)", done,
                     datetime.timedelta(seconds=int(elapsed)), elapsed / max(done, 1))
         if comm.is_main_process() and (self.output_dir / "metrics.json").is_file():
-            from meddet.engine.diagnosis import diagnose, format_findings
-
             logger.info("Training diagnosis:\n%s", format_findings(diagnose(self.output_dir / "metrics.json")))
 
     def _loop(self) -> None:
         logger.info("Training %s from iteration %d to %d on %s (output: %s)", self.cfg.MODEL.ENGINE,
                     self.start_iter, self.max_iter, self.device, self.output_dir)
         if comm.is_main_process():
-            from meddet.modeling.summary import model_summary
-
             logger.info("Model summary:\n%s", model_summary(self.model, self.cfg))
             (self.output_dir / DONE_FILE).unlink(missing_ok=True)  # an extended run is not finished
         self.model.train()

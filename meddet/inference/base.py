@@ -16,8 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from meddet.errors import ConfigError, DataError
+from meddet.io.recipe import TaggedImage
 
-__all__ = ["DetectorLike", "score_thresholds", "threshold_names", "inference_on_records"]
+__all__ = ["DetectorLike", "score_thresholds", "threshold_names", "inference_on_records", "detections_to_coco_results"]
 
 
 @runtime_checkable
@@ -78,13 +79,26 @@ def score_thresholds(cfg, class_names: Sequence[str] | int, override: float | No
     return np.asarray([by_name.get(n, default) for n in class_names], dtype=float)
 
 
+def detections_to_coco_results(det: dict, image_id, category_ids: Sequence[int]) -> list[dict]:
+    """One image's detections (numpy) → COCO results entries ([x, y, w, h], category ids of the dataset)."""
+    out = []
+    for (x1, y1, x2, y2), s, c in zip(det["boxes"], det["scores"], det["classes"]):
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(category_ids[int(c)]),
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "score": float(s),
+            }
+        )
+    return out
+
+
 def inference_on_records(predictor: DetectorLike, records: Sequence[dict], category_ids: Sequence[int],
                          desc: str = "predict", predict=None) -> list[dict]:
     """COCO results of any predictor called on each whole image of `records` (dataset dicts with
     "file_name", "image_id", "height", "width"); `category_ids[k]` is the dataset's category id of the
     predictor's class index k. `predict(image)` replaces ``predictor(image)`` when given."""
-    from meddet.inference.predictor import detections_to_coco_results
-
     predict = predict or predictor
     results: list[dict] = []
     for rec in tqdm(records, desc=desc, leave=False, mininterval=2, dynamic_ncols=True):
@@ -95,8 +109,6 @@ def inference_on_records(predictor: DetectorLike, records: Sequence[dict], categ
                 f"{rec['width']}x{rec['height']}"
             )
         if rec.get("preprocessed"):  # converted with the recipe's flip / crop: its boxes are in its own pixels
-            from meddet.io.recipe import TaggedImage
-
             image = TaggedImage(image, {**(getattr(image, "hints", None) or {}), "preprocessed": True})
         results.extend(detections_to_coco_results(predict(image), rec["image_id"], category_ids))
     return results

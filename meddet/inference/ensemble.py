@@ -21,6 +21,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from meddet.errors import ConfigError
+from meddet.inference.base import score_thresholds, threshold_names
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,6 @@ def ensemble_config(cfg, class_names: Sequence[str], first_member_names: Sequenc
     TEST.CLASS_SCORE_THRESH / TEST.CLASS_SCORE_THRESH_NAMES one per ensemble class, matched by name
     (TEST.CLASS_SCORE_THRESH_NAMES, else DATASETS.CLASS_NAMES, else `first_member_names`); a class no
     per-class threshold names gets TEST.SCORE_THRESH."""
-    from meddet.inference.base import score_thresholds, threshold_names
-
     src = cfg.clone()
     src.defrost()
     per_class = list(src.TEST.CLASS_SCORE_THRESH)

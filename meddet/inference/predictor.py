@@ -20,32 +20,16 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
-from meddet.data.transforms import resize, shortest_edge_size, to_model_tensor, to_unit_float
+from meddet.data.dataset import dicom_kwargs
+from meddet.data.transforms import prepare_image
 from meddet.errors import ConfigError, DataError
+from meddet.inference.base import detections_to_coco_results, inference_on_records
+from meddet.inference.sliced import sliced_predict
+from meddet.io.recipe import PreprocessRecipe, read_for_recipe
+from meddet.modeling import build_model, load_model_weights, resolve_device
+from meddet.modeling.build import resolve_engine
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_image(image: np.ndarray, cfg) -> dict:
-    """One image (HxW or HxWxC; uint8, uint16 or float in [0, 1]) as the model's test-time input dict:
-    shortest edge resized to INPUT.MIN_SIZE_TEST (longest at most INPUT.MAX_SIZE_TEST), INPUT.FORMAT
-    channel order; "height"/"width" are the input's own size, so detections come back in its pixels."""
-    h, w = image.shape[:2]
-    nh, nw = shortest_edge_size(h, w, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
-    if nh < h and image.dtype in (np.uint8, np.uint16) and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
-        # one float32 channel at a time, resized before the next is made (the same values as resizing the
-        # full float image, which would cost 12 bytes a pixel: a full-size 8900x8900 float copy is 3.8 GB)
-        planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(min(3, image.shape[2]))]
-        small = []
-        for plane in planes:
-            one = plane.astype(np.float32)
-            one /= 255.0 if image.dtype == np.uint8 else 65535.0
-            small.append(resize(one, (nh, nw)))
-            del one
-        img = to_unit_float(small[0] if len(small) == 1 else np.dstack(small))
-    else:
-        img = resize(to_unit_float(image), (nh, nw))
-    return {"image": to_model_tensor(img, cfg.INPUT.FORMAT), "height": h, "width": w}
 
 
 def _norm_statistics(module: nn.Module | None) -> tuple | None:
@@ -135,21 +119,6 @@ def _to_numpy(det: dict) -> dict:
     }
 
 
-def detections_to_coco_results(det: dict, image_id, category_ids: Sequence[int]) -> list[dict]:
-    """One image's detections (numpy) → COCO results entries ([x, y, w, h], category ids of the dataset)."""
-    out = []
-    for (x1, y1, x2, y2), s, c in zip(det["boxes"], det["scores"], det["classes"]):
-        out.append(
-            {
-                "image_id": image_id,
-                "category_id": int(category_ids[int(c)]),
-                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                "score": float(s),
-            }
-        )
-    return out
-
-
 @torch.no_grad()
 def inference_on_dataset(model, loader, category_ids: Sequence[int], desc: str = "inference") -> list[dict]:
     """Run the model over a test loader (DatasetMapper is_train=False); returns COCO results."""
@@ -175,9 +144,6 @@ def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict],
     or not TILING.ENABLED is set: the way to evaluate a model trained on tiles against whole-image ground
     truth. `records` are dataset dicts (meddet.data.coco.coco_to_records: "file_name", "image_id",
     "height", "width"); `category_ids[k]` is the dataset's category id of class index k."""
-    from meddet.inference.base import inference_on_records
-    from meddet.inference.sliced import sliced_predict
-
     return inference_on_records(predictor, records, category_ids, desc,
                                 predict=lambda image: sliced_predict(predictor.inference_model, image, predictor.cfg))
 
@@ -200,11 +166,6 @@ class Predictor:
 
     def __init__(self, cfg, weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
                  optimize: bool = True):
-        from meddet.data.dataset import dicom_kwargs
-        from meddet.modeling import build_model, resolve_device
-        from meddet.modeling import load_model_weights
-        from meddet.modeling.build import resolve_engine
-
         weights = weights if weights is not None else cfg.MODEL.WEIGHTS
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
@@ -229,8 +190,6 @@ class Predictor:
             )
         self.class_names = names or [f"class_{i}" for i in range(k)]
         self._dicom_kwargs = dicom_kwargs(cfg)
-        from meddet.io.recipe import PreprocessRecipe
-
         # The preprocessing recipe (DICOM.*, PREPROCESS.*, INPUT.*_TEST) replayed on every image.
         self.recipe = PreprocessRecipe.from_cfg(self.cfg)
 
@@ -240,8 +199,6 @@ class Predictor:
         facts (laterality, orientation) the recipe's flip uses."""
         if isinstance(image, np.ndarray):
             return image
-        from meddet.io.recipe import read_for_recipe
-
         src = image if isinstance(image, (bytes, bytearray, memoryview)) else Path(image)
         return read_for_recipe(src, self.recipe.pixels, **kwargs)
 
@@ -278,8 +235,6 @@ class Predictor:
         they are always in the pixels of the image (file) given."""
         prepared = [self.preprocess(self.read(im)) for im in images]
         if self.tiled:
-            from meddet.inference.sliced import sliced_predict
-
             dets = [sliced_predict(self.inference_model, im, self.cfg) for im, _ in prepared]
         else:
             batch = [self.prepare(im) for im, _ in prepared]
@@ -294,15 +249,9 @@ class Predictor:
         """Detections of one image (a path or an array); see predict_batch."""
         return self.predict_batch([image])[0]
 
-
-# --- meddet.hub: Predictor.from_pretrained (bundle folder or Hugging Face repo id) -----------------
-def _from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
-                     device: str | None = None, cache_dir: str | os.PathLike | None = None,
-                     token: str | bool | None = None) -> "Predictor":
-    """A Predictor from a model bundle folder or a Hub repo id (see meddet.hub.load_predictor)."""
-    from meddet.hub import load_predictor
-
-    return load_predictor(path_or_repo_id, revision=revision, device=device, cache_dir=cache_dir, token=token)
-
-
-Predictor.from_pretrained = classmethod(_from_pretrained)
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args, **kwargs):
+        """Moved to :func:`meddet.hub.from_pretrained` (same arguments): loading a bundle belongs to meddet.hub,
+        which sits above meddet.inference. Raises an error that says so."""
+        raise AttributeError(f"Predictor.from_pretrained({str(path_or_repo_id)!r}) moved: use "
+                             "`from meddet.hub import from_pretrained; from_pretrained(...)` (same arguments)")

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from meddet.data.tiling import tile_windows
+from meddet.data.transforms import prepare_image
 from meddet.errors import ConfigError
 from meddet.inference.merge import merge_detections
-from meddet.inference.predictor import prepare_image
 
 logger = logging.getLogger(__name__)
 

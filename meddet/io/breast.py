@@ -183,13 +183,25 @@ class Geometry:
 
     def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """Boxes ``(N, 4)`` xyxy in the output image's pixels -> the original image's pixels."""
-        from meddet.io.recipe import boxes_to_original
-
         return boxes_to_original(boxes_xyxy, self)
 
     def to_record(self) -> dict[str, object]:
         """``{"flipped": bool, "crop": [x, y, w, h] | None, "original_size": [h, w]}``."""
         return {"flipped": self.flipped, "crop": self.crop, "original_size": list(self.original_size)}
+
+
+def boxes_to_original(boxes_xyxy: np.ndarray, geometry: Geometry | None) -> np.ndarray:
+    """Boxes ``(N, 4)`` xyxy in the preprocessed image's pixels -> the original file's pixels."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
+    if geometry is None:
+        return boxes
+    if geometry.crop:
+        boxes[:, [0, 2]] += float(geometry.crop[0])
+        boxes[:, [1, 3]] += float(geometry.crop[1])
+    if geometry.flipped:
+        w = float(geometry.original_size[1])
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    return boxes
 
 
 def orient_and_crop(

@@ -40,6 +40,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from meddet.errors import ConfigError, DicomError, ImageTooLargeError
+from meddet.io.jpeg import jpeg_frame
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +276,6 @@ def decoded_bytes(ds: Dataset, source: str | os.PathLike = "") -> int:
 def _codestream_size(fragment: bytes) -> tuple[int, int, int, int] | None:
     """(rows, columns, components, bits) a JPEG / JPEG-LS / JPEG 2000 codestream declares, or None when
     its header is not found in the first bytes."""
-    from meddet.io.image import jpeg_frame
-
     if fragment[:2] == b"\xff\xd8":
         frame = jpeg_frame(io.BytesIO(fragment))
         return None if frame is None else frame

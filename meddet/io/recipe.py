@@ -29,9 +29,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from meddet.errors import ConfigError
-from meddet.io.breast import Geometry, orient_and_crop
-from meddet.io.dicom import DEFAULT_MAX_DECODED_BYTES, PixelOptions
+from meddet.errors import ConfigError, DataError
+from meddet.io.breast import Geometry, boxes_to_original, orient_and_crop
+from meddet.io.dicom import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DICM_MAGIC,
+    DICM_OFFSET,
+    PixelOptions,
+    dicom_to_array,
+    is_dicom_file,
+    load_dicom,
+)
+from meddet.io.image import read_image_bits
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +200,6 @@ def read_for_recipe(source: str | os.PathLike | bytes, pixels: PixelOptions | No
     ``pixels``) as a :class:`TaggedImage` whose hints hold the DICOM's ``Laterality`` (else *Image
     Laterality*) and ``PatientOrientation``, and the file name. ``source`` is a path or the file's bytes
     (decoded from memory; ``name`` stands for the file in messages); ``max_bytes`` is the decoding budget."""
-    from meddet.io.dicom import DICM_MAGIC, DICM_OFFSET, dicom_to_array, is_dicom_file, load_dicom
-    from meddet.io.image import read_image_bits
-
     pixels = pixels or PixelOptions()
     if isinstance(source, (bytes, bytearray, memoryview)):
         src: Any = bytes(source)
@@ -227,25 +233,9 @@ def geometry_from_record(record: dict[str, Any]) -> Geometry | None:
     return Geometry(bool(record.get("flipped", False)), list(crop) if crop else None, (int(size[0]), int(size[1])))
 
 
-def boxes_to_original(boxes_xyxy: np.ndarray, geometry: Geometry | None) -> np.ndarray:
-    """Boxes ``(N, 4)`` xyxy in the preprocessed image's pixels -> the original file's pixels."""
-    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
-    if geometry is None:
-        return boxes
-    if geometry.crop:
-        boxes[:, [0, 2]] += float(geometry.crop[0])
-        boxes[:, [1, 3]] += float(geometry.crop[1])
-    if geometry.flipped:
-        w = float(geometry.original_size[1])
-        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-    return boxes
-
-
 def dataset_recipe(coco_path: str | os.PathLike) -> PreprocessRecipe | None:
     """The recipe a converter recorded in a COCO file's ``info["preprocess"]`` (None when none)."""
     import json
-
-    from meddet.errors import DataError
 
     try:
         with open(coco_path, encoding="utf-8") as f:

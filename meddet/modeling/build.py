@@ -22,13 +22,16 @@ from yacs.config import CfgNode
 from meddet.errors import EngineUnavailableError, MeddetError, ModelError
 from meddet.modeling.checkpoint import (
     CONVERT_COMMAND,
-    _load_model_state,
-    _read,
-    _unwrap,
+    load_model_state,
+    read_checkpoint,
+    unwrap_model,
     checkpoint_engine,
     load_weights,
 )
+from meddet.modeling.retinanet import build_torchvision_retinanet
 from meddet.modeling.torchvision_engine import ENGINE_NAME as TORCHVISION, build_torchvision_model
+from meddet.modeling.d2_convert import d2_to_tv_state_dict, load_d2_state_dict, tv_to_d2_state_dict
+from meddet.modeling.weights_source import is_remote, resolve_and_load, source_engine
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +117,6 @@ def resolve_engine(requested: str, weights: str | os.PathLike | None = None) -> 
         raise ModelError(f"MODEL.ENGINE: {requested!r} is not an engine; expected one of {', '.join(ENGINES)}")
     if requested == TORCHVISION or not weights:
         return select_engine(requested)
-    from meddet.modeling.weights_source import is_remote, source_engine
 
     saved = source_engine(weights) if is_remote(weights) else checkpoint_engine(weights)
     if requested == "auto" and saved == TORCHVISION:
@@ -137,8 +139,15 @@ def _build_detectron2_model(cfg: CfgNode) -> nn.Module:
     return build_detectron2_model(cfg)
 
 
+def _build_torchvision_model(cfg: CfgNode) -> nn.Module:
+    """The torchvision engine's Faster R-CNN, or with MODEL.META_ARCHITECTURE RetinaNet its RetinaNet."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return build_torchvision_retinanet(cfg)
+    return build_torchvision_model(cfg)
+
+
 _BUILDERS: dict[str, Callable[[CfgNode], nn.Module]] = {
-    TORCHVISION: build_torchvision_model,
+    TORCHVISION: _build_torchvision_model,
     DETECTRON2: _build_detectron2_model,
 }
 
@@ -154,8 +163,6 @@ def _class_count(state: Any) -> int | None:
 
 def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | None) -> dict[str, Any]:
     """Load another engine's checkpoint into ``model`` through the exact conversion (d2_convert)."""
-    from meddet.modeling.d2_convert import d2_to_tv_state_dict, load_d2_state_dict, tv_to_d2_state_dict
-
     engine = model.engine
     direction = "d2-to-tv" if saved == DETECTRON2 else "tv-to-d2"
     command = CONVERT_COMMAND.format(path=path, direction=direction)
@@ -167,7 +174,7 @@ def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | Non
     if saved == DETECTRON2:
         ckpt: dict[str, Any] = {"model": load_d2_state_dict(path)}
     else:
-        ckpt = _read(path)
+        ckpt = read_checkpoint(path)
     # Convert as the checkpoint's class count (a fine-tuning run re-initialises the predictor below).
     conv_cfg = cfg.clone()
     conv_cfg.defrost()
@@ -183,7 +190,7 @@ def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | Non
             f"failed ({e}); use MODEL.ENGINE {saved} where it is available, or set the config to the "
             f"checkpoint's model and convert it: {command}"
         ) from None
-    _load_model_state(path, model, {**ckpt, "model": state}, allow_class_change=True)
+    load_model_state(path, model, {**ckpt, "model": state}, allow_class_change=True)
     key = str(Path(path).resolve())
     (logger.debug if key in _CONVERTED else logger.warning)(
         "%s: %s-engine weights converted on the fly for the %s engine (exact; %s); to skip this step convert "
@@ -208,12 +215,10 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, cfg: CfgNode |
     ``path`` may also name a remote source (``detectron2://``, ``https://``, ``hf://``, ``torchvision://``):
     :mod:`meddet.modeling.weights_source` downloads it once into the cache and loads pretrained formats
     (model-zoo ``.pkl``, Caffe2/MSRA and torchvision backbones) with their meaning."""
-    from meddet.modeling.weights_source import resolve_and_load
-
     path, pretrained = resolve_and_load(model, path)
     if pretrained is not None:
         return pretrained
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     engine, saved = getattr(inner, "engine", None), checkpoint_engine(path)
     if engine in (TORCHVISION, DETECTRON2) and saved and saved != engine:
         return _load_converted(inner, Path(path), saved, cfg)

@@ -88,12 +88,12 @@ def checkpoint_engine(path: str | os.PathLike) -> str | None:
     if Path(path).suffix == ".pkl":
         return DETECTRON2
     try:
-        return engine_of(_read(path))
+        return engine_of(read_checkpoint(path))
     except ModelError:
         return None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel."""
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
@@ -114,7 +114,7 @@ def save_checkpoint(
     entry of ``extra`` (e.g. ``{"class_names": [...]}``, whose length must match ``num_classes``).
     Returns the path written."""
     path = Path(path)
-    model = _unwrap(model)
+    model = unwrap_model(model)
     meta: dict[str, Any] = {
         "engine": getattr(model, "engine", None),
         "num_classes": getattr(model, "num_classes", None),
@@ -147,7 +147,7 @@ def save_checkpoint(
     return path
 
 
-def _read(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file (tensors on the CPU) as a dict with at least a ``model`` state dict."""
     path = Path(path)
     if not path.is_file():
@@ -185,16 +185,16 @@ def _read(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def _listing(what: str, items: Sequence[str]) -> str:
+def format_listing(what: str, items: Sequence[str]) -> str:
     shown = ", ".join(items[:_SHOWN])
     more = f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
     return f"{len(items)} {what} ({shown}{more})"
 
 
-def _load_model_state(
+def load_model_state(
     path: str | os.PathLike, model: nn.Module, ckpt: Mapping[str, Any], allow_class_change: bool
 ) -> None:
-    model = _unwrap(model)
+    model = unwrap_model(model)
     state = dict(ckpt["model"])
     own = model.state_dict()
 
@@ -211,11 +211,11 @@ def _load_model_state(
     if (missing or unexpected or mismatched) and not class_change:
         parts = []
         if missing:
-            parts.append(_listing("missing keys", missing))
+            parts.append(format_listing("missing keys", missing))
         if unexpected:
-            parts.append(_listing("unexpected keys", unexpected))
+            parts.append(format_listing("unexpected keys", unexpected))
         if mismatched:
-            parts.append(_listing(
+            parts.append(format_listing(
                 "shape mismatches",
                 [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched],
             ))
@@ -250,7 +250,7 @@ _ARCH_KEYS = {  # architecture field -> the config key that sets it
 def likely_cause(ckpt: Mapping[str, Any], model: nn.Module, path: str | os.PathLike) -> str:
     """Why a checkpoint does not fit ``model``, as far as its metadata and names tell: another engine (with
     the command that converts it), another architecture (the config keys that differ), or else what to check."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     saved, engine = engine_of(ckpt), getattr(model, "engine", None)
     if saved and engine and saved != engine:
         direction = "d2-to-tv" if saved == DETECTRON2 else "tv-to-d2"
@@ -285,7 +285,7 @@ def check_loaded(
     ``allow_backbone_only``, a checkpoint that holds exactly the backbone (``backbone.bottom_up.*``, an
     ImageNet-pretrained ResNet as detectron2 trains from). Anything else raises ModelError listing the
     missing keys and the likely cause (:func:`likely_cause`)."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     own = [k for k in model.state_dict() if not _NOT_WEIGHTS.search(k)]
     missing = [k for k in dict.fromkeys(missing) if not _NOT_WEIGHTS.search(k)]
     if not missing:
@@ -302,10 +302,10 @@ def check_loaded(
         logger.warning("%s: holds only the backbone (%d tensors); the FPN, RPN and box head (%d tensors) start from "
                        "random initialisation", path, len(filled), len(missing))
         return "backbone"
-    parts = [_listing("missing keys", missing)]
+    parts = [format_listing("missing keys", missing)]
     shapes = [k for k in missing if k in wrong_shape]
     if shapes:
-        parts.append(_listing("shape mismatches", shapes))
+        parts.append(format_listing("shape mismatches", shapes))
     raise ModelError(
         f"{path}: checkpoint does not fit the model: {'; '.join(parts)} ({len(filled)} of {len(own)} "
         f"filled); {likely_cause(ckpt, model, path)}"
@@ -319,8 +319,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     the box predictor's class-dependent layers differ (a different number of classes): then the predictor is
     re-initialised, a warning names the skipped keys, and everything else is loaded.
     Returns the checkpoint's ``meddet`` metadata (engine, num_classes, class_names, ...; empty if none)."""
-    ckpt = _read(path)
-    _load_model_state(path, model, ckpt, allow_class_change=True)
+    ckpt = read_checkpoint(path)
+    load_model_state(path, model, ckpt, allow_class_change=True)
     logger.info("Loaded model weights from %s", path)
     return dict(ckpt.get("meddet") or {})
 
@@ -335,7 +335,7 @@ def load_checkpoint_for_resume(
     """Restore a training run from a checkpoint written by save_checkpoint: the model (strictly, no class
     change), and the optimizer, scheduler and AMP scaler when given. Returns the stored ``iteration``
     (the last completed iteration in the trainer's convention)."""
-    ckpt = _read(path)
+    ckpt = read_checkpoint(path)
     if "iteration" not in ckpt:
         raise ModelError(f"{path}: no 'iteration' entry; expected a training checkpoint written by meddet")
     for key, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
@@ -344,14 +344,14 @@ def load_checkpoint_for_resume(
                 f"{path}: no {key} state, so training cannot resume from it; "
                 "start a new run with MODEL.WEIGHTS pointing to it instead"
             )
-    saved, engine = engine_of(ckpt), getattr(_unwrap(model), "engine", None)
+    saved, engine = engine_of(ckpt), getattr(unwrap_model(model), "engine", None)
     if saved and engine and saved != engine:
         raise ModelError(
             f"{path}: written by the {saved} engine and the model is the {engine} engine's; resuming needs the "
             f"engine that trained the run (its optimizer state belongs to that engine's parameters): use MODEL.ENGINE "
             f"{saved} where it is available, or start a new run with MODEL.WEIGHTS {path} (converted on loading)"
         )
-    _load_model_state(path, model, ckpt, allow_class_change=False)
+    load_model_state(path, model, ckpt, allow_class_change=False)
     try:
         if optimizer is not None:
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -33,8 +33,9 @@ from yacs.config import CfgNode
 
 from meddet.config import get_cfg
 from meddet.errors import ConfigError, ModelError
-from meddet.modeling.checkpoint import _listing, _read, save_checkpoint
+from meddet.modeling.checkpoint import format_listing, read_checkpoint, save_checkpoint
 from meddet.modeling.torchvision_engine import TorchvisionRCNN
+from meddet.modeling.retinanet import TorchvisionRetinaNet
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ CLS_SCORE = "roi_heads.box_predictor.cls_score."
 BBOX_PRED = "roi_heads.box_predictor.bbox_pred."
 
 # detectron2 parameters of features the torchvision engine does not build: pattern -> what it is
-_UNSUPPORTED: list[tuple[str, str]] = [
+UNSUPPORTED_PARTS: list[tuple[str, str]] = [
     (r"\.conv2_offset\.", "deformable convolutions (MODEL.RESNETS.DEFORM_ON_PER_STAGE)"),
     (r"^roi_heads\.box_(head|predictor)\.\d+\.", "a cascade of box heads (CascadeROIHeads)"),
     (r"^roi_heads\.box_head\.conv\d+\.norm\.", "a normalized box head (MODEL.ROI_BOX_HEAD.NORM, e.g. GN)"),
@@ -61,7 +62,7 @@ _D2_IGNORED = (r"^(proposal_generator\.)?anchor_generator\.", r"^pixel_(mean|std
 _C2_NAME = re.compile(r"^(res\d_\d+_branch|conv1_w$|res_conv1_bn|fc1000_|fpn_inner_|rpn_cls_logits_)")
 
 
-def _tv_to_d2_rules(rpn_convs: int, head_convs: int) -> list[tuple[re.Pattern[str], str]]:
+def tv_to_d2_rules(rpn_convs: int, head_convs: int) -> list[tuple[re.Pattern[str], str]]:
     """Regex rules mapping a torchvision-engine parameter name to its detectron2 name."""
     rules = [
         (r"^backbone\.body\.conv1\.weight$", "backbone.bottom_up.stem.conv1.weight"),
@@ -100,7 +101,7 @@ def _retinanet_rules(num_convs: int, norm: bool) -> list[tuple[re.Pattern[str], 
     return [(re.compile(pattern), repl) for pattern, repl in rules]
 
 
-def _d2_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs: int, conv_fc_head: bool,
+def d2_param_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs: int, conv_fc_head: bool,
              fpn_first_level: int = 2) -> str:
     """The detectron2 name of one torchvision-engine parameter (ModelError if it has none)."""
     m = re.match(r"^backbone\.body\.layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)$", tv_name)
@@ -130,19 +131,17 @@ def _d2_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs:
 def _reference(cfg: CfgNode) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The torchvision engine's state dict for ``cfg`` and its name map torchvision -> detectron2."""
     if is_retinanet(cfg):
-        from meddet.modeling.retinanet import TorchvisionRetinaNet
-
         r = cfg.MODEL.RETINANET
         rules = _retinanet_rules(int(r.NUM_CONVS), bool(r.NORM))
         state = {k: v for k, v in TorchvisionRetinaNet(cfg).state_dict().items() if not k.endswith("num_batches_tracked")}
-        return state, {k: _d2_name(k, rules, 0, False, fpn_first_level=3) for k in state}
+        return state, {k: d2_param_name(k, rules, 0, False, fpn_first_level=3) for k in state}
     model = TorchvisionRCNN(cfg)
     h = cfg.MODEL.ROI_BOX_HEAD
     head_convs = int(h.NUM_CONV)
     conv_fc_head = not (head_convs == 0 and int(h.NUM_FC) == 2)
-    rules = _tv_to_d2_rules(len(cfg.MODEL.RPN.CONV_DIMS), head_convs)
+    rules = tv_to_d2_rules(len(cfg.MODEL.RPN.CONV_DIMS), head_convs)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    return state, {k: _d2_name(k, rules, head_convs, conv_fc_head) for k in state}
+    return state, {k: d2_param_name(k, rules, head_convs, conv_fc_head) for k in state}
 
 
 def is_retinanet(cfg: CfgNode) -> bool:
@@ -152,7 +151,7 @@ def is_retinanet(cfg: CfgNode) -> bool:
 
 def _refuse_unsupported(d2_state: Mapping[str, Any], num_classes: int, retinanet: bool = False) -> None:
     for key in d2_state:
-        for pattern, what in _UNSUPPORTED[:-1] if retinanet else _UNSUPPORTED:
+        for pattern, what in UNSUPPORTED_PARTS[:-1] if retinanet else UNSUPPORTED_PARTS:
             if re.search(pattern, key):
                 raise ModelError(
                     f"detectron2 parameter {key!r}: belongs to {what}, which the torchvision engine does not "
@@ -192,9 +191,9 @@ def _check_names(what: str, missing: list[str], extra: list[str]) -> None:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(_listing("missing parameters", sorted(missing)))
+            parts.append(format_listing("missing parameters", sorted(missing)))
         if extra:
-            parts.append(_listing("parameters without a counterpart", sorted(extra)))
+            parts.append(format_listing("parameters without a counterpart", sorted(extra)))
         raise ModelError(
             f"{what}: {'; '.join(parts)}; expected the parameters of the Faster R-CNN ResNet-FPN the config "
             "describes (check MODEL.RESNETS.DEPTH, MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC, MODEL.RPN.CONV_DIMS)"
@@ -268,7 +267,7 @@ def load_d2_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             raise ModelError(f"{path}: checkpoint file not found")
         try:
             with path.open("rb") as f:
-                obj = _NumpyUnpickler(f, encoding="latin1").load()
+                obj = NumpyUnpickler(f, encoding="latin1").load()
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
             raise ModelError(f"{path}: cannot be read as a detectron2 .pkl checkpoint ({e})") from None
         if not isinstance(obj, Mapping):
@@ -278,7 +277,7 @@ def load_d2_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             raise ModelError(f"{path}: no 'model' entry; found keys {sorted(map(str, obj))[:10]}")
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items() if isinstance(v, np.ndarray)}
     else:
-        state = dict(_read(path)["model"])
+        state = dict(read_checkpoint(path)["model"])
     c2 = [k for k in state if _C2_NAME.match(k)]
     if c2:
         raise ModelError(
@@ -288,7 +287,7 @@ def load_d2_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return state
 
 
-class _NumpyUnpickler(pickle.Unpickler):
+class NumpyUnpickler(pickle.Unpickler):
     """Unpickler for model-zoo .pkl files: numpy arrays and plain values only, so loading runs no code."""
 
     _ALLOWED = {
@@ -324,7 +323,7 @@ def convert_checkpoint(
         model.load_state_dict(state, strict=False)  # num_batches_tracked keeps the model's own
         save_checkpoint(dst, model, extra={"converted_from": f"detectron2:{Path(src).name}"})
     else:
-        state = tv_to_d2_state_dict(_read(src)["model"], cfg)
+        state = tv_to_d2_state_dict(read_checkpoint(src)["model"], cfg)
         dst.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": state, "__author__": "meddet"}, dst)
     logger.info("Converted %s (%s) -> %s: %d parameters", src, direction, dst, len(state))
@@ -334,7 +333,5 @@ def convert_checkpoint(
 def _tv_model(cfg: CfgNode) -> torch.nn.Module:
     """The torchvision-engine model ``cfg`` describes (Faster R-CNN or RetinaNet), random weights."""
     if is_retinanet(cfg):
-        from meddet.modeling.retinanet import TorchvisionRetinaNet
-
         return TorchvisionRetinaNet(cfg)
     return TorchvisionRCNN(cfg)

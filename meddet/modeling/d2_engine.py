@@ -48,6 +48,7 @@ from meddet.modeling.torchvision_engine import (
     class_weights,
     weighted_cross_entropy,
 )
+from meddet.modeling.retinanet import retinanet_num_classes
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +244,6 @@ class Detectron2RetinaNet(RetinaNet):
     engine = ENGINE_NAME
 
     def __init__(self, cfg: CfgNode) -> None:
-        from meddet.modeling.retinanet import retinanet_num_classes
-
         retinanet_num_classes(cfg)  # ConfigError before anything is built
         d2_cfg = to_detectron2_cfg(cfg)
         try:

@@ -840,12 +840,12 @@ class TorchvisionRCNN(FasterRCNN):
 
 
 def build_torchvision_model(cfg: CfgNode) -> nn.Module:
-    """Build the torchvision Faster R-CNN ResNet-FPN (or, with ``MODEL.META_ARCHITECTURE RetinaNet``, the
-    RetinaNet of :mod:`meddet.modeling.retinanet`) described by ``cfg`` (random init, on the CPU)."""
+    """Build the torchvision Faster R-CNN ResNet-FPN described by ``cfg`` (random init, on the CPU). The
+    engine's RetinaNet is :func:`meddet.modeling.retinanet.build_torchvision_retinanet`;
+    :func:`meddet.modeling.build_model` picks between them by ``MODEL.META_ARCHITECTURE``."""
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
-        from meddet.modeling.retinanet import build_torchvision_retinanet
-
-        return build_torchvision_retinanet(cfg)
+        raise ConfigError("MODEL.META_ARCHITECTURE RetinaNet: build it with meddet.modeling.build_model (or "
+                          "meddet.modeling.retinanet.build_torchvision_retinanet), not build_torchvision_model")
     model = TorchvisionRCNN(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -52,6 +52,16 @@ import torch
 from torch import Tensor, nn
 
 from meddet.errors import ConfigError, ModelError
+from meddet.modeling.checkpoint import format_listing, load_model_state, read_checkpoint
+from meddet.modeling.d2_convert import (  # NumpyUnpickler: numpy arrays only, loading runs no code
+    BBOX_PRED,
+    CLS_SCORE,
+    STEM_CONV,
+    UNSUPPORTED_PARTS,
+    NumpyUnpickler,
+    d2_param_name,
+    tv_to_d2_rules,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -448,11 +458,9 @@ def read_pkl(path: Path) -> tuple[dict[str, Tensor], str]:
     detectron2's ``DetectionCheckpointer._load_file`` does: ``{"model", "__author__"}`` is detectron2's model
     zoo layout; anything else is a Caffe2/Detectron blob dict (``"blobs"`` for detection models), renamed with
     detectron2's Caffe2 name rules (ImageNet backbones; Caffe2 detection models are refused)."""
-    from meddet.modeling.d2_convert import _NumpyUnpickler  # numpy arrays only: loading runs no code
-
     try:
         with path.open("rb") as f:
-            obj = _NumpyUnpickler(f, encoding="latin1").load()
+            obj = NumpyUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise ModelError(f"{path}: cannot be read as a detectron2/Caffe2 .pkl checkpoint ({e})") from None
     if not isinstance(obj, Mapping):
@@ -566,19 +574,17 @@ def _tv_names(model: nn.Module) -> dict[str, str]:
     mapping, its layout read from the model itself)."""
     from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
-    from meddet.modeling.d2_convert import _d2_name, _tv_to_d2_rules
-
     state = model.state_dict()
     rpn_convs = len([k for k in state if re.fullmatch(r"rpn\.head\.conv\.\d+\.0\.weight", k)])
     head_convs = len([k for k in state if re.fullmatch(r"roi_heads\.box_head\.\d+\.0\.weight", k)])
     conv_fc = not isinstance(model.roi_heads.box_head, TwoMLPHead)
-    rules = _tv_to_d2_rules(max(rpn_convs, 1), head_convs)
+    rules = tv_to_d2_rules(max(rpn_convs, 1), head_convs)
     names = {}
     for k in state:
         if k.endswith("num_batches_tracked"):
             continue
         with contextlib.suppress(ModelError):
-            names[_d2_name(k, rules, head_convs, conv_fc)] = k
+            names[d2_param_name(k, rules, head_convs, conv_fc)] = k
     return names
 
 
@@ -586,10 +592,8 @@ def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str, strict
     """detectron2 names and layout -> the torchvision engine's (stem channels for BGR, background first).
     ``strict``: a name without a place in the model is an error (else, as detectron2's name-matching
     heuristics for Caffe2 files, it is logged and skipped)."""
-    from meddet.modeling.d2_convert import _UNSUPPORTED, BBOX_PRED, CLS_SCORE, STEM_CONV
-
     for key in d2_state:
-        for pattern, what in _UNSUPPORTED:
+        for pattern, what in UNSUPPORTED_PARTS:
             if re.search(pattern, key):
                 raise ModelError(f"MODEL.WEIGHTS {spec}: parameter {key!r} belongs to {what}, which the torchvision "
                                  "engine does not build; expected a Faster R-CNN ResNet-FPN or a ResNet backbone")
@@ -614,9 +618,7 @@ def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str, strict
         logger.warning("%s: %d blobs without a place in the model, not loaded: %s", spec, len(unknown),
                     ", ".join(sorted(unknown)[:10]))
     elif unknown:
-        from meddet.modeling.checkpoint import _listing
-
-        raise ModelError(f"MODEL.WEIGHTS {spec}: {_listing('parameters without a place in the model', sorted(unknown))}"
+        raise ModelError(f"MODEL.WEIGHTS {spec}: {format_listing('parameters without a place in the model', sorted(unknown))}"
                          "; expected the Faster R-CNN ResNet-FPN the config describes (check MODEL.RESNETS.DEPTH, "
                          "MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC, MODEL.RPN.CONV_DIMS)")
     return out
@@ -655,8 +657,6 @@ def _fill_frozen_stats(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 
 def _load_backbone(model: nn.Module, state: dict[str, Tensor], spec: str) -> dict[str, Any]:
-    from meddet.modeling.checkpoint import _listing
-
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     body = [k for k in own if k.startswith("backbone.body.")]
     missing = [k for k in body if k not in state]
@@ -665,7 +665,7 @@ def _load_backbone(model: nn.Module, state: dict[str, Tensor], spec: str) -> dic
                   for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
         listed = (("missing backbone keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
-        parts = [_listing(what, items) for what, items in listed if items]
+        parts = [format_listing(what, items) for what, items in listed if items]
         raise ModelError(f"MODEL.WEIGHTS {spec}: the backbone does not fit the model: {'; '.join(parts)}; expected "
                          "a ResNet of MODEL.RESNETS.DEPTH (and NUM_GROUPS/WIDTH_PER_GROUP)")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
@@ -707,9 +707,7 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
             _warn_trainable_norm(model, spec)
         _fill_frozen_stats(model, state)
     else:
-        from meddet.modeling.checkpoint import _read
-
-        raw = _read(path)["model"]
+        raw = read_checkpoint(path)["model"]
         if source.kind != "torchvision" and not _is_torchvision_resnet(raw) and "rpn.head.conv.weight" not in raw:
             conv = conventions_of(source, None)
             if conv is not None:
@@ -719,9 +717,8 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
         state = _from_torchvision(raw)
     if state and all(k.startswith("backbone.body.") for k in state):
         return _load_backbone(model, state, spec)
-    from meddet.modeling.checkpoint import _load_model_state
 
-    _load_model_state(spec, model, {"model": state}, allow_class_change=True)
+    load_model_state(spec, model, {"model": state}, allow_class_change=True)
     logger.info("Loaded pretrained detector weights from %s (%s)", spec, path)
     return {"pretrained": spec, "pretrained_part": "detector"}
 

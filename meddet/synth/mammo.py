@@ -46,6 +46,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from meddet.data.formats.cbis_ddsm import CALC_HEADER, MASS_HEADER
 from meddet.errors import ConfigError
 from meddet.io.image import write_png
+from meddet.io.dicom import read_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -831,8 +832,6 @@ def make_cbis_ddsm_jpeg(
     ``abnormalities`` (as :func:`make_cbis_ddsm`) and ``identifying_values``.
     """
     import tempfile
-
-    from meddet.io.dicom import read_dicom
 
     out = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:

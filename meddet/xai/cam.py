@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meddet.errors import DataError, ModelError
+from meddet.visualize import draw_detections
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +357,6 @@ def overlay(image: np.ndarray, cams: Sequence[CAM], alpha: float = 0.45,
     colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
     out = cv2.addWeighted(img, 1.0 - alpha, colour, alpha, 0.0)
     # Boxes and labels by the shared placement routine (highest score on top, no overlapping labels).
-    from meddet.visualize import draw_detections
 
     names = list(labels) if labels else [str(i) for i in range(max(c.class_index for c in cams) + 1)]
     return draw_detections(out, np.asarray([c.box for c in cams], dtype=np.float32).reshape(-1, 4),

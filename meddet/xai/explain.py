@@ -14,6 +14,8 @@ from yacs.config import CfgNode
 
 from meddet.errors import DataError
 from meddet.xai.cam import CAM, gradcams, overlay
+from meddet.inference.predictor import Predictor
+from meddet.io.recipe import boxes_from_original, boxes_to_original, map_to_original
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ def explain_detections(
     prepared, geometry = predictor.preprocess(image) if hasattr(predictor, "preprocess") else (image, None)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     if geometry is not None:
-        from meddet.io.recipe import boxes_from_original
-
         boxes = boxes_from_original(boxes, geometry)
     ph, pw = prepared.shape[:2]
     map_h, map_w = max(1, round(ph * scale)), max(1, round(pw * scale))
@@ -63,8 +63,6 @@ def _cams_to_original(cams: list[CAM], geometry, size: tuple[int, int]) -> list[
     if geometry is None:
         return cams
     import dataclasses
-
-    from meddet.io.recipe import boxes_to_original, map_to_original
 
     oh, ow = geometry.original_size
     sx, sy = size[1] / ow, size[0] / oh
@@ -93,8 +91,6 @@ def explain(
     `per_detection` one ``<stem>_det<i>_gradcam.png`` per detection. Returns the written paths.
     Weights: `weights` or ``MODEL.WEIGHTS``; ``layer`` and ``method`` (one of
     :data:`meddet.xai.cam.METHODS`) as in :func:`meddet.xai.cam.gradcam`."""
-    from meddet.inference.predictor import Predictor
-
     predictor = Predictor(cfg, weights=weights)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
