@@ -19,7 +19,7 @@ PEER_EXTRAS ?= $(VENV)/peer-extras
 PEER_SPEC ?= ultralytics-opencv-headless==8.4.190 ultralytics-thop==2.2.3 polars==2.1.0 polars-runtime-32==2.1.0 deepforest==2.1.0
 PEER_ARGS ?=
 
-.PHONY: demo demo-cytology test test-fast venv clean-venv bench-sliced bench-peer
+.PHONY: demo demo-cytology test test-fast lint venv clean-venv bench-sliced bench-peer
 
 venv: $(STAMP)
 
@@ -53,12 +53,18 @@ $(PEER_EXTRAS)/.installed: $(STAMP) Makefile
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --target $(PEER_EXTRAS) $(PEER_SPEC)
 	@touch $@
 
+# The layers contract (pyproject.toml [tool.importlinter]): lower layers never import higher ones, no cycles.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
 test: $(STAMP)
 	@sh scripts/ensure_chromium.sh
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # The inner loop: everything not marked slow (under 90 s on 2 cores). `make test` runs everything.
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
