@@ -45,7 +45,9 @@ bench-sliced: $(STAMP)
 # meddet Faster R-CNN R18/R50 and RetinaNet R18 against Ultralytics YOLO11n/s, from scratch, the same split,
 # input size and wall-clock budget (10 min each on 2 CPU threads: about 3 h for 3 datasets x 5 models).
 # e.g. make bench-peer PEER_ARGS="--budget-seconds 60 --datasets mammo --models yolo11n,frcnn_r18"
+# It first runs its own end-to-end check (tests marked `peer`, which need these extras; `make test` leaves them out).
 bench-peer: $(PEER_EXTRAS)/.installed
+	PYTHONPATH=$(abspath $(PEER_EXTRAS)) $(VENV)/bin/python -m pytest -q -m peer tests/test_peer_benchmark.py
 	PYTHONPATH=$(abspath $(PEER_EXTRAS)) OMP_NUM_THREADS=2 $(VENV)/bin/python benchmarks/peer_benchmark.py $(PEER_ARGS)
 
 $(PEER_EXTRAS)/.installed: $(STAMP) Makefile
@@ -60,12 +62,12 @@ lint: $(STAMP)
 test: $(STAMP)
 	@sh scripts/ensure_chromium.sh
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not peer" $(PYTEST_ARGS)
 
 # The inner loop: everything not marked slow (under 90 s on 2 cores). `make test` runs everything.
 test-fast: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not slow and not peer" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
