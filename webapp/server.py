@@ -13,19 +13,11 @@ import signal
 import tempfile
 from pathlib import Path
 
+from meddet.data.parallel import process_alive
+
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = "meddet-web-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_tmp(root: str | os.PathLike) -> list[Path]:
@@ -39,7 +31,7 @@ def remove_stale_tmp(root: str | os.PathLike) -> list[Path]:
         except OSError:
             continue
         suffix = d.name[len(TMP_PREFIX):]
-        if suffix.isdigit() and int(suffix) != os.getpid() and _pid_alive(int(suffix)):
+        if suffix.isdigit() and int(suffix) != os.getpid() and process_alive(int(suffix)):
             continue
         if suffix.isdigit() and int(suffix) == os.getpid():
             continue

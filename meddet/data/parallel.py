@@ -226,7 +226,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True while `pid` runs (a zombie, killed but not yet reaped, counts as dead)."""
     try:
         os.kill(pid, 0)
@@ -246,7 +246,7 @@ def _watch_parent(owner: int, parent: int) -> None:
 
     while True:
         time.sleep(_WATCH_S)
-        if os.getppid() != parent or not _alive(owner):
+        if os.getppid() != parent or not process_alive(owner):
             os._exit(1)
 
 
@@ -259,7 +259,7 @@ def _init_worker(owner: int | None = None) -> None:
     if owner is not None:
         parent = os.getppid()
         _die_with_parent()
-        if not _alive(owner) or not _alive(parent):  # the parent died before the request took effect
+        if not process_alive(owner) or not process_alive(parent):  # the parent died before the request took effect
             os._exit(1)
         threading.Thread(target=_watch_parent, args=(owner, parent), name="meddet-parent-watch", daemon=True).start()
 
