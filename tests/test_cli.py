@@ -4,8 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# each test starts detectron.py in a subprocess (importing torch each time): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
 
 
 def run_cli(*args, cwd=REPO):

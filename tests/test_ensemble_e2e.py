@@ -15,6 +15,9 @@ import yaml
 
 from conftest import REPO, TINY_MODEL_OPTS, make_tiny_coco
 
+# two tiny models trained, then evaluate/tune/export/serve end to end (~20 s)
+pytestmark = pytest.mark.slow
+
 
 def _detectron():
     spec = importlib.util.spec_from_file_location("detectron_cli", REPO / "detectron.py")

@@ -13,7 +13,9 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+# parents killed, children watched for seconds: `make test-fast` leaves them out
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
 
 def _session(sid: int) -> list[int]:

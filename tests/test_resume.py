@@ -12,6 +12,9 @@ from meddet.engine import HookBase, Trainer, last_checkpoint_path
 from meddet.engine.events import read_metrics
 from meddet.errors import ConfigError, ModelError
 
+# tiny training runs killed, damaged and resumed (~15 s)
+pytestmark = pytest.mark.slow
+
 WALL_CLOCK = {"time", "data_time", "eta_seconds"}
 
 

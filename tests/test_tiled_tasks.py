@@ -9,6 +9,9 @@ import pytest
 
 from conftest import REPO, TINY_MODEL_OPTS, make_tiny_coco
 
+# tile datasets written, models trained on tiles, evaluated through the CLI (~15 s): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 TILED_OPTS = TINY_MODEL_OPTS + [
     "TILING.ENABLED", "True", "TILING.SIZE", "128", "TILING.OVERLAP", "0.25",
     "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",

@@ -18,6 +18,9 @@ import pytest
 from bundle_fixture import shared_run, synthetic_dicom
 from conftest import REPO
 
+# real waitress servers in subprocesses, killed and restarted (~25 s): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 SECRET = b"P_SECRET_042"
 
 
