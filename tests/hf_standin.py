@@ -10,30 +10,22 @@ import base64
 import hashlib
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlparse
+
+from http_standin import LoopbackServer
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 
 
-class HubStandIn:
+class HubStandIn(LoopbackServer):
     """Start with `with HubStandIn(token) as hub:`; `hub.url` is the endpoint to give HF_ENDPOINT."""
 
     def __init__(self, token: str):
         self.token = token
         self.repos: dict[str, dict] = {}
         self.requests: list[tuple[str, str, bool]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> "HubStandIn":
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._listen()
 
     def _handler(self):
         hub = self

@@ -9,7 +9,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 
-class FileServer:
+class LoopbackServer:
+    """A threaded HTTP server on a free loopback port, started by ``with``; subclasses give `_handler()`
+    (a BaseHTTPRequestHandler class) and call `_listen()` at the end of their ``__init__``."""
+
+    def _listen(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class FileServer(LoopbackServer):
     """``with FileServer() as srv: srv.files["/a/b.pkl"] = data; url = srv.url + "/a/b.pkl"``.
 
     ``srv.cut.add(path)`` cuts the next response for ``path`` half-way; ``srv.ranges = False`` ignores
@@ -20,16 +37,7 @@ class FileServer:
         self.cut: set[str] = set()
         self.ranges = True
         self.requests: list[tuple[str, str | None]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> "FileServer":
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._listen()
 
     def _handler(self):
         srv = self

@@ -39,13 +39,17 @@ class DetectorLike(Protocol):
     class_names: list[str]
 
     @property
-    def tiled(self) -> bool: ...
+    def tiled(self) -> bool:
+        """Whether it (or any ensemble member) predicts by sliced inference."""
 
-    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray: ...
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
+        """An array as is; a path or a file's bytes read with the config's DICOM settings."""
 
-    def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]: ...
+    def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]:
+        """Detections of each image (see the class doc)."""
 
-    def __call__(self, image: str | os.PathLike | np.ndarray) -> dict: ...
+    def __call__(self, image: str | os.PathLike | np.ndarray) -> dict:
+        """Detections of one image (see the class doc)."""
 
 
 def threshold_names(cfg) -> list[str]:
