@@ -19,7 +19,7 @@ PEER_EXTRAS ?= $(VENV)/peer-extras
 PEER_SPEC ?= ultralytics-opencv-headless==8.4.190 ultralytics-thop==2.2.3 polars==2.1.0 polars-runtime-32==2.1.0 deepforest==2.1.0
 PEER_ARGS ?=
 
-.PHONY: demo demo-cytology test test-fast lint venv clean-venv bench-sliced bench-peer
+.PHONY: demo demo-cytology test test-fast lint format venv clean-venv bench-sliced bench-peer
 
 venv: $(STAMP)
 
@@ -55,18 +55,23 @@ $(PEER_EXTRAS)/.installed: $(STAMP) Makefile
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --target $(PEER_EXTRAS) $(PEER_SPEC)
 	@touch $@
 
-# The layers contract (pyproject.toml [tool.importlinter]): lower layers never import higher ones, no cycles.
+# Style (ruff: lint + format, [tool.ruff]) and the layers contract (pyproject.toml [tool.importlinter]): lower
+# layers never import higher ones, no cycles. `make format` rewrites the files ruff would change.
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP)
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	@sh scripts/ensure_chromium.sh
-	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not peer" $(PYTEST_ARGS)
 
 # The inner loop: everything not marked slow (under 90 s on 2 cores). `make test` runs everything.
-test-fast: $(STAMP)
-	$(VENV)/bin/lint-imports
+test-fast: lint
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not slow and not peer" $(PYTEST_ARGS)
 
 clean-venv:

@@ -32,33 +32,64 @@ from pathlib import Path
 
 from meddet.cli import run_cli, setup_logging
 
-COMMANDS = ("cbis-ddsm", "mias", "inbreast", "boxes", "images", "yolo2coco", "coco2yolo", "merge", "subset", "check",
-            "synth")
+COMMANDS = (
+    "cbis-ddsm",
+    "mias",
+    "inbreast",
+    "boxes",
+    "images",
+    "yolo2coco",
+    "coco2yolo",
+    "merge",
+    "subset",
+    "check",
+    "synth",
+)
 
 
 def _add_pixels(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pixels (DICOM images)")
     g.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth (default 8)")
-    g.add_argument("--gamma", type=float, default=0.8, help="out = max*(x/max)**gamma after normalization (default 0.8)")
+    g.add_argument(
+        "--gamma", type=float, default=0.8, help="out = max*(x/max)**gamma after normalization (default 0.8)"
+    )
     g.add_argument(
         "--normalize",
         choices=("minmax", "percentile", "zscore", "fixed"),
         default="minmax",
         help="what maps to black/white, from the whole image (default minmax)",
     )
-    g.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
-                   help="percentiles for --normalize percentile (default 1 99)")
-    g.add_argument("--fixed-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="value range for --normalize fixed (default: the file's full range)")
+    g.add_argument(
+        "--percentiles",
+        type=float,
+        nargs=2,
+        default=(1.0, 99.0),
+        metavar=("LOW", "HIGH"),
+        help="percentiles for --normalize percentile (default 1 99)",
+    )
+    g.add_argument(
+        "--fixed-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="value range for --normalize fixed (default: the file's full range)",
+    )
     g.add_argument("--no-voi", action="store_true", help="ignore VOI LUT / window tags in DICOM files")
     g.add_argument("--window-index", type=int, default=0, help="which VOI LUT / window to apply (default 0)")
 
 
 def _add_geometry(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("geometry (recorded with the pixels in the COCO info as the preprocessing recipe)")
-    g.add_argument("--flip-left", nargs="?", const="tags", default="", choices=("tags", "pixels"),
-                   help="mirror breasts so the chest wall is on the left; the side from the tags "
-                   "(PatientOrientation, else laterality; the default) or from the pixels")
+    g.add_argument(
+        "--flip-left",
+        nargs="?",
+        const="tags",
+        default="",
+        choices=("tags", "pixels"),
+        help="mirror breasts so the chest wall is on the left; the side from the tags "
+        "(PatientOrientation, else laterality; the default) or from the pixels",
+    )
     g.add_argument("--crop-breast", action="store_true", help="crop images to the breast (boxes move with it)")
 
 
@@ -78,7 +109,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("running")
     g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     g.add_argument("--shard", default=None, metavar="I/N", help="convert only share I of N (0 <= I < N)")
-    g.add_argument("--overwrite", action="store_true", help="convert everything again (default: reuse valid outputs); ids.json keeps the ids")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="convert everything again (default: reuse valid outputs); ids.json keeps the ids",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -98,10 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cbis-ddsm", help="CBIS-DDSM (TCIA DICOM tree, or the JPEG re-release) -> COCO")
     p.add_argument("--mass-csv", nargs="+", default=[], metavar="CSV", help="mass description CSV(s)")
     p.add_argument("--calc-csv", nargs="+", default=[], metavar="CSV", help="calcification description CSV(s)")
-    p.add_argument("--dicom-root", required=True,
-                   help="folder the CSV paths are relative to (with --dicom-info: the re-release's root)")
-    p.add_argument("--dicom-info", default=None, metavar="CSV",
-                   help="the JPEG re-release's csv/dicom_info.csv (default CSVs: the four in its folder)")
+    p.add_argument(
+        "--dicom-root",
+        required=True,
+        help="folder the CSV paths are relative to (with --dicom-info: the re-release's root)",
+    )
+    p.add_argument(
+        "--dicom-info",
+        default=None,
+        metavar="CSV",
+        help="the JPEG re-release's csv/dicom_info.csv (default CSVs: the four in its folder)",
+    )
     p.add_argument(
         "--classes",
         choices=("suspicion", "type", "pathology"),
@@ -109,14 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="suspicion: calcification/mass_low/mass_high (default); type: calcification/mass; "
         "pathology: benign/malignant",
     )
-    p.add_argument("--mass-high-min-assessment", type=int, default=4,
-                   help="BI-RADS assessment from which a mass is mass_high (default 4)")
-    p.add_argument("--benign-without-callback", choices=("benign", "separate"), default="benign",
-                   help="pathology classes: BENIGN_WITHOUT_CALLBACK is benign (default) or its own class")
-    p.add_argument("--resplit", action="store_true",
-                   help="patient-level re-split with --split fractions instead of the official train/test split")
-    p.add_argument("--val-fraction", type=float, default=0.15,
-                   help="official split: share of training images (by patient) kept for validation (default 0.15)")
+    p.add_argument(
+        "--mass-high-min-assessment",
+        type=int,
+        default=4,
+        help="BI-RADS assessment from which a mass is mass_high (default 4)",
+    )
+    p.add_argument(
+        "--benign-without-callback",
+        choices=("benign", "separate"),
+        default="benign",
+        help="pathology classes: BENIGN_WITHOUT_CALLBACK is benign (default) or its own class",
+    )
+    p.add_argument(
+        "--resplit",
+        action="store_true",
+        help="patient-level re-split with --split fractions instead of the official train/test split",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="official split: share of training images (by patient) kept for validation (default 0.15)",
+    )
     _add_geometry(p)
     p.add_argument("--out", required=True, help="output folder")
     _add_pixels(p)
@@ -127,8 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mias", help="MIAS Info.txt + PGM images -> COCO")
     p.add_argument("--info", required=True, help="Info.txt")
     p.add_argument("--images", required=True, help="folder holding mdbNNN.pgm")
-    p.add_argument("--classes", choices=("abnormality", "type", "pathology"), default="abnormality",
-                   help="abnormality: the six MIAS classes (default); type: calcification/mass; pathology")
+    p.add_argument(
+        "--classes",
+        choices=("abnormality", "type", "pathology"),
+        default="abnormality",
+        help="abnormality: the six MIAS classes (default); type: calcification/mass; pathology",
+    )
     p.add_argument("--out", required=True, help="output folder")
     _add_split(p)
     _add_run(p)
@@ -136,8 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inbreast", help="INbreast (INbreast.csv, AllDICOMs/, AllXML/) -> COCO")
     p.add_argument("--root", required=True, help="the release folder (INbreast Release 1.0)")
-    p.add_argument("--classes", choices=("type", "abnormality"), default="type",
-                   help="type: calcification/mass (default); abnormality: also distortion/asymmetry")
+    p.add_argument(
+        "--classes",
+        choices=("type", "abnormality"),
+        default="type",
+        help="type: calcification/mass (default); abnormality: also distortion/asymmetry",
+    )
     p.add_argument("--point-size", type=int, default=14, help="box size in px of single-point ROIs (default 14)")
     p.add_argument("--out", required=True, help="output folder")
     _add_pixels(p)
@@ -148,8 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("boxes", help="box CSV (image,x,y,width,height,class[,patient_id]) + images -> COCO")
     p.add_argument("--csv", required=True, help="the box CSV")
     p.add_argument("--images", required=True, help="folder the CSV's image paths are relative to")
-    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
-                   help="class names in id order (default: the CSV's classes, sorted)")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="class names in id order (default: the CSV's classes, sorted)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     _add_pixels(p)
     _add_split(p)
@@ -185,8 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("coco", help="COCO file")
     p.add_argument("--out", required=True, help="the subset COCO file")
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME", help="keep only these classes")
-    p.add_argument("--where", nargs="+", default=[], metavar="FIELD=V1,V2",
-                   help="keep images whose FIELD is one of the values, e.g. view=CC laterality=LEFT")
+    p.add_argument(
+        "--where",
+        nargs="+",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="keep images whose FIELD is one of the values, e.g. view=CC laterality=LEFT",
+    )
     p.add_argument("--max-images", type=int, default=None, help="then keep at most N images (random sample)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     p.add_argument("--image-root", default="", help="folder file_name is relative to (default: the JSON's folder)")
@@ -195,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check COCO files and their images; exit 1 on errors")
     p.add_argument("coco", nargs="+", help="COCO files, one per split (the file name is the split name)")
     p.add_argument("--image-root", default="", help="folder file_name is relative to (default: the JSON's folder)")
-    p.add_argument("--report-dir", default=None,
-                   help="where check_report.json/.md go (default: the first COCO file's folder)")
+    p.add_argument(
+        "--report-dir", default=None, help="where check_report.json/.md go (default: the first COCO file's folder)"
+    )
     p.add_argument("--no-images", action="store_true", help="check the annotations only, do not open images")
     p.add_argument("--workers", type=int, default=1, help="processes reading images (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -208,8 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--height", type=int, default=1024, help="mammogram height in pixels (default 1024)")
     p.add_argument("--width", type=int, default=640, help="mammogram width in pixels (default 640)")
-    p.add_argument("--quirks", action="store_true",
-                   help="break it like real downloads: a corrupt DICOM, a missing file, a mismatched mask size")
+    p.add_argument(
+        "--quirks",
+        action="store_true",
+        help="break it like real downloads: a corrupt DICOM, a missing file, a mismatched mask size",
+    )
     p.add_argument("--jpeg-release", action="store_true", help="write the JPEG re-release layout (csv/, jpeg/)")
     _add_debug(p)
     return parser
@@ -266,22 +345,40 @@ def _convert(args: argparse.Namespace):
     if args.command == "mias":
         from meddet.data.formats.mias import convert_mias
 
-        return convert_mias(args.info, args.images, args.out, scheme=args.classes, split=args.split, seed=args.seed,
-                            **common)
+        return convert_mias(
+            args.info, args.images, args.out, scheme=args.classes, split=args.split, seed=args.seed, **common
+        )
     if args.command == "inbreast":
         from meddet.data.formats.inbreast import convert_inbreast
 
-        return convert_inbreast(args.root, args.out, scheme=args.classes, point_size=args.point_size,
-                                pixels=_pixels(args), split=args.split, seed=args.seed, **common)
+        return convert_inbreast(
+            args.root,
+            args.out,
+            scheme=args.classes,
+            point_size=args.point_size,
+            pixels=_pixels(args),
+            split=args.split,
+            seed=args.seed,
+            **common,
+        )
     if args.command == "boxes":
         from meddet.data.formats.box_csv import convert_box_csv
 
-        return convert_box_csv(args.csv, args.images, args.out, classes=args.classes, pixels=_pixels(args),
-                               split=args.split, seed=args.seed, **common)
+        return convert_box_csv(
+            args.csv,
+            args.images,
+            args.out,
+            classes=args.classes,
+            pixels=_pixels(args),
+            split=args.split,
+            seed=args.seed,
+            **common,
+        )
     from meddet.data.formats.images import convert_images
 
-    return convert_images(args.src, args.out, pixels=_pixels(args), flip_left=args.flip_left,
-                          crop_breast=args.crop_breast, **common)
+    return convert_images(
+        args.src, args.out, pixels=_pixels(args), flip_left=args.flip_left, crop_breast=args.crop_breast, **common
+    )
 
 
 def _where(items: list[str]) -> dict[str, list[str]]:
@@ -318,8 +415,13 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "check":
         from meddet.data.check import check_dataset
 
-        report = check_dataset(args.coco, image_root=args.image_root, check_images=not args.no_images,
-                               workers=args.workers, progress=not args.no_progress)
+        report = check_dataset(
+            args.coco,
+            image_root=args.image_root,
+            check_images=not args.no_images,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
         print(report.table())
         paths = report.write(args.report_dir or Path(args.coco[0]).parent)
         print(f"\nreport: {paths[0]} and {paths[1]}")
@@ -333,22 +435,30 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "coco2yolo":
         from meddet.data.formats.yolo import coco_to_yolo
 
-        print(coco_to_yolo({Path(p).stem: p for p in args.coco}, args.out, image_root=args.image_root,
-                           link=args.symlink))
+        print(
+            coco_to_yolo({Path(p).stem: p for p in args.coco}, args.out, image_root=args.image_root, link=args.symlink)
+        )
         return 0
     if args.command == "merge":
         from meddet.data.formats.coco_tools import merge_coco
 
         merged = merge_coco(args.coco, args.out)
-        print(f"{len(merged['images'])} images, {len(merged['annotations'])} boxes, "
-              f"classes {[c['name'] for c in merged['categories']]} -> {args.out}")
+        print(
+            f"{len(merged['images'])} images, {len(merged['annotations'])} boxes, "
+            f"classes {[c['name'] for c in merged['categories']]} -> {args.out}"
+        )
         return 0
     if args.command == "subset":
         from meddet.data.coco import load_coco, save_json_atomic
         from meddet.data.formats.coco_tools import filter_coco, rebase_file_names
 
-        sub = filter_coco(load_coco(args.coco), categories=args.classes, where=_where(args.where),
-                          max_images=args.max_images, seed=args.seed)
+        sub = filter_coco(
+            load_coco(args.coco),
+            categories=args.classes,
+            where=_where(args.where),
+            max_images=args.max_images,
+            seed=args.seed,
+        )
         save_json_atomic(rebase_file_names(sub, args.coco, args.out, args.image_root), args.out)
         print(f"{len(sub['images'])} images, {len(sub['annotations'])} boxes -> {args.out}")
         return 0

@@ -57,10 +57,16 @@ def main(argv: list[str] | None = None) -> int:
             arts = tuple(a for a in ARTEFACTS if rng.random() < 0.5)
             for a in arts:
                 counts[a] += 1
-            film = render_film(rng, h, w, side, view, [("mass_high", 1), ("calcification", 1)], arts,
-                               density=int(rng.integers(1, 5)))
-            ds = encode_dicom(film.image, bits_stored=12 if i % 2 else 16, photometric=film.photometric,
-                              attributes={"Laterality": side[0]}, uid_entropy=(str(i),))
+            film = render_film(
+                rng, h, w, side, view, [("mass_high", 1), ("calcification", 1)], arts, density=int(rng.integers(1, 5))
+            )
+            ds = encode_dicom(
+                film.image,
+                bits_stored=12 if i % 2 else 16,
+                photometric=film.photometric,
+                attributes={"Laterality": side[0]},
+                uid_entropy=(str(i),),
+            )
             path = Path(tmp) / f"{i}.dcm"
             save_dicom(ds, path)
             img = read_dicom(path, bit_depth=16 if i % 3 == 0 else 8)
@@ -100,15 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     def pct(a: int, b: int) -> str:
         return f"{100.0 * a / b:.2f}%" if b else "n/a"
 
-    print(f"{args.images} synthetic films of {h} x {w} (seed {args.seed}), artefacts drawn: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(
+        f"{args.images} synthetic films of {h} x {w} (seed {args.seed}), artefacts drawn: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
     print(f"boxes kept in the crop:          {pct(boxes_in, boxes_total)} ({boxes_in}/{boxes_total})   target 100%")
     print(f"label/marker pixels excluded:    {pct(label_out, label_total)} ({label_out}/{label_total})   target >= 95%")
     print(f"side from pixels = Laterality:   {pct(side_ok, args.images)} ({side_ok}/{args.images})   target 100%")
     print(f"breast tissue pixels kept:       {pct(tissue_in, tissue_total)}")
     print(f"ruler/tape pixels excluded:      {pct(strip_out, strip_total)}")
-    print(f"crop area (share of the image):  mean {np.mean(areas):.3f}, max {np.max(areas):.3f}; "
-          f"whole-image fallbacks {fallbacks}")
+    print(
+        f"crop area (share of the image):  mean {np.mean(areas):.3f}, max {np.max(areas):.3f}; "
+        f"whole-image fallbacks {fallbacks}"
+    )
     print(f"time: {elapsed:.1f} s ({1000 * elapsed / args.images:.1f} ms per image, DICOM write + read included)")
     for k, v in worst.items():
         if v:

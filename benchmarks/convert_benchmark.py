@@ -65,8 +65,9 @@ def make_files(folder: Path, n: int, size: tuple[int, int], n_distinct: int = 50
     for k in range(min(n, n_distinct)):
         rng = np.random.default_rng(k)
         side = "LEFT" if k % 2 else "RIGHT"
-        img, _ = render_mammogram(rng, size[0], size[1], side, "CC" if k % 3 else "MLO", 1 + k % 4,
-                                  [("mass_high", 1), ("calcification", 1)])
+        img, _ = render_mammogram(
+            rng, size[0], size[1], side, "CC" if k % 3 else "MLO", 1 + k % 4, [("mass_high", 1), ("calcification", 1)]
+        )
         bases.append(img)
     paths = []
     for k in range(n):
@@ -95,8 +96,13 @@ def naive(src: Path, dst: Path, steps: dict[str, float]) -> None:
     t4 = time.perf_counter()
     cv2.imwrite(str(dst), u8)
     t5 = time.perf_counter()
-    for name, a, b in (("read+decode", t0, t1), ("VOI (apply_voi_lut)", t1, t2), ("min-max (float64)", t2, t3),
-                       ("gamma (float pow)", t3, t4), ("PNG write", t4, t5)):
+    for name, a, b in (
+        ("read+decode", t0, t1),
+        ("VOI (apply_voi_lut)", t1, t2),
+        ("min-max (float64)", t2, t3),
+        ("gamma (float pow)", t3, t4),
+        ("PNG write", t4, t5),
+    ):
         steps[name] = steps.get(name, 0.0) + (b - a)
 
 
@@ -174,19 +180,27 @@ def rss_child(src: str, out: str, workers: int) -> None:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    report = convert_images(src, out, pixels=PixelOptions(gamma=GAMMA), run=RunOptions(workers=workers),
-                            progress=False)
+    report = convert_images(src, out, pixels=PixelOptions(gamma=GAMMA), run=RunOptions(workers=workers), progress=False)
     stop.set()
     thread.join()
-    print(json.dumps({"images": report.n_images, "main_mb": _status_mb("self", "VmHWM"),
-                      "worker_mb": peaks["worker"], "total_mb": peaks["total"]}))
+    print(
+        json.dumps(
+            {
+                "images": report.n_images,
+                "main_mb": _status_mb("self", "VmHWM"),
+                "worker_mb": peaks["worker"],
+                "total_mb": peaks["total"],
+            }
+        )
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=50, help="files timed (default 50)")
-    ap.add_argument("--size", type=int, nargs=2, default=(2048, 1536), metavar=("H", "W"),
-                    help="mammogram size (default 2048 1536)")
+    ap.add_argument(
+        "--size", type=int, nargs=2, default=(2048, 1536), metavar=("H", "W"), help="mammogram size (default 2048 1536)"
+    )
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the parallel run (default 2)")
     ap.add_argument("--rss-files", type=int, nargs="+", default=[50, 500], help="file counts of the memory runs")
     ap.add_argument("--dir", default=None, help="working folder (default: a temporary one, deleted)")
@@ -213,10 +227,20 @@ def main() -> None:
         (work / "naive").mkdir()
         steps: dict[str, float] = {}
         naive_wall, naive_cpu = timed(lambda: [naive(p, work / "naive" / f"{p.stem}.png", steps) for p in timed_files])
-        one_wall, one_cpu = timed(lambda: convert_images(timed_dir, work / "one", pixels=PixelOptions(gamma=GAMMA),
-                                                         run=RunOptions(workers=1), progress=False))
-        par_wall, _ = timed(lambda: convert_images(timed_dir, work / "par", pixels=PixelOptions(gamma=GAMMA),
-                                                   run=RunOptions(workers=args.workers), progress=False))
+        one_wall, one_cpu = timed(
+            lambda: convert_images(
+                timed_dir, work / "one", pixels=PixelOptions(gamma=GAMMA), run=RunOptions(workers=1), progress=False
+            )
+        )
+        par_wall, _ = timed(
+            lambda: convert_images(
+                timed_dir,
+                work / "par",
+                pixels=PixelOptions(gamma=GAMMA),
+                run=RunOptions(workers=args.workers),
+                progress=False,
+            )
+        )
         (work / "steps").mkdir()
         mine = meddet_steps(timed_files, work / "steps")
 
@@ -228,12 +252,18 @@ def main() -> None:
 
         print(f"\n{n} files, 8-bit PNG, min-max + gamma {GAMMA}")
         print(f"  naive loop            {n / naive_wall:7.2f} images/s   (CPU {naive_cpu / n * 1000:.0f} ms/image)")
-        print(f"  meddet, 1 process     {n / one_wall:7.2f} images/s   (CPU {one_cpu / n * 1000:.0f} ms/image)"
-              f"   x{naive_wall / one_wall:.2f} the naive loop (CPU time x{naive_cpu / one_cpu:.2f})")
-        print(f"  meddet, {args.workers} workers     {n / par_wall:7.2f} images/s"
-              f"                        x{naive_wall / par_wall:.2f} the naive loop")
-        print(f"  largest pixel difference between the two outputs: {diff} grey level(s)"
-              " (the naive loop rounds twice: to uint8, then after gamma)")
+        print(
+            f"  meddet, 1 process     {n / one_wall:7.2f} images/s   (CPU {one_cpu / n * 1000:.0f} ms/image)"
+            f"   x{naive_wall / one_wall:.2f} the naive loop (CPU time x{naive_cpu / one_cpu:.2f})"
+        )
+        print(
+            f"  meddet, {args.workers} workers     {n / par_wall:7.2f} images/s"
+            f"                        x{naive_wall / par_wall:.2f} the naive loop"
+        )
+        print(
+            f"  largest pixel difference between the two outputs: {diff} grey level(s)"
+            " (the naive loop rounds twice: to uint8, then after gamma)"
+        )
         print("\n  where the time goes (ms per image)")
         for name, total in steps.items():
             print(f"    naive   {name:32s} {total / n * 1000:7.1f}")
@@ -246,11 +276,17 @@ def main() -> None:
             src.mkdir()
             for p in files[:count]:
                 os.link(p, src / p.name)
-            out = subprocess.run([sys.executable, __file__, "--_rss-child", str(src), str(work / f"rss_out_{count}"),
-                                  str(args.workers)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--_rss-child", str(src), str(work / f"rss_out_{count}"), str(args.workers)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"  {count:5d} files: main {r['main_mb']:6.0f} MB, largest worker {r['worker_mb']:6.0f} MB, "
-                  f"all processes {r['total_mb']:6.0f} MB ({r['images']} images written)")
+            print(
+                f"  {count:5d} files: main {r['main_mb']:6.0f} MB, largest worker {r['worker_mb']:6.0f} MB, "
+                f"all processes {r['total_mb']:6.0f} MB ({r['images']} images written)"
+            )
             shutil.rmtree(work / f"rss_out_{count}")
         print(f"\nload average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
     finally:

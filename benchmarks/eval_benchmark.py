@@ -17,12 +17,14 @@ each as a fresh subprocess from process start to files written (what a user wait
 Each command runs `--repeat` times (default 3, alternating); the fastest run counts, as the least
 disturbed by other load. Prints the times, their CPU seconds, where meddet's time goes (start-up and
 loading / computing / writing, from its log) and the two ratios against their targets (issue 17:
-full <= 1.3x, COCO-only <= 0.6x bare pycocotools); exit code 1 when a target is missed or an AP differs from pycocotools'. Also runs the
+full <= 1.3x, COCO-only <= 0.6x bare pycocotools); exit code 1 when a target is missed or an AP differs
+from pycocotools'. Also runs the
 in-process `run_evaluation` once for the compute-only figure of earlier versions of this benchmark.
 
     python benchmarks/eval_benchmark.py
     python benchmarks/eval_benchmark.py --images 200 --no-images   # quick look, galleries excluded
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +41,9 @@ import cv2
 import numpy as np
 
 
-def synthesise(n_images: int, dets_per_image: int, n_classes: int, size: int, seed: int,
-               image_dir: Path | None) -> tuple[dict, list[dict]]:
+def synthesise(
+    n_images: int, dets_per_image: int, n_classes: int, size: int, seed: int, image_dir: Path | None
+) -> tuple[dict, list[dict]]:
     """A COCO ground truth and COCO-results detections (and the images, when `image_dir`)."""
     rng = np.random.default_rng(seed)
     images, anns, dets = [], [], []
@@ -53,27 +56,49 @@ def synthesise(n_images: int, dets_per_image: int, n_classes: int, size: int, se
             w, h = rng.uniform(10, size / 4, 2)
             x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
             c = int(rng.integers(1, n_classes + 1))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
             if img is not None:
-                cv2.ellipse(img, (int(x + w / 2), int(y + h / 2)), (int(w / 2), int(h / 2)), 0, 0, 360,
-                            int(120 + 40 * c), -1)
+                cv2.ellipse(
+                    img, (int(x + w / 2), int(y + h / 2)), (int(w / 2), int(h / 2)), 0, 0, 360, int(120 + 40 * c), -1
+                )
             for _ in range(int(rng.integers(1, 4))):
                 j = rng.normal(0, 0.1, 4) * [w, h, w, h]
                 cls = c if rng.random() < 0.85 else int(rng.integers(1, n_classes + 1))
-                dets.append({"image_id": i + 1, "category_id": cls,
-                             "bbox": [x + j[0], y + j[1], max(2.0, w + j[2]), max(2.0, h + j[3])],
-                             "score": float(rng.beta(4, 2))})
+                dets.append(
+                    {
+                        "image_id": i + 1,
+                        "category_id": cls,
+                        "bbox": [x + j[0], y + j[1], max(2.0, w + j[2]), max(2.0, h + j[3])],
+                        "score": float(rng.beta(4, 2)),
+                    }
+                )
                 n_det += 1
         for _ in range(dets_per_image - n_det):
             w, h = rng.uniform(10, size / 4, 2)
-            dets.append({"image_id": i + 1, "category_id": int(rng.integers(1, n_classes + 1)),
-                         "bbox": [float(rng.uniform(0, size - w)), float(rng.uniform(0, size - h)), w, h],
-                         "score": float(rng.beta(1.5, 4))})
+            dets.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(rng.integers(1, n_classes + 1)),
+                    "bbox": [float(rng.uniform(0, size - w)), float(rng.uniform(0, size - h)), w, h],
+                    "score": float(rng.beta(1.5, 4)),
+                }
+            )
         if img is not None:
             cv2.imwrite(str(image_dir / name), img)
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": k + 1, "name": f"class{k + 1}"} for k in range(n_classes)]}
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": k + 1, "name": f"class{k + 1}"} for k in range(n_classes)],
+    }
     return gt, dets
 
 
@@ -140,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (EVAL.BOOTSTRAP_SAMPLES)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-images", action="store_true", help="write no images: galleries excluded")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="runs of each command, alternating; the fastest counts (default 3)")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs of each command, alternating; the fastest counts (default 3)"
+    )
     p.add_argument("--no-in-process", action="store_true", help="skip the in-process run_evaluation timing")
     p.add_argument("--out", default="", help="keep meddet's evaluation files here (default: a temporary folder)")
     args = p.parse_args(argv)
@@ -157,19 +183,22 @@ def main(argv: list[str] | None = None) -> int:
         gt_path, res_path = root / "gt.json", root / "results.json"
         gt_path.write_text(json.dumps(gt))
         res_path.write_text(json.dumps(dets))
-        print(f"data: {args.images} images, {len(gt['annotations'])} ground truths, {len(dets)} detections "
-              f"({'with' if image_dir else 'without'} images), made in {time.perf_counter() - t:.1f}s")
+        print(
+            f"data: {args.images} images, {len(gt['annotations'])} ground truths, {len(dets)} detections "
+            f"({'with' if image_dir else 'without'} images), made in {time.perf_counter() - t:.1f}s"
+        )
         del gt, dets
 
         bare_cmd = [py, "-c", BARE_PYCOCOTOOLS, str(gt_path), str(res_path)]
         t_bare, proc = run_timed(bare_cmd, root, key="bare")
         ap_ref = float(re.search(r"AP=([0-9.eE+-]+|nan)", proc.stdout).group(1))
-        print(f"bare pycocotools (COCO, loadRes, evaluate+accumulate+summarize), end to end: {t_bare:7.2f}s  "
-              f"AP {ap_ref:.6f}")
+        print(
+            f"bare pycocotools (COCO, loadRes, evaluate+accumulate+summarize), end to end: {t_bare:7.2f}s  "
+            f"AP {ap_ref:.6f}"
+        )
 
         out = Path(args.out) if args.out else root / "eval"
-        base = [py, str(ROOT / "detectron.py"), "-c", "evaluate", "--gt", str(gt_path), "--predictions",
-                str(res_path)]
+        base = [py, str(ROOT / "detectron.py"), "-c", "evaluate", "--gt", str(gt_path), "--predictions", str(res_path)]
         opts = ["EVAL.BOOTSTRAP_SAMPLES", str(args.resamples), "EVAL.BOOTSTRAP_SEED", str(args.seed)]
         full_cmd = base + ["--output", str(out)] + opts
         coco_cmd = base + ["--output", str(root / "eval_coco"), "--views", "coco"] + opts
@@ -177,27 +206,35 @@ def main(argv: list[str] | None = None) -> int:
         ap_full = json.loads((out / "metrics.json").read_text())["bbox/AP"] / 100
         n_png = len(list(out.glob("*.png")))
         galleries = len(list(out.glob("errors_f*.png")))
-        print(f"meddet full evaluation ({args.resamples} bootstrap resamples, {n_png} PNGs incl. {galleries} "
-              f"galleries, {len(list(out.iterdir()))} files), end to end: {t_full:7.2f}s  AP {ap_full:.6f}")
+        print(
+            f"meddet full evaluation ({args.resamples} bootstrap resamples, {n_png} PNGs incl. {galleries} "
+            f"galleries, {len(list(out.iterdir()))} files), end to end: {t_full:7.2f}s  AP {ap_full:.6f}"
+        )
         print(f"    {breakdown(t_full, proc_full.stderr)}")
 
         out_coco = root / "eval_coco"
         t_coco, proc_coco = run_timed(coco_cmd, root, key="coco")
         ap_coco = json.loads((out_coco / "metrics.json").read_text())["bbox/AP"] / 100
-        print(f"meddet COCO-only (--views coco), end to end:                              {t_coco:7.2f}s  "
-              f"AP {ap_coco:.6f}")
+        print(
+            f"meddet COCO-only (--views coco), end to end:                              {t_coco:7.2f}s  "
+            f"AP {ap_coco:.6f}"
+        )
         print(f"    {breakdown(t_coco, proc_coco.stderr)}")
         for _ in range(args.repeat - 1):  # alternate, so that a burst of load elsewhere hits all three alike
             t_bare = min(t_bare, run_timed(bare_cmd, root, key="bare")[0])
             t_full = min(t_full, run_timed(full_cmd, root, key="full")[0])
             t_coco = min(t_coco, run_timed(coco_cmd, root, key="coco")[0])
         if args.repeat > 1:
-            print(f"fastest of {args.repeat} alternating runs each: bare pycocotools {t_bare:.2f}s, meddet full "
-                  f"{t_full:.2f}s, COCO-only {t_coco:.2f}s")
+            print(
+                f"fastest of {args.repeat} alternating runs each: bare pycocotools {t_bare:.2f}s, meddet full "
+                f"{t_full:.2f}s, COCO-only {t_coco:.2f}s"
+            )
         cpu = {k: min(v) for k, v in CPU_SECONDS.items()}
-        print(f"CPU seconds (user+system, least of the runs): bare pycocotools {cpu['bare']:.2f}, meddet full "
-              f"{cpu['full']:.2f} ({cpu['full'] / cpu['bare']:.2f}x), COCO-only {cpu['coco']:.2f} "
-              f"({cpu['coco'] / cpu['bare']:.2f}x)")
+        print(
+            f"CPU seconds (user+system, least of the runs): bare pycocotools {cpu['bare']:.2f}, meddet full "
+            f"{cpu['full']:.2f} ({cpu['full'] / cpu['bare']:.2f}x), COCO-only {cpu['coco']:.2f} "
+            f"({cpu['coco'] / cpu['bare']:.2f}x)"
+        )
 
         if not args.no_in_process:
             import logging
@@ -206,18 +243,27 @@ def main(argv: list[str] | None = None) -> int:
             from meddet.evaluation import run_evaluation
 
             t = time.perf_counter()
-            run_evaluation(gt_path, res_path, root / "eval_inprocess", bootstrap_samples=args.resamples,
-                           bootstrap_seed=args.seed, gallery_size=16)
-            print(f"(in process, imports done: run_evaluation with every view and file: "
-                  f"{time.perf_counter() - t:.2f}s)")
+            run_evaluation(
+                gt_path,
+                res_path,
+                root / "eval_inprocess",
+                bootstrap_samples=args.resamples,
+                bootstrap_seed=args.seed,
+                gallery_size=16,
+            )
+            print(
+                f"(in process, imports done: run_evaluation with every view and file: {time.perf_counter() - t:.2f}s)"
+            )
 
         ok = True
         r_full, r_coco = t_full / t_bare, t_coco / t_bare
         for what, r, target in (("full", r_full, TARGET_FULL), ("COCO-only", r_coco, TARGET_COCO)):
             passed = r <= target
             ok &= passed
-            print(f"ratio meddet {what} / bare pycocotools: {r:.2f}  ->  {'PASS' if passed else 'FAIL'} "
-                  f"(target <= {target:.2f})")
+            print(
+                f"ratio meddet {what} / bare pycocotools: {r:.2f}  ->  {'PASS' if passed else 'FAIL'} "
+                f"(target <= {target:.2f})"
+            )
         for what, ap in (("full", ap_full), ("COCO-only", ap_coco)):
             if abs(ap - ap_ref) > 1e-6:
                 print(f"FAIL: meddet {what} AP {ap:.6f} differs from pycocotools {ap_ref:.6f}")

@@ -64,6 +64,7 @@ Ultralytics runs offline: YOLO_OFFLINE=1 (its is_online() is False: no downloads
 at run time), its settings in the output folder (YOLO_CONFIG_DIR) with sync and every logger integration off,
 plots off (no font download) and the AMP check (which downloads yolo26n.pt) replaced by "AMP on" on CUDA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,9 +77,10 @@ import statistics
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,8 +107,9 @@ class BenchError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
-def ultralytics_to_coco(boxes_xyxy: Any, scores: Any, classes: Any, image_id: Any,
-                        category_ids: Sequence[int]) -> list[dict]:
+def ultralytics_to_coco(
+    boxes_xyxy: Any, scores: Any, classes: Any, image_id: Any, category_ids: Sequence[int]
+) -> list[dict]:
     """COCO results (``bbox`` = [x, y, w, h] in the image's pixels) from one image's Ultralytics boxes
     (``Results.boxes.xyxy``, ``.conf``, ``.cls``); class index k becomes ``category_ids[k]``."""
     b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
@@ -115,11 +118,19 @@ def ultralytics_to_coco(boxes_xyxy: Any, scores: Any, classes: Any, image_id: An
     if not (len(b) == len(s) == len(c)):
         raise ValueError(f"{len(b)} boxes, {len(s)} scores and {len(c)} classes; expected one of each per box")
     if len(c) and (c.min() < 0 or c.max() >= len(category_ids)):
-        raise ValueError(f"class index {int(c.max()) if c.max() >= len(category_ids) else int(c.min())} outside "
-                         f"0..{len(category_ids) - 1} (the {len(category_ids)} categories)")
-    return [{"image_id": image_id, "category_id": int(category_ids[k]),
-             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(sc)}
-            for (x0, y0, x1, y1), sc, k in zip(b, s, c)]
+        raise ValueError(
+            f"class index {int(c.max()) if c.max() >= len(category_ids) else int(c.min())} outside "
+            f"0..{len(category_ids) - 1} (the {len(category_ids)} categories)"
+        )
+    return [
+        {
+            "image_id": image_id,
+            "category_id": int(category_ids[k]),
+            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+            "score": float(sc),
+        }
+        for (x0, y0, x1, y1), sc, k in zip(b, s, c)
+    ]
 
 
 def region_bands(height: int, bands: dict[str, tuple[float, float]] = REGION_BANDS) -> dict[str, tuple[int, int]]:
@@ -155,13 +166,27 @@ def read_voc(xml_path: str | os.PathLike) -> dict:
         bb = obj.find("bndbox")
         boxes.append([float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
         names.append(obj.findtext("name", "").strip())
-    return {"filename": root.findtext("filename", ""), "width": int(size.findtext("width")),
-            "height": int(size.findtext("height")), "boxes": np.array(boxes, dtype=np.float64).reshape(-1, 4),
-            "names": names}
+    return {
+        "filename": root.findtext("filename", ""),
+        "width": int(size.findtext("width")),
+        "height": int(size.findtext("height")),
+        "boxes": np.array(boxes, dtype=np.float64).reshape(-1, 4),
+        "names": names,
+    }
 
 
-TABLE_COLUMNS = ["dataset", "model", "mAP50", "mAP50-95", "sens@1FP", "iterations", "batch", "epochs", "train_s",
-                 "ms/image"]
+TABLE_COLUMNS = [
+    "dataset",
+    "model",
+    "mAP50",
+    "mAP50-95",
+    "sens@1FP",
+    "iterations",
+    "batch",
+    "epochs",
+    "train_s",
+    "ms/image",
+]
 
 
 def format_table(rows: Sequence[dict], markdown: bool = True) -> str:
@@ -247,8 +272,7 @@ def build_mammo(root: Path, small: bool, seed: int) -> Dataset:
 
     if not (root / "coco" / "test.json").is_file():
         synth = make_cbis_ddsm(root / "cbis_ddsm", n_patients=20 if small else 60, seed=42, image_size=(384, 240))
-        report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], root / "coco",
-                                   seed=42)
+        report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], root / "coco", seed=42)
         if report.skipped:
             raise BenchError(f"mammo: conversion skipped {len(report.skipped)} item(s): {report.skipped[:3]}")
     splits = {s: root / "coco" / f"{s}.json" for s in ("train", "val", "test")}
@@ -257,10 +281,24 @@ def build_mammo(root: Path, small: bool, seed: int) -> Dataset:
 
 
 def _tile_opts(size: int, names: list[str]) -> list:
-    return ["TILING.ENABLED", False, "INPUT.MIN_SIZE_TRAIN", (size,), "INPUT.MAX_SIZE_TRAIN", size,
-            "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size,
-            "MODEL.ROI_HEADS.NUM_CLASSES", len(names), "MODEL.RETINANET.NUM_CLASSES", len(names),
-            "DATASETS.CLASS_NAMES", list(names)]
+    return [
+        "TILING.ENABLED",
+        False,
+        "INPUT.MIN_SIZE_TRAIN",
+        (size,),
+        "INPUT.MAX_SIZE_TRAIN",
+        size,
+        "INPUT.MIN_SIZE_TEST",
+        size,
+        "INPUT.MAX_SIZE_TEST",
+        size,
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        len(names),
+        "MODEL.RETINANET.NUM_CLASSES",
+        len(names),
+        "DATASETS.CLASS_NAMES",
+        list(names),
+    ]
 
 
 def build_cytology(root: Path, small: bool, seed: int) -> Dataset:
@@ -271,10 +309,17 @@ def build_cytology(root: Path, small: bool, seed: int) -> Dataset:
     tiles = root / "tiles"
     if not (tiles / "test" / "test.json").is_file():
         data_dir = root / "data"
-        make_cytology(data_dir, n_images=6 if small else 12, size=768 if small else 1536,
-                      cells_per_image=80 if small else 300, n_patients=6 if small else 12, seed=7)
-        train = TilingParams(size=size, overlap=0.2, min_visible=0.5, minority_classes=("cluster",),
-                             negative_fraction=0.3, seed=seed)
+        make_cytology(
+            data_dir,
+            n_images=6 if small else 12,
+            size=768 if small else 1536,
+            cells_per_image=80 if small else 300,
+            n_patients=6 if small else 12,
+            seed=7,
+        )
+        train = TilingParams(
+            size=size, overlap=0.2, min_visible=0.5, minority_classes=("cluster",), negative_fraction=0.3, seed=seed
+        )
         for split in ("train", "val", "test"):
             params = train if split == "train" else replace(train.for_evaluation(), overlap=0.0)
             write_tile_dataset(data_dir / "coco" / f"{split}.json", tiles / split, params)
@@ -289,8 +334,10 @@ def deepforest_data_dir() -> Path:
 
     spec = importlib.util.find_spec("deepforest")
     if spec is None or not spec.submodule_search_locations:
-        raise BenchError("deepforest is not installed: pip install --no-deps --target <dir> deepforest==2.1.0 "
-                           "and put <dir> on PYTHONPATH (or pass --deepforest-data)")
+        raise BenchError(
+            "deepforest is not installed: pip install --no-deps --target <dir> deepforest==2.1.0 "
+            "and put <dir> on PYTHONPATH (or pass --deepforest-data)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
@@ -314,21 +361,38 @@ def write_region_split(data_dir: Path, out: Path, min_visible: float = 0.5) -> d
             continue
         pixels = np.asarray(Image.open(image_file).convert("RGB"))
         if pixels.shape[:2] != (voc["height"], voc["width"]):
-            raise BenchError(f"{image_file}: {pixels.shape[1]}x{pixels.shape[0]}, but {xml} says "
-                               f"{voc['width']}x{voc['height']}")
+            raise BenchError(
+                f"{image_file}: {pixels.shape[1]}x{pixels.shape[0]}, but {xml} says {voc['width']}x{voc['height']}"
+            )
         for split, (y0, y1) in region_bands(voc["height"]).items():
             coco = cocos[split]
             image_id = len(coco["images"]) + 1
             name = f"images/{xml.stem}_{split}.png"
             Image.fromarray(pixels[y0:y1]).save(out / name)
-            coco["images"].append({"id": image_id, "file_name": name, "height": y1 - y0, "width": voc["width"],
-                                   "source": image_file.name, "patient_id": xml.stem, "rows": [y0, y1]})
+            coco["images"].append(
+                {
+                    "id": image_id,
+                    "file_name": name,
+                    "height": y1 - y0,
+                    "width": voc["width"],
+                    "source": image_file.name,
+                    "patient_id": xml.stem,
+                    "rows": [y0, y1],
+                }
+            )
             boxes, _ = clip_to_band(voc["boxes"], y0, y1, min_visible)
             for x0, by0, x1, by1 in boxes:
                 w, h = float(x1 - x0), float(by1 - by0)
-                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
-                                            "category_id": 1, "bbox": [float(x0), float(by0), w, h],
-                                            "area": w * h, "iscrowd": 0})
+                coco["annotations"].append(
+                    {
+                        "id": len(coco["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "bbox": [float(x0), float(by0), w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
     paths = {}
     for split, coco in cocos.items():
         paths[split] = out / f"{split}.json"
@@ -355,8 +419,8 @@ def build_deepforest(root: Path, small: bool, seed: int, data_dir: Path | None =
 
 # ---------------------------------------------------------------------------------------------- meddet side
 def _time_budget_hook(budget: float, calibrate: float = 0.1):
-    from meddet.engine import HookBase
-    from meddet.engine.solver import lr_factor
+    from meddet.training import HookBase
+    from meddet.training.solver import lr_factor
 
     class TimeBudget(HookBase):
         """Fit the schedule to a wall-clock budget: at 10% and 50% of it, set MAX_ITER from the measured
@@ -403,11 +467,31 @@ def meddet_config(ds: Dataset, model: str, out: Path, device: str, seed: int):
 
     base = ds.configs["frcnn" if model.startswith("frcnn") else "retinanet"]
     opts = list(ds.opts) + [
-        "DATASETS.TRAIN", (str(ds.splits["train"]),), "DATASETS.VAL", (str(ds.splits["val"]),),
-        "DATASETS.TEST", (str(ds.splits["test"]),), "OUTPUT_DIR", str(out), "MODEL.DEVICE", device,
-        "SEED", seed, "TEST.EVAL_PERIOD", 0, "SOLVER.MAX_ITER", 10_000_000, "SOLVER.CHECKPOINT_PERIOD", 0,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", CONF, "MODEL.RETINANET.SCORE_THRESH_TEST", CONF,
-        "TEST.DETECTIONS_PER_IMAGE", MAX_DET]
+        "DATASETS.TRAIN",
+        (str(ds.splits["train"]),),
+        "DATASETS.VAL",
+        (str(ds.splits["val"]),),
+        "DATASETS.TEST",
+        (str(ds.splits["test"]),),
+        "OUTPUT_DIR",
+        str(out),
+        "MODEL.DEVICE",
+        device,
+        "SEED",
+        seed,
+        "TEST.EVAL_PERIOD",
+        0,
+        "SOLVER.MAX_ITER",
+        10_000_000,
+        "SOLVER.CHECKPOINT_PERIOD",
+        0,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        CONF,
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        CONF,
+        "TEST.DETECTIONS_PER_IMAGE",
+        MAX_DET,
+    ]
     if model == "frcnn_r50":
         opts += ["MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256]
     cfg = load_config(REPO / base, [str(o) if isinstance(o, Path) else o for o in _flatten(opts)])
@@ -420,7 +504,7 @@ def _flatten(opts: list) -> list:
 
 
 def train_meddet(ds: Dataset, model: str, out: Path, budget: float, device: str, seed: int) -> dict:
-    from meddet.engine import Trainer
+    from meddet.training import Trainer
 
     if out.exists():
         shutil.rmtree(out)
@@ -434,8 +518,14 @@ def train_meddet(ds: Dataset, model: str, out: Path, budget: float, device: str,
         epochs = iterations * batch / len(trainer.train_loader.dataset)
     except (AttributeError, TypeError, ZeroDivisionError):
         epochs = None
-    return {"train_s": time.perf_counter() - t0, "iterations": iterations, "batch": batch, "epochs": epochs,
-            "weights": out / "model_final.pth", "cfg": cfg}
+    return {
+        "train_s": time.perf_counter() - t0,
+        "iterations": iterations,
+        "batch": batch,
+        "epochs": epochs,
+        "weights": out / "model_final.pth",
+        "cfg": cfg,
+    }
 
 
 def predict_meddet(trained: dict, ds: Dataset) -> tuple[list[dict], float]:
@@ -475,11 +565,23 @@ def _ultralytics(threads: int | None = None):
         from ultralytics import YOLO
         from ultralytics.utils import SETTINGS
     except ImportError as e:
-        raise BenchError("Ultralytics is not importable: `make bench-peer` installs it (see the module docstring)"
-                           f" ({e})") from None
-    SETTINGS.update({"sync": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False,
-                     "raytune": False, "tensorboard": False, "wandb": False, "vscode_msg": False,
-                     "openvino_msg": False})
+        raise BenchError(
+            f"Ultralytics is not importable: `make bench-peer` installs it (see the module docstring) ({e})"
+        ) from None
+    SETTINGS.update(
+        {
+            "sync": False,
+            "clearml": False,
+            "comet": False,
+            "dvc": False,
+            "mlflow": False,
+            "raytune": False,
+            "tensorboard": False,
+            "wandb": False,
+            "vscode_msg": False,
+            "openvino_msg": False,
+        }
+    )
     import ultralytics.engine.trainer as ul_trainer
 
     ul_trainer.check_amp = lambda model: True  # the real check downloads yolo26n.pt; AMP is used only on CUDA
@@ -498,8 +600,9 @@ def _yolo_device(device: str) -> str:
     return "0" if device == "cuda" else device
 
 
-def train_yolo(ds: Dataset, model: str, data_yaml: Path, out: Path, budget: float, device: str, seed: int,
-               batch: int, threads: int) -> dict:
+def train_yolo(
+    ds: Dataset, model: str, data_yaml: Path, out: Path, budget: float, device: str, seed: int, batch: int, threads: int
+) -> dict:
     YOLO = _ultralytics(threads)
     if out.exists():
         shutil.rmtree(out)
@@ -507,14 +610,34 @@ def train_yolo(ds: Dataset, model: str, data_yaml: Path, out: Path, budget: floa
     batches = [0]  # counted at the start: a batch begun is trained on (the time stop comes after its step)
     net.add_callback("on_train_batch_start", lambda trainer: batches.__setitem__(0, batches[0] + 1))
     t0 = time.perf_counter()
-    net.train(data=str(data_yaml), epochs=10_000, time=budget / 3600, imgsz=ds.imgsz, batch=batch,
-              device=_yolo_device(device), workers=1, project=str(out.parent), name=out.name, exist_ok=True,
-              pretrained=False, plots=False, val=False, seed=seed, deterministic=False, verbose=False,
-              patience=0)
+    net.train(
+        data=str(data_yaml),
+        epochs=10_000,
+        time=budget / 3600,
+        imgsz=ds.imgsz,
+        batch=batch,
+        device=_yolo_device(device),
+        workers=1,
+        project=str(out.parent),
+        name=out.name,
+        exist_ok=True,
+        pretrained=False,
+        plots=False,
+        val=False,
+        seed=seed,
+        deterministic=False,
+        verbose=False,
+        patience=0,
+    )
     train_s = time.perf_counter() - t0
     per_epoch = len(net.trainer.train_loader)
-    return {"train_s": train_s, "iterations": batches[0], "batch": int(net.trainer.batch_size),
-            "epochs": batches[0] / per_epoch if per_epoch else None, "weights": out / "weights" / "last.pt"}
+    return {
+        "train_s": train_s,
+        "iterations": batches[0],
+        "batch": int(net.trainer.batch_size),
+        "epochs": batches[0] / per_epoch if per_epoch else None,
+        "weights": out / "weights" / "last.pt",
+    }
 
 
 def predict_yolo(trained: dict, ds: Dataset, device: str, threads: int) -> tuple[list[dict], float]:
@@ -539,8 +662,9 @@ def predict_yolo(trained: dict, ds: Dataset, device: str, threads: int) -> tuple
         r = net.predict(image, **kw)[0]
         times.append(time.perf_counter() - t0)
         bx = r.boxes
-        results.extend(ultralytics_to_coco(bx.xyxy.cpu().numpy(), bx.conf.cpu().numpy(), bx.cls.cpu().numpy(),
-                                           im["id"], cat_ids))
+        results.extend(
+            ultralytics_to_coco(bx.xyxy.cpu().numpy(), bx.conf.cpu().numpy(), bx.cls.cpu().numpy(), im["id"], cat_ids)
+        )
     return results, 1000 * statistics.median(times)
 
 
@@ -551,11 +675,22 @@ def score(ds: Dataset, model: str, preds: list[dict], out: Path) -> tuple[dict, 
 
     out.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out / "coco_instances_results.json")
-    res = run_evaluation(ds.splits["test"], out / "coco_instances_results.json", out, bootstrap_samples=0,
-                         gallery_size=0, image_root=str(ds.splits["test"].parent))
+    res = run_evaluation(
+        ds.splits["test"],
+        out / "coco_instances_results.json",
+        out,
+        bootstrap_samples=0,
+        gallery_size=0,
+        image_root=str(ds.splits["test"].parent),
+    )
     m = res.metrics
-    row = {"dataset": ds.name, "model": model, "mAP50": float(m["bbox/AP50"]), "mAP50-95": float(m["bbox/AP"]),
-           "sens@1FP": 100 * float(m.get("froc/sens@1fp", float("nan")))}
+    row = {
+        "dataset": ds.name,
+        "model": model,
+        "mAP50": float(m["bbox/AP50"]),
+        "mAP50-95": float(m["bbox/AP"]),
+        "sens@1FP": 100 * float(m.get("froc/sens@1fp", float("nan"))),
+    }
     for n in ds.class_names:
         row[f"AP50 {n}"] = float(m.get(f"bbox/AP50-{n}", float("nan")))
     return row, pr_curve_frame(res.coco, res.data.class_names)
@@ -575,8 +710,13 @@ def plot_pr(curves: dict[str, Any], ds: str, out: Path, map50: dict[str, float] 
         style = "--" if model.startswith("yolo") else "-"
         label = f"{model} (mAP50 {map50[model]:.1f})" if map50 and model in map50 else model
         ax.plot(df["recall"], df["all"], style, label=label)
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"{ds}: precision-recall, IoU 0.5 (mean over classes)")
+    ax.set(
+        xlabel="Recall",
+        ylabel="Precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"{ds}: precision-recall, IoU 0.5 (mean over classes)",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     path = out / f"pr_curves_{ds}.png"
@@ -598,8 +738,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown += [d for d in datasets if d not in DATASETS]
     if unknown:
-        raise BenchError(f"unknown model/dataset {unknown}; models: {YOLO_MODELS + MEDDET_MODELS}, "
-                           f"datasets: {DATASETS}")
+        raise BenchError(
+            f"unknown model/dataset {unknown}; models: {YOLO_MODELS + MEDDET_MODELS}, datasets: {DATASETS}"
+        )
     if any(m in YOLO_MODELS for m in models):
         _ultralytics(args.threads)  # fail now, not after an hour of meddet training
     rows: list[dict] = []
@@ -613,8 +754,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         elif name == "cytology":
             ds = build_cytology(data, args.small, args.seed)
         else:
-            ds = build_deepforest(data, args.small, args.seed,
-                                  Path(args.deepforest_data) if args.deepforest_data else None)
+            ds = build_deepforest(
+                data, args.small, args.seed, Path(args.deepforest_data) if args.deepforest_data else None
+            )
         data_yaml = None
         curves = {}
         for model in models:
@@ -626,21 +768,35 @@ def run(args: argparse.Namespace) -> list[dict]:
                     from meddet.data.formats.yolo import coco_to_yolo
 
                     data_yaml = coco_to_yolo({s: p for s, p in ds.splits.items()}, root / "yolo_data", link=True)
-                trained = train_yolo(ds, model, data_yaml, run_dir / "train", args.budget_seconds, args.device,
-                                     args.seed, args.yolo_batch, args.threads)
+                trained = train_yolo(
+                    ds,
+                    model,
+                    data_yaml,
+                    run_dir / "train",
+                    args.budget_seconds,
+                    args.device,
+                    args.seed,
+                    args.yolo_batch,
+                    args.threads,
+                )
                 torch.set_num_threads(args.threads)
                 preds, ms = predict_yolo(trained, ds, args.device, args.threads)
             else:
                 trained = train_meddet(ds, model, run_dir / "train", args.budget_seconds, args.device, args.seed)
                 preds, ms = predict_meddet(trained, ds)
             row, curves[model] = score(ds, model, preds, run_dir / "eval")
-            row.update(iterations=trained["iterations"], batch=trained["batch"], epochs=trained["epochs"],
-                       train_s=trained["train_s"],
-                       **{"ms/image": ms})
+            row.update(
+                iterations=trained["iterations"],
+                batch=trained["batch"],
+                epochs=trained["epochs"],
+                train_s=trained["train_s"],
+                **{"ms/image": ms},
+            )
             rows.append(row)
             write_table(rows, out)
-            logger.info("%s / %s: mAP50 %.1f, %d iterations, %.1f ms/image", name, model, row["mAP50"],
-                        row["iterations"], ms)
+            logger.info(
+                "%s / %s: mAP50 %.1f, %d iterations, %.1f ms/image", name, model, row["mAP50"], row["iterations"], ms
+            )
         if curves:
             plot_pr(curves, name, out, {r["model"]: r["mAP50"] for r in rows if r["dataset"] == name})
     return rows
@@ -660,8 +816,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--deepforest-data", default="", help="deepforest's data/ folder (default: the installed package's)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
+    )
     try:
         rows = run(args)
     except BenchError as e:
@@ -671,12 +828,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print()
     print(format_table(rows, markdown=False))
-    print(f"\nmAP50, mAP50-95, AP50 <class>: COCO AP in percent on the test split; sens@1FP: FROC sensitivity (%) at "
-          f"1 false positive per image; iterations: batches of `batch` images trained on (Ultralytics steps its "
-          f"optimizer every 64 images); epochs: passes over the training images; train_s: wall-clock of training "
-          f"({args.budget_seconds:.0f} s budget; Ultralytics adds its data scan and final validation); "
-          f"ms/image: median predict time.\nFiles: {Path(args.output).resolve()} (results.csv, results.md, "
-          "pr_curves_<dataset>.png, <dataset>/<model>/eval/)")
+    print(
+        f"\nmAP50, mAP50-95, AP50 <class>: COCO AP in percent on the test split; sens@1FP: FROC sensitivity (%) at "
+        f"1 false positive per image; iterations: batches of `batch` images trained on (Ultralytics steps its "
+        f"optimizer every 64 images); epochs: passes over the training images; train_s: wall-clock of training "
+        f"({args.budget_seconds:.0f} s budget; Ultralytics adds its data scan and final validation); "
+        f"ms/image: median predict time.\nFiles: {Path(args.output).resolve()} (results.csv, results.md, "
+        "pr_curves_<dataset>.png, <dataset>/<model>/eval/)"
+    )
     return 0
 
 

@@ -36,6 +36,7 @@ On a CPU the model is >99% of the time: the speed-up comes from the optimised mo
 tiles in parallel rather than ops (the detector's proposal/box post-processing and the Python between ops
 are serial, so one tile per thread keeps every core busy where intra-op threads idle through them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,31 +60,56 @@ CLASS_NAMES = ["cell", "cluster"]
 
 def make_cfg(args: argparse.Namespace):
     cfg = get_cfg()
-    cfg.merge_from_list([
-        "MODEL.DEVICE", args.device,
-        "MODEL.ENGINE", "torchvision",
-        "MODEL.RESNETS.DEPTH", 18,
-        "MODEL.RESNETS.NORM", "BN",
-        "MODEL.BACKBONE.FREEZE_AT", 0,
-        "MODEL.FPN.OUT_CHANNELS", 64,
-        "MODEL.ROI_BOX_HEAD.FC_DIM", 256,
-        "MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]],
-        "MODEL.RPN.POST_NMS_TOPK_TEST", 300,
-        "MODEL.ROI_HEADS.NUM_CLASSES", len(CLASS_NAMES),
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", args.score_thresh,
-        "MODEL.PIXEL_STD", [57.375, 57.12, 58.395],
-        "TEST.DETECTIONS_PER_IMAGE", args.per_tile,
-        "INPUT.MIN_SIZE_TEST", args.tile,
-        "INPUT.MAX_SIZE_TEST", args.tile,
-        "TILING.SIZE", args.tile,
-        "TILING.OVERLAP", args.overlap,
-        "TILING.BATCH_SIZE", args.batch,
-        "TILING.FULL_IMAGE_PASS", False,
-        "TILING.MERGE", "greedy_nmm",
-        "TILING.MATCH_METRIC", "ios",
-        "TILING.MATCH_THRESH", 0.5,
-        "TILING.CLASS_AGNOSTIC", False,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            args.device,
+            "MODEL.ENGINE",
+            "torchvision",
+            "MODEL.RESNETS.DEPTH",
+            18,
+            "MODEL.RESNETS.NORM",
+            "BN",
+            "MODEL.BACKBONE.FREEZE_AT",
+            0,
+            "MODEL.FPN.OUT_CHANNELS",
+            64,
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            256,
+            "MODEL.ANCHOR_GENERATOR.SIZES",
+            [[8], [16], [32], [64], [128]],
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            300,
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            len(CLASS_NAMES),
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            args.score_thresh,
+            "MODEL.PIXEL_STD",
+            [57.375, 57.12, 58.395],
+            "TEST.DETECTIONS_PER_IMAGE",
+            args.per_tile,
+            "INPUT.MIN_SIZE_TEST",
+            args.tile,
+            "INPUT.MAX_SIZE_TEST",
+            args.tile,
+            "TILING.SIZE",
+            args.tile,
+            "TILING.OVERLAP",
+            args.overlap,
+            "TILING.BATCH_SIZE",
+            args.batch,
+            "TILING.FULL_IMAGE_PASS",
+            False,
+            "TILING.MERGE",
+            "greedy_nmm",
+            "TILING.MATCH_METRIC",
+            "ios",
+            "TILING.MATCH_THRESH",
+            0.5,
+            "TILING.CLASS_AGNOSTIC",
+            False,
+        ]
+    )
     return cfg
 
 
@@ -114,8 +140,13 @@ def sahi_model_class():
 
         def __init__(self, model: torch.nn.Module, cfg, **kwargs):
             self._cfg = cfg
-            super().__init__(model=model, confidence_threshold=0.0, device=str(cfg.MODEL.DEVICE),
-                             category_mapping={str(i): n for i, n in enumerate(CLASS_NAMES)}, **kwargs)
+            super().__init__(
+                model=model,
+                confidence_threshold=0.0,
+                device=str(cfg.MODEL.DEVICE),
+                category_mapping={str(i): n for i, n in enumerate(CLASS_NAMES)},
+                **kwargs,
+            )
 
         def set_device(self, device=None) -> None:
             self.device = device
@@ -130,8 +161,11 @@ def sahi_model_class():
         def perform_inference(self, image: np.ndarray) -> None:
             self._original_predictions = self.model([prepare_image(image, self._cfg)])
 
-        def _create_object_prediction_list_from_original_predictions(self, shift_amount_list=[[0, 0]],  # noqa: B006
-                                                                     full_shape_list=None) -> None:
+        def _create_object_prediction_list_from_original_predictions(
+            self,
+            shift_amount_list=[[0, 0]],  # noqa: B006
+            full_shape_list=None,
+        ) -> None:
             if shift_amount_list and isinstance(shift_amount_list[0], (int, float)):
                 shift_amount_list = [shift_amount_list]
             if full_shape_list and isinstance(full_shape_list[0], (int, float)):
@@ -143,12 +177,20 @@ def sahi_model_class():
                 classes = det["classes"].cpu().numpy()
                 shift = shift_amount_list[k] if shift_amount_list else [0, 0]
                 full = full_shape_list[k] if full_shape_list else None
-                per_image.append([
-                    ObjectPrediction(bbox=boxes[i].tolist(), category_id=int(classes[i]),
-                                     category_name=CLASS_NAMES[int(classes[i])], score=float(scores[i]),
-                                     shift_amount=list(shift), full_shape=full)
-                    for i in range(len(boxes)) if scores[i] > self.confidence_threshold
-                ])
+                per_image.append(
+                    [
+                        ObjectPrediction(
+                            bbox=boxes[i].tolist(),
+                            category_id=int(classes[i]),
+                            category_name=CLASS_NAMES[int(classes[i])],
+                            score=float(scores[i]),
+                            shift_amount=list(shift),
+                            full_shape=full,
+                        )
+                        for i in range(len(boxes))
+                        if scores[i] > self.confidence_threshold
+                    ]
+                )
             self._object_prediction_list_per_image = per_image
 
     return MeddetSahiModel
@@ -163,8 +205,9 @@ def greedy_agreement(a_boxes, a_cls, b_boxes, b_cls, thresh: float = 0.95) -> tu
         ia, ib = np.flatnonzero(a_cls == c), np.flatnonzero(b_cls == c)
         if not len(ia) or not len(ib):
             continue
-        iou = box_iou(torch.as_tensor(a_boxes[ia], dtype=torch.float64),
-                      torch.as_tensor(b_boxes[ib], dtype=torch.float64)).numpy()
+        iou = box_iou(
+            torch.as_tensor(a_boxes[ia], dtype=torch.float64), torch.as_tensor(b_boxes[ib], dtype=torch.float64)
+        ).numpy()
         r, k = np.nonzero(iou >= thresh)
         order = np.argsort(-iou[r, k], kind="stable")
         used_a, used_b = set(), set()
@@ -196,15 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=4096, help="image side (px)")
     ap.add_argument("--tile", type=int, default=512, help="TILING.SIZE (px)")
     ap.add_argument("--overlap", type=float, default=0.2, help="TILING.OVERLAP")
-    ap.add_argument("--batch", type=int, default=None,
-                    help="TILING.BATCH_SIZE (meddet; default 1 on the CPU, 8 on CUDA)")
+    ap.add_argument(
+        "--batch", type=int, default=None, help="TILING.BATCH_SIZE (meddet; default 1 on the CPU, 8 on CUDA)"
+    )
     ap.add_argument("--per-tile", type=int, default=100, help="TEST.DETECTIONS_PER_IMAGE")
     ap.add_argument("--score-thresh", type=float, default=0.05, help="ROI_HEADS.SCORE_THRESH_TEST")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each (median), after a warm-up")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads for both (default: torch.get_num_threads(), i.e. OMP_NUM_THREADS)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="meddet tile-parallel threads (default: sliced_predict's)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for both (default: torch.get_num_threads(), i.e. OMP_NUM_THREADS)",
+    )
+    ap.add_argument(
+        "--workers", type=int, default=None, help="meddet tile-parallel threads (default: sliced_predict's)"
+    )
     ap.add_argument("--ablation", action="store_true", help="also time meddet with each optimisation off")
     ap.add_argument("--device", default="cpu", help="MODEL.DEVICE")
     args = ap.parse_args(argv)
@@ -216,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         from sahi.predict import get_sliced_prediction
         from sahi.prediction import ObjectPrediction
     except ImportError as e:
-        print(f"SAHI is not installed ({e}); install it with:\n"
-              "  pip install --no-deps sahi==0.12.8 && pip install shapely fire requests pyyaml pillow")
+        print(
+            f"SAHI is not installed ({e}); install it with:\n"
+            "  pip install --no-deps sahi==0.12.8 && pip install shapely fire requests pyyaml pillow"
+        )
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -230,18 +281,32 @@ def main(argv: list[str] | None = None) -> int:
     image = make_image(args.size)
     sahi_model = sahi_model_class()(model, cfg)
     n_tiles = len(range(0, max(1, args.size - args.tile), args.tile - int(args.overlap * args.tile))) + 1
-    print(f"image {args.size}x{args.size}, tiles {args.tile} px, overlap {args.overlap} (~{n_tiles ** 2} tiles), "
-          f"device {args.device}, torch threads {args.threads} (both), merge GREEDYNMM/IOS/0.5 class-aware")
+    print(
+        f"image {args.size}x{args.size}, tiles {args.tile} px, overlap {args.overlap} (~{n_tiles**2} tiles), "
+        f"device {args.device}, torch threads {args.threads} (both), merge GREEDYNMM/IOS/0.5 class-aware"
+    )
     print(f"SAHI:   plain model, 1 tile per call, {args.threads} intra-op threads")
-    print(f"meddet: {'; '.join(fast.inference_optimizations) or 'no model optimisation'}; TILING.BATCH_SIZE "
-          f"{args.batch}; {workers} tile-parallel worker(s) x {max(1, args.threads // workers)} intra-op thread(s)")
+    print(
+        f"meddet: {'; '.join(fast.inference_optimizations) or 'no model optimisation'}; TILING.BATCH_SIZE "
+        f"{args.batch}; {workers} tile-parallel worker(s) x {max(1, args.threads // workers)} intra-op thread(s)"
+    )
 
     def run_sahi():
         return get_sliced_prediction(
-            image, sahi_model, slice_height=args.tile, slice_width=args.tile, overlap_height_ratio=args.overlap,
-            overlap_width_ratio=args.overlap, perform_standard_pred=False, postprocess_type="GREEDYNMM",
-            postprocess_match_metric="IOS", postprocess_match_threshold=0.5, postprocess_class_agnostic=False,
-            verbose=0, force_postprocess_type=True)
+            image,
+            sahi_model,
+            slice_height=args.tile,
+            slice_width=args.tile,
+            overlap_height_ratio=args.overlap,
+            overlap_width_ratio=args.overlap,
+            perform_standard_pred=False,
+            postprocess_type="GREEDYNMM",
+            postprocess_match_metric="IOS",
+            postprocess_match_threshold=0.5,
+            postprocess_class_agnostic=False,
+            verbose=0,
+            force_postprocess_type=True,
+        )
 
     def run_meddet():
         return sliced_predict(fast, image, cfg, workers=workers)
@@ -254,35 +319,48 @@ def main(argv: list[str] | None = None) -> int:
     agree_med = matched / n_med if n_med else 1.0
     agree_sahi = matched / n_sahi if n_sahi else 1.0
     ratio = t_sahi / t_med if t_med > 0 else math.inf
-    print(f"SAHI   get_sliced_prediction: {t_sahi:8.2f} s  ({n_sahi} boxes; its postprocess "
-          f"{res.durations_in_seconds.get('postprocess', float('nan')):.2f} s)")
+    print(
+        f"SAHI   get_sliced_prediction: {t_sahi:8.2f} s  ({n_sahi} boxes; its postprocess "
+        f"{res.durations_in_seconds.get('postprocess', float('nan')):.2f} s)"
+    )
     print(f"meddet sliced_predict:        {t_med:8.2f} s  ({n_med} boxes)")
     print(f"speed-up: {ratio:.2f}x")
-    print(f"agreement (same class, IoU >= 0.95, one-to-one): {agree_med:.2%} of meddet boxes, "
-          f"{agree_sahi:.2%} of SAHI boxes")
+    print(
+        f"agreement (same class, IoU >= 0.95, one-to-one): {agree_med:.2%} of meddet boxes, "
+        f"{agree_sahi:.2%} of SAHI boxes"
+    )
     # The merge stage alone, on the same raw tile detections (what meddet does instead of SAHI's postprocess).
     raw_cfg = cfg.clone()
     raw_cfg.TILING.MERGE = "none"
     raw = sliced_predict(fast, image, raw_cfg, workers=workers)
-    raw_preds = [ObjectPrediction(bbox=b.tolist(), category_id=int(c), score=float(sc))
-                 for b, sc, c in zip(raw["boxes"], raw["scores"], raw["classes"])]
+    raw_preds = [
+        ObjectPrediction(bbox=b.tolist(), category_id=int(c), score=float(sc))
+        for b, sc, c in zip(raw["boxes"], raw["scores"], raw["classes"])
+    ]
     post = GreedyNMMPostprocess(match_threshold=0.5, match_metric="IOS", class_agnostic=False)
-    t_post, _, t_merge, _ = timed_pair(lambda: post(list(raw_preds)),
-                                       lambda: merge_detections(raw["boxes"], raw["scores"], raw["classes"]),
-                                       args.repeats)
-    print(f"merge stage alone on the {len(raw_preds)} raw tile boxes: SAHI GreedyNMMPostprocess {t_post:.3f} s, "
-          f"meddet merge_detections {t_merge:.3f} s ({t_post / max(t_merge, 1e-9):.1f}x)")
+    t_post, _, t_merge, _ = timed_pair(
+        lambda: post(list(raw_preds)),
+        lambda: merge_detections(raw["boxes"], raw["scores"], raw["classes"]),
+        args.repeats,
+    )
+    print(
+        f"merge stage alone on the {len(raw_preds)} raw tile boxes: SAHI GreedyNMMPostprocess {t_post:.3f} s, "
+        f"meddet merge_detections {t_merge:.3f} s ({t_post / max(t_merge, 1e-9):.1f}x)"
+    )
     if args.ablation:
         variants = {
             "plain model, 1 worker": (model, 1),
             "plain model, tile-parallel workers": (model, workers),
             "optimised model, 1 worker": (fast, 1),
-            "batchnorm folded only, tile-parallel workers":
-                (optimize_for_inference(model, channels_last=False), workers),
+            "batchnorm folded only, tile-parallel workers": (
+                optimize_for_inference(model, channels_last=False),
+                workers,
+            ),
         }
         for name, (m, wk) in variants.items():
-            t_var, _, t_ref, _ = timed_pair(lambda m=m, wk=wk: sliced_predict(m, image, cfg, workers=wk), run_meddet,
-                                            args.repeats)
+            t_var, _, t_ref, _ = timed_pair(
+                lambda m=m, wk=wk: sliced_predict(m, image, cfg, workers=wk), run_meddet, args.repeats
+            )
             print(f"ablation: meddet with {name}: {t_var:.2f} s (full meddet alongside: {t_ref:.2f} s)")
     ok = agree_med >= 0.95 and agree_sahi >= 0.95 and ratio >= 1.5
     print("PASS" if ok else "FAIL", "(target: agreement >= 95% both ways, meddet >= 1.5x faster)")

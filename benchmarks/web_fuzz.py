@@ -9,6 +9,7 @@ reports the status counts, 5xx answers other than 503, whether the server crashe
 
     python benchmarks/web_fuzz.py [--model BUNDLE] [--count 1000] [--clients 4] [--max-memory 1024]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,10 +63,13 @@ def make_corpus(rng: random.Random, tmp: Path) -> dict[str, list[bytes]]:
     nrng = np.random.default_rng(0)
     grey = nrng.integers(0, 40, (96, 120), dtype=np.uint8)
     grey[20:50, 30:60] = 220
-    valid = [cv2.imencode(".png", grey)[1].tobytes(), cv2.imencode(".jpg", grey)[1].tobytes(),
-             cv2.imencode(".png", (grey.astype(np.uint16) * 257))[1].tobytes(),
-             cv2.imencode(".png", np.dstack([grey] * 3).astype(np.uint16) * 257)[1].tobytes(),
-             synthetic_dicom(tmp / "a.dcm", size=(160, 128)).read_bytes()]
+    valid = [
+        cv2.imencode(".png", grey)[1].tobytes(),
+        cv2.imencode(".jpg", grey)[1].tobytes(),
+        cv2.imencode(".png", (grey.astype(np.uint16) * 257))[1].tobytes(),
+        cv2.imencode(".png", np.dstack([grey] * 3).astype(np.uint16) * 257)[1].tobytes(),
+        synthetic_dicom(tmp / "a.dcm", size=(160, 128)).read_bytes(),
+    ]
     bombs = []
     for depth, colour in ((8, 0), (16, 0), (8, 2), (16, 2), (8, 6), (16, 6), (8, 4), (16, 4)):
         for side in (9000, 20000, 65535):
@@ -74,7 +78,7 @@ def make_corpus(rng: random.Random, tmp: Path) -> dict[str, list[bytes]]:
     sof = jpg.index(b"\xff\xc0")
     for h, w in ((60000, 50000), (65535, 65535), (9000, 9000)):
         j = bytearray(jpg)
-        j[sof + 5:sof + 9] = struct.pack(">HH", h, w)
+        j[sof + 5 : sof + 9] = struct.pack(">HH", h, w)
         bombs.append(bytes(j))
     for bits in (8, 16):  # TIFF headers declaring huge images
         entries = [(256, 4, 1, 60000), (257, 4, 1, 60000), (258, 3, 1, bits), (277, 3, 1, 3)]
@@ -113,8 +117,10 @@ def multipart(fields: list[tuple[str, bytes, bool]], boundary: str = "fuzzb0unda
     for name, value, is_file in fields:
         out.write(f"--{boundary}\r\n".encode())
         if is_file:
-            out.write(f'Content-Disposition: form-data; name="{name}"; filename="x"\r\n'
-                      "Content-Type: application/octet-stream\r\n\r\n".encode())
+            out.write(
+                f'Content-Disposition: form-data; name="{name}"; filename="x"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n".encode()
+            )
         else:
             out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
         out.write(value + b"\r\n")
@@ -129,7 +135,7 @@ def send(port: int, raw: bytes, slow: bool = False, timeout: float = 60) -> int:
             if slow:
                 step = max(1, len(raw) // 8)
                 for i in range(0, len(raw), step):
-                    s.sendall(raw[i:i + step])
+                    s.sendall(raw[i : i + step])
                     time.sleep(0.1)
             else:
                 s.sendall(raw)
@@ -159,8 +165,10 @@ def send(port: int, raw: bytes, slow: bool = False, timeout: float = 60) -> int:
 
 def post(body: bytes, ctype: str, length: int | None = None) -> bytes:
     n = len(body) if length is None else length
-    return (f"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {n}\r\n\r\n").encode() + body
+    return (
+        f"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {n}\r\n\r\n"
+    ).encode() + body
 
 
 def one_request(rng: random.Random, corpus: dict, state: dict) -> tuple[str, bytes, bool]:
@@ -187,12 +195,20 @@ def one_request(rng: random.Random, corpus: dict, state: dict) -> tuple[str, byt
         body, ctype = multipart([("file", rng.choice(corpus["valid"] + corpus["bomb"]), True)])
         return "slow_body", post(body, ctype), True
     elif r < 0.93:
-        return "oversize", post(b"x" * 1024, "multipart/form-data; boundary=x", length=rng.choice(
-            [70 * 2**20, 2**31, 10**12])), False
+        return (
+            "oversize",
+            post(b"x" * 1024, "multipart/form-data; boundary=x", length=rng.choice([70 * 2**20, 2**31, 10**12])),
+            False,
+        )
     else:
-        junk = rng.choice([b"GARBAGE\r\n\r\n", b"POST /api/v1/predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
-                           b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                           b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"])
+        junk = rng.choice(
+            [
+                b"GARBAGE\r\n\r\n",
+                b"POST /api/v1/predict HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+            ]
+        )
         return "malformed", junk, False
     body, ctype = multipart([("file", data, True)])
     return kind, post(body, ctype), False
@@ -238,11 +254,27 @@ def main(argv: list[str] | None = None) -> int:
             port = s.getsockname()[1]
         server_tmp = tmp / "server_tmp"
         server_tmp.mkdir()
-        proc = subprocess.Popen([sys.executable, str(REPO / "webapp" / "web.py"), "--model", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--threads", "4",
-                                 "--max-memory", str(args.max_memory)],
-                                env={**os.environ, "TMPDIR": str(server_tmp)},
-                                stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "webapp" / "web.py"),
+                "--model",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--threads",
+                "4",
+                "--max-memory",
+                str(args.max_memory),
+            ],
+            env={**os.environ, "TMPDIR": str(server_tmp)},
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "server.log", "wb"),
+        )
         try:
             deadline = time.time() + 120
             while True:
@@ -309,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server crashed: {'no' if alive else 'YES'}; healthy after: {'yes' if healthy else 'NO'}")
         print(f"files left in the server's temporary folder: {len(leftovers)}")
         bound = idle_rss + args.max_memory
-        print(f"peak RSS {peak:,.0f} MiB; idle RSS with the model {idle_rss:,.0f} MiB + budget {args.max_memory:,.0f} MiB"
-              f" = {bound:,.0f} MiB -> {'within' if peak <= bound else 'OVER'}")
+        print(
+            f"peak RSS {peak:,.0f} MiB; idle RSS with the model {idle_rss:,.0f} MiB + budget {args.max_memory:,.0f} MiB"
+            f" = {bound:,.0f} MiB -> {'within' if peak <= bound else 'OVER'}"
+        )
         return 0 if (alive and healthy and bad_5xx == 0 and peak <= bound and not leftovers) else 1
 
 

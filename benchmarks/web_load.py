@@ -19,6 +19,7 @@ one-client p50 <= 2.0 s, web overhead <= 15%. Exit status 1 when any request fai
 size (shortest edge 800, longest <= 1333) exported as a bundle in a temporary folder: the cost of a real
 model of that size, with meaningless boxes (up to 100 per image), when no trained bundle is at hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,10 +83,23 @@ def _synthetic_bundle(depth: int, root: Path) -> Path:
 
     run = root / "synthetic_run"
     run.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(str(REPO / "configs" / "Base-RCNN-FPN.yaml"), [
-        "MODEL.DEVICE", "cpu", "MODEL.ENGINE", "torchvision", "MODEL.RESNETS.DEPTH", str(depth),
-        "MODEL.ROI_HEADS.NUM_CLASSES", "2", "DATASETS.CLASS_NAMES", "['mass', 'calcification']",
-        "OUTPUT_DIR", str(run)])
+    cfg = load_config(
+        str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.ENGINE",
+            "torchvision",
+            "MODEL.RESNETS.DEPTH",
+            str(depth),
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "2",
+            "DATASETS.CLASS_NAMES",
+            "['mass', 'calcification']",
+            "OUTPUT_DIR",
+            str(run),
+        ],
+    )
     torch.manual_seed(0)
     torch.save({"model": build_model(cfg).state_dict(), "iteration": 0}, run / "model_final.pth")
     save_config(cfg, run / "config.yaml")
@@ -94,13 +108,20 @@ def _synthetic_bundle(depth: int, root: Path) -> Path:
 
 def _multipart(data: bytes) -> tuple[bytes, str]:
     boundary = "meddetbenchboundary7f3a"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"bench\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="bench"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _post(url: str, body: bytes, ctype: str, sizes: list[int] | None = None,
-          model_s: list[float] | None = None) -> tuple[float, int]:
+def _post(
+    url: str, body: bytes, ctype: str, sizes: list[int] | None = None, model_s: list[float] | None = None
+) -> tuple[float, int]:
     """Upload-to-result seconds (the whole answer read) and the status; the answer's size is added to `sizes`,
     the server's own model time (inference_ms) to `model_s`."""
     t0 = time.perf_counter()
@@ -133,12 +154,21 @@ def _pct(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model bundle folder or Hugging Face repo id")
-    ap.add_argument("--synthetic-model", type=int, metavar="DEPTH", choices=(18, 34, 50, 101),
-                    help="instead of --model: a random-weight ResNet-DEPTH FPN model at the default test size")
+    ap.add_argument(
+        "--synthetic-model",
+        type=int,
+        metavar="DEPTH",
+        choices=(18, 34, 50, 101),
+        help="instead of --model: a random-weight ResNet-DEPTH FPN model at the default test size",
+    )
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=16, help="requests in the concurrent run")
-    ap.add_argument("--image", choices=("dicom", "png"), default="dicom",
-                    help="dicom: a --rows x --cols 16-bit RLE mammogram (default); png: a --size² 8-bit PNG")
+    ap.add_argument(
+        "--image",
+        choices=("dicom", "png"),
+        default="dicom",
+        help="dicom: a --rows x --cols 16-bit RLE mammogram (default); png: a --size² 8-bit PNG",
+    )
     ap.add_argument("--rows", type=int, default=4500)
     ap.add_argument("--cols", type=int, default=2800)
     ap.add_argument("--size", type=int, default=2048, help="PNG side in pixels (--image png)")
@@ -165,9 +195,23 @@ def main(argv: list[str] | None = None) -> int:
     body, ctype = _multipart(data)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, str(REPO / "webapp" / "web.py"), "--model", args.model, "--port", str(port),
-         "--device", args.device, "--threads", str(args.clients + 2), "--max-queue", str(args.clients * 2)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(REPO / "webapp" / "web.py"),
+            "--model",
+            args.model,
+            "--port",
+            str(port),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.clients + 2),
+            "--max-queue",
+            str(args.clients * 2),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -177,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}")
+                    raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}") from None
                 time.sleep(0.2)
         url = base + f"/api/v1/predict?display=1&display_max_side={args.display_max_side}"
         legacy_sizes: list[int] = []
@@ -266,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     for k, v in report.items():
         print(f"{k:28s} {v}")
-    targets = [("response <= 1 MB", max(sizes) <= 1_000_000, f"{max(sizes) / 1e6:.3f} MB"),
-               ("one-client p50 <= 2.0 s", _pct(single_lat, 50) <= 2000, f"{_pct(single_lat, 50) / 1000:.2f} s"),
-               ("web overhead <= 15%", overhead <= 15, f"{overhead:.1f}%")]
+    targets = [
+        ("response <= 1 MB", max(sizes) <= 1_000_000, f"{max(sizes) / 1e6:.3f} MB"),
+        ("one-client p50 <= 2.0 s", _pct(single_lat, 50) <= 2000, f"{_pct(single_lat, 50) / 1000:.2f} s"),
+        ("web overhead <= 15%", overhead <= 15, f"{overhead:.1f}%"),
+    ]
     for name, ok, value in targets:
         print(f"target {name:26s} {value:>10s}  {'met' if ok else 'MISSED'}")
     print(json.dumps(report))

@@ -1,4 +1,5 @@
 """meddet: object detection in medical images on the Detectron2 model family."""
+
 import logging
 
 __version__ = "0.1.0"

@@ -1,9 +1,10 @@
 """Shared plumbing for the thin command-line front ends (detectron.py, convert_dataset.py)."""
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from meddet.errors import MeddetError
 

@@ -3,6 +3,7 @@
 Every message names the file or field at fault, what was found and what was expected,
 so the CLI can print it as one readable line.
 """
+
 from __future__ import annotations
 
 

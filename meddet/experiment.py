@@ -29,7 +29,7 @@ Metric names are keys of the flat metrics dict of `meddet.tasks.evaluate_model` 
 in the metric's own units.
 
 One run = (variant, seed[, fold]) in ``<output_dir>/runs/<variant>/seed<s>[/fold<k>]``: train
-(`meddet.engine.train`; resumed from its last checkpoint when one is there), then evaluate the final
+(`meddet.training.train`; resumed from its last checkpoint when one is there), then evaluate the final
 model on DATASETS.TEST[0] (under k-fold: on the held-out fold) into ``eval/``; ``run.json`` records
 variant, seed, fold, the whole metrics dict and the wall time of the call that finished it.
 ``run_config.yaml`` holds the config the run was made with: resuming with a different config is
@@ -59,6 +59,7 @@ training runs (``run (seed)``, or ``run (seed, fold)``), never images. The test 
 so they measure training variability only; the test-set sampling error of one run is in its
 ``eval/bootstrap_ci.csv``, by patient (``EVAL.BOOTSTRAP_UNIT``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -67,10 +68,11 @@ import math
 import re
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,15 +80,26 @@ import yaml
 from scipy import stats
 
 from meddet.config import CfgNode, load_config
-from meddet.data.coco import load_coco, resolve_image_path, save_json_atomic, read_json
+from meddet.data.coco import load_coco, read_json, resolve_image_path, save_json_atomic
 from meddet.data.splits import patient_key, subset_coco
 from meddet.errors import ConfigError, DataError
-import meddet.tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExperimentSpec", "ExperimentResult", "Rule", "KFold", "RunKey", "load_experiment", "run_experiment",
-           "kfold_split", "metric_value", "summarize", "paired_differences", "judge"]
+__all__ = [
+    "ExperimentSpec",
+    "ExperimentResult",
+    "Rule",
+    "KFold",
+    "RunKey",
+    "load_experiment",
+    "run_experiment",
+    "kfold_split",
+    "metric_value",
+    "summarize",
+    "paired_differences",
+    "judge",
+]
 
 TOP_FIELDS = ("base", "output_dir", "seeds", "baseline", "overrides", "variants", "metrics", "rules", "kfold")
 REQUIRED_FIELDS = ("base", "output_dir", "seeds", "baseline", "variants", "metrics")
@@ -96,8 +109,13 @@ KFOLD_BY = ("patient", "image")
 RUNNER_KEYS = ("SEED", "OUTPUT_DIR")
 KFOLD_KEYS = ("DATASETS.TRAIN", "DATASETS.VAL", "DATASETS.TEST")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-SHORTHANDS = {"recall": "prf1/recall-{}", "precision": "prf1/precision-{}", "F1": "prf1/F1-{}",
-              "AP": "bbox/AP-{}", "AP50": "bbox/AP50-{}"}
+SHORTHANDS = {
+    "recall": "prf1/recall-{}",
+    "precision": "prf1/precision-{}",
+    "F1": "prf1/F1-{}",
+    "AP": "bbox/AP-{}",
+    "AP50": "bbox/AP50-{}",
+}
 RUN_JSON = "run.json"
 RUN_CONFIG = "run_config.yaml"
 
@@ -231,8 +249,7 @@ def _flatten(path: Path, fld: str, data: Any) -> dict[str, Any]:
     return out
 
 
-def _apply_overrides(cfg: CfgNode, overrides: dict[str, Any], path: Path, fld: str,
-                     forbidden: Sequence[str]) -> None:
+def _apply_overrides(cfg: CfgNode, overrides: dict[str, Any], path: Path, fld: str, forbidden: Sequence[str]) -> None:
     for key, value in overrides.items():
         where = f"{fld}.{key}"
         if key in forbidden:
@@ -276,8 +293,11 @@ def _parse_rules(path: Path, data: Any, metrics: Sequence[str]) -> tuple[Rule, .
         kind = kinds[0]
         value = r[kind]
         if not _is_number(value) or (kind == "max_drop" and value < 0):
-            expected = "a number >= 0 (the allowed drop, in the metric's units)" if kind == "max_drop" else \
-                "a number (the required gain, in the metric's units)"
+            expected = (
+                "a number >= 0 (the allowed drop, in the metric's units)"
+                if kind == "max_drop"
+                else "a number (the required gain, in the metric's units)"
+            )
             raise _err(path, f"{fld}.{kind}", value, expected)
         on = r.get("on", "mean")
         if on not in RULE_ON:
@@ -317,8 +337,9 @@ def load_experiment(yaml_path: str | Path) -> ExperimentSpec:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with the fields {', '.join(REQUIRED_FIELDS)}; "
-                          f"found {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping with the fields {', '.join(REQUIRED_FIELDS)}; found {type(data).__name__}"
+        )
     unknown = sorted(set(data) - set(TOP_FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {unknown}; expected only {', '.join(TOP_FIELDS)}")
@@ -340,8 +361,12 @@ def load_experiment(yaml_path: str | Path) -> ExperimentSpec:
         raise _err(path, "output_dir", out, "a folder path")
 
     seeds = data["seeds"]
-    if (not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds)
-            or len(set(seeds)) != len(seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(_is_int(s) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise _err(path, "seeds", seeds, "a non-empty list of distinct integers >= 0")
 
     variants_in = data["variants"]
@@ -357,25 +382,41 @@ def load_experiment(yaml_path: str | Path) -> ExperimentSpec:
         raise _err(path, "baseline", baseline, f"one of the variants {list(variants)}")
 
     metrics = data["metrics"]
-    if (not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) and m for m in metrics)
-            or len(set(metrics)) != len(metrics)):
+    if (
+        not isinstance(metrics, list)
+        or not metrics
+        or not all(isinstance(m, str) and m for m in metrics)
+        or len(set(metrics)) != len(metrics)
+    ):
         raise _err(path, "metrics", metrics, "a non-empty list of distinct metric names, e.g. [bbox/AP50]")
 
     spec = ExperimentSpec(
-        path=path, base=base_path, output_dir=Path(out).expanduser(), seeds=tuple(int(s) for s in seeds),
-        baseline=baseline, variants=variants, overrides=_flatten(path, "overrides", data.get("overrides")),
-        metrics=tuple(metrics), rules=_parse_rules(path, data.get("rules"), metrics),
+        path=path,
+        base=base_path,
+        output_dir=Path(out).expanduser(),
+        seeds=tuple(int(s) for s in seeds),
+        baseline=baseline,
+        variants=variants,
+        overrides=_flatten(path, "overrides", data.get("overrides")),
+        metrics=tuple(metrics),
+        rules=_parse_rules(path, data.get("rules"), metrics),
         kfold=_parse_kfold(path, data.get("kfold")),
     )
     base_cfg = load_config(spec.base)
     for name in variants:
         _variant_cfg(spec, base_cfg, name)
     if not spec.kfold and not base_cfg.DATASETS.TEST:
-        raise ConfigError(f"{path}: base {spec.base}: DATASETS.TEST is empty; the runs are evaluated on "
-                          "DATASETS.TEST[0] (or use kfold)")
+        raise ConfigError(
+            f"{path}: base {spec.base}: DATASETS.TEST is empty; the runs are evaluated on "
+            "DATASETS.TEST[0] (or use kfold)"
+        )
     if not spec.kfold and len(base_cfg.DATASETS.TEST) > 1:
-        logger.warning("%s: the runs are evaluated on DATASETS.TEST[0] (%s) only, not on %s", path,
-                       base_cfg.DATASETS.TEST[0], ", ".join(base_cfg.DATASETS.TEST[1:]))
+        logger.warning(
+            "%s: the runs are evaluated on DATASETS.TEST[0] (%s) only, not on %s",
+            path,
+            base_cfg.DATASETS.TEST[0],
+            ", ".join(base_cfg.DATASETS.TEST[1:]),
+        )
     return spec
 
 
@@ -430,8 +471,10 @@ def _pooled_coco(cfg: CfgNode, spec: ExperimentSpec) -> dict[str, Any]:
         coco = load_coco(f)
         cats = sorted((c["id"], c["name"]) for c in coco["categories"])
         if cats_of is not None and cats != cats_of[1]:
-            raise DataError(f"{f}: categories {cats} differ from those of {cats_of[0]} ({cats_of[1]}); "
-                            "kfold pools the files, they must share categories")
+            raise DataError(
+                f"{f}: categories {cats} differ from those of {cats_of[0]} ({cats_of[1]}); "
+                "kfold pools the files, they must share categories"
+            )
         if cats_of is None:
             cats_of = (f, cats)
             pooled["categories"] = coco["categories"]
@@ -441,11 +484,11 @@ def _pooled_coco(cfg: CfgNode, spec: ExperimentSpec) -> dict[str, Any]:
             path = resolve_image_path(im["file_name"], f, cfg.DATASETS.IMAGE_ROOT).absolute()
             pooled["images"].append({**im, "id": new_id[im["id"]], "file_name": str(path)})
         for a in coco["annotations"]:
-            pooled["annotations"].append({**a, "id": len(pooled["annotations"]) + 1,
-                                          "image_id": new_id[a["image_id"]]})
+            pooled["annotations"].append({**a, "id": len(pooled["annotations"]) + 1, "image_id": new_id[a["image_id"]]})
     if spec.kfold.by == "patient" and not any(im.get("patient_id") not in (None, "") for im in pooled["images"]):
-        logger.warning("kfold by patient: no image of %s has a patient_id; every image is its own patient",
-                       ", ".join(files))
+        logger.warning(
+            "kfold by patient: no image of %s has a patient_id; every image is its own patient", ", ".join(files)
+        )
     return pooled
 
 
@@ -511,10 +554,12 @@ def paired_differences(runs: pd.DataFrame, baseline: str, metrics: Sequence[str]
             n = d.size
             mean = float(d.mean()) if n else float("nan")
             std = float(d.std(ddof=1)) if n > 1 else float("nan")
-            rows.append({"variant": v, "baseline": baseline, "metric": metric, "n_pairs": n,
-                         "mean_diff": mean, "std_diff": std})
+            rows.append(
+                {"variant": v, "baseline": baseline, "metric": metric, "n_pairs": n, "mean_diff": mean, "std_diff": std}
+            )
     out = pd.DataFrame(rows, columns=["variant", "baseline", "metric", "n_pairs", "mean_diff", "std_diff"]).astype(
-        {"n_pairs": int, "mean_diff": float, "std_diff": float})
+        {"n_pairs": int, "mean_diff": float, "std_diff": float}
+    )
     lo, hi = _t_interval(out["mean_diff"], out["std_diff"], out["n_pairs"])
     with np.errstate(invalid="ignore", divide="ignore"):
         tstat = out["mean_diff"].to_numpy(float) / (out["std_diff"].to_numpy(float) / np.sqrt(out["n_pairs"]))
@@ -533,10 +578,19 @@ def judge(paired: pd.DataFrame, rules: Sequence[Rule], baseline: str) -> dict[st
         for r in rules:
             row = paired[(paired["variant"] == v) & (paired["metric"] == r.metric)].iloc[0]
             observed = float(row["mean_diff"] if r.on == "mean" else row["ci95_low"])
-            results.append({"metric": r.metric, "kind": r.kind, "on": r.on, "threshold": r.threshold,
-                            "bound": r.threshold if r.kind == "min_gain" else -r.threshold,
-                            "observed": observed, "n_pairs": int(row["n_pairs"]), "passed": r.holds(observed),
-                            "rule": r.describe()})
+            results.append(
+                {
+                    "metric": r.metric,
+                    "kind": r.kind,
+                    "on": r.on,
+                    "threshold": r.threshold,
+                    "bound": r.threshold if r.kind == "min_gain" else -r.threshold,
+                    "observed": observed,
+                    "n_pairs": int(row["n_pairs"]),
+                    "passed": r.holds(observed),
+                    "rule": r.describe(),
+                }
+            )
         verdict = "PASS" if results and all(x["passed"] for x in results) else ("FAIL" if results else "-")
         out["variants"][v] = {"verdict": verdict, "rules": results}
         if verdict == "PASS":
@@ -584,8 +638,10 @@ class ExperimentResult:
             cells = [v + (" (baseline)" if v == self.spec.baseline else "")]
             for m in self.spec.metrics:
                 r = self.summary[(self.summary["variant"] == v) & (self.summary["metric"] == m)].iloc[0]
-                cells.append(f"{_fmt(r['mean'])} ± {_fmt(r['std'], 2)} [{_fmt(r['ci95_low'])}, "
-                             f"{_fmt(r['ci95_high'])}] (n={r['n']})")
+                cells.append(
+                    f"{_fmt(r['mean'])} ± {_fmt(r['std'], 2)} [{_fmt(r['ci95_low'])}, "
+                    f"{_fmt(r['ci95_high'])}] (n={r['n']})"
+                )
             rows.append(cells)
         return _md_table(["variant", *self.spec.metrics], rows)
 
@@ -593,24 +649,49 @@ class ExperimentResult:
         """Each rule per variant, and the variant's PASS/FAIL."""
         parts = [f"Baseline: {self.spec.baseline}"]
         for v, res in self.verdict["variants"].items():
-            rows = [[r["rule"], _fmt(r["observed"]), f"{r['bound']:+g}", str(r["n_pairs"]),
-                     "pass" if r["passed"] else "FAIL"] for r in res["rules"]]
+            rows = [
+                [
+                    r["rule"],
+                    _fmt(r["observed"]),
+                    f"{r['bound']:+g}",
+                    str(r["n_pairs"]),
+                    "pass" if r["passed"] else "FAIL",
+                ]
+                for r in res["rules"]
+            ]
             parts.append(f"\n## {v}: {res['verdict']}\n")
-            parts.append(_md_table(["rule", "observed", "threshold", "pairs", "result"], rows) if rows
-                         else "(no rules)")
+            parts.append(
+                _md_table(["rule", "observed", "threshold", "pairs", "result"], rows) if rows else "(no rules)"
+            )
         passing = self.verdict["passing"]
         parts.append(f"\nPassing variants: {', '.join(passing) if passing else 'none'}")
         return "\n".join(parts)
 
     def format(self) -> str:
         """Text for the CLI: where the files are, the summary, paired differences, verdict and failures."""
-        lines = [f"Experiment {self.spec.path} ({len(self.runs)} runs) -> {self.spec.output_dir}", "",
-                 self.summary_markdown(), ""]
+        lines = [
+            f"Experiment {self.spec.path} ({len(self.runs)} runs) -> {self.spec.output_dir}",
+            "",
+            self.summary_markdown(),
+            "",
+        ]
         if len(self.paired):
-            rows = [[r.variant, r.metric, _fmt(r.mean_diff), f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]",
-                     _fmt(r.p_value, 3), str(r.n_pairs)] for r in self.paired.itertuples()]
-            lines += [f"Paired differences vs {self.spec.baseline} (over {_interval_unit(self.spec)}):",
-                      _md_table(["variant", "metric", "mean diff", "95% CI", "p", "pairs"], rows), ""]
+            rows = [
+                [
+                    r.variant,
+                    r.metric,
+                    _fmt(r.mean_diff),
+                    f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]",
+                    _fmt(r.p_value, 3),
+                    str(r.n_pairs),
+                ]
+                for r in self.paired.itertuples()
+            ]
+            lines += [
+                f"Paired differences vs {self.spec.baseline} (over {_interval_unit(self.spec)}):",
+                _md_table(["variant", "metric", "mean diff", "95% CI", "p", "pairs"], rows),
+                "",
+            ]
         if self.spec.rules:
             lines += [self.verdict_markdown(), ""]
         for m in self.missing_metrics:
@@ -626,17 +707,21 @@ def _check_resumable(spec: ExperimentSpec, key: RunKey, cfg: CfgNode, resume: bo
     run_dir = spec.run_dir(key)
     stored = run_dir / RUN_CONFIG
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir} already holds run {key} and resume is off; resume the experiment, "
-                          f"delete that folder, or change output_dir in {spec.path} (nothing is overwritten)")
+        raise ConfigError(
+            f"{run_dir} already holds run {key} and resume is off; resume the experiment, "
+            f"delete that folder, or change output_dir in {spec.path} (nothing is overwritten)"
+        )
     if resume and stored.is_file():
         prev = _flat_dict(yaml.safe_load(stored.read_text(encoding="utf-8")) or {})
         now = _flat_dict(yaml.safe_load(cfg.dump()))
         changed = [k for k in sorted(set(prev) | set(now)) if prev.get(k) != now.get(k)]
         if changed:
             shown = ", ".join(f"{k}: {prev.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
-            raise ConfigError(f"{run_dir}: run {key} was made with another config ({shown}"
-                              f"{', ...' if len(changed) > 3 else ''}); delete that folder or change output_dir "
-                              f"in {spec.path}")
+            raise ConfigError(
+                f"{run_dir}: run {key} was made with another config ({shown}"
+                f"{', ...' if len(changed) > 3 else ''}); delete that folder or change output_dir "
+                f"in {spec.path}"
+            )
 
 
 def _flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -648,20 +733,28 @@ def _flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _execute(cfg: CfgNode, key: RunKey, run_dir: Path, gt_path: str) -> dict[str, Any]:
     """Train (resuming from the last checkpoint when there is one) and evaluate one run; its run.json."""
-    import meddet.engine  # torch: imported when a run trains, not when an experiment is only planned or compared
+    import meddet.training  # torch: imported when a run trains, not when an experiment is only planned or compared
 
     t0 = time.perf_counter()
     # anything a killed training leaves (the trainer refuses such a folder without resume)
-    resume = any((run_dir / n).exists() for n in ("last_checkpoint", "metrics.json")) or any(run_dir.glob("model_*.pth"))
+    resume = any((run_dir / n).exists() for n in ("last_checkpoint", "metrics.json")) or any(
+        run_dir.glob("model_*.pth")
+    )
     logger.info("Run %s: %s training in %s", key, "resuming" if resume else "starting", run_dir)
-    meddet.engine.train(cfg, resume=resume)
+    meddet.training.train(cfg, resume=resume)
     eval_cfg = cfg.clone()
     eval_cfg.defrost()
     eval_cfg.MODEL.WEIGHTS = str(run_dir / "model_final.pth")
     metrics = meddet.tasks.evaluate_model(eval_cfg, gt_path, run_dir / "eval")
-    record = {"variant": key.variant, "seed": key.seed, "fold": key.fold, "metrics": metrics,
-              "wall_s": round(time.perf_counter() - t0, 3), "resumed": resume,
-              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "variant": key.variant,
+        "seed": key.seed,
+        "fold": key.fold,
+        "metrics": metrics,
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "resumed": resume,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     save_json_atomic(record, run_dir / RUN_JSON, indent=1)
     return record
 
@@ -681,8 +774,7 @@ def run_experiment(yaml_path: str | Path, resume: bool = True, only: list[str] |
     if only is not None:
         unknown = [v for v in only if v not in spec.variants]
         if unknown:
-            raise ConfigError(f"{spec.path}: only: variant(s) {unknown} are not among variants "
-                              f"{list(spec.variants)}")
+            raise ConfigError(f"{spec.path}: only: variant(s) {unknown} are not among variants {list(spec.variants)}")
     base_cfg = load_config(spec.base)
     pooled = _pooled_coco(base_cfg, spec) if spec.kfold else None
     keys = spec.runs()
@@ -711,8 +803,16 @@ def run_experiment(yaml_path: str | Path, resume: bool = True, only: list[str] |
     done = 0
     for key, cfg, go in plan:
         run_dir = spec.run_dir(key)
-        row: dict[str, Any] = {"variant": key.variant, "seed": key.seed, "fold": key.fold, "pair": key.pair,
-                               "status": "not run", "wall_s": np.nan, "error": "", "output_dir": str(run_dir)}
+        row: dict[str, Any] = {
+            "variant": key.variant,
+            "seed": key.seed,
+            "fold": key.fold,
+            "pair": key.pair,
+            "status": "not run",
+            "wall_s": np.nan,
+            "error": "",
+            "output_dir": str(run_dir),
+        }
         record = None
         if go:
             done += 1
@@ -726,8 +826,7 @@ def run_experiment(yaml_path: str | Path, resume: bool = True, only: list[str] |
                 (run_dir / "error.txt").unlink(missing_ok=True)
                 row["status"] = "ran"
             except Exception as e:  # one failed run must not stop the others; it is reported
-                logger.error("Run %s failed: %s: %s (traceback in %s)", key, type(e).__name__, e,
-                             run_dir / "error.txt")
+                logger.error("Run %s failed: %s: %s (traceback in %s)", key, type(e).__name__, e, run_dir / "error.txt")
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
                 row.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -748,8 +847,9 @@ def run_experiment(yaml_path: str | Path, resume: bool = True, only: list[str] |
     missing = [m for m in spec.metrics if found and metric_value(found, m) is None]
     for m in missing:
         close = difflib.get_close_matches(m, list(found), n=3, cutoff=0.4)
-        logger.error("%s: metrics: %r is in no run's metrics%s", spec.path, m,
-                     f" (close: {', '.join(close)})" if close else "")
+        logger.error(
+            "%s: metrics: %r is in no run's metrics%s", spec.path, m, f" (close: {', '.join(close)})" if close else ""
+        )
 
     summary = summarize(runs, spec.metrics)
     paired = paired_differences(runs, spec.baseline, spec.metrics)
@@ -776,9 +876,15 @@ def _write_outputs(result: ExperimentResult) -> None:
     (out / "summary.md").write_text(
         f"# Experiment {result.spec.path.name}\n\nmean ± std [95% t CI] (n runs) per variant and metric; the "
         f"intervals resample training runs ({unit}) on a fixed test set, not patients or images\n\n"
-        f"{result.summary_markdown()}\n", encoding="utf-8")
+        f"{result.summary_markdown()}\n",
+        encoding="utf-8",
+    )
     result.paired.assign(unit=unit).to_csv(out / "paired.csv", index=False, na_rep="NaN")
-    save_json_atomic({**result.verdict, "failed_runs": result.failed, "missing_metrics": result.missing_metrics},
-                     out / "verdict.json", indent=1)
-    (out / "verdict.md").write_text(f"# Verdict: {result.spec.path.name}\n\n{result.verdict_markdown()}\n",
-                                    encoding="utf-8")
+    save_json_atomic(
+        {**result.verdict, "failed_runs": result.failed, "missing_metrics": result.missing_metrics},
+        out / "verdict.json",
+        indent=1,
+    )
+    (out / "verdict.md").write_text(
+        f"# Verdict: {result.spec.path.name}\n\n{result.verdict_markdown()}\n", encoding="utf-8"
+    )

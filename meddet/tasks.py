@@ -4,16 +4,18 @@ Importing this module imports neither torch nor cv2: `-c evaluate --predictions`
 without them. So the modules that import them (meddet.inference, .engine, .modeling, .hub, .data.dataset,
 .visualize, meddet.evaluation's views) are imported inside the functions that need them; the light ones
 (meddet.config, meddet.data.coco, meddet.errors) at the top."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from meddet.config import load_config
 from meddet.config.tuned import (  # noqa: F401  (re-exported: meddet.tasks names of the tuned-config contract)
     TUNE_DIR,
     TUNE_ENSEMBLE_DIR,
@@ -22,7 +24,6 @@ from meddet.config.tuned import (  # noqa: F401  (re-exported: meddet.tasks name
     load_run_config,
     tuned_config_path,
 )
-from meddet.config import load_config
 from meddet.data.coco import load_coco, save_json_atomic
 from meddet.errors import ConfigError, DataError, MeddetError
 
@@ -33,7 +34,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".
 
 def resolve_weights(cfg) -> str:
     """MODEL.WEIGHTS, else the run's model_final.pth, else its last checkpoint."""
-    from meddet.engine import last_checkpoint_path
+    from meddet.training import last_checkpoint_path
 
     if cfg.MODEL.WEIGHTS:
         return cfg.MODEL.WEIGHTS
@@ -70,9 +71,15 @@ def _load_results(path: str | os.PathLike) -> list[dict]:
     return predictions
 
 
-def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict] | str | os.PathLike,
-                         out_dir: str | os.PathLike, extra_sections=(),
-                         predictions_source: str | os.PathLike | None = None, views=None) -> dict:
+def evaluate_predictions(
+    cfg,
+    gt_path: str | os.PathLike,
+    predictions: list[dict] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    extra_sections=(),
+    predictions_source: str | os.PathLike | None = None,
+    views=None,
+) -> dict:
     """Score COCO-results predictions (a list or a JSON file, from any detector) against a COCO file:
     every view of the evaluator (COCO AP, per-class table, P/R/F1, confusion, curves, FROC, image-level ROC,
     bootstrap CIs, error galleries, reports; `views`: only those, see `meddet.evaluation.run_evaluation`)
@@ -92,8 +99,16 @@ def evaluate_predictions(cfg, gt_path: str | os.PathLike, predictions: list[dict
         kwargs["score_thresh"] = score_thresholds(cfg, names).tolist()
     if kwargs["image_root"] is None:  # galleries find the images next to the COCO file
         kwargs["image_root"] = str(Path(gt_path).parent)
-    return evaluate(gt, predictions, out_dir, extra_sections=extra_sections, gt_source=gt_path,
-                    predictions_source=predictions_source, views=views, **kwargs)
+    return evaluate(
+        gt,
+        predictions,
+        out_dir,
+        extra_sections=extra_sections,
+        gt_source=gt_path,
+        predictions_source=predictions_source,
+        views=views,
+        **kwargs,
+    )
 
 
 def predict_dataset(cfg, gt_path: str | os.PathLike, predictor=None) -> list[dict]:
@@ -127,8 +142,10 @@ def _member_predictor(spec: str | os.PathLike, device: str, opts: Sequence = ())
     elif p.is_dir() and (p / "config.yaml").is_file():
         member_cfg = load_config(p / "config.yaml")
     elif p.exists():
-        raise ConfigError(f"{p}: not an ensemble member (expected a config YAML, a run folder with config.yaml "
-                          "or a model bundle folder with meddet.json)")
+        raise ConfigError(
+            f"{p}: not an ensemble member (expected a config YAML, a run folder with config.yaml "
+            "or a model bundle folder with meddet.json)"
+        )
     else:
         return load_predictor(str(spec), device=device, opts=opts)
     member_cfg.MODEL.DEVICE = device
@@ -136,8 +153,12 @@ def _member_predictor(spec: str | os.PathLike, device: str, opts: Sequence = ())
     return Predictor(member_cfg, weights=resolve_weights(member_cfg))
 
 
-def build_predictor(cfg, ensemble: Sequence[str | os.PathLike] = (), class_names: Sequence[str] | None = None,
-                    member_opts: Sequence = ()):
+def build_predictor(
+    cfg,
+    ensemble: Sequence[str | os.PathLike] = (),
+    class_names: Sequence[str] | None = None,
+    member_opts: Sequence = (),
+):
     """The configured model's Predictor or, with `ensemble` members (see `_member_predictor`), an
     EnsemblePredictor of it and them fused by ENSEMBLE.*; members' classes are matched by name to
     `class_names` (default: the configured model's classes, then each member's new ones in order).
@@ -166,8 +187,10 @@ def _records_results(predictor, gt_path: str | os.PathLike, cfg) -> list[dict]:
     ids = {c["name"]: c["id"] for c in gt["categories"]}
     unknown = [n for n in predictor.class_names if n not in ids]
     if unknown:
-        raise DataError(f"{gt_path}: the model's classes {unknown} are not among the categories {sorted(ids)}; "
-                        "expected every predicted class to be a category of the ground truth")
+        raise DataError(
+            f"{gt_path}: the model's classes {unknown} are not among the categories {sorted(ids)}; "
+            "expected every predicted class to be a category of the ground truth"
+        )
     records, _ = load_records([str(gt_path)], cfg.DATASETS.IMAGE_ROOT)
     return inference_on_records(predictor, records, [ids[n] for n in predictor.class_names])
 
@@ -176,8 +199,13 @@ def _gt_class_names(gt_path: str | os.PathLike) -> list[str]:
     return [c["name"] for c in sorted(load_coco(gt_path)["categories"], key=lambda c: c["id"])]
 
 
-def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-               predictions: str | os.PathLike | None = None, ensemble: Sequence[str | os.PathLike] = ()):
+def tune_model(
+    cfg,
+    gt_path: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    predictions: str | os.PathLike | None = None,
+    ensemble: Sequence[str | os.PathLike] = (),
+):
     """Sweep score and NMS thresholds on the validation split without retraining; writes tune.csv and
     tuned_config.yaml (default in OUTPUT_DIR/tune, with `ensemble` members OUTPUT_DIR/tune_ensemble),
     which predict / evaluate / export of the run then use (see `load_run_config`, meddet.hub)."""
@@ -197,18 +225,29 @@ def tune_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.
         loose.defrost()
         loose.merge_from_list(loose_opts)
         if ensemble:
-            predictor = build_predictor(loose, ensemble, class_names=_gt_class_names(gt_path),
-                                        member_opts=loose_opts)
+            predictor = build_predictor(loose, ensemble, class_names=_gt_class_names(gt_path), member_opts=loose_opts)
             preds = _records_results(predictor, gt_path, loose)
         else:
             preds = predict_dataset(loose, gt_path)
-    result = tune(load_coco(gt_path), preds, out_dir, gt_source=gt_path,
-                  predictions_source=predictions or f"predictions of the model on {gt_path}", **tune_kwargs(cfg))
+    result = tune(
+        load_coco(gt_path),
+        preds,
+        out_dir,
+        gt_source=gt_path,
+        predictions_source=predictions or f"predictions of the model on {gt_path}",
+        **tune_kwargs(cfg),
+    )
     return result
 
 
-def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-                   overwrite: bool = True, ensemble: Sequence[str | os.PathLike] = (), views=None) -> dict:
+def evaluate_model(
+    cfg,
+    gt_path: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = True,
+    ensemble: Sequence[str | os.PathLike] = (),
+    views=None,
+) -> dict:
     """Predict on a COCO split with the configured model (or an ensemble of it and `ensemble` members)
     and run the whole evaluator on it (`views`: only those views, see `meddet.evaluation.run_evaluation`).
 
@@ -230,12 +269,21 @@ def evaluate_model(cfg, gt_path: str | os.PathLike | None = None, out_dir: str |
     else:
         preds = predict_dataset(cfg, gt_path, predictor)
         model = predictor.model
-    return _evaluate_and_write(cfg, eval_cfg, gt_path, preds, out_dir,
-                               tiles=bool(cfg.TILING.ENABLED and not ensemble), views=views, model=model)
+    return _evaluate_and_write(
+        cfg,
+        eval_cfg,
+        gt_path,
+        preds,
+        out_dir,
+        tiles=bool(cfg.TILING.ENABLED and not ensemble),
+        views=views,
+        model=model,
+    )
 
 
-def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.PathLike,
-                       overwrite: bool = True) -> dict:
+def evaluate_predictor(
+    predictor, gt_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = True
+) -> dict:
     """The whole evaluator on any predictor (a :class:`~meddet.inference.base.DetectorLike`: a
     Predictor, a tiled one, an ensemble, a loaded bundle) called on each image of a COCO file;
     thresholds and EVAL.* from ``predictor.cfg``. Writes what `evaluate_model` writes (no run sections)."""
@@ -247,8 +295,9 @@ def evaluate_predictor(predictor, gt_path: str | os.PathLike, out_dir: str | os.
     return evaluate_predictions(predictor.cfg, gt_path, preds, out_dir)
 
 
-def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool,
-                        views=None, model=None) -> dict:
+def _evaluate_and_write(
+    cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path, tiles: bool, views=None, model=None
+) -> dict:
     sections = run_sections(cfg, model)
     tile_metrics: dict = {}
     if tiles:
@@ -256,8 +305,15 @@ def _evaluate_and_write(cfg, eval_cfg, gt_path, preds: list[dict], out_dir: Path
         sections.append(("Tile-level evaluation", _tile_section(tile_metrics)))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    metrics = evaluate_predictions(eval_cfg, gt_path, preds, out_dir, extra_sections=sections,
-                                   predictions_source=out_dir / "coco_instances_results.json", views=views)
+    metrics = evaluate_predictions(
+        eval_cfg,
+        gt_path,
+        preds,
+        out_dir,
+        extra_sections=sections,
+        predictions_source=out_dir / "coco_instances_results.json",
+        views=views,
+    )
     if tile_metrics:
         table = hierarchical_table(tile_metrics, metrics)
         table.to_csv(out_dir / "hierarchical.csv", index=False)
@@ -280,16 +336,18 @@ def evaluate_tiles(cfg, gt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         import shutil
 
         shutil.rmtree(data_dir)  # our own derived files, remade from the split on every evaluation
-    tile_json = write_tile_dataset(gt_path, data_dir, params, image_root=cfg.DATASETS.IMAGE_ROOT,
-                                   dicom_kwargs=dicom_kwargs(cfg))
+    tile_json = write_tile_dataset(
+        gt_path, data_dir, params, image_root=cfg.DATASETS.IMAGE_ROOT, dicom_kwargs=dicom_kwargs(cfg)
+    )
     whole = cfg.clone()
     whole.defrost()
     whole.TILING.ENABLED = False  # each tile goes through the model as a whole image
     whole.DATASETS.IMAGE_ROOT = ""
     preds = predict_dataset(whole, tile_json)
     save_json_atomic(preds, out_dir / "coco_instances_results.json")
-    return evaluate_predictions(whole, tile_json, preds, out_dir,
-                                predictions_source=out_dir / "coco_instances_results.json")
+    return evaluate_predictions(
+        whole, tile_json, preds, out_dir, predictions_source=out_dir / "coco_instances_results.json"
+    )
 
 
 HEADLINE_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "prf1/precision", "prf1/recall", "prf1/F1")
@@ -300,27 +358,33 @@ def hierarchical_table(tile_metrics: dict, image_metrics: dict):
     COCO AP, P/R/F1 at the operating point, and per-class AP50, precision and recall."""
     import pandas as pd
 
-    per_class = sorted(k for k in image_metrics
-                       if k.startswith(("bbox/AP50-", "prf1/precision-", "prf1/recall-")))
-    rows = [{"metric": k, "tile": float(tile_metrics.get(k, float("nan"))),
-             "whole_image": float(image_metrics.get(k, float("nan")))}
-            for k in list(HEADLINE_KEYS) + per_class]
+    per_class = sorted(k for k in image_metrics if k.startswith(("bbox/AP50-", "prf1/precision-", "prf1/recall-")))
+    rows = [
+        {
+            "metric": k,
+            "tile": float(tile_metrics.get(k, float("nan"))),
+            "whole_image": float(image_metrics.get(k, float("nan"))),
+        }
+        for k in list(HEADLINE_KEYS) + per_class
+    ]
     return pd.DataFrame(rows)
 
 
 def _tile_section(tile_metrics: dict) -> str:
     from meddet.evaluation import format_summary
 
-    return ("The same model on every tile of this split (boxes clipped to tiles), before merging; "
-            "full tile-level report in `tiles/report.md`, both levels side by side in `hierarchical.csv`.\n\n"
-            + format_summary(tile_metrics))
+    return (
+        "The same model on every tile of this split (boxes clipped to tiles), before merging; "
+        "full tile-level report in `tiles/report.md`, both levels side by side in `hierarchical.csv`.\n\n"
+        + format_summary(tile_metrics)
+    )
 
 
 def run_sections(cfg, model=None) -> list[tuple[str, str]]:
     """Report sections about the model and its training run: model summary (of `model`, the model that
     was evaluated; without one, of a model built from `cfg`), training diagnosis."""
-    from meddet.engine.diagnosis import diagnose, format_findings
     from meddet.modeling.summary import model_summary
+    from meddet.training.diagnosis import diagnose, format_findings
 
     if model is None:
         from meddet.modeling import build_model
@@ -365,9 +429,14 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-            score_thresh: float | None = None, overwrite: bool = False,
-            ensemble: Sequence[str | os.PathLike] = ()) -> PredictReport:
+def predict(
+    cfg,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    score_thresh: float | None = None,
+    overwrite: bool = False,
+    ensemble: Sequence[str | os.PathLike] = (),
+) -> PredictReport:
     """Predict on images/DICOMs/folders; writes predictions.json (COCO results, each entry also naming its
     file and class), images.json (the images, categories and skipped files) and one annotated PNG per image.
     Models trained on tiles predict by slicing; `ensemble` adds members fused with the configured model
@@ -407,17 +476,36 @@ def predict(cfg, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         if not cv2.imwrite(str(out_dir / name), drawn):
             raise DataError(f"{out_dir / name}: could not write the annotated PNG")
         report.written.append(out_dir / name)
-        images.append({"id": image_id, "file_name": str(f), "height": int(image.shape[0]),
-                       "width": int(image.shape[1]), "annotated": name})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": str(f),
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "annotated": name,
+            }
+        )
         for (x1, y1, x2, y2), s, c in zip(det["boxes"][keep], det["scores"][keep], det["classes"][keep]):
-            results.append({"image_id": image_id, "file_name": str(f), "category_id": int(c) + 1,
-                            "category_name": names[int(c)],
-                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "file_name": str(f),
+                    "category_id": int(c) + 1,
+                    "category_name": names[int(c)],
+                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                    "score": float(s),
+                }
+            )
     report.results_json = out_dir / "predictions.json"
     save_json_atomic(results, report.results_json, indent=1)
     save_json_atomic(
-        {"images": images, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
-         "score_thresh": thresh.tolist(), "skipped": [{"file": f, "reason": r} for f, r in report.skipped]},
-        out_dir / "images.json", indent=1,
+        {
+            "images": images,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+            "score_thresh": thresh.tolist(),
+            "skipped": [{"file": f, "reason": r} for f, r in report.skipped],
+        },
+        out_dir / "images.json",
+        indent=1,
     )
     return report

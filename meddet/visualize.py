@@ -1,4 +1,5 @@
 """Drawing detections on images (annotated PNGs of predict, galleries of the evaluator)."""
+
 from __future__ import annotations
 
 import cv2
@@ -6,13 +7,13 @@ import numpy as np
 
 # Distinct BGR colours (Okabe–Ito palette, colour-blind safe), cycled over classes.
 PALETTE_BGR = [
-    (0, 159, 230),   # orange
+    (0, 159, 230),  # orange
     (233, 180, 86),  # sky blue
-    (115, 158, 0),   # bluish green
+    (115, 158, 0),  # bluish green
     (66, 228, 240),  # yellow
-    (178, 114, 0),   # blue
-    (0, 94, 213),    # vermillion
-    (167, 121, 204), # reddish purple
+    (178, 114, 0),  # blue
+    (0, 94, 213),  # vermillion
+    (167, 121, 204),  # reddish purple
     (255, 255, 255),
 ]
 
@@ -122,6 +123,7 @@ def draw_detections(
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
         cv2.rectangle(out, (x, y), (x + lw - 1, y + lh - 1), color, -1)
         (_, th), base = cv2.getTextSize(labels[j], cv2.FONT_HERSHEY_SIMPLEX, font, text_thick)
-        cv2.putText(out, labels[j], (x + 2, y + 2 + th), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), text_thick,
-                    cv2.LINE_AA)
+        cv2.putText(
+            out, labels[j], (x + 2, y + 2 + th), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), text_thick, cv2.LINE_AA
+        )
     return out

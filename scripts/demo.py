@@ -5,6 +5,7 @@ synthetic DICOM + CSV + ROI masks → COCO (patient-level train/val/test) → tr
 → evaluate on the test split → predict a few images. Everything goes under output/demo/.
 Run it as `make demo` (which also sets up the virtual environment).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,10 @@ def main(args: argparse.Namespace) -> int:
 
     from meddet.config import load_config
     from meddet.data.formats.cbis_ddsm import convert_cbis_ddsm
-    from meddet.engine import train
     from meddet.evaluation import format_per_class_table
     from meddet.synth import make_cbis_ddsm
     from meddet.tasks import evaluate_model, predict
+    from meddet.training import train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.output)
@@ -41,24 +42,42 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
 
     logger.info("1/5 Generating %d synthetic patients (CBIS-DDSM layout: DICOM, ROI masks, CSVs)", args.patients)
-    synth = make_cbis_ddsm(out / "cbis_ddsm", n_patients=args.patients, seed=args.seed,
-                           image_size=(args.height, args.width))
+    synth = make_cbis_ddsm(
+        out / "cbis_ddsm", n_patients=args.patients, seed=args.seed, image_size=(args.height, args.width)
+    )
 
-    logger.info("2/5 Converting DICOM + CSV → 8-bit PNG + COCO (official train/test split, "
-                "validation carved from train by patient)")
-    report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], out / "coco",
-                               seed=args.seed)
+    logger.info(
+        "2/5 Converting DICOM + CSV → 8-bit PNG + COCO (official train/test split, "
+        "validation carved from train by patient)"
+    )
+    report = convert_cbis_ddsm(
+        synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], out / "coco", seed=args.seed
+    )
     if report.skipped:
         logger.error("conversion skipped %d item(s): %s", len(report.skipped), report.skipped[:3])
         return 1
 
-    cfg = load_config(REPO / "configs" / "demo_mammo_R18_FPN.yaml",
-                      ["DATASETS.TRAIN", f"('{out / 'coco' / 'train.json'}',)",
-                       "DATASETS.VAL", f"('{out / 'coco' / 'val.json'}',)",
-                       "DATASETS.TEST", f"('{out / 'coco' / 'test.json'}',)",
-                       "OUTPUT_DIR", str(out / "run")] + list(args.opts))
-    logger.info("3/5 Training %s for %d iterations (batch %d) on %s", Path("configs/demo_mammo_R18_FPN.yaml"),
-                cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.DEVICE)
+    cfg = load_config(
+        REPO / "configs" / "demo_mammo_R18_FPN.yaml",
+        [
+            "DATASETS.TRAIN",
+            f"('{out / 'coco' / 'train.json'}',)",
+            "DATASETS.VAL",
+            f"('{out / 'coco' / 'val.json'}',)",
+            "DATASETS.TEST",
+            f"('{out / 'coco' / 'test.json'}',)",
+            "OUTPUT_DIR",
+            str(out / "run"),
+        ]
+        + list(args.opts),
+    )
+    logger.info(
+        "3/5 Training %s for %d iterations (batch %d) on %s",
+        Path("configs/demo_mammo_R18_FPN.yaml"),
+        cfg.SOLVER.MAX_ITER,
+        cfg.SOLVER.IMS_PER_BATCH,
+        cfg.MODEL.DEVICE,
+    )
     run = train(cfg)
 
     logger.info("4/5 Evaluating on the test split")
@@ -68,21 +87,23 @@ def main(args: argparse.Namespace) -> int:
 
     logger.info("5/5 Predicting a few test images")
     test = json.loads((out / "coco" / "test.json").read_text())
-    files = [str((out / "coco" / im["file_name"])) for im in test["images"][: args.predict]]
+    files = [str(out / "coco" / im["file_name"]) for im in test["images"][: args.predict]]
     pred = predict(run_cfg, files, run / "predictions")
 
     minutes = (time.perf_counter() - t0) / 60
     print("\n" + table)
-    print(f"\nTest split: bbox/AP50 {metrics['bbox/AP50']:.1f}  bbox/AP {metrics['bbox/AP']:.1f}"
-          f"  (demo finished in {minutes:.1f} min)")
+    print(
+        f"\nTest split: bbox/AP50 {metrics['bbox/AP50']:.1f}  bbox/AP {metrics['bbox/AP']:.1f}"
+        f"  (demo finished in {minutes:.1f} min)"
+    )
     print(f"""
 Where everything went:
-  synthetic CBIS-DDSM tree   {synth['dicom_root']}
-  COCO + PNG                 {out / 'coco'}  (train.json, val.json, test.json, images/)
+  synthetic CBIS-DDSM tree   {synth["dicom_root"]}
+  COCO + PNG                 {out / "coco"}  (train.json, val.json, test.json, images/)
   run folder                 {run}  (config.yaml, metrics.json, TensorBoard events, model_final.pth)
-  evaluation                 {run / 'eval'}  (metrics.json, per_class.csv, prf1.csv, confusion_matrix.png)
+  evaluation                 {run / "eval"}  (metrics.json, per_class.csv, prf1.csv, confusion_matrix.png)
   predictions                {pred.results_json} and {len(pred.written)} annotated PNGs
-Next: python detectron.py -c predict --config-file {run / 'config.yaml'} --input <image.dcm|png|folder>""")
+Next: python detectron.py -c predict --config-file {run / "config.yaml"} --input <image.dcm|png|folder>""")
     return 0
 
 

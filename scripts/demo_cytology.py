@@ -6,6 +6,7 @@ train Faster R-CNN on tiles → evaluate at tile level and on whole images merge
 → predict a whole test image by slicing. Everything goes under output/demo_cytology/.
 Run it as `make demo-cytology` (which also sets up the virtual environment).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from meddet.config import load_config
-    from meddet.engine import train
     from meddet.synth import make_cytology
     from meddet.tasks import evaluate_model, predict
+    from meddet.training import train
 
     out = Path(args.output)
     if out.exists():
@@ -39,16 +40,43 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     t0 = time.perf_counter()
 
-    logger.info("1/4 Generating %d synthetic cytology images of %d² px (~%d cells each, 1 cluster per %d cells)",
-                args.images, args.size, args.cells, round(1 / args.cluster_ratio))
-    data = make_cytology(out / "data", n_images=args.images, size=args.size, cells_per_image=args.cells,
-                         cluster_ratio=args.cluster_ratio, seed=args.seed)
+    logger.info(
+        "1/4 Generating %d synthetic cytology images of %d² px (~%d cells each, 1 cluster per %d cells)",
+        args.images,
+        args.size,
+        args.cells,
+        round(1 / args.cluster_ratio),
+    )
+    data = make_cytology(
+        out / "data",
+        n_images=args.images,
+        size=args.size,
+        cells_per_image=args.cells,
+        cluster_ratio=args.cluster_ratio,
+        seed=args.seed,
+    )
 
-    cfg = load_config(CONFIG, ["DATASETS.TRAIN", f"('{data['train']}',)", "DATASETS.VAL", f"('{data['val']}',)",
-                               "DATASETS.TEST", f"('{data['test']}',)", "OUTPUT_DIR", str(out / "run")]
-                      + list(args.opts))
-    logger.info("2/4 Training %s on %d-px tiles for %d iterations (batch %d)", CONFIG.relative_to(REPO),
-                cfg.TILING.SIZE, cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH)
+    cfg = load_config(
+        CONFIG,
+        [
+            "DATASETS.TRAIN",
+            f"('{data['train']}',)",
+            "DATASETS.VAL",
+            f"('{data['val']}',)",
+            "DATASETS.TEST",
+            f"('{data['test']}',)",
+            "OUTPUT_DIR",
+            str(out / "run"),
+        ]
+        + list(args.opts),
+    )
+    logger.info(
+        "2/4 Training %s on %d-px tiles for %d iterations (batch %d)",
+        CONFIG.relative_to(REPO),
+        cfg.TILING.SIZE,
+        cfg.SOLVER.MAX_ITER,
+        cfg.SOLVER.IMS_PER_BATCH,
+    )
     run = train(cfg)
 
     logger.info("3/4 Evaluating the test split: every tile, then whole images merged by sliced inference")
@@ -73,15 +101,17 @@ def main(args: argparse.Namespace) -> int:
     print(f"  mAP50-95 (%)      {row('bbox/AP')}")
     print(f"  cluster recall    {row('prf1/recall-cluster')}")
     print(f"  cell recall       {row('prf1/recall-cell')}")
-    print(f"  (recall at score >= {run_cfg.TEST.SCORE_THRESH}, IoU >= {run_cfg.EVAL.IOU_THRESH}; "
-          f"demo finished in {minutes:.1f} min)")
+    print(
+        f"  (recall at score >= {run_cfg.TEST.SCORE_THRESH}, IoU >= {run_cfg.EVAL.IOU_THRESH}; "
+        f"demo finished in {minutes:.1f} min)"
+    )
     print(f"""
 Where everything went:
-  synthetic cytology         {out / 'data'}  (images/, coco/train.json, val.json, test.json)
+  synthetic cytology         {out / "data"}  (images/, coco/train.json, val.json, test.json)
   run folder                 {run}  (config.yaml, metrics.json, model_final.pth)
-  evaluation                 {run / 'eval'}  (whole image: report.md, metrics.json; tiles/: tile level;
+  evaluation                 {run / "eval"}  (whole image: report.md, metrics.json; tiles/: tile level;
                              hierarchical.csv: both side by side)
-  sliced prediction          {pred.results_json} and {pred.written[0] if pred.written else '-'}
+  sliced prediction          {pred.results_json} and {pred.written[0] if pred.written else "-"}
 Next: python detectron.py -c experiment --config-file configs/experiments/demo_imbalance.yaml
       (imbalance strategies over seeds: mean ± std, 95% CIs, paired differences, verdict)""")
     return 0 if metrics else 1

@@ -17,7 +17,7 @@ if [ $# -gt 0 ]; then
     MODULES=("$@")
 else
     # every module whose tests build, train or run a detector
-    MODULES=(tests/test_xai.py tests/test_engine.py tests/test_modeling.py tests/test_sliced.py
+    MODULES=(tests/test_xai.py tests/test_training.py tests/test_modeling.py tests/test_sliced.py
              tests/test_hub.py tests/test_webapp.py tests/test_d2_engine.py tests/test_d2_convert.py
              tests/test_tiled_tasks.py tests/test_evaluation_tune.py tests/test_experiment.py tests/test_e2e.py)
 fi

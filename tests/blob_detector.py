@@ -21,12 +21,12 @@ How it works (every layer is a real layer of the model, only its weights are cho
   near 1; a shifted box, a box inside the blob (bright corners), a box much larger than it (dark disc
   edge) or background scores low. Class 0 is the blob class; any further classes get a constant low logit.
 """
+
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from conftest import TINY_MODEL_OPTS
+from torch import nn
 
 BLOB_THRESHOLD = 120  # brightness (0..255) above which a pixel counts as blob
 _LOW = 50.0  # channel 0 = relu(v - _LOW) * _GAIN: zero on the dark background
@@ -43,12 +43,16 @@ BLOB_MODEL_OPTS = [
     "MODEL.ANCHOR_GENERATOR.SIZES",
     "[[14, 16, 18, 21, 24, 27, 31, 35], [40, 46, 52, 60, 68, 78, 90, 103], [128, 152, 181, 215, 256, 304, 362, 431],"
     " [512, 609, 724, 861, 1024, 1218, 1448, 1722], [2048, 2435, 2896, 3444, 4096, 4871, 5793, 6889]]",
-    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+    "[[1.0]]",
     # every anchor on a blob reaches the box head (RPN NMS would drop a well-fitting anchor next to a
     # slightly smaller one): the box head, not the RPN, decides which box fits
-    "MODEL.RPN.NMS_THRESH", "1.0",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "1000",
-    "MODEL.ROI_HEADS.NMS_THRESH_TEST", "0.3",  # boxes inside a blob, next to the one that fits, score high too
+    "MODEL.RPN.NMS_THRESH",
+    "1.0",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "1000",
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+    "0.3",  # boxes inside a blob, next to the one that fits, score high too
 ]
 
 
@@ -157,6 +161,7 @@ def blob_detector(*opts) -> nn.Module:
     """A blob detector built from ``configs/Base-RCNN-FPN.yaml`` + ``BLOB_MODEL_OPTS`` + ``opts``; its config
     is ``model.cfg``."""
     from conftest import REPO
+
     from meddet.config import load_config
     from meddet.modeling import build_model
 

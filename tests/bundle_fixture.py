@@ -1,4 +1,5 @@
 """A tiny trained run and its exported bundle, shared by the hub and web-app tests."""
+
 from __future__ import annotations
 
 import json
@@ -14,19 +15,30 @@ def make_run(root: Path) -> Path:
     of the blob detector (tests/blob_detector.py), so the run detects the bright squares and discs of
     `make_tiny_coco` the same on every machine; add eval/metrics.json as the evaluator writes it."""
     import torch
-
     from blob_detector import BLOB_MODEL_OPTS, make_blob_detector
+
     from meddet.config import load_config
-    from meddet.engine import Trainer
+    from meddet.training import Trainer
 
     coco = make_tiny_coco(root / "data")
     cfg = load_config(
         str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-        BLOB_MODEL_OPTS + ["DATASETS.TRAIN", f"('{coco}',)", "OUTPUT_DIR", str(root / "run"),
-                           "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100",
-                           # every proposal kept, so the tests see many boxes to filter
-                           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-                           "TEST.CLASS_SCORE_THRESH", "[0.3, 0.4]"],
+        BLOB_MODEL_OPTS
+        + [
+            "DATASETS.TRAIN",
+            f"('{coco}',)",
+            "OUTPUT_DIR",
+            str(root / "run"),
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            # every proposal kept, so the tests see many boxes to filter
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "TEST.CLASS_SCORE_THRESH",
+            "[0.3, 0.4]",
+        ],
     )
     trainer = Trainer(cfg)
     trainer.train()
@@ -62,9 +74,18 @@ def synthetic_dicom(path: Path, size: tuple[int, int] = (160, 128), seed: int = 
     from meddet.synth.mammo import encode_dicom, render_mammogram, save_dicom
 
     img01, _ = render_mammogram(np.random.default_rng(seed), size[0], size[1], "LEFT", "CC", 2, [("mass_high", 4)])
-    ds = encode_dicom(img01, attributes={"PatientID": "P_SECRET_042", "PatientName": "Doe^Jane",
-                                         "PatientBirthDate": "19600101", "Laterality": "L", "ViewPosition": "CC",
-                                         "PatientOrientation": ["A", "R"]}, uid_entropy=(str(seed),))
+    ds = encode_dicom(
+        img01,
+        attributes={
+            "PatientID": "P_SECRET_042",
+            "PatientName": "Doe^Jane",
+            "PatientBirthDate": "19600101",
+            "Laterality": "L",
+            "ViewPosition": "CC",
+            "PatientOrientation": ["A", "R"],
+        },
+        uid_entropy=(str(seed),),
+    )
     if not pixels:
         del ds.PixelData
     save_dicom(ds, path)

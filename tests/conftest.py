@@ -1,4 +1,5 @@
 """Shared fixtures: tiny COCO datasets made on the fly, and a tiny-model config."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ def make_tiny_coco(root: Path, n_images: int = 8, size: int = 96, seed: int = 0,
     images, anns = [], []
     for i in range(n_images):
         img = rng.integers(0, 40, (size, size), dtype=np.uint8)
-        for k in range(int(rng.integers(1, 3))):
+        for _ in range(int(rng.integers(1, 3))):
             cls = int(rng.integers(0, len(names)))
             s = int(rng.integers(size // 6, size // 3))
             x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
@@ -53,13 +54,24 @@ def make_tiny_coco(root: Path, n_images: int = 8, size: int = 96, seed: int = 0,
                 img[y : y + s, x : x + s] = 220
             else:
                 cv2.circle(img, (x + s // 2, y + s // 2), s // 2, 160, -1)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cls + 1,
-                         "bbox": [x, y, s, s], "area": s * s, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cls + 1,
+                    "bbox": [x, y, s, s],
+                    "area": s * s,
+                    "iscrowd": 0,
+                }
+            )
         name = f"images/img_{i:03d}.png"
         cv2.imwrite(str(root / name), img)
         images.append({"id": i + 1, "file_name": name, "height": size, "width": size, "patient_id": f"P{i // 2}"})
-    coco = {"images": images, "annotations": anns,
-            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+    coco = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+    }
     path = root / "train.json"
     path.write_text(json.dumps(coco))
     return path
@@ -73,17 +85,28 @@ def tiny_coco(tmp_path) -> Path:
 # The small R18-FPN the model-level tests build directly (no data): a training step takes a fraction of a
 # second on the CPU. Each test module adds its own engine and thresholds.
 SMALL_MODEL_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.DEPTH", 18,
-    "MODEL.RESNETS.NORM", "BN",
-    "MODEL.BACKBONE.FREEZE_AT", 0,
-    "MODEL.FPN.OUT_CHANNELS", 32,
-    "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
-    "MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]],
-    "MODEL.PIXEL_STD", [57.4, 57.1, 58.4],
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 200,
-    "MODEL.RPN.POST_NMS_TOPK_TEST", 200,
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.DEPTH",
+    18,
+    "MODEL.RESNETS.NORM",
+    "BN",
+    "MODEL.BACKBONE.FREEZE_AT",
+    0,
+    "MODEL.FPN.OUT_CHANNELS",
+    32,
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    64,
+    "MODEL.ANCHOR_GENERATOR.SIZES",
+    [[8], [16], [32], [64], [128]],
+    "MODEL.PIXEL_STD",
+    [57.4, 57.1, 58.4],
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    200,
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    200,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    64,
 ]
 
 
@@ -97,29 +120,52 @@ def small_model_cfg(engine: str, *opts):
 
 
 TINY_MODEL_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.ENGINE", "torchvision",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.NORM", "BN",
-    "MODEL.BACKBONE.FREEZE_AT", "0",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "128",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "128",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-    "MODEL.ROI_HEADS.NUM_CLASSES", "2",
-    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
-    "INPUT.MIN_SIZE_TRAIN", "(96,)",
-    "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "128",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.BASE_LR", "0.01",
-    "SOLVER.WARMUP_ITERS", "5",
-    "SOLVER.STEPS", "()",
-    "SEED", str(seeded(7)),
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.ENGINE",
+    "torchvision",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.NORM",
+    "BN",
+    "MODEL.BACKBONE.FREEZE_AT",
+    "0",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "64",
+    "MODEL.ANCHOR_GENERATOR.SIZES",
+    "[[8], [16], [32], [64], [128]]",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "128",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "128",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "64",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "2",
+    "MODEL.PIXEL_STD",
+    "[57.375, 57.12, 58.395]",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(96,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.BASE_LR",
+    "0.01",
+    "SOLVER.WARMUP_ITERS",
+    "5",
+    "SOLVER.STEPS",
+    "()",
+    "SEED",
+    str(seeded(7)),
 ]
 
 
@@ -129,6 +175,13 @@ def tiny_cfg(tiny_coco, tmp_path):
 
     return load_config(
         str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-        TINY_MODEL_OPTS + ["DATASETS.TRAIN", f"('{tiny_coco}',)", "DATASETS.TEST", f"('{tiny_coco}',)",
-                           "OUTPUT_DIR", str(tmp_path / "run")],
+        TINY_MODEL_OPTS
+        + [
+            "DATASETS.TRAIN",
+            f"('{tiny_coco}',)",
+            "DATASETS.TEST",
+            f"('{tiny_coco}',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "run"),
+        ],
     )

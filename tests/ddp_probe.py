@@ -1,11 +1,12 @@
 """Run by tests/test_distributed.py under torchrun: the real Trainer, plus a hook that records which
 images each rank trained on (written to OUTPUT_DIR/seen_rank<r>.json)."""
+
 import json
 import sys
 from pathlib import Path
 
 from meddet.config import load_config
-from meddet.engine import HookBase, Trainer, comm
+from meddet.training import HookBase, Trainer, comm
 
 
 class RecordImages(HookBase):

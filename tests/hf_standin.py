@@ -4,6 +4,7 @@ repo, commit files (regular uploads, NDJSON) and download them (repo info, tree,
 Writes need `Authorization: Bearer <token>`; private repos need it for reads too. Requests are
 recorded (method, path, whether a token came) so tests can check what the client sent.
 """
+
 from __future__ import annotations
 
 import base64
@@ -79,9 +80,14 @@ class HubStandIn(LoopbackServer):
                     req = json.loads(body)
                     repo_id = f"{req.get('organization')}/{req['name']}"
                     if repo_id in hub.repos:
-                        return self._json(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
-                    hub.repos[repo_id] = {"private": req.get("visibility") == "private" or bool(req.get("private")), "refs": {"main": "0" * 40},
-                                          "commits": {"0" * 40: {}}}
+                        return self._json(
+                            409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
+                        )
+                    hub.repos[repo_id] = {
+                        "private": req.get("visibility") == "private" or bool(req.get("private")),
+                        "refs": {"main": "0" * 40},
+                        "commits": {"0" * 40: {}},
+                    }
                     return self._json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
                 if path == "/api/validate-yaml":
                     return self._json(200, {"errors": [], "warnings": []})
@@ -90,8 +96,10 @@ class HubStandIn(LoopbackServer):
                     if self._repo(m["repo"], write=True) is None:
                         return None
                     files = json.loads(body)["files"]
-                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                       "shouldIgnore": False} for f in files]})
+                    return self._json(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 m = re.fullmatch(rf"/api/models/{_REPO}/commit/(?P<rev>.+)", path)
                 if m:
                     repo = self._repo(m["repo"], write=True)
@@ -103,12 +111,16 @@ class HubStandIn(LoopbackServer):
                         item = json.loads(line)
                         if item["key"] == "file":
                             v = item["value"]
-                            files[v["path"]] = base64.b64decode(v["content"]) if v.get("encoding") == "base64" \
+                            files[v["path"]] = (
+                                base64.b64decode(v["content"])
+                                if v.get("encoding") == "base64"
                                 else v["content"].encode()
+                            )
                         elif item["key"] == "deletedFile":
                             files.pop(item["value"]["path"], None)
-                    sha = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items()))
-                                       .encode()).hexdigest()
+                    sha = hashlib.sha1(
+                        json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items())).encode()
+                    ).hexdigest()
                     repo["commits"][sha] = files
                     repo["refs"][m["rev"]] = sha
                     return self._json(200, {"commitUrl": f"{hub.url}/{m['repo']}/commit/{sha}", "commitOid": sha})
@@ -117,10 +129,12 @@ class HubStandIn(LoopbackServer):
             def _get(self, head: bool):
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(("HEAD" if head else "GET", path, self._authorized()))
-                routes = (("info", rf"/api/models/{_REPO}(?:/revision/(?P<rev>.+))?"),
-                          ("tree", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)/?"),
-                          ("resolve", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)"))
-                for kind, pattern in routes:
+                routes = (
+                    ("info", rf"/api/models/{_REPO}(?:/revision/(?P<rev>.+))?"),
+                    ("tree", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)/?"),
+                    ("resolve", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)"),
+                )
+                for kind, pattern in routes:  # noqa: B007 (kind is used after the loop)
                     m = re.fullmatch(pattern, path)
                     if m:
                         break
@@ -133,17 +147,37 @@ class HubStandIn(LoopbackServer):
                 if files is None:
                     return self._error(404, "RevisionNotFound", f"Invalid rev id: {m['rev']}")
                 if kind == "info":
-                    return self._json(200, {"id": m["repo"], "modelId": m["repo"], "sha": sha,
-                                            "private": repo["private"],
-                                            "siblings": [{"rfilename": f} for f in sorted(files)]})
+                    return self._json(
+                        200,
+                        {
+                            "id": m["repo"],
+                            "modelId": m["repo"],
+                            "sha": sha,
+                            "private": repo["private"],
+                            "siblings": [{"rfilename": f} for f in sorted(files)],
+                        },
+                    )
                 if kind == "tree":
-                    return self._json(200, [{"type": "file", "path": f, "size": len(v),
-                                             "oid": hashlib.sha1(v).hexdigest()} for f, v in sorted(files.items())])
+                    return self._json(
+                        200,
+                        [
+                            {"type": "file", "path": f, "size": len(v), "oid": hashlib.sha1(v).hexdigest()}
+                            for f, v in sorted(files.items())
+                        ],
+                    )
                 if m["file"] not in files:
                     return self._error(404, "EntryNotFound", f"{m['file']} does not exist at {m['rev']}")
                 data = files[m["file"]]
-                return self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
-                                              "Content-Type": "application/octet-stream"}, head=head)
+                return self._send(
+                    200,
+                    data,
+                    {
+                        "X-Repo-Commit": sha,
+                        "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                        "Content-Type": "application/octet-stream",
+                    },
+                    head=head,
+                )
 
             def do_GET(self):
                 self._get(head=False)

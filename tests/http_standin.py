@@ -1,6 +1,7 @@
 """A loopback HTTP file server for download tests: serves bytes by path, honours ``Range: bytes=N-`` (206),
 and can cut a response half-way (sends the full Content-Length, writes half, closes the connection).
 Requests are recorded as (path, Range header or None)."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """Bit depth honesty: 16-bit PNG/TIFF files whose values use fewer bits are normalized by their effective
 depth (not by 65535, which leaves 12-bit data nearly black), recorded by the importer and reported by check."""
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,14 @@ def test_importer_records_and_check_reports_the_effective_bit_depth(tmp_path):
     assert by_source["a.png"]["effective_bit_depth"] == 12 and "effective_bit_depth" not in by_source["b.png"]
 
     # check on a dataset of the original files (a 12-bit-in-16 image and an 8-bit one)
-    data = {"images": [{"id": 1, "file_name": "src/a.png", "height": 40, "width": 50},
-                       {"id": 2, "file_name": "src/b.png", "height": 40, "width": 50}],
-            "annotations": [], "categories": [{"id": 1, "name": "mass"}]}
+    data = {
+        "images": [
+            {"id": 1, "file_name": "src/a.png", "height": 40, "width": 50},
+            {"id": 2, "file_name": "src/b.png", "height": 40, "width": 50},
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "mass"}],
+    }
     (tmp_path / "train.json").write_text(json.dumps(data))
     report = check_dataset([tmp_path / "train.json"], progress=False)
     assert report.bit_depths == {"train": {"12 of 16": 1, "8": 1}}

@@ -1,5 +1,6 @@
 """Cluster bootstrap: intervals resample patients (all views together) by default, cover the true
 value at close to their nominal rate on correlated views, and say what they resampled everywhere."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ def test_patient_bootstrap_covers_true_recall_on_correlated_views_image_bootstra
     P, V, mu, sd = 40, 4, 0.3, 3.0
     x, w = np.polynomial.hermite_e.hermegauss(80)
     true = float(np.sum(w * expit(mu + sd * x)) / np.sum(w))
-    units = {"patient": Clusters("patient", np.repeat(np.arange(P), V)),
-             "image": Clusters("image", np.arange(P * V))}
+    units = {"patient": Clusters("patient", np.repeat(np.arange(P), V)), "image": Clusters("image", np.arange(P * V))}
     covered = {u: 0 for u in units}
     rng = np.random.default_rng(2024)
     n_sets = 200
@@ -34,7 +34,7 @@ def test_patient_bootstrap_covers_true_recall_on_correlated_views_image_bootstra
         lesions = np.ones(P * V)
 
         def recall(W):
-            return ((W @ found) / (W @ lesions))[:, None]
+            return ((W @ found) / (W @ lesions))[:, None]  # noqa: B023 (called within this iteration)
 
         for u, clusters in units.items():
             est, lo, hi = percentile_interval(recall, clusters, 1000, np.random.default_rng(d))
@@ -56,8 +56,9 @@ def patient_case(n_patients=30, views=4, seed=0, with_patient=True):
             if with_patient:
                 im["patient_id"] = f"P{pt:03d}"
             images.append(im)
-            anns.append({"id": iid, "image_id": iid, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900,
-                         "iscrowd": 0})
+            anns.append(
+                {"id": iid, "image_id": iid, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0}
+            )
             if found:
                 preds.append({"image_id": iid, "category_id": 1, "bbox": [11, 10, 30, 30], "score": 0.9})
             preds.append({"image_id": iid, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.3})
@@ -118,11 +119,11 @@ def test_config_key_reaches_the_bootstrap_and_compare_shows_the_unit(tmp_path):
     assert kw["bootstrap_unit"] == "study_id"
     gt, preds = patient_case(n_patients=8)
     for name, unit in (("a", "patient"), ("b", "image")):
-        run_evaluation(gt, preds, tmp_path / name / "eval", bootstrap_samples=50, bootstrap_unit=unit,
-                       gallery_size=0)
+        run_evaluation(gt, preds, tmp_path / name / "eval", bootstrap_samples=50, bootstrap_unit=unit, gallery_size=0)
     df = compare([tmp_path / "a", tmp_path / "b"])
     assert df["CI unit"].tolist() == ["patient", "image"]
     assert "CI unit" in format_comparison(df).splitlines()[0]
     # metrics.json stays numbers only
-    assert all(isinstance(v, (int, float)) for v in json.loads((tmp_path / "a" / "eval" / "metrics.json")
-                                                                 .read_text()).values())
+    assert all(
+        isinstance(v, (int, float)) for v in json.loads((tmp_path / "a" / "eval" / "metrics.json").read_text()).values()
+    )

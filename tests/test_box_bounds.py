@@ -1,6 +1,7 @@
 """Boxes outside their image (issue 19, item 6): the training loader and the evaluation's ground truth
 clip them to the image and drop those with nothing inside, counted in one warning naming the images;
 DATASETS.STRICT_BOXES turns them into an error naming the file, the image and the box."""
+
 import json
 import logging
 
@@ -23,11 +24,11 @@ def _coco(root, boxes_per_image):
         cv2.imwrite(str(root / name), np.full((80, 100), 30, np.uint8))
         images.append({"id": i + 1, "file_name": name, "width": 100, "height": 80})
         for b in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "bbox": b, "area": b[2] * b[3],
-                         "iscrowd": 0})
+            anns.append(
+                {"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            )
     path = root / "train.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": [{"id": 1, "name": "lesion"}]}))
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]}))
     return path
 
 
@@ -63,8 +64,22 @@ def test_training_records_are_clipped_and_counted_once(tmp_path, caplog):
 def test_the_training_loader_feeds_only_boxes_inside_the_image(tmp_path):
     path = _coco(tmp_path, BOXES)
     cfg = get_cfg()
-    cfg.merge_from_list(["DATASETS.TRAIN", (str(path),), "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 4,
-                         "INPUT.MIN_SIZE_TRAIN", (80,), "INPUT.MAX_SIZE_TRAIN", 100, "INPUT.RANDOM_FLIP", "none"])
+    cfg.merge_from_list(
+        [
+            "DATASETS.TRAIN",
+            (str(path),),
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SOLVER.IMS_PER_BATCH",
+            4,
+            "INPUT.MIN_SIZE_TRAIN",
+            (80,),
+            "INPUT.MAX_SIZE_TRAIN",
+            100,
+            "INPUT.RANDOM_FLIP",
+            "none",
+        ]
+    )
     loader, _ = build_train_loader(cfg)
     batch = next(iter(loader))
     for item in batch:

@@ -1,4 +1,5 @@
 """detectron.py turns bad input into one clear line and a non-zero exit (no traceback)."""
+
 import json
 import subprocess
 import sys
@@ -12,8 +13,13 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, str(REPO / "detectron.py"), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "detectron.py"), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _one_error_line(proc, *needles):
@@ -36,8 +42,16 @@ def test_missing_config_file(tmp_path):
 
 
 def test_missing_training_data(tmp_path):
-    proc = run_cli("-c", "train", "--config-file", REPO / "configs/Base-RCNN-FPN.yaml",
-                   "DATASETS.TRAIN", f"('{tmp_path / 'missing.json'}',)", "OUTPUT_DIR", tmp_path / "run")
+    proc = run_cli(
+        "-c",
+        "train",
+        "--config-file",
+        REPO / "configs/Base-RCNN-FPN.yaml",
+        "DATASETS.TRAIN",
+        f"('{tmp_path / 'missing.json'}',)",
+        "OUTPUT_DIR",
+        tmp_path / "run",
+    )
     _one_error_line(proc, "missing.json")
 
 

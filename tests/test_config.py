@@ -1,4 +1,5 @@
 """Configs: _BASE_ inheritance, KEY VALUE overrides, clear errors for unknown keys."""
+
 import pytest
 
 from meddet.config import load_config, save_config

@@ -5,6 +5,7 @@ A key ``A.B.C`` counts as read when meddet's code (comments, docstrings and mess
 cfg.SOLVER.CLIP_GRADIENTS``); a leaf name found in no other section may be accessed from any variable, and
 a string constant equal to the leaf name counts for tables that map names to keys (``cfg.TILING[key]``).
 """
+
 from __future__ import annotations
 
 import io

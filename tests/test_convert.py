@@ -17,6 +17,7 @@ import pytest
 from scipy import ndimage
 
 from meddet.data.coco import load_coco
+from meddet.data.convert import ConversionReport
 from meddet.data.formats import ClassMapping, convert_box_csv, convert_cbis_ddsm
 from meddet.data.formats.cbis_ddsm import (
     Abnormality,
@@ -27,7 +28,6 @@ from meddet.data.formats.cbis_ddsm import (
     read_cbis_csv,
     resolve_dicom_path,
 )
-from meddet.data.convert import ConversionReport
 from meddet.data.splits import split_by_patient
 from meddet.errors import ConfigError, DataError
 from meddet.io import PixelOptions, read_dicom
@@ -101,7 +101,8 @@ def test_roi_mask_is_told_from_the_crop_by_content(tmp_path, names):
     np.testing.assert_array_equal(found, mask)
     assert sorted(mask_boxes(found)) == [[5, 10, 4, 10], [20, 30, 5, 3]]
     with pytest.raises(
-        DataError, match=r"test\.csv row 1 \(Mass-Training_P_00007_LEFT_CC_1\): no ROI mask.*binary image of 50x30.*is 40x30"
+        DataError,
+        match=r"test\.csv row 1 \(Mass-Training_P_00007_LEFT_CC_1\): no ROI mask.*binary image of 50x30.*is 40x30",
     ):
         find_roi_mask(abn, tmp_path, (50, 30))
 
@@ -200,8 +201,14 @@ def test_cbis_conversion_classes_and_image_records(converted):
         assert im["official_split"] in ("train", "test")
         rows = [a for a in synth["abnormalities"] if a["image"] == key]
         assert im["assessment"] == max(a["assessment"] for a in rows)
-        assert im["breast_density"] in (1, 2, 3, 4) and im["pathology"] in ("MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK")
-        assert set(im["abnormality_types"]) == {"mass" if a["kind"] != "calcification" else "calcification" for a in rows}
+        assert im["breast_density"] in (1, 2, 3, 4) and im["pathology"] in (
+            "MALIGNANT",
+            "BENIGN",
+            "BENIGN_WITHOUT_CALLBACK",
+        )
+        assert set(im["abnormality_types"]) == {
+            "mass" if a["kind"] != "calcification" else "calcification" for a in rows
+        }
     # the CSVs always say 000000.dcm; the folders sometimes hold 1-1.dcm
     assert sources == {"000000.dcm", "1-1.dcm"}
 
@@ -400,8 +407,20 @@ def test_cli_converts_a_tree_with_every_quirk(tmp_path):
     assert Path(raw["calc_csvs"][0]).read_text().startswith("patient_id,breast density,")
     assert Path(raw["mass_csvs"][0]).read_text().startswith("patient_id,breast_density,")
     out = tmp_path / "coco"
-    conv = _cli("cbis-ddsm", "--mass-csv", *raw["mass_csvs"], "--calc-csv", *raw["calc_csvs"],
-                "--dicom-root", raw["dicom_root"], "--out", out, "--workers", "2", "--no-progress")
+    conv = _cli(
+        "cbis-ddsm",
+        "--mass-csv",
+        *raw["mass_csvs"],
+        "--calc-csv",
+        *raw["calc_csvs"],
+        "--dicom-root",
+        raw["dicom_root"],
+        "--out",
+        out,
+        "--workers",
+        "2",
+        "--no-progress",
+    )
     assert conv.returncode == 1, conv.stderr
     assert "Traceback" not in conv.stderr
     errors = (out / "errors.txt").read_text().splitlines()
@@ -435,8 +454,9 @@ def test_cli_converts_a_tree_with_every_quirk(tmp_path):
 
 def test_official_split_is_the_default_with_validation_carved_from_train(converted, tmp_path):
     synth, _, _ = converted
-    report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], tmp_path / "o",
-                               progress=False)
+    report = convert_cbis_ddsm(
+        synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], tmp_path / "o", progress=False
+    )
     test_patients = {a["image"].rsplit("_", 2)[0] for a in synth["abnormalities"] if "_test_" in a["csv"]}
     parts = {n: load_coco(tmp_path / "o" / f"{n}.json") for n in ("train", "val", "test")}
     assert {im["patient_id"] for im in parts["test"]["images"]} == test_patients
@@ -462,15 +482,22 @@ def test_official_split_keeps_a_patient_with_train_and_test_images_in_test():
     assert sorted(parts["train"] + parts["val"]) == list(range(3, 13)) and parts["val"]
     assert len(report.warnings) == 1 and "P_1" in report.warnings[0]
     with pytest.raises(ConfigError, match="--resplit"):
-        _official_assignment([{"id": 1, "patient_id": "P", "official_split": "unknown", "source": "x"}], 0.2, 0,
-                             report)
+        _official_assignment([{"id": 1, "patient_id": "P", "official_split": "unknown", "source": "x"}], 0.2, 0, report)
 
 
 def test_jpeg_re_release_converts_like_the_dicom_tree(tmp_path):
     jpeg = make_cbis_ddsm_jpeg(tmp_path / "rel", n_patients=4, seed=2, image_size=SIZE)
     tcia = make_cbis_ddsm(tmp_path / "tcia", n_patients=4, seed=2, image_size=SIZE)
-    report = _cli("cbis-ddsm", "--dicom-info", jpeg["dicom_info"], "--dicom-root", jpeg["root"], "--out",
-                  tmp_path / "o", "--no-progress")
+    report = _cli(
+        "cbis-ddsm",
+        "--dicom-info",
+        jpeg["dicom_info"],
+        "--dicom-root",
+        jpeg["root"],
+        "--out",
+        tmp_path / "o",
+        "--no-progress",
+    )
     assert report.returncode == 0, report.stderr
     coco = load_coco(tmp_path / "o" / "all.json")
     assert _keys(coco) == {a["image"] for a in jpeg["abnormalities"]}
@@ -488,8 +515,17 @@ def test_jpeg_re_release_converts_like_the_dicom_tree(tmp_path):
 
 def test_flip_left_and_crop_breast_move_boxes_with_the_pixels(converted, tmp_path):
     synth, _, plain_out = converted
-    report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], tmp_path / "g",
-                               split=(0.6, 0.2, 0.2), seed=7, flip_left="pixels", crop_breast=True, progress=False)
+    report = convert_cbis_ddsm(
+        synth["mass_csvs"],
+        synth["calc_csvs"],
+        synth["dicom_root"],
+        tmp_path / "g",
+        split=(0.6, 0.2, 0.2),
+        seed=7,
+        flip_left="pixels",
+        crop_breast=True,
+        progress=False,
+    )
     assert report.ok
     plain, geo = load_coco(plain_out / "all.json"), load_coco(tmp_path / "g" / "all.json")
     by_key = {Path(im["file_name"]).stem: im for im in plain["images"]}
@@ -518,8 +554,15 @@ def test_class_rule_without_a_class_excludes_the_image_on_purpose(converted, tmp
         def __call__(self, abn):
             return None if abn.abnormality_type == "calcification" else super().__call__(abn)
 
-    report = convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], tmp_path / "m",
-                               classes=MassesOnly("type"), split=(0.6, 0.2, 0.2), progress=False)
+    report = convert_cbis_ddsm(
+        synth["mass_csvs"],
+        synth["calc_csvs"],
+        synth["dicom_root"],
+        tmp_path / "m",
+        classes=MassesOnly("type"),
+        split=(0.6, 0.2, 0.2),
+        progress=False,
+    )
     calc_images = {a["image"] for a in synth["abnormalities"] if a["kind"] == "calcification"}
     assert report.ok and {s.item for s in report.excluded} == {f"image {k}" for k in calc_images}
     assert not _keys(load_coco(tmp_path / "m" / "all.json")) & calc_images

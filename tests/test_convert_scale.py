@@ -114,9 +114,20 @@ def test_shards_split_the_work_and_a_final_run_assembles_the_dataset(synth, tmp_
 def test_a_killed_run_leaves_no_half_file_and_resumes(tmp_path):
     raw = make_cbis_ddsm(tmp_path / "raw", n_patients=10, seed=2, image_size=(512, 320))
     out = tmp_path / "o"
-    cmd = [sys.executable, str(REPO / "convert_dataset.py"), "cbis-ddsm", "--mass-csv", *map(str, raw["mass_csvs"]),
-           "--calc-csv", *map(str, raw["calc_csvs"]), "--dicom-root", str(raw["dicom_root"]), "--out", str(out),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(REPO / "convert_dataset.py"),
+        "cbis-ddsm",
+        "--mass-csv",
+        *map(str, raw["mass_csvs"]),
+        "--calc-csv",
+        *map(str, raw["calc_csvs"]),
+        "--dicom-root",
+        str(raw["dicom_root"]),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = out / "manifest.partial.jsonl"
     deadline = time.time() + 60

@@ -1,6 +1,7 @@
 """detectron2 <-> torchvision-engine checkpoint conversion, tested on state dicts built from detectron2's
 published parameter naming (detectron2/modeling/backbone/resnet.py, fpn.py, proposal_generator/rpn.py,
 roi_heads/box_head.py, fast_rcnn.py), plus a numerical twin test where detectron2 is installed."""
+
 from __future__ import annotations
 
 import math
@@ -85,9 +86,12 @@ def _d2_state(depth: int, num_classes: int = NUM_CLASSES, seed: int = 0) -> dict
     conv(f"{rpn}.objectness_logits", 3, 256, 1, norm=False, bias=True)
     conv(f"{rpn}.anchor_deltas", 12, 256, 1, norm=False, bias=True)
     sd[f"{rpn}.anchor_deltas.weight"] *= 0.01  # proposals near the anchors, as in a trained RPN
-    for name, cout, cin in (("box_head.fc1", 1024, 256 * 49), ("box_head.fc2", 1024, 1024),
-                            ("box_predictor.cls_score", num_classes + 1, 1024),
-                            ("box_predictor.bbox_pred", num_classes * 4, 1024)):
+    for name, cout, cin in (
+        ("box_head.fc1", 1024, 256 * 49),
+        ("box_head.fc2", 1024, 1024),
+        ("box_predictor.cls_score", num_classes + 1, 1024),
+        ("box_predictor.bbox_pred", num_classes * 4, 1024),
+    ):
         sd[f"roi_heads.{name}.weight"] = torch.randn(cout, cin, generator=g) * cin**-0.5
         sd[f"roi_heads.{name}.bias"] = torch.randn(cout, generator=g) * 0.1
     return sd
@@ -102,8 +106,9 @@ def test_every_parameter_maps_and_the_converted_model_predicts(depth):
     result = model.load_state_dict(tv, strict=False)
     assert not result.unexpected_keys
     assert all(k.endswith("num_batches_tracked") for k in result.missing_keys)
-    assert torch.equal(model.backbone.body.layer1[0].bn1.running_var,
-                       d2["backbone.bottom_up.res2.0.conv1.norm.running_var"])
+    assert torch.equal(
+        model.backbone.body.layer1[0].bn1.running_var, d2["backbone.bottom_up.res2.0.conv1.norm.running_var"]
+    )
     model.eval()
     with torch.no_grad():
         (det,) = model([{"image": torch.rand(3, 96, 128) * 255, "height": 96, "width": 128}])
@@ -190,7 +195,9 @@ def test_model_zoo_pkl_with_numpy_arrays_loads(tmp_path):
     with path.open("wb") as f:
         pickle.dump({"model": {k: v.numpy() for k, v in d2.items()}, "__author__": "Detectron2 Model Zoo"}, f)
     state = load_d2_state_dict(path)
-    assert state.keys() == d2.keys() and torch.equal(state["backbone.fpn_output2.bias"], d2["backbone.fpn_output2.bias"])
+    assert state.keys() == d2.keys() and torch.equal(
+        state["backbone.fpn_output2.bias"], d2["backbone.fpn_output2.bias"]
+    )
 
 
 def test_caffe2_names_are_refused(tmp_path):
@@ -250,8 +257,9 @@ def test_engine_reproduces_detectron2_stride_anchors_and_pooler():
     assert first.conv1.stride == (1, 1) and first.conv2.stride == (2, 2)
     # detectron2 cell anchors are not rounded: size 32, ratio 0.5 -> w = sqrt(2048)
     cell = model.rpn.anchor_generator.cell_anchors[0]
-    assert torch.allclose(cell[0], torch.tensor([-math.sqrt(2048) / 2, -math.sqrt(512) / 2,
-                                                  math.sqrt(2048) / 2, math.sqrt(512) / 2]))
+    assert torch.allclose(
+        cell[0], torch.tensor([-math.sqrt(2048) / 2, -math.sqrt(512) / 2, math.sqrt(2048) / 2, math.sqrt(512) / 2])
+    )
     assert model.roi_heads.box_roi_pool.aligned  # POOLER_TYPE ROIAlignV2
     # P6 anchors 64 px apart even when the padded image (96 px) is no multiple of 64
     images = ImageList(torch.zeros(1, 3, 96, 128), [(96, 128)])
@@ -260,6 +268,7 @@ def test_engine_reproduces_detectron2_stride_anchors_and_pooler():
     square = anchors[-12:].reshape(4, 3, 4)[:, 1]  # P6: 2x2 locations, the ratio-1 anchor
     centres = (square[:, :2] + square[:, 2:]) / 2
     assert centres.tolist() == [[0.0, 0.0], [64.0, 0.0], [0.0, 64.0], [64.0, 64.0]]
+
 
 def test_roi_pooler_levels_match_torchvision_when_not_aligned():
     """Without the half-pixel shift, the detectron2 pooler agrees with torchvision's MultiScaleRoIAlign
@@ -319,7 +328,8 @@ def test_detectron2_model_and_converted_twin_give_the_same_detections(depth):
     assert len(ref) > 10
     # every detection clear of the score threshold (by more than the 1e-3 tolerance) has its twin
     for (boxes, scores, classes), (other_boxes, other_scores, other_classes) in (
-        (ref_dets, our_dets), (our_dets, ref_dets)
+        (ref_dets, our_dets),
+        (our_dets, ref_dets),
     ):
         clear = scores > cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST + 1e-3
         iou = box_iou(boxes[clear], other_boxes)

@@ -1,6 +1,7 @@
 """MODEL.ENGINE detectron2: detectron2's GeneralizedRCNN behind meddet's model interface, trained by meddet's
 loop, loading detectron2 and meddet checkpoints, and giving the torchvision engine's losses and detections
 for the same weights. Runs where detectron2 is installed; collected and skipped with the reason elsewhere."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,8 @@ import torch
 pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source to run these tests)")
 
-from torchvision.ops import box_iou  # noqa: E402
-
 from conftest import seeded, small_model_cfg  # noqa: E402
+from torchvision.ops import box_iou  # noqa: E402
 
 from meddet.errors import ModelError  # noqa: E402
 from meddet.modeling import build_model, load_model_weights, save_checkpoint  # noqa: E402
@@ -28,9 +28,12 @@ def small_cfg(*opts):
     """An R18-FPN small enough for a training step in a fraction of a second on the CPU."""
     return small_model_cfg(
         "detectron2",
-        "MODEL.ROI_HEADS.NUM_CLASSES", 2,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.05,
-        "TEST.DETECTIONS_PER_IMAGE", 1000,  # no top-k cut between near-equal scores in comparisons
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        2,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        0.05,
+        "TEST.DETECTIONS_PER_IMAGE",
+        1000,  # no top-k cut between near-equal scores in comparisons
         *opts,
     )
 
@@ -41,10 +44,20 @@ def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 def train_batch():
     return [
-        {"image": image(64, 96), "height": 64, "width": 96,
-         "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]), "classes": torch.tensor([0, 1])},
-        {"image": image(64, 64, 1), "height": 64, "width": 64,  # an image without objects
-         "boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.int64)},
+        {
+            "image": image(64, 96),
+            "height": 64,
+            "width": 96,
+            "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
+            "classes": torch.tensor([0, 1]),
+        },
+        {
+            "image": image(64, 64, 1),
+            "height": 64,
+            "width": 64,  # an image without objects
+            "boxes": torch.zeros(0, 4),
+            "classes": torch.zeros(0, dtype=torch.int64),
+        },
     ]
 
 
@@ -135,12 +148,26 @@ def test_eval_output_is_meddets_format_in_original_pixels():
 
 
 def test_trains_and_evaluates_through_meddets_trainer(tiny_cfg, tiny_coco):
-    from meddet.engine import Trainer
+    from meddet.training import Trainer
 
     cfg = tiny_cfg.clone()
     cfg.defrost()
-    cfg.merge_from_list(["MODEL.ENGINE", "detectron2", "SOLVER.MAX_ITER", 4, "SOLVER.CHECKPOINT_PERIOD", 1000,
-                         "DATASETS.VAL", f"('{tiny_coco}',)", "TEST.EVAL_PERIOD", 1000, "EVAL.BOOTSTRAP_SAMPLES", 0])
+    cfg.merge_from_list(
+        [
+            "MODEL.ENGINE",
+            "detectron2",
+            "SOLVER.MAX_ITER",
+            4,
+            "SOLVER.CHECKPOINT_PERIOD",
+            1000,
+            "DATASETS.VAL",
+            f"('{tiny_coco}',)",
+            "TEST.EVAL_PERIOD",
+            1000,
+            "EVAL.BOOTSTRAP_SAMPLES",
+            0,
+        ]
+    )
     trainer = Trainer(cfg)
     assert trainer.model.engine == "detectron2"
     trainer.train()
@@ -161,14 +188,35 @@ def test_trains_and_evaluates_through_meddets_trainer(tiny_cfg, tiny_coco):
 def test_demo_config_trains_and_evaluates_on_the_detectron2_engine(tiny_coco, tmp_path):
     """The demo recipe (configs/demo_mammo_R18_FPN.yaml) as is, only the engine, data and length changed:
     `detectron.py -c train` then `-c evaluate` on detectron2's model."""
-    import detectron
     from conftest import REPO
 
+    import detectron
+
     run = tmp_path / "run"
-    common = ["--config-file", str(REPO / "configs" / "demo_mammo_R18_FPN.yaml"), "MODEL.ENGINE", "detectron2",
-              "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NUM_CLASSES", "2", "DATASETS.TRAIN", f"('{tiny_coco}',)",
-              "DATASETS.VAL", "()", "DATASETS.TEST", f"('{tiny_coco}',)", "DATALOADER.NUM_WORKERS", "0",
-              "EVAL.BOOTSTRAP_SAMPLES", "0", "EVAL.GALLERY_SIZE", "0", "OUTPUT_DIR", str(run)]
+    common = [
+        "--config-file",
+        str(REPO / "configs" / "demo_mammo_R18_FPN.yaml"),
+        "MODEL.ENGINE",
+        "detectron2",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "2",
+        "DATASETS.TRAIN",
+        f"('{tiny_coco}',)",
+        "DATASETS.VAL",
+        "()",
+        "DATASETS.TEST",
+        f"('{tiny_coco}',)",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "EVAL.BOOTSTRAP_SAMPLES",
+        "0",
+        "EVAL.GALLERY_SIZE",
+        "0",
+        "OUTPUT_DIR",
+        str(run),
+    ]
     assert detectron.main(detectron.parse_args(["-c", "train", "SOLVER.MAX_ITER", "3", *common])) == 0
     assert torch.load(run / "model_final.pth", weights_only=True)["meddet"]["engine"] == "detectron2"
     assert detectron.main(detectron.parse_args(["-c", "evaluate", "--config-file", str(run / "config.yaml")])) == 0
@@ -204,8 +252,9 @@ def test_model_zoo_pkl_and_class_count_change_load_through_detectron2(tmp_path, 
     source = build_model(small_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 5))
     path = tmp_path / "model_final_abc.pkl"
     with path.open("wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()},
-                     "__author__": "Detectron2 Model Zoo"}, f)
+        pickle.dump(
+            {"model": {k: v.numpy() for k, v in source.state_dict().items()}, "__author__": "Detectron2 Model Zoo"}, f
+        )
     torch.manual_seed(seeded(2))
     same = build_model(small_cfg("MODEL.ROI_HEADS.NUM_CLASSES", 5))
     load_model_weights(same, path)
@@ -224,15 +273,30 @@ def test_model_zoo_pkl_and_class_count_change_load_through_detectron2(tmp_path, 
     "opts",
     [
         [],  # detectron2's defaults: SMOOTH_L1_BETA 0 (L1) in RPN and box head
-        ["MODEL.ROI_HEADS.CLASS_WEIGHTS", [2.0, 0.5], "MODEL.RPN.SMOOTH_L1_BETA", 0.1,
-         "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", 0.5, "MODEL.RPN.LOSS_WEIGHT", 2.0],
+        [
+            "MODEL.ROI_HEADS.CLASS_WEIGHTS",
+            [2.0, 0.5],
+            "MODEL.RPN.SMOOTH_L1_BETA",
+            0.1,
+            "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA",
+            0.5,
+            "MODEL.RPN.LOSS_WEIGHT",
+            2.0,
+        ],
     ],
 )
 def test_both_engines_give_the_same_losses_for_the_same_weights(opts):
     """Sampling made deterministic (quotas above the anchor/proposal counts, so every candidate is sampled):
     the same weights and batch give the same four losses on both engines."""
-    tv, d2 = twins("MODEL.RPN.BATCH_SIZE_PER_IMAGE", 100000, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 100000,
-                   "MODEL.RESNETS.NORM", "FrozenBN", *opts)
+    tv, d2 = twins(
+        "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+        100000,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        100000,
+        "MODEL.RESNETS.NORM",
+        "FrozenBN",
+        *opts,
+    )
     tv.train()
     d2.train()
     ours, ref = tv(train_batch()), d2(train_batch())
@@ -273,8 +337,9 @@ def test_detections_of_the_detectron2_engine_are_explained_by_every_method(tmp_p
     save_checkpoint(weights, model)
     png = tmp_path / "case.png"
     cv2.imwrite(str(png), (image(64, 96)[0].numpy()).astype(np.uint8))
-    written = explain(cfg, [png], tmp_path / "xai", weights=weights, score_thresh=0.0, max_detections=2,
-                      per_detection=True)
+    written = explain(
+        cfg, [png], tmp_path / "xai", weights=weights, score_thresh=0.0, max_detections=2, per_detection=True
+    )
     assert sorted(p.name for p in written) == ["case_det0_gradcam.png", "case_det1_gradcam.png", "case_gradcam.png"]
     assert cv2.imread(str(tmp_path / "xai" / "case_gradcam.png")).shape == (64, 96, 3)
 
@@ -292,8 +357,10 @@ def test_both_engines_explain_a_box_the_same_for_the_same_weights():
     item = {"image": image(64, 96, 3), "height": 128, "width": 192}
     box = [20.0, 24.0, 80.0, 60.0]
     for method in METHODS:
-        ours, ref = gradcam(d2, item, box=box, class_index=1, method=method), gradcam(tv, item, box=box,
-                                                                                      class_index=1, method=method)
+        ours, ref = (
+            gradcam(d2, item, box=box, class_index=1, method=method),
+            gradcam(tv, item, box=box, class_index=1, method=method),
+        )
         assert ours.layer == ref.layer == "p2"
         assert ours.heatmap.std() > 0.01
         np.testing.assert_allclose(ours.heatmap, ref.heatmap, atol=1e-3, err_msg=method)
@@ -305,8 +372,15 @@ def test_both_engines_explain_a_box_the_same_for_the_same_weights():
 
 
 # ------------------------------------------------------------------------------------- issue 20
-D2_STATS = {"fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy", "fast_rcnn/false_negative",
-            "roi_head/num_fg_samples", "roi_head/num_bg_samples", "rpn/num_pos_anchors", "rpn/num_neg_anchors"}
+D2_STATS = {
+    "fast_rcnn/cls_accuracy",
+    "fast_rcnn/fg_cls_accuracy",
+    "fast_rcnn/false_negative",
+    "roi_head/num_fg_samples",
+    "roi_head/num_bg_samples",
+    "rpn/num_pos_anchors",
+    "rpn/num_neg_anchors",
+}
 
 
 def test_training_step_keeps_detectron2s_statistics():
@@ -344,10 +418,16 @@ def test_detectron2_checkpointer_loads_that_fill_too_little_are_refused(tmp_path
         load_model_weights(build_model(small_cfg()), stray)
     backbone = tmp_path / "R-18.pkl"
     with backbone.open("wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in state.items() if k.startswith("backbone.bottom_up.")},
-                     "__author__": "test"}, f)
+        pickle.dump(
+            {
+                "model": {k: v.numpy() for k, v in state.items() if k.startswith("backbone.bottom_up.")},
+                "__author__": "test",
+            },
+            f,
+        )
     other = build_model(small_cfg())
     load_model_weights(other, backbone)  # an ImageNet-style backbone: accepted, heads stay random
-    assert torch.equal(other.state_dict()["backbone.bottom_up.stem.conv1.weight"],
-                       state["backbone.bottom_up.stem.conv1.weight"])
+    assert torch.equal(
+        other.state_dict()["backbone.bottom_up.stem.conv1.weight"], state["backbone.bottom_up.stem.conv1.weight"]
+    )
     assert "holds only the backbone" in caplog.text

@@ -1,4 +1,5 @@
 """Training data: exact boxes under augmentation, resize, seeded and resumable data order."""
+
 import numpy as np
 import pytest
 
@@ -11,10 +12,13 @@ def _aug(opts):
     return build_augmentation(load_config(None, opts))
 
 
-@pytest.mark.parametrize("flip, expected", [
-    ("horizontal", [100 - 30, 10, 100 - 10, 50]),
-    ("vertical", [10, 60 - 50, 30, 60 - 10]),
-])
+@pytest.mark.parametrize(
+    "flip, expected",
+    [
+        ("horizontal", [100 - 30, 10, 100 - 10, 50]),
+        ("vertical", [10, 60 - 50, 30, 60 - 10]),
+    ],
+)
 def test_flips_keep_boxes_exact(flip, expected):
     aug = _aug(["INPUT.RANDOM_FLIP", flip, "AUG.FLIP_PROB", "1.0"])
     img = np.zeros((60, 100, 3), np.float32)

@@ -1,6 +1,7 @@
 """detectron2's meaning for detectron2's keys (issue 20 item 3): gradient clipping per parameter, bias and norm
 optimizer settings, aspect-ratio grouping, CUDNN_BENCHMARK, VIS_PERIOD and the model keys the torchvision
 engine used to ignore."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,14 +9,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import small_model_cfg
+from torch import nn
 
 from meddet.config import get_cfg
 from meddet.data.dataset import TrainingBatchSampler
-from meddet.engine.solver import build_optimizer, clip_gradients, optimizer_param_groups
 from meddet.errors import ConfigError, ModelError
+from meddet.training.solver import build_optimizer, clip_gradients, optimizer_param_groups
 
 
 def _clip_cfg(kind: str, value: float = 5.0):
@@ -66,16 +66,21 @@ class _Net(nn.Module):
 def _hyper(cfg, model):
     """{parameter name: (lr, weight_decay)} of the optimizer's groups."""
     names = {id(p): n for n, p in model.named_parameters()}
-    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer_param_groups(cfg, model)
-            for p in g["params"]}
+    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer_param_groups(cfg, model) for p in g["params"]}
 
 
 def test_param_groups_follow_detectron2s_get_default_optimizer_params():
     model = _Net()
     cfg = get_cfg()
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_NORM = 0.1, 1e-4, 0.0
-    assert _hyper(cfg, model) == {"conv.weight": (0.1, 1e-4), "conv.bias": (0.1, 1e-4), "norm.weight": (0.1, 0.0),
-                                  "norm.bias": (0.1, 0.0), "fc.weight": (0.1, 1e-4), "fc.bias": (0.1, 1e-4)}
+    assert _hyper(cfg, model) == {
+        "conv.weight": (0.1, 1e-4),
+        "conv.bias": (0.1, 1e-4),
+        "norm.weight": (0.1, 0.0),
+        "norm.bias": (0.1, 0.0),
+        "fc.weight": (0.1, 1e-4),
+        "fc.bias": (0.1, 1e-4),
+    }
     assert len(optimizer_param_groups(cfg, model)) == 2  # same values share a group
     cfg.SOLVER.BIAS_LR_FACTOR, cfg.SOLVER.WEIGHT_DECAY_BIAS = 2.0, 0.5
     hyper = _hyper(cfg, model)
@@ -150,7 +155,7 @@ def test_aspect_ratio_grouping_refuses_quarter_turns(tiny_cfg):
 
 # ------------------------------------------------------------------------------------- other keys
 def test_vis_period_is_refused(tiny_cfg):
-    from meddet.engine import Trainer
+    from meddet.training import Trainer
 
     cfg = tiny_cfg.clone()
     cfg.VIS_PERIOD = 20
@@ -257,11 +262,25 @@ def test_detectron2_model_zoo_box_config_loads_and_builds(tmp_path, caplog):
     from meddet.config import load_config
     from meddet.modeling import build_model
 
-    path = _zoo(tmp_path, "MODEL:\n  WEIGHTS: 'detectron2://ImageNetPretrained/MSRA/R-50.pkl'\n  MASK_ON: False\n"
-                          "  RESNETS:\n    DEPTH: 50\nSOLVER:\n  STEPS: (210000, 250000)\n  MAX_ITER: 270000\n")
+    path = _zoo(
+        tmp_path,
+        "MODEL:\n  WEIGHTS: 'detectron2://ImageNetPretrained/MSRA/R-50.pkl'\n  MASK_ON: False\n"
+        "  RESNETS:\n    DEPTH: 50\nSOLVER:\n  STEPS: (210000, 250000)\n  MAX_ITER: 270000\n",
+    )
     with caplog.at_level(logging.INFO, logger="meddet.config"):
-        cfg = load_config(path, ["MODEL.ENGINE", "torchvision", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-                                 "MODEL.ROI_HEADS.NUM_CLASSES", 80])
+        cfg = load_config(
+            path,
+            [
+                "MODEL.ENGINE",
+                "torchvision",
+                "MODEL.DEVICE",
+                "cpu",
+                "MODEL.WEIGHTS",
+                "",
+                "MODEL.ROI_HEADS.NUM_CLASSES",
+                80,
+            ],
+        )
     assert "MODEL.ROI_MASK_HEAD.NAME" in caplog.text and "not used" in caplog.text
     assert cfg.SOLVER.MAX_ITER == 270000 and cfg.MODEL.RESNETS.DEPTH == 50 and not cfg.MODEL.MASK_ON
     model = build_model(cfg)
@@ -272,10 +291,14 @@ def test_detectron2_model_zoo_box_config_loads_and_builds(tmp_path, caplog):
     ("body", "match"),
     [
         ("MODEL: {MASK_ON: True}\n", "MODEL.MASK_ON is True; meddet builds box detectors only .*without a mask head"),
-        ("MODEL:\n  KEYPOINT_ON: True\n  ROI_KEYPOINT_HEAD: {NUM_KEYPOINTS: 17}\n",
-         "MODEL.KEYPOINT_ON is True.*a keypoint head"),
-        ("MODEL:\n  ROI_HEADS: {NAME: CascadeROIHeads}\n  ROI_BOX_CASCADE_HEAD: {IOUS: [0.5, 0.6, 0.7]}\n",
-         r"MODEL.ROI_BOX_CASCADE_HEAD.IOUS belongs to the cascade box head"),
+        (
+            "MODEL:\n  KEYPOINT_ON: True\n  ROI_KEYPOINT_HEAD: {NUM_KEYPOINTS: 17}\n",
+            "MODEL.KEYPOINT_ON is True.*a keypoint head",
+        ),
+        (
+            "MODEL:\n  ROI_HEADS: {NAME: CascadeROIHeads}\n  ROI_BOX_CASCADE_HEAD: {IOUS: [0.5, 0.6, 0.7]}\n",
+            r"MODEL.ROI_BOX_CASCADE_HEAD.IOUS belongs to the cascade box head",
+        ),
         ("MODEL: {ROI_MASK_HEED: {NUM_CONV: 4}}\n", "unknown config key 'MODEL.ROI_MASK_HEED'"),
     ],
 )
@@ -289,8 +312,15 @@ def test_detectron2_parts_meddet_lacks_are_refused_when_switched_on(tmp_path, bo
 
 
 # ------------------------------------------------------------------------------------- training statistics
-D2_STATS = {"fast_rcnn/cls_accuracy", "fast_rcnn/fg_cls_accuracy", "fast_rcnn/false_negative",
-            "roi_head/num_fg_samples", "roi_head/num_bg_samples", "rpn/num_pos_anchors", "rpn/num_neg_anchors"}
+D2_STATS = {
+    "fast_rcnn/cls_accuracy",
+    "fast_rcnn/fg_cls_accuracy",
+    "fast_rcnn/false_negative",
+    "roi_head/num_fg_samples",
+    "roi_head/num_bg_samples",
+    "rpn/num_pos_anchors",
+    "rpn/num_neg_anchors",
+}
 
 
 def test_classification_stats_are_detectron2s_with_background_first():
@@ -300,8 +330,9 @@ def test_classification_stats_are_detectron2s_with_background_first():
     logits = torch.tensor([[5.0, 0, 0], [0, 5, 0], [0, 0, 5], [0, 0, 5], [5, 0, 0]])
     labels = torch.tensor([0, 1, 1, 2, 2])
     stats = {k: float(v) for k, v in classification_stats(logits, labels, torch.where(labels > 0)[0]).items()}
-    assert stats == pytest.approx({"fast_rcnn/cls_accuracy": 3 / 5, "fast_rcnn/fg_cls_accuracy": 2 / 4,
-                                   "fast_rcnn/false_negative": 1 / 4})
+    assert stats == pytest.approx(
+        {"fast_rcnn/cls_accuracy": 3 / 5, "fast_rcnn/fg_cls_accuracy": 2 / 4, "fast_rcnn/false_negative": 1 / 4}
+    )
     only_bg = classification_stats(logits[:1], labels[:1], torch.where(labels[:1] > 0)[0])
     assert set(only_bg) == {"fast_rcnn/cls_accuracy"}  # no foreground: detectron2 logs accuracy only
     assert classification_stats(logits[:0], labels[:0], labels[:0]) == {}
@@ -315,11 +346,22 @@ def test_torchvision_engine_reports_detectron2s_training_statistics():
     model = build_model(cfg)
     model.train()
     g = torch.Generator().manual_seed(0)
-    batch = [{"image": torch.rand(3, 64, 96, generator=g) * 255, "height": 64, "width": 96,
-              "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
-              "classes": torch.tensor([0, 2])},
-             {"image": torch.rand(3, 64, 64, generator=g) * 255, "height": 64, "width": 64,
-              "boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.int64)}]
+    batch = [
+        {
+            "image": torch.rand(3, 64, 96, generator=g) * 255,
+            "height": 64,
+            "width": 96,
+            "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
+            "classes": torch.tensor([0, 2]),
+        },
+        {
+            "image": torch.rand(3, 64, 64, generator=g) * 255,
+            "height": 64,
+            "width": 64,
+            "boxes": torch.zeros(0, 4),
+            "classes": torch.zeros(0, dtype=torch.int64),
+        },
+    ]
     model(batch)
     stats = {k: float(v) for k, v in model.training_stats.items()}
     assert set(stats) == D2_STATS

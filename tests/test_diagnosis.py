@@ -1,4 +1,5 @@
 """Training diagnosis: crafted metrics.json files are diagnosed as what they are; a healthy run raises nothing."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,22 @@ import math
 import numpy as np
 import pytest
 
-from meddet.engine.diagnosis import diagnose, format_findings
 from meddet.errors import DataError
+from meddet.training.diagnosis import diagnose, format_findings
 
 
 def _train(n=100, loss=lambda i: 2.0 * math.exp(-i / 30) + 0.2, data_time=0.01, time=0.5, seed=0):
     rng = np.random.default_rng(seed)
-    return [{"iteration": 20 * i + 19, "total_loss": float(loss(i) * (1 + 0.03 * rng.standard_normal())),
-             "lr": 0.01, "time": time, "data_time": data_time} for i in range(n)]
+    return [
+        {
+            "iteration": 20 * i + 19,
+            "total_loss": float(loss(i) * (1 + 0.03 * rng.standard_normal())),
+            "lr": 0.01,
+            "time": time,
+            "data_time": data_time,
+        }
+        for i in range(n)
+    ]
 
 
 def _evals(values, key="val/total_loss", every=200):
@@ -32,8 +41,11 @@ def kinds(findings):
 
 
 def test_healthy_run_raises_nothing(tmp_path):
-    lines = _train() + _evals([1.5, 1.1, 0.9, 0.8, 0.75, 0.74, 0.73, 0.73, 0.72, 0.72]) \
+    lines = (
+        _train()
+        + _evals([1.5, 1.1, 0.9, 0.8, 0.75, 0.74, 0.73, 0.73, 0.72, 0.72])
         + _evals([10, 20, 30, 35, 38, 40, 41, 41.5, 42, 42], key="bbox/AP")
+    )
     findings = diagnose(_write(tmp_path, lines))
     assert findings == []
     assert "no problem" in format_findings(findings)
@@ -43,7 +55,11 @@ def test_overfitting_from_rising_validation_loss(tmp_path):
     lines = _train() + _evals([1.5, 1.0, 0.8, 0.7, 0.72, 0.78, 0.85, 0.95, 1.1, 1.2])
     findings = diagnose(_write(tmp_path, lines))
     assert kinds(findings) == ["overfitting"]
-    assert "validation loss rose" in findings[0].evidence and "6 evaluations" in findings[0].evidence and "iteration 799" in findings[0].suggestion
+    assert (
+        "validation loss rose" in findings[0].evidence
+        and "6 evaluations" in findings[0].evidence
+        and "iteration 799" in findings[0].suggestion
+    )
 
 
 def test_overfitting_from_falling_ap(tmp_path):

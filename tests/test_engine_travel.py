@@ -5,6 +5,7 @@ a load that would leave a model partly random is refused with the likely cause.
 detectron2 is not needed: its checkpoints are simulated with the exact converter (detectron2's names and
 layout), and a detectron2-engine model by a module with detectron2's parameter names.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,9 @@ import shutil
 import pytest
 import torch
 import yaml
-from torch import nn
-
 from bundle_fixture import shared_run
 from conftest import small_model_cfg
+from torch import nn
 
 from meddet.errors import ModelError
 from meddet.modeling import build as build_module
@@ -112,8 +112,7 @@ def test_auto_means_the_checkpoints_engine(tmp_path, detectron2_importable):
     assert resolve_engine("auto") == "detectron2"  # no checkpoint: detectron2 where it imports
 
 
-def test_detectron2_weights_where_detectron2_is_absent_get_the_torchvision_engine(tmp_path, detectron2_absent,
-                                                                                  caplog):
+def test_detectron2_weights_where_detectron2_is_absent_get_the_torchvision_engine(tmp_path, detectron2_absent, caplog):
     torch.save({"model": tv_to_d2_state_dict(tv_model().state_dict(), cfg_of())}, tmp_path / "d2.pth")
     with caplog.at_level(logging.WARNING, logger="meddet.modeling.build"):
         assert resolve_engine("auto", tmp_path / "d2.pth") == "torchvision"
@@ -257,11 +256,11 @@ def test_resume_needs_the_engine_that_trained_the_run(tmp_path):
 
 # ------------------------------------------------------------------------------------- runs and bundles
 def test_run_records_the_resolved_engine_and_checkpoints_their_architecture(tiny_cfg, detectron2_absent, caplog):
-    from meddet.engine import Trainer
+    from meddet.training import Trainer
 
     cfg = tiny_cfg.clone()
     cfg.merge_from_list(["MODEL.ENGINE", "auto", "SOLVER.MAX_ITER", 2, "SOLVER.CHECKPOINT_PERIOD", 1])
-    with caplog.at_level(logging.INFO, logger="meddet.engine.trainer"):
+    with caplog.at_level(logging.INFO, logger="meddet.training.trainer"):
         Trainer(cfg).train()
     run = cfg.OUTPUT_DIR
     assert "Training torchvision from iteration 0" in caplog.text

@@ -1,4 +1,5 @@
 """Ensembles: weighted boxes fusion / NMS of several models, members with different class sets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,11 @@ from meddet.inference.ensemble import EnsemblePredictor, fuse_detections
 
 def _set(rows):
     a = np.array(rows, dtype=np.float64).reshape(-1, 6)
-    return {"boxes": a[:, :4].astype(np.float32), "scores": a[:, 4].astype(np.float32),
-            "classes": a[:, 5].astype(np.int64)}
+    return {
+        "boxes": a[:, :4].astype(np.float32),
+        "scores": a[:, 4].astype(np.float32),
+        "classes": a[:, 5].astype(np.int64),
+    }
 
 
 DETS = _set([(10, 20, 50, 60, 0.9, 0), (100, 100, 140, 150, 0.6, 1), (300, 10, 330, 40, 0.4, 0)])

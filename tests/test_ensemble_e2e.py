@@ -2,6 +2,7 @@
 bundles and is served by the web app; a run's tuned thresholds reach predict, evaluate, its bundle and the
 web app, and follow classes by name through ensembles. Nothing here depends on what the tiny models
 learned: only that each stage runs and the stages agree with each other."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, TINY_MODEL_OPTS, make_tiny_coco
 
 # two tiny models trained, then evaluate/tune/export/serve end to end (~20 s)
@@ -48,15 +48,35 @@ def _train(root: Path, name: str, coco: Path, seed: int) -> Path:
     """A tiny model trained 4 iterations on `coco`, every proposal kept (SCORE_THRESH_TEST 0) so it has
     boxes to fuse and to filter; returns its run folder."""
     from meddet.config import load_config
-    from meddet.engine import Trainer
+    from meddet.training import Trainer
 
     cfg = load_config(
         str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-        TINY_MODEL_OPTS + ["DATASETS.TRAIN", f"('{coco}',)", "DATASETS.VAL", f"('{coco}',)",
-                           "DATASETS.TEST", f"('{coco}',)", "OUTPUT_DIR", str(root / name), "SEED", str(seed),
-                           "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0",
-                           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-                           "EVAL.BOOTSTRAP_SAMPLES", "0", "EVAL.GALLERY_SIZE", "0"],
+        TINY_MODEL_OPTS
+        + [
+            "DATASETS.TRAIN",
+            f"('{coco}',)",
+            "DATASETS.VAL",
+            f"('{coco}',)",
+            "DATASETS.TEST",
+            f"('{coco}',)",
+            "OUTPUT_DIR",
+            str(root / name),
+            "SEED",
+            str(seed),
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "EVAL.BOOTSTRAP_SAMPLES",
+            "0",
+            "EVAL.GALLERY_SIZE",
+            "0",
+        ],
     )
     Trainer(cfg).train()
     return root / name
@@ -131,8 +151,22 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
     a, b, c, coco = runs["a"], runs["b"], runs["c"], runs["coco"]
     # -c evaluate --ensemble (crashed before): runs and, for a model with a copy of itself fused by NMS,
     # scores exactly what the model alone scores.
-    assert cli("-c", "evaluate", "--config-file", a / "config.yaml", "--ensemble", b, "--output", tmp_path / "ens",
-               "--untuned", "ENSEMBLE.METHOD", "nms") == 0
+    assert (
+        cli(
+            "-c",
+            "evaluate",
+            "--config-file",
+            a / "config.yaml",
+            "--ensemble",
+            b,
+            "--output",
+            tmp_path / "ens",
+            "--untuned",
+            "ENSEMBLE.METHOD",
+            "nms",
+        )
+        == 0
+    )
     assert cli("-c", "evaluate", "--config-file", a / "config.yaml", "--output", tmp_path / "one", "--untuned") == 0
     ens_m = json.loads((tmp_path / "ens" / "metrics.json").read_text())
     one_m = json.loads((tmp_path / "one" / "metrics.json").read_text())
@@ -180,7 +214,8 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
     client = create_app(load_predictor(out, device="cpu")).test_client()
     info = client.get("/api/v1/model").get_json()
     assert [(cl["name"], cl["score_thresh"]) for cl in info["classes"]] == [
-        (n, pytest.approx(t)) for n, t in by_name.items()]
+        (n, pytest.approx(t)) for n, t in by_name.items()
+    ]
     assert info["engine"] == "ensemble" and info["ensemble"]["method"] == "nms"
     assert [m["classes"] for m in info["members"]] == [["square", "disc"], ["square", "blob"]]
     for page in ("/", "/model"):
@@ -196,8 +231,12 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
     assert len(dets) == len(loaded(image)["scores"])
     assert {d["label"] for d in dets} <= {"square", "disc", "blob"}
     # Explanations need one model's layers: an ensemble says so instead of failing.
-    r = client.post("/api/v1/predict", query_string={"explain": "1"},
-                    data={"file": (io.BytesIO(png), "x.png")}, content_type="multipart/form-data")
+    r = client.post(
+        "/api/v1/predict",
+        query_string={"explain": "1"},
+        data={"file": (io.BytesIO(png), "x.png")},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 422 and "ensemble" in r.get_json()["error"]["message"]
 
 
@@ -224,23 +263,61 @@ def test_tuned_thresholds_reach_predict_evaluate_bundle_and_web_app(runs, tmp_pa
     assert list(load_run_config(run / "config.yaml", tuned=False).TEST.CLASS_SCORE_THRESH) == []
     assert load_run_config(run / "config.yaml", ["TEST.SCORE_THRESH", "0.77"]).TEST.SCORE_THRESH == 0.77
     image_dir = runs["coco"].parent / "images"
-    assert cli("-c", "predict", "--config-file", run / "config.yaml", "--input", image_dir / "img_000.png",
-               "--output", tmp_path / "pred") == 0
+    assert (
+        cli(
+            "-c",
+            "predict",
+            "--config-file",
+            run / "config.yaml",
+            "--input",
+            image_dir / "img_000.png",
+            "--output",
+            tmp_path / "pred",
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "pred" / "images.json").read_text())["score_thresh"] == pytest.approx(
-        list(tuned.values()))
-    assert cli("-c", "predict", "--config-file", run / "config.yaml", "--input", image_dir / "img_000.png",
-               "--output", tmp_path / "pred_untuned", "--untuned") == 0
+        list(tuned.values())
+    )
+    assert (
+        cli(
+            "-c",
+            "predict",
+            "--config-file",
+            run / "config.yaml",
+            "--input",
+            image_dir / "img_000.png",
+            "--output",
+            tmp_path / "pred_untuned",
+            "--untuned",
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "pred_untuned" / "images.json").read_text())["score_thresh"] == [0.5, 0.5]
     # With an ensemble member that adds a class: the tuned thresholds follow the classes by name.
-    assert cli("-c", "predict", "--config-file", run / "config.yaml", "--input", image_dir / "img_000.png",
-               "--output", tmp_path / "pred_ens", "--ensemble", runs["c"]) == 0
+    assert (
+        cli(
+            "-c",
+            "predict",
+            "--config-file",
+            run / "config.yaml",
+            "--input",
+            image_dir / "img_000.png",
+            "--output",
+            tmp_path / "pred_ens",
+            "--ensemble",
+            runs["c"],
+        )
+        == 0
+    )
     ens_images = json.loads((tmp_path / "pred_ens" / "images.json").read_text())
     assert [cat["name"] for cat in ens_images["categories"]] == ["square", "disc", "blob"]
     assert ens_images["score_thresh"] == pytest.approx([*tuned.values(), frag["TEST"]["SCORE_THRESH"]])
     assert cli("-c", "evaluate", "--config-file", run / "config.yaml") == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert [metrics["prf1/score_thresh-square"], metrics["prf1/score_thresh-disc"]] == pytest.approx(
-        list(tuned.values()))
+        list(tuned.values())
+    )
 
     # -c export picks up tune/ and says so (log and meddet.json); the web app serves the tuned thresholds.
     with caplog.at_level(logging.INFO, logger="meddet"):
@@ -275,15 +352,17 @@ def test_any_predictor_saves_as_a_bundle_and_loads_back(runs, tmp_path):
     cases = {
         "single": build_predictor(_cfg(runs["a"], "TEST.CLASS_SCORE_THRESH", [0.2, 0.6])),
         "tiled": build_predictor(_cfg(runs["a"], "TILING.ENABLED", True, "TILING.SIZE", 64)),
-        "ensemble": build_predictor(_cfg(runs["a"], "ENSEMBLE.METHOD", "wbf", "TEST.CLASS_SCORE_THRESH", [0.2, 0.6]),
-                                    [runs["c"]]),
+        "ensemble": build_predictor(
+            _cfg(runs["a"], "ENSEMBLE.METHOD", "wbf", "TEST.CLASS_SCORE_THRESH", [0.2, 0.6]), [runs["c"]]
+        ),
     }
     for name, p in cases.items():
         back = load_predictor(save_predictor(p, tmp_path / name), device="cpu")
         assert type(back) is type(p) and back.class_names == p.class_names and back.tiled == p.tiled, name
         np.testing.assert_allclose(_sorted(back(image)), _sorted(p(image)), atol=1e-4, err_msg=name)
-        np.testing.assert_allclose(class_thresholds(back.cfg, back.class_names),
-                                   class_thresholds(p.cfg, p.class_names), err_msg=name)
+        np.testing.assert_allclose(
+            class_thresholds(back.cfg, back.class_names), class_thresholds(p.cfg, p.class_names), err_msg=name
+        )
     assert isinstance(load_predictor(tmp_path / "ensemble"), EnsemblePredictor)
     assert class_thresholds(cases["ensemble"].cfg, ["square", "disc", "blob"]).tolist() == [0.2, 0.6, 0.5]
     with pytest.raises(Exception, match="not empty"):

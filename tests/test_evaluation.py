@@ -1,4 +1,5 @@
 """meddet.evaluation: COCO AP on both backends, P/R/F1, confusion matrix, tables, output files."""
+
 from __future__ import annotations
 
 import copy
@@ -30,10 +31,21 @@ def make_gt(boxes_per_image: list[list[tuple[int, list[float]]]], names=NAMES) -
     for i, boxes in enumerate(boxes_per_image):
         images.append({"id": i + 1, "file_name": f"{i}.png", "height": 200, "width": 200})
         for c, b in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c, "bbox": list(b),
-                         "area": b[2] * b[3], "iscrowd": 0})
-    return {"images": images, "annotations": anns,
-            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c,
+                    "bbox": list(b),
+                    "area": b[2] * b[3],
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)],
+    }
 
 
 def det(image_id, category_id, bbox, score) -> dict:
@@ -53,24 +65,43 @@ def random_case(seed: int, n_images: int, n_classes: int = 3, crowd: bool = Fals
             w, h = rng.uniform(4, 110, 2)
             c = int(rng.integers(1, n_classes + 1))
             is_crowd = int(crowd and rng.random() < 0.05)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": is_crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": is_crowd,
+                }
+            )
             for _ in range(int(rng.integers(0, 4))):
                 j = rng.normal(0, 0.15, 4) * [w, h, w, h]
                 cls = c if rng.random() < 0.8 else int(rng.integers(1, n_classes + 1))
-                preds.append(det(i + 1, cls, [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])],
-                                 float(rng.random())))
+                preds.append(
+                    det(i + 1, cls, [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])], float(rng.random()))
+                )
         for _ in range(int(rng.integers(0, 12))):
             x, y = cx + rng.normal(0, 30, 2)
-            preds.append(det(i + 1, int(rng.integers(1, n_classes + 1)), [x, y, *rng.uniform(4, 110, 2)],
-                             float(np.round(rng.random(), 2))))
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": k + 1, "name": f"class{k}"} for k in range(n_classes)]}
+            preds.append(
+                det(
+                    i + 1,
+                    int(rng.integers(1, n_classes + 1)),
+                    [x, y, *rng.uniform(4, 110, 2)],
+                    float(np.round(rng.random(), 2)),
+                )
+            )
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": k + 1, "name": f"class{k}"} for k in range(n_classes)],
+    }
     return gt, preds
 
 
 def sequential_matching(gt: dict, preds: list[dict], thr: float, agnostic: bool) -> list[int]:
     """Textbook greedy matching, one detection at a time (the reference for the vectorised one)."""
+
     def iou(a, b):
         iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
         ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
@@ -94,12 +125,14 @@ def sequential_matching(gt: dict, preds: list[dict], thr: float, agnostic: bool)
 
 @pytest.fixture
 def small_gt() -> dict:
-    return make_gt([
-        [(1, [10, 10, 40, 40]), (2, [100, 100, 30, 30])],
-        [(1, [50, 60, 40, 20])],
-        [(2, [5, 5, 60, 60]), (1, [120, 20, 50, 50])],
-        [],
-    ])
+    return make_gt(
+        [
+            [(1, [10, 10, 40, 40]), (2, [100, 100, 30, 30])],
+            [(1, [50, 60, 40, 20])],
+            [(2, [5, 5, 60, 60]), (1, [120, 20, 50, 50])],
+            [],
+        ]
+    )
 
 
 @pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
@@ -134,8 +167,11 @@ def test_hand_counted_tp_fp_fn():
     gt = make_gt(per_image)
     preds = []
     for i in range(1, 4):
-        preds += [det(i, 1, [10, 10, 40, 40], 0.9), det(i, 2, [10, 150, 20, 20], 0.8),
-                  det(i, 2, [100, 100, 30, 30], 0.3)]
+        preds += [
+            det(i, 1, [10, 10, 40, 40], 0.9),
+            det(i, 2, [10, 150, 20, 20], 0.8),
+            det(i, 2, [100, 100, 30, 30], 0.3),
+        ]
     preds.append(det(1, 1, [151, 11, 30, 30], 0.95))
     res = run_evaluation(gt, preds, score_thresh=0.5, iou_thresh=0.5)
     t = res.prf1.to_frame().set_index("Class")
@@ -157,9 +193,9 @@ def test_hand_counted_tp_fp_fn():
 def test_greedy_matching_one_gt_per_detection_by_descending_score():
     gt = make_gt([[(1, [0, 0, 100, 100]), (1, [20, 0, 100, 100])]])
     preds = [
-        det(1, 1, [18, 0, 100, 100], 0.6),   # best IoU with GT 2, but lower score
-        det(1, 1, [15, 0, 100, 100], 0.9),   # takes GT 2 first (IoU 0.90 > 0.74 with GT 1)
-        det(1, 1, [20, 0, 100, 100], 0.5),   # both GTs already taken: a duplicate, FP
+        det(1, 1, [18, 0, 100, 100], 0.6),  # best IoU with GT 2, but lower score
+        det(1, 1, [15, 0, 100, 100], 0.9),  # takes GT 2 first (IoU 0.90 > 0.74 with GT 1)
+        det(1, 1, [20, 0, 100, 100], 0.5),  # both GTs already taken: a duplicate, FP
     ]
     m = match_detections(EvalData.from_coco(gt, preds), 0.5)
     assert m.det_gt.tolist() == [0, 1, -1]
@@ -186,18 +222,21 @@ def test_vectorised_matching_equals_sequential_greedy(seed):
 
 
 def test_confusion_matrix_cells():
-    gt = make_gt([
-        [(1, [10, 10, 40, 40]), (2, [100, 100, 30, 30])],  # mass found as calc; calc missed
-        [(2, [20, 20, 30, 30])],                            # calc found as calc
-    ])
-    preds = [det(1, 2, [10, 10, 40, 40], 0.9), det(2, 2, [20, 20, 30, 30], 0.9),
-             det(2, 1, [150, 150, 20, 20], 0.7),   # nothing there: FP of class mass
-             det(1, 1, [100, 100, 30, 30], 0.2)]   # would find the calc, but below threshold
+    gt = make_gt(
+        [
+            [(1, [10, 10, 40, 40]), (2, [100, 100, 30, 30])],  # mass found as calc; calc missed
+            [(2, [20, 20, 30, 30])],  # calc found as calc
+        ]
+    )
+    preds = [
+        det(1, 2, [10, 10, 40, 40], 0.9),
+        det(2, 2, [20, 20, 30, 30], 0.9),
+        det(2, 1, [150, 150, 20, 20], 0.7),  # nothing there: FP of class mass
+        det(1, 1, [100, 100, 30, 30], 0.2),
+    ]  # would find the calc, but below threshold
     res = run_evaluation(gt, preds, score_thresh=0.5)
     cm = res.confusion  # rows: predicted mass, calc, background; columns: true mass, calc, background
-    assert cm.tolist() == [[0, 0, 1],
-                           [1, 1, 0],
-                           [0, 1, 0]]
+    assert cm.tolist() == [[0, 0, 1], [1, 1, 0], [0, 1, 0]]
     # The wrong class costs one FP and one FN in the class-aware P/R/F1.
     t = res.prf1.to_frame().set_index("Class")
     assert t.loc["mass", ["TP", "FP", "FN"]].tolist() == [0, 1, 1]
@@ -276,13 +315,16 @@ def test_inputs_as_files_and_string_image_ids(tmp_path):
     assert (m["prf1/TP"], m["prf1/FP"], m["prf1/FN"]) == (1.0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"image_id": 99}, "predictions[1].image_id"),
-    ({"category_id": 7}, "predictions[1].category_id"),
-    ({"bbox": [1, 2, 3]}, "predictions[1].bbox"),
-    ({"bbox": [1, 2, -3, 4]}, "predictions[1].bbox"),
-    ({"score": float("nan")}, "predictions[1].score"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"image_id": 99}, "predictions[1].image_id"),
+        ({"category_id": 7}, "predictions[1].category_id"),
+        ({"bbox": [1, 2, 3]}, "predictions[1].bbox"),
+        ({"bbox": [1, 2, -3, 4]}, "predictions[1].bbox"),
+        ({"score": float("nan")}, "predictions[1].score"),
+    ],
+)
 def test_bad_predictions_name_the_entry(small_gt, bad, field):
     preds = [det(1, 1, [10, 10, 40, 40], 0.9), {**det(1, 1, [10, 10, 40, 40], 0.9), **bad}]
     with pytest.raises(DataError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -330,10 +372,14 @@ def test_max_dets_counts_crowded_images_whole(backend):
     """An image with 300 small objects (a cytology image): COCO's 100 detections per image cap AP near a
     third; EVAL.MAX_DETS 500 counts them all, and the bootstrap intervals follow the same rule."""
     boxes = [[20 * (i % 20), 20 * (i // 20), 12, 12] for i in range(300)]
-    gt = {"images": [{"id": 1, "file_name": "a.png", "height": 400, "width": 400}],
-          "categories": [{"id": 1, "name": "cell"}],
-          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": 144, "iscrowd": 0}
-                          for i, b in enumerate(boxes)]}
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 400, "width": 400}],
+        "categories": [{"id": 1, "name": "cell"}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": 144, "iscrowd": 0}
+            for i, b in enumerate(boxes)
+        ],
+    }
     preds = [det(1, 1, b, 0.9 - i * 1e-4) for i, b in enumerate(boxes)]
     capped = evaluate(gt, preds, backend=backend, bootstrap_samples=0)
     whole = run_evaluation(gt, preds, backend=backend, max_dets=500, bootstrap_samples=20).metrics

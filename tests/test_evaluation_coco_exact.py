@@ -1,5 +1,6 @@
 """COCO AP to the last digit: meddet's numbers on both backends equal pycocotools' on the user's
 own files (unsorted image lists, tied scores, crowd regions, non-contiguous ids, MAX_DETS > 100)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,22 +36,39 @@ def messy_case(seed: int):
             w, h = np.minimum(rng.uniform(3, 140, 2), [512 - x, 512 - y])
             c = int(rng.choice(cat_ids))
             area = w * h if rng.random() < 0.8 else w * h * rng.uniform(0.3, 1.0)
-            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": c, "bbox": [x, y, w, h],
-                         "area": area, "iscrowd": int(rng.random() < 0.07)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": iid,
+                    "category_id": c,
+                    "bbox": [x, y, w, h],
+                    "area": area,
+                    "iscrowd": int(rng.random() < 0.07),
+                }
+            )
             for _ in range(int(rng.integers(0, 4))):
                 j = rng.normal(0, 0.12, 4) * [w, h, w, h]
                 cls = c if rng.random() < 0.85 else int(rng.choice(cat_ids))
-                preds.append({"image_id": iid, "category_id": cls,
-                              "bbox": [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])],
-                              "score": float(np.round(rng.random(), decimals))})
+                preds.append(
+                    {
+                        "image_id": iid,
+                        "category_id": cls,
+                        "bbox": [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])],
+                        "score": float(np.round(rng.random(), decimals)),
+                    }
+                )
         for _ in range(int(rng.integers(0, 10))):
-            preds.append({"image_id": iid, "category_id": int(rng.choice(cat_ids)),
-                          "bbox": [*rng.uniform(0, 400, 2), *rng.uniform(3, 140, 2)],
-                          "score": float(np.round(rng.random(), decimals))})
+            preds.append(
+                {
+                    "image_id": iid,
+                    "category_id": int(rng.choice(cat_ids)),
+                    "bbox": [*rng.uniform(0, 400, 2), *rng.uniform(3, 140, 2)],
+                    "score": float(np.round(rng.random(), decimals)),
+                }
+            )
     order = rng.permutation(len(preds))
     preds = [preds[i] for i in order]
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": c, "name": f"c{c}"} for c in cat_ids]}
+    gt = {"images": images, "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in cat_ids]}
     max_dets = int(rng.choice([100, 101, 150, 400]))
     return gt, preds, max_dets
 
@@ -93,10 +111,12 @@ def test_all_12_numbers_and_per_class_ap_equal_pycocotools_on_messy_cases(backen
         names = [n.format(n=max_dets) for n in SUMMARY]
         mine = np.array([got.summary[n] for n in names])
         ref = np.where(ref == -1, np.nan, ref)  # pycocotools' -1 for "undefined" is NaN here
-        np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-9, equal_nan=True,
-                                   err_msg=f"seed {seed}, max_dets {max_dets}: {names}")
-        np.testing.assert_allclose(got.per_class_ap, ref_cls, rtol=0, atol=1e-9, equal_nan=True,
-                                   err_msg=f"seed {seed} per-class AP")
+        np.testing.assert_allclose(
+            mine, ref, rtol=0, atol=1e-9, equal_nan=True, err_msg=f"seed {seed}, max_dets {max_dets}: {names}"
+        )
+        np.testing.assert_allclose(
+            got.per_class_ap, ref_cls, rtol=0, atol=1e-9, equal_nan=True, err_msg=f"seed {seed} per-class AP"
+        )
         checked += int(np.isfinite(ref).sum())
     assert checked > 400  # the cases are not degenerate
 
@@ -104,11 +124,17 @@ def test_all_12_numbers_and_per_class_ap_equal_pycocotools_on_messy_cases(backen
 def two_image_tie():
     """Image 2 is listed first; both images get a detection scoring 0.5: on image 2 a false
     positive, on image 1 an exact hit. pycocotools takes image 1's first (image-id order): AP 1."""
-    gt = {"images": [{"id": 2}, {"id": 1}], "categories": [{"id": 1, "name": "lesion"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
-                           "iscrowd": 0}]}
-    preds = [{"image_id": 2, "category_id": 1, "bbox": [50, 50, 20, 20], "score": 0.5},
-             {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.5}]
+    gt = {
+        "images": [{"id": 2}, {"id": 1}],
+        "categories": [{"id": 1, "name": "lesion"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0}
+        ],
+    }
+    preds = [
+        {"image_id": 2, "category_id": 1, "bbox": [50, 50, 20, 20], "score": 0.5},
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.5},
+    ]
     return gt, preds
 
 

@@ -1,15 +1,15 @@
 """Definitions as documented: the image-level ROC's image score (highest detection score) against
 scikit-learn / Mann-Whitney, and FROC's linear rule against MONAI's compute_froc_score."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
+from test_evaluation import det, make_gt, random_case
 
 from meddet.errors import ConfigError
 from meddet.evaluation import EvalData, froc, image_roc, match_detections, run_evaluation
-
-from test_evaluation import det, make_gt, random_case
 
 
 def documented_image_scores(gt: dict, preds: list[dict], category_id=None):
@@ -20,8 +20,11 @@ def documented_image_scores(gt: dict, preds: list[dict], category_id=None):
     for p in preds:
         if category_id is None or p["category_id"] == category_id:
             score[p["image_id"]] = max(score[p["image_id"]], p["score"])
-    pos = {a["image_id"] for a in gt["annotations"]
-           if not a.get("iscrowd") and (category_id is None or a["category_id"] == category_id)}
+    pos = {
+        a["image_id"]
+        for a in gt["annotations"]
+        if not a.get("iscrowd") and (category_id is None or a["category_id"] == category_id)
+    }
     return np.array([i in pos for i in ids]), np.array([score[i] for i in ids])
 
 
@@ -37,8 +40,9 @@ def crowded_roc_case(seed):
     for a in gt["annotations"]:
         if a["iscrowd"]:
             x, y, w, h = a["bbox"]
-            preds.append(det(a["image_id"], a["category_id"], [x + w / 4, y + h / 4, w / 3, h / 3],
-                             float(rng.random())))
+            preds.append(
+                det(a["image_id"], a["category_id"], [x + w / 4, y + h / 4, w / 3, h / 3], float(rng.random()))
+            )
     return gt, preds
 
 
@@ -52,7 +56,8 @@ def test_image_auc_equals_mann_whitney_on_the_documented_image_score(seed):
         assert curve.auc == pytest.approx(mann_whitney_auc(y, s), abs=1e-12), curve.name
         called = s >= 0.5
         assert curve.sensitivity == pytest.approx(called[y].mean()) and curve.specificity == pytest.approx(
-            (~called[~y]).mean())
+            (~called[~y]).mean()
+        )
 
 
 def test_image_auc_equals_scikit_learn():
@@ -96,9 +101,14 @@ def worked_example():
     """Image 1: lesions A (found at 0.9) and C (never found); image 2: lesion B (found at 0.7).
     False positives at 0.8 (image 1), 0.7 (image 2, tied with B's hit), 0.5 (image 2), 0.4 (image 1)."""
     gt = make_gt([[(1, [10, 10, 20, 20]), (1, [100, 100, 20, 20])], [(1, [10, 10, 20, 20])]])
-    preds = [det(1, 1, [10, 10, 20, 20], 0.9), det(1, 1, [150, 150, 10, 10], 0.8),
-             det(2, 1, [10, 10, 20, 20], 0.7), det(2, 1, [150, 150, 10, 10], 0.7),
-             det(2, 1, [150, 20, 10, 10], 0.5), det(1, 1, [20, 150, 10, 10], 0.4)]
+    preds = [
+        det(1, 1, [10, 10, 20, 20], 0.9),
+        det(1, 1, [150, 150, 10, 10], 0.8),
+        det(2, 1, [10, 10, 20, 20], 0.7),
+        det(2, 1, [150, 150, 10, 10], 0.7),
+        det(2, 1, [150, 20, 10, 10], 0.5),
+        det(1, 1, [20, 150, 10, 10], 0.4),
+    ]
     return gt, preds
 
 
@@ -118,8 +128,9 @@ def test_froc_linear_worked_example():
     fpi, sens = monai_froc_curve_data(np.array([0.8, 0.7, 0.5, 0.4]), np.array([0.9, 0.7, 0.0]), 3, 2)
     np.testing.assert_allclose(fpi, [2, 1.5, 1, 0.5, 0, 0])
     np.testing.assert_allclose(monai_froc_score(fpi, sens, RATES), linear, atol=1e-12)
-    m = run_evaluation(gt, preds, froc_hit="iou", fp_rates=RATES, froc_interpolation="linear",
-                       bootstrap_samples=50, gallery_size=0).metrics
+    m = run_evaluation(
+        gt, preds, froc_hit="iou", fp_rates=RATES, froc_interpolation="linear", bootstrap_samples=50, gallery_size=0
+    ).metrics
     assert m["froc/sens@0.75fp"] == pytest.approx(0.5)
     assert m["froc/cpm"] == pytest.approx(np.mean(linear))
     with pytest.raises(ConfigError, match="EVAL.FROC_INTERPOLATION"):
@@ -135,8 +146,9 @@ def scored_case(seed):
     gt, preds = random_case(seed, n_images=40, n_classes=2, crowd=False)
     for p in preds:
         p["score"] = 0.01 + 0.99 * p["score"]  # MONAI's 0 means "missed": detections score above it
-    gt["annotations"].append({"id": 10_000, "image_id": 1, "category_id": 1, "bbox": [250, 250, 3, 3],
-                              "area": 9, "iscrowd": 0})  # a lesion never found
+    gt["annotations"].append(
+        {"id": 10_000, "image_id": 1, "category_id": 1, "bbox": [250, 250, 3, 3], "area": 9, "iscrowd": 0}
+    )  # a lesion never found
     return gt, preds
 
 
@@ -150,8 +162,12 @@ def test_froc_linear_equals_monai_transcription_on_random_cases(seed):
         for c in f.curves:
             fp_probs, tp_probs = monai_inputs(data, c)
             fpi, sens = monai_froc_curve_data(fp_probs, tp_probs, c.n_lesions, data.num_images)
-            np.testing.assert_allclose(c.sensitivity_at(rates, "linear"), monai_froc_score(fpi, sens, rates),
-                                       atol=1e-12, err_msg=f"{rule} {c.name}")
+            np.testing.assert_allclose(
+                c.sensitivity_at(rates, "linear"),
+                monai_froc_score(fpi, sens, rates),
+                atol=1e-12,
+                err_msg=f"{rule} {c.name}",
+            )
 
 
 def test_froc_linear_equals_installed_monai():
@@ -165,7 +181,8 @@ def test_froc_linear_equals_installed_monai():
         fp_probs, tp_probs = monai_inputs(data, c)
         fpi, sens = monai_froc.compute_froc_curve_data(fp_probs, tp_probs, c.n_lesions, data.num_images)
         assert np.mean(c.sensitivity_at(rates, "linear")) == pytest.approx(
-            monai_froc.compute_froc_score(fpi, sens, rates), abs=1e-12)
+            monai_froc.compute_froc_score(fpi, sens, rates), abs=1e-12
+        )
 
 
 @pytest.mark.parametrize("interpolation", ["step", "linear"])
@@ -176,5 +193,8 @@ def test_bootstrap_froc_estimate_follows_the_interpolation(interpolation):
     res = run_evaluation(gt, preds, froc_interpolation=interpolation, bootstrap_samples=100, gallery_size=0)
     table = res.bootstrap.table.set_index("metric")
     assert table.loc["froc/sens@1fp", "estimate"] == pytest.approx(res.metrics["froc/sens@1fp"], abs=1e-12)
-    assert table.loc["froc/sens@1fp", "ci95_low"] <= res.metrics["froc/sens@1fp"] <= table.loc[
-        "froc/sens@1fp", "ci95_high"]
+    assert (
+        table.loc["froc/sens@1fp", "ci95_low"]
+        <= res.metrics["froc/sens@1fp"]
+        <= table.loc["froc/sens@1fp", "ci95_high"]
+    )

@@ -1,4 +1,5 @@
 """Breast- and exam-level results (suspicion = max over views) and the calibration of detection scores."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,19 +24,46 @@ def screening_case(n_patients=12, seed=0, study=False):
             sick = rng.random() < 0.35
             for v, view in enumerate(VIEWS):
                 iid = len(images) + 1
-                im = {"id": iid, "file_name": f"{iid}.png", "height": 200, "width": 200, "patient_id": f"P{p}",
-                      "laterality": side, "view": view}
+                im = {
+                    "id": iid,
+                    "file_name": f"{iid}.png",
+                    "height": 200,
+                    "width": 200,
+                    "patient_id": f"P{p}",
+                    "laterality": side,
+                    "view": view,
+                }
                 if study:
                     im["study_id"] = f"S{p}-{v % 2 if p % 3 == 0 else 0}"
                 images.append(im)
                 if sick and (v == 0 or rng.random() < 0.7):
-                    anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": 1, "bbox": [50, 50, 40, 40],
-                                 "area": 1600, "iscrowd": 0})
-                    preds.append({"image_id": iid, "category_id": 1, "bbox": [52, 50, 40, 40],
-                                  "score": float(np.round(rng.uniform(0.2, 1.0), 2))})
+                    anns.append(
+                        {
+                            "id": len(anns) + 1,
+                            "image_id": iid,
+                            "category_id": 1,
+                            "bbox": [50, 50, 40, 40],
+                            "area": 1600,
+                            "iscrowd": 0,
+                        }
+                    )
+                    preds.append(
+                        {
+                            "image_id": iid,
+                            "category_id": 1,
+                            "bbox": [52, 50, 40, 40],
+                            "score": float(np.round(rng.uniform(0.2, 1.0), 2)),
+                        }
+                    )
                 if rng.random() < 0.6:
-                    preds.append({"image_id": iid, "category_id": 1, "bbox": [120, 120, 20, 20],
-                                  "score": float(np.round(rng.uniform(0.0, 0.9), 2))})
+                    preds.append(
+                        {
+                            "image_id": iid,
+                            "category_id": 1,
+                            "bbox": [120, 120, 20, 20],
+                            "score": float(np.round(rng.uniform(0.0, 0.9), 2)),
+                        }
+                    )
     gt = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]}
     return gt, preds
 
@@ -52,8 +80,9 @@ def by_hand(gt, preds, key):
     return np.array([u in pos for u in units]), np.array([score[u] for u in units])
 
 
-@pytest.mark.parametrize("level, key", [("breast", lambda im: (im["patient_id"], im["laterality"])),
-                                        ("exam", lambda im: im["patient_id"])])
+@pytest.mark.parametrize(
+    "level, key", [("breast", lambda im: (im["patient_id"], im["laterality"])), ("exam", lambda im: im["patient_id"])]
+)
 def test_suspicion_is_max_over_views_and_auc_is_mann_whitney(level, key):
     gt, preds = screening_case()
     res = exam_level(match_detections(EvalData.from_coco(gt, preds)), n_resamples=200)
@@ -95,13 +124,18 @@ def test_weighted_auc_equals_auc_of_replicated_units():
         rep = np.repeat(np.arange(30), w[b])
         yr, sr = y[rep], s[rep]
         expected = roc_curve(yr, sr)[3] if yr.any() and (~yr).any() else np.nan
-        assert weighted_auc(y, s, w[b:b + 1])[0] == pytest.approx(expected, abs=1e-12, nan_ok=True)
+        assert weighted_auc(y, s, w[b : b + 1])[0] == pytest.approx(expected, abs=1e-12, nan_ok=True)
 
 
 def test_expected_calibration_error_by_hand():
-    gt = {"images": [{"id": 1}], "categories": [{"id": 1, "name": "lesion"}],
-          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [i * 30, 0, 20, 20], "area": 400,
-                           "iscrowd": 0} for i in range(3)]}
+    gt = {
+        "images": [{"id": 1}],
+        "categories": [{"id": 1, "name": "lesion"}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [i * 30, 0, 20, 20], "area": 400, "iscrowd": 0}
+            for i in range(3)
+        ],
+    }
     hit = lambda i, s: {"image_id": 1, "category_id": 1, "bbox": [i * 30, 0, 20, 20], "score": s}  # noqa: E731
     miss = lambda s: {"image_id": 1, "category_id": 1, "bbox": [0, 150, 20, 20], "score": s}  # noqa: E731
     # Bin [0.9, 1]: scores 0.95, 0.95 (1 TP) -> |0.5 - 0.95|; bin [0.2, 0.3): 0.25 (TP) -> |1 - 0.25|;
@@ -117,8 +151,15 @@ def test_report_has_exam_level_results_beside_image_level(tmp_path):
     gt, preds = screening_case(n_patients=20, seed=1)
     res = run_evaluation(gt, preds, tmp_path, bootstrap_samples=100, gallery_size=0)
     m = res.metrics
-    for k in ("breast/auc", "exam/auc", "ci95_low/breast/auc", "ci95_high/exam/auc", "breast/sens@spec0.9",
-              "exam/spec@sens0.9", "calibration/ece"):
+    for k in (
+        "breast/auc",
+        "exam/auc",
+        "ci95_low/breast/auc",
+        "ci95_high/exam/auc",
+        "breast/sens@spec0.9",
+        "exam/spec@sens0.9",
+        "calibration/ece",
+    ):
         assert k in m and np.isfinite(m[k]), k
     report = (tmp_path / "report.md").read_text()
     assert report.index("## Image-level ROC") < report.index("## Breast- and exam-level results")

@@ -1,5 +1,6 @@
 """Input hygiene: numbers must be numbers, every error names the file, an empty result list warns
 and still writes every file."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,12 @@ import logging
 import re
 
 import pytest
+from test_evaluation import det, make_gt
 
 from meddet.config import get_cfg
 from meddet.errors import DataError
 from meddet.evaluation import evaluate, run_evaluation
 from meddet.tasks import evaluate_predictions
-
-from test_evaluation import det, make_gt
 
 
 @pytest.fixture
@@ -24,12 +24,18 @@ def files(tmp_path):
     return gt, gt_path, tmp_path
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"score": "0.9"}, r"predictions.json: predictions\[1\]\.score is '0\.9' \(a string\); expected a finite number"),
-    ({"score": True}, r"predictions\[1\]\.score is True \(a boolean\)"),
-    ({"bbox": ["10", 10, 40, 40]}, r"predictions\[1\]\.bbox is \['10', 10, 40, 40\] \(holding a string\)"),
-    ({"score": None}, r"predictions\[1\]\.score is None"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            {"score": "0.9"},
+            r"predictions.json: predictions\[1\]\.score is '0\.9' \(a string\); expected a finite number",
+        ),
+        ({"score": True}, r"predictions\[1\]\.score is True \(a boolean\)"),
+        ({"bbox": ["10", 10, 40, 40]}, r"predictions\[1\]\.bbox is \['10', 10, 40, 40\] \(holding a string\)"),
+        ({"score": None}, r"predictions\[1\]\.score is None"),
+    ],
+)
 def test_numbers_must_be_numbers_and_errors_name_the_file(files, bad, message):
     gt, gt_path, tmp = files
     preds = [det(1, 1, [10, 10, 40, 40], 0.9), {**det(1, 1, [10, 10, 40, 40], 0.9), **bad}]

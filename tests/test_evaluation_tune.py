@@ -1,4 +1,5 @@
 """meddet.evaluation.tune (score and NMS thresholds on a validation split) and compare (runs side by side)."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,19 @@ import math
 import pandas as pd
 import pytest
 import yaml
+from test_evaluation import det, make_gt
 
 from meddet.config import get_cfg
 from meddet.errors import ConfigError, DataError
-from meddet.evaluation import compare, evaluate, evaluation_kwargs, format_comparison, tune, tune_kwargs, write_comparison
-from test_evaluation import det, make_gt
+from meddet.evaluation import (
+    compare,
+    evaluate,
+    evaluation_kwargs,
+    format_comparison,
+    tune,
+    tune_kwargs,
+    write_comparison,
+)
 
 
 def tune_case():
@@ -20,10 +29,16 @@ def tune_case():
     Without the duplicates (NMS IoU <= 0.5) F1 is best at threshold .4: TP 3, FP 1, FN 1 -> 0.75;
     with them (NMS 0.6, 0.7) at most 0.6."""
     gt = make_gt([[(1, [10, 10, 40, 40])] for _ in range(4)] + [[(2, [10, 10, 40, 40])]])
-    preds = [det(1, 1, [10, 10, 40, 40], 0.9), det(1, 1, [22, 10, 40, 40], 0.8),
-             det(2, 1, [10, 10, 40, 40], 0.7), det(2, 1, [22, 10, 40, 40], 0.65),
-             det(3, 1, [100, 100, 20, 20], 0.6), det(3, 1, [10, 10, 40, 40], 0.4),
-             det(5, 2, [10, 10, 40, 40], 0.55), det(5, 2, [150, 150, 20, 20], 0.95)]
+    preds = [
+        det(1, 1, [10, 10, 40, 40], 0.9),
+        det(1, 1, [22, 10, 40, 40], 0.8),
+        det(2, 1, [10, 10, 40, 40], 0.7),
+        det(2, 1, [22, 10, 40, 40], 0.65),
+        det(3, 1, [100, 100, 20, 20], 0.6),
+        det(3, 1, [10, 10, 40, 40], 0.4),
+        det(5, 2, [10, 10, 40, 40], 0.55),
+        det(5, 2, [150, 150, 20, 20], 0.95),
+    ]
     return gt, preds
 
 
@@ -52,8 +67,18 @@ def test_tune_picks_the_known_best_nms_and_score_thresholds(tmp_path):
 def test_tune_by_sensitivity_at_target_fp_rate():
     gt, preds = tune_case()
     cfg = get_cfg()
-    cfg.merge_from_list(["EVAL.TUNE_OBJECTIVE", "froc", "EVAL.TUNE_TARGET_FPI", 0.25,
-                         "EVAL.TUNE_NMS_THRESHOLDS", (0.7,), "EVAL.FROC_HIT", "iou"])
+    cfg.merge_from_list(
+        [
+            "EVAL.TUNE_OBJECTIVE",
+            "froc",
+            "EVAL.TUNE_TARGET_FPI",
+            0.25,
+            "EVAL.TUNE_NMS_THRESHOLDS",
+            (0.7,),
+            "EVAL.FROC_HIT",
+            "iou",
+        ]
+    )
     res = tune(gt, preds, **tune_kwargs(cfg))
     # mass, 5 images: at most 1.25 false positives; the duplicates hit the lesions (not FPs), the .6 box is one.
     row = res.table.set_index("Class").loc["mass"]
@@ -80,7 +105,8 @@ def test_compare_runs_side_by_side(tmp_path):
     df = compare([a, b])
     assert df["run"].tolist() == ["baseline", "b"]
     assert df.loc[1, "P"] > df.loc[0, "P"] and df.loc[0, "mAP50"] == pytest.approx(
-        json.loads((a / "eval" / "metrics.json").read_text())["bbox/AP50"] / 100)
+        json.loads((a / "eval" / "metrics.json").read_text())["bbox/AP50"] / 100
+    )
     assert not math.isnan(df.loc[0, "sens@1FP"]) and not math.isnan(df.loc[0, "mAP50 CI low"])
     text = format_comparison(df).splitlines()
     assert text[0].split()[:2] == ["run", "images"]
@@ -99,8 +125,11 @@ def test_compare_on_an_unevaluated_run_says_run_evaluate_first(tmp_path):
     (run / "config.yaml").write_text("OUTPUT_DIR: ./output/trained\n")
     # A training run's metrics.json: detectron2 JSON lines, not an evaluation.
     (run / "metrics.json").write_text('{"iteration": 0, "total_loss": 1.0}\n{"iteration": 1, "total_loss": 0.9}\n')
-    with pytest.raises(DataError, match=r"trained: no eval/metrics.json \(not evaluated yet\): run "
-                                        r"`detectron.py -c evaluate"):
+    with pytest.raises(
+        DataError,
+        match=r"trained: no eval/metrics.json \(not evaluated yet\): run "
+        r"`detectron.py -c evaluate",
+    ):
         compare([run])
 
 
@@ -115,8 +144,10 @@ def test_tune_summary_reports_the_macro_f1_reached_at_the_chosen_thresholds(tmp_
     assert res.macro_at_class_thresh == pytest.approx(at_class["prf1/macro_F1"], abs=1e-9)
     assert res.macro_at_class_thresh > res.macro_at_score_thresh
     text = res.summary()
-    assert (f"macro F1 at score >= {res.score_thresh:.4f} for every class (TEST.SCORE_THRESH): "
-            f"{at_global['prf1/macro_F1']:.4f}") in text
+    assert (
+        f"macro F1 at score >= {res.score_thresh:.4f} for every class (TEST.SCORE_THRESH): "
+        f"{at_global['prf1/macro_F1']:.4f}"
+    ) in text
     assert f"macro F1 at the per-class thresholds (TEST.CLASS_SCORE_THRESH): {at_class['prf1/macro_F1']:.4f}" in text
     # The fragment names each per-class threshold's class.
     frag = yaml.safe_load((tmp_path / "tuned_config.yaml").read_text())

@@ -1,6 +1,7 @@
 """Evaluation views behind one interface: each view alone computes only what it needs and writes only
 its files; all views give the same metrics and files as before the redesign; scoring a results file
 imports no torch; validation during training asks for COCO only."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -31,19 +32,41 @@ def write_case(root: Path) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     imgs, anns, dets = [], [], []
     for i in range(20):
-        imgs.append({"id": i + 1, "file_name": f"im{i}.png", "height": 100, "width": 100,
-                     "patient_id": f"p{i // 2}", "laterality": "L" if i % 4 < 2 else "R"})
+        imgs.append(
+            {
+                "id": i + 1,
+                "file_name": f"im{i}.png",
+                "height": 100,
+                "width": 100,
+                "patient_id": f"p{i // 2}",
+                "laterality": "L" if i % 4 < 2 else "R",
+            }
+        )
         for _ in range(int(rng.integers(0, 3))):
             x, y = rng.uniform(0, 60, 2)
             c = int(rng.integers(1, 3))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c, "bbox": [x, y, 20, 20],
-                         "area": 400, "iscrowd": 0})
-            dets.append({"image_id": i + 1, "category_id": c, "bbox": [x + 1, y, 20, 21],
-                         "score": float(rng.uniform(.3, 1))})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c,
+                    "bbox": [x, y, 20, 20],
+                    "area": 400,
+                    "iscrowd": 0,
+                }
+            )
+            dets.append(
+                {"image_id": i + 1, "category_id": c, "bbox": [x + 1, y, 20, 21], "score": float(rng.uniform(0.3, 1))}
+            )
         for _ in range(3):
-            dets.append({"image_id": i + 1, "category_id": int(rng.integers(1, 3)),
-                         "bbox": [float(rng.uniform(0, 60)), float(rng.uniform(0, 60)), 15, 15],
-                         "score": float(rng.uniform(0, .7))})
+            dets.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(rng.integers(1, 3)),
+                    "bbox": [float(rng.uniform(0, 60)), float(rng.uniform(0, 60)), 15, 15],
+                    "score": float(rng.uniform(0, 0.7)),
+                }
+            )
         cv2.imwrite(str(root / f"im{i}.png"), np.full((100, 100), 40, np.uint8))
     gt = {"images": imgs, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
     (root / "gt.json").write_text(json.dumps(gt))
@@ -71,8 +94,9 @@ def test_all_views_give_the_metrics_and_files_of_the_evaluator_before_views(full
     ref = json.loads(REFERENCE.read_text())
     assert list(res.metrics) == list(ref["metrics"])  # same names, same order in metrics.json
     assert all(_same(res.metrics[k], v) for k, v in ref["metrics"].items())
-    files = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix != ".png" else None)
-             for p in out.iterdir()}
+    files = {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix != ".png" else None) for p in out.iterdir()
+    }
     assert files == ref["files"]  # every file, and each CSV / JSON / report byte for byte
     assert res.views == tuple(VIEWS) and set(res.results) == set(VIEWS)
 
@@ -105,7 +129,11 @@ def test_coco_only_path_matches_nothing(case):
 def test_views_for_metrics_and_bad_view_names():
     assert views_for_metrics(["bbox/", "bbox/AP50"]) == ("coco",)
     assert views_for_metrics(["prf1/F1", "froc/sens@1fp", "ci95_low/bbox/AP", "breast/auc"]) == (
-        "prf1", "froc", "exam", "bootstrap")
+        "prf1",
+        "froc",
+        "exam",
+        "bootstrap",
+    )
     with pytest.raises(ConfigError, match="no/such"):
         views_for_metrics(["no/such"])
     with pytest.raises(ConfigError, match="expected one or more of"):
@@ -115,6 +143,7 @@ def test_views_for_metrics_and_bad_view_names():
 
 def test_a_new_view_is_one_registered_class(case, tmp_path):
     try:
+
         @register_view
         class Detections(EvaluationView):
             name = "n_dets"
@@ -158,9 +187,29 @@ sys.exit(code)
 def test_scoring_a_results_file_imports_no_torch(case, tmp_path, views):
     gt, res = case
     proc = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH, "-c", "evaluate", "--gt", str(gt), "--predictions", str(res),
-         "--output", str(tmp_path / "eval"), *views, "EVAL.BOOTSTRAP_SAMPLES", "20", "EVAL.GALLERY_SIZE", "2"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            _NO_TORCH,
+            "-c",
+            "evaluate",
+            "--gt",
+            str(gt),
+            "--predictions",
+            str(res),
+            "--output",
+            str(tmp_path / "eval"),
+            *views,
+            "EVAL.BOOTSTRAP_SAMPLES",
+            "20",
+            "EVAL.GALLERY_SIZE",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY=\n" in proc.stdout, proc.stdout[-500:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -170,7 +219,7 @@ def test_scoring_a_results_file_imports_no_torch(case, tmp_path, views):
 
 
 def test_validation_during_training_computes_only_the_coco_view(tiny_cfg, tiny_coco, monkeypatch):
-    from meddet.engine import Trainer
+    from meddet.training import Trainer
 
     computed = []
     for view in VIEWS.values():
@@ -202,10 +251,12 @@ def test_evaluation_kwargs_reads_dicom_options_only_for_the_galleries():
 
 
 def test_coco_only_in_process_loads_no_plotting_or_tables(case):
-    code = ("import sys; from meddet.evaluation import run_evaluation; "
-            f"m = run_evaluation({str(case[0])!r}, {str(case[1])!r}, views='coco').metrics; "
-            "print(sorted(x for x in ('torch', 'pandas', 'matplotlib', 'scipy', 'pydicom') if x in sys.modules), "
-            "m['bbox/AP'] > 0)")
+    code = (
+        "import sys; from meddet.evaluation import run_evaluation; "
+        f"m = run_evaluation({str(case[0])!r}, {str(case[1])!r}, views='coco').metrics; "
+        "print(sorted(x for x in ('torch', 'pandas', 'matplotlib', 'scipy', 'pydicom') if x in sys.modules), "
+        "m['bbox/AP'] > 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[] True"

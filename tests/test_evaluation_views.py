@@ -1,5 +1,6 @@
 """meddet.evaluation views beyond COCO: F1-optimal thresholds, curves, FROC, image-level ROC,
 bootstrap CIs, error types, reports — on hand-built cases with known answers."""
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from test_evaluation import det, make_gt, random_case
 
 from meddet.errors import ConfigError
 from meddet.evaluation import (
@@ -26,7 +28,6 @@ from meddet.evaluation import (
     score_curves,
     write_galleries,
 )
-from test_evaluation import det, make_gt, random_case
 
 FAST = {"bootstrap_samples": 0}
 
@@ -96,8 +97,12 @@ def test_image_level_auc_perfect_and_reversed(reverse, auc):
     pos, neg = [0.9, 0.8], [0.3, 0.2]
     if reverse:
         pos, neg = neg, pos
-    preds = [det(1, 1, [10, 10, 30, 30], pos[0]), det(2, 1, [0, 0, 10, 10], pos[1]),
-             det(3, 1, [0, 0, 10, 10], neg[0]), det(4, 1, [90, 90, 10, 10], neg[1])]
+    preds = [
+        det(1, 1, [10, 10, 30, 30], pos[0]),
+        det(2, 1, [0, 0, 10, 10], pos[1]),
+        det(3, 1, [0, 0, 10, 10], neg[0]),
+        det(4, 1, [90, 90, 10, 10], neg[1]),
+    ]
     m = evaluate(gt, preds, score_thresh=0.5, **FAST)
     assert m["image/auc-mass"] == auc and m["image/auc"] == auc
     assert (m["image/sensitivity-mass"], m["image/specificity-mass"]) == ((0.0, 0.0) if reverse else (1.0, 1.0))
@@ -120,9 +125,14 @@ def test_image_auc_counts_ties_as_half():
 def f1_case():
     """One class, 4 ground truths; detections TP .9, FP .6, TP .7, TP .4, FP .3 (F1 best at .4)."""
     gt = make_gt([[(1, [10, 10, 40, 40])] for _ in range(4)] + [[(2, [10, 10, 40, 40])]])
-    preds = [det(1, 1, [10, 10, 40, 40], 0.9), det(2, 1, [10, 10, 40, 40], 0.7), det(3, 1, [100, 100, 20, 20], 0.6),
-             det(3, 1, [10, 10, 40, 40], 0.4), det(4, 1, [100, 100, 20, 20], 0.3),
-             det(5, 2, [100, 100, 20, 20], 0.8)]  # class calc: only a false positive
+    preds = [
+        det(1, 1, [10, 10, 40, 40], 0.9),
+        det(2, 1, [10, 10, 40, 40], 0.7),
+        det(3, 1, [100, 100, 20, 20], 0.6),
+        det(3, 1, [10, 10, 40, 40], 0.4),
+        det(4, 1, [100, 100, 20, 20], 0.3),
+        det(5, 2, [100, 100, 20, 20], 0.8),
+    ]  # class calc: only a false positive
     return gt, preds
 
 
@@ -195,22 +205,33 @@ def test_bootstrap_intervals_contain_estimate_and_are_seeded():
 def test_error_types_on_crafted_cases():
     gt = make_gt([[(1, [0, 0, 40, 40]), (2, [100, 100, 40, 40])]])
     preds = [
-        det(1, 1, [0, 0, 40, 40], 0.9),       # TP
-        det(1, 1, [2, 0, 40, 40], 0.8),       # duplicate: the mass is already matched
-        det(1, 1, [100, 100, 40, 40], 0.7),   # confusion: a mass box on the calc
-        det(1, 1, [20, 0, 40, 40], 0.6),      # localisation: IoU 1/3 with the mass
-        det(1, 2, [20, 0, 40, 40], 0.5),      # both: a calc box loosely on the mass
-        det(1, 1, [300, 300, 20, 20], 0.4),   # background
-    ]                                         # and the calc is missed
+        det(1, 1, [0, 0, 40, 40], 0.9),  # TP
+        det(1, 1, [2, 0, 40, 40], 0.8),  # duplicate: the mass is already matched
+        det(1, 1, [100, 100, 40, 40], 0.7),  # confusion: a mass box on the calc
+        det(1, 1, [20, 0, 40, 40], 0.6),  # localisation: IoU 1/3 with the mass
+        det(1, 2, [20, 0, 40, 40], 0.5),  # both: a calc box loosely on the mass
+        det(1, 1, [300, 300, 20, 20], 0.4),  # background
+    ]  # and the calc is missed
     data = EvalData.from_coco(gt, preds)
     err = classify_errors(match_detections(data, 0.5), 0.0)
     assert dict(zip(err.fp_det.tolist(), err.fp_type.tolist())) == {
-        1: "duplicate", 2: "confusion", 3: "localisation", 4: "both", 5: "background"}
+        1: "duplicate",
+        2: "confusion",
+        3: "localisation",
+        4: "both",
+        5: "background",
+    }
     assert err.fp_gt.tolist() == [0, 1, 0, 0, -1] and err.fp_iou[2] == pytest.approx(1 / 3)
     assert err.fn_gt.tolist() == [1]
     t = err.to_frame().set_index("Class")
-    assert t.loc["mass", ["confusion", "duplicate", "localisation", "both", "background", "missed"]].tolist() \
-        == [1, 1, 1, 0, 1, 0]
+    assert t.loc["mass", ["confusion", "duplicate", "localisation", "both", "background", "missed"]].tolist() == [
+        1,
+        1,
+        1,
+        0,
+        1,
+        0,
+    ]
     assert t.loc["calc", ["both", "missed"]].tolist() == [1, 1]
     assert t.loc["all", "total"] == 6 and t.loc["all", "share_missed"] == pytest.approx(1 / 6)
     # above the threshold of 0.65 only the duplicate and the confusion remain
@@ -231,10 +252,31 @@ def predictions_from(gt: dict, seed: int = 0) -> list[dict]:
 
 
 REPORT_FILES = [
-    "metrics.json", "per_class.csv", "prf1.csv", "confusion_matrix.csv", "confusion_matrix_normalized.csv",
-    "confusion_matrix.png", "pr_curve.png", "pr_curve.csv", "f1_curve.png", "f1_curve.csv", "p_curve.png",
-    "p_curve.csv", "r_curve.png", "r_curve.csv", "froc.png", "froc.csv", "froc_summary.csv", "roc.png", "roc.csv",
-    "roc_summary.csv", "bootstrap_ci.csv", "errors.csv", "errors_detail.csv", "report.md", "analysis_report.txt",
+    "metrics.json",
+    "per_class.csv",
+    "prf1.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix_normalized.csv",
+    "confusion_matrix.png",
+    "pr_curve.png",
+    "pr_curve.csv",
+    "f1_curve.png",
+    "f1_curve.csv",
+    "p_curve.png",
+    "p_curve.csv",
+    "r_curve.png",
+    "r_curve.csv",
+    "froc.png",
+    "froc.csv",
+    "froc_summary.csv",
+    "roc.png",
+    "roc.csv",
+    "roc_summary.csv",
+    "bootstrap_ci.csv",
+    "errors.csv",
+    "errors_detail.csv",
+    "report.md",
+    "analysis_report.txt",
     "project_summary.csv",
 ]
 

@@ -3,6 +3,7 @@
 Fast tests replace training and evaluation by fakes whose metrics are fixed per variant and seed, so
 every number in the tables can be checked by hand; one slow test trains tiny models for real.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, TINY_MODEL_OPTS, make_tiny_coco
+
 from meddet.errors import ConfigError, DataError
 from meddet.experiment import kfold_split, load_experiment, run_experiment
 
@@ -27,7 +28,7 @@ SHIFT = {"plain": (0.0, [0.0, 0.0, 0.0]), "better": (5.0, [0.10, 0.12, 0.14]), "
 
 
 class Fakes:
-    """Stand-ins for meddet.engine.train and meddet.tasks.evaluate_model that record their calls."""
+    """Stand-ins for meddet.training.train and meddet.tasks.evaluate_model that record their calls."""
 
     def __init__(self, fail: set[tuple[str, int]] = frozenset()):
         self.train_calls: list[tuple[str, bool]] = []
@@ -53,17 +54,21 @@ class Fakes:
         self.eval_calls.append(cfg.OUTPUT_DIR)
         assert cfg.MODEL.WEIGHTS == str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
         ap_shift, rec_shift = SHIFT[variant]
-        return {"bbox/AP": AP[seed] + ap_shift, "bbox/AP50": 2 * AP[seed] + ap_shift,
-                "prf1/recall-cluster": RECALL[seed] + rec_shift[seed], "prf1/recall-cell": 0.9}
+        return {
+            "bbox/AP": AP[seed] + ap_shift,
+            "bbox/AP50": 2 * AP[seed] + ap_shift,
+            "prf1/recall-cluster": RECALL[seed] + rec_shift[seed],
+            "prf1/recall-cell": 0.9,
+        }
 
 
 @pytest.fixture
 def fakes(monkeypatch):
-    import meddet.engine
     import meddet.tasks
+    import meddet.training
 
     f = Fakes()
-    monkeypatch.setattr(meddet.engine, "train", f.train)
+    monkeypatch.setattr(meddet.training, "train", f.train)
     monkeypatch.setattr(meddet.tasks, "evaluate_model", f.evaluate)
     return f
 
@@ -73,15 +78,26 @@ def base_yaml(tmp_path) -> Path:
     coco = make_tiny_coco(tmp_path / "data", n_images=4)
     p = tmp_path / "configs" / "base.yaml"
     p.parent.mkdir(parents=True)
-    p.write_text(yaml.safe_dump({"_BASE_": str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-                                 "DATASETS": {"TRAIN": [str(coco)], "TEST": [str(coco)]}}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "_BASE_": str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+                "DATASETS": {"TRAIN": [str(coco)], "TEST": [str(coco)]},
+            }
+        )
+    )
     return p
 
 
 def write_exp(tmp_path: Path, **fields) -> Path:
-    exp = {"base": "../configs/base.yaml", "output_dir": str(tmp_path / "out"), "seeds": [0, 1, 2],
-           "baseline": "plain", "variants": {"plain": {}, "better": {"SOLVER": {"MAX_ITER": 7}}},
-           "metrics": ["bbox/AP", "recall/cluster"]}
+    exp = {
+        "base": "../configs/base.yaml",
+        "output_dir": str(tmp_path / "out"),
+        "seeds": [0, 1, 2],
+        "baseline": "plain",
+        "variants": {"plain": {}, "better": {"SOLVER": {"MAX_ITER": 7}}},
+        "metrics": ["bbox/AP", "recall/cluster"],
+    }
     exp.update(fields)
     exp = {k: v for k, v in exp.items() if v is not None}
     p = tmp_path / "exps" / "exp.yaml"
@@ -105,8 +121,11 @@ def test_statistics_match_hand_computed_values(tmp_path, base_yaml, fakes):
     # Variant overrides, SEED and OUTPUT_DIR reach the training config.
     seen = {(Path(c.OUTPUT_DIR).relative_to(out).as_posix(), c.SEED, c.SOLVER.MAX_ITER) for c in fakes.cfgs}
     assert ("runs/better/seed2", 2, 7) in seen
-    assert {(p, s) for p, s, it in seen if it != 7} == {("runs/plain/seed0", 0), ("runs/plain/seed1", 1),
-                                                        ("runs/plain/seed2", 2)}
+    assert {(p, s) for p, s, it in seen if it != 7} == {
+        ("runs/plain/seed0", 0),
+        ("runs/plain/seed1", 1),
+        ("runs/plain/seed2", 2),
+    }
 
     summary = pd.read_csv(out / "summary.csv")
     ap = row(summary, variant="plain", metric="bbox/AP")  # 30, 40, 50
@@ -140,8 +159,7 @@ def test_statistics_match_hand_computed_values(tmp_path, base_yaml, fakes):
 
 
 def test_verdict_applies_each_rule_to_each_variant(tmp_path, base_yaml, fakes):
-    rules = [{"metric": "recall/cluster", "min_gain": 0.05},
-             {"metric": "bbox/AP", "max_drop": 3.0}]
+    rules = [{"metric": "recall/cluster", "min_gain": 0.05}, {"metric": "bbox/AP", "max_drop": 3.0}]
     exp = write_exp(tmp_path, variants={"plain": {}, "better": {}, "worse": {}}, rules=rules)
     result = run_experiment(exp)
     v = json.loads((tmp_path / "out" / "verdict.json").read_text())
@@ -154,8 +172,11 @@ def test_verdict_applies_each_rule_to_each_variant(tmp_path, base_yaml, fakes):
     assert "FAIL" in (tmp_path / "out" / "verdict.md").read_text()
 
     # Judged on the CI's lower bound (0.0703), a 0.1 gain is not shown though the mean (0.12) reaches it.
-    exp = write_exp(tmp_path, output_dir=str(tmp_path / "out2"),
-                    rules=[{"metric": "recall/cluster", "min_gain": 0.1, "on": "ci_low"}])
+    exp = write_exp(
+        tmp_path,
+        output_dir=str(tmp_path / "out2"),
+        rules=[{"metric": "recall/cluster", "min_gain": 0.1, "on": "ci_low"}],
+    )
     r = run_experiment(exp).verdict["variants"]["better"]
     assert r["verdict"] == "FAIL" and r["rules"][0]["observed"] == pytest.approx(0.12 - T975_DF2 * 0.02 / 3**0.5)
 
@@ -241,14 +262,24 @@ def test_kfold_folds_are_disjoint_by_patient_and_cover_all_images(tmp_path, fake
     b.write_text(json.dumps(vb))
     base = tmp_path / "configs" / "base.yaml"
     base.parent.mkdir()
-    base.write_text(yaml.safe_dump({"_BASE_": str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-                                    "DATASETS": {"TRAIN": [str(a)], "VAL": [str(b)]}, "TEST": {"EVAL_PERIOD": 5}}))
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "_BASE_": str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+                "DATASETS": {"TRAIN": [str(a)], "VAL": [str(b)]},
+                "TEST": {"EVAL_PERIOD": 5},
+            }
+        )
+    )
     exp = write_exp(tmp_path, seeds=[2], variants={"plain": {}}, kfold={"k": 3, "by": "patient"})
     result = run_experiment(exp)
     assert len(result.runs) == 3 and list(result.runs["fold"]) == [0, 1, 2]
     assert len(fakes.cfgs) == 3 and all(c.DATASETS.VAL == () and c.TEST.EVAL_PERIOD == 0 for c in fakes.cfgs)
-    all_files = {str((tmp_path / d / "images" / f"img_{i:03d}.png").absolute()) for d, n in (("a", 8), ("b", 4))
-                 for i in range(n)}
+    all_files = {
+        str((tmp_path / d / "images" / f"img_{i:03d}.png").absolute())
+        for d, n in (("a", 8), ("b", 4))
+        for i in range(n)
+    }
     tested: list[str] = []
     for c in fakes.cfgs:
         train, test = (json.loads(Path(p[0]).read_text()) for p in (c.DATASETS.TRAIN, c.DATASETS.TEST))
@@ -273,25 +304,30 @@ def test_kfold_split_by_image_keeps_tiles_of_one_parent_together():
         kfold_split(tiles, 6, by="image")
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"seeds": [0, 0]}, r"seeds: found \[0, 0\]; expected a non-empty list of distinct"),
-    ({"seeds": None}, r"missing field\(s\) \['seeds'\]"),
-    ({"baseline": "rfs"}, r"baseline: found 'rfs'; expected one of the variants"),
-    ({"variants": {"plain": {}, "b": {"SOLVER.MAX_ITERS": 5}}},
-     r"variants.b.SOLVER.MAX_ITERS: unknown config key.*MAX_ITER'"),
-    ({"variants": {"plain": {"SEED": 3}}}, r"variants.plain.SEED: SEED is set by the experiment runner"),
-    ({"variants": {"plain": {"SOLVER.MAX_ITER": "many"}}}, r"variants.plain.SOLVER.MAX_ITER"),
-    ({"variants": {"a/b": {}, "plain": {}}}, r"variants: found 'a/b'"),
-    ({"rules": [{"metric": "bbox/AP50", "min_gain": 1}]}, r"rules\[0\].metric: found 'bbox/AP50'; expected one of"),
-    ({"rules": [{"metric": "bbox/AP", "min_gain": 1, "max_drop": 1}]}, r"rules\[0\]: .*exactly one of"),
-    ({"rules": [{"metric": "bbox/AP", "max_drop": -1}]}, r"rules\[0\].max_drop: found -1"),
-    ({"rules": [{"metric": "bbox/AP", "max_drop": 1, "on": "median"}]}, r"rules\[0\].on: found 'median'"),
-    ({"kfold": {"k": 1}}, r"kfold.k: found 1; expected an integer >= 2"),
-    ({"kfold": {"k": 3, "by": "study"}}, r"kfold.by: found 'study'"),
-    ({"kfold": {"k": 3}, "variants": {"plain": {"DATASETS.TEST": ["x.json"]}}}, r"DATASETS.TEST is set by the"),
-    ({"base": "nope.yaml"}, r"base: found 'nope.yaml'; expected an existing config file"),
-    ({"metric": ["bbox/AP"]}, r"unknown field\(s\) \['metric'\]"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"seeds": [0, 0]}, r"seeds: found \[0, 0\]; expected a non-empty list of distinct"),
+        ({"seeds": None}, r"missing field\(s\) \['seeds'\]"),
+        ({"baseline": "rfs"}, r"baseline: found 'rfs'; expected one of the variants"),
+        (
+            {"variants": {"plain": {}, "b": {"SOLVER.MAX_ITERS": 5}}},
+            r"variants.b.SOLVER.MAX_ITERS: unknown config key.*MAX_ITER'",
+        ),
+        ({"variants": {"plain": {"SEED": 3}}}, r"variants.plain.SEED: SEED is set by the experiment runner"),
+        ({"variants": {"plain": {"SOLVER.MAX_ITER": "many"}}}, r"variants.plain.SOLVER.MAX_ITER"),
+        ({"variants": {"a/b": {}, "plain": {}}}, r"variants: found 'a/b'"),
+        ({"rules": [{"metric": "bbox/AP50", "min_gain": 1}]}, r"rules\[0\].metric: found 'bbox/AP50'; expected one of"),
+        ({"rules": [{"metric": "bbox/AP", "min_gain": 1, "max_drop": 1}]}, r"rules\[0\]: .*exactly one of"),
+        ({"rules": [{"metric": "bbox/AP", "max_drop": -1}]}, r"rules\[0\].max_drop: found -1"),
+        ({"rules": [{"metric": "bbox/AP", "max_drop": 1, "on": "median"}]}, r"rules\[0\].on: found 'median'"),
+        ({"kfold": {"k": 1}}, r"kfold.k: found 1; expected an integer >= 2"),
+        ({"kfold": {"k": 3, "by": "study"}}, r"kfold.by: found 'study'"),
+        ({"kfold": {"k": 3}, "variants": {"plain": {"DATASETS.TEST": ["x.json"]}}}, r"DATASETS.TEST is set by the"),
+        ({"base": "nope.yaml"}, r"base: found 'nope.yaml'; expected an existing config file"),
+        ({"metric": ["bbox/AP"]}, r"unknown field\(s\) \['metric'\]"),
+    ],
+)
 def test_yaml_validation_names_file_and_field(tmp_path, base_yaml, fields, message):
     exp = write_exp(tmp_path, **fields)
     with pytest.raises(ConfigError, match=message) as e:
@@ -310,20 +346,44 @@ def test_real_experiment_two_variants_two_seeds(tmp_path):
     coco = make_tiny_coco(tmp_path / "data", n_images=4)
     opts = dict(zip(TINY_MODEL_OPTS[0::2], TINY_MODEL_OPTS[1::2]))
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({"_BASE_": str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-                                    "DATASETS": {"TRAIN": [str(coco)], "TEST": [str(coco)]}}))
-    overrides = {k: yaml.safe_load(v) if k not in ("MODEL.ANCHOR_GENERATOR.SIZES",) else [[8], [16], [32], [64], [128]]
-                 for k, v in opts.items() if k != "SEED"}
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "_BASE_": str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+                "DATASETS": {"TRAIN": [str(coco)], "TEST": [str(coco)]},
+            }
+        )
+    )
+    overrides = {
+        k: yaml.safe_load(v) if k not in ("MODEL.ANCHOR_GENERATOR.SIZES",) else [[8], [16], [32], [64], [128]]
+        for k, v in opts.items()
+        if k != "SEED"
+    }
     overrides["INPUT.MIN_SIZE_TRAIN"] = [96]
-    overrides.update({"SOLVER.MAX_ITER": 3, "SOLVER.CHECKPOINT_PERIOD": 2, "EVAL.BOOTSTRAP_SAMPLES": 0,
-                      "EVAL.GALLERY_SIZE": 0})
+    overrides.update(
+        {"SOLVER.MAX_ITER": 3, "SOLVER.CHECKPOINT_PERIOD": 2, "EVAL.BOOTSTRAP_SAMPLES": 0, "EVAL.GALLERY_SIZE": 0}
+    )
     exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump({
-        "base": "base.yaml", "output_dir": str(tmp_path / "out"), "seeds": [0, 1], "baseline": "plain",
-        "overrides": overrides,
-        "variants": {"plain": {}, "rfs": {"DATALOADER.SAMPLER_TRAIN": "RepeatFactorTrainingSampler",
-                                          "DATALOADER.REPEAT_THRESHOLD": 0.5}},
-        "metrics": ["bbox/AP50", "recall/disc"], "rules": [{"metric": "bbox/AP50", "max_drop": 100}]}))
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "base": "base.yaml",
+                "output_dir": str(tmp_path / "out"),
+                "seeds": [0, 1],
+                "baseline": "plain",
+                "overrides": overrides,
+                "variants": {
+                    "plain": {},
+                    "rfs": {
+                        "DATALOADER.SAMPLER_TRAIN": "RepeatFactorTrainingSampler",
+                        "DATALOADER.REPEAT_THRESHOLD": 0.5,
+                    },
+                },
+                "metrics": ["bbox/AP50", "recall/disc"],
+                "rules": [{"metric": "bbox/AP50", "max_drop": 100}],
+            }
+        )
+    )
     result = run_experiment(exp)
     assert result.ok, result.runs[["variant", "seed", "error"]]
     out = tmp_path / "out"
@@ -359,7 +419,9 @@ def test_documented_example_yaml_reads_as_written(tmp_path):
     exp.write_text(text)
     spec = load_experiment(exp)
     assert [(r.metric, r.kind, r.threshold, r.on) for r in spec.rules] == [
-        ("recall/cluster", "min_gain", 0.05, "mean"), ("bbox/AP", "max_drop", 3.0, "ci_low")]
+        ("recall/cluster", "min_gain", 0.05, "mean"),
+        ("bbox/AP", "max_drop", 3.0, "ci_low"),
+    ]
     assert spec.kfold is not None and spec.kfold.k == 3 and spec.baseline == "plain"
 
 

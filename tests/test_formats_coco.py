@@ -23,12 +23,32 @@ def dataset(root: Path, names: list[str], n: int, view: str) -> Path:
     images, anns = [], []
     for i in range(n):
         cv2.imwrite(str(root / "images" / f"{i}.png"), np.full((20, 30), i, np.uint8))
-        images.append({"id": 10 + i, "file_name": f"images/{i}.png", "height": 20, "width": 30, "view": view,
-                       "patient_id": f"{root.name}{i}"})
-        for k, name in enumerate(names):
-            anns.append({"id": 100 + len(anns), "image_id": 10 + i, "category_id": 7 + k, "bbox": [1, 2, 3, 4],
-                         "area": 12, "iscrowd": 0})
-    coco = {"images": images, "annotations": anns, "categories": [{"id": 7 + k, "name": m} for k, m in enumerate(names)]}
+        images.append(
+            {
+                "id": 10 + i,
+                "file_name": f"images/{i}.png",
+                "height": 20,
+                "width": 30,
+                "view": view,
+                "patient_id": f"{root.name}{i}",
+            }
+        )
+        for k in range(len(names)):
+            anns.append(
+                {
+                    "id": 100 + len(anns),
+                    "image_id": 10 + i,
+                    "category_id": 7 + k,
+                    "bbox": [1, 2, 3, 4],
+                    "area": 12,
+                    "iscrowd": 0,
+                }
+            )
+    coco = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 7 + k, "name": m} for k, m in enumerate(names)],
+    }
     (root / "all.json").write_text(json.dumps(coco))
     return root / "all.json"
 
@@ -53,8 +73,13 @@ def test_merge_matches_classes_by_name_and_keeps_paths_resolving(tmp_path):
 
 
 def test_subset_by_class_attribute_and_sample(tmp_path):
-    coco = merge_coco([dataset(tmp_path / "a", ["mass", "calcification"], 4, "CC"),
-                       dataset(tmp_path / "b", ["calcification"], 4, "MLO")], tmp_path / "m.json")
+    coco = merge_coco(
+        [
+            dataset(tmp_path / "a", ["mass", "calcification"], 4, "CC"),
+            dataset(tmp_path / "b", ["calcification"], 4, "MLO"),
+        ],
+        tmp_path / "m.json",
+    )
     cc_calc = filter_coco(coco, categories=["calcification"], where={"view": ["CC"]})
     assert len(cc_calc["images"]) == 4 and {im["view"] for im in cc_calc["images"]} == {"CC"}
     assert cc_calc["categories"] == [{"id": 1, "name": "calcification"}]
@@ -71,8 +96,22 @@ def test_subset_by_class_attribute_and_sample(tmp_path):
 def test_cli_subset_writes_a_file_whose_images_resolve(tmp_path):
     src = dataset(tmp_path / "a", ["mass"], 3, "CC")
     out = tmp_path / "elsewhere" / "sub.json"
-    run = subprocess.run([sys.executable, str(REPO / "convert_dataset.py"), "subset", str(src), "--out", str(out),
-                          "--where", "patient_id=a0,a2"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "convert_dataset.py"),
+            "subset",
+            str(src),
+            "--out",
+            str(out),
+            "--where",
+            "patient_id=a0,a2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     sub = load_coco(out)
     assert [im["patient_id"] for im in sub["images"]] == ["a0", "a2"]

@@ -16,8 +16,15 @@ H, W = 200, 160
 CASES = [
     ("22678622", "6c613a14b80a8591", "R", "CC", "4", "1", None),  # normal: no XML
     ("22678646", "6c613a14b80a8591", "L", "CC", "4", "4a", [("Mass", [(40.5, 50.25), (80.0, 45.0), (70.0, 90.7)])]),
-    ("22614074", "0a6d4a1a7b2c3d4e", "L", "MLO", "     ", "2",
-     [("Calcification", [(100.0, 120.0)]), ("Cluster", [(20.0, 30.0), (35.0, 30.0), (30.0, 44.0)])]),
+    (
+        "22614074",
+        "0a6d4a1a7b2c3d4e",
+        "L",
+        "MLO",
+        "     ",
+        "2",
+        [("Calcification", [(100.0, 120.0)]), ("Cluster", [(20.0, 30.0), (35.0, 30.0), (30.0, 44.0)])],
+    ),
     ("22614097", "0a6d4a1a7b2c3d4e", "R", "MLO", "2", "3", [("Assymetry", [(10.0, 10.0), (50.0, 60.0)])]),
     ("22614127", "9f8e7d6c5b4a3921", "R", "CC", "1", "2", [("Lesion of unknown kind", [(5.0, 5.0)])]),
     ("22614150", "9f8e7d6c5b4a3921", "L", "CC", "1", "5", None),  # BI-RADS 5 but no XML
@@ -25,10 +32,21 @@ CASES = [
 
 
 def _roi(name, points):
-    return {"Area": 0.0, "Center": "(0.000000, 0.000000, 0.000000)", "Dev": 0.0, "IndexInImage": 0, "Max": 0.0,
-            "Mean": 0.0, "Min": 0.0, "Name": name, "NumberOfPoints": len(points),
-            "Point_mm": [f"({x * 0.07:.6f}, {y * 0.07:.6f}, 0.000000)" for x, y in points],
-            "Point_px": [f"({x:.6f}, {y:.6f})" for x, y in points], "Total": 0.0, "Type": 15 if len(points) > 1 else 19}
+    return {
+        "Area": 0.0,
+        "Center": "(0.000000, 0.000000, 0.000000)",
+        "Dev": 0.0,
+        "IndexInImage": 0,
+        "Max": 0.0,
+        "Mean": 0.0,
+        "Min": 0.0,
+        "Name": name,
+        "NumberOfPoints": len(points),
+        "Point_mm": [f"({x * 0.07:.6f}, {y * 0.07:.6f}, 0.000000)" for x, y in points],
+        "Point_px": [f"({x:.6f}, {y:.6f})" for x, y in points],
+        "Total": 0.0,
+        "Type": 15 if len(points) > 1 else 19,
+    }
 
 
 @pytest.fixture
@@ -39,8 +57,11 @@ def release(tmp_path):
     lines = ["Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads"]
     for name, patient, side, view, acr, birads, rois in CASES:
         lines.append(f"removed;removed;{side};{view};201001;{name};{acr};{birads}")
-        ds = encode_dicom(np.random.default_rng(int(name) % 97).random((H, W)) * 0.8, bits_stored=14,
-                          attributes={"ImagerPixelSpacing": [0.07, 0.07], "Laterality": side})
+        ds = encode_dicom(
+            np.random.default_rng(int(name) % 97).random((H, W)) * 0.8,
+            bits_stored=14,
+            attributes={"ImagerPixelSpacing": [0.07, 0.07], "Laterality": side},
+        )
         save_dicom(ds, root / "AllDICOMs" / f"{name}_{patient}_MG_{side}_{view}_ANON.dcm")
         if rois is not None:
             doc = {"Images": [{"ImageIndex": 0, "NumberOfROIs": len(rois), "ROIs": [_roi(n, p) for n, p in rois]}]}
@@ -83,7 +104,8 @@ def test_inbreast_converts_rois_to_boxes(release, tmp_path):
 
 
 def test_inbreast_abnormality_scheme_keeps_asymmetries(release, tmp_path):
-    report = convert_inbreast(release, tmp_path / "a", scheme="abnormality", roi_kinds={"Lesion of unknown kind": "mass"},
-                              progress=False)
+    report = convert_inbreast(
+        release, tmp_path / "a", scheme="abnormality", roi_kinds={"Lesion of unknown kind": "mass"}, progress=False
+    )
     assert report.ok and not report.excluded
     assert report.categories == ["calcification", "mass", "distortion", "asymmetry"]

@@ -17,8 +17,8 @@ REFNUM BG CLASS SEVERITY X Y RADIUS
 This file lists the films in the MIAS database
 mdb001 G CIRC B 535 425 197
 mdb002 G CIRC B 522 280 69
-mdb003 D NORM 
-mdb004 D NORM 
+mdb003 D NORM\x20
+mdb004 D NORM\x20
 mdb005 F CIRC B 477 133 30
 mdb005 F CIRC B 500 168 26
 mdb006 F ARCH M 600 700 40
@@ -44,8 +44,17 @@ def mias(tmp_path):
 
 def test_info_txt_is_parsed_with_its_quirks(mias):
     rows, bad = read_mias_info(mias / "Info.txt")
-    assert [r.ref for r in rows] == ["mdb001", "mdb002", "mdb003", "mdb004", "mdb005", "mdb005", "mdb006", "mdb007",
-                                     "mdb009"]
+    assert [r.ref for r in rows] == [
+        "mdb001",
+        "mdb002",
+        "mdb003",
+        "mdb004",
+        "mdb005",
+        "mdb005",
+        "mdb006",
+        "mdb007",
+        "mdb009",
+    ]
     assert rows[2].abnormality == "NORM" and rows[2].x is None
     assert rows[7].abnormality == "CALC" and rows[7].severity == "M" and rows[7].x is None  # *NOTE 3*
     assert len(bad) == 1 and bad[0][1] == "mdb008" and "background tissue 'X'" in bad[0][2]

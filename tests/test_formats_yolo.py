@@ -28,8 +28,11 @@ def yolo(tmp_path):
     }
     for rel, text in labels.items():
         (root / "labels" / f"{rel}.txt").write_text(text)
-    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val",
-                                                    "names": {0: "mass", 1: "calcification"}}))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump(
+            {"path": ".", "train": "images/train", "val": "images/val", "names": {0: "mass", 1: "calcification"}}
+        )
+    )
     return root
 
 
@@ -46,15 +49,17 @@ def test_yolo_to_coco_reads_boxes_polygons_and_empty_images(yolo, tmp_path):
     assert by_name["a.jpg"]["width"] == 200 and by_name["a.jpg"]["height"] == 100
     boxes = sorted((a["image_id"], a["category_id"], a["bbox"]) for a in train["annotations"])
     a_id, b_id = by_name["a.jpg"]["id"], by_name["b.jpg"]["id"]
-    assert boxes == sorted([(a_id, 1, [80.0, 30.0, 40.0, 40.0]), (a_id, 2, [10.0, 5.0, 20.0, 10.0]),
-                            (b_id, 2, [20.0, 20.0, 40.0, 40.0])])
+    assert boxes == sorted(
+        [(a_id, 1, [80.0, 30.0, 40.0, 40.0]), (a_id, 2, [10.0, 5.0, 20.0, 10.0]), (b_id, 2, [20.0, 20.0, 40.0, 40.0])]
+    )
     assert len(load_coco(tmp_path / "coco" / "all.json")["images"]) == 4
 
 
 def test_coco_to_yolo_round_trip(yolo, tmp_path):
     yolo_to_coco(yolo / "data.yaml", tmp_path / "coco")
-    data = coco_to_yolo({"train": tmp_path / "coco" / "train.json", "val": tmp_path / "coco" / "val.json"},
-                        tmp_path / "yolo2")
+    data = coco_to_yolo(
+        {"train": tmp_path / "coco" / "train.json", "val": tmp_path / "coco" / "val.json"}, tmp_path / "yolo2"
+    )
     again = yaml.safe_load(data.read_text())
     assert again["names"] == {0: "mass", 1: "calcification"} and again["train"] == "images/train"
     assert (tmp_path / "yolo2" / "images" / "val" / "v.jpg").is_file()

@@ -1,11 +1,11 @@
 """Model bundles: export from a run, load locally and through the Hugging Face client, exact round trip."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-
 from bundle_fixture import METRICS, shared_run
 
 from meddet.errors import DataError
@@ -113,8 +113,7 @@ def _client(tmp_path, env_extra, *args):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=str(REPO), **env_extra)
-    return subprocess.run([sys.executable, "-c", _CLIENT, *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-c", _CLIENT, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow  # four CLI subprocesses, each importing torch (~25 s)
@@ -129,28 +128,36 @@ def test_push_and_pull_through_the_hub_client(bundle, image, tmp_path):
         # Without a token the Hub refuses the push and the user gets a ModelError naming the repo.
         r = _client(tmp_path, {"HF_ENDPOINT": hub.url}, "push", str(bundle), str(tmp_path / "x"))
         assert r.returncode != 0 and "org/tiny-mammo: push to the Hugging Face Hub failed" in r.stderr
-        r = _client(tmp_path, {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_token"}, "push", str(bundle),
-                    str(tmp_path / "x"))
+        r = _client(
+            tmp_path, {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_token"}, "push", str(bundle), str(tmp_path / "x")
+        )
         assert r.returncode == 0, r.stderr
         assert hub.repos["org/tiny-mammo"]["private"] is True
         sha = hub.repos["org/tiny-mammo"]["refs"]["main"]
         files = hub.repos["org/tiny-mammo"]["commits"][sha]
         assert {n: files[n] for n in files} == {p.name: p.read_bytes() for p in bundle.iterdir()}
         # Pull (private repo: the token comes from the environment) and predict.
-        r = _client(tmp_path, {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_token"}, "pull", "org/tiny-mammo",
-                    str(tmp_path / "online"))
+        r = _client(
+            tmp_path,
+            {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_token"},
+            "pull",
+            "org/tiny-mammo",
+            str(tmp_path / "online"),
+        )
         assert r.returncode == 0, r.stderr
         assert any(m == "GET" and "/resolve/" in p and auth for m, p, auth in hub.requests)
     # Hub gone: offline mode loads from the cache.
-    r = _client(tmp_path, {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"}, "pull", "org/tiny-mammo",
-                str(tmp_path / "offline"))
+    r = _client(
+        tmp_path, {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"}, "pull", "org/tiny-mammo", str(tmp_path / "offline")
+    )
     assert r.returncode == 0, r.stderr
     for name in ("online", "offline"):
         got = dict(np.load(tmp_path / f"{name}.npz"))
         _same(local, {**got, "labels": [["square", "disc"][c] for c in got["classes"]]})
     # Not in the cache and offline: a clear error.
-    r = _client(tmp_path, {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"}, "pull", "org/other-model",
-                str(tmp_path / "none"))
+    r = _client(
+        tmp_path, {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"}, "pull", "org/other-model", str(tmp_path / "none")
+    )
     assert r.returncode != 0 and "org/other-model: not in the local Hugging Face cache" in r.stderr
 
 
@@ -163,8 +170,21 @@ def test_tiled_bundle_says_so_and_loads_as_sliced(run_dir, tmp_path):
 
     run = tmp_path / "tiled_run"
     shutil.copytree(run_dir, run)
-    cfg = load_config(run / "config.yaml", ["TILING.ENABLED", "True", "TILING.SIZE", "64", "TILING.OVERLAP", "0.25",
-                                            "TILING.MERGE", "nms", "TILING.MATCH_METRIC", "iou"])
+    cfg = load_config(
+        run / "config.yaml",
+        [
+            "TILING.ENABLED",
+            "True",
+            "TILING.SIZE",
+            "64",
+            "TILING.OVERLAP",
+            "0.25",
+            "TILING.MERGE",
+            "nms",
+            "TILING.MATCH_METRIC",
+            "iou",
+        ],
+    )
     (run / "config.yaml").write_text(cfg.dump())
     bundle = export_bundle(run, tmp_path / "bundle")
     tiling = json.loads((bundle / "meddet.json").read_text())["input"]["tiling"]

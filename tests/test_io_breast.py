@@ -65,8 +65,9 @@ def test_crop_to_breast_keeps_every_box_whole_and_drops_the_background():
 
 
 # ---------------------------------------------------------------- real-film artefacts (meddet.synth.render_film)
-@pytest.mark.parametrize("artefact", ["border", "label", "marker", "ruler", "tape", "gradient", "dense", "monochrome1",
-                                      "all"])
+@pytest.mark.parametrize(
+    "artefact", ["border", "label", "marker", "ruler", "tape", "gradient", "dense", "monochrome1", "all"]
+)
 @pytest.mark.parametrize("side", ["LEFT", "RIGHT"])
 def test_crop_and_side_survive_each_film_artefact(tmp_path, artefact, side):
     """Read through the DICOM display chain (MONOCHROME1 inverted by the reader): the crop keeps every
@@ -77,8 +78,15 @@ def test_crop_and_side_survive_each_film_artefact(tmp_path, artefact, side):
 
     arts = ARTEFACTS if artefact == "all" else (artefact,)
     for seed in range(3):
-        film = render_film(np.random.default_rng(seed), 256, 200, side, "MLO" if seed % 2 else "CC",
-                           [("mass_high", 1), ("calcification", 1)], arts)
+        film = render_film(
+            np.random.default_rng(seed),
+            256,
+            200,
+            side,
+            "MLO" if seed % 2 else "CC",
+            [("mass_high", 1), ("calcification", 1)],
+            arts,
+        )
         path = tmp_path / f"{seed}.dcm"
         save_dicom(encode_dicom(film.image, photometric=film.photometric, bits_stored=12), path)
         img = read_dicom(path)

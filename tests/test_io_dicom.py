@@ -184,7 +184,10 @@ def test_errors_name_the_file(tmp_path):
     ds.compress(RLELossless)
     save_dicom(ds, tmp_path / "rle.dcm")
     (tmp_path / "rle.dcm").write_bytes((tmp_path / "rle.dcm").read_bytes()[:-200])
-    with pytest.warns(UserWarning), pytest.raises(DicomError, match=r"rle\.dcm: truncated file: the pixel data ends early"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(DicomError, match=r"rle\.dcm: truncated file: the pixel data ends early"),
+    ):
         read_dicom(tmp_path / "rle.dcm")
 
 

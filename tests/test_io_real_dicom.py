@@ -25,8 +25,14 @@ def real(name: str) -> str:
     return path
 
 
-def reference(path: str, normalize: str = "minmax", percentiles=(1.0, 99.0), gamma: float = 0.8,
-              bit_depth: int = 8, apply_voi: bool = True) -> np.ndarray:
+def reference(
+    path: str,
+    normalize: str = "minmax",
+    percentiles=(1.0, 99.0),
+    gamma: float = 0.8,
+    bit_depth: int = 8,
+    apply_voi: bool = True,
+) -> np.ndarray:
     """The display chain done the plain way: every step on the full float array."""
     ds = pydicom.dcmread(path)
     arr = ds.pixel_array
@@ -99,8 +105,17 @@ def test_jpeg_baseline_greyscale_decodes_within_jpeg_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["MR_small.dcm", "RG3_UNCR.dcm", "MR2_UNCR.dcm", "693_UNCR.dcm", "vlut_04.dcm", "mlut_18.dcm",
-             "JPGLosslessP14SV1_1s_1f_8b.dcm", "J2K_pixelrep_mismatch.dcm"]
+    "name",
+    [
+        "MR_small.dcm",
+        "RG3_UNCR.dcm",
+        "MR2_UNCR.dcm",
+        "693_UNCR.dcm",
+        "vlut_04.dcm",
+        "mlut_18.dcm",
+        "JPGLosslessP14SV1_1s_1f_8b.dcm",
+        "J2K_pixelrep_mismatch.dcm",
+    ],
 )
 @pytest.mark.parametrize("normalize", ["minmax", "percentile", "zscore"])
 def test_lookup_table_chain_equals_the_plain_full_array_chain(name, normalize):
@@ -157,8 +172,10 @@ def test_fixed_range_is_an_explicit_window_in_modality_units():
     np.testing.assert_array_equal(out[~pad], expected[~pad])
 
 
-@pytest.mark.parametrize("name,reason", [("emri_small.dcm", "multi-frame DICOM with 10 frames"),
-                                         ("US1_UNCR.dcm", "photometric interpretation 'RGB'")])
+@pytest.mark.parametrize(
+    "name,reason",
+    [("emri_small.dcm", "multi-frame DICOM with 10 frames"), ("US1_UNCR.dcm", "photometric interpretation 'RGB'")],
+)
 def test_unsupported_real_files_are_refused_by_name(name, reason):
     with pytest.raises(DicomError, match=rf"{name}: {reason}"):
         read_dicom(real(name))

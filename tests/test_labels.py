@@ -1,5 +1,6 @@
 """Readable annotations: one label placement (meddet.visualize.layout_labels) shared by the annotated PNGs
 and the explain overlays, with an exact JavaScript twin for the web canvas (webapp/static/labels.js)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 
@@ -54,7 +54,13 @@ def test_label_size_follows_the_image_size():
 
 
 CASES = [
-    ([[10, 10, 50, 50], [12, 14, 60, 58], [200, 5, 230, 40]], [0.63, 0.76, 0.5], [[60, 16], [70, 16], [40, 16]], 240, 120),
+    (
+        [[10, 10, 50, 50], [12, 14, 60, 58], [200, 5, 230, 40]],
+        [0.63, 0.76, 0.5],
+        [[60, 16], [70, 16], [40, 16]],
+        240,
+        120,
+    ),
     ([[0, 0, 30, 30], [0, 0, 30, 30], [0, 0, 30, 30], [0, 0, 30, 30]], [0.9, 0.9, 0.8, 0.95], [[50, 14]] * 4, 100, 60),
     ([[5.5, 2.5, 40.5, 20.5], [300, 100, 320, 140]], [0.4, 0.41], [[80, 20], [90, 20]], 320, 140),
 ]
@@ -70,7 +76,8 @@ def test_javascript_twin_places_labels_exactly_like_python():
         "console.log(JSON.stringify({layouts: cases.map(c => L.layoutLabels(...c)),"
         " styles: [[400, 300], [2800, 4500], [1000, 35]].map(s => L.labelStyle(...s))}));"
     )
-    out = json.loads(subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True,
-                                    timeout=30).stdout)
+    out = json.loads(
+        subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True, timeout=30).stdout
+    )
     assert out["layouts"] == [[[i, r] for i, r in layout_labels(*c)] for c in CASES]
     assert out["styles"] == [label_style(*s) for s in [(400, 300), (2800, 4500), (1000, 35)]]

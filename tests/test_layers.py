@@ -1,6 +1,7 @@
 """The declared layers (docs/ARCHITECTURE.md, "Layers"; the import-linter contracts in pyproject.toml) hold:
 no module imports from a higher layer and no sibling modules import each other in a cycle, in-function
 imports included."""
+
 from __future__ import annotations
 
 import shutil
@@ -17,8 +18,14 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     if exe is None:
         pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
-    return subprocess.run([exe, "--no-cache"], cwd=root, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [exe, "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_the_layers_contract_is_kept():

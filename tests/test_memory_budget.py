@@ -1,5 +1,6 @@
 """Memory budgets: every decoder checks the decoded size from the header before decoding; 16-bit colour is
 converted without full-size float copies; the web app admits requests by a memory budget."""
+
 from __future__ import annotations
 
 import io
@@ -18,11 +19,17 @@ from meddet.io import image_header, read_image
 
 def _png_header(w: int, h: int, depth: int = 16, colour: int = 2) -> bytes:
     """A PNG that declares w x h pixels (its IDAT holds a few zero rows only: it never has to be decoded)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_8900_square_16bit_rgb_png_is_refused_from_its_header():
@@ -83,8 +90,10 @@ def test_each_raster_format_checks_the_budget_before_decoding(fmt, tmp_path):
             read_image(src, max_bytes=nbytes - 1)
 
 
-@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
-                                  "MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm"],
+)
 def test_dicom_checks_rows_columns_bits_before_decoding(name, tmp_path):
     from pydicom.data import get_testdata_file
 
@@ -123,14 +132,16 @@ def test_truncated_headers_are_data_errors():
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     from bundle_fixture import shared_run
+
     from meddet.hub import load_predictor
 
     return load_predictor(shared_run(tmp_path_factory)[1], device="cpu")
 
 
 def _post(client, data: bytes):
-    return client.post("/api/v1/predict", data={"file": (io.BytesIO(data), "x.png")},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/api/v1/predict", data={"file": (io.BytesIO(data), "x.png")}, content_type="multipart/form-data"
+    )
 
 
 def test_web_refuses_an_image_larger_than_the_memory_budget(predictor):

@@ -1,4 +1,5 @@
 """merge_detections: hand-computed cases of each method, and agreement with a plain reference loop."""
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,9 @@ def test_two_halves_merge_into_their_union():
 def test_nms_class_aware_and_agnostic():
     boxes, scores, classes = _det(
         (0, 0, 10, 10, 0.9, 0),
-        (1, 0, 11, 10, 0.8, 0),    # IoU 0.82 with the first: suppressed
+        (1, 0, 11, 10, 0.8, 0),  # IoU 0.82 with the first: suppressed
         (20, 20, 30, 30, 0.7, 0),  # alone
-        (0, 0, 10, 10, 0.6, 1),    # same place, other class
+        (0, 0, 10, 10, 0.6, 1),  # same place, other class
     )
     b, s, c = merge_detections(boxes, scores, classes, "nms", "iou", 0.5)
     np.testing.assert_allclose(s, [0.9, 0.7, 0.6], rtol=1e-6)
@@ -121,7 +122,7 @@ def _reference_greedy_nmm(boxes, scores, classes, metric, thr):
                 continue
             done[i] = True
             cur, cur_s = b[i].copy(), s[i]
-            for j in order[pos + 1:]:
+            for j in order[pos + 1 :]:
                 if not done[j] and ov(b[i], b[j]) >= thr:
                     done[j] = True
                     if ov(cur, b[j]) > thr:
@@ -154,8 +155,10 @@ def test_agrees_with_sahi():
     xy = rng.uniform(0, 500, (400, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (400, 2))], 1)
     scores, classes = rng.uniform(0.05, 1, 400), rng.integers(0, 3, 400)
-    preds = [ObjectPrediction(bbox=[float(v) for v in bb], score=float(sc), category_id=int(cc))
-             for bb, sc, cc in zip(boxes, scores, classes)]
+    preds = [
+        ObjectPrediction(bbox=[float(v) for v in bb], score=float(sc), category_id=int(cc))
+        for bb, sc, cc in zip(boxes, scores, classes)
+    ]
     for method, cls in (("greedy_nmm", GreedyNMMPostprocess), ("nmm", NMMPostprocess), ("nms", NMSPostprocess)):
         for agnostic in (False, True):
             ref = cls(match_threshold=0.5, match_metric="IOS", class_agnostic=agnostic)(list(preds))

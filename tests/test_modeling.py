@@ -1,4 +1,5 @@
 """meddet.modeling: build_model for the torchvision engine, its batch interface, and checkpoints."""
+
 from __future__ import annotations
 
 import logging
@@ -6,11 +7,13 @@ import sys
 
 import pytest
 import torch
+from conftest import seeded, small_model_cfg
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from meddet.config import get_cfg
 from meddet.errors import ConfigError, DataError, EngineUnavailableError, ModelError
+from meddet.modeling import build as build_module
 from meddet.modeling import (
     build_model,
     load_checkpoint_for_resume,
@@ -18,9 +21,6 @@ from meddet.modeling import (
     resolve_device,
     save_checkpoint,
 )
-from meddet.modeling import build as build_module
-
-from conftest import seeded, small_model_cfg
 
 LOSSES = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
 
@@ -42,11 +42,20 @@ def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 def train_batch():
     return [
-        {"image": image(64, 96), "height": 64, "width": 96,
-         "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
-         "classes": torch.tensor([0, 2])},
-        {"image": image(64, 64, 1), "height": 64, "width": 64,  # an image without objects
-         "boxes": torch.zeros(0, 4), "classes": torch.zeros(0, dtype=torch.int64)},
+        {
+            "image": image(64, 96),
+            "height": 64,
+            "width": 96,
+            "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
+            "classes": torch.tensor([0, 2]),
+        },
+        {
+            "image": image(64, 64, 1),
+            "height": 64,
+            "width": 64,  # an image without objects
+            "boxes": torch.zeros(0, 4),
+            "classes": torch.zeros(0, dtype=torch.int64),
+        },
     ]
 
 
@@ -128,12 +137,18 @@ def test_bgr_and_rgb_inputs_give_the_same_detections():
 @pytest.mark.parametrize(
     ("batch", "match"),
     [
-        ([{"image": image(32, 32), "boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "classes": torch.tensor([0])}],
-         r"batch\[0\]\['boxes'\]\[0\].*x1 < x2"),
-        ([{"image": image(32, 32), "boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "classes": torch.tensor([3])}],
-         r"batch\[0\]\['classes'\].*0\.\.2"),
-        ([{"image": image(32, 32), "boxes": torch.zeros(1, 5), "classes": torch.tensor([0])}],
-         r"batch\[0\]\['boxes'\].*\(N, 4\)"),
+        (
+            [{"image": image(32, 32), "boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "classes": torch.tensor([0])}],
+            r"batch\[0\]\['boxes'\]\[0\].*x1 < x2",
+        ),
+        (
+            [{"image": image(32, 32), "boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "classes": torch.tensor([3])}],
+            r"batch\[0\]\['classes'\].*0\.\.2",
+        ),
+        (
+            [{"image": image(32, 32), "boxes": torch.zeros(1, 5), "classes": torch.tensor([0])}],
+            r"batch\[0\]\['boxes'\].*\(N, 4\)",
+        ),
         ([{"image": image(32, 32)}], r"batch\[0\].*'boxes' and 'classes'"),
         ([{"image": torch.zeros(32, 32)}], r"batch\[0\]\['image'\].*3 channels"),
     ],
@@ -155,13 +170,20 @@ def test_num_classes_reaches_the_predictor():
 
 def test_depth_fpn_box_head_and_anchors_reach_the_model():
     model = build(
-        "MODEL.RESNETS.DEPTH", 34,
-        "MODEL.FPN.OUT_CHANNELS", 48,
-        "MODEL.ROI_BOX_HEAD.FC_DIM", 96,
-        "MODEL.ANCHOR_GENERATOR.SIZES", [[4, 6], [8, 12], [16, 24], [32, 48], [64, 96]],
-        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[1.0]],
-        "MODEL.ROI_HEADS.NMS_THRESH_TEST", 0.3,
-        "TEST.DETECTIONS_PER_IMAGE", 7,
+        "MODEL.RESNETS.DEPTH",
+        34,
+        "MODEL.FPN.OUT_CHANNELS",
+        48,
+        "MODEL.ROI_BOX_HEAD.FC_DIM",
+        96,
+        "MODEL.ANCHOR_GENERATOR.SIZES",
+        [[4, 6], [8, 12], [16, 24], [32, 48], [64, 96]],
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+        [[1.0]],
+        "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+        0.3,
+        "TEST.DETECTIONS_PER_IMAGE",
+        7,
     )
     body = model.backbone.body
     assert [len(body[f"layer{i}"]) for i in range(1, 5)] == [3, 4, 6, 3]
@@ -239,8 +261,9 @@ def test_checkpoint_round_trip_reproduces_predictions(tmp_path):
     batch = [{"image": image(64, 96, 5), "height": 128, "width": 192}]
     before = predict(model, batch)[0]
     assert len(before["boxes"]) > 0
-    path = save_checkpoint(tmp_path / "ckpt" / "model_final.pth", model, iteration=7,
-                           extra={"class_names": ["mass", "calc", "other"]})
+    path = save_checkpoint(
+        tmp_path / "ckpt" / "model_final.pth", model, iteration=7, extra={"class_names": ["mass", "calc", "other"]}
+    )
     assert [p.name for p in path.parent.iterdir()] == ["model_final.pth"]  # no temporary file left
 
     fresh = build(seed=123)
@@ -330,9 +353,9 @@ def test_class_weights_scale_each_rois_cross_entropy():
     logits = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.5, 1.5, -1.0, 0.0], [0.0, 0.0, 3.0, 1.0], [1.0, 2.0, 0.0, 0.5]])
     labels = torch.tensor([0, 1, 2, 3])  # background, classes 0, 1, 2
     weights = [1.0, 3.0, 0.5, 2.0]
-    by_hand = sum(
-        weights[y] * -(logits[i, y] - torch.logsumexp(logits[i], 0)) for i, y in enumerate(labels.tolist())
-    ) / 4
+    by_hand = (
+        sum(weights[y] * -(logits[i, y] - torch.logsumexp(logits[i], 0)) for i, y in enumerate(labels.tolist())) / 4
+    )
     losses = model.roi_heads.box_losses(logits, torch.zeros(4, 16), [labels[:2], labels[2:]], [torch.zeros(2, 4)] * 2)
     torch.testing.assert_close(losses["loss_classifier"], by_hand)
     unweighted = build().roi_heads.box_losses(logits, torch.zeros(4, 16), [labels], [torch.zeros(4, 4)])

@@ -1,5 +1,6 @@
 """Clean crashes: when a converting process is killed (SIGKILL), its fork server, worker processes and
 resource tracker go with it within seconds (they used to run on for minutes)."""
+
 from __future__ import annotations
 
 import os
@@ -10,12 +11,10 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import REPO
 
 # parents killed, children watched for seconds: `make test-fast` leaves them out
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
 
 def _session(sid: int) -> list[int]:
@@ -41,8 +40,12 @@ def test_workers_die_with_a_killed_parent():
         for item, res in parallel_map(time.sleep, [60] * 4, workers=2):
             pass
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while len(_session(parent.pid)) < 5 and time.time() < deadline:  # parent, tracker, server, 2 workers

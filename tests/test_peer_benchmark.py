@@ -2,6 +2,7 @@
 (category ids, xywh), the region split of the real aerial images keeps test rows out of training, the table.
 Ultralytics itself is a benchmark-only extra (`make bench-peer`), not a test dependency: the one end-to-end test
 that needs it is skipped where it is not importable."""
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,13 @@ pb = _load_bench()
 
 
 def test_ultralytics_boxes_become_coco_results_with_mapped_ids():
-    res = pb.ultralytics_to_coco(np.array([[10.0, 20.0, 40.0, 25.0], [0, 0, 5, 5]]), np.array([0.9, 0.01]),
-                                 np.array([1.0, 0.0]), image_id=7, category_ids=[3, 8])
+    res = pb.ultralytics_to_coco(
+        np.array([[10.0, 20.0, 40.0, 25.0], [0, 0, 5, 5]]),
+        np.array([0.9, 0.01]),
+        np.array([1.0, 0.0]),
+        image_id=7,
+        category_ids=[3, 8],
+    )
     assert res == [
         {"image_id": 7, "category_id": 8, "bbox": [10.0, 20.0, 30.0, 5.0], "score": pytest.approx(0.9)},
         {"image_id": 7, "category_id": 3, "bbox": [0.0, 0.0, 5.0, 5.0], "score": pytest.approx(0.01)},
@@ -59,10 +65,17 @@ def test_yolo_labels_read_back_as_predictions_score_perfectly(tmp_path):
         Image.new("RGB", (64, 48), (image_id * 40, 0, 0)).save(tmp_path / "img" / f"im{image_id}.png")
         images.append({"id": image_id, "file_name": f"img/im{image_id}.png", "height": 48, "width": 64})
         for x, y, w, h, c in bs:
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": c, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": 0})
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": 9, "name": "zeta"}, {"id": 2, "name": "alpha"}]}
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": c,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 9, "name": "zeta"}, {"id": 2, "name": "alpha"}]}
     (tmp_path / "test.json").write_text(json.dumps(gt))
     coco_to_yolo({"test": tmp_path / "test.json"}, tmp_path / "yolo")
 
@@ -75,7 +88,8 @@ def test_yolo_labels_read_back_as_predictions_score_perfectly(tmp_path):
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
         preds += pb.ultralytics_to_coco(xyxy, np.full(len(v), 0.8), v[:, 0], im["id"], cat_ids)
     assert sorted((p["image_id"], p["category_id"]) for p in preds) == sorted(
-        (a["image_id"], a["category_id"]) for a in anns)
+        (a["image_id"], a["category_id"]) for a in anns
+    )
     m = run_evaluation(tmp_path / "test.json", preds, bootstrap_samples=0).metrics
     assert m["bbox/AP50-alpha"] == pytest.approx(100.0) and m["bbox/AP50-zeta"] == pytest.approx(100.0)
     assert m["bbox/AP"] > 99.0
@@ -93,10 +107,12 @@ def test_region_bands_partition_the_rows(height):
 
 
 def test_clip_to_band_keeps_boxes_mostly_inside_in_band_coordinates():
-    boxes = [[0, 10, 10, 20],    # inside
-             [0, 45, 10, 65],    # 75% inside [0, 60)
-             [0, 55, 10, 75],    # 25% inside
-             [0, 70, 10, 80]]    # outside
+    boxes = [
+        [0, 10, 10, 20],  # inside
+        [0, 45, 10, 65],  # 75% inside [0, 60)
+        [0, 55, 10, 75],  # 25% inside
+        [0, 70, 10, 80],
+    ]  # outside
     out, keep = pb.clip_to_band(boxes, 0, 60)
     assert keep.tolist() == [0, 1]
     assert out.tolist() == [[0, 10, 10, 20], [0, 45, 10, 60]]
@@ -106,10 +122,15 @@ def test_clip_to_band_keeps_boxes_mostly_inside_in_band_coordinates():
 
 
 def _voc(path: Path, filename: str, w: int, h: int, objects) -> None:
-    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
-                   f"<ymax>{d}</ymax></bndbox></object>" for n, (a, b, c, d) in objects)
-    path.write_text(f"<annotation><filename>{filename}</filename><size><width>{w}</width><height>{h}</height>"
-                    f"<depth>3</depth></size>{objs}</annotation>")
+    objs = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+        f"<ymax>{d}</ymax></bndbox></object>"
+        for n, (a, b, c, d) in objects
+    )
+    path.write_text(
+        f"<annotation><filename>{filename}</filename><size><width>{w}</width><height>{h}</height>"
+        f"<depth>3</depth></size>{objs}</annotation>"
+    )
 
 
 def test_region_split_keeps_test_rows_out_of_training(tmp_path):
@@ -120,8 +141,13 @@ def test_region_split_keeps_test_rows_out_of_training(tmp_path):
     rng = np.random.default_rng(0)
     src = rng.integers(0, 255, (100, 80, 3), dtype=np.uint8)
     Image.fromarray(src).save(data / "A.png")
-    _voc(data / "A.xml", "A.tif", 80, 100, [("Tree", (5, 5, 20, 20)), ("Dead", (30, 62, 40, 68)),
-                                            ("Alive", (50, 80, 70, 95)), ("Tree", (0, 55, 10, 72))])
+    _voc(
+        data / "A.xml",
+        "A.tif",
+        80,
+        100,
+        [("Tree", (5, 5, 20, 20)), ("Dead", (30, 62, 40, 68)), ("Alive", (50, 80, 70, 95)), ("Tree", (0, 55, 10, 72))],
+    )
     Image.new("RGB", (80, 100)).save(data / "unannotated.png")  # no .xml: not used
     paths = pb.write_region_split(data, tmp_path / "out")
     cocos = {s: json.loads(Path(p).read_text()) for s, p in paths.items()}
@@ -131,7 +157,7 @@ def test_region_split_keeps_test_rows_out_of_training(tmp_path):
         (im,) = coco["images"]
         assert (im["height"], im["width"]) == (rows[split][1] - rows[split][0], 80)
         px = np.asarray(Image.open(tmp_path / "out" / im["file_name"]))
-        assert np.array_equal(px, src[rows[split][0]:rows[split][1]])
+        assert np.array_equal(px, src[rows[split][0] : rows[split][1]])
         for a in coco["annotations"]:
             x, y, w, h = a["bbox"]
             assert 0 <= y and y + h <= im["height"]
@@ -143,12 +169,34 @@ def test_region_split_keeps_test_rows_out_of_training(tmp_path):
 
 def test_table_prints_every_model_and_class_and_writes_csv_and_markdown(tmp_path):
     rows = [
-        {"dataset": "mammo", "model": "yolo11n", "mAP50": 41.234, "mAP50-95": 20.0, "sens@1FP": 55.5,
-         "iterations": 120, "batch": 16, "epochs": 12.04, "train_s": 600.4, "ms/image": 35.25, "AP50 mass": 50.0,
-         "AP50 calc": float("nan")},
-        {"dataset": "mammo", "model": "frcnn_r18", "mAP50": 60.0, "mAP50-95": 30.0, "sens@1FP": 70.0,
-         "iterations": 800, "batch": 4, "epochs": None, "train_s": 601.0, "ms/image": 80.0, "AP50 mass": 61.0,
-         "AP50 calc": 59.0},
+        {
+            "dataset": "mammo",
+            "model": "yolo11n",
+            "mAP50": 41.234,
+            "mAP50-95": 20.0,
+            "sens@1FP": 55.5,
+            "iterations": 120,
+            "batch": 16,
+            "epochs": 12.04,
+            "train_s": 600.4,
+            "ms/image": 35.25,
+            "AP50 mass": 50.0,
+            "AP50 calc": float("nan"),
+        },
+        {
+            "dataset": "mammo",
+            "model": "frcnn_r18",
+            "mAP50": 60.0,
+            "mAP50-95": 30.0,
+            "sens@1FP": 70.0,
+            "iterations": 800,
+            "batch": 4,
+            "epochs": None,
+            "train_s": 601.0,
+            "ms/image": 80.0,
+            "AP50 mass": 61.0,
+            "AP50 calc": 59.0,
+        },
     ]
     md = pb.format_table(rows)
     lines = md.splitlines()
@@ -171,8 +219,10 @@ def test_pr_plot_of_both_sides_is_written(tmp_path):
     import pandas as pd
 
     r = np.linspace(0, 1, 101)
-    curves = {"yolo11n": pd.DataFrame({"recall": r, "all": 1 - r}),
-              "frcnn_r18": pd.DataFrame({"recall": r, "all": 1 - r / 2})}
+    curves = {
+        "yolo11n": pd.DataFrame({"recall": r, "all": 1 - r}),
+        "frcnn_r18": pd.DataFrame({"recall": r, "all": 1 - r / 2}),
+    }
     path = pb.plot_pr(curves, "mammo", tmp_path, {"yolo11n": 50.0, "frcnn_r18": 75.0})
     assert path == tmp_path / "pr_curves_mammo.png"
     assert Image.open(path).size[0] > 100
@@ -184,13 +234,15 @@ def test_time_budget_refits_the_schedule_and_stops(monkeypatch):
     import torch
 
     from meddet.config import get_cfg
-    from meddet.engine.solver import build_lr_scheduler
+    from meddet.training.solver import build_lr_scheduler
 
     cfg = get_cfg()
-    cfg.merge_from_list(["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "SOLVER.MAX_ITER", 10_000_000,
-                         "SOLVER.WARMUP_ITERS", 50])
-    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]},
-                           {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.1)
+    cfg.merge_from_list(
+        ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "SOLVER.MAX_ITER", 10_000_000, "SOLVER.WARMUP_ITERS", 50]
+    )
+    opt = torch.optim.SGD(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))]}, {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.1
+    )
     clock = [0.0]
     monkeypatch.setattr(pb.time, "perf_counter", lambda: clock[0])
 
@@ -238,8 +290,23 @@ def test_whole_benchmark_runs_offline_on_a_tiny_region_split(tmp_path, monkeypat
     objs = [("Tree", (x, y, x + 20, y + 20)) for x in range(5, 140, 40) for y in range(5, 180, 40)]
     _voc(data / "A.xml", "A.png", 160, 200, objs)
     monkeypatch.setattr(pb, "build_deepforest", lambda root, small, seed, data_dir=None: _tiny(pb, root, data))
-    assert pb.main(["--output", str(tmp_path / "out"), "--datasets", "deepforest", "--models", "yolov8n,frcnn_r18",
-                    "--budget-seconds", "3", "--threads", "1"]) == 0
+    assert (
+        pb.main(
+            [
+                "--output",
+                str(tmp_path / "out"),
+                "--datasets",
+                "deepforest",
+                "--models",
+                "yolov8n,frcnn_r18",
+                "--budget-seconds",
+                "3",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     back = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     assert [r["model"] for r in back] == ["yolov8n", "frcnn_r18"]
     assert all(int(r["iterations"]) >= 1 for r in back)
@@ -249,6 +316,21 @@ def test_whole_benchmark_runs_offline_on_a_tiny_region_split(tmp_path, monkeypat
 def _tiny(pb, root: Path, data: Path):
     splits = pb.write_region_split(data, root / "regions")
     names = ["tree"]
-    return pb.Dataset("deepforest", splits, names, 160, pb.CYTO_CONFIGS,
-                      pb._tile_opts(160, names) + ["INPUT.MIN_SIZE_TRAIN", (120,), "INPUT.MAX_SIZE_TRAIN", 160,
-                                                   "INPUT.MIN_SIZE_TEST", 120, "INPUT.MAX_SIZE_TEST", 160])
+    return pb.Dataset(
+        "deepforest",
+        splits,
+        names,
+        160,
+        pb.CYTO_CONFIGS,
+        pb._tile_opts(160, names)
+        + [
+            "INPUT.MIN_SIZE_TRAIN",
+            (120,),
+            "INPUT.MAX_SIZE_TRAIN",
+            160,
+            "INPUT.MIN_SIZE_TEST",
+            120,
+            "INPUT.MAX_SIZE_TEST",
+            160,
+        ],
+    )

@@ -90,9 +90,23 @@ def test_cbis_ddsm_conversion_keeps_no_identifying_attribute(tmp_path, jpeg_rele
                 setattr(ds, key, value)
             ds.save_as(path)
         args = ["--mass-csv", *raw["mass_csvs"], "--calc-csv", *raw["calc_csvs"], "--dicom-root", raw["dicom_root"]]
-    run = subprocess.run([sys.executable, str(REPO / "convert_dataset.py"), "cbis-ddsm", *map(str, args),
-                          "--out", str(tmp_path / "coco"), "--no-progress", "--workers", "2"],
-                         capture_output=True, text=True, cwd=REPO, timeout=180)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "convert_dataset.py"),
+            "cbis-ddsm",
+            *map(str, args),
+            "--out",
+            str(tmp_path / "coco"),
+            "--no-progress",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+    )
     assert run.returncode == 0, run.stderr
     assert "P_00001" in (tmp_path / "coco" / "all.json").read_text()  # the dataset's own pseudonymous id
     assert leaks([tmp_path / "coco"], run.stdout + run.stderr) == []

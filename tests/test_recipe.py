@@ -1,5 +1,6 @@
 """One preprocessing recipe from conversion to serving: recorded in the COCO info, the run config and the
 bundle; replayed on original files with boxes reported in the original file's pixels."""
+
 from __future__ import annotations
 
 import io
@@ -9,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 DISC = (40, 90, 10)  # x, y, radius of the bright finding in the ORIGINAL image (a right breast)
@@ -31,17 +31,20 @@ def breast_dicom(path: Path, artefact: str = "", seed: int = 0) -> Path:
         img[0:2, :] = 1.0  # a bright film-border row along the top
     elif artefact == "label":
         img[6:14, 4:22] = 1.0  # a burned-in film label away from the breast
-    ds = encode_dicom(np.clip(img, 0, 1), bits_stored=12,
-                      attributes={"Laterality": "R", "ViewPosition": "CC", "PatientOrientation": ["P", "L"]},
-                      uid_entropy=(str(path), artefact))
+    ds = encode_dicom(
+        np.clip(img, 0, 1),
+        bits_stored=12,
+        attributes={"Laterality": "R", "ViewPosition": "CC", "PatientOrientation": ["P", "L"]},
+        uid_entropy=(str(path), artefact),
+    )
     save_dicom(ds, path)
     return path
 
 
 def blob_weights(path: Path) -> Path:
     import torch
-
     from blob_detector import make_blob_detector
+
     from meddet.modeling import build_model
 
     model = make_blob_detector(build_model(blob_cfg()))
@@ -51,11 +54,24 @@ def blob_weights(path: Path) -> Path:
 
 def blob_cfg(opts=()):
     from blob_detector import BLOB_MODEL_OPTS
+
     from meddet.config import load_config
 
-    return load_config(str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-                       BLOB_MODEL_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "1", "DATASETS.CLASS_NAMES", "['mass']",
-                                          "INPUT.MIN_SIZE_TEST", "112", "INPUT.MAX_SIZE_TEST", "1000", *opts])
+    return load_config(
+        str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+        BLOB_MODEL_OPTS
+        + [
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "1",
+            "DATASETS.CLASS_NAMES",
+            "['mass']",
+            "INPUT.MIN_SIZE_TEST",
+            "112",
+            "INPUT.MAX_SIZE_TEST",
+            "1000",
+            *opts,
+        ],
+    )
 
 
 def top(det: dict, thresh: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +84,12 @@ def test_recipe_serialises_and_maps_to_the_config():
     from meddet.config import get_cfg
     from meddet.io import PixelOptions, PreprocessRecipe
 
-    r = PreprocessRecipe(pixels=PixelOptions(normalize="percentile", percentiles=(2.0, 98.0), gamma=1.0,
-                                             bit_depth=16), flip_left="pixels", crop_breast=True, crop_margin=0.05)
+    r = PreprocessRecipe(
+        pixels=PixelOptions(normalize="percentile", percentiles=(2.0, 98.0), gamma=1.0, bit_depth=16),
+        flip_left="pixels",
+        crop_breast=True,
+        crop_margin=0.05,
+    )
     d = json.loads(json.dumps(r.to_dict()))
     assert PreprocessRecipe.from_dict(d) == r
     cfg = get_cfg()
@@ -79,8 +99,9 @@ def test_recipe_serialises_and_maps_to_the_config():
         PreprocessRecipe(flip_left="sideways")
 
 
-@pytest.mark.parametrize("flip,crop,artefact", [("tags", False, ""), ("", True, "label"), ("tags", True, "border"),
-                                                ("pixels", True, "")])
+@pytest.mark.parametrize(
+    "flip,crop,artefact", [("tags", False, ""), ("", True, "label"), ("tags", True, "border"), ("pixels", True, "")]
+)
 def test_dicom_gives_the_boxes_of_its_converted_png_in_original_pixels(tmp_path, flip, crop, artefact):
     """Convert a DICOM with flip / crop; a model (blob detector) on the converted PNG and the same model
     handed the original DICOM agree on boxes (0.5 px) and scores (1e-4), both in the DICOM's pixels."""
@@ -134,8 +155,9 @@ def test_bundle_of_a_flip_crop_run_serves_a_raw_dicom_in_original_pixels(tmp_pat
     assert loaded.recipe.geometric
     dcm = breast_dicom(tmp_path / "a.dcm")
     client = create_app(loaded).test_client()
-    r = client.post("/api/v1/predict", data={"file": (io.BytesIO(dcm.read_bytes()), "a.dcm")},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/api/v1/predict", data={"file": (io.BytesIO(dcm.read_bytes()), "a.dcm")}, content_type="multipart/form-data"
+    )
     assert r.status_code == 200, r.get_data(as_text=True)
     body = r.get_json()
     assert body["image"]["width"] == SIZE[1] and body["image"]["height"] == SIZE[0]
@@ -164,8 +186,9 @@ def test_round_trip_with_each_film_artefact(tmp_path, artefact):
     src = tmp_path / "src"
     src.mkdir()
     dcm = src / "a.dcm"
-    save_dicom(encode_dicom(film.image, photometric=film.photometric, bits_stored=12,
-                            attributes={"Laterality": "R"}), dcm)
+    save_dicom(
+        encode_dicom(film.image, photometric=film.photometric, bits_stored=12, attributes={"Laterality": "R"}), dcm
+    )
     convert_images(src, tmp_path / "out", flip_left="tags", crop_breast=True, progress=False)
     rec = json.loads((tmp_path / "out" / "all.json").read_text())["images"][0]
     assert rec["flipped"] and rec["crop"] and rec["crop"][2] * rec["crop"][3] < 192 * 160
@@ -201,7 +224,7 @@ def test_explanations_of_a_flip_crop_model_are_in_original_pixels(tmp_path):
         assert cams[0].heatmap.shape == (round(SIZE[0] * s), round(SIZE[1] * s))
         np.testing.assert_allclose(cams[0].box, boxes[0] * s, atol=0.5)
         assert cams[0].energy_inside() > 0.5  # the map lies on the finding in the original frame
-        assert cams[0].heatmap[:, -round(SIZE[1] * s) // 3:].sum() < 0.1 * cams[0].heatmap.sum()  # not mirrored
+        assert cams[0].heatmap[:, -round(SIZE[1] * s) // 3 :].sum() < 0.1 * cams[0].heatmap.sum()  # not mirrored
     written = explain(cfg, [dcm], tmp_path / "xai", weights=weights)
     assert cv2.imread(str(written[0])).shape[:2] == SIZE
 
@@ -213,16 +236,34 @@ def test_loaders_replay_the_recipe_on_raw_records(tmp_path):
     from meddet.data.dataset import DatasetMapper
     from meddet.tasks import predict_dataset
 
-    dcm = breast_dicom(tmp_path / "a.dcm")
+    breast_dicom(tmp_path / "a.dcm")
     x, y, r = DISC
-    coco = {"images": [{"id": 1, "file_name": "a.dcm", "height": SIZE[0], "width": SIZE[1]}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x - r, y - r, 2 * r + 1, 2 * r + 1],
-                             "area": 441, "iscrowd": 0}],
-            "categories": [{"id": 1, "name": "mass"}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.dcm", "height": SIZE[0], "width": SIZE[1]}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [x - r, y - r, 2 * r + 1, 2 * r + 1],
+                "area": 441,
+                "iscrowd": 0,
+            }
+        ],
+        "categories": [{"id": 1, "name": "mass"}],
+    }
     path = tmp_path / "raw.json"
     path.write_text(json.dumps(coco))
-    cfg = blob_cfg(["PREPROCESS.FLIP_LEFT", "tags", "PREPROCESS.CROP_BREAST", "True",
-                    "MODEL.WEIGHTS", str(blob_weights(tmp_path / "w.pth"))])
+    cfg = blob_cfg(
+        [
+            "PREPROCESS.FLIP_LEFT",
+            "tags",
+            "PREPROCESS.CROP_BREAST",
+            "True",
+            "MODEL.WEIGHTS",
+            str(blob_weights(tmp_path / "w.pth")),
+        ]
+    )
     rec = coco_to_records(coco, path)[0]
     out = DatasetMapper(cfg, is_train=False, with_boxes=True)(rec)
     assert out["geometry"].flipped and out["geometry"].crop
@@ -240,26 +281,61 @@ def test_cbis_conversion_recipe_reaches_the_run_config_and_the_bundle(tmp_path):
     """convert_dataset.py cbis-ddsm --flip-left --crop-breast records the recipe; a run trained on it saves
     it in config.yaml (PREPROCESS.*, DICOM.*) and its bundle's meddet.json; the bundle's Predictor replays it."""
     import yaml
-
     from blob_detector import BLOB_MODEL_OPTS
+
     from convert_dataset import entry
     from meddet.config import load_config
-    from meddet.engine import Trainer
     from meddet.hub import export_bundle, load_predictor
     from meddet.synth import make_cbis_ddsm
+    from meddet.training import Trainer
 
     synth = make_cbis_ddsm(tmp_path / "raw", n_patients=2, seed=1, image_size=(160, 112))
-    rc = entry(["cbis-ddsm", "--mass-csv", *map(str, synth["mass_csvs"]), "--calc-csv", *map(str, synth["calc_csvs"]),
-                "--dicom-root", str(synth["dicom_root"]), "--out", str(tmp_path / "data"), "--flip-left",
-                "--crop-breast", "--gamma", "1.0", "--resplit", "--split", "1", "0", "0", "--no-progress"])
+    rc = entry(
+        [
+            "cbis-ddsm",
+            "--mass-csv",
+            *map(str, synth["mass_csvs"]),
+            "--calc-csv",
+            *map(str, synth["calc_csvs"]),
+            "--dicom-root",
+            str(synth["dicom_root"]),
+            "--out",
+            str(tmp_path / "data"),
+            "--flip-left",
+            "--crop-breast",
+            "--gamma",
+            "1.0",
+            "--resplit",
+            "--split",
+            "1",
+            "0",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     info = json.loads((tmp_path / "data" / "train.json").read_text())["info"]["preprocess"]
     assert info["flip_left"] == "tags" and info["crop_breast"] and info["gamma"] == 1.0
-    cfg = load_config(str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
-                      BLOB_MODEL_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "DATASETS.TRAIN",
-                                         f"('{tmp_path / 'data' / 'train.json'}',)", "OUTPUT_DIR", str(tmp_path / "run"),
-                                         "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1",
-                                         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96"])
+    cfg = load_config(
+        str(REPO / "configs" / "Base-RCNN-FPN.yaml"),
+        BLOB_MODEL_OPTS
+        + [
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "3",
+            "DATASETS.TRAIN",
+            f"('{tmp_path / 'data' / 'train.json'}',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "run"),
+            "SOLVER.MAX_ITER",
+            "1",
+            "SOLVER.IMS_PER_BATCH",
+            "1",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(96,)",
+            "INPUT.MIN_SIZE_TEST",
+            "96",
+        ],
+    )
     Trainer(cfg).train()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["PREPROCESS"]["FLIP_LEFT"] == "tags" and saved["PREPROCESS"]["CROP_BREAST"] is True
@@ -278,8 +354,24 @@ def test_images_command_has_the_geometry_options_of_cbis_ddsm(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     breast_dicom(src / "a.dcm")
-    assert entry(["images", "--src", str(src), "--out", str(tmp_path / "out"), "--flip-left", "pixels",
-                  "--crop-breast", "--bit-depth", "16", "--no-progress"]) == 0
+    assert (
+        entry(
+            [
+                "images",
+                "--src",
+                str(src),
+                "--out",
+                str(tmp_path / "out"),
+                "--flip-left",
+                "pixels",
+                "--crop-breast",
+                "--bit-depth",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     coco = json.loads((tmp_path / "out" / "all.json").read_text())
     assert coco["info"]["preprocess"]["flip_left"] == "pixels" and coco["info"]["preprocess"]["bit_depth"] == 16
     assert coco["images"][0]["flipped"] is True and coco["images"][0]["original_size"] == list(SIZE)

@@ -1,6 +1,7 @@
 """Resume heals a damaged run folder (issue 19, item 3): last_checkpoint is advisory, the newest checkpoint
 that loads is used, nothing of the run is overwritten, the end-of-training steps are resumable, and
 metrics.json after kills and resumes equals an uninterrupted run's."""
+
 import hashlib
 import logging
 import os
@@ -8,9 +9,9 @@ import os
 import pytest
 import torch
 
-from meddet.engine import HookBase, Trainer, last_checkpoint_path
-from meddet.engine.events import read_metrics
 from meddet.errors import ConfigError, ModelError
+from meddet.training import HookBase, Trainer, last_checkpoint_path
+from meddet.training.events import read_metrics
 
 # tiny training runs killed, damaged and resumed (~15 s)
 pytestmark = pytest.mark.slow

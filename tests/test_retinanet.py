@@ -2,6 +2,7 @@
 meddet's model interface (losses, detections in original pixels, classes 0..K-1), training and resuming,
 checkpoint conversion to detectron2's names and back, and the downstream stages (evaluate, bundles).
 Nothing here asserts what a model learned (tiny from-scratch runs differ between machines)."""
+
 from __future__ import annotations
 
 import math
@@ -15,13 +16,20 @@ from meddet.config import get_cfg
 from meddet.errors import ConfigError, ModelError
 
 RETINA_OPTS = [
-    "MODEL.META_ARCHITECTURE", "RetinaNet",
-    "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
-    "MODEL.RESNETS.OUT_FEATURES", "['res3', 'res4', 'res5']",
-    "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5']",
-    "MODEL.RETINANET.NUM_CLASSES", "2",
-    "MODEL.RETINANET.NUM_CONVS", "1",
-    "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]",
+    "MODEL.META_ARCHITECTURE",
+    "RetinaNet",
+    "MODEL.BACKBONE.NAME",
+    "build_retinanet_resnet_fpn_backbone",
+    "MODEL.RESNETS.OUT_FEATURES",
+    "['res3', 'res4', 'res5']",
+    "MODEL.FPN.IN_FEATURES",
+    "['res3', 'res4', 'res5']",
+    "MODEL.RETINANET.NUM_CLASSES",
+    "2",
+    "MODEL.RETINANET.NUM_CONVS",
+    "1",
+    "MODEL.ANCHOR_GENERATOR.SIZES",
+    "[[16], [32], [64], [128], [256]]",
 ]
 
 
@@ -40,21 +48,44 @@ def _model(*opts):
 
 def _item(h=96, w=128, boxes=((10.0, 12.0, 40.0, 44.0),), classes=(1,), seed=0, **extra):
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(3, h, w, generator=g) * 255, "height": h, "width": w,
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "classes": torch.tensor(classes, dtype=torch.int64), **extra}
+    return {
+        "image": torch.rand(3, h, w, generator=g) * 255,
+        "height": h,
+        "width": w,
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "classes": torch.tensor(classes, dtype=torch.int64),
+        **extra,
+    }
 
 
 def test_config_keys_reach_the_model():
     from meddet.modeling.retinanet import TorchvisionRetinaNet
 
     m = _model(
-        "MODEL.RETINANET.NUM_CONVS", "2", "MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.3",
-        "MODEL.RETINANET.FOCAL_LOSS_GAMMA", "1.5", "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA", "0.2",
-        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.1", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "77",
-        "MODEL.RETINANET.NMS_THRESH_TEST", "0.4", "MODEL.RETINANET.PRIOR_PROB", "0.02",
-        "MODEL.RETINANET.BBOX_REG_WEIGHTS", "(2.0, 2.0, 1.0, 1.0)", "MODEL.RETINANET.IOU_THRESHOLDS", "[0.3, 0.6]",
-        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0]]", "TEST.DETECTIONS_PER_IMAGE", "33",
+        "MODEL.RETINANET.NUM_CONVS",
+        "2",
+        "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
+        "0.3",
+        "MODEL.RETINANET.FOCAL_LOSS_GAMMA",
+        "1.5",
+        "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA",
+        "0.2",
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        "0.1",
+        "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+        "77",
+        "MODEL.RETINANET.NMS_THRESH_TEST",
+        "0.4",
+        "MODEL.RETINANET.PRIOR_PROB",
+        "0.02",
+        "MODEL.RETINANET.BBOX_REG_WEIGHTS",
+        "(2.0, 2.0, 1.0, 1.0)",
+        "MODEL.RETINANET.IOU_THRESHOLDS",
+        "[0.3, 0.6]",
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+        "[[0.5, 1.0]]",
+        "TEST.DETECTIONS_PER_IMAGE",
+        "33",
     )
     assert isinstance(m, TorchvisionRetinaNet) and m.num_classes == 2 and m.engine == "torchvision"
     cls_head = m.head.classification_head
@@ -122,10 +153,17 @@ def test_checkpoint_converts_to_detectron2_names_and_back_exactly():
         tv = {k: v for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
         d2 = tv_to_d2_state_dict(tv, cfg)
         # detectron2's RetinaNet names (meta_arch/retinanet.py RetinaNetHead, fpn.py LastLevelP6P7)
-        assert {"head.cls_score.weight", "head.bbox_pred.bias", "backbone.top_block.p6.weight",
-                "backbone.top_block.p7.bias", "backbone.fpn_lateral3.weight", "backbone.fpn_output5.bias",
-                "head.cls_subnet.0.weight", "head.bbox_subnet.0.bias",
-                "backbone.bottom_up.stem.conv1.weight"} <= set(d2)
+        assert {
+            "head.cls_score.weight",
+            "head.bbox_pred.bias",
+            "backbone.top_block.p6.weight",
+            "backbone.top_block.p7.bias",
+            "backbone.fpn_lateral3.weight",
+            "backbone.fpn_output5.bias",
+            "head.cls_subnet.0.weight",
+            "head.bbox_subnet.0.bias",
+            "backbone.bottom_up.stem.conv1.weight",
+        } <= set(d2)
         if opts:
             assert {"head.cls_subnet.1.weight", "head.cls_subnet.3.weight", "head.bbox_subnet.4.bias"} <= set(d2)
         else:
@@ -153,13 +191,14 @@ def test_checkpoint_files_convert_both_ways(tmp_path):
 
 
 def test_trains_and_resumes(tiny_cfg):
-    from meddet.engine import Trainer, last_checkpoint_path
-    from meddet.engine.events import read_metrics
+    from meddet.training import Trainer, last_checkpoint_path
+    from meddet.training.events import read_metrics
 
     cfg = tiny_cfg.clone()
     cfg.defrost()
-    cfg.merge_from_list(RETINA_OPTS + ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
-                                       "TEST.EVAL_PERIOD", "0"])
+    cfg.merge_from_list(
+        RETINA_OPTS + ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0"]
+    )
     Trainer(cfg).train()
     out = cfg.OUTPUT_DIR
     assert last_checkpoint_path(out) is not None
@@ -173,16 +212,26 @@ def test_trains_and_resumes(tiny_cfg):
 
 
 def test_evaluate_and_bundle_round_trip(tiny_cfg, tmp_path):
-    from meddet.engine import Trainer
     from meddet.hub import export_bundle, from_pretrained
     from meddet.inference import Predictor
     from meddet.tasks import evaluate_model
+    from meddet.training import Trainer
 
     cfg = tiny_cfg.clone()
     cfg.defrost()
-    cfg.merge_from_list(RETINA_OPTS + ["SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0",
-                                       "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-                                       "TEST.DETECTIONS_PER_IMAGE", "20"])
+    cfg.merge_from_list(
+        RETINA_OPTS
+        + [
+            "SOLVER.MAX_ITER",
+            "1",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "MODEL.RETINANET.SCORE_THRESH_TEST",
+            "0.0",
+            "TEST.DETECTIONS_PER_IMAGE",
+            "20",
+        ]
+    )
     Trainer(cfg).train()
     cfg.MODEL.WEIGHTS = f"{cfg.OUTPUT_DIR}/model_final.pth"
     metrics = evaluate_model(cfg, out_dir=tmp_path / "eval")

@@ -1,4 +1,5 @@
 """Training samplers: LVIS repeat factors, class-balanced sampling, seeded and resumable data order."""
+
 import math
 from collections import Counter
 
@@ -88,11 +89,14 @@ def test_class_balanced_sampler_frequencies():
     assert freq[rare].sum() > 0.25
 
 
-@pytest.mark.parametrize("make", [
-    lambda recs: None,
-    lambda recs: RepeatFactorOrder(repeat_factors(recs, 0.5)),
-    lambda recs: ClassBalancedOrder(class_balanced_weights(recs)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda recs: None,
+        lambda recs: RepeatFactorOrder(repeat_factors(recs, 0.5)),
+        lambda recs: ClassBalancedOrder(class_balanced_weights(recs)),
+    ],
+)
 def test_every_sampler_is_seeded_resumable_and_sharded(make):
     recs = _toy()
     full = _take(TrainingBatchSampler(len(recs), 4, seed=5, order=make(recs)), 40)  # several epochs
@@ -109,8 +113,9 @@ def test_every_sampler_is_seeded_resumable_and_sharded(make):
 def test_training_sampler_order_is_unchanged():
     """The default stream is torch.randperm seeded by seed + epoch, as before samplers were pluggable."""
     size, seed = 7, 11
-    expected = [i for e in range(5)
-                for i in torch.randperm(size, generator=torch.Generator().manual_seed(seed + e)).tolist()]
+    expected = [
+        i for e in range(5) for i in torch.randperm(size, generator=torch.Generator().manual_seed(seed + e)).tolist()
+    ]
     got = _flat(_take(TrainingBatchSampler(size, 5, seed), 7))
     assert got == expected
     cfg = load_config(None, ["DATALOADER.SAMPLER_TRAIN", "TrainingSampler"])
@@ -120,8 +125,17 @@ def test_training_sampler_order_is_unchanged():
 
 def test_build_epoch_order_from_config(caplog):
     recs = _toy()
-    cfg = load_config(None, ["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
-                             "DATALOADER.REPEAT_THRESHOLD", "0.3", "DATALOADER.REPEAT_SQRT", "False"])
+    cfg = load_config(
+        None,
+        [
+            "DATALOADER.SAMPLER_TRAIN",
+            "RepeatFactorTrainingSampler",
+            "DATALOADER.REPEAT_THRESHOLD",
+            "0.3",
+            "DATALOADER.REPEAT_SQRT",
+            "False",
+        ],
+    )
     with caplog.at_level("INFO"):
         order = build_epoch_order(cfg, recs, ["a", "rare", "c"])
     assert isinstance(order, RepeatFactorOrder)

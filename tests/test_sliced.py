@@ -1,5 +1,6 @@
 """Sliced inference: tiles batched through the model, boxes back in image pixels, split objects merged,
 and the Predictor / dataset paths that use it."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import seeded
+
 from meddet.data.tiling import tile_windows
 from meddet.inference.merge import merge_detections
 from meddet.inference.predictor import prepare_image
@@ -32,10 +33,16 @@ class BlobDetector(torch.nn.Module):
             sy, sx = x["height"] / img.shape[0], x["width"] / img.shape[1]
             n, _, stats, _ = cv2.connectedComponentsWithStats((img > 128).astype(np.uint8))
             st = stats[1:].astype(np.float32)
-            boxes = np.stack([st[:, 0] * sx, st[:, 1] * sy, (st[:, 0] + st[:, 2]) * sx,
-                              (st[:, 1] + st[:, 3]) * sy], 1).reshape(-1, 4)
-            out.append({"boxes": torch.from_numpy(boxes), "scores": torch.linspace(0.9, 0.8, n - 1),
-                        "classes": torch.zeros(n - 1, dtype=torch.int64)})
+            boxes = np.stack(
+                [st[:, 0] * sx, st[:, 1] * sy, (st[:, 0] + st[:, 2]) * sx, (st[:, 1] + st[:, 3]) * sy], 1
+            ).reshape(-1, 4)
+            out.append(
+                {
+                    "boxes": torch.from_numpy(boxes),
+                    "scores": torch.linspace(0.9, 0.8, n - 1),
+                    "classes": torch.zeros(n - 1, dtype=torch.int64),
+                }
+            )
         return out
 
 
@@ -51,7 +58,7 @@ def _cfg(**tiling):
 
 def _blob_image():
     img = np.zeros((200, 200), np.uint8)
-    img[50:90, 90:130] = 255   # crosses the right edge (x=128) of the first tile column
+    img[50:90, 90:130] = 255  # crosses the right edge (x=128) of the first tile column
     img[150:170, 10:30] = 255  # inside one tile only
     return img
 
@@ -224,8 +231,11 @@ def test_detectron2_style_conv_norm_is_folded():
             return self.norm(x) if self.norm is not None else x
 
     torch.manual_seed(seeded(0))
-    net = torch.nn.Sequential(NormConv(3, 4, 3, bias=False, norm=FrozenBatchNorm2d(4)), torch.nn.ReLU(),
-                              NormConv(4, 2, 1, norm=torch.nn.GroupNorm(2, 2))).eval()
+    net = torch.nn.Sequential(
+        NormConv(3, 4, 3, bias=False, norm=FrozenBatchNorm2d(4)),
+        torch.nn.ReLU(),
+        NormConv(4, 2, 1, norm=torch.nn.GroupNorm(2, 2)),
+    ).eval()
     _randomize_norm_statistics(net)
     fast = optimize_for_inference(net, channels_last=False)
     assert fast[0].norm is None and isinstance(fast[2].norm, torch.nn.GroupNorm)  # GroupNorm cannot be folded

@@ -1,5 +1,6 @@
 """Splits and ids survive a re-conversion (issue 19, item 4): one unreadable image moves no other patient
 between splits and changes no other image's id; the report lists what changed."""
+
 from __future__ import annotations
 
 import shutil
@@ -26,8 +27,9 @@ def _state(out):
 
 
 def _convert(synth, out, split):
-    return convert_cbis_ddsm(synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], out, split=split,
-                             seed=5, progress=False)
+    return convert_cbis_ddsm(
+        synth["mass_csvs"], synth["calc_csvs"], synth["dicom_root"], out, split=split, seed=5, progress=False
+    )
 
 
 @pytest.mark.parametrize("split", ["official", (0.5, 0.25, 0.25)])

@@ -1,4 +1,5 @@
 """Model summary: a correct FLOP counter (ResNet-50 = 4.1 GMACs) and the detector's numbers."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Synthetic cytology (meddet.synth.cytology): COCO layout, box counts and tightness, patient
 splits, determinism, colour variation, speed at the default size, argument checks."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def test_writes_rgb_pngs_and_coco_per_split(cyto):
     coco = load_coco(cyto["all"])
     assert coco["categories"] == [{"id": 1, "name": "cell"}, {"id": 2, "name": "cluster"}]
     assert len(coco["images"]) == 6
-    for im, rgb, boxes, _ in _images(cyto["all"]):
+    for im, rgb, _boxes, _ in _images(cyto["all"]):
         assert rgb.dtype == np.uint8 and rgb.shape == (512, 512, 3)
         assert (im["height"], im["width"]) == (512, 512) and im["patient_id"]
         assert resolve_image_path(im["file_name"], cyto["all"]).parent.name == "images"
@@ -66,12 +67,10 @@ def test_cluster_count_follows_cluster_ratio(cyto, tmp_path):
     for _, _, _, classes in _images(cyto["all"]):
         assert (classes == 1).sum() == CELLS
         assert (classes == 2).sum() == round(CELLS * 0.02)
-    rare = make_cytology(tmp_path / "rare", n_images=2, size=256, cells_per_image=40, cluster_ratio=0.001,
-                         splits=None)
+    rare = make_cytology(tmp_path / "rare", n_images=2, size=256, cells_per_image=40, cluster_ratio=0.001, splits=None)
     assert set(rare) == {"all"}
     assert [int((c == 2).sum()) for *_, c in _images(rare["all"])] == [1, 1]  # at least one per image
-    none = make_cytology(tmp_path / "none", n_images=1, size=256, cells_per_image=40, cluster_ratio=0.0,
-                         splits=None)
+    none = make_cytology(tmp_path / "none", n_images=1, size=256, cells_per_image=40, cluster_ratio=0.0, splits=None)
     assert [sorted(set(c.tolist())) for *_, c in _images(none["all"])] == [[1]]
 
 
@@ -105,14 +104,27 @@ def test_boxes_are_tight_to_the_drawn_cells(cyto):
                 continue
             if min(x0, y0, w - x1, h - y1) < m:
                 continue
-            ring = np.concatenate([f[y0 - 7 : y0 - 4, x0 - 7 : x1 + 7].ravel(),
-                                   f[y1 + 4 : y1 + 7, x0 - 7 : x1 + 7].ravel(),
-                                   f[y0:y1, x0 - 7 : x0 - 4].ravel(), f[y0:y1, x1 + 4 : x1 + 7].ravel()])
+            ring = np.concatenate(
+                [
+                    f[y0 - 7 : y0 - 4, x0 - 7 : x1 + 7].ravel(),
+                    f[y1 + 4 : y1 + 7, x0 - 7 : x1 + 7].ravel(),
+                    f[y0:y1, x0 - 7 : x0 - 4].ravel(),
+                    f[y0:y1, x1 + 4 : x1 + 7].ravel(),
+                ]
+            )
             stain = np.median(ring) - f  # darker than the local background: positive
-            inner = [stain[y0 : y0 + 2, x0:x1], stain[y1 - 2 : y1, x0:x1],
-                     stain[y0:y1, x0 : x0 + 2], stain[y0:y1, x1 - 2 : x1]]
-            outer = [stain[y0 - 5 : y0 - 2, x0:x1], stain[y1 + 2 : y1 + 5, x0:x1],
-                     stain[y0:y1, x0 - 5 : x0 - 2], stain[y0:y1, x1 + 2 : x1 + 5]]
+            inner = [
+                stain[y0 : y0 + 2, x0:x1],
+                stain[y1 - 2 : y1, x0:x1],
+                stain[y0:y1, x0 : x0 + 2],
+                stain[y0:y1, x1 - 2 : x1],
+            ]
+            outer = [
+                stain[y0 - 5 : y0 - 2, x0:x1],
+                stain[y1 + 2 : y1 + 5, x0:x1],
+                stain[y0:y1, x0 - 5 : x0 - 2],
+                stain[y0:y1, x1 + 2 : x1 + 5],
+            ]
             assert min(band.max() for band in inner) > 15, (x0, y0, x1, y1)
             assert max(np.abs(band).mean() for band in outer) < 12, (x0, y0, x1, y1)
             ys, xs = np.nonzero(stain[y0 - 4 : y1 + 4, x0 - 4 : x1 + 4] > 30)
@@ -128,8 +140,11 @@ def test_patient_level_splits_are_disjoint_and_cover_all(cyto):
     everyone = {im["patient_id"] for im in load_coco(cyto["all"])["images"]}
     assert len(everyone) == 3  # n_patients defaults to n_images // 2
     assert all(patients.values())
-    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
-                or patients["val"] & patients["test"])
+    assert not (
+        patients["train"] & patients["val"]
+        or patients["train"] & patients["test"]
+        or patients["val"] & patients["test"]
+    )
     assert set().union(*patients.values()) == everyone
     n_split_images = sum(len(load_coco(cyto[n])["images"]) for n in ("train", "val", "test"))
     assert n_split_images == 6
@@ -140,8 +155,9 @@ def test_patient_level_splits_are_disjoint_and_cover_all(cyto):
 
 
 def test_custom_splits_and_patient_count(tmp_path):
-    paths = make_cytology(tmp_path, n_images=4, size=256, cells_per_image=10, n_patients=4,
-                          splits={"fit": 0.5, "holdout": 0.5}, seed=1)
+    paths = make_cytology(
+        tmp_path, n_images=4, size=256, cells_per_image=10, n_patients=4, splits={"fit": 0.5, "holdout": 0.5}, seed=1
+    )
     assert set(paths) == {"fit", "holdout", "all"}
     fit = {im["patient_id"] for im in load_coco(paths["fit"])["images"]}
     holdout = {im["patient_id"] for im in load_coco(paths["holdout"])["images"]}
@@ -182,7 +198,7 @@ def test_default_size_renders_fast(tmp_path):
     paths = make_cytology(tmp_path, n_images=1, splits=None)
     elapsed = time.perf_counter() - t0
     assert elapsed < 10.0, f"one default 4096² image with 2000 cells took {elapsed:.1f} s (render + PNG)"
-    (im, rgb, boxes, classes), = _images(paths["all"])
+    ((im, rgb, boxes, classes),) = _images(paths["all"])
     assert rgb.shape == (4096, 4096, 3) and (im["height"], im["width"]) == (4096, 4096)
     assert (classes == 1).sum() == 2000 and (classes == 2).sum() == 20
 

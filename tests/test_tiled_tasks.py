@@ -1,23 +1,40 @@
 """Models trained on tiles through the task layer: hierarchical evaluation (tile level and whole image
 side by side), sliced prediction, ensembles in predict/evaluate, and the CLI on top."""
+
 from __future__ import annotations
 
 import json
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, TINY_MODEL_OPTS, make_tiny_coco
 
 # tile datasets written, models trained on tiles, evaluated through the CLI (~15 s): `make test-fast` leaves them out
 pytestmark = pytest.mark.slow
 
 TILED_OPTS = TINY_MODEL_OPTS + [
-    "TILING.ENABLED", "True", "TILING.SIZE", "128", "TILING.OVERLAP", "0.25",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
-    "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.SCORE_THRESH", "0.0",
-    "EVAL.BOOTSTRAP_SAMPLES", "20", "EVAL.GALLERY_SIZE", "0",
+    "TILING.ENABLED",
+    "True",
+    "TILING.SIZE",
+    "128",
+    "TILING.OVERLAP",
+    "0.25",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "SOLVER.MAX_ITER",
+    "3",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "100",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+    "TEST.SCORE_THRESH",
+    "0.0",
+    "EVAL.BOOTSTRAP_SAMPLES",
+    "20",
+    "EVAL.GALLERY_SIZE",
+    "0",
 ]
 
 
@@ -26,20 +43,42 @@ def cyto(tmp_path_factory):
     from meddet.synth import make_cytology
 
     root = tmp_path_factory.mktemp("cyto")
-    return make_cytology(root, n_images=4, size=300, cells_per_image=40, cluster_ratio=0.05, n_patients=2,
-                         splits={"train": 0.5, "test": 0.5}, seed=1)
+    return make_cytology(
+        root,
+        n_images=4,
+        size=300,
+        cells_per_image=40,
+        cluster_ratio=0.05,
+        n_patients=2,
+        splits={"train": 0.5, "test": 0.5},
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
 def tiled_run(cyto, tmp_path_factory):
     from meddet.config import load_config
-    from meddet.engine import train
+    from meddet.training import train
 
     out = tmp_path_factory.mktemp("tiled_run")
-    cfg = load_config(REPO / "configs" / "Base-RCNN-FPN.yaml",
-                      TILED_OPTS + ["DATASETS.TRAIN", f"('{cyto['train']}',)", "DATASETS.TEST", f"('{cyto['test']}',)",
-                                    "DATASETS.VAL", f"('{cyto['test']}',)", "TEST.EVAL_PERIOD", "3",
-                                    "INPUT.FORMAT", "RGB", "OUTPUT_DIR", str(out / "run")])
+    cfg = load_config(
+        REPO / "configs" / "Base-RCNN-FPN.yaml",
+        TILED_OPTS
+        + [
+            "DATASETS.TRAIN",
+            f"('{cyto['train']}',)",
+            "DATASETS.TEST",
+            f"('{cyto['test']}',)",
+            "DATASETS.VAL",
+            f"('{cyto['test']}',)",
+            "TEST.EVAL_PERIOD",
+            "3",
+            "INPUT.FORMAT",
+            "RGB",
+            "OUTPUT_DIR",
+            str(out / "run"),
+        ],
+    )
     return train(cfg)
 
 
@@ -80,15 +119,27 @@ def test_evaluation_of_a_tiled_model_reports_both_levels(tiled_run, cyto):
 
 def test_predict_slices_and_ensembles_by_class_name(tiled_run, tmp_path):
     from meddet.config import load_config
-    from meddet.engine import train
     from meddet.tasks import predict
+    from meddet.training import train
 
     # A second model with other classes (squares and discs) as ensemble member.
     coco = make_tiny_coco(tmp_path / "other")
-    other = load_config(REPO / "configs" / "Base-RCNN-FPN.yaml",
-                        TINY_MODEL_OPTS + ["DATASETS.TRAIN", f"('{coco}',)", "OUTPUT_DIR", str(tmp_path / "other_run"),
-                                           "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
-                                           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    other = load_config(
+        REPO / "configs" / "Base-RCNN-FPN.yaml",
+        TINY_MODEL_OPTS
+        + [
+            "DATASETS.TRAIN",
+            f"('{coco}',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "other_run"),
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+        ],
+    )
     other_run = train(other)
     cfg = load_config(tiled_run / "config.yaml")
     images = json.loads(open(cfg.DATASETS.TEST[0]).read())["images"]
@@ -105,8 +156,11 @@ def test_predict_slices_and_ensembles_by_class_name(tiled_run, tmp_path):
 def test_cli_evaluate_prints_both_levels(tiled_run, capsys):
     import detectron
 
-    rc = detectron.main(detectron.parse_args(["-c", "evaluate", "--config-file", str(tiled_run / "config.yaml"),
-                                              "--output", str(tiled_run / "eval_cli")]))
+    rc = detectron.main(
+        detectron.parse_args(
+            ["-c", "evaluate", "--config-file", str(tiled_run / "config.yaml"), "--output", str(tiled_run / "eval_cli")]
+        )
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "Tile level vs whole image" in out and "whole_image" in out

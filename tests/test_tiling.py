@@ -1,4 +1,5 @@
 """Tiling: windows, clipped boxes, tile records/COCO and their way back, tile filtering, the mapper on tiles."""
+
 import json
 from pathlib import Path
 
@@ -41,20 +42,36 @@ def _scene(root: Path, h=150, w=230, seed=0, dtype=np.uint8, n_images=2, n_objec
             taken[y : y + s, x : x + s] = True
             img[y : y + s, x : x + s] = top
             cat = 2 if placed == 0 else 1  # one "disc"-class box per image (rare)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "bbox": [x, y, s, s],
-                         "area": s * s, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "bbox": [x, y, s, s],
+                    "area": s * s,
+                    "iscrowd": 0,
+                }
+            )
             placed += 1
         name = f"images/img_{i}.png"
         cv2.imwrite(str(root / name), img)
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w, "patient_id": f"P{i}"})
     path = root / "scene.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}],
+            }
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize("h, w, size, overlap", [(150, 230, 64, 0.2), (100, 100, 100, 0.5), (37, 500, 64, 0.0),
-                                                  (513, 300, 128, 0.25)])
+@pytest.mark.parametrize(
+    "h, w, size, overlap", [(150, 230, 64, 0.2), (100, 100, 100, 0.5), (37, 500, 64, 0.0), (513, 300, 128, 0.25)]
+)
 def test_windows_cover_the_image_without_padding(h, w, size, overlap):
     win = tile_windows(h, w, size, overlap)
     covered = np.zeros((h, w), bool)
@@ -67,13 +84,16 @@ def test_windows_cover_the_image_without_padding(h, w, size, overlap):
 
 def test_clipping_keeps_boxes_mostly_inside_the_window():
     window = (100, 50, 200, 150)
-    boxes = np.array([
-        [170, 60, 220, 100],  # 30 of 50 px wide inside: 60% -> kept, clipped
-        [180, 60, 230, 100],  # 20 of 50 inside: 40% -> dropped
-        [120, 70, 140, 90],  # wholly inside
-        [130, 70, 130, 90],  # degenerate
-        [0, 0, 20, 20],  # outside
-    ], np.float32)
+    boxes = np.array(
+        [
+            [170, 60, 220, 100],  # 30 of 50 px wide inside: 60% -> kept, clipped
+            [180, 60, 230, 100],  # 20 of 50 inside: 40% -> dropped
+            [120, 70, 140, 90],  # wholly inside
+            [130, 70, 130, 90],  # degenerate
+            [0, 0, 20, 20],  # outside
+        ],
+        np.float32,
+    )
     clipped, keep = clip_boxes_to_window(boxes, window, 0.5)
     assert keep.tolist() == [True, False, True, False, False]
     np.testing.assert_allclose(clipped[0], [70, 10, 100, 50])
@@ -92,13 +112,28 @@ def test_tile_records_round_trip_to_the_parent_boxes(tmp_path):
         mine = [t for t in tiles if t["tile"]["parent_id"] == r["image_id"]]
         for a in r["annotations"]:
             x0, y0, x1, y1 = a["bbox"]
-            holding = [t for t in mine if t["tile"]["x0"] <= x0 and x1 <= t["tile"]["x0"] + t["width"]
-                       and t["tile"]["y0"] <= y0 and y1 <= t["tile"]["y0"] + t["height"]]
+            holding = [
+                t
+                for t in mine
+                if t["tile"]["x0"] <= x0
+                and x1 <= t["tile"]["x0"] + t["width"]
+                and t["tile"]["y0"] <= y0
+                and y1 <= t["tile"]["y0"] + t["height"]
+            ]
             assert holding, "every box fits in some tile when the overlap exceeds the box size"
             for t in holding:  # offsets give back the parent's box, exactly, with its class
-                back = [([b["bbox"][0] + t["tile"]["x0"], b["bbox"][1] + t["tile"]["y0"],
-                          b["bbox"][2] + t["tile"]["x0"], b["bbox"][3] + t["tile"]["y0"]], b["category"])
-                        for b in t["annotations"]]
+                back = [
+                    (
+                        [
+                            b["bbox"][0] + t["tile"]["x0"],
+                            b["bbox"][1] + t["tile"]["y0"],
+                            b["bbox"][2] + t["tile"]["x0"],
+                            b["bbox"][3] + t["tile"]["y0"],
+                        ],
+                        b["category"],
+                    )
+                    for b in t["annotations"]
+                ]
                 assert ([x0, y0, x1, y1], a["category"]) in back
         for t in mine:
             assert t["file_name"] == r["file_name"] == t["tile"]["parent_file_name"]
@@ -109,15 +144,21 @@ def test_tile_records_round_trip_to_the_parent_boxes(tmp_path):
 
 
 def test_fractional_boxes_come_back_exactly():
-    rec = {"file_name": "x.png", "image_id": 9, "height": 100, "width": 100,
-           "annotations": [{"bbox": [10.3, 20.7, 30.1, 40.9], "category": 0}]}
+    rec = {
+        "file_name": "x.png",
+        "image_id": 9,
+        "height": 100,
+        "width": 100,
+        "annotations": [{"bbox": [10.3, 20.7, 30.1, 40.9], "category": 0}],
+    }
     tiles = tile_records([rec], TilingParams(size=64, overlap=0.5), NAMES)
     for t in tiles:
         for a in t["annotations"]:
             x0, y0 = t["tile"]["x0"], t["tile"]["y0"]
             if a["bbox"][0] > 0 and a["bbox"][1] > 0:
-                assert [a["bbox"][0] + x0, a["bbox"][1] + y0, a["bbox"][2] + x0, a["bbox"][3] + y0] == \
-                    pytest.approx([10.3, 20.7, 30.1, 40.9], abs=1e-9)
+                assert [a["bbox"][0] + x0, a["bbox"][1] + y0, a["bbox"][2] + x0, a["bbox"][3] + y0] == pytest.approx(
+                    [10.3, 20.7, 30.1, 40.9], abs=1e-9
+                )
 
 
 def _tiles_with(tiles, cls):
@@ -137,8 +178,9 @@ def test_keep_classes_keeps_only_tiles_with_those_classes(tmp_path):
 
 
 def test_negative_fraction_undersamples_tiles_without_minority_boxes(tmp_path):
-    records = coco_to_records(load_coco(_scene(tmp_path, h=600, w=700, n_images=3, n_objects=4)),
-                              tmp_path / "scene.json")
+    records = coco_to_records(
+        load_coco(_scene(tmp_path, h=600, w=700, n_images=3, n_objects=4)), tmp_path / "scene.json"
+    )
     every = tile_records(records, TilingParams(size=48, overlap=0.0), NAMES)
     minority = {t["image_id"] for t in _tiles_with(every, 1)}
     n_neg = len(every) - len(minority)
@@ -161,8 +203,9 @@ def test_write_tile_dataset_round_trip_16_bit(tmp_path):
     params = TilingParams(size=64, overlap=0.25)
     out = write_tile_dataset(src, tmp_path / "tiles", params)
     tiled = load_coco(out)
-    parent = {im["id"]: cv2.imread(str(src.parent / im["file_name"]), cv2.IMREAD_UNCHANGED)
-              for im in load_coco(src)["images"]}
+    parent = {
+        im["id"]: cv2.imread(str(src.parent / im["file_name"]), cv2.IMREAD_UNCHANGED) for im in load_coco(src)["images"]
+    }
     for im in tiled["images"]:
         pixels = cv2.imread(str(out.parent / im["file_name"]), cv2.IMREAD_UNCHANGED)
         x0, y0 = im["offset"]
@@ -179,7 +222,8 @@ def test_write_tile_dataset_round_trip_16_bit(tmp_path):
     parents = {a["id"]: a for a in load_coco(src)["annotations"]}
     whole = [b for b, a in zip(back, tiled["annotations"]) if a["area"] == parents[a["parent_annotation_id"]]["area"]]
     assert {(b["image_id"], tuple(b["bbox"])) for b in whole} == {
-        (a["image_id"], tuple(a["bbox"])) for a in parents.values()}
+        (a["image_id"], tuple(a["bbox"])) for a in parents.values()
+    }
     cut = [b for b, a in zip(back, tiled["annotations"]) if a["area"] < parents[a["parent_annotation_id"]]["area"]]
     assert cut  # boxes cut by a tile edge map back inside their parent box
     for b, a in zip(back, tiled["annotations"]):
@@ -192,11 +236,36 @@ def test_write_tile_dataset_round_trip_16_bit(tmp_path):
 
 
 def _cfg(stage, extra=()):
-    return load_config(None, [
-        "TILING.ENABLED", "True", "TILING.SIZE", "64", "TILING.OVERLAP", "0.25", "TILING.AUG_STAGE", stage,
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "64", "AUG.FLIP_PROB", "1.0", "INPUT.RANDOM_FLIP", "both", "SEED", "3",
-        "DATALOADER.NUM_WORKERS", "0", *extra])
+    return load_config(
+        None,
+        [
+            "TILING.ENABLED",
+            "True",
+            "TILING.SIZE",
+            "64",
+            "TILING.OVERLAP",
+            "0.25",
+            "TILING.AUG_STAGE",
+            stage,
+            "INPUT.MIN_SIZE_TRAIN",
+            "(64,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "64",
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "INPUT.MAX_SIZE_TEST",
+            "64",
+            "AUG.FLIP_PROB",
+            "1.0",
+            "INPUT.RANDOM_FLIP",
+            "both",
+            "SEED",
+            "3",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            *extra,
+        ],
+    )
 
 
 def _assert_boxes_on_objects(out):
@@ -207,11 +276,14 @@ def _assert_boxes_on_objects(out):
         assert bright[y0:y1, x0:x1].all(), "a box lies on background"
 
 
-@pytest.mark.parametrize("stage, extra", [
-    ("after", ()),
-    ("before", ()),
-    ("before", ("AUG.ROT90_PROB", "1.0")),  # the parent turns 230x150 -> 150x230: windows move inside it
-])
+@pytest.mark.parametrize(
+    "stage, extra",
+    [
+        ("after", ()),
+        ("before", ()),
+        ("before", ("AUG.ROT90_PROB", "1.0")),  # the parent turns 230x150 -> 150x230: windows move inside it
+    ],
+)
 def test_mapper_on_tile_records_puts_boxes_on_the_objects(tmp_path, stage, extra):
     src = _scene(tmp_path)
     cfg = _cfg(stage, extra)
@@ -236,9 +308,19 @@ def test_mapper_on_tile_records_puts_boxes_on_the_objects(tmp_path, stage, extra
 
 def test_loaders_over_tiles(tmp_path):
     src = _scene(tmp_path)
-    cfg = _cfg("after", ("DATASETS.TRAIN", f"('{src}',)", "SOLVER.IMS_PER_BATCH", "4",
-                         "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
-                         "DATALOADER.REPEAT_THRESHOLD", "0.5"))
+    cfg = _cfg(
+        "after",
+        (
+            "DATASETS.TRAIN",
+            f"('{src}',)",
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+            "DATALOADER.SAMPLER_TRAIN",
+            "RepeatFactorTrainingSampler",
+            "DATALOADER.REPEAT_THRESHOLD",
+            "0.5",
+        ),
+    )
     loader, names = build_train_loader(cfg)
     batch = next(iter(loader))
     assert names == NAMES and len(batch) == 4

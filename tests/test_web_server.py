@@ -1,5 +1,6 @@
 """The served web app (webapp/web.py under waitress, a real process): no upload left on disk after a kill,
 JSON errors with security headers for what waitress answers itself, too many form fields named as such."""
+
 from __future__ import annotations
 
 import io
@@ -14,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from bundle_fixture import shared_run, synthetic_dicom
 from conftest import REPO
 
@@ -37,9 +37,25 @@ def _free_port() -> int:
 
 def _start(bundle: Path, tmp: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "webapp" / "web.py"), "--model", str(bundle), "--port",
-                             str(port), "--device", "cpu", "--max-upload-mb", "1", "--max-memory", "512"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "webapp" / "web.py"),
+            "--model",
+            str(bundle),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--max-upload-mb",
+            "1",
+            "--max-memory",
+            "512",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -80,10 +96,19 @@ def test_kill_mid_upload_leaves_nothing_and_a_restart_cleans_up(bundle, tmp_path
     private = tmp / f"meddet-web-{proc.pid}"
     assert private.is_dir() and (private.stat().st_mode & 0o777) == 0o700
     boundary = "b0und4ry"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.dcm\"\r\n"
-            f"Content-Type: application/dicom\r\n\r\n").encode() + dcm + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: multipart/form-data; boundary={boundary}"
-            f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.dcm"\r\n'
+            f"Content-Type: application/dicom\r\n\r\n"
+        ).encode()
+        + dcm
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+        f"multipart/form-data; boundary={boundary}"
+        f"\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(head + body[: len(body) - 100])  # the patient data is sent, the request not finished
         time.sleep(1.0)
@@ -106,19 +131,28 @@ def test_every_server_error_is_json_with_security_headers(bundle, tmp_path):
     proc = _start(bundle, tmp_path, port)
     try:
         # a declared body over waitress's own limit: waitress answers before the app sees it
-        status, headers, body = _raw(port, b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
-                                           b"multipart/form-data; boundary=b\r\nContent-Length: 50000000\r\n\r\n")
+        status, headers, body = _raw(
+            port,
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+            b"multipart/form-data; boundary=b\r\nContent-Length: 50000000\r\n\r\n",
+        )
         assert status == 413 and headers["content-type"] == "application/json"
-        assert headers["x-content-type-options"] == "nosniff" and "frame-ancestors" in headers["content-security-policy"]
+        assert (
+            headers["x-content-type-options"] == "nosniff" and "frame-ancestors" in headers["content-security-policy"]
+        )
         assert "upload too large: the limit is 1 MB" in json.loads(body)["error"]["message"]
         # a body over the app's limit but under waitress's: Flask answers, the same way
-        status, headers, body = _raw(port, b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
-                                           b"multipart/form-data; boundary=b\r\nContent-Length: 1500000\r\n\r\n"
-                                           + b"x" * 1_500_000)
+        status, headers, body = _raw(
+            port,
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+            b"multipart/form-data; boundary=b\r\nContent-Length: 1500000\r\n\r\n" + b"x" * 1_500_000,
+        )
         assert status == 413 and "upload too large" in json.loads(body)["error"]["message"]
         assert headers["x-content-type-options"] == "nosniff"
         # malformed request: waitress's 400
-        status, headers, body = _raw(port, b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: abc\r\n\r\n")
+        status, headers, body = _raw(
+            port, b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: abc\r\n\r\n"
+        )
         assert status == 400 and headers["content-type"] == "application/json"
         assert headers["x-frame-options"] == "DENY" and json.loads(body)["error"]["status"] == 400
     finally:
@@ -157,10 +191,16 @@ def test_app_errors_are_json_with_security_headers(tmp_path_factory):
 
     app.config["MEDDET_SERVICE"].predictor = Broken()
     png = b"\x89PNG\r\n\x1a\n" + bytes.fromhex("0000000d49484452000000080000000808000000004b6d29de")
-    for method, path, status in (("get", "/nope", 404), ("get", "/api/v1/predict", 405),
-                                 ("post", "/api/v1/predict", 500)):
-        kwargs = {"data": {"file": (io.BytesIO(png), "x.png")}, "content_type": "multipart/form-data"} \
-            if method == "post" else {}
+    for method, path, status in (
+        ("get", "/nope", 404),
+        ("get", "/api/v1/predict", 405),
+        ("post", "/api/v1/predict", 500),
+    ):
+        kwargs = (
+            {"data": {"file": (io.BytesIO(png), "x.png")}, "content_type": "multipart/form-data"}
+            if method == "post"
+            else {}
+        )
         r = getattr(client, method)(path, **kwargs)
         assert r.status_code == status and r.is_json, (path, r.status_code)
         assert r.get_json()["error"]["status"] == status

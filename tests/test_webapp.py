@@ -1,4 +1,5 @@
 """Web app through Flask's test client: API, safety (bad input, limits, privacy, CORS, queue) and exactness."""
+
 from __future__ import annotations
 
 import io
@@ -10,7 +11,6 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-
 from bundle_fixture import METRICS, shared_run, synthetic_dicom
 
 SECRETS = ("P_SECRET_042", "Doe^Jane", "Doe", "19600101", "secret-name")
@@ -44,13 +44,17 @@ def _image(seed: int, shape=(96, 120)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 40, shape, dtype=np.uint8)
     y, x = rng.integers(0, 40, 2)
-    img[y:y + 30, x:x + 30] = 220
+    img[y : y + 30, x : x + 30] = 220
     return img
 
 
 def _post(client, data: bytes, name: str = "x.png", **query):
-    return client.post("/api/v1/predict", query_string=query, data={"file": (io.BytesIO(data), name)},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/api/v1/predict",
+        query_string=query,
+        data={"file": (io.BytesIO(data), name)},
+        content_type="multipart/form-data",
+    )
 
 
 def _healthy(client) -> None:
@@ -65,8 +69,10 @@ def test_each_image_gets_its_own_predictions(client, predictor):
         want = predictor(img)
         assert r["image"] == {"format": "png", "width": img.shape[1], "height": img.shape[0]}
         got = sorted((d["score"], d["box"], d["label"]) for d in r["detections"])
-        exp = sorted((round(float(s), 5), [round(float(v), 2) for v in bx], lab)
-                     for s, bx, lab in zip(want["scores"], want["boxes"], want["labels"]))
+        exp = sorted(
+            (round(float(s), 5), [round(float(v), 2) for v in bx], lab)
+            for s, bx, lab in zip(want["scores"], want["boxes"], want["labels"])
+        )
         assert got == exp and len(got) > 0
     assert ra["detections"] != rb["detections"]
 
@@ -88,15 +94,18 @@ def _png_header_only(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
 
 
-@pytest.mark.parametrize("case,status,words", [
-    ("random", 415, "unsupported file type"),
-    ("truncated_png", 422, "cannot be decoded"),
-    ("bomb_png", 413, "100000x100000"),
-    ("bomb_jpeg", 413, "60000x50000"),
-    ("dicom_no_pixels", 422, "no pixel data"),
-    ("empty", 400, "empty upload"),
-    ("huge", 413, "upload too large"),
-])
+@pytest.mark.parametrize(
+    "case,status,words",
+    [
+        ("random", 415, "unsupported file type"),
+        ("truncated_png", 422, "cannot be decoded"),
+        ("bomb_png", 413, "100000x100000"),
+        ("bomb_jpeg", 413, "60000x50000"),
+        ("dicom_no_pixels", 422, "no pixel data"),
+        ("empty", 400, "empty upload"),
+        ("huge", 413, "upload too large"),
+    ],
+)
 def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(client, tmp_path, case, status, words):
     if case == "random":
         data = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
@@ -107,7 +116,7 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(client, tmp_path, ca
     elif case == "bomb_jpeg":
         jpg = bytearray(cv2.imencode(".jpg", _image(3))[1].tobytes())
         sof = jpg.index(b"\xff\xc0")
-        jpg[sof + 5:sof + 9] = struct.pack(">HH", 50_000, 60_000)  # height, width in the frame header
+        jpg[sof + 5 : sof + 9] = struct.pack(">HH", 50_000, 60_000)  # height, width in the frame header
         data = bytes(jpg)
     elif case == "dicom_no_pixels":
         data = synthetic_dicom(tmp_path / "n.dcm", pixels=False).read_bytes()
@@ -208,7 +217,7 @@ def _decode_data_url(url: str) -> np.ndarray:
 
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix)
-    raw = base64.b64decode(url[len(prefix):])
+    raw = base64.b64decode(url[len(prefix) :])
     assert raw.startswith(b"\x89PNG\r\n\x1a\n")
     return cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
 
@@ -216,8 +225,9 @@ def _decode_data_url(url: str) -> np.ndarray:
 def test_explain_returns_png_heat_maps_of_the_image_size(client):
     img = _image(1)  # 96 x 120
     plain = _post(client, _png(img)).get_json()
-    r = client.post("/api/v1/predict", data={"file": (io.BytesIO(_png(img)), "a.png"), "explain": "1",
-                                             "threshold": "0"})
+    r = client.post(
+        "/api/v1/predict", data={"file": (io.BytesIO(_png(img)), "a.png"), "explain": "1", "threshold": "0"}
+    )
     assert r.status_code == 200
     body = r.get_json()
     strip = [{k: v for k, v in d.items() if not k.startswith("heatmap")} for d in body["detections"]]
@@ -228,7 +238,7 @@ def test_explain_returns_png_heat_maps_of_the_image_size(client):
     assert e["limited_by"] == ("max_detections" if e["candidates"] > 5 else None)
     assert _decode_data_url(e["overlay"]).shape == (96, 120, 4)
     explained = [d for d in body["detections"] if "heatmap" in d]
-    assert explained == body["detections"][:e["explained"]], "the highest-scoring findings are explained"
+    assert explained == body["detections"][: e["explained"]], "the highest-scoring findings are explained"
     empty = 0
     for d in explained:
         heat = _decode_data_url(d["heatmap"])
@@ -364,8 +374,9 @@ def test_crops_are_full_resolution_bounded_and_expire(predictor):
     app = create_app(predictor, image_store_items=2, image_store_ttl_s=30)
     c = app.test_client()
     big = cv2.resize(_image(2), (1200, 960), interpolation=cv2.INTER_NEAREST)
-    ids = [_post(c, _png(big), display="1", display_max_side="300").get_json()["image"]["display"]["id"]
-           for _ in range(3)]
+    ids = [
+        _post(c, _png(big), display="1", display_max_side="300").get_json()["image"]["display"]["id"] for _ in range(3)
+    ]
     crop = c.get(f"/api/v1/images/{ids[2]}/crop?x=100.5&y=200&w=150&h=120")
     assert crop.status_code == 200 and crop.mimetype == "image/jpeg"
     assert crop.headers["X-Crop-Region"] == "100,200,151,120" and crop.headers["Cache-Control"] == "no-store"
@@ -390,8 +401,13 @@ def test_crops_are_full_resolution_bounded_and_expire(predictor):
 
 
 def _exam_post(client, paths, **form):
-    files = [(io.BytesIO(p.read_bytes()) if hasattr(p, "read_bytes") else io.BytesIO(p[1]),
-              p.name if hasattr(p, "name") else p[0]) for p in paths]
+    files = [
+        (
+            io.BytesIO(p.read_bytes()) if hasattr(p, "read_bytes") else io.BytesIO(p[1]),
+            p.name if hasattr(p, "name") else p[0],
+        )
+        for p in paths
+    ]
     return client.post("/api/v1/exam", data={"files": files, **form}, content_type="multipart/form-data")
 
 
@@ -419,12 +435,16 @@ def test_exam_hangs_views_by_tags_and_scores_each_breast(client, tmp_path):
         v = first["views"][name]
         assert (v["image"]["height"], v["image"]["width"]) == (h, w) and v["view"] == name
         assert v["mirror"] is (name[0] == "R"), "stored with the chest wall on the left: right views mirrored"
-        assert v["image"]["display"]["id"] and max(v["image"]["display"]["width"], v["image"]["display"]["height"]) <= 128
+        assert (
+            v["image"]["display"]["id"] and max(v["image"]["display"]["width"], v["image"]["display"]["height"]) <= 128
+        )
     # the untagged view is listed as extra, never guessed into the empty slot
     assert [e["reason"] for e in first["extra"]] == ["no laterality tag"] and first["extra"][0]["source"] == {"file": 4}
     assert loose["label"] == "Images without study tags" and loose["extra"][0]["reason"].startswith("no DICOM tags")
-    best = {side: max(d["score"] for k, v in first["views"].items() if k[0] == side for d in v["detections"])
-            for side in "RL"}
+    best = {
+        side: max(d["score"] for k, v in first["views"].items() if k[0] == side for d in v["detections"])
+        for side in "RL"
+    }
     assert first["scores"] == {"exam": max(best.values()), "right": best["R"], "left": best["L"]}
     assert second["scores"]["left"] is None and loose["scores"] == {"exam": None, "right": None, "left": None}
     # one shared threshold

@@ -2,6 +2,7 @@
 image is shown whole and first, a known finding's box lies over it, the threshold and explain work on a
 re-upload of the same file, zoom fetches full-resolution detail of the visible region only, an exam is hung
 R-CC | L-CC above R-MLO | L-MLO; downloads; screenshots are kept under output/test-artifacts/."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from bundle_fixture import shared_run, synthetic_dicom
 from exam_fixture import SECRETS, VIEWS, disc_png, exam_files, view_dicom
 
@@ -49,9 +49,16 @@ def browser():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         b = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         yield b
         b.close()
@@ -107,8 +114,9 @@ class Page:
         flat = self.page.evaluate(
             """([sel, x, y, r]) => { const c = document.querySelector(sel);
                  return Array.from(c.getContext('2d').getImageData(x - r, y - r, 2 * r + 1, 2 * r + 1).data); }""",
-            [selector, round(x), round(y), r])
-        return [tuple(flat[i:i + 3]) for i in range(0, len(flat), 4)]
+            [selector, round(x), round(y), r],
+        )
+        return [tuple(flat[i : i + 3]) for i in range(0, len(flat), 4)]
 
     def shot(self, name: str):
         self.page.screenshot(path=str(ARTIFACTS / name))
@@ -129,8 +137,12 @@ def _wait(page, predicate: str, timeout_s: float = 10.0) -> None:
 
 
 def _within(box: dict, width: int, height: int) -> bool:
-    return box["x"] >= -0.5 and box["y"] >= -0.5 and box["x"] + box["width"] <= width + 0.5 \
+    return (
+        box["x"] >= -0.5
+        and box["y"] >= -0.5
+        and box["x"] + box["width"] <= width + 0.5
         and box["y"] + box["height"] <= height + 0.5
+    )
 
 
 def _findings(page) -> list[tuple[str, float, list[int]]]:
@@ -152,8 +164,12 @@ def test_whole_image_shown_first_and_the_box_lies_over_the_finding(server, brows
     canvas = page.locator("#canvas").bounding_box()
     assert canvas["width"] > 0 and canvas["height"] > 0 and _within(canvas, vw, vh)
     v = p.view()
-    img = {"x": canvas["x"] + v["tx"], "y": canvas["y"] + v["ty"], "width": v["width"] * v["s"],
-           "height": v["height"] * v["s"]}
+    img = {
+        "x": canvas["x"] + v["tx"],
+        "y": canvas["y"] + v["ty"],
+        "width": v["width"] * v["s"],
+        "height": v["height"] * v["s"],
+    }
     assert (v["width"], v["height"]) == (96, 128)
     assert img["width"] * img["height"] > 0.2 * canvas["width"] * canvas["height"], "the image fills its box"
     assert _within(img, vw, vh), f"the whole image is on screen without scrolling: {img}"
@@ -360,5 +376,7 @@ def test_exam_from_a_zip_with_a_missing_view_says_so(server, browser, files, tmp
     # a finding of the exam's list opens its view zoomed in on it
     first = p.page.locator("#exam-findings li").first
     first.locator(".zoom-to").click()
-    assert p.page.is_visible("#viewer") and not p.view()["s"] == pytest.approx(p.view()["canvas"][1] / p.view()["height"])
+    assert p.page.is_visible("#viewer") and not p.view()["s"] == pytest.approx(
+        p.view()["canvas"][1] / p.view()["height"]
+    )
     p.close()

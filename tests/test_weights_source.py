@@ -2,6 +2,7 @@
 torchvision), against loopback stand-ins only: each scheme gives the same model as the same file from
 disk; downloads are atomic, resumable, hash-checked; offline use is cached or one clear line; pretrained
 formats load with their meaning (backbone only, class change, MSRA conventions checked)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import seeded, small_model_cfg
 from http_standin import FileServer
+
 from meddet.errors import ConfigError, ModelError
 from meddet.modeling import build_model, load_model_weights, save_checkpoint
 from meddet.modeling.d2_convert import tv_to_d2_state_dict
@@ -96,15 +97,20 @@ def _tv_url(monkeypatch, name: str, filename: str) -> None:
 # ------------------------------------------------------------------------------------------------ names
 def test_detectron2_names_resolve_as_detectron2_does():
     assert DETECTRON2_URL_PREFIX == "https://dl.fbaipublicfiles.com/detectron2/"
-    assert detectron2_url("ImageNetPretrained/MSRA/R-50.pkl", env={}) == \
-        "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    assert (
+        detectron2_url("ImageNetPretrained/MSRA/R-50.pkl", env={})
+        == "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/MSRA/R-50.pkl"
+    )
     name = "COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/model_final_280758.pkl"
     assert detectron2_url(name, env={}) == DETECTRON2_URL_PREFIX + name
     assert detectron2_url("COCO-Detection/faster_rcnn_R_50_FPN_3x", env={}) == DETECTRON2_URL_PREFIX + name
     assert detectron2_url("COCO-Detection/retinanet_R_50_FPN_3x", env={}).endswith(
-        "retinanet_R_50_FPN_3x/190397829/model_final_5bd44e.pkl")
-    assert detectron2_url("ImageNetPretrained/MSRA/R-101.pkl", env={"MEDDET_DETECTRON2_URL_PREFIX": "http://m/"}) \
+        "retinanet_R_50_FPN_3x/190397829/model_final_5bd44e.pkl"
+    )
+    assert (
+        detectron2_url("ImageNetPretrained/MSRA/R-101.pkl", env={"MEDDET_DETECTRON2_URL_PREFIX": "http://m/"})
         == "http://m/ImageNetPretrained/MSRA/R-101.pkl"
+    )
 
 
 def test_auto_engine_follows_the_source():
@@ -166,16 +172,22 @@ def test_url_and_hub_give_the_model_of_the_same_file_from_disk(tmp_path, env, se
 
     with HubStandIn(token="hf_test") as hub:
         sha = "1" * 40
-        hub.repos["org/tiny"] = {"private": False, "refs": {"main": sha},
-                                 "commits": {sha: {"model.pth": path.read_bytes()}}}
+        hub.repos["org/tiny"] = {
+            "private": False,
+            "refs": {"main": sha},
+            "commits": {sha: {"model.pth": path.read_bytes()}},
+        }
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
         for spec in ("hf://org/tiny/model.pth", "hf://org/tiny@main", "hf://org/tiny"):
             from_hub = _model(cfg)
             load_model_weights(from_hub, spec)
             _same(_predict(from_hub), reference)
-        hub.repos["org/private"] = {"private": True, "refs": {"main": sha},
-                                    "commits": {sha: {"model.pth": path.read_bytes()}}}
+        hub.repos["org/private"] = {
+            "private": True,
+            "refs": {"main": sha},
+            "commits": {sha: {"model.pth": path.read_bytes()}},
+        }
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")  # not the token of whoever runs the tests
         with pytest.raises(ModelError, match="HF_TOKEN") as e:
@@ -197,8 +209,7 @@ def test_url_and_hub_give_the_model_of_the_same_file_from_disk(tmp_path, env, se
     _same(_predict(from_bundle), reference)
 
 
-def test_torchvision_backbone_fills_the_backbone_and_says_what_stays_random(tmp_path, env, server, monkeypatch,
-                                                                            caplog):
+def test_torchvision_backbone_fills_the_backbone_and_says_what_stays_random(tmp_path, env, server, monkeypatch, caplog):
     from torchvision.models import resnet18
 
     torch.manual_seed(seeded(4))
@@ -251,11 +262,33 @@ def test_torchvision_detectors_have_the_names_and_shapes_of_a_meddet_config(vers
 
     from meddet.modeling.weights_source import _from_torchvision
 
-    opts = ["MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256, "MODEL.RESNETS.STRIDE_IN_1X1", False,
-            "MODEL.FPN.OUT_CHANNELS", 256, "MODEL.ROI_BOX_HEAD.FC_DIM", 1024, "MODEL.ROI_HEADS.NUM_CLASSES", 90]
+    opts = [
+        "MODEL.RESNETS.DEPTH",
+        50,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        256,
+        "MODEL.RESNETS.STRIDE_IN_1X1",
+        False,
+        "MODEL.FPN.OUT_CHANNELS",
+        256,
+        "MODEL.ROI_BOX_HEAD.FC_DIM",
+        1024,
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        90,
+    ]
     if version == "v2":
-        opts += ["MODEL.FPN.NORM", "BN", "MODEL.RPN.CONV_DIMS", [-1, -1], "MODEL.ROI_BOX_HEAD.NUM_CONV", 4,
-                 "MODEL.ROI_BOX_HEAD.NUM_FC", 1, "MODEL.ROI_BOX_HEAD.NORM", "BN"]
+        opts += [
+            "MODEL.FPN.NORM",
+            "BN",
+            "MODEL.RPN.CONV_DIMS",
+            [-1, -1],
+            "MODEL.ROI_BOX_HEAD.NUM_CONV",
+            4,
+            "MODEL.ROI_BOX_HEAD.NUM_FC",
+            1,
+            "MODEL.ROI_BOX_HEAD.NORM",
+            "BN",
+        ]
         theirs = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
     else:
         theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
@@ -366,8 +399,16 @@ def _caffe2_backbone(model) -> dict[str, np.ndarray]:
 
 
 def test_msra_backbone_initialises_the_backbone_frozen_as_detectron2(env, server, caplog):
-    cfg = _cfg("INPUT.FORMAT", "BGR", "MODEL.PIXEL_STD", [1.0, 1.0, 1.0], "MODEL.RESNETS.NORM", "FrozenBN",
-               "MODEL.BACKBONE.FREEZE_AT", 2)
+    cfg = _cfg(
+        "INPUT.FORMAT",
+        "BGR",
+        "MODEL.PIXEL_STD",
+        [1.0, 1.0, 1.0],
+        "MODEL.RESNETS.NORM",
+        "FrozenBN",
+        "MODEL.BACKBONE.FREEZE_AT",
+        2,
+    )
     source = _model(cfg, seed=7)
     server.files["/detectron2/ImageNetPretrained/MSRA/R-50.pkl"] = pickle.dumps(_caffe2_backbone(source))
     model = _model(cfg, seed=8)
@@ -390,9 +431,18 @@ def test_msra_backbone_initialises_the_backbone_frozen_as_detectron2(env, server
 
 def test_msra_checkpoint_with_an_rgb_config_is_refused_with_the_keys_to_set(env, server):
     server.files["/detectron2/ImageNetPretrained/MSRA/R-50.pkl"] = pickle.dumps(
-        {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res_conv1_bn_s": np.ones(64, np.float32)})
-    cfg = _cfg("MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256, "INPUT.FORMAT", "RGB",
-               "MODEL.RESNETS.STRIDE_IN_1X1", False)
+        {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res_conv1_bn_s": np.ones(64, np.float32)}
+    )
+    cfg = _cfg(
+        "MODEL.RESNETS.DEPTH",
+        50,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        256,
+        "INPUT.FORMAT",
+        "RGB",
+        "MODEL.RESNETS.STRIDE_IN_1X1",
+        False,
+    )
     with pytest.raises(ConfigError) as e:
         load_model_weights(_model(cfg), "detectron2://ImageNetPretrained/MSRA/R-50.pkl")
     message = str(e.value)
@@ -416,8 +466,9 @@ def test_coco_detector_loads_all_but_the_predictor_for_other_classes(tmp_path, e
 
 
 # ------------------------------------------------------------------------------------------------ configs
-@pytest.mark.parametrize("name", ["mammo_faster_rcnn_R50_FPN_coco", "mammo_faster_rcnn_R50_FPN_imagenet",
-                                  "cyto_faster_rcnn_R50_FPN_coco"])
+@pytest.mark.parametrize(
+    "name", ["mammo_faster_rcnn_R50_FPN_coco", "mammo_faster_rcnn_R50_FPN_imagenet", "cyto_faster_rcnn_R50_FPN_coco"]
+)
 def test_pretrained_configs_fit_their_checkpoints(name):
     """Each recipe's model has the checkpoint's conventions and, for the COCO ones, the COCO R50-FPN's
     shapes (so the real model_final_280758.pkl fills everything but the box predictor)."""
@@ -425,12 +476,13 @@ def test_pretrained_configs_fit_their_checkpoints(name):
     from meddet.modeling.weights_source import MSRA, WeightsSource, _tv_names, check_conventions, conventions_of
 
     # the torchvision engine's layout (with detectron2 installed, `auto` would pick detectron2 for a zoo name)
-    cfg = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml",
-                      ["MODEL.DEVICE", "cpu", "MODEL.ENGINE", "torchvision"])
+    cfg = load_config(
+        Path(__file__).parents[1] / "configs" / f"{name}.yaml", ["MODEL.DEVICE", "cpu", "MODEL.ENGINE", "torchvision"]
+    )
     spec = cfg.MODEL.WEIGHTS
     assert spec.startswith("detectron2://")
     model = build_model(cfg)
-    source = WeightsSource(spec, Path("x.pkl"), "detectron2", url=detectron2_url(spec[len("detectron2://"):], env={}))
+    source = WeightsSource(spec, Path("x.pkl"), "detectron2", url=detectron2_url(spec[len("detectron2://") :], env={}))
     assert conventions_of(source, "detectron2") is MSRA
     check_conventions(model, MSRA, spec)  # no ConfigError
     assert model.backbone.body.layer1[0].bn1.__class__.__name__ == "FrozenBatchNorm2d"
@@ -446,13 +498,16 @@ def test_pretrained_configs_fit_their_checkpoints(name):
 
 
 @pytest.mark.detectron2
-@pytest.mark.skipif(importlib.util.find_spec("detectron2") is None,
-                    reason="detectron2 is not installed (build it from source to run these tests)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("detectron2") is None,
+    reason="detectron2 is not installed (build it from source to run these tests)",
+)
 def test_detectron2_engine_loads_a_zoo_name_as_the_same_file_from_disk(tmp_path, env, server):
     cfg = small_model_cfg("detectron2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "MODEL.ROI_HEADS.NUM_CLASSES", 3)
     source = _model(cfg, seed=1)
-    data = pickle.dumps({"model": {k: v.numpy() for k, v in source.state_dict().items()},
-                         "__author__": "Detectron2 Model Zoo"})
+    data = pickle.dumps(
+        {"model": {k: v.numpy() for k, v in source.state_dict().items()}, "__author__": "Detectron2 Model Zoo"}
+    )
     name = "COCO-Detection/tiny_R_18_FPN/1/model_final_abc123.pkl"
     server.files["/detectron2/" + name] = data
     (tmp_path / "model_final_abc123.pkl").write_bytes(data)

@@ -1,13 +1,14 @@
 """Class activation maps: the map of a detection lies on the object (HiResCAM, Grad-CAM, Grad-CAM++,
 Eigen-CAM), the formulas give known answers on crafted feature maps, and errors name what is wrong."""
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_MODEL_OPTS
+
 from meddet.errors import DataError, ModelError
 
 SIZE = 96
@@ -75,8 +76,9 @@ def test_gradcam_on_named_layer_and_given_box(trained_model):
     from meddet.xai import gradcam
 
     img, gt = _mass_image(np.random.default_rng(5))
-    cam = gradcam(trained_model, _batch_item(img), box=gt, class_index=0, layer="backbone.body.layer2",
-                  method="gradcam")
+    cam = gradcam(
+        trained_model, _batch_item(img), box=gt, class_index=0, layer="backbone.body.layer2", method="gradcam"
+    )
     assert cam.layer == "backbone.body.layer2" and cam.method == "gradcam"
     assert cam.heatmap.shape == (SIZE, SIZE) and np.isfinite(cam.heatmap).all()
     assert 0.0 <= cam.score <= 1.0
@@ -116,8 +118,9 @@ def test_explain_writes_overlays_per_image(trained_model, tmp_path):
     img, _ = _mass_image(np.random.default_rng(123))
     png = tmp_path / "case.png"
     cv2.imwrite(str(png), img)
-    written = explain(trained_model.cfg, [png], tmp_path / "xai", weights=weights, score_thresh=0.05,
-                      per_detection=True)
+    written = explain(
+        trained_model.cfg, [png], tmp_path / "xai", weights=weights, score_thresh=0.05, per_detection=True
+    )
     names = sorted(p.name for p in written)
     assert names[0] == "case_det0_gradcam.png" and "case_gradcam.png" in names
     out = cv2.imread(str(tmp_path / "xai" / "case_gradcam.png"))

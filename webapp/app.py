@@ -10,6 +10,7 @@ bounded queue that answers 503 when full. Explanations
 `explain_max_detections` findings, stop starting new ones after `explain_timeout_s`, and are made at
 most `explain_max_side` pixels on the longer side.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -47,8 +49,18 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 # DICOM facts shown to users: nothing that names or dates a patient, study or device.
-DICOM_FACTS = ("modality", "view", "laterality", "patient_orientation", "rows", "columns", "bits_stored",
-               "photometric", "transfer_syntax", "pixel_spacing")
+DICOM_FACTS = (
+    "modality",
+    "view",
+    "laterality",
+    "patient_orientation",
+    "rows",
+    "columns",
+    "bits_stored",
+    "photometric",
+    "transfer_syntax",
+    "pixel_spacing",
+)
 
 
 class UploadError(Exception):
@@ -102,12 +114,18 @@ class MemoryBudget:
     def reserve(self, nbytes: int) -> None:
         nbytes = int(nbytes)
         if nbytes > self.capacity:
-            raise UploadError(413, f"the image needs about {_mib(nbytes)} to process, more than the server's "
-                                   f"memory budget of {_mib(self.capacity)}")
+            raise UploadError(
+                413,
+                f"the image needs about {_mib(nbytes)} to process, more than the server's "
+                f"memory budget of {_mib(self.capacity)}",
+            )
         with self._lock:
             if self.used + nbytes > self.capacity:
-                raise UploadError(503, "server busy: the memory budget is in use by other images; retry in a moment",
-                                  {"Retry-After": str(RETRY_AFTER_S)})
+                raise UploadError(
+                    503,
+                    "server busy: the memory budget is in use by other images; retry in a moment",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
             self.used += nbytes
             self.peak = max(self.peak, self.used)
 
@@ -136,7 +154,7 @@ def sniff_format(data: bytes) -> str:
         return "png"
     if data.startswith(JPEG_MAGIC):
         return "jpeg"
-    if data[DICOM_OFFSET:DICOM_OFFSET + 4] == DICOM_MAGIC:
+    if data[DICOM_OFFSET : DICOM_OFFSET + 4] == DICOM_MAGIC:
         return "dicom"
     raise UploadError(415, "unsupported file type: expected a PNG, JPEG or DICOM (Part-10, 'DICM' at byte 128) image")
 
@@ -148,9 +166,17 @@ class ModelService:
     started after `explain_timeout_s` seconds, maps at most `explain_max_side` pixels on the longer side
     (drawn stretched over the image by clients)."""
 
-    def __init__(self, predictor, max_queue: int = 4, max_pixels: int = 80_000_000,
-                 explain_timeout_s: float = 30.0, explain_max_detections: int = 5, explain_max_side: int = 2048,
-                 max_memory: int | None = None, model_memory: int | None = None):
+    def __init__(
+        self,
+        predictor,
+        max_queue: int = 4,
+        max_pixels: int = 80_000_000,
+        explain_timeout_s: float = 30.0,
+        explain_max_detections: int = 5,
+        explain_max_side: int = 2048,
+        max_memory: int | None = None,
+        model_memory: int | None = None,
+    ):
         self.predictor = predictor
         self.max_pixels = int(max_pixels)
         self.budget = MemoryBudget(default_max_memory_bytes() if max_memory is None else int(max_memory))
@@ -168,13 +194,17 @@ class ModelService:
         if h <= 0 or w <= 0:
             raise UploadError(422, f"image declares an empty size ({w}x{h} pixels)")
         if h * w > self.max_pixels:
-            raise UploadError(
-                413, f"image of {w}x{h} pixels is larger than the limit of {self.max_pixels:,} pixels"
-            )
+            raise UploadError(413, f"image of {w}x{h} pixels is larger than the limit of {self.max_pixels:,} pixels")
 
-    def predict_bytes(self, data: bytes, include_image: bool = False, explain: str | None = None,
-                      explain_threshold: float | None = None, display_max_side: int | None = None,
-                      display_format: str = "jpeg") -> dict[str, Any]:
+    def predict_bytes(
+        self,
+        data: bytes,
+        include_image: bool = False,
+        explain: str | None = None,
+        explain_threshold: float | None = None,
+        display_max_side: int | None = None,
+        display_format: str = "jpeg",
+    ) -> dict[str, Any]:
         """Check, decode and predict one uploaded file; raises UploadError for anything refused.
 
         `explain`: a meddet.xai method name to add heat maps of the findings scoring at least
@@ -189,15 +219,17 @@ class ModelService:
         try:
             header = image_header(data)
         except DataError as e:
-            raise UploadError(422, f"{'DICOM' if fmt == 'dicom' else 'image'} cannot be decoded: "
-                                   f"{_strip_name(str(e))}") from None
+            raise UploadError(
+                422, f"{'DICOM' if fmt == 'dicom' else 'image'} cannot be decoded: {_strip_name(str(e))}"
+            ) from None
         self._check_pixels(header.height, header.width)
         need = self.estimate_bytes(header, len(data), include_image=include_image, explain=explain is not None)
         self.budget.reserve(need)
         try:
             if not self._slots.acquire(blocking=False):
-                raise UploadError(503, "server busy: too many images waiting; retry in a moment",
-                                  {"Retry-After": str(RETRY_AFTER_S)})
+                raise UploadError(
+                    503, "server busy: too many images waiting; retry in a moment", {"Retry-After": str(RETRY_AFTER_S)}
+                )
             try:
                 # Decoded from memory: the upload is never written to disk.
                 facts = None
@@ -265,8 +297,11 @@ class ModelService:
         from meddet.xai import explain_detections, heatmap_rgba
 
         if not hasattr(self.predictor, "model") or not hasattr(self.predictor, "prepare"):
-            raise UploadError(422, "explain: this model cannot be explained (an ensemble: explanations need one "
-                                   "model's layers; explain a member's bundle instead)")
+            raise UploadError(
+                422,
+                "explain: this model cannot be explained (an ensemble: explanations need one "
+                "model's layers; explain a member's bundle instead)",
+            )
         scores, classes = np.asarray(out["scores"]), np.asarray(out["classes"], dtype=np.int64)
         thr = class_thresholds(self.predictor.cfg, self.predictor.class_names, threshold)
         order = np.argsort(-scores, kind="stable")
@@ -274,9 +309,15 @@ class ModelService:
         chosen = candidates[: self.explain_max_detections]
         t0 = time.perf_counter()
         try:
-            cams = explain_detections(self.predictor, image, np.asarray(out["boxes"])[chosen], classes[chosen],
-                                      method=method, max_side=self.explain_max_side,
-                                      deadline=time.monotonic() + self.explain_timeout_s)
+            cams = explain_detections(
+                self.predictor,
+                image,
+                np.asarray(out["boxes"])[chosen],
+                classes[chosen],
+                method=method,
+                max_side=self.explain_max_side,
+                deadline=time.monotonic() + self.explain_timeout_s,
+            )
         except ModelError as e:
             raise UploadError(422, f"explain: this model cannot be explained ({e})") from None
         h, w = image.shape[:2]
@@ -295,8 +336,13 @@ class ModelService:
         elapsed = time.perf_counter() - t0
         logger.info("explained %d of %d findings with %s in %.3f s", len(cams), len(candidates), method, elapsed)
         summary = {
-            "method": method, "width": size[1], "height": size[0], "overlay": _png_data_url(heatmap_rgba(combined)),
-            "explained": len(cams), "candidates": int(len(candidates)), "limited_by": limited_by,
+            "method": method,
+            "width": size[1],
+            "height": size[0],
+            "overlay": _png_data_url(heatmap_rgba(combined)),
+            "explained": len(cams),
+            "candidates": int(len(candidates)),
+            "limited_by": limited_by,
             "empty_maps": sum(1 for c in cams if not c.heatmap.any()),
             "explain_ms": round(elapsed * 1000, 1),
         }
@@ -308,8 +354,13 @@ class ModelService:
         names = self.predictor.class_names
         dets = []
         for i, (b, s, c) in enumerate(zip(out["boxes"], out["scores"], out["classes"])):
-            d = {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "class": int(c),
-                 "label": names[int(c)], "color": _hex(class_color(int(c)))}
+            d = {
+                "box": [round(float(v), 2) for v in b],
+                "score": round(float(s), 5),
+                "class": int(c),
+                "label": names[int(c)],
+                "color": _hex(class_color(int(c))),
+            }
             if explanation is not None and i in explanation["maps"]:
                 d["heatmap"], d["heatmap_layer"] = explanation["maps"][i]
             dets.append(d)
@@ -332,7 +383,7 @@ class ModelService:
 
 def _strip_name(message: str, name: str = "upload") -> str:
     """Error text without the "upload: " prefix naming the in-memory file."""
-    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
+    return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
 
 
 def model_working_set(predictor) -> int:
@@ -375,21 +426,33 @@ def model_info(predictor) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if members is not None:
         extra["ensemble"] = meta.get("ensemble") or {
-            "method": predictor.method, "iou_thresh": predictor.iou_thresh, "weights": predictor.weights or [],
-            "skip_box_thresh": predictor.skip_box_thresh}
-        extra["members"] = [{"classes": list(m.class_names),
-                             "engine": (getattr(m, "bundle", None) or {}).get("engine", str(m.cfg.MODEL.ENGINE))}
-                            for m in members]
+            "method": predictor.method,
+            "iou_thresh": predictor.iou_thresh,
+            "weights": predictor.weights or [],
+            "skip_box_thresh": predictor.skip_box_thresh,
+        }
+        extra["members"] = [
+            {
+                "classes": list(m.class_names),
+                "engine": (getattr(m, "bundle", None) or {}).get("engine", str(m.cfg.MODEL.ENGINE)),
+            }
+            for m in members
+        ]
     return {
-        "classes": [{"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thr[i])}
-                    for i, n in enumerate(predictor.class_names)],
+        "classes": [
+            {"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thr[i])}
+            for i, n in enumerate(predictor.class_names)
+        ],
         "score_thresh": float(cfg.TEST.SCORE_THRESH),
         # the engine actually serving (a bundle's weights may have been converted for the engine available here)
-        "engine": (meta.get("engine", "ensemble") if members is not None
-                   else getattr(getattr(predictor, "model", None), "engine", None)
-                   or meta.get("engine", str(cfg.MODEL.ENGINE))),
-        "input": meta.get("input", {"min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
-                                    "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST)}),
+        "engine": (
+            meta.get("engine", "ensemble")
+            if members is not None
+            else getattr(getattr(predictor, "model", None), "engine", None) or meta.get("engine", str(cfg.MODEL.ENGINE))
+        ),
+        "input": meta.get(
+            "input", {"min_size_test": int(cfg.INPUT.MIN_SIZE_TEST), "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST)}
+        ),
         "metrics": meta.get("metrics", {}),
         "training_data": meta.get("training_data", {}),
         "tuned": (meta.get("thresholds") or {}).get("tuned"),
@@ -428,11 +491,21 @@ def _load_model(model):
     return load_predictor(model)
 
 
-def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, max_queue: int = 4,
-               cors_origins: Sequence[str] = (), explain_timeout_s: float = 30.0, explain_max_detections: int = 5,
-               explain_max_side: int = 2048, max_memory_mb: float | None = None,
-               model_memory_mb: float | None = None, image_store_items: int = 16,
-               image_store_mb: float = 256, image_store_ttl_s: float = 600.0) -> Flask:
+def create_app(
+    model,
+    max_upload_mb: float = 64,
+    max_pixels: int = 80_000_000,
+    max_queue: int = 4,
+    cors_origins: Sequence[str] = (),
+    explain_timeout_s: float = 30.0,
+    explain_max_detections: int = 5,
+    explain_max_side: int = 2048,
+    max_memory_mb: float | None = None,
+    model_memory_mb: float | None = None,
+    image_store_items: int = 16,
+    image_store_mb: float = 256,
+    image_store_ttl_s: float = 600.0,
+) -> Flask:
     """The web app over `model` (any meddet.inference.DetectorLike: a Predictor, a tiled one, an
     EnsemblePredictor; or a bundle folder, an ensemble bundle or a Hub repo id).
 
@@ -449,11 +522,16 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     that memory comes on top of `max_memory_mb`.
     """
     predictor = _load_model(model)
-    service = ModelService(predictor, max_queue=max_queue, max_pixels=max_pixels,
-                           explain_timeout_s=explain_timeout_s, explain_max_detections=explain_max_detections,
-                           explain_max_side=explain_max_side,
-                           max_memory=None if max_memory_mb is None else int(max_memory_mb * 2**20),
-                           model_memory=None if model_memory_mb is None else int(model_memory_mb * 2**20))
+    service = ModelService(
+        predictor,
+        max_queue=max_queue,
+        max_pixels=max_pixels,
+        explain_timeout_s=explain_timeout_s,
+        explain_max_detections=explain_max_detections,
+        explain_max_side=explain_max_side,
+        max_memory=None if max_memory_mb is None else int(max_memory_mb * 2**20),
+        model_memory=None if model_memory_mb is None else int(model_memory_mb * 2**20),
+    )
     info = model_info(predictor)
     card = ""
     bundle_dir = getattr(predictor, "bundle_dir", None)
@@ -502,12 +580,19 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
             length = request.content_length
             if length is not None and length <= app.config["MAX_CONTENT_LENGTH"]:
                 # the body is within the limit: werkzeug stopped on the form's parts
-                return error(413, f"too many form fields or a text field too large: at most {MAX_FORM_FIELDS} "
-                                  "fields per request and 500 KB per text field (send the image as field 'file')")
+                return error(
+                    413,
+                    f"too many form fields or a text field too large: at most {MAX_FORM_FIELDS} "
+                    "fields per request and 500 KB per text field (send the image as field 'file')",
+                )
             return error(413, f"upload too large: the limit is {max_upload_mb:g} MB")
         if (e.code or 500) >= 500:
-            logger.error("internal error answering %s %s", request.method, request.path,
-                         exc_info=getattr(e, "original_exception", None) is not None)
+            logger.error(
+                "internal error answering %s %s",
+                request.method,
+                request.path,
+                exc_info=getattr(e, "original_exception", None) is not None,
+            )
             return error(e.code or 500, "internal server error")
         return error(e.code or 500, e.description or e.name)
 
@@ -536,9 +621,15 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
     def openapi():
         from webapp.openapi import openapi_spec
 
-        return jsonify(openapi_spec(max_upload_mb, max_pixels, explain_timeout_s=service.explain_timeout_s,
-                                    explain_max_detections=service.explain_max_detections,
-                                    explain_max_side=service.explain_max_side))
+        return jsonify(
+            openapi_spec(
+                max_upload_mb,
+                max_pixels,
+                explain_timeout_s=service.explain_timeout_s,
+                explain_max_detections=service.explain_max_detections,
+                explain_max_side=service.explain_max_side,
+            )
+        )
 
     @app.post(f"{API}/predict")
     def predict():
@@ -551,13 +642,18 @@ def create_app(model, max_upload_mb: float = 64, max_pixels: int = 80_000_000, m
         method = request.form.get("explain_method", request.args.get("explain_method", "hirescam"))
         if method not in METHODS:
             raise UploadError(400, f"explain_method: expected one of {', '.join(METHODS)}, found {method!r}")
-        explain_threshold = _score("explain_threshold",
-                                   request.form.get("explain_threshold", request.args.get("explain_threshold")))
+        explain_threshold = _score(
+            "explain_threshold", request.form.get("explain_threshold", request.args.get("explain_threshold"))
+        )
         from webapp.views import display_options
 
-        result = service.predict_bytes(f.read(), include_image=include_image, explain=method if explain else None,
-                                       explain_threshold=threshold if explain_threshold is None else explain_threshold,
-                                       **display_options(request))
+        result = service.predict_bytes(
+            f.read(),
+            include_image=include_image,
+            explain=method if explain else None,
+            explain_threshold=threshold if explain_threshold is None else explain_threshold,
+            **display_options(request),
+        )
         if threshold is not None:
             result["detections"] = [d for d in result["detections"] if d["score"] >= threshold]
         result["threshold"] = threshold

@@ -17,12 +17,14 @@ opened in memory) and answers one entry per study:
   (slotted or extra, laterality from tags), at or above the request's threshold; the exam's is the
   highest over both breasts. ``null`` when no image of the breast was read, 0 when none has a finding.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import zipfile
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from webapp.app import UploadError
 
@@ -33,8 +35,9 @@ ZIP_MAGIC = b"PK\x03\x04"
 MAX_EXAM_IMAGES = 16
 
 
-def expand(files: Iterable[tuple[int, bytes]], max_bytes: int, max_images: int = MAX_EXAM_IMAGES
-           ) -> list[tuple[dict[str, int], bytes]]:
+def expand(
+    files: Iterable[tuple[int, bytes]], max_bytes: int, max_images: int = MAX_EXAM_IMAGES
+) -> list[tuple[dict[str, int], bytes]]:
     """(source, bytes) per image: each upload as is, a ZIP's members in order (folders, hidden files and
     macOS resource forks skipped). UploadError 400 above `max_images` images, 413 when a ZIP expands to
     more than `max_bytes` bytes (checked before reading), 422 for a broken ZIP."""
@@ -137,8 +140,11 @@ def assemble(views: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[
     patients: dict[str, str] = {}
     for v in views:
         keys = v["keys"]
-        group = ("study", keys["study"]) if keys.get("study") else (
-            ("patient", keys["patient"]) if keys.get("patient") else ("none", ""))
+        group = (
+            ("study", keys["study"])
+            if keys.get("study")
+            else (("patient", keys["patient"]) if keys.get("patient") else ("none", ""))
+        )
         groups.setdefault(group, []).append(v)
         if keys.get("patient") and keys["patient"] not in patients:
             patients[keys["patient"]] = "Patient " + _letters(len(patients))
@@ -165,14 +171,16 @@ def assemble(views: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[
             scores[side] = round(_best(dets), 5) if read else None
         known = [s for s in scores.values() if s is not None]
         patient_ids = {m.get("_patient") for m in members}
-        studies.append({
-            "label": f"Exam {n}" if kind != "none" else "Images without study tags",
-            "patient": next((patients[p] for p in patient_ids if p in patients), None),
-            "views": {k: slots.get(k) for k in PROTOCOL},
-            "missing": [k for k in PROTOCOL if k not in slots],
-            "extra": extra,
-            "scores": {"exam": max(known) if known else None, "right": scores["R"], "left": scores["L"]},
-        })
+        studies.append(
+            {
+                "label": f"Exam {n}" if kind != "none" else "Images without study tags",
+                "patient": next((patients[p] for p in patient_ids if p in patients), None),
+                "views": {k: slots.get(k) for k in PROTOCOL},
+                "missing": [k for k in PROTOCOL if k not in slots],
+                "extra": extra,
+                "scores": {"exam": max(known) if known else None, "right": scores["R"], "left": scores["L"]},
+            }
+        )
         for m in members:
             m.pop("_patient", None)
     return {"protocol": [list(PROTOCOL[:2]), list(PROTOCOL[2:])], "studies": studies, "errors": errors}
@@ -187,8 +195,9 @@ def _letters(k: int) -> str:
     return s
 
 
-def read_exam(service, uploads: list[tuple[int, bytes]], max_bytes: int, threshold: float | None,
-              display: dict[str, Any]) -> dict[str, Any]:
+def read_exam(
+    service, uploads: list[tuple[int, bytes]], max_bytes: int, threshold: float | None, display: dict[str, Any]
+) -> dict[str, Any]:
     """Predict every image of the uploads (see module doc); a file that fails is listed in ``errors``
     (source, status, message) and the rest are still read."""
     images = expand(uploads, max_bytes)
@@ -202,13 +211,15 @@ def read_exam(service, uploads: list[tuple[int, bytes]], max_bytes: int, thresho
             continue
         if threshold is not None:
             result["detections"] = [d for d in result["detections"] if d["score"] >= threshold]
-        image_id = ((result["image"].get("display") or {}).get("id"))
+        image_id = (result["image"].get("display") or {}).get("id")
         pixels = service.store.get(image_id) if image_id and service.store is not None else None
         result["mirror"] = mirror_of(keys, pixels)
         views.append({"source": source, "keys": keys, "_patient": keys.get("patient"), **result})
     logger.info("read an exam of %d images (%d refused)", len(images), len(errors))
     out = assemble(views, errors)
     out["threshold"] = threshold
-    out["scoring"] = ("breast: the highest finding score over every image of that breast (laterality from tags), "
-                      "at or above the threshold; exam: the highest over both breasts; null: no image of it")
+    out["scoring"] = (
+        "breast: the highest finding score over every image of that breast (laterality from tags), "
+        "at or above the threshold; exam: the highest over both breasts; null: no image of it"
+    )
     return out

@@ -4,6 +4,7 @@ Python's json writes ``NaN``/``Infinity``, which no JSON parser reads (a browser
 throws); the app's JSON provider passes every response through :func:`finite` and refuses any that
 would still hold one.
 """
+
 from __future__ import annotations
 
 import math

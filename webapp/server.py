@@ -2,6 +2,7 @@
 waitress answers itself (oversize or malformed requests), request bodies buffered in memory, and a private
 temporary folder (mode 0700) for anything a library might still write, removed on exit and, when a
 crashed run left it behind, at the next start."""
+
 from __future__ import annotations
 
 import atexit
@@ -30,7 +31,7 @@ def remove_stale_tmp(root: str | os.PathLike) -> list[Path]:
                 continue
         except OSError:
             continue
-        suffix = d.name[len(TMP_PREFIX):]
+        suffix = d.name[len(TMP_PREFIX) :]
         if suffix.isdigit() and int(suffix) != os.getpid() and process_alive(int(suffix)):
             continue
         if suffix.isdigit() and int(suffix) == os.getpid():
@@ -85,8 +86,9 @@ def _json_error_channel(max_upload_mb: float):
                 message = f"bad request: {str(getattr(e, 'body', '') or getattr(e, 'reason', '')).strip()}"
             body = json.dumps({"error": {"status": code, "message": message}}).encode("utf-8")
             self.status = f"{code} {e.reason}"
-            self.response_headers.extend([("Content-Type", "application/json"), ("Cache-Control", "no-store"),
-                                          *SECURITY_HEADERS.items()])
+            self.response_headers.extend(
+                [("Content-Type", "application/json"), ("Cache-Control", "no-store"), *SECURITY_HEADERS.items()]
+            )
             self.set_close_on_finish()
             self.content_length = len(body)
             self.write(body)
@@ -106,11 +108,22 @@ def serve_app(app, host: str, port: int, threads: int, max_upload_mb: float) -> 
     # request bodies and answers (which may hold the image, include_image=1) buffered in memory: waitress
     # would otherwise spool them to temporary files over 512 KB / 1 MB
     # recv_bytes: read uploads in 256 KB chunks (waitress's 8 KB makes a 14 MB DICOM take twice as long)
-    server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=body_limit,
-                           inbuf_overflow=body_limit, outbuf_overflow=2**40, recv_bytes=256 * 1024)
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        max_request_body_size=body_limit,
+        inbuf_overflow=body_limit,
+        outbuf_overflow=2**40,
+        recv_bytes=256 * 1024,
+    )
     channel = _json_error_channel(max_upload_mb)
-    servers = [server] if isinstance(server, BaseWSGIServer) else [
-        s for s in getattr(server, "map", {}).values() if isinstance(s, BaseWSGIServer)]
+    servers = (
+        [server]
+        if isinstance(server, BaseWSGIServer)
+        else [s for s in getattr(server, "map", {}).values() if isinstance(s, BaseWSGIServer)]
+    )
     for s in servers:
         s.channel_class = channel
     try:

@@ -1,4 +1,5 @@
 """Routes of the viewer beyond one prediction: crops for zoom, exams of several images, the favicon."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Serve the meddet web app with waitress: `python webapp/web.py --model PATH_OR_REPO_ID [--port 8000]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-upload-mb", type=float, default=64)
     ap.add_argument("--max-pixels", type=int, default=80_000_000)
     ap.add_argument("--max-queue", type=int, default=4, help="requests waiting or running before 503")
-    ap.add_argument("--max-memory", type=float, default=None, metavar="MB",
-                    help="memory budget of the requests in flight, in MB (default: half the machine's memory); "
-                         "each reserves its decoded size plus the model's working set, 503 when full")
+    ap.add_argument(
+        "--max-memory",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="memory budget of the requests in flight, in MB (default: half the machine's memory); "
+        "each reserves its decoded size plus the model's working set, 503 when full",
+    )
     ap.add_argument("--cors-origin", action="append", default=[], help="origin allowed to call the API (repeat)")
     ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: the bundle's, auto)")
     args = ap.parse_args(argv)
@@ -39,11 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     except MeddetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(predictor, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                     max_queue=args.max_queue, cors_origins=args.cors_origin, max_memory_mb=args.max_memory)
+    app = create_app(
+        predictor,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        max_queue=args.max_queue,
+        cors_origins=args.cors_origin,
+        max_memory_mb=args.max_memory,
+    )
     budget = app.config["MEDDET_SERVICE"].budget.capacity
-    print(f"serving http://{args.host}:{args.port}/ (request memory budget {budget / 2**20:,.0f} MiB)",
-          file=sys.stderr)
+    print(f"serving http://{args.host}:{args.port}/ (request memory budget {budget / 2**20:,.0f} MiB)", file=sys.stderr)
     serve_app(app, host=args.host, port=args.port, threads=args.threads, max_upload_mb=args.max_upload_mb)
     return 0
 

@@ -1,11 +1,12 @@
 """Configuration: detectron2-style CfgNode defaults, YAML files with `_BASE_` inheritance,
 and `KEY VALUE` overrides from the command line."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import yaml
 from yacs.config import CfgNode
@@ -63,20 +64,34 @@ _ABSENT_PARTS: list[tuple[str, str, Callable[[CfgNode], bool]]] = [
     ("INPUT.MASK_FORMAT", "the mask head (Mask R-CNN; MODEL.MASK_ON)", lambda c: bool(c.MODEL.MASK_ON)),
     ("MODEL.ROI_KEYPOINT_HEAD.", "the keypoint head (MODEL.KEYPOINT_ON)", lambda c: bool(c.MODEL.KEYPOINT_ON)),
     ("TEST.KEYPOINT_OKS_SIGMAS", "the keypoint head (MODEL.KEYPOINT_ON)", lambda c: bool(c.MODEL.KEYPOINT_ON)),
-    ("DATASETS.PROPOSAL_FILES_", "precomputed proposals (MODEL.LOAD_PROPOSALS)",
-     lambda c: bool(c.MODEL.LOAD_PROPOSALS)),
-    ("DATASETS.PRECOMPUTED_PROPOSAL_TOPK_", "precomputed proposals (MODEL.LOAD_PROPOSALS)",
-     lambda c: bool(c.MODEL.LOAD_PROPOSALS)),
-    ("MODEL.SEM_SEG_HEAD.", "semantic segmentation (MODEL.META_ARCHITECTURE SemanticSegmentor/PanopticFPN)",
-     lambda c: c.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "PanopticFPN")),
-    ("MODEL.PANOPTIC_FPN.", "Panoptic FPN (MODEL.META_ARCHITECTURE PanopticFPN)",
-     lambda c: c.MODEL.META_ARCHITECTURE == "PanopticFPN"),
-    ("MODEL.ROI_BOX_CASCADE_HEAD.", "the cascade box head (MODEL.ROI_HEADS.NAME CascadeROIHeads)",
-     lambda c: c.MODEL.ROI_HEADS.NAME == "CascadeROIHeads"),
+    (
+        "DATASETS.PROPOSAL_FILES_",
+        "precomputed proposals (MODEL.LOAD_PROPOSALS)",
+        lambda c: bool(c.MODEL.LOAD_PROPOSALS),
+    ),
+    (
+        "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_",
+        "precomputed proposals (MODEL.LOAD_PROPOSALS)",
+        lambda c: bool(c.MODEL.LOAD_PROPOSALS),
+    ),
+    (
+        "MODEL.SEM_SEG_HEAD.",
+        "semantic segmentation (MODEL.META_ARCHITECTURE SemanticSegmentor/PanopticFPN)",
+        lambda c: c.MODEL.META_ARCHITECTURE in ("SemanticSegmentor", "PanopticFPN"),
+    ),
+    (
+        "MODEL.PANOPTIC_FPN.",
+        "Panoptic FPN (MODEL.META_ARCHITECTURE PanopticFPN)",
+        lambda c: c.MODEL.META_ARCHITECTURE == "PanopticFPN",
+    ),
+    (
+        "MODEL.ROI_BOX_CASCADE_HEAD.",
+        "the cascade box head (MODEL.ROI_HEADS.NAME CascadeROIHeads)",
+        lambda c: c.MODEL.ROI_HEADS.NAME == "CascadeROIHeads",
+    ),
 ]
 # Switches of those parts: a config that turns one on is refused (meddet builds box detectors only).
-_PART_SWITCHES = {"MASK_ON": "a mask head", "KEYPOINT_ON": "a keypoint head",
-                  "LOAD_PROPOSALS": "precomputed proposals"}
+_PART_SWITCHES = {"MASK_ON": "a mask head", "KEYPOINT_ON": "a keypoint head", "LOAD_PROPOSALS": "precomputed proposals"}
 
 
 def _absent_part(full: str) -> tuple[str, Callable[[CfgNode], bool]] | None:
@@ -118,16 +133,23 @@ def check_parts(cfg: CfgNode, source: str, absent: Sequence[str] = ()) -> None:
     that gives keys of such a part while it is on; keys of parts switched off are accepted and not used."""
     for switch, what in _PART_SWITCHES.items():
         if cfg.MODEL[switch]:
-            raise ConfigError(f"{source}: MODEL.{switch} is True; meddet builds box detectors only (Faster R-CNN), "
-                              f"without {what}; expected False")
+            raise ConfigError(
+                f"{source}: MODEL.{switch} is True; meddet builds box detectors only (Faster R-CNN), "
+                f"without {what}; expected False"
+            )
     for key in absent:
         part, is_on = _absent_part(key)  # type: ignore[misc]
         if is_on(cfg):
-            raise ConfigError(f"{source}: {key} belongs to {part}, which meddet does not build; expected that "
-                              "part switched off")
+            raise ConfigError(
+                f"{source}: {key} belongs to {part}, which meddet does not build; expected that part switched off"
+            )
     if absent:
-        logger.info("%s: %d keys of detectron2 parts meddet does not build (switched off) are not used: %s",
-                    source, len(absent), ", ".join(absent))
+        logger.info(
+            "%s: %d keys of detectron2 parts meddet does not build (switched off) are not used: %s",
+            source,
+            len(absent),
+            ", ".join(absent),
+        )
 
 
 def merge_yaml(cfg: CfgNode, path: str | os.PathLike) -> CfgNode:
@@ -151,13 +173,11 @@ def merge_overrides(cfg: CfgNode, opts: Sequence[str]) -> CfgNode:
     """Apply `KEY VALUE` pairs (values parsed as Python literals, as in detectron2)."""
     opts = list(opts or [])
     if len(opts) % 2:
-        raise ConfigError(
-            f"command-line overrides must be KEY VALUE pairs; got an odd number of items: {opts}"
-        )
+        raise ConfigError(f"command-line overrides must be KEY VALUE pairs; got an odd number of items: {opts}")
     for key, _ in zip(opts[0::2], opts[1::2]):
         node = cfg
         parts = key.split(".")
-        for i, p in enumerate(parts):
+        for p in parts:
             if not isinstance(node, CfgNode) or p not in node:
                 raise ConfigError(f"command line: unknown config key {key!r}")
             node = node[p]

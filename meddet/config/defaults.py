@@ -4,6 +4,7 @@ sections (AUG, EVAL, DICOM) for what it lacks.
 Values follow detectron2's defaults unless noted; `configs/Base-RCNN-FPN.yaml` sets what a
 from-scratch medical run needs (trainable norm, pixel std near the data's spread).
 """
+
 from yacs.config import CfgNode as CN
 
 _C = CN()

@@ -1,12 +1,13 @@
 """The tuned-thresholds contract of a run folder: ``-c tune`` (meddet.evaluation.tune) writes
 ``<run>/tune/tuned_config.yaml`` (``tune_ensemble/`` for an ensemble); predict, evaluate and export read it
 back through :func:`load_run_config` / :func:`apply_tuned` (the ``--untuned`` flag skips it)."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from meddet.config import load_config, merge_overrides, merge_yaml
 
@@ -33,15 +34,25 @@ def apply_tuned(cfg, run_dir: str | os.PathLike | None = None, ensemble: bool = 
     if path is None:
         return None
     merge_yaml(cfg, path)
-    logger.info("using the tuned thresholds of %s (NMS IoU %g, score %g, per class %s); --untuned to not",
-                path, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST, cfg.TEST.SCORE_THRESH,
-                dict(zip(list(cfg.TEST.CLASS_SCORE_THRESH_NAMES) or list(cfg.DATASETS.CLASS_NAMES),
-                         list(cfg.TEST.CLASS_SCORE_THRESH))) or "-")
+    logger.info(
+        "using the tuned thresholds of %s (NMS IoU %g, score %g, per class %s); --untuned to not",
+        path,
+        cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+        cfg.TEST.SCORE_THRESH,
+        dict(
+            zip(
+                list(cfg.TEST.CLASS_SCORE_THRESH_NAMES) or list(cfg.DATASETS.CLASS_NAMES),
+                list(cfg.TEST.CLASS_SCORE_THRESH),
+            )
+        )
+        or "-",
+    )
     return path
 
 
-def load_run_config(path: str | os.PathLike | None, opts: Sequence[str] = (), tuned: bool = True,
-                    ensemble: bool = False):
+def load_run_config(
+    path: str | os.PathLike | None, opts: Sequence[str] = (), tuned: bool = True, ensemble: bool = False
+):
     """A run's config as predict / evaluate use it: the YAML, then the run's tuned thresholds (when
     `tuned` and OUTPUT_DIR holds `-c tune` output; see `apply_tuned`), then the `KEY VALUE` overrides,
     which win over both."""

@@ -23,9 +23,10 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -95,9 +96,11 @@ class CheckReport:
         """Counts per split and class, box sizes per class, then the findings, as plain text."""
         splits = list(self.counts)
         head = ["", *splits]
-        rows = [["images", *[str(self.counts[s]["images"]) for s in splits]],
-                ["boxes", *[str(self.counts[s]["boxes"]) for s in splits]],
-                ["images without boxes", *[str(self.counts[s]["empty_images"]) for s in splits]]]
+        rows = [
+            ["images", *[str(self.counts[s]["images"]) for s in splits]],
+            ["boxes", *[str(self.counts[s]["boxes"]) for s in splits]],
+            ["images without boxes", *[str(self.counts[s]["empty_images"]) for s in splits]],
+        ]
         if self.bit_depths:
             rows.append(["bit depth", *[_fmt_depths(self.bit_depths.get(s, {})) for s in splits]])
         rows += [[f"  {c}", *[str(self.counts[s]["per_class"].get(c, 0)) for s in splits]] for c in self.classes]
@@ -108,7 +111,11 @@ class CheckReport:
             px = st.get("px")
             mm = st.get("mm")
             size_rows.append([c, str(st.get("n", 0)), _fmt_stats(px), _fmt_stats(mm)])
-        lines += ["", "box size sqrt(w*h): min / median / max", *_format_table(["class", "boxes", "px", "mm"], size_rows)]
+        lines += [
+            "",
+            "box size sqrt(w*h): min / median / max",
+            *_format_table(["class", "boxes", "px", "mm"], size_rows),
+        ]
         lines.append("")
         if not self.findings:
             lines.append("no problems found")
@@ -129,16 +136,25 @@ class CheckReport:
             md.append("| bit depth | " + " | ".join(_fmt_depths(self.bit_depths.get(s, {})) for s in splits) + " |")
         for c in self.classes:
             md.append(f"| {c} | " + " | ".join(str(self.counts[s]["per_class"].get(c, 0)) for s in splits) + " |")
-        md += ["", "## Box sizes (sqrt(w*h); min / median / max)", "", "| class | boxes | px | mm |", "|---|---|---|---|"]
+        md += [
+            "",
+            "## Box sizes (sqrt(w*h); min / median / max)",
+            "",
+            "| class | boxes | px | mm |",
+            "|---|---|---|---|",
+        ]
         for c in self.classes:
             st = self.box_sizes.get(c, {})
             md.append(f"| {c} | {st.get('n', 0)} | {_fmt_stats(st.get('px'))} | {_fmt_stats(st.get('mm'))} |")
         md += ["", f"## Errors ({len(self.errors)})", ""]
-        md += [f"- **{f.check}**: {f.message} ({f.count})" + "".join(f"\n  - {e}" for e in f.examples)
-               for f in self.errors] or ["none"]
+        md += [
+            f"- **{f.check}**: {f.message} ({f.count})" + "".join(f"\n  - {e}" for e in f.examples) for f in self.errors
+        ] or ["none"]
         md += ["", f"## Warnings ({len(self.warnings)})", ""]
-        md += [f"- **{f.check}**: {f.message} ({f.count})" + "".join(f"\n  - {e}" for e in f.examples)
-               for f in self.warnings] or ["none"]
+        md += [
+            f"- **{f.check}**: {f.message} ({f.count})" + "".join(f"\n  - {e}" for e in f.examples)
+            for f in self.warnings
+        ] or ["none"]
         return "\n".join(md) + "\n"
 
     def write(self, folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -172,8 +188,13 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     a = np.asarray(values, dtype=np.float64)
-    return {"min": float(a.min()), "p5": float(np.percentile(a, 5)), "median": float(np.median(a)),
-            "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+    return {
+        "min": float(a.min()),
+        "p5": float(np.percentile(a, 5)),
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+    }
 
 
 class _Findings:
@@ -281,26 +302,47 @@ def check_dataset(
         empty = [im for i, im in images.items() if i not in with_boxes]
         for im in empty:
             findings.add("warning", "no boxes", "images without boxes", f"{split}: {im['file_name']}")
-        counts[split] = {"images": len(images), "boxes": len(coco["annotations"]), "empty_images": len(empty),
-                         "per_class": dict(per_class)}
+        counts[split] = {
+            "images": len(images),
+            "boxes": len(coco["annotations"]),
+            "empty_images": len(empty),
+            "per_class": dict(per_class),
+        }
         for im in images.values():
             if im.get("patient_id") not in (None, ""):
                 patients[str(im["patient_id"])].add(split)
-            tasks.append((split, im["file_name"], str(resolve_image_path(im["file_name"], path, image_root)),
-                          int(im["height"]), int(im["width"])))
+            tasks.append(
+                (
+                    split,
+                    im["file_name"],
+                    str(resolve_image_path(im["file_name"], path, image_root)),
+                    int(im["height"]),
+                    int(im["width"]),
+                )
+            )
     for pid, in_splits in sorted(patients.items()):
         if len(in_splits) > 1:
-            findings.add("error", "patient in several splits", "patients with images in more than one split",
-                         f"patient {pid}: {', '.join(sorted(in_splits))}")
+            findings.add(
+                "error",
+                "patient in several splits",
+                "patients with images in more than one split",
+                f"patient {pid}: {', '.join(sorted(in_splits))}",
+            )
     if check_images:
         _check_images(tasks, findings, workers, progress, bit_depths)
     box_sizes = {c: {"n": len(sizes_px[c]), "px": _stats(sizes_px[c]), "mm": _stats(sizes_mm[c])} for c in classes}
-    return CheckReport({s: str(p) for s, p in zip(stems, coco_files)}, classes, counts, box_sizes, findings.sorted(),
-                       bit_depths)
+    return CheckReport(
+        {s: str(p) for s, p in zip(stems, coco_files)}, classes, counts, box_sizes, findings.sorted(), bit_depths
+    )
 
 
-def _check_images(tasks: list[tuple[str, str, str, int, int]], findings: _Findings, workers: int, progress: bool,
-                  bit_depths: dict[str, dict[str, int]]) -> None:
+def _check_images(
+    tasks: list[tuple[str, str, str, int, int]],
+    findings: _Findings,
+    workers: int,
+    progress: bool,
+    bit_depths: dict[str, dict[str, int]],
+) -> None:
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     messages = {
         "missing": ("missing image", "image files not found"),
@@ -310,14 +352,18 @@ def _check_images(tasks: list[tuple[str, str, str, int, int]], findings: _Findin
     done: dict[int, Any] = {}
     indexed = ((i, t) for i, t in enumerate(tasks))
     for (i, _), result in tqdm(
-        parallel_map(_indexed_facts, indexed, workers, preload=[__name__]), total=len(tasks), desc="check",
+        parallel_map(_indexed_facts, indexed, workers, preload=[__name__]),
+        total=len(tasks),
+        desc="check",
         unit="image",
         disable=not progress,
     ):
         done[i] = result
     for i, task in enumerate(tasks):  # in the files' order, whatever order the workers finished in
         split, name, result = task[0], task[1], done[i]
-        status, digest, message = ("unreadable", None, f"{task[2]}: {result}") if isinstance(result, Exception) else result
+        status, digest, message = (
+            ("unreadable", None, f"{task[2]}: {result}") if isinstance(result, Exception) else result
+        )
         if status != "ok":
             check, text = messages[status]
             findings.add("error", check, text, f"{split}: {message}")
@@ -326,9 +372,12 @@ def _check_images(tasks: list[tuple[str, str, str, int, int]], findings: _Findin
             depths = bit_depths.setdefault(split, {})
             depths[message] = depths.get(message, 0) + 1
             if " of " in message:
-                findings.add("warning", "effective bit depth",
-                             "16-bit images whose values use fewer bits (read normalized by their effective depth)",
-                             f"{split}: {name} ({message} bits)")
+                findings.add(
+                    "warning",
+                    "effective bit depth",
+                    "16-bit images whose values use fewer bits (read normalized by their effective depth)",
+                    f"{split}: {name} ({message} bits)",
+                )
     for members in by_hash.values():
         if len(members) < 2:
             continue

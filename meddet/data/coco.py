@@ -4,6 +4,7 @@ The meddet COCO contract (ARCHITECTURE.md): category ids 1..K with names; each i
 `patient_id`, `source`, and for tiles `parent_id` and `offset`; boxes are [x, y, w, h] in the
 image's own pixels. `file_name` is resolved against an explicit image root, else the JSON's folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,7 @@ def load_coco(path: str | os.PathLike) -> dict:
             raise DataError(f"{path}: annotations[{i}] refers to unknown image_id {a['image_id']!r}")
         if a["category_id"] not in cat_ids:
             raise DataError(
-                f"{path}: annotations[{i}] has category_id {a['category_id']!r}; "
-                f"expected one of {sorted(cat_ids)}"
+                f"{path}: annotations[{i}] has category_id {a['category_id']!r}; expected one of {sorted(cat_ids)}"
             )
         b = a["bbox"]
         if not (isinstance(b, (list, tuple)) and len(b) == 4):
@@ -201,7 +201,10 @@ def clip_coco_boxes(coco: dict, source: str, strict: bool = False) -> tuple[dict
         logger.warning(
             "%s: %d box(es) reach outside their image and were clipped to it, %d lie wholly outside and were "
             "dropped (%s); set DATASETS.STRICT_BOXES True to stop on such boxes instead",
-            source, fixes.clipped, fixes.dropped, shown,
+            source,
+            fixes.clipped,
+            fixes.dropped,
+            shown,
         )
     if not fixes:
         return coco, fixes

@@ -17,14 +17,15 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from meddet import __version__
 from meddet.data.coco import save_json_atomic
-from meddet.errors import DataError
 from meddet.data.splits import SPLIT_NAMES, split_by_patient, subset_coco
+from meddet.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ class ConversionReport:
             lines.append(f"{self.n_converted} image(s) converted, {self.n_reused} reused from an earlier run")
         if self.changes:
             counts = ", ".join(f"{len(self.changes.get(k, []))} {k}" for k in ("added", "removed", "changed", "moved"))
-            lines.append(f"against the previous conversion: {counts}"
-                         + (f" (listed in {self.files['changes']})" if "changes" in self.files else ""))
+            lines.append(
+                f"against the previous conversion: {counts}"
+                + (f" (listed in {self.files['changes']})" if "changes" in self.files else "")
+            )
             for k in ("removed", "moved", "added", "changed"):
                 items = self.changes.get(k, [])
                 lines += [f"  {k}: {i}" for i in items[:20]]
@@ -132,11 +135,15 @@ def _load_id_map(path: Path | None) -> dict[str, dict[str, Any]]:
         return {"images": {}, "annotations": {}}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        ids = {"images": {str(k): int(v) for k, v in data["images"].items()},
-               "annotations": {str(k): [int(i) for i in v] for k, v in data["annotations"].items()}}
+        ids = {
+            "images": {str(k): int(v) for k, v in data["images"].items()},
+            "annotations": {str(k): [int(i) for i in v] for k, v in data["annotations"].items()},
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: not an id map written by meddet ({type(e).__name__}: {e}); expected "
-                        '{"images": {key: id}, "annotations": {key: [ids]}}; move it away to number ids afresh') from None
+        raise DataError(
+            f"{path}: not an id map written by meddet ({type(e).__name__}: {e}); expected "
+            '{"images": {key: id}, "annotations": {key: [ids]}}; move it away to number ids afresh'
+        ) from None
     return ids
 
 
@@ -232,8 +239,12 @@ def write_coco_splits(
         moved = [f"{f}: {before[f]} -> {now[f]}" for f in sorted(now) if f in before and before[f] != now[f]]
         report.changes["moved"] = moved
         if moved:
-            logger.warning("%d image(s) are in another split than in the previous conversion of %s (seed, "
-                           "fractions or patient ids changed?)", len(moved), out)
+            logger.warning(
+                "%d image(s) are in another split than in the previous conversion of %s (seed, "
+                "fractions or patient ids changed?)",
+                len(moved),
+                out,
+            )
         write_changes(out, report)
     report.n_images = len(coco["images"])
     report.n_annotations = len(coco["annotations"])
@@ -248,8 +259,10 @@ def write_changes(out_dir: str | os.PathLike, report: ConversionReport) -> None:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(f"{k}: {i}\n" for k in ("removed", "moved", "added", "changed")
-                           for i in report.changes.get(k, [])), encoding="utf-8")
+    tmp.write_text(
+        "".join(f"{k}: {i}\n" for k in ("removed", "moved", "added", "changed") for i in report.changes.get(k, [])),
+        encoding="utf-8",
+    )
     os.replace(tmp, path)
     report.files["changes"] = path
 

@@ -1,10 +1,12 @@
 """Training/test data: COCO records → model batches (the model interface of ARCHITECTURE.md)."""
+
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,8 +31,9 @@ from meddet.io.recipe import PreprocessRecipe, read_for_recipe
 logger = logging.getLogger(__name__)
 
 
-def load_records(json_paths: Sequence[str], image_root: str = "", strict_boxes: bool = False
-                 ) -> tuple[list[dict], list[str]]:
+def load_records(
+    json_paths: Sequence[str], image_root: str = "", strict_boxes: bool = False
+) -> tuple[list[dict], list[str]]:
     """Records of one or more COCO files that must share the same categories.
 
     Boxes are clipped to their image and those left with nothing inside dropped (counted, one
@@ -106,15 +109,17 @@ class DatasetMapper:
     def _short_edge(self, rng: np.random.Generator) -> int:
         if self.sampling == "range" and len(self.min_sizes) == 2:
             return int(rng.integers(self.min_sizes[0], self.min_sizes[1] + 1))
-        return int(self.min_sizes[int(rng.integers(len(self.min_sizes)))]) if len(self.min_sizes) > 1 else self.min_sizes[0]
+        return (
+            int(self.min_sizes[int(rng.integers(len(self.min_sizes)))])
+            if len(self.min_sizes) > 1
+            else self.min_sizes[0]
+        )
 
     def _read_checked(self, file_name: str, height: int, width: int) -> np.ndarray:
         image = self._read(file_name, **self.dicom_kwargs)
         h0, w0 = image.shape[:2]
         if (h0, w0) != (height, width):
-            raise DataError(
-                f"{file_name}: image is {w0}x{h0} but its COCO record says {width}x{height}"
-            )
+            raise DataError(f"{file_name}: image is {w0}x{h0} but its COCO record says {width}x{height}")
         return image
 
     def _raw(self, record: dict):
@@ -122,8 +127,10 @@ class DatasetMapper:
         (image, boxes xyxy, classes, meddet.io.Geometry)."""
         image = read_for_recipe(record["file_name"], self.recipe.pixels)
         if image.shape[:2] != (record["height"], record["width"]):
-            raise DataError(f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO "
-                            f"record says {record['width']}x{record['height']}")
+            raise DataError(
+                f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} but its COCO "
+                f"record says {record['width']}x{record['height']}"
+            )
         boxes, classes = _boxes_classes(record.get("annotations", []))
         xywh = [[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in boxes.tolist()]
         out, moved, geometry = self.recipe.apply(image, xywh)
@@ -335,8 +342,9 @@ EQUAL_SHARE_TOL = 1e-4  # relative spread of the class shares at which equal_sha
 EQUAL_SHARE_MAX_ITER = 20000
 
 
-def equal_share_weights(records: Sequence[dict], tol: float = EQUAL_SHARE_TOL,
-                        max_iter: int = EQUAL_SHARE_MAX_ITER) -> np.ndarray:
+def equal_share_weights(
+    records: Sequence[dict], tol: float = EQUAL_SHARE_TOL, max_iter: int = EQUAL_SHARE_MAX_ITER
+) -> np.ndarray:
     """DATALOADER.SAMPLER_TRAIN "ClassBalancedSampler": sampling weights (summing to 1) under which every
     class is held by the same share of the drawn images, and the images without boxes (one more group,
     when there are any) make up that share too.
@@ -363,8 +371,11 @@ def equal_share_weights(records: Sequence[dict], tol: float = EQUAL_SHARE_TOL,
         w = w * np.exp((groups @ np.log(target / shares)) / n_groups)
         w /= w.sum()
     else:
-        logger.warning("ClassBalancedSampler: class shares %s could not be made equal (a class only appears "
-                       "together with another?); using the closest reached", np.round(shares, 3).tolist())
+        logger.warning(
+            "ClassBalancedSampler: class shares %s could not be made equal (a class only appears "
+            "together with another?); using the closest reached",
+            np.round(shares, 3).tolist(),
+        )
     return w
 
 
@@ -376,8 +387,11 @@ def _log_class_shares(records: Sequence[dict], weights: np.ndarray, names: Seque
         f"{names[c] if c < len(names) else c}: {100 * before[c]:.1f}% -> {100 * after[c]:.1f}%"
         for c in range(presence.shape[1])
     ]
-    logger.info("%s: share of drawn images holding each class (dataset -> expected per epoch): %s",
-                what, ", ".join(parts) or "no classes")
+    logger.info(
+        "%s: share of drawn images holding each class (dataset -> expected per epoch): %s",
+        what,
+        ", ".join(parts) or "no classes",
+    )
 
 
 def build_epoch_order(cfg, records: Sequence[dict], names: Sequence[str] = ()) -> EpochOrder:
@@ -414,8 +428,17 @@ class TrainingBatchSampler:
     a resumed run replays the grouping of the batches it skips (index arithmetic only).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
-                 world_size: int = 1, order: EpochOrder | None = None, groups: Sequence[bool] | None = None):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        start_iter: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        order: EpochOrder | None = None,
+        groups: Sequence[bool] | None = None,
+    ):
         if size <= 0:
             raise DataError("the training set has no usable images (all empty or filtered)")
         if batch_size % world_size:
@@ -471,36 +494,49 @@ def _collate(batch):
     return batch
 
 
-def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int = 1,
-                       records: list[dict] | None = None) -> tuple[DataLoader, list[str]]:
+def build_train_loader(
+    cfg, start_iter: int = 0, rank: int = 0, world_size: int = 1, records: list[dict] | None = None
+) -> tuple[DataLoader, list[str]]:
     """The infinite training loader over DATASETS.TRAIN (or `records` already loaded from it).
 
     With TILING.ENABLED it trains on the tiles of those images (meddet.data.tiling.tile_records);
     DATALOADER.FILTER_EMPTY_ANNOTATIONS then applies to tiles, and DATALOADER.SAMPLER_TRAIN samples them."""
     names = list(cfg.DATASETS.CLASS_NAMES)
     if records is None:
-        records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
-                                      bool(cfg.DATASETS.STRICT_BOXES))
+        records, names = load_records(
+            list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT, bool(cfg.DATASETS.STRICT_BOXES)
+        )
     files = ", ".join(map(str, cfg.DATASETS.TRAIN)) or "DATASETS.TRAIN"
     if not records:
-        raise DataError(f"{files}: the training split holds no images (DATASETS.TRAIN); expected a COCO file "
-                        "with at least one image (an empty split of a small dataset? re-split it)")
+        raise DataError(
+            f"{files}: the training split holds no images (DATASETS.TRAIN); expected a COCO file "
+            "with at least one image (an empty split of a small dataset? re-split it)"
+        )
     n_images, what = len(records), "images"
     if cfg.TILING.ENABLED:
         records = tile_records(records, TilingParams.from_cfg(cfg, names), names)
         what = "tiles"
         if not records:
-            raise DataError(f"{files}: none of its {n_images} images gives a training tile with the TILING.* "
-                            "settings (KEEP_CLASSES, NEGATIVE_FRACTION, MIN_VISIBLE); expected at least one")
+            raise DataError(
+                f"{files}: none of its {n_images} images gives a training tile with the TILING.* "
+                "settings (KEEP_CLASSES, NEGATIVE_FRACTION, MIN_VISIBLE); expected at least one"
+            )
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
         kept = [r for r in records if r["annotations"]]
         if len(kept) < len(records):
-            logger.info("Training on %d of %d %s (%d without boxes left out: DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
-                        len(kept), len(records), what, len(records) - len(kept))
+            logger.info(
+                "Training on %d of %d %s (%d without boxes left out: DATALOADER.FILTER_EMPTY_ANNOTATIONS)",
+                len(kept),
+                len(records),
+                what,
+                len(records) - len(kept),
+            )
         if not kept:
-            raise DataError(f"{files}: none of its {len(records)} {what} has a box, and "
-                            "DATALOADER.FILTER_EMPTY_ANNOTATIONS leaves such images out; expected boxes in the "
-                            "training split (or set DATALOADER.FILTER_EMPTY_ANNOTATIONS False)")
+            raise DataError(
+                f"{files}: none of its {len(records)} {what} has a box, and "
+                "DATALOADER.FILTER_EMPTY_ANNOTATIONS leaves such images out; expected boxes in the "
+                "training split (or set DATALOADER.FILTER_EMPTY_ANNOTATIONS False)"
+            )
         records = kept
     for f in dict.fromkeys(r["file_name"] for r in records):
         if not Path(f).is_file():
@@ -515,10 +551,22 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
                 "change an image's orientation after it was grouped; expected one of them off"
             )
         groups = [int(r["width"]) > int(r["height"]) for r in records]
-        logger.info("DATALOADER.ASPECT_RATIO_GROUPING: batches of one orientation (%d of %d %s wider than high)",
-                    sum(groups), len(groups), what)
-    sampler = TrainingBatchSampler(len(records), int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.SEED), start_iter, rank,
-                                   world_size, order=order, groups=groups)
+        logger.info(
+            "DATALOADER.ASPECT_RATIO_GROUPING: batches of one orientation (%d of %d %s wider than high)",
+            sum(groups),
+            len(groups),
+            what,
+        )
+    sampler = TrainingBatchSampler(
+        len(records),
+        int(cfg.SOLVER.IMS_PER_BATCH),
+        int(cfg.SEED),
+        start_iter,
+        rank,
+        world_size,
+        order=order,
+        groups=groups,
+    )
     workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(
         _MappedDataset(records, mapper, int(cfg.SEED)),
@@ -531,8 +579,15 @@ def build_train_loader(cfg, start_iter: int = 0, rank: int = 0, world_size: int 
     return loader, names
 
 
-def build_test_loader(cfg, json_path: str, batch_size: int = 1, with_boxes: bool = False, rank: int = 0,
-                      world_size: int = 1, tiles: bool = False) -> tuple[DataLoader, list[dict], list[str]]:
+def build_test_loader(
+    cfg,
+    json_path: str,
+    batch_size: int = 1,
+    with_boxes: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    tiles: bool = False,
+) -> tuple[DataLoader, list[dict], list[str]]:
     """Test-time loader (no augmentation, MIN_SIZE_TEST); `with_boxes` adds the ground truth (validation
     loss); with several processes each rank takes every world_size-th image.
 

@@ -39,17 +39,18 @@ import re
 import sys
 import traceback
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
 from meddet import __version__
-from meddet.errors import ConfigError, MeddetError
 from meddet.data.convert import ConversionReport, write_changes
+from meddet.errors import ConfigError, MeddetError
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +265,11 @@ def _init_worker(owner: int | None = None) -> None:
         threading.Thread(target=_watch_parent, args=(owner, parent), name="meddet-parent-watch", daemon=True).start()
 
 
-if (os.environ.get(_PARENT_ENV) == str(os.getppid()) and sys.argv[:1] == ["-c"]
-        and "multiprocessing.forkserver" in sys.modules):
+if (
+    os.environ.get(_PARENT_ENV) == str(os.getppid())
+    and sys.argv[:1] == ["-c"]
+    and "multiprocessing.forkserver" in sys.modules
+):
     # imported (preloaded) by the fork server of the converting process: die with it
     _die_with_parent()
 
@@ -287,8 +291,9 @@ def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
 
 
 def _pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(preload), initializer=_init_worker,
-                               initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=_context(preload), initializer=_init_worker, initargs=(os.getpid(),)
+    )
 
 
 def parallel_map(
@@ -337,8 +342,10 @@ def parallel_map(
                     result = e
                 yield item, result
             if broken:
-                logger.warning("a worker process died; retrying the %d item(s) it may have held one by one",
-                               len(suspects) + len(pending))
+                logger.warning(
+                    "a worker process died; retrying the %d item(s) it may have held one by one",
+                    len(suspects) + len(pending),
+                )
                 suspects.extend(pending.values())
                 pending.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -350,8 +357,9 @@ def parallel_map(
             try:
                 result = single.submit(fn, item).result()
             except BrokenProcessPool:
-                result = WorkerCrashed("the worker process died while converting this item "
-                                       "(killed, out of memory, or a crashing decoder)")
+                result = WorkerCrashed(
+                    "the worker process died while converting this item (killed, out of memory, or a crashing decoder)"
+                )
             except Exception as e:
                 result = e
         yield item, result
@@ -391,7 +399,8 @@ def run_jobs(
     ``report`` receives each failure
     (``skip``), each warning a converter attached to an output (``warn``), the counts of
     converted and reused outputs, and the path of the error report written at the end
-    (``files["errors"]``: every item skipped so far, CSV-level ones included). ``settings`` is what the outputs depend on besides the inputs
+    (``files["errors"]``: every item skipped so far, CSV-level ones included). ``settings`` is what the
+    outputs depend on besides the inputs
     (pixel options, class rules, ...); it becomes the manifest's fingerprint.
     """
     out = Path(out_dir)
@@ -420,9 +429,10 @@ def run_jobs(
 
     entries: dict[str, dict[str, Any]] = {}
     partial = out / manifest_name(options.shard, partial=True)
-    with open(partial, "a", encoding="utf-8") as mf, tqdm(
-        total=len(todo), desc=desc, unit="image", disable=not progress
-    ) as bar:
+    with (
+        open(partial, "a", encoding="utf-8") as mf,
+        tqdm(total=len(todo), desc=desc, unit="image", disable=not progress) as bar,
+    ):
         for task, result in parallel_map(_work, tasks(), options.workers, preload=[convert.__module__]):
             job = task[1]
             bar.update()
@@ -455,8 +465,9 @@ def run_jobs(
             if stale != final:
                 stale.unlink()
     if report.n_reused:
-        logger.info("%s: %d output(s) reused from an earlier run, %d converted", desc, report.n_reused,
-                    report.n_converted)
+        logger.info(
+            "%s: %d output(s) reused from an earlier run, %d converted", desc, report.n_reused, report.n_converted
+        )
     report.files["errors"] = write_error_report(out, report, options.shard)
     if options.shard is None and before:
         report.changes.update(manifest_changes(before, entries, failed))

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -106,8 +107,12 @@ def _hashed(groups: dict[str, list[Any]], fr: Sequence[float], seed: int, names:
     for k, (n, f) in enumerate(zip(names, fr)):
         if f > 0 and not assigned[n]:
             lo, hi = bounds[k] - f, bounds[k]
-            donors = [(max(lo - point[key], point[key] - hi), key, m) for m in names if len(assigned[m]) > 1
-                      for key in assigned[m]]
+            donors = [
+                (max(lo - point[key], point[key] - hi), key, m)
+                for m in names
+                if len(assigned[m]) > 1
+                for key in assigned[m]
+            ]
             if donors:
                 _, key, m = min(donors)
                 assigned[m].remove(key)
@@ -119,7 +124,9 @@ def _hashed(groups: dict[str, list[Any]], fr: Sequence[float], seed: int, names:
     return assigned
 
 
-def _balanced(groups: dict[str, list[Any]], fr: Sequence[float], seed: int, names: Sequence[str]) -> dict[str, list[str]]:
+def _balanced(
+    groups: dict[str, list[Any]], fr: Sequence[float], seed: int, names: Sequence[str]
+) -> dict[str, list[str]]:
     keys = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(keys))
     total = sum(len(v) for v in groups.values())

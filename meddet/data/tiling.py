@@ -3,19 +3,20 @@
 Windows follow SAHI's slicing: a regular grid with the given overlap whose last row/column is shifted
 back to end exactly at the image edge, so every pixel is covered and no tile is padded.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from meddet.errors import ConfigError, DataError
 from meddet.data.coco import category_id_to_index, class_names, load_coco, resolve_image_path, save_json_atomic
+from meddet.errors import ConfigError, DataError
 from meddet.io import read_image, write_png
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class TilingParams:
         object.__setattr__(self, "minority_classes", tuple(str(c) for c in self.minority_classes))
 
     @classmethod
-    def from_cfg(cls, cfg, class_names: Sequence[str]) -> "TilingParams":
+    def from_cfg(cls, cfg, class_names: Sequence[str]) -> TilingParams:
         """Parameters from cfg.TILING and cfg.SEED; class names are checked against `class_names`.
 
         A negative SEED (random) draws a seed for the tile selection and logs it."""
@@ -131,7 +132,7 @@ class TilingParams:
         params.class_indices(class_names)
         return params
 
-    def for_evaluation(self) -> "TilingParams":
+    def for_evaluation(self) -> TilingParams:
         """The same grid with every tile kept (no KEEP_CLASSES / NEGATIVE_FRACTION): evaluation tiles."""
         return replace(self, keep_classes=(), minority_classes=(), negative_fraction=1.0)
 
@@ -200,8 +201,15 @@ def _plan(
     logger.info(
         "Tiling (%d px, overlap %.2f): kept %d of the %d tiles of %d images (%d without a TILING.KEEP_CLASSES box "
         "left out; %d of %d without a minority-class box left out by TILING.NEGATIVE_FRACTION %.2f)",
-        params.size, params.overlap, len(tiles), n_windows, len(sizes), n_keep_dropped,
-        len(dropped), len(negatives), params.negative_fraction,
+        params.size,
+        params.overlap,
+        len(tiles),
+        n_windows,
+        len(sizes),
+        n_keep_dropped,
+        len(dropped),
+        len(negatives),
+        params.negative_fraction,
     )
     return tiles
 
@@ -222,30 +230,38 @@ def tile_records(records: list[dict], params: TilingParams, class_names: Sequenc
     index} and `parent_annotations` (the parent's whole list, for augmentation before tiling)."""
     keep_idx, minority_idx = params.class_indices(class_names)
     arrays = [_record_arrays(r) for r in records]
-    plan = _plan([(int(r["height"]), int(r["width"])) for r in records], [a[0] for a in arrays],
-                 [a[1] for a in arrays], params, keep_idx, minority_idx)
+    plan = _plan(
+        [(int(r["height"]), int(r["width"])) for r in records],
+        [a[0] for a in arrays],
+        [a[1] for a in arrays],
+        params,
+        keep_idx,
+        minority_idx,
+    )
     out = []
     for t in plan:
         r = records[t.parent]
         x0, y0, x1, y1 = t.window
         anns = [{**r["annotations"][j], "bbox": [float(v) for v in box]} for j, box in zip(t.ann, t.boxes)]
-        out.append({
-            **r,
-            "image_id": t.tile_id,
-            "height": y1 - y0,
-            "width": x1 - x0,
-            "annotations": anns,
-            "tile": {
-                "parent_id": r["image_id"],
-                "parent_file_name": r["file_name"],
-                "x0": x0,
-                "y0": y0,
-                "parent_height": int(r["height"]),
-                "parent_width": int(r["width"]),
-                "index": t.index,
-            },
-            "parent_annotations": r.get("annotations", []),
-        })
+        out.append(
+            {
+                **r,
+                "image_id": t.tile_id,
+                "height": y1 - y0,
+                "width": x1 - x0,
+                "annotations": anns,
+                "tile": {
+                    "parent_id": r["image_id"],
+                    "parent_file_name": r["file_name"],
+                    "x0": x0,
+                    "y0": y0,
+                    "parent_height": int(r["height"]),
+                    "parent_width": int(r["width"]),
+                    "index": t.index,
+                },
+                "parent_annotations": r.get("annotations", []),
+            }
+        )
     return out
 
 
@@ -281,33 +297,38 @@ def tile_coco(coco: dict, params: TilingParams) -> dict:
         b[:, 2:] += b[:, :2]
         boxes.append(b)
     classes = [np.asarray([cat_index[a["category_id"]] for a in anns], dtype=np.int64) for anns in anns_of]
-    plan = _plan([(int(im["height"]), int(im["width"])) for im in images], boxes, classes, params, keep_idx,
-                 minority_idx)
+    plan = _plan(
+        [(int(im["height"]), int(im["width"])) for im in images], boxes, classes, params, keep_idx, minority_idx
+    )
     out_images, out_anns = [], []
     for t in plan:
         im = images[t.parent]
         x0, y0, x1, y1 = t.window
-        out_images.append({
-            **{k: v for k, v in im.items() if k not in ("id", "file_name", "height", "width")},
-            "id": t.tile_id,
-            "file_name": _tile_file_name(im["file_name"], im["id"], t.window),
-            "height": y1 - y0,
-            "width": x1 - x0,
-            "parent_id": im["id"],
-            "parent_file_name": im["file_name"],
-            "offset": [x0, y0],
-            "tile_index": t.index,
-        })
+        out_images.append(
+            {
+                **{k: v for k, v in im.items() if k not in ("id", "file_name", "height", "width")},
+                "id": t.tile_id,
+                "file_name": _tile_file_name(im["file_name"], im["id"], t.window),
+                "height": y1 - y0,
+                "width": x1 - x0,
+                "parent_id": im["id"],
+                "parent_file_name": im["file_name"],
+                "offset": [x0, y0],
+                "tile_index": t.index,
+            }
+        )
         for j, (bx0, by0, bx1, by1) in zip(t.ann, t.boxes.tolist()):
             a = anns_of[t.parent][j]
-            out_anns.append({
-                **{k: v for k, v in a.items() if k not in ("segmentation", "id", "image_id", "bbox", "area")},
-                "id": len(out_anns) + 1,
-                "image_id": t.tile_id,
-                "bbox": [bx0, by0, bx1 - bx0, by1 - by0],
-                "area": (bx1 - bx0) * (by1 - by0),
-                "parent_annotation_id": a.get("id"),
-            })
+            out_anns.append(
+                {
+                    **{k: v for k, v in a.items() if k not in ("segmentation", "id", "image_id", "bbox", "area")},
+                    "id": len(out_anns) + 1,
+                    "image_id": t.tile_id,
+                    "bbox": [bx0, by0, bx1 - bx0, by1 - by0],
+                    "area": (bx1 - bx0) * (by1 - by0),
+                    "parent_annotation_id": a.get("id"),
+                }
+            )
     info = dict(coco.get("info", {}))
     info["tiling"] = {"size": params.size, "overlap": params.overlap, "min_visible": params.min_visible}
     out = {k: v for k, v in coco.items() if k not in ("images", "annotations", "categories", "info")}
@@ -315,8 +336,14 @@ def tile_coco(coco: dict, params: TilingParams) -> dict:
     return out
 
 
-def write_tile_dataset(coco_path: str | os.PathLike, out_dir: str | os.PathLike, params: TilingParams, *,
-                       image_root: str | os.PathLike = "", dicom_kwargs: dict | None = None) -> Path:
+def write_tile_dataset(
+    coco_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params: TilingParams,
+    *,
+    image_root: str | os.PathLike = "",
+    dicom_kwargs: dict | None = None,
+) -> Path:
     """Cut the images of a COCO file into tile PNGs (lossless; 16-bit stays 16-bit) under out_dir/tiles/
     and write their COCO as out_dir/<name of coco_path>; returns that path.
 
@@ -338,8 +365,9 @@ def write_tile_dataset(coco_path: str | os.PathLike, out_dir: str | os.PathLike,
         src = resolve_image_path(im["file_name"], coco_path, image_root)
         pixels = read_image(src, **(dicom_kwargs or {}))
         if pixels.shape[:2] != (int(im["height"]), int(im["width"])):
-            raise DataError(f"{src}: image is {pixels.shape[1]}x{pixels.shape[0]} but {coco_path} says "
-                            f"{im['width']}x{im['height']}")
+            raise DataError(
+                f"{src}: image is {pixels.shape[1]}x{pixels.shape[0]} but {coco_path} says {im['width']}x{im['height']}"
+            )
         for tim in tims:
             x0, y0 = tim["offset"]
             write_png(out_dir / tim["file_name"], pixels[y0 : y0 + tim["height"], x0 : x0 + tim["width"]])

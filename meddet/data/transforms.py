@@ -3,6 +3,7 @@
 Every random choice is drawn from a seed given per sample, so a run, and a resumed run, sees the
 same augmented images in the same order.
 """
+
 from __future__ import annotations
 
 import albumentations as A
@@ -115,7 +116,11 @@ def prepare_image(image: np.ndarray, cfg) -> dict:
     channel order; "height"/"width" are the input's own size, so detections come back in its pixels."""
     h, w = image.shape[:2]
     nh, nw = shortest_edge_size(h, w, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
-    if nh < h and image.dtype in (np.uint8, np.uint16) and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+    if (
+        nh < h
+        and image.dtype in (np.uint8, np.uint16)
+        and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)))
+    ):
         # one float32 channel at a time, resized before the next is made (the same values as resizing the
         # full float image, which would cost 12 bytes a pixel: a full-size 8900x8900 float copy is 3.8 GB)
         planes = [image] if image.ndim == 2 else [image[:, :, c] for c in range(min(3, image.shape[2]))]

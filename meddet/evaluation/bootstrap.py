@@ -33,12 +33,13 @@ unit's count) — and every statistic is a weighted sum over per-image quantitie
 Intervals are percentile intervals (2.5th and 97.5th percentiles of the resampled values,
 NaN-resampled values left out); the estimate is the full-set value.
 """
+
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,8 +50,18 @@ from meddet.evaluation.matching import EvalData, Matches, match_detections
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCO_IOUS", "RECALL_THRESHOLDS", "BOOTSTRAP_UNITS", "APStats", "BootstrapCI", "Clusters",
-           "bootstrap_ci", "image_clusters", "percentile_interval", "resample_weights"]
+__all__ = [
+    "COCO_IOUS",
+    "RECALL_THRESHOLDS",
+    "BOOTSTRAP_UNITS",
+    "APStats",
+    "BootstrapCI",
+    "Clusters",
+    "bootstrap_ci",
+    "image_clusters",
+    "percentile_interval",
+    "resample_weights",
+]
 
 # Named units; any other EVAL.BOOTSTRAP_UNIT value is an image field to group images by.
 BOOTSTRAP_UNITS = ("patient", "image")
@@ -109,8 +120,10 @@ def image_clusters(data: EvalData, unit: str = "patient") -> Clusters:
     docstring). An image lacking the field (``None`` or empty) is a unit of its own; a field no
     image has is a ConfigError (``patient`` instead falls back to ``image``)."""
     if not isinstance(unit, str) or not unit:
-        raise ConfigError(f"EVAL.BOOTSTRAP_UNIT is {unit!r}; expected {' | '.join(BOOTSTRAP_UNITS)} or the "
-                          "name of an image field of the ground truth")
+        raise ConfigError(
+            f"EVAL.BOOTSTRAP_UNIT is {unit!r}; expected {' | '.join(BOOTSTRAP_UNITS)} or the "
+            "name of an image field of the ground truth"
+        )
     I = data.num_images
     if unit == "image":
         return Clusters("image", np.arange(I, dtype=np.int64))
@@ -124,28 +137,39 @@ def image_clusters(data: EvalData, unit: str = "patient") -> Clusters:
                 logger.info("%s: no image has a patient_id; the bootstrap resamples images", data.gt_source)
             return Clusters("image", np.arange(I, dtype=np.int64))
         found = sorted({k for im in images for k in im})
-        raise ConfigError(f"EVAL.BOOTSTRAP_UNIT is {unit!r}, but no image of {data.gt_source} has a {unit!r} field; "
-                          f"expected {' | '.join(BOOTSTRAP_UNITS)} or one of the image fields {found}")
+        raise ConfigError(
+            f"EVAL.BOOTSTRAP_UNIT is {unit!r}, but no image of {data.gt_source} has a {unit!r} field; "
+            f"expected {' | '.join(BOOTSTRAP_UNITS)} or one of the image fields {found}"
+        )
     missing = present.count(False)
     if missing:
-        logger.warning("%s: %d of %d images have no %s; each is resampled as a unit of its own",
-                       data.gt_source, missing, I, field_name)
+        logger.warning(
+            "%s: %d of %d images have no %s; each is resampled as a unit of its own",
+            data.gt_source,
+            missing,
+            I,
+            field_name,
+        )
     keys = [("v", _key(v)) if ok else ("image", i) for i, (v, ok) in enumerate(zip(values, present))]
     lookup: dict = {}
     index = np.fromiter((lookup.setdefault(k, len(lookup)) for k in keys), dtype=np.int64, count=I)
     return Clusters(unit, index)
 
 
-def percentile_interval(compute, clusters: Clusters, n_resamples: int, rng: np.random.Generator,
-                        level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def percentile_interval(
+    compute, clusters: Clusters, n_resamples: int, rng: np.random.Generator, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(estimate, low, high) of the statistics `compute` maps image weights ``[B x I]`` (float) to
     (``[B x M]``): the estimate at all weights 1, the `level` percentile interval over
     `n_resamples` cluster resamples of `clusters` (NaN resampled values left out)."""
     I = clusters.index.size
     estimate = np.asarray(compute(np.ones((1, I))), dtype=np.float64)[0]
-    samples = np.concatenate([
-        np.asarray(compute(clusters.weights(min(_DRAW_BATCH, n_resamples - a), rng).astype(np.float64)))
-        for a in range(0, n_resamples, _DRAW_BATCH)])
+    samples = np.concatenate(
+        [
+            np.asarray(compute(clusters.weights(min(_DRAW_BATCH, n_resamples - a), rng).astype(np.float64)))
+            for a in range(0, n_resamples, _DRAW_BATCH)
+        ]
+    )
     tail = 100 * (1 - level) / 2
     with warnings.catch_warnings():  # all-NaN columns (e.g. a class never drawn) give NaN
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -170,8 +194,7 @@ def _block_counts(positions: np.ndarray, checkpoints: np.ndarray, images: np.nda
 
     block = np.searchsorted(checkpoints, positions, side="left")
     keep = block < checkpoints.size
-    return csr_matrix((np.ones(int(keep.sum())), (block[keep], images[keep])),
-                      shape=(checkpoints.size, n_images))
+    return csr_matrix((np.ones(int(keep.sum())), (block[keep], images[keep])), shape=(checkpoints.size, n_images))
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,8 +219,9 @@ class APStats:
     counts: object
 
     @classmethod
-    def from_data(cls, data: EvalData, iou_thresholds: Sequence[float] = COCO_IOUS,
-                  max_dets: int = MAX_DETS) -> "APStats":
+    def from_data(
+        cls, data: EvalData, iou_thresholds: Sequence[float] = COCO_IOUS, max_dets: int = MAX_DETS
+    ) -> APStats:
         """Match `data` at each IoU threshold and keep what AP needs."""
         I, K = data.num_images, data.num_classes
         n = data.det_score.size
@@ -222,12 +246,24 @@ class APStats:
             tp_pos.append([tp[(tp >= bounds[k]) & (tp < bounds[k + 1])] for k in range(K)])
             ign_pos.append([ig[(ig >= bounds[k]) & (ig < bounds[k + 1])] for k in range(K)])
         det_image = data.det_image[order]
-        checkpoints = np.unique(np.concatenate(
-            [bounds[1:-1] - 1, *[p for per_t in tp_pos for p in per_t], *[p for per_t in ign_pos for p in per_t]]
-        ).astype(np.int64))
+        checkpoints = np.unique(
+            np.concatenate(
+                [bounds[1:-1] - 1, *[p for per_t in tp_pos for p in per_t], *[p for per_t in ign_pos for p in per_t]]
+            ).astype(np.int64)
+        )
         counts = _block_counts(np.arange(order.size), checkpoints, det_image, I)
-        return cls(I, K, np.asarray(iou_thresholds, dtype=np.float64), gt_counts, det_image, bounds, tp_pos,
-                   ign_pos, checkpoints, counts)
+        return cls(
+            I,
+            K,
+            np.asarray(iou_thresholds, dtype=np.float64),
+            gt_counts,
+            det_image,
+            bounds,
+            tp_pos,
+            ign_pos,
+            checkpoints,
+            counts,
+        )
 
     def ap(self, weights: np.ndarray) -> np.ndarray:
         """COCO AP ``[B x T x K]`` for image weights ``[B x I]`` (NaN where a class has no
@@ -237,7 +273,7 @@ class APStats:
         # Resamples per chunk: the largest arrays are [checkpoints x chunk] and a few [TPs x chunk].
         step = max(1, _CELLS // max(1, 4 * self.checkpoints.size))
         for a in range(0, W.shape[0], step):
-            out[a:a + step] = self._ap_chunk(W[a:a + step])
+            out[a : a + step] = self._ap_chunk(W[a : a + step])
         return out
 
     def _ap_chunk(self, W: np.ndarray) -> np.ndarray:
@@ -309,7 +345,7 @@ class _FROCStats:
     interpolation: str = "step"
 
     @classmethod
-    def from_curve(cls, curve: FROCCurve, interpolation: str = "step") -> "_FROCStats":
+    def from_curve(cls, curve: FROCCurve, interpolation: str = "step") -> _FROCStats:
         found = np.isfinite(curve.lesion_scores)
         score = np.concatenate([curve.lesion_scores[found], curve.fp_scores])
         image = np.concatenate([curve.lesion_images[found], curve.fp_images])
@@ -323,10 +359,14 @@ class _FROCStats:
         checkpoints = ends[lesion_groups]
         pos = np.arange(score.size)
         I = curve.n_images
-        return cls(I, _block_counts(pos[is_fp], checkpoints, image[is_fp], I),
-                   _block_counts(pos[is_fp], starts[lesion_groups] - 1, image[is_fp], I),
-                   _block_counts(pos[~is_fp], checkpoints, image[~is_fp], I),
-                   np.bincount(curve.lesion_images, minlength=I).astype(np.float64), interpolation)
+        return cls(
+            I,
+            _block_counts(pos[is_fp], checkpoints, image[is_fp], I),
+            _block_counts(pos[is_fp], starts[lesion_groups] - 1, image[is_fp], I),
+            _block_counts(pos[~is_fp], checkpoints, image[~is_fp], I),
+            np.bincount(curve.lesion_images, minlength=I).astype(np.float64),
+            interpolation,
+        )
 
     def sensitivity_at(self, weights: np.ndarray, rate: float) -> np.ndarray:
         W = np.asarray(weights, dtype=np.float64)
@@ -426,11 +466,10 @@ def bootstrap_ci(
         with np.errstate(invalid="ignore", divide="ignore"):
             recall = (W @ tp_ik) / (W @ gt_ik)
         sens = froc_stats.sensitivity_at(W, fp_rate)
-        return np.column_stack([100 * _mean_classes(ap[:, t50:t50 + 1]), 100 * _mean_classes(ap), recall, sens])
+        return np.column_stack([100 * _mean_classes(ap[:, t50 : t50 + 1]), 100 * _mean_classes(ap), recall, sens])
 
     estimate, low, high = percentile_interval(compute, clusters, n_resamples, rng)
     names = ["bbox/AP50", "bbox/AP", *[f"prf1/recall-{n}" for n in data.class_names], f"froc/{rate_label(fp_rate)}"]
     table = pd.DataFrame({"metric": names, "estimate": estimate, "ci95_low": low, "ci95_high": high})
     logger.debug("bootstrap: %d resamples of %s over %d images", n_resamples, clusters.describe(), I)
     return BootstrapCI(table, int(n_resamples), int(seed), clusters.unit, clusters.n)
-

@@ -13,6 +13,7 @@ cannot load an empty result list; the results object is built directly instead);
 no ground truth has AP NaN and is left out of the means, as COCO does; with no ground truth at
 all every metric is NaN.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,16 +94,28 @@ def _coco_dicts(data: EvalData) -> tuple[dict, dict]:
     categories = [{"id": k + 1, "name": n} for k, n in enumerate(data.class_names)]
     gt_anns = [
         {"id": j + 1, "image_id": im, "category_id": c + 1, "bbox": box, "area": area, "iscrowd": int(crowd)}
-        for j, (im, c, box, area, crowd) in enumerate(zip(
-            rank[data.gt_image].tolist(), data.gt_class.tolist(), data.gt_xywh.tolist(), data.gt_area.tolist(),
-            data.gt_crowd.tolist()))
+        for j, (im, c, box, area, crowd) in enumerate(
+            zip(
+                rank[data.gt_image].tolist(),
+                data.gt_class.tolist(),
+                data.gt_xywh.tolist(),
+                data.gt_area.tolist(),
+                data.gt_crowd.tolist(),
+            )
+        )
     ]
     dt_area = (data.det_xywh[:, 2] * data.det_xywh[:, 3]).tolist()
     dt_anns = [
         {"id": j + 1, "image_id": im, "category_id": c + 1, "bbox": box, "score": s, "area": area, "iscrowd": 0}
-        for j, (im, c, box, s, area) in enumerate(zip(
-            rank[data.det_image].tolist(), data.det_class.tolist(), data.det_xywh.tolist(), data.det_score.tolist(),
-            dt_area))
+        for j, (im, c, box, s, area) in enumerate(
+            zip(
+                rank[data.det_image].tolist(),
+                data.det_class.tolist(),
+                data.det_xywh.tolist(),
+                data.det_score.tolist(),
+                dt_area,
+            )
+        )
     ]
     gt = {"images": images, "categories": categories, "annotations": gt_anns}
     dt = {"images": list(images), "categories": [dict(c) for c in categories], "annotations": dt_anns}
@@ -153,7 +166,7 @@ def coco_evaluate(data: EvalData, backend: str = "faster_coco_eval", max_dets: i
     if max_dets <= 10:
         raise ConfigError(f"EVAL.MAX_DETS is {max_dets}; expected more than 10 (COCO also reports AR1 and AR10)")
     gt, dt = _coco_dicts(data)
-    ev = (_run_faster(gt, dt, max_dets) if backend == "faster_coco_eval" else _run_pycocotools(gt, dt, max_dets))
+    ev = _run_faster(gt, dt, max_dets) if backend == "faster_coco_eval" else _run_pycocotools(gt, dt, max_dets)
     p = ev.params
     precision = np.asarray(ev.eval["precision"], dtype=np.float64)
     recall = np.asarray(ev.eval["recall"], dtype=np.float64)

@@ -8,14 +8,15 @@ clashing names get their folder path instead. Rates are fractions (COCO AP inclu
 field, from its ``bootstrap_ci.csv``): intervals over images are narrower than over patients on the
 same data, so compare intervals of one unit only.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,8 +54,10 @@ def _metrics_file(run: Path) -> Path:
     flat = run / "metrics.json"
     if flat.is_file() and not (run / "config.yaml").is_file() and not _is_json_lines(flat):
         return flat  # an evaluation folder itself
-    raise DataError(f"{run}: no eval/metrics.json (not evaluated yet): run `detectron.py -c evaluate "
-                    f"--config-file {run / 'config.yaml'}` first")
+    raise DataError(
+        f"{run}: no eval/metrics.json (not evaluated yet): run `detectron.py -c evaluate "
+        f"--config-file {run / 'config.yaml'}` first"
+    )
 
 
 def _is_json_lines(path: Path) -> bool:
@@ -78,9 +81,11 @@ def _read_metrics(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not an evaluation metrics.json ({e.msg} at line {e.lineno}; a training "
-                        "metrics.json holds JSON lines — point at the run folder, whose eval/ holds the "
-                        "evaluation)") from None
+        raise DataError(
+            f"{path}: not an evaluation metrics.json ({e.msg} at line {e.lineno}; a training "
+            "metrics.json holds JSON lines — point at the run folder, whose eval/ holds the "
+            "evaluation)"
+        ) from None
     if not isinstance(data, dict) or "bbox/AP" not in data:
         raise DataError(f"{path}: expected the evaluation's flat metrics dict with 'bbox/AP'")
     return data
@@ -137,8 +142,11 @@ def compare(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     units = sorted({u for u in df["CI unit"] if u})
     if len(units) > 1:
-        logger.warning("compare: the runs' intervals resample different units (%s); intervals over images "
-                       "are narrower than over patients on the same data", ", ".join(units))
+        logger.warning(
+            "compare: the runs' intervals resample different units (%s); intervals over images "
+            "are narrower than over patients on the same data",
+            ", ".join(units),
+        )
     dup = df["run"].duplicated(keep=False)
     df.loc[dup, "run"] = df.loc[dup, "path"]
     return df

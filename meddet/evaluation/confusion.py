@@ -11,6 +11,7 @@ count; detections on crowd regions and crowd regions themselves are left out. Th
 matrix divides each column by its sum: the share of each true class (or of the false positives)
 that went to each predicted class (NaN for an empty column).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,16 +36,20 @@ def confusion_matrix(matches: Matches, score_thresh: float) -> np.ndarray:
     K = data.num_classes
     kept = matches.kept(score_thresh)
     hit = kept & (matches.det_gt >= 0)
-    rows = np.concatenate([
-        data.det_class[hit],                                # matched: predicted class
-        data.det_class[kept & (matches.det_gt < 0)],        # false positives
-        np.full(int(matches.gt_missed(score_thresh).sum()), K),  # missed ground truths
-    ])
-    cols = np.concatenate([
-        data.gt_class[matches.det_gt[hit]],
-        np.full(int((kept & (matches.det_gt < 0)).sum()), K),
-        data.gt_class[matches.gt_missed(score_thresh)],
-    ])
+    rows = np.concatenate(
+        [
+            data.det_class[hit],  # matched: predicted class
+            data.det_class[kept & (matches.det_gt < 0)],  # false positives
+            np.full(int(matches.gt_missed(score_thresh).sum()), K),  # missed ground truths
+        ]
+    )
+    cols = np.concatenate(
+        [
+            data.gt_class[matches.det_gt[hit]],
+            np.full(int((kept & (matches.det_gt < 0)).sum()), K),
+            data.gt_class[matches.gt_missed(score_thresh)],
+        ]
+    )
     return np.bincount(rows * (K + 1) + cols, minlength=(K + 1) ** 2).reshape(K + 1, K + 1).astype(np.int64)
 
 
@@ -63,8 +68,9 @@ def confusion_frame(matrix: np.ndarray, class_names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(matrix, index=pd.Index(labels, name="predicted \\ true"), columns=labels)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | os.PathLike,
-                          title: str = "Confusion matrix") -> None:
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: list[str], path: str | os.PathLike, title: str = "Confusion matrix"
+) -> None:
     """Write a PNG heat map: colour = column-normalized share, each cell annotated with its
     count and share; predicted class on the y axis, true class on the x axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -88,8 +94,15 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str 
     for (r, c), count in np.ndenumerate(np.asarray(matrix)):
         share = norm[r, c]
         text = f"{count}" if np.isnan(share) else f"{count}\n{share:.2f}"
-        ax.text(c, r, text, ha="center", va="center", fontsize=font,
-                color="white" if (not np.isnan(share) and share > 0.5) else "black")
+        ax.text(
+            c,
+            r,
+            text,
+            ha="center",
+            va="center",
+            fontsize=font,
+            color="white" if (not np.isnan(share) and share > 0.5) else "black",
+        )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ over the score range when scores fall outside [0, 1]). The ``all`` curve average
 that have ground truth (the macro average), as Ultralytics draws its "all classes" curve.
 Every PNG has a CSV beside it with the plotted numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,11 @@ class ScoreCurves:
         """``f1_curve``, ``p_curve`` and ``r_curve`` as PNG and CSV in `out_dir`; returns the PNGs."""
         out = Path(out_dir)
         written = []
-        for metric, stem, label in (("F1", "f1_curve", "F1"), ("precision", "p_curve", "Precision"),
-                                    ("recall", "r_curve", "Recall")):
+        for metric, stem, label in (
+            ("F1", "f1_curve", "F1"),
+            ("precision", "p_curve", "Precision"),
+            ("recall", "r_curve", "Recall"),
+        ):
             df = self.to_frame(metric)
             df.to_csv(out / f"{stem}.csv", index=False, na_rep="NaN")
             mean = df[ALL].to_numpy()
@@ -87,10 +91,19 @@ class ScoreCurves:
                 labels[ALL] = "all classes"
             series = {n: df[n].to_numpy() for n in self.class_names}
             series[ALL] = mean
-            written.append(plot_lines(
-                out / f"{stem}.png", self.thresholds, series, xlabel="Score threshold", ylabel=label,
-                title=f"{label} against score threshold (IoU >= {self.iou_thresh:g})", labels=labels,
-                highlight=ALL, xlim=(float(self.thresholds[0]), float(self.thresholds[-1]))))
+            written.append(
+                plot_lines(
+                    out / f"{stem}.png",
+                    self.thresholds,
+                    series,
+                    xlabel="Score threshold",
+                    ylabel=label,
+                    title=f"{label} against score threshold (IoU >= {self.iou_thresh:g})",
+                    labels=labels,
+                    highlight=ALL,
+                    xlim=(float(self.thresholds[0]), float(self.thresholds[-1])),
+                )
+            )
         return written
 
 
@@ -135,10 +148,19 @@ def write_pr_curve(coco: CocoMetrics, class_names: list[str], out_dir: str | os.
     df = pr_curve_frame(coco, class_names)
     df.to_csv(out / "pr_curve.csv", index=False, na_rep="NaN")
     series = {n: df[n].to_numpy() for n in [*class_names, ALL]}
-    labels = {n: f"{n} {np.nanmean(v):.3f}" if np.isfinite(v).any() else f"{n} (no ground truth)"
-              for n, v in series.items()}
+    labels = {
+        n: f"{n} {np.nanmean(v):.3f}" if np.isfinite(v).any() else f"{n} (no ground truth)" for n, v in series.items()
+    }
     mean_ap50 = coco.summary.get("AP50", float("nan"))
     labels[ALL] = f"all classes {mean_ap50:.3f} mAP@0.5"
-    return plot_lines(out / "pr_curve.png", df["recall"].to_numpy(), series, xlabel="Recall", ylabel="Precision",
-                      title="Precision-recall (IoU >= 0.5, COCO interpolation)", labels=labels, highlight=ALL,
-                      xlim=(0.0, 1.0))
+    return plot_lines(
+        out / "pr_curve.png",
+        df["recall"].to_numpy(),
+        series,
+        xlabel="Recall",
+        ylabel="Precision",
+        title="Precision-recall (IoU >= 0.5, COCO interpolation)",
+        labels=labels,
+        highlight=ALL,
+        xlim=(0.0, 1.0),
+    )

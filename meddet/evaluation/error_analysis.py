@@ -23,6 +23,7 @@ the COCO ``file_name`` (under `image_root`) and read with `meddet.io.read_image`
 cannot be read (e.g. scoring another tool's predictions without the images), the galleries are
 skipped with a logged warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,19 +101,38 @@ class ErrorAnalysis:
         ids = np.asarray(data.image_ids, dtype=object)
         files = np.asarray(data.file_names if data.file_names else [None] * data.num_images, dtype=object)
         d, g = self.fp_det, self.fn_gt
-        fp = pd.DataFrame({
-            "kind": "FP", "type": self.fp_type, "class": names[data.det_class[d]],
-            "image_id": ids[data.det_image[d]], "file_name": files[data.det_image[d]], "score": data.det_score[d],
-            "x": data.det_xywh[d, 0], "y": data.det_xywh[d, 1], "w": data.det_xywh[d, 2], "h": data.det_xywh[d, 3],
-            "related_gt_class": [names[data.gt_class[j]] if j >= 0 else None for j in self.fp_gt],
-            "iou": self.fp_iou,
-        })
-        fn = pd.DataFrame({
-            "kind": "FN", "type": "missed", "class": names[data.gt_class[g]], "image_id": ids[data.gt_image[g]],
-            "file_name": files[data.gt_image[g]], "score": np.nan,
-            "x": data.gt_xywh[g, 0], "y": data.gt_xywh[g, 1], "w": data.gt_xywh[g, 2], "h": data.gt_xywh[g, 3],
-            "related_gt_class": None, "iou": np.nan,
-        })
+        fp = pd.DataFrame(
+            {
+                "kind": "FP",
+                "type": self.fp_type,
+                "class": names[data.det_class[d]],
+                "image_id": ids[data.det_image[d]],
+                "file_name": files[data.det_image[d]],
+                "score": data.det_score[d],
+                "x": data.det_xywh[d, 0],
+                "y": data.det_xywh[d, 1],
+                "w": data.det_xywh[d, 2],
+                "h": data.det_xywh[d, 3],
+                "related_gt_class": [names[data.gt_class[j]] if j >= 0 else None for j in self.fp_gt],
+                "iou": self.fp_iou,
+            }
+        )
+        fn = pd.DataFrame(
+            {
+                "kind": "FN",
+                "type": "missed",
+                "class": names[data.gt_class[g]],
+                "image_id": ids[data.gt_image[g]],
+                "file_name": files[data.gt_image[g]],
+                "score": np.nan,
+                "x": data.gt_xywh[g, 0],
+                "y": data.gt_xywh[g, 1],
+                "w": data.gt_xywh[g, 2],
+                "h": data.gt_xywh[g, 3],
+                "related_gt_class": None,
+                "iou": np.nan,
+            }
+        )
         return pd.concat([fp.sort_values("score", ascending=False, kind="stable"), fn], ignore_index=True)
 
     def to_metrics(self) -> dict[str, float]:
@@ -176,8 +196,16 @@ def _crop_window(box: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int
     return x0, y0, min(x0 + side, w), min(y0 + side, h)
 
 
-def _tile(image: np.ndarray, focus: np.ndarray, gts: np.ndarray, dets: np.ndarray, det_scores: np.ndarray,
-          det_classes: np.ndarray, class_names: list[str], caption: list[str]) -> np.ndarray:
+def _tile(
+    image: np.ndarray,
+    focus: np.ndarray,
+    gts: np.ndarray,
+    dets: np.ndarray,
+    det_scores: np.ndarray,
+    det_classes: np.ndarray,
+    class_names: list[str],
+    caption: list[str],
+) -> np.ndarray:
     """One gallery tile: the crop around `focus` (x, y, w, h), ground truths in green,
     detections in class colours, two caption lines below."""
     from meddet.visualize import draw_detections, to_display_bgr
@@ -185,24 +213,40 @@ def _tile(image: np.ndarray, focus: np.ndarray, gts: np.ndarray, dets: np.ndarra
     x0, y0, x1, y1 = _crop_window(focus, image.shape)
     crop = to_display_bgr(image[y0:y1, x0:x1])
     scale = _TILE / max(crop.shape[0], crop.shape[1], 1)
-    crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
-                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    crop = cv2.resize(
+        crop,
+        (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+    )
 
     def to_crop(b: np.ndarray) -> np.ndarray:
         b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-        return np.column_stack([(b[:, 0] - x0) * scale, (b[:, 1] - y0) * scale,
-                                (b[:, 0] + b[:, 2] - x0) * scale, (b[:, 1] + b[:, 3] - y0) * scale])
+        return np.column_stack(
+            [
+                (b[:, 0] - x0) * scale,
+                (b[:, 1] - y0) * scale,
+                (b[:, 0] + b[:, 2] - x0) * scale,
+                (b[:, 1] + b[:, 3] - y0) * scale,
+            ]
+        )
 
     for bx in to_crop(gts):
-        cv2.rectangle(crop, (int(round(bx[0])), int(round(bx[1]))), (int(round(bx[2])), int(round(bx[3]))),
-                      _GT_BGR, 2, cv2.LINE_AA)
+        cv2.rectangle(
+            crop,
+            (int(round(bx[0])), int(round(bx[1]))),
+            (int(round(bx[2])), int(round(bx[3]))),
+            _GT_BGR,
+            2,
+            cv2.LINE_AA,
+        )
     if len(dets):
         crop = draw_detections(crop, to_crop(dets), det_scores, det_classes, class_names)
     tile = np.full((_TILE + _CAPTION, _TILE, 3), 255, dtype=np.uint8)
-    tile[:crop.shape[0], :crop.shape[1]] = crop
+    tile[: crop.shape[0], : crop.shape[1]] = crop
     for i, line in enumerate(caption[:2]):
-        cv2.putText(tile, line[:34], (3, _TILE + 12 + 13 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            tile, line[:34], (3, _TILE + 12 + 13 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA
+        )
     return tile
 
 
@@ -216,7 +260,7 @@ def _grid(tiles: list[np.ndarray], title: str) -> np.ndarray:
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         y, x = _HEADER + r * (th + pad), pad + c * (tw + pad)
-        out[y:y + th, x:x + tw] = t
+        out[y : y + th, x : x + tw] = t
     return out
 
 
@@ -236,15 +280,20 @@ def write_galleries(
 ) -> list[Path]:
     """Per class, ``errors_fp_<class>.png`` (the `size` highest-scoring false positives) and
     ``errors_fn_<class>.png`` (the `size` largest missed ground truths), each with a CSV of the
-    errors shown (for a miss, ``score`` is that of the detection overlapping it most, NaN if none). Returns the PNGs written; none when no image can be read (a warning says why).
+    errors shown (for a miss, ``score`` is that of the detection overlapping it most, NaN if none).
+    Returns the PNGs written; none when no image can be read (a warning says why).
     Galleries an earlier evaluation left in `out_dir` are removed first, so the folder never
     mixes two evaluations.
     """
     from meddet.io import read_image
 
     out = Path(out_dir)
-    for old in [*out.glob("errors_fp_*.png"), *out.glob("errors_fp_*.csv"), *out.glob("errors_fn_*.png"),
-                *out.glob("errors_fn_*.csv")]:
+    for old in [
+        *out.glob("errors_fp_*.png"),
+        *out.glob("errors_fp_*.csv"),
+        *out.glob("errors_fn_*.png"),
+        *out.glob("errors_fn_*.csv"),
+    ]:
         old.unlink()
     if size <= 0:
         return []
@@ -267,16 +316,30 @@ def write_galleries(
         fp_idx = np.flatnonzero(sel)
         fp_idx = fp_idx[np.argsort(-data.det_score[analysis.fp_det[fp_idx]], kind="stable")][:size]
         plans[("fp", k)] = [
-            {"image": int(data.det_image[analysis.fp_det[j]]), "focus": data.det_xywh[analysis.fp_det[j]],
-             "det": int(analysis.fp_det[j]), "type": str(analysis.fp_type[j]), "gt": int(analysis.fp_gt[j]),
-             "score": float(data.det_score[analysis.fp_det[j]]), "iou": float(analysis.fp_iou[j])}
-            for j in fp_idx]
+            {
+                "image": int(data.det_image[analysis.fp_det[j]]),
+                "focus": data.det_xywh[analysis.fp_det[j]],
+                "det": int(analysis.fp_det[j]),
+                "type": str(analysis.fp_type[j]),
+                "gt": int(analysis.fp_gt[j]),
+                "score": float(data.det_score[analysis.fp_det[j]]),
+                "iou": float(analysis.fp_iou[j]),
+            }
+            for j in fp_idx
+        ]
         fn = analysis.fn_gt[data.gt_class[analysis.fn_gt] == k]
         fn = fn[np.argsort(-area[fn], kind="stable")][:size]
         plans[("fn", k)] = [
-            {"image": int(data.gt_image[g]), "focus": data.gt_xywh[g], "det": int(best_det[g]), "type": "missed",
-             "score": float(data.det_score[best_det[g]]) if best_det[g] >= 0 else float("nan"), "iou": float("nan")}
-            for g in fn]
+            {
+                "image": int(data.gt_image[g]),
+                "focus": data.gt_xywh[g],
+                "det": int(best_det[g]),
+                "type": "missed",
+                "score": float(data.det_score[best_det[g]]) if best_det[g] >= 0 else float("nan"),
+                "iou": float("nan"),
+            }
+            for g in fn
+        ]
     needed = sorted({e["image"] for entries in plans.values() for e in entries})
     if not needed:
         return []
@@ -305,24 +368,38 @@ def write_galleries(
                 kind = e["type"]
                 if kind in ("confusion", "both"):
                     kind += f" with {names[data.gt_class[e['gt']]]}"
-                caption = [f"image {data.image_ids[i]}  score {e['score']:.2f}",
-                           kind + (f"  IoU {e['iou']:.2f}" if e["type"] != "background" else "")]
+                caption = [
+                    f"image {data.image_ids[i]}  score {e['score']:.2f}",
+                    kind + (f"  IoU {e['iou']:.2f}" if e["type"] != "background" else ""),
+                ]
             else:
                 dets = [e["det"]] if e["det"] >= 0 else []
-                caption = [f"image {data.image_ids[i]}  missed {names[key[1]]}",
-                           "no overlapping detection" if not dets else
-                           f"nearest: {names[data.det_class[e['det']]]} {e['score']:.2f}"
-                           + ("" if kept[e["det"]] else " (below thr)")]
+                caption = [
+                    f"image {data.image_ids[i]}  missed {names[key[1]]}",
+                    "no overlapping detection"
+                    if not dets
+                    else f"nearest: {names[data.det_class[e['det']]]} {e['score']:.2f}"
+                    + ("" if kept[e["det"]] else " (below thr)"),
+                ]
             d = np.asarray(dets, dtype=np.int64)
-            tiles[key][r] = _tile(image, e["focus"], gts, data.det_xywh[d], data.det_score[d], data.det_class[d],
-                                  names, caption)
+            tiles[key][r] = _tile(
+                image, e["focus"], gts, data.det_xywh[d], data.det_score[d], data.det_class[d], names, caption
+            )
     if len(failures) == len(needed):
-        logger.warning("error galleries skipped: no image could be read (%d tried; first: %s); pass image_root "
-                       "(DATASETS.IMAGE_ROOT) or keep the images beside the COCO file", len(needed), failures[0])
+        logger.warning(
+            "error galleries skipped: no image could be read (%d tried; first: %s); pass image_root "
+            "(DATASETS.IMAGE_ROOT) or keep the images beside the COCO file",
+            len(needed),
+            failures[0],
+        )
         return []
     if failures:
-        logger.warning("error galleries: %d of %d images unreadable, their crops left out (first: %s)",
-                       len(failures), len(needed), failures[0])
+        logger.warning(
+            "error galleries: %d of %d images unreadable, their crops left out (first: %s)",
+            len(failures),
+            len(needed),
+            failures[0],
+        )
     written = []
     for (kind, k), entries in plans.items():
         shown = [(e, t) for e, t in zip(entries, tiles[(kind, k)]) if t is not None]
@@ -332,8 +409,20 @@ def write_galleries(
         stem = f"errors_{kind}_{safe_name(names[k])}"
         path = out / f"{stem}.png"
         cv2.imwrite(str(path), _grid([t for _, t in shown], f"{names[k]}: {len(shown)} {what}"))
-        pd.DataFrame([{"image_id": data.image_ids[e["image"]], "file_name": files[e["image"]], "type": e["type"],
-                       "score": e["score"], "x": e["focus"][0], "y": e["focus"][1], "w": e["focus"][2],
-                       "h": e["focus"][3]} for e, _ in shown]).to_csv(out / f"{stem}.csv", index=False, na_rep="NaN")
+        pd.DataFrame(
+            [
+                {
+                    "image_id": data.image_ids[e["image"]],
+                    "file_name": files[e["image"]],
+                    "type": e["type"],
+                    "score": e["score"],
+                    "x": e["focus"][0],
+                    "y": e["focus"][1],
+                    "w": e["focus"][2],
+                    "h": e["focus"][3],
+                }
+                for e, _ in shown
+            ]
+        ).to_csv(out / f"{stem}.csv", index=False, na_rep="NaN")
         written.append(path)
     return written

@@ -33,14 +33,16 @@ F1-optimal thresholds (``prf1_opt/score_thresh-<class>``); ``froc/sens@<x>fp`` a
 ``gt/instances`` and their ``-<class>`` entries say what was evaluated. Undefined values are NaN
 (JSON ``NaN``, as detectron2 writes them; ``-`` in text tables).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -121,8 +123,9 @@ class EvaluationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_json_atomic(self.metrics, out / "metrics.json", indent=2)
-        opts = WriteOptions(image_root=image_root, gallery_size=gallery_size, dicom_kwargs=dicom_kwargs,
-                            extra_sections=extra_sections)
+        opts = WriteOptions(
+            image_root=image_root, gallery_size=gallery_size, dicom_kwargs=dicom_kwargs, extra_sections=extra_sections
+        )
         for name in self.views:
             opts.written[name] = VIEWS[name].write(self.results[name], self, out, opts)
         logger.info("evaluation files written to %s in %.2fs", out, time.perf_counter() - t0)
@@ -143,10 +146,16 @@ def _check_score_thresh(value: Any, class_names: list[str]) -> float | np.ndarra
     """One threshold in [0, 1], or a sequence of one per class."""
     if isinstance(value, (list, tuple, np.ndarray)):
         if len(value) != len(class_names):
-            raise ConfigError(f"TEST.CLASS_SCORE_THRESH (score_thresh) has {len(value)} values; expected "
-                              f"{len(class_names)}, one per class in order {class_names}")
-        return np.array([_check_thresh(v, f"TEST.CLASS_SCORE_THRESH[{i}] (score_thresh)", low_open=False)
-                         for i, v in enumerate(value)])
+            raise ConfigError(
+                f"TEST.CLASS_SCORE_THRESH (score_thresh) has {len(value)} values; expected "
+                f"{len(class_names)}, one per class in order {class_names}"
+            )
+        return np.array(
+            [
+                _check_thresh(v, f"TEST.CLASS_SCORE_THRESH[{i}] (score_thresh)", low_open=False)
+                for i, v in enumerate(value)
+            ]
+        )
     return _check_thresh(value, "TEST.SCORE_THRESH (score_thresh)", low_open=False)
 
 
@@ -190,7 +199,8 @@ def run_evaluation(
     `iou_thresh` (``EVAL.IOU_THRESH``) set the operating point of P/R/F1, the confusion matrix,
     image-level sensitivity/specificity, bootstrap recall and the error analysis; COCO AP, the
     curves and FROC sweep all scores. `backend` (``EVAL.BACKEND``) picks faster-coco-eval or
-    pycocotools; `max_dets` (``EVAL.MAX_DETS``) is how many detections per image COCO AP counts. `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
+    pycocotools; `max_dets` (``EVAL.MAX_DETS``) is how many detections per image COCO AP counts.
+    `froc_hit`, `froc_iou` and `fp_rates` are ``EVAL.FROC_HIT``,
     ``EVAL.FROC_IOU`` and ``EVAL.FROC_FP_RATES``, `froc_interpolation` ``EVAL.FROC_INTERPOLATION``
     (``step`` or ``linear``, MONAI's); `bootstrap_samples` (0: no intervals) and
     `bootstrap_seed` are ``EVAL.BOOTSTRAP_SAMPLES`` / ``EVAL.BOOTSTRAP_SEED``; `bootstrap_unit`
@@ -213,14 +223,25 @@ def run_evaluation(
     gallery_size = _check_count(gallery_size, "EVAL.GALLERY_SIZE (gallery_size)")
     requested, needed = resolve_views(views)
     t0 = time.perf_counter()
-    data = EvalData.from_coco(gt, predictions, gt_source=gt_source, predictions_source=predictions_source,
-                              strict_boxes=bool(strict_boxes))
+    data = EvalData.from_coco(
+        gt, predictions, gt_source=gt_source, predictions_source=predictions_source, strict_boxes=bool(strict_boxes)
+    )
     score_thresh = _check_score_thresh(score_thresh, data.class_names)
     max_dets = _check_count(max_dets, "EVAL.MAX_DETS (max_dets)")
-    ctx = EvalContext(data, score_thresh=score_thresh, iou_thresh=iou_thresh, backend=backend, max_dets=max_dets,
-                      froc_hit=froc_hit, froc_iou=froc_iou, fp_rates=fp_rates, froc_interpolation=froc_interpolation,
-                      bootstrap_samples=bootstrap_samples, bootstrap_seed=bootstrap_seed,
-                      bootstrap_unit=bootstrap_unit)
+    ctx = EvalContext(
+        data,
+        score_thresh=score_thresh,
+        iou_thresh=iou_thresh,
+        backend=backend,
+        max_dets=max_dets,
+        froc_hit=froc_hit,
+        froc_iou=froc_iou,
+        fp_rates=fp_rates,
+        froc_interpolation=froc_interpolation,
+        bootstrap_samples=bootstrap_samples,
+        bootstrap_seed=bootstrap_seed,
+        bootstrap_unit=bootstrap_unit,
+    )
     for name in needed:
         view = VIEWS[name]
         ctx.results[name] = view.compute(ctx)
@@ -229,22 +250,46 @@ def run_evaluation(
     r = ctx.results
     prf1 = r.get("prf1")
     result = EvaluationResult(
-        data=data, matches=ctx.__dict__.get("matches"), agnostic_matches=ctx.__dict__.get("agnostic_matches"),
-        coco=r.get("coco"), prf1=prf1.at_threshold if prf1 else None, per_class=r.get("per_class"),
-        confusion=r.get("confusion"), metrics=metrics, score_thresh=score_thresh, iou_thresh=iou_thresh,
-        backend=backend, f1_optimal=prf1.f1_optimal if prf1 else None, curves=r.get("curves"), froc=r.get("froc"),
-        image_roc=r.get("roc"), bootstrap=r.get("bootstrap"), errors=r.get("errors"), exam=r.get("exam"),
-        views=requested, results=dict(r),
+        data=data,
+        matches=ctx.__dict__.get("matches"),
+        agnostic_matches=ctx.__dict__.get("agnostic_matches"),
+        coco=r.get("coco"),
+        prf1=prf1.at_threshold if prf1 else None,
+        per_class=r.get("per_class"),
+        confusion=r.get("confusion"),
+        metrics=metrics,
+        score_thresh=score_thresh,
+        iou_thresh=iou_thresh,
+        backend=backend,
+        f1_optimal=prf1.f1_optimal if prf1 else None,
+        curves=r.get("curves"),
+        froc=r.get("froc"),
+        image_roc=r.get("roc"),
+        bootstrap=r.get("bootstrap"),
+        errors=r.get("errors"),
+        exam=r.get("exam"),
+        views=requested,
+        results=dict(r),
     )
-    logger.info("evaluated %d images, %d ground truths, %d detections (%s; %s) in %.2fs",
-                data.num_images, len(data.gt_class), len(data.det_score), backend,
-                "all views" if requested == tuple(VIEWS) else "views " + ", ".join(requested),
-                time.perf_counter() - t0)
+    logger.info(
+        "evaluated %d images, %d ground truths, %d detections (%s; %s) in %.2fs",
+        data.num_images,
+        len(data.gt_class),
+        len(data.det_score),
+        backend,
+        "all views" if requested == tuple(VIEWS) else "views " + ", ".join(requested),
+        time.perf_counter() - t0,
+    )
     if out_dir is not None:
         if image_root is None and isinstance(gt, (str, os.PathLike)):
             image_root = Path(gt).parent
-        result.write(out_dir, image_root=image_root, gallery_size=gallery_size, dicom_kwargs=dicom_kwargs,
-                     extra_sections=extra_sections)
+        result.write(
+            out_dir,
+            image_root=image_root,
+            gallery_size=gallery_size,
+            dicom_kwargs=dicom_kwargs,
+            extra_sections=extra_sections,
+        )
     return result
 
 

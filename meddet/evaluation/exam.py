@@ -26,6 +26,7 @@ score bins over [0, 1] (scores outside are put in the end bins); per bin the mea
 fraction of true positives; the **expected calibration error** ECE = Σ_b (n_b / N)·|TP fraction_b −
 mean score_b|.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,17 @@ from meddet.evaluation.roc import roc_curve
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LEVELS", "STUDY_FIELDS", "LevelResult", "ExamLevel", "Calibration", "exam_level", "calibration",
-           "unit_index", "weighted_auc"]
+__all__ = [
+    "LEVELS",
+    "STUDY_FIELDS",
+    "LevelResult",
+    "ExamLevel",
+    "Calibration",
+    "exam_level",
+    "calibration",
+    "unit_index",
+    "weighted_auc",
+]
 
 LEVELS = ("breast", "exam")
 STUDY_FIELDS = ("study_id", "study", "StudyInstanceUID")
@@ -140,8 +150,9 @@ def _operating_points(fpr: np.ndarray, tpr: np.ndarray, thr: np.ndarray) -> tupl
     return float(tpr[i]), float(thr[i]), float(spec[j]), float(thr[j])
 
 
-def _level(data: EvalData, level: str, image_scores: np.ndarray, image_labels: np.ndarray, n_resamples: int,
-           seed: int) -> LevelResult:
+def _level(
+    data: EvalData, level: str, image_scores: np.ndarray, image_labels: np.ndarray, n_resamples: int, seed: int
+) -> LevelResult:
     units, patients = unit_index(data, level)
     U = int(units.max()) + 1 if units.size else 0
     scores = np.full(U, -np.inf)
@@ -152,12 +163,26 @@ def _level(data: EvalData, level: str, image_scores: np.ndarray, image_labels: n
     ci = (float("nan"), float("nan"))
     if n_resamples and np.isfinite(auc):
         clusters = Clusters("patient", patients)
-        _, lo, hi = percentile_interval(lambda W: weighted_auc(labels, scores, W)[:, None], clusters, n_resamples,
-                                        np.random.default_rng(int(seed)))
+        _, lo, hi = percentile_interval(
+            lambda W: weighted_auc(labels, scores, W)[:, None], clusters, n_resamples, np.random.default_rng(int(seed))
+        )
         ci = (float(lo[0]), float(hi[0]))
     sens, sens_t, spec, spec_t = _operating_points(fpr, tpr, thr)
-    return LevelResult(level, labels, scores, fpr, tpr, thr, float(auc), ci, sens, sens_t, spec, spec_t,
-                       int(patients.max()) + 1 if patients.size else 0)
+    return LevelResult(
+        level,
+        labels,
+        scores,
+        fpr,
+        tpr,
+        thr,
+        float(auc),
+        ci,
+        sens,
+        sens_t,
+        spec,
+        spec_t,
+        int(patients.max()) + 1 if patients.size else 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -172,8 +197,15 @@ class Calibration:
     ece: float
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"bin_low": self.edges[:-1], "bin_high": self.edges[1:], "detections": self.count,
-                             "mean_score": self.mean_score, "tp_fraction": self.tp_fraction})
+        return pd.DataFrame(
+            {
+                "bin_low": self.edges[:-1],
+                "bin_high": self.edges[1:],
+                "detections": self.count,
+                "mean_score": self.mean_score,
+                "tp_fraction": self.tp_fraction,
+            }
+        )
 
 
 def calibration(matches: Matches, n_bins: int = N_BINS) -> Calibration:
@@ -204,13 +236,40 @@ class ExamLevel:
     def summary_frame(self) -> pd.DataFrame:
         """One row per level: units, positives, negatives, patients, AUC with its patient-level CI,
         sensitivity at specificity >= 0.9 and specificity at sensitivity >= 0.9 (with thresholds)."""
-        rows = [(r.level, r.labels.size, r.n_pos, r.n_neg, r.auc, r.auc_ci[0], r.auc_ci[1],
-                 f"patient ({r.n_patients} patients)" if self.n_resamples else "",
-                 r.sens_at_spec, r.sens_at_spec_thresh, r.spec_at_sens, r.spec_at_sens_thresh) for r in self.levels]
-        return pd.DataFrame(rows, columns=[
-            "level", "units", "positive", "negative", "AUC", "AUC 95% CI low", "AUC 95% CI high", "CI resamples",
-            f"sensitivity at specificity >= {TARGET:g}", "threshold (sens)",
-            f"specificity at sensitivity >= {TARGET:g}", "threshold (spec)"])
+        rows = [
+            (
+                r.level,
+                r.labels.size,
+                r.n_pos,
+                r.n_neg,
+                r.auc,
+                r.auc_ci[0],
+                r.auc_ci[1],
+                f"patient ({r.n_patients} patients)" if self.n_resamples else "",
+                r.sens_at_spec,
+                r.sens_at_spec_thresh,
+                r.spec_at_sens,
+                r.spec_at_sens_thresh,
+            )
+            for r in self.levels
+        ]
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "level",
+                "units",
+                "positive",
+                "negative",
+                "AUC",
+                "AUC 95% CI low",
+                "AUC 95% CI high",
+                "CI resamples",
+                f"sensitivity at specificity >= {TARGET:g}",
+                "threshold (sens)",
+                f"specificity at sensitivity >= {TARGET:g}",
+                "threshold (spec)",
+            ],
+        )
 
     def to_metrics(self) -> dict[str, float]:
         """``<level>/auc``, ``ci95_low/<level>/auc``, ``ci95_high/<level>/auc``,
@@ -232,21 +291,38 @@ class ExamLevel:
             (out / name).unlink(missing_ok=True)  # not those of an earlier evaluation
         if self.levels:
             self.summary_frame().to_csv(out / "exam_level.csv", index=False, na_rep="NaN")
-            pd.concat([pd.DataFrame({"level": r.level, "threshold": r.thresholds, "fpr": r.fpr, "tpr": r.tpr})
-                       for r in self.levels], ignore_index=True).to_csv(out / "exam_roc.csv", index=False,
-                                                                        na_rep="NaN")
+            pd.concat(
+                [
+                    pd.DataFrame({"level": r.level, "threshold": r.thresholds, "fpr": r.fpr, "tpr": r.tpr})
+                    for r in self.levels
+                ],
+                ignore_index=True,
+            ).to_csv(out / "exam_roc.csv", index=False, na_rep="NaN")
             shown = [r for r in self.levels if np.isfinite(r.auc)]
             if shown:
-                plot_lines(out / "exam_roc.png", {r.level: r.fpr for r in shown}, {r.level: r.tpr for r in shown},
-                           xlabel="1 - specificity", ylabel="Sensitivity",
-                           title="Breast / exam ROC (suspicion = highest detection score over the views)",
-                           labels={r.level: f"{r.level} (AUC {r.auc:.3f})" for r in shown}, xlim=(0.0, 1.0),
-                           diagonal=True)
+                plot_lines(
+                    out / "exam_roc.png",
+                    {r.level: r.fpr for r in shown},
+                    {r.level: r.tpr for r in shown},
+                    xlabel="1 - specificity",
+                    ylabel="Sensitivity",
+                    title="Breast / exam ROC (suspicion = highest detection score over the views)",
+                    labels={r.level: f"{r.level} (AUC {r.auc:.3f})" for r in shown},
+                    xlim=(0.0, 1.0),
+                    diagonal=True,
+                )
         c = self.calibration
         c.to_frame().to_csv(out / "calibration.csv", index=False, na_rep="NaN")
-        plot_lines(out / "calibration.png", c.mean_score, {"detections": c.tp_fraction},
-                   xlabel="Mean detection score (bin)", ylabel="Fraction true positives",
-                   title=f"Calibration of detection scores (ECE {c.ece:.3f})", xlim=(0.0, 1.0), diagonal=True)
+        plot_lines(
+            out / "calibration.png",
+            c.mean_score,
+            {"detections": c.tp_fraction},
+            xlabel="Mean detection score (bin)",
+            ylabel="Fraction true positives",
+            title=f"Calibration of detection scores (ECE {c.ece:.3f})",
+            xlim=(0.0, 1.0),
+            diagonal=True,
+        )
         return out
 
 

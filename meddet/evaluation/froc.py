@@ -29,12 +29,13 @@ found, and the end (every detection kept) — lossless for the step rule; the li
 before each corner, the point just above its threshold (same sensitivity as the corner before,
 the false positives scoring above it), which is all of the polyline that is not on a flat segment.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,8 +44,17 @@ from meddet.errors import ConfigError
 from meddet.evaluation.matching import EvalData
 from meddet.evaluation.plots import plot_lines
 
-__all__ = ["FROC_RULES", "FROC_INTERPOLATIONS", "DEFAULT_FP_RATES", "FROCCurve", "FROC", "froc", "froc_hits",
-           "rate_label", "check_interpolation"]
+__all__ = [
+    "FROC_RULES",
+    "FROC_INTERPOLATIONS",
+    "DEFAULT_FP_RATES",
+    "FROCCurve",
+    "FROC",
+    "froc",
+    "froc_hits",
+    "rate_label",
+    "check_interpolation",
+]
 
 FROC_RULES = ("center", "iou")
 FROC_INTERPOLATIONS = ("step", "linear")
@@ -57,8 +67,9 @@ def rate_label(rate: float) -> str:
     return f"sens@{float(rate):g}fp"
 
 
-def froc_hits(data: EvalData, rule: str = "center", iou_thresh: float = 0.5, *,
-              class_agnostic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def froc_hits(
+    data: EvalData, rule: str = "center", iou_thresh: float = 0.5, *, class_agnostic: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which detections hit which lesions under `rule` (see the module docstring).
 
     Returns (``det_hit``: detection hits at least one lesion, ``det_ignored``: detection hits
@@ -151,8 +162,15 @@ def check_interpolation(interpolation: str) -> str:
     return interpolation
 
 
-def _curve(name: str, n_images: int, fp_scores: np.ndarray, fp_images: np.ndarray, lesion_scores: np.ndarray,
-           lesion_images: np.ndarray, lowest: float) -> FROCCurve:
+def _curve(
+    name: str,
+    n_images: int,
+    fp_scores: np.ndarray,
+    fp_images: np.ndarray,
+    lesion_scores: np.ndarray,
+    lesion_images: np.ndarray,
+    lowest: float,
+) -> FROCCurve:
     fp_sorted = np.sort(fp_scores)
     found_sorted = np.sort(lesion_scores[np.isfinite(lesion_scores)])
     corners = np.unique(found_sorted)[::-1]
@@ -161,8 +179,18 @@ def _curve(name: str, n_images: int, fp_scores: np.ndarray, fp_images: np.ndarra
     thresh = np.concatenate([[np.inf], corners])
     fp = fp_sorted.size - np.searchsorted(fp_sorted, thresh, side="left")
     found = found_sorted.size - np.searchsorted(found_sorted, thresh, side="left")
-    return FROCCurve(name, n_images, int(lesion_scores.size), thresh, fp.astype(np.int64), found.astype(np.int64),
-                     fp_scores, fp_images, lesion_scores, lesion_images)
+    return FROCCurve(
+        name,
+        n_images,
+        int(lesion_scores.size),
+        thresh,
+        fp.astype(np.int64),
+        found.astype(np.int64),
+        fp_scores,
+        fp_images,
+        lesion_scores,
+        lesion_images,
+    )
 
 
 @dataclass(frozen=True)
@@ -188,8 +216,7 @@ class FROC:
     def describe_interpolation(self) -> str:
         """How sensitivity at x FP/image is read off the curve, in words."""
         if self.interpolation == "linear":
-            return ("linear interpolation of the FROC polyline at x FP/image (MONAI's compute_froc_score, "
-                    "CAMELYON16)")
+            return "linear interpolation of the FROC polyline at x FP/image (MONAI's compute_froc_score, CAMELYON16)"
         return "that of the lowest threshold with at most x FP/image (step rule, LUNA16)"
 
     def summary_frame(self) -> pd.DataFrame:
@@ -202,9 +229,19 @@ class FROC:
 
     def to_frame(self) -> pd.DataFrame:
         """``froc.csv``: curve, score_thresh, fp (count), fp_per_image, found, sensitivity."""
-        parts = [pd.DataFrame({"curve": c.name, "score_thresh": c.score_thresh, "fp": c.fp,
-                               "fp_per_image": c.fp_per_image, "found": c.found, "sensitivity": c.sensitivity})
-                 for c in self.curves]
+        parts = [
+            pd.DataFrame(
+                {
+                    "curve": c.name,
+                    "score_thresh": c.score_thresh,
+                    "fp": c.fp,
+                    "fp_per_image": c.fp_per_image,
+                    "found": c.found,
+                    "sensitivity": c.sensitivity,
+                }
+            )
+            for c in self.curves
+        ]
         return pd.concat(parts, ignore_index=True)
 
     def to_metrics(self) -> dict[str, float]:
@@ -235,14 +272,30 @@ class FROC:
             xs[c.name] = np.maximum(fpi, lo)
             ys[c.name] = np.append(sens, sens[-1])
             labels[c.name] = f"{'all lesions' if c.name == ALL else c.name} (CPM {cpm:.3f})"
-        return plot_lines(out / "froc.png", xs, ys, xlabel="Mean false positives per image", ylabel="Sensitivity",
-                          title=f"FROC (hit: {self.describe_rule()}; {self.interpolation} interpolation)",
-                          labels=labels, highlight=ALL, logx=True, steps=self.interpolation == "step",
-                          xlim=(lo, hi), vlines=self.fp_rates, xticks=self.fp_rates)
+        return plot_lines(
+            out / "froc.png",
+            xs,
+            ys,
+            xlabel="Mean false positives per image",
+            ylabel="Sensitivity",
+            title=f"FROC (hit: {self.describe_rule()}; {self.interpolation} interpolation)",
+            labels=labels,
+            highlight=ALL,
+            logx=True,
+            steps=self.interpolation == "step",
+            xlim=(lo, hi),
+            vlines=self.fp_rates,
+            xticks=self.fp_rates,
+        )
 
 
-def froc(data: EvalData, rule: str = "center", iou_thresh: float = 0.5,
-         fp_rates: Sequence[float] = DEFAULT_FP_RATES, interpolation: str = "step") -> FROC:
+def froc(
+    data: EvalData,
+    rule: str = "center",
+    iou_thresh: float = 0.5,
+    fp_rates: Sequence[float] = DEFAULT_FP_RATES,
+    interpolation: str = "step",
+) -> FROC:
     """FROC curves of `data` per class and for all lesions (see the module docstring);
     `interpolation` (``EVAL.FROC_INTERPOLATION``) is how sensitivity at each FP rate is read."""
     check_interpolation(interpolation)

@@ -14,14 +14,16 @@ matches one gets by matching only those detections. So one `Matches` (computed o
 answers every score threshold: P/R/F1, PR and F1 curves, FROC, confusion matrices, bootstrap
 resamples over images — all read off the same arrays with `Matches.kept` / `Matches.gt_matched`.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,9 +45,7 @@ def load_predictions(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     data = read_json(path, "a predictions file (COCO results)")
     if not isinstance(data, list):
-        raise DataError(
-            f"{path}: expected a COCO results list of detections, found {type(data).__name__}"
-        )
+        raise DataError(f"{path}: expected a COCO results list of detections, found {type(data).__name__}")
     return data
 
 
@@ -67,9 +67,7 @@ def _index_column(values: list, lookup: dict, source: str, what: str, field_name
     except (KeyError, TypeError):
         for i, v in enumerate(values):
             if not isinstance(v, Hashable) or v not in lookup:
-                raise DataError(
-                    f"{source}: {what}[{i}].{field_name} is {v!r}; expected {expected}"
-                ) from None
+                raise DataError(f"{source}: {what}[{i}].{field_name} is {v!r}; expected {expected}") from None
         raise
 
 
@@ -86,8 +84,9 @@ def _describe(v: object) -> str:
     return repr(v)
 
 
-def _float_array(values: list, shape_tail: tuple[int, ...], source: str, what: str, field_name: str,
-                 expected: str) -> np.ndarray:
+def _float_array(
+    values: list, shape_tail: tuple[int, ...], source: str, what: str, field_name: str, expected: str
+) -> np.ndarray:
     """Values as a float64 array of shape (N, *shape_tail), finite numbers only (a numeric string
     such as ``"0.9"`` or a boolean is not a number); else a DataError naming the item."""
     if not len(values):
@@ -105,11 +104,17 @@ def _float_array(values: list, shape_tail: tuple[int, ...], source: str, what: s
         return arr
     for i, v in enumerate(values):
         items = v if isinstance(v, (list, tuple)) and shape_tail else [v]
-        good = (len(items) == (shape_tail[0] if shape_tail else 1) and all(_is_number(x) for x in items)
-                and bool(np.isfinite(np.asarray(items, dtype=np.float64)).all()))
+        good = (
+            len(items) == (shape_tail[0] if shape_tail else 1)
+            and all(_is_number(x) for x in items)
+            and bool(np.isfinite(np.asarray(items, dtype=np.float64)).all())
+        )
         if not good:
-            shown = (f"{v!r} (holding a string)" if isinstance(v, (list, tuple)) and any(isinstance(x, str) for x in v)
-                     else _describe(v))
+            shown = (
+                f"{v!r} (holding a string)"
+                if isinstance(v, (list, tuple)) and any(isinstance(x, str) for x in v)
+                else _describe(v)
+            )
             raise DataError(f"{source}: {what}[{i}].{field_name} is {shown}; expected {expected}")
     raise DataError(f"{source}: {what}[*].{field_name} cannot be read as numbers; expected {expected}")
 
@@ -193,7 +198,7 @@ class EvalData:
         gt_source: str | os.PathLike | None = None,
         predictions_source: str | os.PathLike | None = None,
         strict_boxes: bool = False,
-    ) -> "EvalData":
+    ) -> EvalData:
         """Validate and convert a COCO ground truth (dict or file) and COCO-results predictions
         (list or file). Prediction category ids are in the ground truth's id space. Errors name the
         files: their paths, or `gt_source` / `predictions_source` (the files the dicts were read
@@ -236,59 +241,125 @@ class EvalData:
 
         anns = gt["annotations"]
         src = gt_source
-        gt_image = _index_column(_column(anns, "image_id", src, "annotations"), img_index, src, "annotations",
-                                 "image_id", "an id listed in 'images'")
-        gt_class = _index_column(_column(anns, "category_id", src, "annotations"), cat_index, src,
-                                 "annotations", "category_id", f"one of {category_ids}")
-        gt_xywh = _float_array(_column(anns, "bbox", src, "annotations"), (4,), src, "annotations", "bbox",
-                               "[x, y, w, h] of 4 finite numbers")
+        gt_image = _index_column(
+            _column(anns, "image_id", src, "annotations"),
+            img_index,
+            src,
+            "annotations",
+            "image_id",
+            "an id listed in 'images'",
+        )
+        gt_class = _index_column(
+            _column(anns, "category_id", src, "annotations"),
+            cat_index,
+            src,
+            "annotations",
+            "category_id",
+            f"one of {category_ids}",
+        )
+        gt_xywh = _float_array(
+            _column(anns, "bbox", src, "annotations"),
+            (4,),
+            src,
+            "annotations",
+            "bbox",
+            "[x, y, w, h] of 4 finite numbers",
+        )
         if (gt_xywh[:, 2:] < 0).any():
             i = int(np.flatnonzero((gt_xywh[:, 2:] < 0).any(axis=1))[0])
             raise DataError(f"{src}: annotations[{i}].bbox is {anns[i]['bbox']!r}; expected width and height >= 0")
         for i, a in enumerate(anns):
             if a.get("area") is not None and not _is_number(a["area"]):
-                raise DataError(f"{src}: annotations[{i}].area is {_describe(a['area'])}; expected a number "
-                                "(or no 'area': the box's w*h)")
+                raise DataError(
+                    f"{src}: annotations[{i}].area is {_describe(a['area'])}; expected a number "
+                    "(or no 'area': the box's w*h)"
+                )
             crowd = a.get("iscrowd")
             if crowd is not None and (isinstance(crowd, str) or crowd not in (0, 1)):
                 raise DataError(f"{src}: annotations[{i}].iscrowd is {_describe(crowd)}; expected 0 or 1")
-        gt_area = np.array([a["area"] if a.get("area") is not None else np.nan for a in anns],
-                           dtype=np.float64).reshape(-1)
+        gt_area = np.array(
+            [a["area"] if a.get("area") is not None else np.nan for a in anns], dtype=np.float64
+        ).reshape(-1)
         gt_area = np.where(np.isfinite(gt_area), gt_area, gt_xywh[:, 2] * gt_xywh[:, 3])
         gt_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool).reshape(-1)
         empty = ~gt_crowd & ((gt_xywh[:, 2] <= 0) | (gt_xywh[:, 3] <= 0))
         if empty.any():
-            logger.warning("%s: %d annotation(s) have zero-area boxes (first: annotations[%d]); "
-                           "no detection can match them, they count as missed", src, int(empty.sum()),
-                           int(np.flatnonzero(empty)[0]))
+            logger.warning(
+                "%s: %d annotation(s) have zero-area boxes (first: annotations[%d]); "
+                "no detection can match them, they count as missed",
+                src,
+                int(empty.sum()),
+                int(np.flatnonzero(empty)[0]),
+            )
 
         if not isinstance(predictions, (list, tuple)):
             raise DataError(f"{pred_source}: expected a list of COCO-results dicts, found {type(predictions).__name__}")
         src = pred_source
-        det_image = _index_column(_column(predictions, "image_id", src, "predictions"), img_index, src,
-                                  "predictions", "image_id", f"an image id of the {gt_source}")
-        det_class = _index_column(_column(predictions, "category_id", src, "predictions"), cat_index, src,
-                                  "predictions", "category_id", f"a category id of the {gt_source}: {category_ids}")
-        det_xywh = _float_array(_column(predictions, "bbox", src, "predictions"), (4,), src, "predictions",
-                                "bbox", "[x, y, w, h] of 4 finite numbers")
+        det_image = _index_column(
+            _column(predictions, "image_id", src, "predictions"),
+            img_index,
+            src,
+            "predictions",
+            "image_id",
+            f"an image id of the {gt_source}",
+        )
+        det_class = _index_column(
+            _column(predictions, "category_id", src, "predictions"),
+            cat_index,
+            src,
+            "predictions",
+            "category_id",
+            f"a category id of the {gt_source}: {category_ids}",
+        )
+        det_xywh = _float_array(
+            _column(predictions, "bbox", src, "predictions"),
+            (4,),
+            src,
+            "predictions",
+            "bbox",
+            "[x, y, w, h] of 4 finite numbers",
+        )
         if (det_xywh[:, 2:] < 0).any():
             i = int(np.flatnonzero((det_xywh[:, 2:] < 0).any(axis=1))[0])
-            raise DataError(f"{src}: predictions[{i}].bbox is {predictions[i]['bbox']!r}; "
-                            "expected width and height >= 0")
-        det_score = _float_array(_column(predictions, "score", src, "predictions"), (), src, "predictions",
-                                 "score", "a finite number")
+            raise DataError(
+                f"{src}: predictions[{i}].bbox is {predictions[i]['bbox']!r}; expected width and height >= 0"
+            )
+        det_score = _float_array(
+            _column(predictions, "score", src, "predictions"), (), src, "predictions", "score", "a finite number"
+        )
         if not len(predictions):
-            logger.warning("%s: no detections; every AP, recall and sensitivity is 0 (every file is still "
-                           "written)", src)
+            logger.warning(
+                "%s: no detections; every AP, recall and sensitivity is 0 (every file is still written)", src
+            )
         file_names = [im.get("file_name") if isinstance(im, dict) else None for im in gt["images"]]
         image_records = [im if isinstance(im, dict) else {} for im in gt["images"]]
-        return cls(image_ids, category_ids, class_names, gt_image, gt_class, gt_xywh, gt_area, gt_crowd,
-                   det_image, det_class, det_xywh, det_score, file_names, image_records, gt_source)
+        return cls(
+            image_ids,
+            category_ids,
+            class_names,
+            gt_image,
+            gt_class,
+            gt_xywh,
+            gt_area,
+            gt_crowd,
+            det_image,
+            det_class,
+            det_xywh,
+            det_score,
+            file_names,
+            image_records,
+            gt_source,
+        )
 
-    def with_detections(self, keep: np.ndarray) -> "EvalData":
+    def with_detections(self, keep: np.ndarray) -> EvalData:
         """The same ground truth with only the detections selected by `keep` (mask or indices)."""
-        return replace(self, det_image=self.det_image[keep], det_class=self.det_class[keep],
-                       det_xywh=self.det_xywh[keep], det_score=self.det_score[keep])
+        return replace(
+            self,
+            det_image=self.det_image[keep],
+            det_class=self.det_class[keep],
+            det_xywh=self.det_xywh[keep],
+            det_score=self.det_score[keep],
+        )
 
     def instances_per_class(self) -> np.ndarray:
         """Ground-truth boxes per class (crowd regions excluded)."""
@@ -316,8 +387,9 @@ class EvalData:
         return _pairwise_overlaps(self.det_image, self.det_xywh, self.gt_image, self.gt_xywh, self.num_images)
 
 
-def _pairwise_overlaps(det_image: np.ndarray, det_xywh: np.ndarray, gt_image: np.ndarray,
-                       gt_xywh: np.ndarray, n_images: int) -> Overlaps:
+def _pairwise_overlaps(
+    det_image: np.ndarray, det_xywh: np.ndarray, gt_image: np.ndarray, gt_xywh: np.ndarray, n_images: int
+) -> Overlaps:
     nd = np.bincount(det_image, minlength=n_images)
     ng = np.bincount(gt_image, minlength=n_images)
     d_order = np.argsort(det_image, kind="stable")
@@ -401,8 +473,9 @@ class Matches:
         return ~self.gt_matched(score_thresh) & ~self.data.gt_crowd
 
 
-def _greedy(rank: np.ndarray, p_det: np.ndarray, p_gt: np.ndarray, p_iou: np.ndarray,
-            n_det: int, n_gt: int) -> np.ndarray:
+def _greedy(
+    rank: np.ndarray, p_det: np.ndarray, p_gt: np.ndarray, p_iou: np.ndarray, n_det: int, n_gt: int
+) -> np.ndarray:
     """Greedy matching by rank (0 = highest score) on sparse candidate pairs, vectorised.
 
     Each round, every detection proposes its best available ground truth; a proposal is final

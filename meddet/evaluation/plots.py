@@ -3,11 +3,12 @@
 matplotlib's object API on an Agg canvas: no pyplot, no global state, no display needed, safe
 in threads and in a web app.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -60,7 +61,8 @@ def plot_lines(
         xs = x[name] if isinstance(x, Mapping) else x
         strong = name == highlight
         ax.plot(
-            xs, y,
+            xs,
+            y,
             color="#1f4e9c" if strong else None,
             linewidth=3.0 if strong else 1.2,
             drawstyle="steps-post" if steps else "default",

@@ -12,6 +12,7 @@ ground truth, plainly and weighted by their ground-truth instances.
 `prf1_at` uses one threshold for every class; `f1_optimal` gives each class its own threshold,
 the one of highest F1 (see there).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -108,16 +109,25 @@ class PRF1:
         """One row per class, then ``micro``, ``macro`` and ``weighted`` rows (counts left empty
         for the averaged rows; their score_thresh is the common threshold, empty when each class
         has its own). Columns: Class, score_thresh, TP, FP, FN, precision, recall, F1."""
-        rows = pd.DataFrame({
-            "Class": self.class_names, "score_thresh": self.thresholds(),
-            "TP": self.tp, "FP": self.fp, "FN": self.fn,
-            "precision": self.precision, "recall": self.recall, "F1": self.f1,
-        })
+        rows = pd.DataFrame(
+            {
+                "Class": self.class_names,
+                "score_thresh": self.thresholds(),
+                "TP": self.tp,
+                "FP": self.fp,
+                "FN": self.fn,
+                "precision": self.precision,
+                "recall": self.recall,
+                "F1": self.f1,
+            }
+        )
         common = np.nan if self.per_class_thresh else float(self.score_thresh)
         avg = pd.DataFrame(
-            [("micro", common, int(self.tp.sum()), int(self.fp.sum()), int(self.fn.sum()), *self.micro()),
-             ("macro", common, None, None, None, *self.averaged(False)),
-             ("weighted", common, None, None, None, *self.averaged(True))],
+            [
+                ("micro", common, int(self.tp.sum()), int(self.fp.sum()), int(self.fn.sum()), *self.micro()),
+                ("macro", common, None, None, None, *self.averaged(False)),
+                ("weighted", common, None, None, None, *self.averaged(True)),
+            ],
             columns=rows.columns,
         )
         df = pd.concat([rows, avg], ignore_index=True)
@@ -135,12 +145,17 @@ class PRF1:
                 out[f"{prefix}/score_thresh-{name}"] = float(t)
         else:
             out[f"{prefix}/score_thresh"] = float(self.score_thresh)
-        out.update({
-            f"{prefix}/iou_thresh": float(self.iou_thresh),
-            f"{prefix}/TP": float(self.tp.sum()), f"{prefix}/FP": float(self.fp.sum()),
-            f"{prefix}/FN": float(self.fn.sum()),
-            f"{prefix}/precision": p, f"{prefix}/recall": r, f"{prefix}/F1": f,
-        })
+        out.update(
+            {
+                f"{prefix}/iou_thresh": float(self.iou_thresh),
+                f"{prefix}/TP": float(self.tp.sum()),
+                f"{prefix}/FP": float(self.fp.sum()),
+                f"{prefix}/FN": float(self.fn.sum()),
+                f"{prefix}/precision": p,
+                f"{prefix}/recall": r,
+                f"{prefix}/F1": f,
+            }
+        )
         for kind, weighted in (("macro", False), ("weighted", True)):
             for name, v in zip(("precision", "recall", "F1"), self.averaged(weighted)):
                 out[f"{prefix}/{kind}_{name}"] = v

@@ -15,6 +15,7 @@ positive when it has a detection of the class scoring at least that threshold, i
 reaches it; with per-class thresholds, ``any`` uses each detection's class threshold) and at the
 threshold maximising Youden's J (sensitivity + specificity - 1), highest threshold on ties.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,15 +80,42 @@ class ImageROC:
         """One row per curve: positive/negative images, AUC, sensitivity and specificity at the
         score threshold and at Youden's optimum."""
         return pd.DataFrame(
-            [(c.name, c.n_pos, c.n_neg, c.auc, c.sensitivity, c.specificity, c.youden_thresh,
-              c.youden_sensitivity, c.youden_specificity) for c in self.curves],
-            columns=["Class", "Positive images", "Negative images", "AUC", "sensitivity", "specificity",
-                     "youden_thresh", "youden_sensitivity", "youden_specificity"])
+            [
+                (
+                    c.name,
+                    c.n_pos,
+                    c.n_neg,
+                    c.auc,
+                    c.sensitivity,
+                    c.specificity,
+                    c.youden_thresh,
+                    c.youden_sensitivity,
+                    c.youden_specificity,
+                )
+                for c in self.curves
+            ],
+            columns=[
+                "Class",
+                "Positive images",
+                "Negative images",
+                "AUC",
+                "sensitivity",
+                "specificity",
+                "youden_thresh",
+                "youden_sensitivity",
+                "youden_specificity",
+            ],
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """``roc.csv``: curve, threshold, fpr, tpr (every point of every curve)."""
-        return pd.concat([pd.DataFrame({"curve": c.name, "threshold": c.thresholds, "fpr": c.fpr, "tpr": c.tpr})
-                          for c in self.curves], ignore_index=True)
+        return pd.concat(
+            [
+                pd.DataFrame({"curve": c.name, "threshold": c.thresholds, "fpr": c.fpr, "tpr": c.tpr})
+                for c in self.curves
+            ],
+            ignore_index=True,
+        )
 
     def to_metrics(self) -> dict[str, float]:
         """``image/auc``, ``image/sensitivity``, ``image/specificity`` (any lesion) and their
@@ -107,10 +135,18 @@ class ImageROC:
         self.summary_frame().to_csv(out / "roc_summary.csv", index=False, na_rep="NaN")
         shown = [c for c in self.curves if np.isfinite(c.auc)]
         labels = {c.name: f"{'any lesion' if c is self.curves[-1] else c.name} (AUC {c.auc:.3f})" for c in shown}
-        return plot_lines(out / "roc.png", {c.name: c.fpr for c in shown}, {c.name: c.tpr for c in shown},
-                          xlabel="1 - specificity (false positive rate)", ylabel="Sensitivity (true positive rate)",
-                          title="Image-level ROC (image score = highest detection score)", labels=labels,
-                          highlight=self.curves[-1].name, xlim=(0.0, 1.0), diagonal=True)
+        return plot_lines(
+            out / "roc.png",
+            {c.name: c.fpr for c in shown},
+            {c.name: c.tpr for c in shown},
+            xlabel="1 - specificity (false positive rate)",
+            ylabel="Sensitivity (true positive rate)",
+            title="Image-level ROC (image score = highest detection score)",
+            labels=labels,
+            highlight=self.curves[-1].name,
+            xlim=(0.0, 1.0),
+            diagonal=True,
+        )
 
 
 def _rates(y: np.ndarray, called: np.ndarray) -> tuple[float, float]:
@@ -146,6 +182,5 @@ def image_roc(matches: Matches, score_thresh: float | np.ndarray) -> ImageROC:
     labels = np.zeros((I, K), dtype=bool)
     labels[data.gt_image[real], data.gt_class[real]] = True
     curves = [_curve(n, labels[:, k], scores[:, k], called[:, k]) for k, n in enumerate(data.class_names)]
-    curves.append(_curve(ANY, labels.any(axis=1), scores.max(axis=1) if K else np.full(I, -np.inf),
-                         called.any(axis=1)))
+    curves.append(_curve(ANY, labels.any(axis=1), scores.max(axis=1) if K else np.full(I, -np.inf), called.any(axis=1)))
     return ImageROC(curves, score_thresh)

@@ -1,9 +1,11 @@
 """Human-facing tables from the flat metrics dict: the YOLO-style per-class table and the
 headline summary for logs."""
+
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,7 +19,7 @@ __all__ = ["per_class_table", "format_per_class_table", "format_summary"]
 PER_CLASS_COLUMNS = ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
 
 
-def per_class_table(metrics: Mapping[str, float]) -> "pd.DataFrame":
+def per_class_table(metrics: Mapping[str, float]) -> pd.DataFrame:
     """Ultralytics' validation table as a DataFrame, all values fractions in [0, 1], built from
     the flat metrics dict of `evaluate` (or a metrics.json read back).
 
@@ -42,11 +44,30 @@ def _per_class_rows(metrics: Mapping[str, float]) -> list[tuple]:
         return float(metrics.get(key, float("nan")))
 
     prefix = "gt/instances-"
-    names = [k[len(prefix):] for k in metrics if k.startswith(prefix)]
-    rows = [("all", count("gt/images"), count("gt/instances"), rate("prf1/macro_precision"),
-             rate("prf1/macro_recall"), rate("bbox/AP50") / 100, rate("bbox/AP") / 100)]
-    rows += [(n, count(f"gt/images-{n}"), count(f"gt/instances-{n}"), rate(f"prf1/precision-{n}"),
-              rate(f"prf1/recall-{n}"), rate(f"bbox/AP50-{n}") / 100, rate(f"bbox/AP-{n}") / 100) for n in names]
+    names = [k[len(prefix) :] for k in metrics if k.startswith(prefix)]
+    rows = [
+        (
+            "all",
+            count("gt/images"),
+            count("gt/instances"),
+            rate("prf1/macro_precision"),
+            rate("prf1/macro_recall"),
+            rate("bbox/AP50") / 100,
+            rate("bbox/AP") / 100,
+        )
+    ]
+    rows += [
+        (
+            n,
+            count(f"gt/images-{n}"),
+            count(f"gt/instances-{n}"),
+            rate(f"prf1/precision-{n}"),
+            rate(f"prf1/recall-{n}"),
+            rate(f"bbox/AP50-{n}") / 100,
+            rate(f"bbox/AP-{n}") / 100,
+        )
+        for n in names
+    ]
     return rows
 
 
@@ -58,7 +79,7 @@ def _cell(v: object, digits: int) -> str:
     return str(v)
 
 
-def format_per_class_table(table: "pd.DataFrame | Mapping[str, float]", digits: int = 3) -> str:
+def format_per_class_table(table: pd.DataFrame | Mapping[str, float], digits: int = 3) -> str:
     """Right-aligned text table, NaN as ``-``, floats with `digits` decimals, the first column
     as wide as the longest name. `table` is a DataFrame (such as `per_class_table`'s) or the
     metrics dict of `evaluate`, which is turned into the per-class table first."""
@@ -96,11 +117,15 @@ def format_summary(metrics: Mapping[str, float]) -> str:
         "|" + "|".join(v.center(w) for v, w in zip(vals, widths)) + "|",
     ]
     if "prf1/F1" in metrics:
+
         def g(key: str) -> str:
             return _cell(float(metrics[key]), 3)
 
-        at = (f"score >= {metrics['prf1/score_thresh']:.2f}" if "prf1/score_thresh" in metrics
-              else "per-class score thresholds")
+        at = (
+            f"score >= {metrics['prf1/score_thresh']:.2f}"
+            if "prf1/score_thresh" in metrics
+            else "per-class score thresholds"
+        )
         lines.append(
             f"P {g('prf1/precision')}  R {g('prf1/recall')}  F1 {g('prf1/F1')} (micro) | "
             f"macro F1 {g('prf1/macro_F1')} | weighted F1 {g('prf1/weighted_F1')} | "

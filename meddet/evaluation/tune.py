@@ -29,13 +29,15 @@ detection within the FP budget) falls back to it in ``TEST.CLASS_SCORE_THRESH``.
 The fragment names the class of each per-class threshold (``TEST.CLASS_SCORE_THRESH_NAMES``), so the
 thresholds follow classes by name (a model or ensemble with other or more classes).
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -85,24 +87,31 @@ class TuneResult:
         ``TEST.CLASS_SCORE_THRESH_NAMES`` (the class of each)."""
         return {
             "MODEL": {"ROI_HEADS": {"NMS_THRESH_TEST": round(float(self.nms_thresh), 4)}},
-            "TEST": {"SCORE_THRESH": round(float(self.score_thresh), 4),
-                     "CLASS_SCORE_THRESH": [round(float(t), 4) for t in self.class_score_thresh],
-                     "CLASS_SCORE_THRESH_NAMES": list(self.class_names)},
+            "TEST": {
+                "SCORE_THRESH": round(float(self.score_thresh), 4),
+                "CLASS_SCORE_THRESH": [round(float(t), 4) for t in self.class_score_thresh],
+                "CLASS_SCORE_THRESH_NAMES": list(self.class_names),
+            },
         }
 
     def summary(self) -> str:
         """A few lines for logs and the CLI: per class its threshold and objective there, then the macro
         objective actually reached at the per-class thresholds and at the one global threshold."""
         best = self.table[(self.table["nms_thresh"] == self.nms_thresh) & (self.table["Class"] != "macro")]
-        lines = [f"tuned on the {self.objective} objective: NMS IoU {self.nms_thresh:g}, "
-                 f"global score threshold {self.score_thresh:.4f}"]
+        lines = [
+            f"tuned on the {self.objective} objective: NMS IoU {self.nms_thresh:g}, "
+            f"global score threshold {self.score_thresh:.4f}"
+        ]
         for row in best.itertuples(index=False):
             lines.append(f"  {row.Class:<20} score >= {row.score_thresh:.4f}  {self.objective} {row.objective:.4f}")
         what = "F1" if self.objective == "f1" else "sensitivity"
-        lines.append(f"  macro {what} at the per-class thresholds (TEST.CLASS_SCORE_THRESH): "
-                     f"{self.macro_at_class_thresh:.4f}")
-        lines.append(f"  macro {what} at score >= {self.score_thresh:.4f} for every class (TEST.SCORE_THRESH): "
-                     f"{self.macro_at_score_thresh:.4f}")
+        lines.append(
+            f"  macro {what} at the per-class thresholds (TEST.CLASS_SCORE_THRESH): {self.macro_at_class_thresh:.4f}"
+        )
+        lines.append(
+            f"  macro {what} at score >= {self.score_thresh:.4f} for every class (TEST.SCORE_THRESH): "
+            f"{self.macro_at_score_thresh:.4f}"
+        )
         return "\n".join(lines)
 
     def write(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -115,11 +124,14 @@ class TuneResult:
         out.mkdir(parents=True, exist_ok=True)
         csv = out / "tune.csv"
         self.table.to_csv(csv, index=False, na_rep="NaN")
-        header = (f"# meddet tune: objective {self.objective}; classes {self.class_names}\n"
-                  "# CLASS_SCORE_THRESH is in class-index order (empty list = TEST.SCORE_THRESH for all).\n")
+        header = (
+            f"# meddet tune: objective {self.objective}; classes {self.class_names}\n"
+            "# CLASS_SCORE_THRESH is in class-index order (empty list = TEST.SCORE_THRESH for all).\n"
+        )
         y = out / "tuned_config.yaml"
-        y.write_text(header + yaml.safe_dump(self.fragment(), sort_keys=False, default_flow_style=None),
-                     encoding="utf-8")
+        y.write_text(
+            header + yaml.safe_dump(self.fragment(), sort_keys=False, default_flow_style=None), encoding="utf-8"
+        )
         return csv, y
 
 
@@ -204,18 +216,35 @@ def tune(
                 fpi.append(c.fp[i] / c.n_images if c.n_images else np.nan)
             glob = float(thr[-1])
             g = glob if np.isfinite(glob) else 1.0
-            sens_glob = np.array([np.sum(c.lesion_scores >= g) / c.n_lesions if c.n_lesions else np.nan
-                                  for c in fr.curves[:-1]])
+            sens_glob = np.array(
+                [np.sum(c.lesion_scores >= g) / c.n_lesions if c.n_lesions else np.nan for c in fr.curves[:-1]]
+            )
             macro_glob = _macro(np.nan_to_num(sens_glob, nan=0.0), has_gt)
             thr, value = np.array(thr[:-1]), np.nan_to_num(np.array(value[:-1]), nan=0.0)
             extra = {"sensitivity": value, "fp_per_image": np.array(fpi[:-1])}
         macro = _macro(value, has_gt)
         per_nms.append((nms, macro, thr, glob))
         for k, name in enumerate(names):
-            rows.append({"nms_thresh": nms, "Class": name, "score_thresh": thr[k], "objective": value[k],
-                         "detections": int(sub.det_score.size), **{key: v[k] for key, v in extra.items()}})
-        rows.append({"nms_thresh": nms, "Class": "macro", "score_thresh": glob, "objective": macro_glob,
-                     "objective_class_thresh": macro, "detections": int(sub.det_score.size)})
+            rows.append(
+                {
+                    "nms_thresh": nms,
+                    "Class": name,
+                    "score_thresh": thr[k],
+                    "objective": value[k],
+                    "detections": int(sub.det_score.size),
+                    **{key: v[k] for key, v in extra.items()},
+                }
+            )
+        rows.append(
+            {
+                "nms_thresh": nms,
+                "Class": "macro",
+                "score_thresh": glob,
+                "objective": macro_glob,
+                "objective_class_thresh": macro,
+                "detections": int(sub.det_score.size),
+            }
+        )
     macros = np.array([m for _, m, _, _ in per_nms])
     pick = len(macros) - 1 - int(np.nanargmax(macros[::-1])) if np.isfinite(macros).any() else len(macros) - 1
     nms, _, thr, glob = per_nms[pick]

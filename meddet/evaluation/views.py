@@ -24,14 +24,16 @@ The result is then ``EvaluationResult.results["mine"]`` (``res.view("mine")``).
 Compute-heavy modules (pandas, SciPy, matplotlib, OpenCV) are imported by the views that use them,
 so the COCO view alone needs only NumPy and the COCO backend.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -41,8 +43,16 @@ from meddet.evaluation.matching import EvalData, Matches, match_detections
 if TYPE_CHECKING:
     from meddet.evaluation.evaluator import EvaluationResult
 
-__all__ = ["EvalContext", "EvaluationView", "WriteOptions", "VIEWS", "register_view", "resolve_views",
-           "views_for_metrics", "view_files"]
+__all__ = [
+    "EvalContext",
+    "EvaluationView",
+    "WriteOptions",
+    "VIEWS",
+    "register_view",
+    "resolve_views",
+    "views_for_metrics",
+    "view_files",
+]
 
 
 @dataclass(eq=False)
@@ -113,7 +123,7 @@ class EvaluationView:
     def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return {}
 
-    def write(self, result: Any, res: "EvaluationResult", out: Path, opts: WriteOptions) -> list[Path]:
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         return []
 
 
@@ -142,8 +152,9 @@ def resolve_views(views: Iterable[str] | str | None) -> tuple[tuple[str, ...], t
         names = list(views)
         unknown = [v for v in names if v not in VIEWS]
         if unknown or not names:
-            raise ConfigError(f"evaluation views {unknown or names!r}: expected one or more of {list(VIEWS)} "
-                              "(or 'all')")
+            raise ConfigError(
+                f"evaluation views {unknown or names!r}: expected one or more of {list(VIEWS)} (or 'all')"
+            )
     need: set[str] = set()
 
     def add(n: str) -> None:
@@ -170,8 +181,10 @@ def views_for_metrics(metric_names: Iterable[str]) -> tuple[str, ...]:
         if not hits:
             hits = [v.name for v in VIEWS.values() if any(p.startswith(m) for p in v.metric_prefixes)]
         if not hits:
-            raise ConfigError(f"metric {m!r} is not produced by any evaluation view (known prefixes: "
-                              f"{sorted(p for v in VIEWS.values() for p in v.metric_prefixes)})")
+            raise ConfigError(
+                f"metric {m!r} is not produced by any evaluation view (known prefixes: "
+                f"{sorted(p for v in VIEWS.values() for p in v.metric_prefixes)})"
+            )
         out.update(hits[:1])
     if not out:
         out.add("coco")
@@ -263,12 +276,11 @@ class ConfusionView(EvaluationView):
 
         names = res.data.class_names
         confusion_frame(result, names).to_csv(out / "confusion_matrix.csv")
-        confusion_frame(normalize_columns(result), names).to_csv(out / "confusion_matrix_normalized.csv",
-                                                                 na_rep="NaN")
-        at = ("per-class score thresholds" if np.ndim(res.score_thresh)
-              else f"score >= {float(res.score_thresh):g}")
-        plot_confusion_matrix(result, names, out / "confusion_matrix.png",
-                              title=f"Confusion matrix ({at}, IoU >= {res.iou_thresh:g})")
+        confusion_frame(normalize_columns(result), names).to_csv(out / "confusion_matrix_normalized.csv", na_rep="NaN")
+        at = "per-class score thresholds" if np.ndim(res.score_thresh) else f"score >= {float(res.score_thresh):g}"
+        plot_confusion_matrix(
+            result, names, out / "confusion_matrix.png", title=f"Confusion matrix ({at}, IoU >= {res.iou_thresh:g})"
+        )
         return [out / n for n in self.files]
 
 
@@ -336,8 +348,15 @@ class ExamView(EvaluationView):
     """Breast- and exam-level ROC (``breast/…``, ``exam/…``) and score calibration (``calibration/…``)."""
 
     name = "exam"
-    metric_prefixes = ("breast/", "exam/", "calibration/", "ci95_low/breast/", "ci95_high/breast/",
-                       "ci95_low/exam/", "ci95_high/exam/")
+    metric_prefixes = (
+        "breast/",
+        "exam/",
+        "calibration/",
+        "ci95_low/breast/",
+        "ci95_high/breast/",
+        "ci95_low/exam/",
+        "ci95_high/exam/",
+    )
     files = ("exam_level.csv", "exam_roc.png", "exam_roc.csv", "calibration.png", "calibration.csv")
 
     def compute(self, ctx):
@@ -368,10 +387,18 @@ class BootstrapView(EvaluationView):
         from meddet.evaluation.bootstrap import APStats, bootstrap_ci
 
         data = ctx.data
-        return bootstrap_ci(data, ctx.matches, ctx.score_thresh, ctx.result("froc").all,
-                            n_resamples=ctx.bootstrap_samples, seed=ctx.bootstrap_seed, fp_rate=1.0,
-                            ap_stats=APStats.from_data(data, max_dets=ctx.max_dets), unit=ctx.bootstrap_unit,
-                            froc_interpolation=ctx.froc_interpolation)
+        return bootstrap_ci(
+            data,
+            ctx.matches,
+            ctx.score_thresh,
+            ctx.result("froc").all,
+            n_resamples=ctx.bootstrap_samples,
+            seed=ctx.bootstrap_seed,
+            fp_rate=1.0,
+            ap_stats=APStats.from_data(data, max_dets=ctx.max_dets),
+            unit=ctx.bootstrap_unit,
+            froc_interpolation=ctx.froc_interpolation,
+        )
 
     def metrics(self, result, ctx):
         return result.to_metrics() if result is not None else {}

@@ -7,6 +7,7 @@ public names of both.
 >>> push_bundle("bundle/", "org/mammo-detector")       # -c push
 >>> p = from_pretrained("org/mammo-detector")          # a Predictor (or an EnsemblePredictor)
 """
+
 from meddet.hub.bundle import (
     BUNDLE_FILES,
     BUNDLE_FORMAT,

@@ -15,14 +15,16 @@ An ensemble bundle is a bundle of bundles: each member a complete bundle in a su
 the fusion settings, the ensemble's classes and thresholds), ``config.yaml`` (the ensemble's config:
 ENSEMBLE.*, TEST.* thresholds) and ``README.md``. `load_predictor` loads it as an EnsemblePredictor.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -168,9 +170,16 @@ def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | 
 
 
 _TILING_KEYS = {  # meddet.json "tiling" field -> TILING key
-    "tile_size": "SIZE", "overlap": "OVERLAP", "min_visible": "MIN_VISIBLE", "batch_size": "BATCH_SIZE",
-    "full_image_pass": "FULL_IMAGE_PASS", "merge": "MERGE", "match_metric": "MATCH_METRIC",
-    "match_thresh": "MATCH_THRESH", "class_agnostic": "CLASS_AGNOSTIC", "soft_nms_sigma": "SOFT_NMS_SIGMA",
+    "tile_size": "SIZE",
+    "overlap": "OVERLAP",
+    "min_visible": "MIN_VISIBLE",
+    "batch_size": "BATCH_SIZE",
+    "full_image_pass": "FULL_IMAGE_PASS",
+    "merge": "MERGE",
+    "match_metric": "MATCH_METRIC",
+    "match_thresh": "MATCH_THRESH",
+    "class_agnostic": "CLASS_AGNOSTIC",
+    "soft_nms_sigma": "SOFT_NMS_SIGMA",
 }
 
 
@@ -203,9 +212,11 @@ def apply_tiling_metadata(cfg, tiling: dict[str, Any], source: str) -> None:
 def _tiling_text(tiling: dict[str, Any]) -> str:
     if not tiling:
         return "Predicts on the whole image."
-    return (f"Trained on {tiling['tile_size']}-pixel tiles; predicts any image size by sliced inference "
-            f"({tiling['overlap']:.0%} overlap, tiles merged by {tiling['merge']} with "
-            f"{tiling['match_metric'].upper()} >= {tiling['match_thresh']}).")
+    return (
+        f"Trained on {tiling['tile_size']}-pixel tiles; predicts any image size by sliced inference "
+        f"({tiling['overlap']:.0%} overlap, tiles merged by {tiling['merge']} with "
+        f"{tiling['match_metric'].upper()} >= {tiling['match_thresh']})."
+    )
 
 
 def _model_card(meta: dict[str, Any], repo_name: str) -> str:
@@ -297,12 +308,19 @@ def _geometry_text(recipe: dict) -> str:
         steps.append(f"cropped to the breast (margin {recipe.get('crop_margin')})")
     if not steps:
         return ""
-    return ("Before the model: " + "; ".join(steps) + ". The Predictor replays this on original files and "
-            "reports boxes in the original file's pixels.")
+    return (
+        "Before the model: " + "; ".join(steps) + ". The Predictor replays this on original files and "
+        "reports boxes in the original file's pixels."
+    )
 
 
-def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
-                  overwrite: bool = False, untuned: bool = False) -> Path:
+def export_bundle(
+    run: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    untuned: bool = False,
+) -> Path:
     """Turn a run folder (config.yaml, model_final.pth / model_best.pth, eval/metrics.json and, from
     `-c tune`, tune/tuned_config.yaml) into a bundle.
 
@@ -317,8 +335,9 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
     cfg = load_config(cfg_path)
     tuned = None if untuned else apply_tuned(cfg, run)
     if tuned is None and not untuned:
-        logger.info("%s: no %s/%s (from -c tune); the bundle keeps the run config's thresholds", run,
-                    TUNE_DIR, TUNED_CONFIG)
+        logger.info(
+            "%s: no %s/%s (from -c tune); the bundle keeps the run config's thresholds", run, TUNE_DIR, TUNED_CONFIG
+        )
     if weights is None:
         for name in ("model_final.pth", "model_best.pth"):
             if (run / name).is_file():
@@ -367,8 +386,13 @@ def export_bundle(run: str | os.PathLike, out_dir: str | os.PathLike, weights: s
     save_config(bundle_cfg, out / CONFIG_NAME)
     (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out / CARD_NAME).write_text(_model_card(meta, out.resolve().name), encoding="utf-8")
-    logger.info("exported %s (weights %s%s) to bundle %s", run, weights.name,
-                f", tuned thresholds from {tuned}" if tuned is not None else "", out)
+    logger.info(
+        "exported %s (weights %s%s) to bundle %s",
+        run,
+        weights.name,
+        f", tuned thresholds from {tuned}" if tuned is not None else "",
+        out,
+    )
     return out
 
 
@@ -390,10 +414,15 @@ def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
         )
     if meta.get("kind") == ENSEMBLE_KIND:
         members = meta.get("members")
-        if not isinstance(members, list) or not members or not all(
-                isinstance(m, dict) and isinstance(m.get("folder"), str) for m in members):
-            raise DataError(f"{folder / META_NAME}: members is {members!r}; expected a list of "
-                            "{\"folder\": \"member_0\", ...} entries")
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, dict) and isinstance(m.get("folder"), str) for m in members)
+        ):
+            raise DataError(
+                f"{folder / META_NAME}: members is {members!r}; expected a list of "
+                '{"folder": "member_0", ...} entries'
+            )
         if not (folder / CONFIG_NAME).is_file():
             raise DataError(f"{folder}: ensemble bundle without {CONFIG_NAME}")
         for m in members:
@@ -408,8 +437,12 @@ def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def resolve_bundle(path_or_repo_id: str | os.PathLike, revision: str | None = None,
-                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> Path:
+def resolve_bundle(
+    path_or_repo_id: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+) -> Path:
     """A local bundle folder as is; otherwise a Hub repo id downloaded through huggingface_hub's cache
     (HF_HUB_OFFLINE=1 loads from the cache without the network)."""
     local = Path(path_or_repo_id)
@@ -423,9 +456,14 @@ def resolve_bundle(path_or_repo_id: str | os.PathLike, revision: str | None = No
     return download_bundle(repo_id, BUNDLE_PATTERNS, revision=revision, cache_dir=cache_dir, token=token)
 
 
-def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = None, device: str | None = None,
-                   cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
-                   opts: Sequence = ()):
+def load_predictor(
+    path_or_repo_id: str | os.PathLike,
+    revision: str | None = None,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    opts: Sequence = (),
+):
     """A predictor from a bundle folder or a Hub repo id: a Predictor, or for an ensemble bundle an
     EnsemblePredictor of its members (each a Predictor); `device` overrides MODEL.DEVICE (default auto),
     `opts` (KEY VALUE) are merged into the config (of each member and of the ensemble). Either way a
@@ -443,7 +481,9 @@ def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = No
         apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
         recipe = meta.get("input", {}).get("preprocess")
         if recipe:  # the recorded preprocessing recipe is what the model expects: replay it (DICOM.*, PREPROCESS.*)
-            cfg.merge_from_list(PreprocessRecipe.from_dict(recipe, f"{folder / META_NAME}: input.preprocess").config_opts())
+            cfg.merge_from_list(
+                PreprocessRecipe.from_dict(recipe, f"{folder / META_NAME}: input.preprocess").config_opts()
+            )
         cfg.merge_from_list(list(opts))
         if device:
             cfg.MODEL.DEVICE = device
@@ -453,8 +493,13 @@ def load_predictor(path_or_repo_id: str | os.PathLike, revision: str | None = No
     return predictor
 
 
-def from_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = None, device: str | None = None,
-                    cache_dir: str | os.PathLike | None = None, token: str | bool | None = None):
+def from_pretrained(
+    path_or_repo_id: str | os.PathLike,
+    revision: str | None = None,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+):
     """A predictor from a model bundle folder or a Hugging Face Hub repo id (ORG/NAME): a
     :class:`~meddet.inference.predictor.Predictor` (whole-image or tiled, as the bundle says), or for an
     ensemble bundle an :class:`~meddet.inference.ensemble.EnsemblePredictor`. `revision`, `cache_dir` and
@@ -481,9 +526,14 @@ def _copy_bundle(src: Path, dst: Path) -> dict[str, Any]:
     return meta
 
 
-def export_ensemble(members: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                    opts: Sequence = (), overwrite: bool = False, untuned: bool = False,
-                    class_names: Sequence[str] | None = None) -> Path:
+def export_ensemble(
+    members: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    opts: Sequence = (),
+    overwrite: bool = False,
+    untuned: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> Path:
     """An ensemble bundle (a bundle of bundles, see the module doc) of `members`: run folders (exported
     as by `export_bundle`, with their tuned thresholds unless `untuned`), bundle folders or Hub repo ids,
     fused in this order.
@@ -509,8 +559,14 @@ def export_ensemble(members: Sequence[str | os.PathLike], out_dir: str | os.Path
         if meta.get("kind") == ENSEMBLE_KIND:
             raise ConfigError(f"{spec}: an ensemble bundle cannot be an ensemble member; give its members")
         metas.append(meta)
-        entries.append({"folder": folder, "source": str(spec), "engine": meta.get("engine"),
-                        "classes": [c["name"] for c in meta["classes"]]})
+        entries.append(
+            {
+                "folder": folder,
+                "source": str(spec),
+                "engine": meta.get("engine"),
+                "classes": [c["name"] for c in meta["classes"]],
+            }
+        )
     first = [c["name"] for c in metas[0]["classes"]]
     names = list(class_names or [])
     if not names:
@@ -528,8 +584,9 @@ def export_ensemble(members: Sequence[str | os.PathLike], out_dir: str | os.Path
         tuned_from = f"{entries[0]['folder']}: {metas[0]['thresholds']['tuned']}"
     cfg.merge_from_list(list(opts))
     meta = _write_ensemble_top(out, cfg, names, first, entries, metas, tuned_from)
-    logger.info("exported an ensemble of %d members (%s fusion) to bundle %s", len(entries), meta["ensemble"]["method"],
-                out)
+    logger.info(
+        "exported an ensemble of %d members (%s fusion) to bundle %s", len(entries), meta["ensemble"]["method"], out
+    )
     return out
 
 
@@ -546,16 +603,24 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_ensemble_top(out: Path, cfg, names: Sequence[str], first: Sequence[str], entries: list[dict],
-                        metas: list[dict], tuned_from: str | None) -> dict[str, Any]:
+def _write_ensemble_top(
+    out: Path,
+    cfg,
+    names: Sequence[str],
+    first: Sequence[str],
+    entries: list[dict],
+    metas: list[dict],
+    tuned_from: str | None,
+) -> dict[str, Any]:
     """The top of an ensemble bundle (config.yaml, meddet.json, README.md) over member bundles already in
     `out/<entry folder>`; `cfg` the first member's config with ENSEMBLE.* and the thresholds. Returns meta."""
     if str(cfg.ENSEMBLE.METHOD).lower() not in FUSION_METHODS:
         raise ConfigError(f"ENSEMBLE.METHOD: expected 'wbf' or 'nms', found {cfg.ENSEMBLE.METHOD!r}")
     weights = [float(w) for w in cfg.ENSEMBLE.WEIGHTS]
     if weights and len(weights) != len(entries):
-        raise ConfigError(f"ENSEMBLE.WEIGHTS: {len(weights)} weights for {len(entries)} models; expected one per "
-                          "model (or none)")
+        raise ConfigError(
+            f"ENSEMBLE.WEIGHTS: {len(weights)} weights for {len(entries)} models; expected one per model (or none)"
+        )
     ens_cfg = ensemble_config(cfg, names, first).clone()
     ens_cfg.defrost()
     ens_cfg.MODEL.WEIGHTS = ""
@@ -569,10 +634,16 @@ def _write_ensemble_top(out: Path, cfg, names: Sequence[str], first: Sequence[st
         "config": CONFIG_NAME,
         "engine": ENSEMBLE_KIND,
         "members": entries,
-        "ensemble": {"method": str(e.METHOD).lower(), "iou_thresh": float(e.IOU_THRESH),
-                     "weights": weights, "skip_box_thresh": float(e.SKIP_BOX_THRESH)},
-        "classes": [{"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thresholds[i])}
-                    for i, n in enumerate(names)],
+        "ensemble": {
+            "method": str(e.METHOD).lower(),
+            "iou_thresh": float(e.IOU_THRESH),
+            "weights": weights,
+            "skip_box_thresh": float(e.SKIP_BOX_THRESH),
+        },
+        "classes": [
+            {"index": i, "name": n, "color": _hex(class_color(i)), "score_thresh": float(thresholds[i])}
+            for i, n in enumerate(names)
+        ],
         "input": metas[0].get("input", {}),
         "thresholds": {
             "score_thresh": float(ens_cfg.TEST.SCORE_THRESH),
@@ -607,10 +678,23 @@ def save_predictor(predictor, out_dir: str | os.PathLike, overwrite: bool = Fals
             save_predictor(m, out / folder)
             meta = read_bundle(out / folder)
             metas.append(meta)
-            entries.append({"folder": folder, "source": str(getattr(m, "bundle_dir", "") or "in memory"),
-                            "engine": meta.get("engine"), "classes": [c["name"] for c in meta["classes"]]})
-        _write_ensemble_top(out, predictor.cfg, predictor.class_names, members[0].class_names, entries, metas,
-                            (known.get("thresholds") or {}).get("tuned"))
+            entries.append(
+                {
+                    "folder": folder,
+                    "source": str(getattr(m, "bundle_dir", "") or "in memory"),
+                    "engine": meta.get("engine"),
+                    "classes": [c["name"] for c in meta["classes"]],
+                }
+            )
+        _write_ensemble_top(
+            out,
+            predictor.cfg,
+            predictor.class_names,
+            members[0].class_names,
+            entries,
+            metas,
+            (known.get("thresholds") or {}).get("tuned"),
+        )
         logger.info("saved an ensemble of %d members to bundle %s", len(entries), out)
         return out
     cfg = predictor.cfg.clone()
@@ -638,35 +722,65 @@ def save_predictor(predictor, out_dir: str | os.PathLike, overwrite: bool = Fals
 def _ensemble_card(meta: dict[str, Any], repo_name: str) -> str:
     ens = meta["ensemble"]
     lines = [
-        "---", "library_name: meddet", "pipeline_tag: object-detection", "license: other", "tags:",
-        "- object-detection", "- medical-imaging", "- ensemble", "---", "",
-        f"# {repo_name}", "",
+        "---",
+        "library_name: meddet",
+        "pipeline_tag: object-detection",
+        "license: other",
+        "tags:",
+        "- object-detection",
+        "- medical-imaging",
+        "- ensemble",
+        "---",
+        "",
+        f"# {repo_name}",
+        "",
         f"Ensemble of {len(meta['members'])} meddet detectors, fused by {ens['method'].upper()} "
         f"(IoU >= {ens['iou_thresh']:g}, weights {ens['weights'] or 'equal'}). Each member is a complete model "
-        "bundle in its sub-folder, with its own model card.", "",
+        "bundle in its sub-folder, with its own model card.",
+        "",
         "> **Not a medical device.** This model is for research only. It has not been cleared or approved "
-        "by any regulator and must not be used for diagnosis or treatment decisions.", "",
-        "## Use", "", "```python", "from meddet.hub import from_pretrained",
+        "by any regulator and must not be used for diagnosis or treatment decisions.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from meddet.hub import from_pretrained",
         f"p = from_pretrained({repo_name!r})  # an EnsemblePredictor",
-        'out = p("image.png")  # boxes (x1, y1, x2, y2 in pixels), scores, classes, labels', "```", "",
-        "## Members", "", "| folder | engine | classes |", "|---|---|---|",
-        *[f"| {m['folder']} | {m['engine']} | {', '.join(m['classes'])} |" for m in meta["members"]], "",
-        "## Classes", "", "| index | name | colour | score threshold |", "|---|---|---|---|",
+        'out = p("image.png")  # boxes (x1, y1, x2, y2 in pixels), scores, classes, labels',
+        "```",
+        "",
+        "## Members",
+        "",
+        "| folder | engine | classes |",
+        "|---|---|---|",
+        *[f"| {m['folder']} | {m['engine']} | {', '.join(m['classes'])} |" for m in meta["members"]],
+        "",
+        "## Classes",
+        "",
+        "| index | name | colour | score threshold |",
+        "|---|---|---|---|",
         *[f"| {c['index']} | {c['name']} | `{c['color']}` | {c['score_thresh']:.3f} |" for c in meta["classes"]],
         "",
     ]
     return "\n".join(lines)
 
 
-def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
-                commit_message: str = "Upload meddet model bundle", token: str | bool | None = None) -> str:
+def push_bundle(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload meddet model bundle",
+    token: str | bool | None = None,
+) -> str:
     """Create (if needed) the Hub model repo and upload the bundle; returns the commit URL.
 
     The token comes from `token`, else HF_TOKEN or the user's `hf auth login` — never from a repository file.
     """
     folder = Path(folder)
     read_bundle(folder)
-    url = upload_bundle(folder, repo_id, BUNDLE_PATTERNS, private=private, revision=revision,
-                        commit_message=commit_message, token=token)
+    url = upload_bundle(
+        folder, repo_id, BUNDLE_PATTERNS, private=private, revision=revision, commit_message=commit_message, token=token
+    )
     logger.info("pushed bundle %s to %s", folder, repo_id)
     return url

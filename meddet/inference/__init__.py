@@ -1,5 +1,6 @@
 """Inference: the Predictor (one image of any size, or a batch), sliced inference and merging of
 detections, ensembles of models, and inference over a dataset."""
+
 from meddet.inference.base import DetectorLike, inference_on_records, score_thresholds
 from meddet.inference.ensemble import EnsemblePredictor, ensemble_config, fuse_detections
 from meddet.inference.merge import merge_detections

@@ -7,10 +7,12 @@ Score thresholds follow classes by name: ``TEST.CLASS_SCORE_THRESH`` holds one v
 ``TEST.CLASS_SCORE_THRESH_NAMES`` (empty: the config's own classes, ``DATASETS.CLASS_NAMES``, in index
 order); a class of the predictor that is not named there uses ``TEST.SCORE_THRESH``.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from tqdm import tqdm
@@ -73,12 +75,16 @@ def score_thresholds(cfg, class_names: Sequence[str] | int, override: float | No
     names = threshold_names(cfg)
     if isinstance(class_names, int) or not names:
         if len(per_class) != k:
-            raise ConfigError(f"TEST.CLASS_SCORE_THRESH has {len(per_class)} values; expected one per class ({k}) "
-                              "or TEST.CLASS_SCORE_THRESH_NAMES naming the class of each")
+            raise ConfigError(
+                f"TEST.CLASS_SCORE_THRESH has {len(per_class)} values; expected one per class ({k}) "
+                "or TEST.CLASS_SCORE_THRESH_NAMES naming the class of each"
+            )
         return np.asarray(per_class, dtype=float)
     if len(names) != len(per_class):
-        raise ConfigError(f"TEST.CLASS_SCORE_THRESH has {len(per_class)} values for the {len(names)} classes "
-                          f"{names}; expected one per class")
+        raise ConfigError(
+            f"TEST.CLASS_SCORE_THRESH has {len(per_class)} values for the {len(names)} classes "
+            f"{names}; expected one per class"
+        )
     by_name = dict(zip(names, per_class))
     return np.asarray([by_name.get(n, default) for n in class_names], dtype=float)
 
@@ -98,8 +104,9 @@ def detections_to_coco_results(det: dict, image_id, category_ids: Sequence[int])
     return out
 
 
-def inference_on_records(predictor: DetectorLike, records: Sequence[dict], category_ids: Sequence[int],
-                         desc: str = "predict", predict=None) -> list[dict]:
+def inference_on_records(
+    predictor: DetectorLike, records: Sequence[dict], category_ids: Sequence[int], desc: str = "predict", predict=None
+) -> list[dict]:
     """COCO results of any predictor called on each whole image of `records` (dataset dicts with
     "file_name", "image_id", "height", "width"); `category_ids[k]` is the dataset's category id of the
     predictor's class index k. `predict(image)` replaces ``predictor(image)`` when given."""

@@ -10,11 +10,12 @@ ENSEMBLE.WEIGHTS each model's scores are first multiplied by its weight over the
 Members may be specialists with different class sets (a cell detector and a cluster detector): each
 member's classes are mapped to the ensemble's class list by name before fusion.
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,13 +30,17 @@ FUSION_METHODS = ("wbf", "nms")
 
 
 def _empty() -> dict:
-    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-            "classes": np.zeros(0, np.int64)}
+    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32), "classes": np.zeros(0, np.int64)}
 
 
-def fuse_detections(dets: Sequence[dict], method: str = "wbf", iou_thresh: float = 0.55,
-                    weights: Sequence[float] | None = None, skip_box_thresh: float = 0.0,
-                    image_size: tuple[int, int] | None = None) -> dict:
+def fuse_detections(
+    dets: Sequence[dict],
+    method: str = "wbf",
+    iou_thresh: float = 0.55,
+    weights: Sequence[float] | None = None,
+    skip_box_thresh: float = 0.0,
+    image_size: tuple[int, int] | None = None,
+) -> dict:
     """Fuse several detection sets of one image into one: {"boxes" (N, 4) xyxy float32 in image pixels,
     "scores" float32, "classes" int64}, sorted by score descending.
 
@@ -74,18 +79,20 @@ def fuse_detections(dets: Sequence[dict], method: str = "wbf", iou_thresh: float
     if method == "wbf":
         from ensemble_boxes import weighted_boxes_fusion
 
-        fb, fs, fl = weighted_boxes_fusion(boxes_l, scores_l, labels_l, weights=w_list, iou_thr=float(iou_thresh),
-                                           skip_box_thr=float(skip_box_thresh))
+        fb, fs, fl = weighted_boxes_fusion(
+            boxes_l, scores_l, labels_l, weights=w_list, iou_thr=float(iou_thresh), skip_box_thr=float(skip_box_thresh)
+        )
     else:
         # torchvision's NMS: the same rule as ensemble_boxes.nms without its numba compilation (~10 s).
         fb, fs, fl = (np.concatenate(x) for x in (boxes_l, scores_l, labels_l))
-        keep = batched_nms(torch.from_numpy(fb), torch.from_numpy(fs), torch.from_numpy(fl),
-                           float(iou_thresh)).numpy()
+        keep = batched_nms(torch.from_numpy(fb), torch.from_numpy(fs), torch.from_numpy(fl), float(iou_thresh)).numpy()
         fb, fs, fl = fb[keep], fs[keep], fl[keep]
     order = np.argsort(-np.asarray(fs), kind="stable")
-    return {"boxes": (np.asarray(fb).reshape(-1, 4)[order] * scale).astype(np.float32),
-            "scores": np.asarray(fs)[order].astype(np.float32),
-            "classes": np.asarray(fl)[order].astype(np.int64)}
+    return {
+        "boxes": (np.asarray(fb).reshape(-1, 4)[order] * scale).astype(np.float32),
+        "scores": np.asarray(fs)[order].astype(np.float32),
+        "classes": np.asarray(fl)[order].astype(np.int64),
+    }
 
 
 def ensemble_config(cfg, class_names: Sequence[str], first_member_names: Sequence[str]):
@@ -141,15 +148,19 @@ class EnsemblePredictor:
         self.skip_box_thresh = float(e.SKIP_BOX_THRESH)
         self.weights = [float(x) for x in e.WEIGHTS] or None
         if self.weights is not None and len(self.weights) != len(self.predictors):
-            raise ConfigError(f"ENSEMBLE.WEIGHTS: {len(self.weights)} weights for {len(self.predictors)} models; "
-                              "expected one per model (or none)")
+            raise ConfigError(
+                f"ENSEMBLE.WEIGHTS: {len(self.weights)} weights for {len(self.predictors)} models; "
+                "expected one per model (or none)"
+            )
         index = {n: i for i, n in enumerate(self.class_names)}
         self._maps = []
         for k, p in enumerate(self.predictors):
             missing = [n for n in p.class_names if n not in index]
             if missing:
-                raise ConfigError(f"ensemble member {k}: classes {missing} are not among the ensemble's classes "
-                                  f"{self.class_names}; expected every member class to be named there")
+                raise ConfigError(
+                    f"ensemble member {k}: classes {missing} are not among the ensemble's classes "
+                    f"{self.class_names}; expected every member class to be named there"
+                )
             self._maps.append(np.array([index[n] for n in p.class_names], dtype=np.int64))
         self.cfg = ensemble_config(cfg, self.class_names, self.predictors[0].class_names)
 
@@ -173,13 +184,19 @@ class EnsemblePredictor:
         per_member = []
         for p, cmap in zip(self.predictors, self._maps):
             dets = p.predict_batch(arrays)
-            per_member.append([{"boxes": d["boxes"], "scores": d["scores"], "classes": cmap[d["classes"]]}
-                               for d in dets])
+            per_member.append(
+                [{"boxes": d["boxes"], "scores": d["scores"], "classes": cmap[d["classes"]]} for d in dets]
+            )
         out = []
         for i, arr in enumerate(arrays):
-            fused = fuse_detections([m[i] for m in per_member], method=self.method, iou_thresh=self.iou_thresh,
-                                    weights=self.weights, skip_box_thresh=self.skip_box_thresh,
-                                    image_size=arr.shape[:2])
+            fused = fuse_detections(
+                [m[i] for m in per_member],
+                method=self.method,
+                iou_thresh=self.iou_thresh,
+                weights=self.weights,
+                skip_box_thresh=self.skip_box_thresh,
+                image_size=arr.shape[:2],
+            )
             fused["labels"] = [self.class_names[int(c)] for c in fused["classes"]]
             out.append(fused)
         return out

@@ -32,11 +32,11 @@ Semantics follow SAHI 0.12 (``sahi.postprocess.combine``; checked against it in 
   ``threshold`` is not used by this method;
 * ``none``: everything is kept.
 """
+
 from __future__ import annotations
 
 import heapq
 import logging
-from typing import Union
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("greedy_nmm", "nmm", "nms", "soft_nms", "none")
 METRICS = ("iou", "ios")
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 # Candidate pairs handled at once by the sweep (bounds the memory of one chunk to ~200 MB).
 _PAIR_CHUNK = 1_000_000
 
@@ -79,8 +79,9 @@ def _overlap(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.where(denom > 0, inter / denom.clamp(min=1e-12), torch.zeros_like(inter))
 
 
-def overlapping_pairs(boxes: torch.Tensor, classes: torch.Tensor | None, metric: str,
-                      min_overlap: float, strict: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def overlapping_pairs(
+    boxes: torch.Tensor, classes: torch.Tensor | None, metric: str, min_overlap: float, strict: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All pairs (i, j), i < j, whose overlap is >= `min_overlap` (> when `strict`), found by a sweep.
 
     `boxes` (N, 4) xyxy float64; `classes` (N,) or None (class-agnostic: pairs across classes too).
@@ -128,7 +129,8 @@ def overlapping_pairs(boxes: torch.Tensor, classes: torch.Tensor | None, metric:
             a, b = entry[ea], entry[eb]
             top = torch.maximum(boxes[a, 1], boxes[b, 1])
             keep = (top < torch.minimum(boxes[a, 3], boxes[b, 3])) & (
-                torch.floor((top - y0) / strip_h).long() == strip[ea])
+                torch.floor((top - y0) / strip_h).long() == strip[ea]
+            )
             a, b = a[keep], b[keep]
             v = _overlap(boxes[a], boxes[b], metric)
             keep = v > min_overlap if strict else v >= min_overlap
@@ -171,9 +173,15 @@ def _first_parent(n: int, hi: torch.Tensor, lo: torch.Tensor, rank: torch.Tensor
     return torch.where(parent < 0, torch.arange(n), parent)
 
 
-def _merge_groups(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, root: torch.Tensor,
-                  member_key: torch.Tensor, metric: str, threshold: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _merge_groups(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    root: torch.Tensor,
+    member_key: torch.Tensor,
+    metric: str,
+    threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge each group's members into its root in `member_key` order, SAHI's way (see module doc)."""
     n = len(boxes)
     is_root = root == torch.arange(n)
@@ -198,15 +206,17 @@ def _merge_groups(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
             ok = _overlap(out_b[gs], boxes[m], metric) > threshold
             m, gs = m[ok], gs[ok]
             cur_b, cur_s = out_b[gs], out_s[gs]
-            out_b[gs] = torch.cat([torch.minimum(cur_b[:, :2], boxes[m, :2]),
-                                   torch.maximum(cur_b[:, 2:], boxes[m, 2:])], 1)
+            out_b[gs] = torch.cat(
+                [torch.minimum(cur_b[:, :2], boxes[m, :2]), torch.maximum(cur_b[:, 2:], boxes[m, 2:])], 1
+            )
             out_c[gs] = torch.where(cur_s > scores[m], out_c[gs], classes[m])
             out_s[gs] = torch.maximum(cur_s, scores[m])
     return out_b, out_s, out_c
 
 
-def _soft_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor | None, metric: str,
-              sigma: float, min_score: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _soft_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor | None, metric: str, sigma: float, min_score: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian soft-NMS on the sparse overlap graph; returns (kept indices, their decayed scores)."""
     n = len(boxes)
     i, j, v = overlapping_pairs(boxes, classes, metric, 0.0, strict=True)
@@ -231,8 +241,8 @@ def _soft_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor |
         picked[k] = True
         keep.append(k)
         kept_scores.append(-neg)
-        nb = dst_np[indptr[k]:indptr[k + 1]]
-        f = decay_np[indptr[k]:indptr[k + 1]]
+        nb = dst_np[indptr[k] : indptr[k + 1]]
+        f = decay_np[indptr[k] : indptr[k + 1]]
         live = ~picked[nb]
         nb, f = nb[live], f[live]
         cur[nb] *= f
@@ -300,8 +310,9 @@ def merge_detections(
                     break
                 root = nxt
             # Members are claimed when their parent is processed, each parent's in index order (as SAHI).
-            out_b, out_s, out_c = _merge_groups(b, s, c, root, rank[parent] * n + torch.arange(n), match_metric,
-                                                float(threshold))
+            out_b, out_s, out_c = _merge_groups(
+                b, s, c, root, rank[parent] * n + torch.arange(n), match_metric, float(threshold)
+            )
         else:
             kept = _greedy_keep(n, hi, lo)
             if method == "nms":

@@ -6,13 +6,14 @@ on the CPU, weights in channels_last memory format (oneDNN's fast convolution la
 nothing but float rounding (boxes agree to well under 1e-3 px). ``Predictor.model`` stays the plain model (for
 explanations, training code and anything that hooks or differentiates its layers).
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -91,7 +92,8 @@ def optimize_for_inference(model: nn.Module, channels_last: bool | None = None) 
     """An inference-only copy of `model` (eval mode, no gradients) that detects the same boxes up to float
     rounding, faster: every BatchNorm / FrozenBatchNorm that follows a convolution is folded into it, and
     with `channels_last` (default: when the model is on the CPU, where oneDNN convolutions of a ResNet-18
-    FPN measured ~1.4x faster in that layout; on CUDA it pays only with half precision) the weights are stored channels_last.
+    FPN measured ~1.4x faster in that layout; on CUDA it pays only with half precision)
+    the weights are stored channels_last.
     `model` itself is not changed. The copy's `inference_optimizations` lists what was applied."""
     fast = copy.deepcopy(model).eval()
     for p in fast.parameters():
@@ -138,14 +140,20 @@ def inference_on_dataset(model, loader, category_ids: Sequence[int], desc: str =
     return results
 
 
-def sliced_inference_on_records(predictor: "Predictor", records: Sequence[dict], category_ids: Sequence[int],
-                                desc: str = "sliced inference") -> list[dict]:
+def sliced_inference_on_records(
+    predictor: Predictor, records: Sequence[dict], category_ids: Sequence[int], desc: str = "sliced inference"
+) -> list[dict]:
     """COCO results of `predictor` on whole images by sliced inference (TILING.* of its config), whether
     or not TILING.ENABLED is set: the way to evaluate a model trained on tiles against whole-image ground
     truth. `records` are dataset dicts (meddet.data.coco.coco_to_records: "file_name", "image_id",
     "height", "width"); `category_ids[k]` is the dataset's category id of class index k."""
-    return inference_on_records(predictor, records, category_ids, desc,
-                                predict=lambda image: sliced_predict(predictor.inference_model, image, predictor.cfg))
+    return inference_on_records(
+        predictor,
+        records,
+        category_ids,
+        desc,
+        predict=lambda image: sliced_predict(predictor.inference_model, image, predictor.cfg),
+    )
 
 
 class Predictor:
@@ -164,8 +172,13 @@ class Predictor:
     loaded into `model` later are not seen by `inference_model`: build a new Predictor instead.
     """
 
-    def __init__(self, cfg, weights: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
-                 optimize: bool = True):
+    def __init__(
+        self,
+        cfg,
+        weights: str | os.PathLike | None = None,
+        class_names: Sequence[str] | None = None,
+        optimize: bool = True,
+    ):
         weights = weights if weights is not None else cfg.MODEL.WEIGHTS
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
@@ -177,17 +190,17 @@ class Predictor:
         self.model = build_model(self.cfg, weights=weights).to(self.device).eval()
         meta = load_model_weights(self.model, weights, self.cfg)
         if meta.get("pretrained_part") == "backbone":  # FPN, RPN and box head random: no detector to predict with
-            raise ConfigError(f"MODEL.WEIGHTS {weights}: holds only a pretrained backbone (for training); expected "
-                              "a trained detector to predict with (a run's model_final.pth or a model bundle)")
+            raise ConfigError(
+                f"MODEL.WEIGHTS {weights}: holds only a pretrained backbone (for training); expected "
+                "a trained detector to predict with (a run's model_final.pth or a model bundle)"
+            )
         # What predict paths run: an optimised copy (see optimize_for_inference) made from the weights just
         # loaded, or with optimize=False the plain model itself.
         self.inference_model = optimize_for_inference(self.model) if optimize else self.model
         names = list(class_names or cfg.DATASETS.CLASS_NAMES)
         k = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if names and len(names) != k:
-            raise ConfigError(
-                f"DATASETS.CLASS_NAMES has {len(names)} names but MODEL.ROI_HEADS.NUM_CLASSES is {k}"
-            )
+            raise ConfigError(f"DATASETS.CLASS_NAMES has {len(names)} names but MODEL.ROI_HEADS.NUM_CLASSES is {k}")
         self.class_names = names or [f"class_{i}" for i in range(k)]
         self._dicom_kwargs = dicom_kwargs(cfg)
         # The preprocessing recipe (DICOM.*, PREPROCESS.*, INPUT.*_TEST) replayed on every image.
@@ -212,8 +225,10 @@ class Predictor:
         if not self.recipe.geometric or hints.get("preprocessed"):
             return image, None
         if image.ndim != 2:
-            raise DataError(f"{hints.get('source') or 'image'}: PREPROCESS.FLIP_LEFT / CROP_BREAST need a "
-                            f"greyscale image, found shape {image.shape}")
+            raise DataError(
+                f"{hints.get('source') or 'image'}: PREPROCESS.FLIP_LEFT / CROP_BREAST need a "
+                f"greyscale image, found shape {image.shape}"
+            )
         out, _, geometry = self.recipe.apply(image)
         return out, geometry
 
@@ -253,5 +268,7 @@ class Predictor:
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args, **kwargs):
         """Moved to :func:`meddet.hub.from_pretrained` (same arguments): loading a bundle belongs to meddet.hub,
         which sits above meddet.inference. Raises an error that says so."""
-        raise AttributeError(f"Predictor.from_pretrained({str(path_or_repo_id)!r}) moved: use "
-                             "`from meddet.hub import from_pretrained; from_pretrained(...)` (same arguments)")
+        raise AttributeError(
+            f"Predictor.from_pretrained({str(path_or_repo_id)!r}) moved: use "
+            "`from meddet.hub import from_pretrained; from_pretrained(...)` (same arguments)"
+        )

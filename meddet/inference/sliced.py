@@ -23,6 +23,7 @@ tile (and to the full-image pass), so an image yields at most (tiles + 1) x DETE
 before merging. The merged set is kept whole by default (a whole mammogram or cytology slide can hold far
 more objects than one tile); pass `max_detections` to keep only the highest-scored ones.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,6 +65,7 @@ def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg, wor
     batch runs, so memory holds `workers` batches, not the whole image's tiles), in order; with
     workers > 1 on a thread pool, each thread running torch with get_num_threads() // workers intra-op
     threads (the caller's count is restored afterwards)."""
+
     def run(batch: list[np.ndarray]) -> list[dict]:
         return model([prepare_image(crop, cfg) for crop in batch])
 
@@ -87,9 +89,15 @@ def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg, wor
 
 
 @torch.no_grad()
-def sliced_predict(model: torch.nn.Module, image: np.ndarray, cfg, batch_size: int | None = None,
-                   full_image_pass: bool | None = None, max_detections: int | None = None,
-                   workers: int | None = None) -> dict:
+def sliced_predict(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    cfg,
+    batch_size: int | None = None,
+    full_image_pass: bool | None = None,
+    max_detections: int | None = None,
+    workers: int | None = None,
+) -> dict:
     """Detections of one whole image by sliced inference: {"boxes" (N, 4) xyxy float32 in `image`'s
     pixels, "scores" (N,) float32, "classes" (N,) int64}, sorted by score descending.
 
@@ -111,7 +119,7 @@ def sliced_predict(model: torch.nn.Module, image: np.ndarray, cfg, batch_size: i
     full_image_pass = bool(t.FULL_IMAGE_PASS if full_image_pass is None else full_image_pass)
     h, w = image.shape[:2]
     windows = tile_windows(h, w, int(t.SIZE), float(t.OVERLAP)).tolist()
-    chunks = [windows[start:start + batch_size] for start in range(0, len(windows), batch_size)]
+    chunks = [windows[start : start + batch_size] for start in range(0, len(windows), batch_size)]
     crops = [[image[y0:y1, x0:x1] for x0, y0, x1, y1 in chunk] for chunk in chunks]
     offsets = [[(int(x0), int(y0)) for x0, y0, _, _ in chunk] for chunk in chunks]
     # As SAHI: the extra whole-image pass only when there is more than one tile.
@@ -129,12 +137,30 @@ def sliced_predict(model: torch.nn.Module, image: np.ndarray, cfg, batch_size: i
     boxes, scores, classes = (torch.cat(collected[k]) for k in ("boxes", "scores", "classes"))
     n_raw = len(boxes)
     boxes, scores, classes = merge_detections(
-        boxes, scores, classes, method=t.MERGE, match_metric=t.MATCH_METRIC, threshold=float(t.MATCH_THRESH),
-        class_agnostic=bool(t.CLASS_AGNOSTIC), sigma=float(t.SOFT_NMS_SIGMA),
+        boxes,
+        scores,
+        classes,
+        method=t.MERGE,
+        match_metric=t.MATCH_METRIC,
+        threshold=float(t.MATCH_THRESH),
+        class_agnostic=bool(t.CLASS_AGNOSTIC),
+        sigma=float(t.SOFT_NMS_SIGMA),
     )
     if max_detections is not None:
         boxes, scores, classes = boxes[:max_detections], scores[:max_detections], classes[:max_detections]
-    logger.debug("sliced_predict: %dx%d image, %d tiles (%d per pass, %d worker threads), %d detections -> %d "
-                 "after %s", w, h, len(windows), batch_size, workers, n_raw, len(boxes), t.MERGE)
-    return {"boxes": boxes.numpy().astype(np.float32), "scores": scores.numpy().astype(np.float32),
-            "classes": classes.numpy().astype(np.int64)}
+    logger.debug(
+        "sliced_predict: %dx%d image, %d tiles (%d per pass, %d worker threads), %d detections -> %d after %s",
+        w,
+        h,
+        len(windows),
+        batch_size,
+        workers,
+        n_raw,
+        len(boxes),
+        t.MERGE,
+    )
+    return {
+        "boxes": boxes.numpy().astype(np.float32),
+        "scores": scores.numpy().astype(np.float32),
+        "classes": classes.numpy().astype(np.int64),
+    }

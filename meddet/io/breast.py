@@ -9,7 +9,7 @@ same way. Boxes are COCO ``[x, y, w, h]`` in the image's pixels.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -49,6 +49,7 @@ _MIN_BREAST_AREA = 0.03
 
 def _background_level(image: np.ndarray, is_background: np.ndarray, default: float) -> np.ndarray:
     """Per-pixel background level: the larger of its row's and its column's median background value."""
+
     def profile(img: np.ndarray, bg: np.ndarray) -> np.ndarray:
         vals = np.where(bg, img, np.nan)
         with np.errstate(all="ignore"):
@@ -242,8 +243,11 @@ def orient_and_crop(
         x, y, x1, y1 = max(0, x), max(0, y), min(w, x1), min(h, y1)
         region = [x, y, x1 - x, y1 - y]
         if region != pixel_region:
-            logger.warning("%s: the crop grew beyond the breast region to keep annotated boxes whole; the same "
-                           "file read without its boxes (prediction) is cropped tighter", source or "image")
+            logger.warning(
+                "%s: the crop grew beyond the breast region to keep annotated boxes whole; the same "
+                "file read without its boxes (prediction) is cropped tighter",
+                source or "image",
+            )
         out = np.ascontiguousarray(out[y:y1, x:x1])
         new_boxes = [[b[0] - x, b[1] - y, b[2], b[3]] for b in new_boxes]
     new_boxes = [[int(v) if float(v).is_integer() else v for v in b] for b in new_boxes]

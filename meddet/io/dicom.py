@@ -97,7 +97,7 @@ class PixelOptions:
         )
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "PixelOptions":
+    def from_cfg(cls, cfg: Any) -> PixelOptions:
         """Options from a config's ``DICOM`` section (``BIT_DEPTH``, ``APPLY_VOI``, ...)."""
         d = cfg.DICOM
         fixed = tuple(float(v) for v in d.FIXED_RANGE)
@@ -198,6 +198,7 @@ def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, n
 
         def opener():
             return path, "64 KB"
+
     try:
         src, defer = opener()
         ds = pydicom.dcmread(src, defer_size=defer, stop_before_pixels=headers_only)
@@ -209,8 +210,10 @@ def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, n
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise DicomError(f"{path}: float pixel data is not supported (expected integer Pixel Data)")
         if _has_pixel_tag(path if raw is None else raw):
-            raise DicomError(f"{path}: truncated file: the pixel data ends early (expected a complete DICOM "
-                             "image; copy or export the file again)")
+            raise DicomError(
+                f"{path}: truncated file: the pixel data ends early (expected a complete DICOM "
+                "image; copy or export the file again)"
+            )
         raise DicomError(f"{path}: DICOM file has no pixel data (expected an image, found SOP class {_sop_name(ds)})")
     for tag in ("Rows", "Columns"):
         if tag not in ds:
@@ -268,8 +271,10 @@ def decoded_bytes(ds: Dataset, source: str | os.PathLike = "") -> int:
     bits = _int_attr(ds, "BitsAllocated", 16, src)
     frames = max(1, _int_attr(ds, "NumberOfFrames", 1, src))
     if rows <= 0 or cols <= 0 or not 1 <= bits <= 64:
-        raise DicomError(f"{src}: invalid image size {cols}x{rows} with {bits} bits allocated "
-                         "(expected positive Rows/Columns and 1-64 bits)")
+        raise DicomError(
+            f"{src}: invalid image size {cols}x{rows} with {bits} bits allocated "
+            "(expected positive Rows/Columns and 1-64 bits)"
+        )
     return rows * cols * samples * ((bits + 7) // 8) * frames
 
 
@@ -281,14 +286,16 @@ def _codestream_size(fragment: bytes) -> tuple[int, int, int, int] | None:
         return None if frame is None else frame
     i = fragment.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K SOC + SIZ (raw codestream or inside a JP2 box)
     if i >= 0 and len(fragment) >= i + 42:
-        xsiz, ysiz, xo, yo = (int.from_bytes(fragment[i + k:i + k + 4], "big") for k in (8, 12, 16, 20))
-        comps = int.from_bytes(fragment[i + 40:i + 42], "big")
+        xsiz, ysiz, xo, yo = (int.from_bytes(fragment[i + k : i + k + 4], "big") for k in (8, 12, 16, 20))
+        comps = int.from_bytes(fragment[i + 40 : i + 42], "big")
         bits = (fragment[i + 42] & 0x7F) + 1 if len(fragment) > i + 42 else 16
         return max(0, ysiz - yo), max(0, xsiz - xo), max(1, comps), bits
     return None
 
 
-def check_decoded_size(ds: Dataset, source: str | os.PathLike = "", max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> int:
+def check_decoded_size(
+    ds: Dataset, source: str | os.PathLike = "", max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
+) -> int:
     """Refuse, before decoding, an image whose decoded pixels would exceed ``max_bytes``
     (:class:`ImageTooLargeError`), or whose compressed codestream declares another size than the header
     (:class:`DicomError`: a decoder allocates what the codestream says). Returns the decoded bytes."""
@@ -326,8 +333,9 @@ def _sop_name(ds: Dataset) -> str:
     return getattr(uid, "name", str(uid)) if uid else "unknown"
 
 
-def stored_pixels(ds: Dataset, source: str | os.PathLike = "",
-                  max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
+def stored_pixels(
+    ds: Dataset, source: str | os.PathLike = "", max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
+) -> np.ndarray:
     """The stored pixel values (2-D, no LUT applied), decoding compressed transfer syntaxes.
 
     The decoded size is checked from the header first (:func:`check_decoded_size`): an image over

@@ -33,8 +33,15 @@ from meddet.io.jpeg import jpeg_frame
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageHeader", "effective_bit_depth", "image_header", "jpeg_frame", "read_image", "read_image_bits",
-           "write_png"]
+__all__ = [
+    "ImageHeader",
+    "effective_bit_depth",
+    "image_header",
+    "jpeg_frame",
+    "read_image",
+    "read_image_bits",
+    "write_png",
+]
 
 # Magic numbers of the raster formats OpenCV reads here.
 _RASTER_MAGICS = (
@@ -75,8 +82,13 @@ def _source(source: str | os.PathLike | bytes, name: str) -> tuple[str, Any]:
     return str(source), Path(source)
 
 
-def read_image(source: str | os.PathLike | bytes, *, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
-               name: str = "upload", **dicom_kwargs: Any) -> np.ndarray:
+def read_image(
+    source: str | os.PathLike | bytes,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+    name: str = "upload",
+    **dicom_kwargs: Any,
+) -> np.ndarray:
     """See :func:`read_image_bits` (this returns only the array)."""
     return read_image_bits(source, max_bytes=max_bytes, name=name, **dicom_kwargs)[0]
 
@@ -103,8 +115,13 @@ def _stretch_bits(img: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def read_image_bits(source: str | os.PathLike | bytes, *, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
-                    name: str = "upload", **dicom_kwargs: Any) -> tuple[np.ndarray, int | None]:
+def read_image_bits(
+    source: str | os.PathLike | bytes,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+    name: str = "upload",
+    **dicom_kwargs: Any,
+) -> tuple[np.ndarray, int | None]:
     """Read a DICOM, PNG, JPEG, TIFF, BMP or PGM file, deciding the format by content, not by name.
 
     ``source`` is a path, or the file's bytes (decoded from memory, nothing is written to disk;
@@ -153,8 +170,14 @@ def read_image_bits(source: str | os.PathLike | bytes, *, max_bytes: int | None 
             if bits < 16 and img.max() > 0:
                 if bits not in _REPORTED_BITS:
                     _REPORTED_BITS.add(bits)
-                    logger.info("%s: 16-bit image whose values use %d bits (max %d); normalized by its %d-bit "
-                                "range (further such images are not reported)", label, bits, int(img.max()), bits)
+                    logger.info(
+                        "%s: 16-bit image whose values use %d bits (max %d); normalized by its %d-bit "
+                        "range (further such images are not reported)",
+                        label,
+                        bits,
+                        int(img.max()),
+                        bits,
+                    )
                 img = _stretch_bits(img, bits)
             else:
                 bits = None
@@ -183,8 +206,14 @@ def image_header(source: str | os.PathLike | bytes, name: str = "upload") -> Ima
     ds = load_dicom(src, headers_only=True, name=label)  # DicomError (a DataError) when not a DICOM
     decoded_bytes(ds, label)  # validates the size attributes
     bits = int(ds.get("BitsAllocated", 16) or 16)
-    return ImageHeader("dicom", int(ds.Rows), int(ds.Columns), max(1, int(ds.get("SamplesPerPixel", 1) or 1)),
-                       (bits + 7) // 8, max(1, int(ds.get("NumberOfFrames", 1) or 1)))
+    return ImageHeader(
+        "dicom",
+        int(ds.Rows),
+        int(ds.Columns),
+        max(1, int(ds.get("SamplesPerPixel", 1) or 1)),
+        (bits + 7) // 8,
+        max(1, int(ds.get("NumberOfFrames", 1) or 1)),
+    )
 
 
 def _check_budget(header: ImageHeader, max_bytes: int | None, label: str) -> None:
@@ -261,7 +290,7 @@ def _tiff_header(f: IO[bytes]) -> ImageHeader:
     if len(raw) < count * entry:
         raise ValueError("truncated directory")
     for k in range(count):
-        ent = raw[k * entry:(k + 1) * entry]
+        ent = raw[k * entry : (k + 1) * entry]
         tag, typ = struct.unpack(e + "HH", ent[:4])
         if tag not in (256, 257, 258, 277, 339) or typ not in fmts:
             continue
@@ -331,10 +360,10 @@ def _to_contract(img: np.ndarray, label: str) -> np.ndarray:
     out = np.empty((h, w, 3), dtype=np.uint8)
     step = max(1, _CHUNK_PIXELS // max(1, w))
     for y in range(0, h, step):
-        band = img[y:y + step, :, :3].astype(np.uint32)
+        band = img[y : y + step, :, :3].astype(np.uint32)
         band += 128
         band //= 257
-        out[y:y + step] = band
+        out[y : y + step] = band
         del band
     return out
 

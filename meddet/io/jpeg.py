@@ -1,4 +1,5 @@
 """JPEG / JPEG-LS frame headers, read without decoding (for image headers and DICOM fragments)."""
+
 from __future__ import annotations
 
 import io

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,58 +103,86 @@ class PreprocessRecipe:
             "flip_left": self.flip_left,
             "crop_breast": bool(self.crop_breast),
             "crop_margin": float(self.crop_margin),
-            "resize": None if self.resize is None else {"min_size_test": int(self.resize[0]),
-                                                        "max_size_test": int(self.resize[1])},
+            "resize": None
+            if self.resize is None
+            else {"min_size_test": int(self.resize[0]), "max_size_test": int(self.resize[1])},
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "preprocess") -> "PreprocessRecipe":
+    def from_dict(cls, data: dict[str, Any], source: str = "preprocess") -> PreprocessRecipe:
         """The recipe of :meth:`to_dict`'s dict; a ConfigError naming ``source`` when it is not one."""
         if not isinstance(data, dict) or data.get("recipe") != RECIPE_NAME:
-            raise ConfigError(f"{source}: not a preprocessing recipe (expected a dict with \"recipe\": "
-                              f"{RECIPE_NAME!r}, found {data!r:.200})")
+            raise ConfigError(
+                f'{source}: not a preprocessing recipe (expected a dict with "recipe": '
+                f"{RECIPE_NAME!r}, found {data!r:.200})"
+            )
         try:
             fixed = data.get("fixed_range")
             pixels = PixelOptions(
-                apply_voi=bool(data["apply_voi"]), window_index=int(data["window_index"]),
-                normalize=str(data["normalize"]), percentiles=tuple(float(v) for v in data["percentiles"]),
-                fixed_range=tuple(float(v) for v in fixed) if fixed else None, gamma=float(data["gamma"]),
+                apply_voi=bool(data["apply_voi"]),
+                window_index=int(data["window_index"]),
+                normalize=str(data["normalize"]),
+                percentiles=tuple(float(v) for v in data["percentiles"]),
+                fixed_range=tuple(float(v) for v in fixed) if fixed else None,
+                gamma=float(data["gamma"]),
                 bit_depth=int(data["bit_depth"]),
             )
             resize = data.get("resize")
-            return cls(pixels=pixels, flip_left=str(data["flip_left"]), crop_breast=bool(data["crop_breast"]),
-                       crop_margin=float(data["crop_margin"]),
-                       resize=None if not resize else (int(resize["min_size_test"]), int(resize["max_size_test"])))
+            return cls(
+                pixels=pixels,
+                flip_left=str(data["flip_left"]),
+                crop_breast=bool(data["crop_breast"]),
+                crop_margin=float(data["crop_margin"]),
+                resize=None if not resize else (int(resize["min_size_test"]), int(resize["max_size_test"])),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{source}: incomplete preprocessing recipe ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "PreprocessRecipe":
+    def from_cfg(cls, cfg: Any) -> PreprocessRecipe:
         """The recipe of a config: ``DICOM.*``, ``PREPROCESS.*`` and ``INPUT.MIN/MAX_SIZE_TEST``."""
         pre = cfg.PREPROCESS
-        return cls(pixels=PixelOptions.from_cfg(cfg), flip_left=str(pre.FLIP_LEFT), crop_breast=bool(pre.CROP_BREAST),
-                   crop_margin=float(pre.CROP_MARGIN),
-                   resize=(int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)))
+        return cls(
+            pixels=PixelOptions.from_cfg(cfg),
+            flip_left=str(pre.FLIP_LEFT),
+            crop_breast=bool(pre.CROP_BREAST),
+            crop_margin=float(pre.CROP_MARGIN),
+            resize=(int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)),
+        )
 
     def config_opts(self) -> list[Any]:
         """``DICOM.*`` / ``PREPROCESS.*`` overrides (``cfg.merge_from_list``) that give a config this
         recipe's pixel and geometry steps (the resize policy stays the config's own)."""
         p = self.pixels
         return [
-            "DICOM.APPLY_VOI", bool(p.apply_voi), "DICOM.WINDOW_INDEX", int(p.window_index),
-            "DICOM.NORMALIZE", str(p.normalize), "DICOM.PERCENTILES", tuple(float(v) for v in p.percentiles),
-            "DICOM.FIXED_RANGE", tuple(float(v) for v in p.fixed_range) if p.fixed_range else (),
-            "DICOM.GAMMA", float(p.gamma), "DICOM.BIT_DEPTH", int(p.bit_depth),
-            "PREPROCESS.FLIP_LEFT", self.flip_left, "PREPROCESS.CROP_BREAST", bool(self.crop_breast),
-            "PREPROCESS.CROP_MARGIN", float(self.crop_margin),
+            "DICOM.APPLY_VOI",
+            bool(p.apply_voi),
+            "DICOM.WINDOW_INDEX",
+            int(p.window_index),
+            "DICOM.NORMALIZE",
+            str(p.normalize),
+            "DICOM.PERCENTILES",
+            tuple(float(v) for v in p.percentiles),
+            "DICOM.FIXED_RANGE",
+            tuple(float(v) for v in p.fixed_range) if p.fixed_range else (),
+            "DICOM.GAMMA",
+            float(p.gamma),
+            "DICOM.BIT_DEPTH",
+            int(p.bit_depth),
+            "PREPROCESS.FLIP_LEFT",
+            self.flip_left,
+            "PREPROCESS.CROP_BREAST",
+            bool(self.crop_breast),
+            "PREPROCESS.CROP_MARGIN",
+            float(self.crop_margin),
         ]
 
-    def same_steps(self, other: "PreprocessRecipe") -> bool:
+    def same_steps(self, other: PreprocessRecipe) -> bool:
         """True when both recipes make the same image from a file (the resize policy aside)."""
         return self.to_dict() | {"resize": None} == other.to_dict() | {"resize": None}
 
     # ------------------------------------------------------------------ replay
-    def read(self, path: str | os.PathLike) -> "TaggedImage":
+    def read(self, path: str | os.PathLike) -> TaggedImage:
         """The file's pixels through the display chain (see :func:`read_for_recipe`)."""
         return read_for_recipe(path, self.pixels)
 
@@ -168,8 +197,13 @@ class PreprocessRecipe:
         if self.flip_left == "tags":
             orientation, laterality = hints.get("patient_orientation") or None, hints.get("laterality") or None
         out, new_boxes, geometry = orient_and_crop(
-            np.asarray(image), boxes, flip_left=bool(self.flip_left), crop=self.crop_breast,
-            patient_orientation=orientation, laterality=laterality, margin=self.crop_margin,
+            np.asarray(image),
+            boxes,
+            flip_left=bool(self.flip_left),
+            crop=self.crop_breast,
+            patient_orientation=orientation,
+            laterality=laterality,
+            margin=self.crop_margin,
             source=str(hints.get("source") or ""),
         )
         return out, new_boxes, geometry
@@ -182,7 +216,7 @@ class TaggedImage(np.ndarray):
 
     hints: dict[str, Any]
 
-    def __new__(cls, array: np.ndarray, hints: dict[str, Any] | None = None) -> "TaggedImage":
+    def __new__(cls, array: np.ndarray, hints: dict[str, Any] | None = None) -> TaggedImage:
         obj = np.asarray(array).view(cls)
         obj.hints = dict(hints or {})
         return obj
@@ -194,8 +228,13 @@ class TaggedImage(np.ndarray):
         return (TaggedImage, (np.asarray(self), self.hints))
 
 
-def read_for_recipe(source: str | os.PathLike | bytes, pixels: PixelOptions | None = None, *,
-                    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES, name: str = "upload") -> TaggedImage:
+def read_for_recipe(
+    source: str | os.PathLike | bytes,
+    pixels: PixelOptions | None = None,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+    name: str = "upload",
+) -> TaggedImage:
     """Read any image (:func:`meddet.io.read_image`; DICOM through the display chain with
     ``pixels``) as a :class:`TaggedImage` whose hints hold the DICOM's ``Laterality`` (else *Image
     Laterality*) and ``PatientOrientation``, and the file name. ``source`` is a path or the file's bytes
@@ -260,14 +299,20 @@ def adopt_dataset_recipe(cfg: Any, coco_paths: Sequence[str | os.PathLike]) -> P
         if found is None:
             found, first = r, str(p)
         elif not found.same_steps(r):
-            raise ConfigError(f"{p}: converted with another preprocessing recipe than {first} "
-                              f"({r.to_dict()} vs {found.to_dict()}); convert both the same way")
+            raise ConfigError(
+                f"{p}: converted with another preprocessing recipe than {first} "
+                f"({r.to_dict()} vs {found.to_dict()}); convert both the same way"
+            )
     if found is None:
         return None
     own = PreprocessRecipe.from_cfg(cfg)
     if not own.same_steps(found) and not own.same_steps(PreprocessRecipe()):
-        logger.warning("the config's DICOM.* / PREPROCESS.* differ from the recipe %s was converted with; "
-                       "using the data's recipe (%s)", first, found.to_dict())
+        logger.warning(
+            "the config's DICOM.* / PREPROCESS.* differ from the recipe %s was converted with; "
+            "using the data's recipe (%s)",
+            first,
+            found.to_dict(),
+        )
     cfg.merge_from_list(found.config_opts())
     logger.info("preprocessing recipe of %s: %s", first, {k: v for k, v in found.to_dict().items() if k != "resize"})
     return found

@@ -1,4 +1,5 @@
 """Models: build_model(cfg) for each engine (torchvision; detectron2 where installed) and checkpoints."""
+
 from meddet.modeling.build import build_model, load_model_weights, resolve_device, resolve_engine, select_engine
 from meddet.modeling.checkpoint import checkpoint_engine, load_checkpoint_for_resume, load_weights, save_checkpoint
 from meddet.modeling.d2_convert import convert_checkpoint

@@ -5,14 +5,15 @@ will load when it says (its ``meddet`` entry, else its parameter names), else de
 else torchvision (:func:`resolve_engine`). A checkpoint of the other engine is converted on loading
 (:func:`load_model_weights`, the exact conversion of :mod:`meddet.modeling.d2_convert`), with one warning.
 """
+
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import logging
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,15 +23,16 @@ from yacs.config import CfgNode
 from meddet.errors import EngineUnavailableError, MeddetError, ModelError
 from meddet.modeling.checkpoint import (
     CONVERT_COMMAND,
+    checkpoint_engine,
     load_model_state,
+    load_weights,
     read_checkpoint,
     unwrap_model,
-    checkpoint_engine,
-    load_weights,
 )
-from meddet.modeling.retinanet import build_torchvision_retinanet
-from meddet.modeling.torchvision_engine import ENGINE_NAME as TORCHVISION, build_torchvision_model
 from meddet.modeling.d2_convert import d2_to_tv_state_dict, load_d2_state_dict, tv_to_d2_state_dict
+from meddet.modeling.retinanet import build_torchvision_retinanet
+from meddet.modeling.torchvision_engine import ENGINE_NAME as TORCHVISION
+from meddet.modeling.torchvision_engine import build_torchvision_model
 from meddet.modeling.weights_source import is_remote, resolve_and_load, source_engine
 
 logger = logging.getLogger(__name__)
@@ -65,8 +67,9 @@ def resolve_auto_engine() -> str:
         return TORCHVISION
     reason = _detectron2_import_error()
     if reason is not None:
-        logger.warning("MODEL.ENGINE auto: detectron2 is installed but cannot be imported (%s); using torchvision",
-                       reason)
+        logger.warning(
+            "MODEL.ENGINE auto: detectron2 is installed but cannot be imported (%s); using torchvision", reason
+        )
         return TORCHVISION
     return DETECTRON2
 
@@ -127,8 +130,12 @@ def resolve_engine(requested: str, weights: str | os.PathLike | None = None) -> 
         if reason is None:
             logger.info("Model engine: detectron2 (MODEL.ENGINE %s: the engine of %s)", requested, weights)
             return DETECTRON2
-        logger.warning("%s holds detectron2-engine weights but %s: using the torchvision engine, weights "
-                       "converted on loading (exact)", weights, reason)
+        logger.warning(
+            "%s holds detectron2-engine weights but %s: using the torchvision engine, weights "
+            "converted on loading (exact)",
+            weights,
+            reason,
+        )
         return TORCHVISION
     return select_engine(requested)
 
@@ -193,8 +200,13 @@ def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | Non
     load_model_state(path, model, {**ckpt, "model": state}, allow_class_change=True)
     key = str(Path(path).resolve())
     (logger.debug if key in _CONVERTED else logger.warning)(
-        "%s: %s-engine weights converted on the fly for the %s engine (exact; %s); to skip this step convert "
-        "once: %s", path, saved, engine, direction, command)
+        "%s: %s-engine weights converted on the fly for the %s engine (exact; %s); to skip this step convert once: %s",
+        path,
+        saved,
+        engine,
+        direction,
+        command,
+    )
     _CONVERTED.add(key)
     meta = dict(ckpt.get("meddet") or {})
     meta["converted_from"] = saved
@@ -248,9 +260,7 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ModelError("MODEL.DEVICE: 'cuda' requested, but torch finds no CUDA device; use auto or cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelError(
-                f"MODEL.DEVICE: {name!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible"
-            )
+            raise ModelError(f"MODEL.DEVICE: {name!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise ModelError("MODEL.DEVICE: 'mps' requested, but torch finds no MPS device; use auto or cpu")
@@ -273,7 +283,8 @@ def build_model(cfg: CfgNode, weights: str | os.PathLike | None = None) -> nn.Mo
             "MODEL.WEIGHTS is empty (training from scratch) but MODEL.RESNETS.NORM is %s and "
             "MODEL.BACKBONE.FREEZE_AT is %d: frozen layers keep their random initialisation; "
             "from scratch use NORM BN or GN and FREEZE_AT 0",
-            cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
+            cfg.MODEL.RESNETS.NORM,
+            cfg.MODEL.BACKBONE.FREEZE_AT,
         )
     model = _BUILDERS[engine](cfg)
     model.to(device)

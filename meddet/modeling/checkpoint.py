@@ -12,6 +12,7 @@
 - check_loaded is the same rule for loaders that fill a model non-strictly (detectron2's checkpointer):
   every parameter the model expects must have been filled.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,10 @@ _ENGINE_PREFIXES = {
 }
 # Model entries that are no learned weights: rebuilt from the config, so never "missing" (as in detectron2).
 _NOT_WEIGHTS = re.compile(r"(^|\.)num_batches_tracked$|^pixel_(mean|std)$|anchor_generator\.cell_anchors")
-CONVERT_COMMAND = ("python detectron.py -c convert-weights --config-file CONFIG --weights {path} "
-                   "--output CONVERTED.pth --direction {direction}")
+CONVERT_COMMAND = (
+    "python detectron.py -c convert-weights --config-file CONFIG --weights {path} "
+    "--output CONVERTED.pth --direction {direction}"
+)
 
 
 def architecture_of(cfg: Any) -> dict[str, Any]:
@@ -181,7 +184,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     state = ckpt["model"]
     if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        ckpt["model"] = {k[len("module."):]: v for k, v in state.items()}
+        ckpt["model"] = {k[len("module.") :]: v for k, v in state.items()}
     return ckpt
 
 
@@ -205,7 +208,10 @@ def load_model_state(
     unexpected = [k for k in state if k not in own and counted(k)]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     class_change = bool(
-        allow_class_change and mismatched and not missing and not unexpected
+        allow_class_change
+        and mismatched
+        and not missing
+        and not unexpected
         and all(k.startswith(PREDICTOR_PREFIX) for k in mismatched)
     )
     if (missing or unexpected or mismatched) and not class_change:
@@ -215,10 +221,12 @@ def load_model_state(
         if unexpected:
             parts.append(format_listing("unexpected keys", unexpected))
         if mismatched:
-            parts.append(format_listing(
-                "shape mismatches",
-                [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched],
-            ))
+            parts.append(
+                format_listing(
+                    "shape mismatches",
+                    [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched],
+                )
+            )
         raise ModelError(
             f"{path}: checkpoint does not fit the model: {'; '.join(parts)}; {likely_cause(ckpt, model, path)}"
         )
@@ -227,7 +235,8 @@ def load_model_state(
         logger.warning(
             "%s: the number of classes differs from the model's (%s); not loading %s and re-initialising "
             "the box predictor; all other weights are loaded",
-            path, ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched),
+            path,
+            ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched),
             ", ".join(skipped),
         )
         for k in skipped:
@@ -240,10 +249,16 @@ def load_model_state(
 
 
 _ARCH_KEYS = {  # architecture field -> the config key that sets it
-    "meta_architecture": "MODEL.META_ARCHITECTURE", "backbone": "MODEL.BACKBONE.NAME", "depth": "MODEL.RESNETS.DEPTH",
-    "norm": "MODEL.RESNETS.NORM", "fpn_out_channels": "MODEL.FPN.OUT_CHANNELS", "roi_heads": "MODEL.ROI_HEADS.NAME",
-    "box_head": "MODEL.ROI_BOX_HEAD.NAME", "box_head_num_conv": "MODEL.ROI_BOX_HEAD.NUM_CONV",
-    "box_head_num_fc": "MODEL.ROI_BOX_HEAD.NUM_FC", "num_classes": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "meta_architecture": "MODEL.META_ARCHITECTURE",
+    "backbone": "MODEL.BACKBONE.NAME",
+    "depth": "MODEL.RESNETS.DEPTH",
+    "norm": "MODEL.RESNETS.NORM",
+    "fpn_out_channels": "MODEL.FPN.OUT_CHANNELS",
+    "roi_heads": "MODEL.ROI_HEADS.NAME",
+    "box_head": "MODEL.ROI_BOX_HEAD.NAME",
+    "box_head_num_conv": "MODEL.ROI_BOX_HEAD.NUM_CONV",
+    "box_head_num_fc": "MODEL.ROI_BOX_HEAD.NUM_FC",
+    "num_classes": "MODEL.ROI_HEADS.NUM_CLASSES",
 }
 
 
@@ -254,18 +269,27 @@ def likely_cause(ckpt: Mapping[str, Any], model: nn.Module, path: str | os.PathL
     saved, engine = engine_of(ckpt), getattr(model, "engine", None)
     if saved and engine and saved != engine:
         direction = "d2-to-tv" if saved == DETECTRON2 else "tv-to-d2"
-        return (f"likely cause: the checkpoint holds {saved}-engine weights and the model is the {engine} engine's; "
-                f"use MODEL.ENGINE {saved} (or auto), or convert it: "
-                f"{CONVERT_COMMAND.format(path=path, direction=direction)}")
+        return (
+            f"likely cause: the checkpoint holds {saved}-engine weights and the model is the {engine} engine's; "
+            f"use MODEL.ENGINE {saved} (or auto), or convert it: "
+            f"{CONVERT_COMMAND.format(path=path, direction=direction)}"
+        )
     arch = (ckpt.get("meddet") or {}).get("architecture") or {}
     own = getattr(model, "architecture", None) or {}
-    differ = [f"{_ARCH_KEYS[k]} {arch[k]!r} (model: {own[k]!r})" for k in _ARCH_KEYS
-              if k in arch and k in own and arch[k] != own[k]]
+    differ = [
+        f"{_ARCH_KEYS[k]} {arch[k]!r} (model: {own[k]!r})"
+        for k in _ARCH_KEYS
+        if k in arch and k in own and arch[k] != own[k]
+    ]
     if differ:
-        return ("likely cause: the checkpoint is another architecture; set the model's keys to the checkpoint's: "
-                + ", ".join(differ))
-    return ("expected weights of the same engine and architecture (MODEL.ENGINE, MODEL.RESNETS.*, "
-            "MODEL.FPN.OUT_CHANNELS, MODEL.ANCHOR_GENERATOR.*, MODEL.ROI_BOX_HEAD.*, MODEL.ROI_HEADS.NUM_CLASSES)")
+        return (
+            "likely cause: the checkpoint is another architecture; set the model's keys to the checkpoint's: "
+            + ", ".join(differ)
+        )
+    return (
+        "expected weights of the same engine and architecture (MODEL.ENGINE, MODEL.RESNETS.*, "
+        "MODEL.FPN.OUT_CHANNELS, MODEL.ANCHOR_GENERATOR.*, MODEL.ROI_BOX_HEAD.*, MODEL.ROI_HEADS.NUM_CLASSES)"
+    )
 
 
 def check_loaded(
@@ -292,15 +316,28 @@ def check_loaded(
         return "full"
     wrong_shape = set(incorrect_shapes)
     if all(k.startswith(PREDICTOR_PREFIX) and k in wrong_shape for k in missing):
-        logger.warning("%s: the number of classes differs from the model's; not loading %s (the box predictor "
-                       "keeps its fresh initialisation); all other weights are loaded", path, ", ".join(missing))
+        logger.warning(
+            "%s: the number of classes differs from the model's; not loading %s (the box predictor "
+            "keeps its fresh initialisation); all other weights are loaded",
+            path,
+            ", ".join(missing),
+        )
         return "class_change"
     backbone = "backbone.bottom_up."
     filled = set(own) - set(missing)
-    if (allow_backbone_only and filled and all(k.startswith(backbone) for k in filled)
-            and not any(k.startswith(backbone) for k in missing)):
-        logger.warning("%s: holds only the backbone (%d tensors); the FPN, RPN and box head (%d tensors) start from "
-                       "random initialisation", path, len(filled), len(missing))
+    if (
+        allow_backbone_only
+        and filled
+        and all(k.startswith(backbone) for k in filled)
+        and not any(k.startswith(backbone) for k in missing)
+    ):
+        logger.warning(
+            "%s: holds only the backbone (%d tensors); the FPN, RPN and box head (%d tensors) start from "
+            "random initialisation",
+            path,
+            len(filled),
+            len(missing),
+        )
         return "backbone"
     parts = [format_listing("missing keys", missing)]
     shapes = [k for k in missing if k in wrong_shape]

@@ -16,6 +16,7 @@ anchors, frozen batch-norm statistics, test-time settings) is reproduced by the 
 the same config keys, so the converted weights are used with the config the detectron2 model was trained with.
 Features without an equivalent are refused with a ModelError naming the parameter.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,8 @@ from yacs.config import CfgNode
 from meddet.config import get_cfg
 from meddet.errors import ConfigError, ModelError
 from meddet.modeling.checkpoint import format_listing, read_checkpoint, save_checkpoint
-from meddet.modeling.torchvision_engine import TorchvisionRCNN
 from meddet.modeling.retinanet import TorchvisionRetinaNet
+from meddet.modeling.torchvision_engine import TorchvisionRCNN
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +102,13 @@ def _retinanet_rules(num_convs: int, norm: bool) -> list[tuple[re.Pattern[str], 
     return [(re.compile(pattern), repl) for pattern, repl in rules]
 
 
-def d2_param_name(tv_name: str, rules: list[tuple[re.Pattern[str], str]], head_convs: int, conv_fc_head: bool,
-             fpn_first_level: int = 2) -> str:
+def d2_param_name(
+    tv_name: str,
+    rules: list[tuple[re.Pattern[str], str]],
+    head_convs: int,
+    conv_fc_head: bool,
+    fpn_first_level: int = 2,
+) -> str:
     """The detectron2 name of one torchvision-engine parameter (ModelError if it has none)."""
     m = re.match(r"^backbone\.body\.layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)$", tv_name)
     if m:
@@ -133,7 +139,9 @@ def _reference(cfg: CfgNode) -> tuple[dict[str, Tensor], dict[str, str]]:
     if is_retinanet(cfg):
         r = cfg.MODEL.RETINANET
         rules = _retinanet_rules(int(r.NUM_CONVS), bool(r.NORM))
-        state = {k: v for k, v in TorchvisionRetinaNet(cfg).state_dict().items() if not k.endswith("num_batches_tracked")}
+        state = {
+            k: v for k, v in TorchvisionRetinaNet(cfg).state_dict().items() if not k.endswith("num_batches_tracked")
+        }
         return state, {k: d2_param_name(k, rules, 0, False, fpn_first_level=3) for k in state}
     model = TorchvisionRCNN(cfg)
     h = cfg.MODEL.ROI_BOX_HEAD
@@ -211,11 +219,15 @@ def d2_to_tv_state_dict(d2_state: Mapping[str, Any], cfg: CfgNode) -> dict[str, 
     _check_pixel_stats(d2_state, cfg)
     reference, names = _reference(cfg)
     source = {
-        k: torch.as_tensor(v) for k, v in d2_state.items()
+        k: torch.as_tensor(v)
+        for k, v in d2_state.items()
         if not k.endswith("num_batches_tracked") and not any(re.search(p, k) for p in _D2_IGNORED)
     }
-    _check_names("detectron2 state dict", [names[k] for k in reference if names[k] not in source],
-                 sorted(set(source) - set(names.values())))
+    _check_names(
+        "detectron2 state dict",
+        [names[k] for k in reference if names[k] not in source],
+        sorted(set(source) - set(names.values())),
+    )
     out: dict[str, Tensor] = {}
     for tv_name, ref in reference.items():
         value = source[names[tv_name]].detach().clone()
@@ -291,9 +303,13 @@ class NumpyUnpickler(pickle.Unpickler):
     """Unpickler for model-zoo .pkl files: numpy arrays and plain values only, so loading runs no code."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"),
     }
 
     def find_class(self, module: str, name: str) -> Any:

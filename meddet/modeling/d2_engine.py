@@ -18,6 +18,7 @@ meddet's model interface, so meddet's Trainer, evaluator and Predictor use it un
 Importing this module imports detectron2; :mod:`meddet.modeling.build` imports it only when the
 detectron2 engine is selected.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,6 +42,7 @@ from yacs.config import CfgNode
 
 from meddet.errors import ModelError
 from meddet.modeling.checkpoint import architecture_of, check_loaded, load_weights
+from meddet.modeling.retinanet import retinanet_num_classes
 from meddet.modeling.torchvision_engine import (
     check_batch,
     check_image,
@@ -48,7 +50,6 @@ from meddet.modeling.torchvision_engine import (
     class_weights,
     weighted_cross_entropy,
 )
-from meddet.modeling.retinanet import retinanet_num_classes
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,11 @@ def to_detectron2_cfg(cfg: CfgNode) -> D2CfgNode:
     d2.MODEL.DEVICE = "cpu"
     d2.VIS_PERIOD = 0
     if int(d2.MODEL.RESNETS.DEPTH) in (18, 34) and int(d2.MODEL.RESNETS.RES2_OUT_CHANNELS) != 64:
-        logger.debug("MODEL.RESNETS.RES2_OUT_CHANNELS %d -> 64 for ResNet-%d",
-                     d2.MODEL.RESNETS.RES2_OUT_CHANNELS, d2.MODEL.RESNETS.DEPTH)
+        logger.debug(
+            "MODEL.RESNETS.RES2_OUT_CHANNELS %d -> 64 for ResNet-%d",
+            d2.MODEL.RESNETS.RES2_OUT_CHANNELS,
+            d2.MODEL.RESNETS.DEPTH,
+        )
         d2.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     logger.debug("Keys detectron2 does not know, not passed on: %s", ", ".join(left_out) or "none")
     d2.freeze()
@@ -229,8 +233,9 @@ class Detectron2RCNN(GeneralizedRCNN):
                 f"MODEL.ROI_HEADS.NAME: {type(heads).__name__} has no single box classifier to explain; expected "
                 "StandardROIHeads (one FastRCNNOutputLayers box predictor)"
             )
-        pooled = heads.box_pooler([features[f] for f in heads.box_in_features],
-                                  [Boxes(boxes.to(self.device, torch.float32))])
+        pooled = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [Boxes(boxes.to(self.device, torch.float32))]
+        )
         logits, _ = heads.box_predictor(heads.box_head(pooled))
         return logits
 
@@ -270,16 +275,25 @@ def build_detectron2_model(cfg: CfgNode) -> Detectron2RCNN | Detectron2RetinaNet
     :func:`load_detectron2_weights`)."""
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
         model: Any = Detectron2RetinaNet(cfg)
-        logger.info("Built detectron2 RetinaNet (R%d): %d classes, %.2fM parameters", cfg.MODEL.RESNETS.DEPTH,
-                    model.num_classes, sum(p.numel() for p in model.parameters()) / 1e6)
+        logger.info(
+            "Built detectron2 RetinaNet (R%d): %d classes, %.2fM parameters",
+            cfg.MODEL.RESNETS.DEPTH,
+            model.num_classes,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
         return model
     model = Detectron2RCNN(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
         "Built detectron2 %s (%s, %s, R%d): %d classes, %.2fM parameters (%.2fM trainable)",
-        cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.BACKBONE.NAME, cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.RESNETS.DEPTH,
-        model.num_classes, total / 1e6, trainable / 1e6,
+        cfg.MODEL.META_ARCHITECTURE,
+        cfg.MODEL.BACKBONE.NAME,
+        cfg.MODEL.ROI_HEADS.NAME,
+        cfg.MODEL.RESNETS.DEPTH,
+        model.num_classes,
+        total / 1e6,
+        trainable / 1e6,
     )
     return model
 
@@ -334,9 +348,12 @@ def load_detectron2_weights(model: Detectron2RCNN, path: str | os.PathLike) -> d
     incompatible = checkpointer.incompatible
     missing = list(getattr(incompatible, "missing_keys", []) or [])
     shapes = [item[0] for item in getattr(incompatible, "incorrect_shapes", []) or []]
-    how = check_loaded(path, model, {"model": {}}, missing, shapes,
-                       allow_backbone_only=True)
-    logger.info("Loaded model weights from %s (detectron2 DetectionCheckpointer, %s)", path,
-                {"full": "every parameter filled", "class_change": "box predictor re-initialised",
-                 "backbone": "backbone only"}[how])
+    how = check_loaded(path, model, {"model": {}}, missing, shapes, allow_backbone_only=True)
+    logger.info(
+        "Loaded model weights from %s (detectron2 DetectionCheckpointer, %s)",
+        path,
+        {"full": "every parameter filled", "class_change": "box predictor re-initialised", "backbone": "backbone only"}[
+            how
+        ],
+    )
     return {}

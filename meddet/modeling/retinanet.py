@@ -20,6 +20,7 @@ detectron2's numerics are reproduced where torchvision differs:
 Parameter names are torchvision's (``head.classification_head.conv.*``, ``cls_logits``,
 ``head.regression_head.conv.*``, ``bbox_reg``); :mod:`meddet.modeling.d2_convert` maps them to detectron2's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -91,8 +92,10 @@ def _check_retinanet(cfg: CfgNode) -> None:
     _expect("MODEL.RESNETS.STEM_OUT_CHANNELS", m.RESNETS.STEM_OUT_CHANNELS, [64])
     _expect("MODEL.RESNETS.RES5_DILATION", m.RESNETS.RES5_DILATION, [1])
     if any(m.RESNETS.DEFORM_ON_PER_STAGE):
-        raise ModelError("MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable convolutions are not built by the "
-                         "torchvision engine; expected all False")
+        raise ModelError(
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable convolutions are not built by the "
+            "torchvision engine; expected all False"
+        )
     _expect("MODEL.ANCHOR_GENERATOR.NAME", m.ANCHOR_GENERATOR.NAME, ["DefaultAnchorGenerator"])
     _expect("MODEL.ANCHOR_GENERATOR.OFFSET", m.ANCHOR_GENERATOR.OFFSET, [0.0])
     _expect("MODEL.RETINANET.IOU_LABELS", list(r.IOU_LABELS), [[0, -1, 1]])
@@ -100,15 +103,19 @@ def _check_retinanet(cfg: CfgNode) -> None:
     _expect("INPUT.FORMAT", cfg.INPUT.FORMAT, ["BGR", "RGB"])
     thresholds = [float(t) for t in r.IOU_THRESHOLDS]
     if len(thresholds) != 2 or not 0 <= thresholds[0] <= thresholds[1] <= 1:
-        raise ModelError(f"MODEL.RETINANET.IOU_THRESHOLDS: {list(r.IOU_THRESHOLDS)}; expected [background below, "
-                         "foreground from], two IoUs in 0..1 in increasing order (with IOU_LABELS [0, -1, 1])")
+        raise ModelError(
+            f"MODEL.RETINANET.IOU_THRESHOLDS: {list(r.IOU_THRESHOLDS)}; expected [background below, "
+            "foreground from], two IoUs in 0..1 in increasing order (with IOU_LABELS [0, -1, 1])"
+        )
     if not 0 < float(r.PRIOR_PROB) < 1:
         raise ModelError(f"MODEL.RETINANET.PRIOR_PROB: {r.PRIOR_PROB}; expected a probability in (0, 1)")
     if int(r.NUM_CONVS) < 0:
         raise ModelError(f"MODEL.RETINANET.NUM_CONVS: {r.NUM_CONVS}; expected 0 or more")
     if float(r.FOCAL_LOSS_ALPHA) > 1 or float(r.FOCAL_LOSS_GAMMA) < 0:
-        raise ModelError(f"MODEL.RETINANET.FOCAL_LOSS_ALPHA/GAMMA: {r.FOCAL_LOSS_ALPHA}/{r.FOCAL_LOSS_GAMMA}; "
-                         "expected alpha <= 1 (negative: no weighting) and gamma >= 0")
+        raise ModelError(
+            f"MODEL.RETINANET.FOCAL_LOSS_ALPHA/GAMMA: {r.FOCAL_LOSS_ALPHA}/{r.FOCAL_LOSS_GAMMA}; "
+            "expected alpha <= 1 (negative: no weighting) and gamma >= 0"
+        )
     weights = tuple(float(w) for w in r.BBOX_REG_WEIGHTS)
     if len(weights) != 4 or min(weights) <= 0:
         raise ModelError(f"MODEL.RETINANET.BBOX_REG_WEIGHTS: {list(r.BBOX_REG_WEIGHTS)}; expected 4 values > 0")
@@ -123,7 +130,9 @@ def _subnet(channels: int, num_convs: int, norm: str) -> nn.Sequential:
     """detectron2's RetinaNet subnet: ``num_convs`` x (3x3 conv with bias, optional norm, ReLU), weights
     N(0, 0.01) (torchvision's own head drops the bias before a norm; detectron2 keeps it)."""
     norm_layer = _norm_layer("MODEL.RETINANET.NORM", norm) if norm else None
-    convs = nn.Sequential(*[Conv2dNormActivation(channels, channels, norm_layer=norm_layer, bias=True) for _ in range(num_convs)])
+    convs = nn.Sequential(
+        *[Conv2dNormActivation(channels, channels, norm_layer=norm_layer, bias=True) for _ in range(num_convs)]
+    )
     for layer in convs.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.normal_(layer.weight, std=0.01)
@@ -153,8 +162,10 @@ class TorchvisionRetinaNet(RetinaNet):
         sizes = _per_level("MODEL.ANCHOR_GENERATOR.SIZES", a.SIZES, 5, _LEVELS)
         ratios = _per_level("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", a.ASPECT_RATIOS, 5, _LEVELS)
         if len({len(s) * len(q) for s, q in zip(sizes, ratios)}) != 1:
-            raise ModelError("MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS give a different number of anchors per "
-                             "level; RetinaNet's shared head needs the same number on every level")
+            raise ModelError(
+                "MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS give a different number of anchors per "
+                "level; RetinaNet's shared head needs the same number on every level"
+            )
         anchors = D2AnchorGenerator(sizes, ratios, strides=_STRIDES)
         num_anchors = anchors.num_anchors_per_location()[0]
         head = RetinaNetHead(channels, num_anchors, num_classes)
@@ -168,9 +179,15 @@ class TorchvisionRetinaNet(RetinaNet):
         nn.init.constant_(head.regression_head.bbox_reg.bias, 0)
         bg, fg = (float(t) for t in r.IOU_THRESHOLDS)
         super().__init__(
-            backbone, num_classes, anchor_generator=anchors, head=head,
-            score_thresh=float(r.SCORE_THRESH_TEST), nms_thresh=float(r.NMS_THRESH_TEST),
-            detections_per_img=int(cfg.TEST.DETECTIONS_PER_IMAGE), fg_iou_thresh=fg, bg_iou_thresh=bg,
+            backbone,
+            num_classes,
+            anchor_generator=anchors,
+            head=head,
+            score_thresh=float(r.SCORE_THRESH_TEST),
+            nms_thresh=float(r.NMS_THRESH_TEST),
+            detections_per_img=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+            fg_iou_thresh=fg,
+            bg_iou_thresh=bg,
             topk_candidates=int(r.TOPK_CANDIDATES_TEST),
         )
         self.box_coder.weights = tuple(float(w) for w in r.BBOX_REG_WEIGHTS)
@@ -250,11 +267,13 @@ class TorchvisionRetinaNet(RetinaNet):
         self.loss_normalizer = getattr(self, "loss_normalizer", 100.0) * 0.9 + max(num_pos, 1) * 0.1
         cls_logits = head_outputs["cls_logits"]
         one_hot = F.one_hot(labels[valid], num_classes=k + 1)[:, :-1].to(cls_logits.dtype)
-        loss_cls = sigmoid_focal_loss(cls_logits[valid], one_hot, alpha=self.focal_loss_alpha,
-                                      gamma=self.focal_loss_gamma, reduction="sum")
+        loss_cls = sigmoid_focal_loss(
+            cls_logits[valid], one_hot, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
+        )
         deltas = torch.stack(gt_deltas)
-        loss_box = box_regression_loss(head_outputs["bbox_regression"][pos], deltas[pos].to(cls_logits.dtype),
-                                       self.smooth_l1_beta)
+        loss_box = box_regression_loss(
+            head_outputs["bbox_regression"][pos], deltas[pos].to(cls_logits.dtype), self.smooth_l1_beta
+        )
         return {"loss_cls": loss_cls / self.loss_normalizer, "loss_box_reg": loss_box / self.loss_normalizer}
 
     def _decode(self, logits: list[Tensor], deltas: list[Tensor], anchors: Sequence[Tensor]) -> dict[str, Tensor]:
@@ -323,6 +342,11 @@ def build_torchvision_retinanet(cfg: CfgNode) -> TorchvisionRetinaNet:
     """Build the torchvision-engine RetinaNet described by ``cfg`` (random init, on the CPU)."""
     model = TorchvisionRetinaNet(cfg)
     total = sum(p.numel() for p in model.parameters())
-    logger.info("Built torchvision RetinaNet R%d-FPN (%s): %d classes, %.2fM parameters",
-                cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NORM, model.num_classes, total / 1e6)
+    logger.info(
+        "Built torchvision RetinaNet R%d-FPN (%s): %d classes, %.2fM parameters",
+        cfg.MODEL.RESNETS.DEPTH,
+        cfg.MODEL.RESNETS.NORM,
+        model.num_classes,
+        total / 1e6,
+    )
     return model

@@ -5,6 +5,7 @@ test input size, and reported as multiply-adds (FlopCounterMode's count / 2), th
 detectron2/fvcore and Ultralytics: a torchvision ResNet-50 classifier at 224x224 is 4.1 "GFLOPs".
 For a detector the count depends on the number of proposals the RPN keeps (``MODEL.RPN.POST_NMS_TOPK_TEST``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,7 +57,9 @@ def _input_size(cfg: CfgNode | None, input_size: tuple[int, int] | None) -> tupl
     return h, w
 
 
-def model_summary(model: nn.Module, cfg: CfgNode | None = None, input_size: tuple[int, int] | None = None) -> ModelSummary:
+def model_summary(
+    model: nn.Module, cfg: CfgNode | None = None, input_size: tuple[int, int] | None = None
+) -> ModelSummary:
     """Summarise `model`. The input is ``input_size`` (height, width) when given, else a square of
     ``INPUT.MIN_SIZE_TEST`` (capped at ``INPUT.MAX_SIZE_TEST``) from `cfg`, else 224x224.
 

@@ -18,6 +18,7 @@ the sampled anchors and divided by ``RPN.BATCH_SIZE_PER_IMAGE * images`` (torchv
 anchors), ROI losses divided by the number of sampled ROIs; ``MODEL.ROI_HEADS.CLASS_WEIGHTS`` weights the box
 classifier's cross-entropy per class (see :func:`weighted_cross_entropy`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,9 @@ from torchvision.models.detection.faster_rcnn import (
     FastRCNNPredictor,
     TwoMLPHead,
 )
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, roi_align
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -87,8 +88,7 @@ def _norm_layer(key: str, norm: str) -> Callable[[int], nn.Module]:
     if norm == "GN":
         return lambda channels: nn.GroupNorm(32, channels)
     raise ModelError(
-        f"{key}: {norm!r} is not supported by the torchvision engine; "
-        "expected one of 'FrozenBN', 'BN', 'GN', 'SyncBN'"
+        f"{key}: {norm!r} is not supported by the torchvision engine; expected one of 'FrozenBN', 'BN', 'GN', 'SyncBN'"
     )
 
 
@@ -124,8 +124,12 @@ def _check_unsupported(cfg: CfgNode) -> None:
             "convolutions, which the torchvision engine does not build; expected all False"
         )
     _expect("MODEL.ANCHOR_GENERATOR.OFFSET", m.ANCHOR_GENERATOR.OFFSET, [0.0])
-    _expect("MODEL.ANCHOR_GENERATOR.ANGLES", [list(a) for a in m.ANCHOR_GENERATOR.ANGLES], [[[-90, 0, 90]]],
-            "angles belong to rotated anchors (RotatedAnchorGenerator), which the torchvision engine does not build")
+    _expect(
+        "MODEL.ANCHOR_GENERATOR.ANGLES",
+        [list(a) for a in m.ANCHOR_GENERATOR.ANGLES],
+        [[[-90, 0, 90]]],
+        "angles belong to rotated anchors (RotatedAnchorGenerator), which the torchvision engine does not build",
+    )
     # torchvision's matchers label below the low threshold background, between ignored, above foreground
     _expect("MODEL.RPN.IOU_LABELS", list(m.RPN.IOU_LABELS), [[0, -1, 1]])
     _expect("MODEL.ROI_HEADS.IOU_LABELS", list(m.ROI_HEADS.IOU_LABELS), [[0, 1]])
@@ -248,9 +252,7 @@ def _build_backbone(cfg: CfgNode, first_stage: int = 1, extra_blocks: Any = None
     r = cfg.MODEL.RESNETS
     depth = int(r.DEPTH)
     if depth not in _RESNET_LAYOUTS:
-        raise ModelError(
-            f"MODEL.RESNETS.DEPTH: {depth} is not supported; expected one of {sorted(_RESNET_LAYOUTS)}"
-        )
+        raise ModelError(f"MODEL.RESNETS.DEPTH: {depth} is not supported; expected one of {sorted(_RESNET_LAYOUTS)}")
     block, layers = _RESNET_LAYOUTS[depth]
     groups, width = int(r.NUM_GROUPS), int(r.WIDTH_PER_GROUP)
     if block is resnet.BasicBlock and (groups, width) != (1, 64):
@@ -282,8 +284,9 @@ def _build_backbone(cfg: CfgNode, first_stage: int = 1, extra_blocks: Any = None
     )
 
 
-def _per_level(key: str, values: Sequence[Sequence[float]], levels: int,
-               names: Sequence[str] = tuple(_RPN_FEATURES)) -> list[tuple[float, ...]]:
+def _per_level(
+    key: str, values: Sequence[Sequence[float]], levels: int, names: Sequence[str] = tuple(_RPN_FEATURES)
+) -> list[tuple[float, ...]]:
     """detectron2 anchor lists: one list per level, or a single list used for every level."""
     lists = [tuple(float(v) for v in level) for level in values]
     if len(lists) == 1:
@@ -302,8 +305,9 @@ class D2AnchorGenerator(AnchorGenerator):
     with each level's fixed stride (torchvision divides the padded image size by the grid size, which
     gives 48 instead of 64 on P6 for a 96-pixel-high image)."""
 
-    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
-                 strides: Sequence[int]) -> None:
+    def __init__(
+        self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]], strides: Sequence[int]
+    ) -> None:
         super().__init__(sizes=tuple(sizes), aspect_ratios=tuple(aspect_ratios))
         self.strides = list(strides)
 
@@ -321,7 +325,7 @@ class D2AnchorGenerator(AnchorGenerator):
         scales: Sequence[float],
         aspect_ratios: Sequence[float],
         dtype: torch.dtype = torch.float32,
-        device: torch.device = torch.device("cpu"),
+        device: torch.device | None = None,
     ) -> Tensor:
         """Cell anchors ``(-w/2, -h/2, w/2, h/2)`` with ``w * h = size**2`` and ``h / w = ratio``."""
         anchors = []
@@ -339,8 +343,9 @@ class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
     ``floor(4 + log2(sqrt(area) / 224 + 1e-8))`` clamped to the available levels, and ``aligned=True``
     (the half-pixel shift of ``POOLER_TYPE ROIAlignV2``) when asked."""
 
-    def __init__(self, featmap_names: list[str], output_size: int, sampling_ratio: int, aligned: bool,
-                 min_level: int = 2) -> None:
+    def __init__(
+        self, featmap_names: list[str], output_size: int, sampling_ratio: int, aligned: bool, min_level: int = 2
+    ) -> None:
         super().__init__(featmap_names=featmap_names, output_size=output_size, sampling_ratio=sampling_ratio)
         self.aligned = aligned
         self.min_level = min_level  # the first feature map has stride 2**min_level (P2: 4)
@@ -361,8 +366,12 @@ class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
         for level, (feature, scale) in enumerate(zip(features, scales)):
             index = torch.nonzero(levels == level).squeeze(1)
             out[index] = roi_align(
-                feature, rois[index], self.output_size, spatial_scale=scale,
-                sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+                feature,
+                rois[index],
+                self.output_size,
+                spatial_scale=scale,
+                sampling_ratio=self.sampling_ratio,
+                aligned=self.aligned,
             ).to(out.dtype)
         return out
 
@@ -397,9 +406,12 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
         targets = torch.cat(regression_targets)
         box_loss = box_regression_loss(pred_bbox_deltas[pos], targets[pos], self.smooth_l1_beta) / normalizer
-        objectness_loss = F.binary_cross_entropy_with_logits(
-            objectness.flatten()[sampled], torch.cat(labels)[sampled], reduction="sum"
-        ) / normalizer
+        objectness_loss = (
+            F.binary_cross_entropy_with_logits(
+                objectness.flatten()[sampled], torch.cat(labels)[sampled], reduction="sum"
+            )
+            / normalizer
+        )
         return objectness_loss, box_loss
 
     def filter_proposals(  # type: ignore[override]
@@ -412,9 +424,16 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         """Proposals per image (xyxy) and their objectness probabilities, best first."""
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
-        levels = torch.cat(
-            [torch.full((n,), i, dtype=torch.int64, device=proposals.device) for i, n in enumerate(num_anchors_per_level)]
-        ).reshape(1, -1).expand_as(objectness)
+        levels = (
+            torch.cat(
+                [
+                    torch.full((n,), i, dtype=torch.int64, device=proposals.device)
+                    for i, n in enumerate(num_anchors_per_level)
+                ]
+            )
+            .reshape(1, -1)
+            .expand_as(objectness)
+        )
         top = self._get_top_n_idx(objectness, num_anchors_per_level)
         batch = torch.arange(num_images, device=proposals.device)[:, None]
         objectness, levels, proposals = objectness[batch, top], levels[batch, top], proposals[batch, top]
@@ -454,8 +473,9 @@ class D2RoIHeads(RoIHeads):
     Training losses are detectron2's ``FastRCNNOutputLayers.losses``, with per-class weights on the
     cross-entropy: see :meth:`box_losses`. Boxes only (the engine builds no mask or keypoint head)."""
 
-    def __init__(self, *args: Any, smooth_l1_beta: float = 0.0, class_weights: Sequence[float] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, smooth_l1_beta: float = 0.0, class_weights: Sequence[float] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
         self.stats: dict[str, Any] = {}  # detectron2's ROI head statistics of the last training step
@@ -576,9 +596,7 @@ def _build_box_head(cfg: CfgNode, channels: int) -> tuple[nn.Module, int]:
         # torchvision's own head (same layers; parameter names of torchvision's Faster R-CNN)
         return TwoMLPHead(channels * res * res, fc_dim), fc_dim
     norm = _norm_layer("MODEL.ROI_BOX_HEAD.NORM", h.NORM) if h.NORM else None
-    head = FastRCNNConvFCHead(
-        (channels, res, res), [int(h.CONV_DIM)] * num_conv, [fc_dim] * num_fc, norm_layer=norm
-    )
+    head = FastRCNNConvFCHead((channels, res, res), [int(h.CONV_DIM)] * num_conv, [fc_dim] * num_fc, norm_layer=norm)
     return head, fc_dim
 
 
@@ -642,10 +660,14 @@ class MeddetRCNNTransform(GeneralizedRCNNTransform):
     the config's pixel mean/std and pads the batch to the size divisibility. Images keep their size,
     so boxes stay in the pixels of the tensor the data loader produced."""
 
-    def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float], flip_channels: bool,
-                 size_divisible: int = 32) -> None:
+    def __init__(
+        self, pixel_mean: Sequence[float], pixel_std: Sequence[float], flip_channels: bool, size_divisible: int = 32
+    ) -> None:
         super().__init__(
-            min_size=1, max_size=1, image_mean=list(pixel_mean), image_std=list(pixel_std),
+            min_size=1,
+            max_size=1,
+            image_mean=list(pixel_mean),
+            image_std=list(pixel_std),
             size_divisible=size_divisible,
         )
         self.flip_channels = flip_channels
@@ -656,9 +678,7 @@ class MeddetRCNNTransform(GeneralizedRCNNTransform):
             image = image.flip(0)
         return super().normalize(image)
 
-    def resize(
-        self, image: Tensor, target: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
         """No resize: the data loader already did the shortest-edge resize."""
         return image, target
 
@@ -786,16 +806,15 @@ class TorchvisionRCNN(FasterRCNN):
             targets = []
             for i, x in enumerate(batched_inputs):
                 boxes, classes = check_target(i, x, images[i], self.num_classes)
-                targets.append({"boxes": boxes.to(device, non_blocking=True),
-                                "labels": classes.to(device, non_blocking=True) + 1})  # torchvision: 0 = background
+                targets.append(
+                    {"boxes": boxes.to(device, non_blocking=True), "labels": classes.to(device, non_blocking=True) + 1}
+                )  # torchvision: 0 = background
             losses = super().forward(images, targets)
             # detectron2's training statistics of this step (the trainer writes them to metrics.json)
             self.training_stats = {**getattr(self.rpn, "stats", {}), **getattr(self.roi_heads, "stats", {})}
             return {name: losses[tv_name] * self._loss_weights[name] for tv_name, name in _LOSS_NAMES.items()}
         detections = super().forward(images)
-        return [
-            self._postprocess(det, img.shape[-2:], x) for det, img, x in zip(detections, images, batched_inputs)
-        ]
+        return [self._postprocess(det, img.shape[-2:], x) for det, img, x in zip(detections, images, batched_inputs)]
 
     @staticmethod
     def _postprocess(det: dict[str, Tensor], size: Sequence[int], inputs: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -844,14 +863,20 @@ def build_torchvision_model(cfg: CfgNode) -> nn.Module:
     engine's RetinaNet is :func:`meddet.modeling.retinanet.build_torchvision_retinanet`;
     :func:`meddet.modeling.build_model` picks between them by ``MODEL.META_ARCHITECTURE``."""
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
-        raise ConfigError("MODEL.META_ARCHITECTURE RetinaNet: build it with meddet.modeling.build_model (or "
-                          "meddet.modeling.retinanet.build_torchvision_retinanet), not build_torchvision_model")
+        raise ConfigError(
+            "MODEL.META_ARCHITECTURE RetinaNet: build it with meddet.modeling.build_model (or "
+            "meddet.modeling.retinanet.build_torchvision_retinanet), not build_torchvision_model"
+        )
     model = TorchvisionRCNN(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
         "Built torchvision Faster R-CNN R%d-FPN (%s, FREEZE_AT %d): %d classes, %.2fM parameters (%.2fM trainable)",
-        cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT, model.num_classes,
-        total / 1e6, trainable / 1e6,
+        cfg.MODEL.RESNETS.DEPTH,
+        cfg.MODEL.RESNETS.NORM,
+        cfg.MODEL.BACKBONE.FREEZE_AT,
+        model.num_classes,
+        total / 1e6,
+        trainable / 1e6,
     )
     return model

@@ -30,6 +30,7 @@ everything, except the box predictor when ``NUM_CLASSES`` differs). A checkpoint
 (MSRA: BGR input, pixel std 1, stride in the 1x1 conv; torchvision: RGB statistics, stride in the 3x3 conv)
 is checked against the model's config, and a disagreement is an error listing the keys to set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -231,19 +232,22 @@ def resolve_weights(spec: str | os.PathLike, env: Mapping[str, str] | None = Non
         if path.is_dir():
             weights = path / BUNDLE_WEIGHTS
             if not weights.is_file():
-                raise ModelError(f"MODEL.WEIGHTS {path}: a folder without {BUNDLE_WEIGHTS}; expected a checkpoint "
-                                 "file or a model bundle folder (meddet.json, config.yaml, model.pth)")
+                raise ModelError(
+                    f"MODEL.WEIGHTS {path}: a folder without {BUNDLE_WEIGHTS}; expected a checkpoint "
+                    "file or a model bundle folder (meddet.json, config.yaml, model.pth)"
+                )
             path = weights
         return WeightsSource(text, path, "local")
     cache = cache_dir(env)
     if text.startswith("detectron2://"):
-        name = text[len("detectron2://"):].lstrip("/")
+        name = text[len("detectron2://") :].lstrip("/")
         url = detectron2_url(name, env)
         full = f"{name}/{_D2_MODELS[name]}" if name in _D2_MODELS else name
         parts = [p for p in full.split("/") if p not in ("", ".", "..")]
         if not parts:
-            raise ConfigError(f"MODEL.WEIGHTS {text}: names no file; expected e.g. "
-                              "detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+            raise ConfigError(
+                f"MODEL.WEIGHTS {text}: names no file; expected e.g. detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+            )
         dest = cache.joinpath("detectron2", *parts)
         download(url, dest, spec=text, env=env)
         return WeightsSource(text, dest, "detectron2", url=url, meta={"name": name})
@@ -254,12 +258,12 @@ def resolve_weights(spec: str | os.PathLike, env: Mapping[str, str] | None = Non
         download(text, dest, spec=text, env=env, hash_prefix=prefix)
         return WeightsSource(text, dest, "url", url=text)
     if text.startswith("torchvision://"):
-        name = text[len("torchvision://"):]
+        name = text[len("torchvision://") :]
         weights, part = _torchvision_weights(text, name)
         url = weights.url
         prefix = env.get("MEDDET_TORCHVISION_URL_PREFIX")
         if prefix and url.startswith(TORCHVISION_URL_PREFIX):
-            url = prefix.rstrip("/") + "/" + url[len(TORCHVISION_URL_PREFIX):]
+            url = prefix.rstrip("/") + "/" + url[len(TORCHVISION_URL_PREFIX) :]
         filename = os.path.basename(urlparse(url).path)
         dest = cache / "torchvision" / filename
         hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / filename  # torchvision's own download, if any
@@ -292,8 +296,9 @@ def _resolve_hf(spec: str, env: Mapping[str, str]) -> WeightsSource:
     url = f"{endpoint.rstrip('/')}/{repo}/resolve/{rev or 'main'}/{filename}"
     local_only = offline(env)
     try:
-        path = hf_hub_download(repo, filename, revision=rev, endpoint=endpoint, cache_dir=hf_cache,
-                               local_files_only=local_only)
+        path = hf_hub_download(
+            repo, filename, revision=rev, endpoint=endpoint, cache_dir=hf_cache, local_files_only=local_only
+        )
     except LocalEntryNotFoundError:  # (an EntryNotFoundError: first)
         why = "offline (MEDDET_OFFLINE/HF_HUB_OFFLINE set)" if local_only else "the Hub cannot be reached"
         raise ModelError(
@@ -303,8 +308,10 @@ def _resolve_hf(spec: str, env: Mapping[str, str]) -> WeightsSource:
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"MODEL.WEIGHTS {spec}: {first} ({url}); check the repo id, revision and path, and for a "
-                         "private repo set HF_TOKEN or run huggingface-cli login") from None
+        raise ModelError(
+            f"MODEL.WEIGHTS {spec}: {first} ({url}); check the repo id, revision and path, and for a "
+            "private repo set HF_TOKEN or run huggingface-cli login"
+        ) from None
     return WeightsSource(spec, Path(path), "hf", url=url, meta={"repo": repo, "revision": rev, "file": filename})
 
 
@@ -348,14 +355,23 @@ def _check_recorded(dest: Path, digest: str, url: str) -> None:
         logger.warning(
             "%s: SHA-256 %s differs from the one recorded at its first download (%s, in %s): the published file "
             "changed or the cached copy was replaced; check the source before trusting it",
-            url, digest, recorded, sidecar,
+            url,
+            digest,
+            recorded,
+            sidecar,
         )
     if recorded != digest:
         sidecar.write_text(f"{digest}  {dest.name}\n")
 
 
-def download(url: str, dest: str | os.PathLike, spec: str | None = None, env: Mapping[str, str] | None = None,
-             hash_prefix: str | None = None, timeout: float = 60.0) -> Path:
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    spec: str | None = None,
+    env: Mapping[str, str] | None = None,
+    hash_prefix: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """Download ``url`` to ``dest`` once (see the module doc: ``.part`` file, Range resume, hash checks,
     offline rules, progress bar on stderr). ``hash_prefix``: the start of the file's SHA-256 when the source
     publishes it (torchvision's file names, as torch.hub's check_hash); without it the hash is recorded at
@@ -394,8 +410,9 @@ def _fetch(url: str, dest: Path, spec: str, prefix: str | None, timeout: float) 
             if e.code == 416 and start and attempt == 0:  # the partial file is not a prefix any more: restart
                 part.unlink()
                 continue
-            raise ModelError(f"MODEL.WEIGHTS {spec}: {url} answered HTTP {e.code} {e.reason}; expected the file "
-                             "(check the name)") from None
+            raise ModelError(
+                f"MODEL.WEIGHTS {spec}: {url} answered HTTP {e.code} {e.reason}; expected the file (check the name)"
+            ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise _offline_error(spec, url, dest, f"{url} cannot be reached ({reason})") from None
@@ -428,10 +445,21 @@ def _copy(response: Any, part: Path, start: int, total: int | None, url: str, na
 
     done = start
     try:
-        with open(part, "ab" if start else "wb") as f, logging_redirect_tqdm(), tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=f"Downloading {name}",
-            file=sys.stderr, disable=None, leave=False,
-        ) as bar:
+        with (
+            open(part, "ab" if start else "wb") as f,
+            logging_redirect_tqdm(),
+            tqdm(
+                total=total,
+                initial=start,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"Downloading {name}",
+                file=sys.stderr,
+                disable=None,
+                leave=False,
+            ) as bar,
+        ):
             for block in iter(lambda: response.read(_CHUNK), b""):
                 f.write(block)
                 done += len(block)
@@ -448,8 +476,10 @@ def _copy(response: Any, part: Path, start: int, total: int | None, url: str, na
 
 def _interrupted(spec: str, url: str, part: Path, done: int, total: int | None, why: str) -> ModelError:
     of = f" of {total}" if total else ""
-    return ModelError(f"MODEL.WEIGHTS {spec}: the download from {url} stopped at {done}{of} bytes ({why}); the "
-                      f"partial file {part} is not used; run again to resume it")
+    return ModelError(
+        f"MODEL.WEIGHTS {spec}: the download from {url} stopped at {done}{of} bytes ({why}); the "
+        f"partial file {part} is not used; run again to resume it"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -467,8 +497,11 @@ def read_pkl(path: Path) -> tuple[dict[str, Tensor], str]:
         raise ModelError(f"{path}: holds a {type(obj).__name__}; expected a dict of numpy arrays")
 
     def tensors(d: Mapping[str, Any]) -> dict[str, Tensor]:
-        return {str(k): torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()
-                if isinstance(v, np.ndarray) and not str(k).endswith("_momentum")}
+        return {
+            str(k): torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in d.items()
+            if isinstance(v, np.ndarray) and not str(k).endswith("_momentum")
+        }
 
     if isinstance(obj.get("model"), Mapping) and "__author__" in obj and not obj.get("matching_heuristics"):
         return tensors(obj["model"]), "detectron2"
@@ -485,8 +518,10 @@ def read_pkl(path: Path) -> tuple[dict[str, Tensor], str]:
             continue
         renamed[new] = value
     if not renamed:
-        raise ModelError(f"{path}: no ResNet backbone blobs (res2_0_branch2a_w, ...) found; expected a detectron2 "
-                         "model-zoo .pkl or a Caffe2 ImageNet backbone such as ImageNetPretrained/MSRA/R-50.pkl")
+        raise ModelError(
+            f"{path}: no ResNet backbone blobs (res2_0_branch2a_w, ...) found; expected a detectron2 "
+            "model-zoo .pkl or a Caffe2 ImageNet backbone such as ImageNetPretrained/MSRA/R-50.pkl"
+        )
     return renamed, "caffe2"
 
 
@@ -496,14 +531,23 @@ def _c2_name(key: str) -> str | None:
     if key.startswith(("fc1000", "pred_")):
         return None
     if re.match(r"^(fpn_|rpn_|cls_score|bbox_pred|fc6|fc7|mask_|kps_)", key):
-        raise ModelError(f"Caffe2 blob {key!r}: a Detectron (Caffe2) detection model; expected an ImageNet "
-                         "backbone or a detectron2 model-zoo checkpoint (detectron2://COCO-Detection/...)")
+        raise ModelError(
+            f"Caffe2 blob {key!r}: a Detectron (Caffe2) detection model; expected an ImageNet "
+            "backbone or a detectron2 model-zoo checkpoint (detectron2://COCO-Detection/...)"
+        )
     k = key.replace("_", ".")
     k = re.sub(r"\.b$", ".bias", k)
     k = re.sub(r"\.w$", ".weight", k)
-    for pattern, repl in ((r"bn\.s$", "norm.weight"), (r"bn\.bias$", "norm.bias"), (r"bn\.rm$", "norm.running_mean"),
-                          (r"bn\.riv$", "norm.running_var"), (r"bn\.gamma$", "norm.weight"),
-                          (r"bn\.beta$", "norm.bias"), (r"gn\.s$", "norm.weight"), (r"gn\.bias$", "norm.bias")):
+    for pattern, repl in (
+        (r"bn\.s$", "norm.weight"),
+        (r"bn\.bias$", "norm.bias"),
+        (r"bn\.rm$", "norm.running_mean"),
+        (r"bn\.riv$", "norm.running_var"),
+        (r"bn\.gamma$", "norm.weight"),
+        (r"bn\.beta$", "norm.bias"),
+        (r"gn\.s$", "norm.weight"),
+        (r"gn\.bias$", "norm.bias"),
+    ):
         k = re.sub(pattern, repl, k)
     k = re.sub(r"^res\.conv1\.norm\.", "conv1.norm.", k)
     k = re.sub(r"^conv1\.", "stem.conv1.", k)
@@ -557,8 +601,9 @@ def check_conventions(model: nn.Module, conv: Conventions, spec: str) -> None:
     expected_std = conv.config_std(conv.input_format or fmt)
     if not np.allclose(std, expected_std, atol=1e-2):
         order = conv.input_format or fmt
-        fixes.append(f"MODEL.PIXEL_STD {[round(v, 3) for v in expected_std]} (in {order} order; is "
-                     f"{[round(v, 3) for v in std]})")
+        fixes.append(
+            f"MODEL.PIXEL_STD {[round(v, 3) for v in expected_std]} (in {order} order; is {[round(v, 3) for v in std]})"
+        )
     if stride is not None and stride != conv.stride_in_1x1:
         fixes.append(f"MODEL.RESNETS.STRIDE_IN_1X1 {conv.stride_in_1x1} (is {stride})")
     if fixes:
@@ -595,8 +640,10 @@ def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str, strict
     for key in d2_state:
         for pattern, what in UNSUPPORTED_PARTS:
             if re.search(pattern, key):
-                raise ModelError(f"MODEL.WEIGHTS {spec}: parameter {key!r} belongs to {what}, which the torchvision "
-                                 "engine does not build; expected a Faster R-CNN ResNet-FPN or a ResNet backbone")
+                raise ModelError(
+                    f"MODEL.WEIGHTS {spec}: parameter {key!r} belongs to {what}, which the torchvision "
+                    "engine does not build; expected a Faster R-CNN ResNet-FPN or a ResNet backbone"
+                )
     names = _tv_names(model)
     out, unknown = {}, []
     for key, value in d2_state.items():
@@ -615,12 +662,18 @@ def _from_d2(model: nn.Module, d2_state: Mapping[str, Tensor], spec: str, strict
             value = torch.cat([value.new_zeros((4, *value.shape[1:])), value])
         out[tv] = value
     if unknown and not strict:
-        logger.warning("%s: %d blobs without a place in the model, not loaded: %s", spec, len(unknown),
-                    ", ".join(sorted(unknown)[:10]))
+        logger.warning(
+            "%s: %d blobs without a place in the model, not loaded: %s",
+            spec,
+            len(unknown),
+            ", ".join(sorted(unknown)[:10]),
+        )
     elif unknown:
-        raise ModelError(f"MODEL.WEIGHTS {spec}: {format_listing('parameters without a place in the model', sorted(unknown))}"
-                         "; expected the Faster R-CNN ResNet-FPN the config describes (check MODEL.RESNETS.DEPTH, "
-                         "MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC, MODEL.RPN.CONV_DIMS)")
+        raise ModelError(
+            f"MODEL.WEIGHTS {spec}: {format_listing('parameters without a place in the model', sorted(unknown))}"
+            "; expected the Faster R-CNN ResNet-FPN the config describes (check MODEL.RESNETS.DEPTH, "
+            "MODEL.ROI_BOX_HEAD.NUM_CONV/NUM_FC, MODEL.RPN.CONV_DIMS)"
+        )
     return out
 
 
@@ -635,8 +688,9 @@ def _from_torchvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             continue
         else:
             key = re.sub(r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.conv.0.0.\1", key)
-            key = re.sub(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$",
-                         r"backbone.fpn.\1_blocks.\2.0.\3", key)
+            key = re.sub(
+                r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(weight|bias)$", r"backbone.fpn.\1_blocks.\2.0.\3", key
+            )
             out[key] = value
     return out
 
@@ -661,18 +715,27 @@ def _load_backbone(model: nn.Module, state: dict[str, Tensor], spec: str) -> dic
     body = [k for k in own if k.startswith("backbone.body.")]
     missing = [k for k in body if k not in state]
     unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or mismatched:
         listed = (("missing backbone keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
         parts = [format_listing(what, items) for what, items in listed if items]
-        raise ModelError(f"MODEL.WEIGHTS {spec}: the backbone does not fit the model: {'; '.join(parts)}; expected "
-                         "a ResNet of MODEL.RESNETS.DEPTH (and NUM_GROUPS/WIDTH_PER_GROUP)")
+        raise ModelError(
+            f"MODEL.WEIGHTS {spec}: the backbone does not fit the model: {'; '.join(parts)}; expected "
+            "a ResNet of MODEL.RESNETS.DEPTH (and NUM_GROUPS/WIDTH_PER_GROUP)"
+        )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     random = sorted({"backbone.fpn" if k.startswith("backbone.") else k.split(".")[0] for k in own if k not in state})
     logger.warning(
         "Loaded an ImageNet backbone from %s (%d tensors, backbone.body.*); %s (%d tensors) start from random "
-        "initialisation", spec, len(body), ", ".join(random), len([k for k in own if k not in state]),
+        "initialisation",
+        spec,
+        len(body),
+        ", ".join(random),
+        len([k for k in own if k not in state]),
     )
     return {"pretrained": spec, "pretrained_part": "backbone"}
 
@@ -686,8 +749,10 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
     engine = getattr(model, "engine", None)
     if engine == "detectron2":
         if source.kind == "torchvision":
-            raise ModelError(f"MODEL.WEIGHTS {spec}: torchvision weights load into MODEL.ENGINE torchvision; "
-                             "for detectron2 use detectron2://ImageNetPretrained/torchvision/R-50.pkl")
+            raise ModelError(
+                f"MODEL.WEIGHTS {spec}: torchvision weights load into MODEL.ENGINE torchvision; "
+                "for detectron2 use detectron2://ImageNetPretrained/torchvision/R-50.pkl"
+            )
         conv = conventions_of(source, None)
         if conv is None and path.suffix == ".pkl" and path.is_file():
             with contextlib.suppress(ModelError):  # detectron2's own loader reads what this one cannot
@@ -729,7 +794,8 @@ def _warn_trainable_norm(model: nn.Module, spec: str) -> None:
         logger.warning(
             "%s: Caffe2 backbones fuse BatchNorm into an affine layer (no statistics); detectron2 loads them only "
             "into MODEL.RESNETS.NORM FrozenBN, and %d BatchNorm layers of this backbone are trainable (BN)",
-            spec, len(trainable),
+            spec,
+            len(trainable),
         )
 
 

@@ -6,9 +6,9 @@ from meddet.synth.cytology import CYTOLOGY_CATEGORIES, make_cytology, render_cyt
 from meddet.synth.mammo import (
     ARTEFACTS,
     DIGITAL_MAMMOGRAPHY,
-    Film,
     IDENTIFYING_INFO,
     SECONDARY_CAPTURE,
+    Film,
     encode_dicom,
     make_box_csv_dataset,
     make_cbis_ddsm,

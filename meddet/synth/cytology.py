@@ -122,8 +122,9 @@ def make_cytology(
         n_patients = max(1, n_images // 2)
     n_patients = _check_int("n_patients", n_patients, 1)
     if n_patients > n_images:
-        raise ConfigError(f"n_patients: expected at most n_images ({n_images}) so every patient has an image, "
-                          f"found {n_patients}")
+        raise ConfigError(
+            f"n_patients: expected at most n_images ({n_images}) so every patient has an image, found {n_patients}"
+        )
     n_clusters = _n_clusters(cells_per_image, cluster_ratio)
     _check_capacity(height, width, cells_per_image, n_clusters)
     split_names, fractions = _check_splits(splits)
@@ -139,34 +140,59 @@ def make_cytology(
         name = f"cyto_{i:04d}.png"
         write_png(out / "images" / name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         image_id = i + 1
-        images.append({
-            "id": image_id,
-            "file_name": f"../images/{name}",
-            "height": height,
-            "width": width,
-            "patient_id": f"CYTO_P{patient_of[i]:04d}",
-            "source": f"meddet.synth.cytology(seed={seed}, image={i})",
-        })
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"../images/{name}",
+                "height": height,
+                "width": width,
+                "patient_id": f"CYTO_P{patient_of[i]:04d}",
+                "source": f"meddet.synth.cytology(seed={seed}, image={i})",
+            }
+        )
         for (x0, y0, x1, y1), c in zip(boxes.tolist(), classes.tolist()):
             w, h = x1 - x0, y1 - y0
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": c,
-                                "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": c,
+                    "bbox": [x0, y0, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         logger.debug("%s: %d cells, %d clusters", name, int((classes == 1).sum()), int((classes == 2).sum()))
 
     info: dict[str, Any] = {
         "description": "meddet synthetic cytology",
         "meddet_version": __version__,
-        "generator": {"seed": seed, "cells_per_image": cells_per_image, "clusters_per_image": n_clusters,
-                      "height": height, "width": width},
+        "generator": {
+            "seed": seed,
+            "cells_per_image": cells_per_image,
+            "clusters_per_image": n_clusters,
+            "height": height,
+            "width": width,
+        },
     }
-    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations,
-            "categories": [dict(c) for c in CYTOLOGY_CATEGORIES]}
+    coco = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(c) for c in CYTOLOGY_CATEGORIES],
+    }
     paths: dict[str, Path] = {}
     if split_names:
         # a fixed set of patients: the closest shares (converters use the hash split, stable when images drop out)
         assignment = split_by_patient(images, fractions, seed, names=split_names, method="balanced")
-        split_info = {"method": "patient", "assignment": "balanced", "names": list(split_names),
-                      "fractions": list(fractions), "seed": seed}
+        split_info = {
+            "method": "patient",
+            "assignment": "balanced",
+            "names": list(split_names),
+            "fractions": list(fractions),
+            "seed": seed,
+        }
         info["split"] = split_info
         for name in split_names:
             sub = subset_coco(coco, assignment[name])
@@ -175,8 +201,15 @@ def make_cytology(
             save_json_atomic(sub, paths[name])
     paths["all"] = out / "coco" / "all.json"
     save_json_atomic(coco, paths["all"])
-    logger.info("synthetic cytology: %d images of %dx%d, %d patients, %d boxes in %s",
-                n_images, width, height, n_patients, len(annotations), out)
+    logger.info(
+        "synthetic cytology: %d images of %dx%d, %d patients, %d boxes in %s",
+        n_images,
+        width,
+        height,
+        n_patients,
+        len(annotations),
+        out,
+    )
     return paths
 
 
@@ -231,13 +264,17 @@ def _check_capacity(height: int, width: int, cells: int, clusters: int) -> None:
     # One cluster always fits (the smallest image is larger than a cluster box and its gap).
     most = max(1, int(_MAX_CLUSTER_COVER * height * width // (_CLUSTER_SIDE[1] + 2 * _CLUSTER_GAP) ** 2))
     if clusters > most:
-        raise ConfigError(f"cluster_ratio: {clusters} clusters of up to {_CLUSTER_SIDE[1]} px do not fit in a "
-                          f"{width}x{height} image (at most {most}); lower cluster_ratio or cells_per_image")
+        raise ConfigError(
+            f"cluster_ratio: {clusters} clusters of up to {_CLUSTER_SIDE[1]} px do not fit in a "
+            f"{width}x{height} image (at most {most}); lower cluster_ratio or cells_per_image"
+        )
     per_dim = math.ceil((_CLUSTER_SIDE[1] + 2 * _CLUSTER_GAP) / _MIN_SITE) + 1
     capacity = (height // _MIN_SITE) * (width // _MIN_SITE) - clusters * per_dim**2
     if cells > max(capacity, 0):
-        raise ConfigError(f"cells_per_image: {cells} cells of up to {int(_CELL_DIAMETER[1])} px do not fit beside "
-                          f"{clusters} cluster(s) in a {width}x{height} image (at most {max(capacity, 0)})")
+        raise ConfigError(
+            f"cells_per_image: {cells} cells of up to {int(_CELL_DIAMETER[1])} px do not fit beside "
+            f"{clusters} cluster(s) in a {width}x{height} image (at most {max(capacity, 0)})"
+        )
 
 
 def _check_splits(splits: Any) -> tuple[list[str], tuple[float, ...]]:
@@ -338,8 +375,9 @@ def _draw_cell(
     cyto = np.zeros((n, n), np.uint8)
     nuc = np.zeros((n, n), np.uint8)
     px, py = cx - ox, cy - oy
-    cv2.ellipse(cyto, (round(px * 16), round(py * 16)), (round(a * 16), round(b * 16)), angle, 0, 360, 1, -1,
-                cv2.LINE_8, 4)
+    cv2.ellipse(
+        cyto, (round(px * 16), round(py * 16)), (round(a * 16), round(b * 16)), angle, 0, 360, 1, -1, cv2.LINE_8, 4
+    )
     k = rng.uniform(*nucleus_scale)
     # The nucleus sits inside the cytoplasm, a little off centre.
     shift = (1 - k) * b * 0.5 * rng.uniform(0, 1)
@@ -347,8 +385,18 @@ def _draw_cell(
     nx, ny = px + shift * math.cos(phi), py + shift * math.sin(phi)
     nax = k * a * rng.uniform(0.85, 1.0)
     nby = k * b * rng.uniform(0.85, 1.0)
-    cv2.ellipse(nuc, (round(nx * 16), round(ny * 16)), (max(1, round(nax * 16)), max(1, round(nby * 16))),
-                angle + rng.uniform(-30, 30), 0, 360, 1, -1, cv2.LINE_8, 4)
+    cv2.ellipse(
+        nuc,
+        (round(nx * 16), round(ny * 16)),
+        (max(1, round(nax * 16)), max(1, round(nby * 16))),
+        angle + rng.uniform(-30, 30),
+        0,
+        360,
+        1,
+        -1,
+        cv2.LINE_8,
+        4,
+    )
     cyto |= nuc
     ys, xs = np.nonzero(cyto)
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
@@ -409,13 +457,19 @@ def _place_clusters(rng: np.random.Generator, od: np.ndarray, n: int, style: dic
         for _try in range(1000):
             tx = int(rng.integers(0, width - w + 1))
             ty = int(rng.integers(0, height - h + 1))
-            clash = ((tx - g < placed[:, 2] + g) & (placed[:, 0] - g < tx + w + g)
-                     & (ty - g < placed[:, 3] + g) & (placed[:, 1] - g < ty + h + g))
+            clash = (
+                (tx - g < placed[:, 2] + g)
+                & (placed[:, 0] - g < tx + w + g)
+                & (ty - g < placed[:, 3] + g)
+                & (placed[:, 1] - g < ty + h + g)
+            )
             if not clash.any():
                 break
         else:
-            raise ConfigError(f"cluster_ratio: could not place {n} clusters apart in a {width}x{height} image; "
-                              "lower cluster_ratio or cells_per_image")
+            raise ConfigError(
+                f"cluster_ratio: could not place {n} clusters apart in a {width}x{height} image; "
+                "lower cluster_ratio or cells_per_image"
+            )
         od[ty : ty + h, tx : tx + w] += canvas[y0:y1, x0:x1]
         placed = np.vstack([placed, [[tx, ty, tx + w, ty + h]]])
     return placed
@@ -438,8 +492,12 @@ def _draw_single_cells(
         gy, gx = np.meshgrid(oy + spacing * np.arange(ny), ox + spacing * np.arange(nx), indexing="ij")
         sx, sy = gx.ravel(), gy.ravel()
         cb = cluster_boxes[None] + np.array([-_CLUSTER_GAP, -_CLUSTER_GAP, _CLUSTER_GAP, _CLUSTER_GAP])
-        near = ((sx[:, None] < cb[..., 2]) & (cb[..., 0] < sx[:, None] + spacing)
-                & (sy[:, None] < cb[..., 3]) & (cb[..., 1] < sy[:, None] + spacing))
+        near = (
+            (sx[:, None] < cb[..., 2])
+            & (cb[..., 0] < sx[:, None] + spacing)
+            & (sy[:, None] < cb[..., 3])
+            & (cb[..., 1] < sy[:, None] + spacing)
+        )
         free = ~near.any(axis=1)
         if free.sum() >= n or spacing == _MIN_SITE:
             break

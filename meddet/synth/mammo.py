@@ -33,9 +33,10 @@ import csv
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,8 +46,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from meddet.data.formats.cbis_ddsm import CALC_HEADER, MASS_HEADER
 from meddet.errors import ConfigError
-from meddet.io.image import write_png
 from meddet.io.dicom import read_dicom
+from meddet.io.image import write_png
 
 logger = logging.getLogger(__name__)
 
@@ -479,7 +480,9 @@ def render_film(
     for regions in masks:
         for m in regions:
             ys, xs = np.nonzero(m)
-            boxes.append([int(xs.min()) + x_off, int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)])
+            boxes.append(
+                [int(xs.min()) + x_off, int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            )
     if "dense" in arts:
         base = float(rng.uniform(0.08, 0.16))
         img = np.where(tissue, base + 0.1 + 0.45 * img, base).astype(np.float32)
@@ -535,8 +538,17 @@ def render_film(
                 img[:, :k] = v
             else:
                 img[:, -k:] = v
-    return Film(np.clip(img, 0.0, 1.0).astype(np.float32), boxes, tissue, labels, strips, side, view, arts,
-                "MONOCHROME1" if "monochrome1" in arts else "MONOCHROME2")
+    return Film(
+        np.clip(img, 0.0, 1.0).astype(np.float32),
+        boxes,
+        tissue,
+        labels,
+        strips,
+        side,
+        view,
+        arts,
+        "MONOCHROME1" if "monochrome1" in arts else "MONOCHROME2",
+    )
 
 
 # ------------------------------------------------------------------------------ CBIS-DDSM tree
@@ -567,8 +579,9 @@ def _plan_abnormalities(rng: np.random.Generator, forced: Sequence[tuple[str, in
         elif kind == "mass_high":
             assessment = int(rng.integers(4, 6))
             pathology = str(rng.choice(["MALIGNANT", "BENIGN"], p=[0.85, 0.15]))
-            a, b = str(rng.choice(["IRREGULAR", "LOBULATED"])), str(
-                rng.choice(["SPICULATED", "ILL_DEFINED"], p=[0.8, 0.2])
+            a, b = (
+                str(rng.choice(["IRREGULAR", "LOBULATED"])),
+                str(rng.choice(["SPICULATED", "ILL_DEFINED"], p=[0.8, 0.2])),
             )
         else:
             assessment = int(rng.integers(2, 6))
@@ -806,10 +819,27 @@ IDENTIFYING_INFO = {
     "OtherPatientIDs": "MRN-99812345",
 }
 _INFO_HEADER = [
-    "file_path", "image_path", "AccessionNumber", "BitsAllocated", "BitsStored", "Columns", "Laterality",
-    "OtherPatientIDs", "PatientBirthDate", "PatientID", "PatientName", "PatientOrientation", "PatientSex",
-    "PhotometricInterpretation", "ReferringPhysicianName", "Rows", "SOPInstanceUID", "SeriesDescription",
-    "SeriesInstanceUID", "StudyDate", "StudyInstanceUID",
+    "file_path",
+    "image_path",
+    "AccessionNumber",
+    "BitsAllocated",
+    "BitsStored",
+    "Columns",
+    "Laterality",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "PatientID",
+    "PatientName",
+    "PatientOrientation",
+    "PatientSex",
+    "PhotometricInterpretation",
+    "ReferringPhysicianName",
+    "Rows",
+    "SOPInstanceUID",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "StudyDate",
+    "StudyInstanceUID",
 ]
 
 

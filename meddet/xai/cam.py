@@ -34,6 +34,7 @@ gradients ``G`` into a map (ReLU, upsampled to the original image, scaled to pea
   chosen so that the map correlates positively with the activations' magnitude (L2 norm over channels).
   The components are fitted on the feature positions of the image, not of the batch padding.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,9 +62,11 @@ METHODS = ("hirescam", "gradcam", "gradcam++", "eigencam")
 _GRADIENT_FREE = ("eigencam",)
 _FPN_LEVELS = ("p2", "p3", "p4", "p5")  # the levels the box head pools from (both engines)
 _EXPLAIN_INTERFACE = ("explain_inputs", "feature_maps", "box_class_logits")
-_LAYER_HELP = ("p2..p5 (FPN outputs) or a backbone module name: on the torchvision engine e.g. "
-               "'backbone.body.layer3' or 'backbone.fpn.layer_blocks.0', on the detectron2 engine e.g. "
-               "'backbone.bottom_up.res3' or 'backbone.fpn_output2'")
+_LAYER_HELP = (
+    "p2..p5 (FPN outputs) or a backbone module name: on the torchvision engine e.g. "
+    "'backbone.body.layer3' or 'backbone.fpn.layer_blocks.0', on the detectron2 engine e.g. "
+    "'backbone.bottom_up.res3' or 'backbone.fpn_output2'"
+)
 _GRADCAM_PP_EPS = 1e-6  # pytorch-grad-cam's constant in the Grad-CAM++ denominator
 
 
@@ -86,11 +89,12 @@ class CAM:
         if total <= 0:
             return 0.0
         x1, y1, x2, y2 = (int(round(v)) for v in self.box)
-        return float(self.heatmap[max(y1, 0):y2, max(x1, 0):x2].sum()) / total
+        return float(self.heatmap[max(y1, 0) : y2, max(x1, 0) : x2].sum()) / total
 
 
-def activation_map(activations: Tensor, gradients: Tensor | None, method: str,
-                   valid: tuple[int, int] | None = None) -> Tensor:
+def activation_map(
+    activations: Tensor, gradients: Tensor | None, method: str, valid: tuple[int, int] | None = None
+) -> Tensor:
     """The ReLU'd map (N, h, w) of ``activations`` (N, C, h, w) with their ``gradients`` (same shape;
     None for ``"eigencam"``) by ``method`` (see the module doc). ``valid``: the (rows, columns) of the
     map that hold the image (the rest is batch padding); Eigen-CAM fits its components on those only."""
@@ -199,9 +203,11 @@ def gradcam(
             model.train(was_training)
         n = int(det["boxes"].shape[0])
         if detection_index is None or not 0 <= detection_index < n:
-            raise DataError(f"Grad-CAM detection_index: {detection_index}; the model found {n} detections "
-                            f"in this image (expected 0..{n - 1}, or pass box= and class_index=)")
-        boxes = det["boxes"][detection_index:detection_index + 1].detach().cpu().float()
+            raise DataError(
+                f"Grad-CAM detection_index: {detection_index}; the model found {n} detections "
+                f"in this image (expected 0..{n - 1}, or pass box= and class_index=)"
+            )
+        boxes = det["boxes"][detection_index : detection_index + 1].detach().cpu().float()
         classes = [int(det["classes"][detection_index])]
     else:
         boxes = torch.as_tensor(box, dtype=torch.float32).reshape(1, -1)
@@ -229,8 +235,10 @@ def gradcams(
     image = _check_inputs(inputs)
     orig = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
     if len(class_indices) != orig.shape[0]:
-        raise DataError(f"Grad-CAM class_indices: {len(class_indices)} classes for {orig.shape[0]} boxes; "
-                        "expected one class per box")
+        raise DataError(
+            f"Grad-CAM class_indices: {len(class_indices)} classes for {orig.shape[0]} boxes; "
+            "expected one class per box"
+        )
     for b, c in zip(orig.tolist(), class_indices):
         if c is None or not 0 <= int(c) < model.num_classes:
             raise DataError(f"Grad-CAM class_index: {c}; expected a class in 0..{model.num_classes - 1}")
@@ -257,8 +265,15 @@ def gradcams(
     return cams
 
 
-def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], layer: str | None,
-          method: str, deadline: float | None) -> list[tuple[np.ndarray, float, str]]:
+def _cams(
+    model: nn.Module,
+    image: Tensor,
+    tboxes: Tensor,
+    classes: list[int],
+    layer: str | None,
+    method: str,
+    deadline: float | None,
+) -> list[tuple[np.ndarray, float, str]]:
     """Per box (xyxy in the pixels of ``image``): (map at the padded input tensor's size, softmax score
     of its class, layer used). Uses only the model's explanation interface (see the module doc)."""
     needs_grad = method not in _GRADIENT_FREE
@@ -267,8 +282,10 @@ def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], l
     if layer is not None and layer not in _FPN_LEVELS:
         modules = dict(model.named_modules())
         if layer not in modules or not layer.startswith("backbone."):
-            raise ModelError(f"Grad-CAM layer: {layer!r} is not a backbone module of the "
-                             f"{getattr(model, 'engine', type(model).__name__)} model; expected {_LAYER_HELP}")
+            raise ModelError(
+                f"Grad-CAM layer: {layer!r} is not a backbone module of the "
+                f"{getattr(model, 'engine', type(model).__name__)} model; expected {_LAYER_HELP}"
+            )
 
         def hook(_module: nn.Module, _args: Any, output: Any) -> Tensor:
             if not isinstance(output, Tensor) or output.dim() != 4:
@@ -290,8 +307,10 @@ def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], l
         with torch.set_grad_enabled(needs_grad and handle is not None):
             features = model.feature_maps(padded)
         if handle is not None and len(captured) != 1:
-            raise ModelError(f"Grad-CAM layer: {layer!r} ran {len(captured)} times in the backbone pass; "
-                             "expected a module that runs once (a feature map of the image)")
+            raise ModelError(
+                f"Grad-CAM layer: {layer!r} ran {len(captured)} times in the backbone pass; "
+                "expected a module that runs once (a feature map of the image)"
+            )
         if handle is None:
             features = OrderedDict((k, v.detach().requires_grad_(needs_grad)) for k, v in features.items())
         for tbox, cls in zip(tboxes, classes):
@@ -306,10 +325,13 @@ def _cams(model: nn.Module, image: Tensor, tboxes: Tensor, classes: list[int], l
             score = float(torch.softmax(logits[0].detach(), dim=0)[cls])
             if method == "gradcam++" and lay not in warned and bool((act < 0).any()):
                 warned.add(lay)
-                logger.warning("Grad-CAM++ at %s: the activations have negative values (e.g. FPN outputs), but its "
-                               "weights assume post-ReLU activations and may be unstable; prefer a ResNet stage "
-                               "(backbone.body.layerN on the torchvision engine, backbone.bottom_up.resN on the "
-                               "detectron2 engine)", lay)
+                logger.warning(
+                    "Grad-CAM++ at %s: the activations have negative values (e.g. FPN outputs), but its "
+                    "weights assume post-ReLU activations and may be unstable; prefer a ResNet stage "
+                    "(backbone.body.layerN on the torchvision engine, backbone.bottom_up.resN on the "
+                    "detectron2 engine)",
+                    lay,
+                )
             if needs_grad:
                 (grad,) = torch.autograd.grad(logits[0, cls], act, retain_graph=True, allow_unused=True)
                 if grad is None or not bool(grad.any()):
@@ -340,8 +362,9 @@ def heatmap_rgba(heatmap: np.ndarray, max_alpha: float = 0.6) -> np.ndarray:
     return np.dstack([bgr, alpha])
 
 
-def overlay(image: np.ndarray, cams: Sequence[CAM], alpha: float = 0.45,
-            labels: Sequence[str] | None = None) -> np.ndarray:
+def overlay(
+    image: np.ndarray, cams: Sequence[CAM], alpha: float = 0.45, labels: Sequence[str] | None = None
+) -> np.ndarray:
     """The image (HxW or HxWx3 BGR, any dtype) as uint8 BGR with the maps combined (pixel-wise maximum)
     as a JET heat map and each detection's box and label drawn on top."""
     img = image.astype(np.float32)
@@ -359,7 +382,11 @@ def overlay(image: np.ndarray, cams: Sequence[CAM], alpha: float = 0.45,
     # Boxes and labels by the shared placement routine (highest score on top, no overlapping labels).
 
     names = list(labels) if labels else [str(i) for i in range(max(c.class_index for c in cams) + 1)]
-    return draw_detections(out, np.asarray([c.box for c in cams], dtype=np.float32).reshape(-1, 4),
-                           np.asarray([c.score for c in cams], dtype=np.float32),
-                           np.asarray([c.class_index for c in cams]), names,
-                           box_colors=[(255, 255, 255)] * len(cams))
+    return draw_detections(
+        out,
+        np.asarray([c.box for c in cams], dtype=np.float32).reshape(-1, 4),
+        np.asarray([c.score for c in cams], dtype=np.float32),
+        np.asarray([c.class_index for c in cams]),
+        names,
+        box_colors=[(255, 255, 255)] * len(cams),
+    )

@@ -1,5 +1,6 @@
 """``-c explain``: class activation overlays for the detections of a trained model on a list of images,
 and :func:`explain_detections` for callers that already hold a Predictor's detections (the web app)."""
+
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,9 @@ import torch
 from yacs.config import CfgNode
 
 from meddet.errors import DataError
-from meddet.xai.cam import CAM, gradcams, overlay
 from meddet.inference.predictor import Predictor
 from meddet.io.recipe import boxes_from_original, boxes_to_original, map_to_original
+from meddet.xai.cam import CAM, gradcams, overlay
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ def explain_detections(
     batch = dict(predictor.prepare(prepared), height=map_h, width=map_w)
     sx, sy = map_w / pw, map_h / ph
     scaled = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
-    cams = gradcams(predictor.model, batch, scaled, [int(c) for c in classes], layer=layer, method=method,
-                    deadline=deadline)
+    cams = gradcams(
+        predictor.model, batch, scaled, [int(c) for c in classes], layer=layer, method=method, deadline=deadline
+    )
     return _cams_to_original(cams, geometry, (out_h, out_w))
 
 
@@ -105,8 +107,14 @@ def explain(
         with torch.no_grad():
             det = predictor.model([batch])[0]
         keep = (det["scores"] >= score_thresh).nonzero().flatten()[:max_detections]
-        cams = gradcams(predictor.model, batch, det["boxes"][keep].detach().cpu(),
-                        det["classes"][keep].tolist(), layer=layer, method=method)
+        cams = gradcams(
+            predictor.model,
+            batch,
+            det["boxes"][keep].detach().cpu(),
+            det["classes"][keep].tolist(),
+            layer=layer,
+            method=method,
+        )
         cams = _cams_to_original(cams, geometry, image.shape[:2])
         logger.info("%s: %d detections explained", path, len(cams))
         target = out / f"{path.stem}_gradcam.png"

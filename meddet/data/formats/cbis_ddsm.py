@@ -27,9 +27,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,9 +41,9 @@ from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jo
 from meddet.data.splits import check_fractions, split_by_patient
 from meddet.errors import ConfigError, DataError
 from meddet.io.breast import orient_and_crop
-from meddet.io.recipe import PreprocessRecipe
 from meddet.io.dicom import PixelOptions, dicom_to_array, is_dicom_file, load_dicom, pixel_spacing, stored_pixels
 from meddet.io.image import read_image, write_png
+from meddet.io.recipe import PreprocessRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -611,8 +612,13 @@ def _convert_image(job: Job, out_dir: Path) -> Converted:
             )
     arr = dicom_to_array(ds, source=image_path, **p.pixels.as_kwargs()) if ds is not None else img
     arr, boxes, geometry = orient_and_crop(
-        arr, boxes, flip_left=bool(p.flip_left), crop=p.crop_breast, patient_orientation=orientation,
-        laterality=laterality, source=str(image_path),
+        arr,
+        boxes,
+        flip_left=bool(p.flip_left),
+        crop=p.crop_breast,
+        patient_orientation=orientation,
+        laterality=laterality,
+        source=str(image_path),
     )
     digest = write_png(out_dir / job.output, arr)
     annotations = [{**f, "bbox": b, "area": b[2] * b[3]} for f, b in zip(fields, boxes)]
@@ -749,8 +755,10 @@ def convert_cbis_ddsm(
         split = check_fractions(split)
     root = Path(dicom_root)
     if not root.is_dir():
-        raise DataError(f"{root}: CBIS-DDSM root folder not found (expected the folder holding "
-                        f"{'jpeg/' if dicom_info else 'Mass-Training_... folders'})")
+        raise DataError(
+            f"{root}: CBIS-DDSM root folder not found (expected the folder holding "
+            f"{'jpeg/' if dicom_info else 'Mass-Training_... folders'})"
+        )
     csvs = _as_list(mass_csvs) + _as_list(calc_csvs)
     if not csvs:
         raise ConfigError("CBIS-DDSM conversion: no mass or calc CSV given (expected at least one)")
@@ -837,7 +845,9 @@ def convert_cbis_ddsm(
         "preprocess": PreprocessRecipe(pixels=pixels, flip_left=flip_left, crop_breast=crop_breast).to_dict(),
     }
     coco = assemble_coco(
-        entries, [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories], info,
+        entries,
+        [{"id": cat_ids[n], "name": n, "supercategory": "lesion"} for n in categories],
+        info,
         id_map=out / ID_MAP,
     )
     if split == "official":

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,14 +58,24 @@ def merge_coco(
             merged["images"].append({**im, "id": img_map[im["id"]], "file_name": rel, "merged_from": Path(path).name})
         for a in coco["annotations"]:
             merged["annotations"].append(
-                {**a, "id": len(merged["annotations"]) + 1, "image_id": img_map[a["image_id"]],
-                 "category_id": cat_map[a["category_id"]]}
+                {
+                    **a,
+                    "id": len(merged["annotations"]) + 1,
+                    "image_id": img_map[a["image_id"]],
+                    "category_id": cat_map[a["category_id"]],
+                }
             )
     merged["categories"] = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     merged["info"] = {"description": "merged by meddet", "sources": [str(p) for p in coco_files]}
     save_json_atomic(merged, out)
-    logger.info("merged %d file(s): %d images, %d boxes, classes %s -> %s", len(coco_files),
-                len(merged["images"]), len(merged["annotations"]), names, out)
+    logger.info(
+        "merged %d file(s): %d images, %d boxes, classes %s -> %s",
+        len(coco_files),
+        len(merged["images"]),
+        len(merged["annotations"]),
+        names,
+        out,
+    )
     return merged
 
 
@@ -108,8 +119,14 @@ def filter_coco(
     annotations = []
     for a in coco["annotations"]:
         if a["image_id"] in img_map and a["category_id"] in new_cat:
-            annotations.append({**a, "id": len(annotations) + 1, "image_id": img_map[a["image_id"]],
-                                "category_id": new_cat[a["category_id"]]})
+            annotations.append(
+                {
+                    **a,
+                    "id": len(annotations) + 1,
+                    "image_id": img_map[a["image_id"]],
+                    "category_id": new_cat[a["category_id"]],
+                }
+            )
     old = {c["name"]: c for c in coco["categories"]}
     return {
         **{k: v for k, v in coco.items() if k not in ("images", "annotations", "categories")},

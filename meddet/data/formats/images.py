@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, safe_name
-from meddet.data.coco import save_json_atomic
-from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
-from meddet.errors import DataError
 import numpy as np
 
+from meddet.data.coco import save_json_atomic
+from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, safe_name
+from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
+from meddet.errors import DataError
 from meddet.io.dicom import PixelOptions, is_dicom_file, load_dicom, pixel_spacing
 from meddet.io.image import write_png
 from meddet.io.recipe import PreprocessRecipe, read_for_recipe
@@ -131,15 +131,17 @@ def convert_images(
             key = f"{stem}_{k}"
         used.add(key)
         jobs.append(Job(key=key, output=f"images/{key}.png", item=rel, payload=_ImageJob(str(path), rel, recipe)))
-    settings = {"converter": "images", "pixels": pixels.as_kwargs(), "flip_left": flip_left,
-                "crop_breast": crop_breast}
+    settings = {"converter": "images", "pixels": pixels.as_kwargs(), "flip_left": flip_left, "crop_breast": crop_breast}
     entries = run_jobs(
         jobs, _convert_image, out, settings=settings, options=run, report=report, progress=progress, desc="images"
     )
     report.n_images = len(entries)
     if run.shard is None:
-        info = {"description": f"images of {root.name} converted by meddet", "preprocessing": pixels.as_kwargs(),
-                "preprocess": recipe.to_dict()}
+        info = {
+            "description": f"images of {root.name} converted by meddet",
+            "preprocessing": pixels.as_kwargs(),
+            "preprocess": recipe.to_dict(),
+        }
         coco = assemble_coco(entries, [], info, id_map=out / ID_MAP)
         save_json_atomic(coco, out / "all.json")
         report.files["all"] = out / "all.json"

@@ -23,10 +23,10 @@ import math
 import os
 import plistlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
+from typing import Any
 
 from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, read_csv_strings, write_coco_splits
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
@@ -242,8 +242,10 @@ def convert_inbreast(
                 continue
             unknown = sorted({n for n, _ in found if n.lower() not in kinds})
             if unknown:
-                report.skip(item, f"{xml}: unknown ROI name(s) {unknown} (expected one of {sorted(kinds)}; "
-                                  "map them with roi_kinds)")
+                report.skip(
+                    item,
+                    f"{xml}: unknown ROI name(s) {unknown} (expected one of {sorted(kinds)}; map them with roi_kinds)",
+                )
                 continue
             other = sorted({kinds[n.lower()] for n, _ in found if kinds[n.lower()] not in cat_ids})
             if other:

@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from meddet.data.convert import ID_MAP, ConversionReport, assemble_coco, write_coco_splits
 from meddet.data.parallel import Converted, Job, RunOptions, file_stamps, run_jobs
@@ -241,7 +242,9 @@ def convert_mias(
             continue
         path = next((images_root / f"{ref}{s}" for s in _SUFFIXES if (images_root / f"{ref}{s}").is_file()), None)
         if path is None:
-            report.skip(item, f"{images_root / (ref + '.pgm')}: image file not found (listed in {groups[ref][0].source})")
+            report.skip(
+                item, f"{images_root / (ref + '.pgm')}: image file not found (listed in {groups[ref][0].source})"
+            )
             continue
         payload = _ImageJob(
             str(path),

@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 from PIL import Image
@@ -136,13 +137,21 @@ def yolo_to_coco(
     report = ConversionReport(out_dir=out, categories=list(names))
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     info = {"description": f"{yaml_path} converted by meddet"}
-    everything: dict[str, Any] = {"info": {**info, "split": {"method": "yolo"}}, "images": [], "annotations": [],
-                                  "categories": categories}
+    everything: dict[str, Any] = {
+        "info": {**info, "split": {"method": "yolo"}},
+        "images": [],
+        "annotations": [],
+        "categories": categories,
+    }
     for split in splits:
         if not data.get(split):
             continue
-        coco: dict[str, Any] = {"info": {**info, "split": {"method": "yolo", "name": split}}, "images": [],
-                                "annotations": [], "categories": categories}
+        coco: dict[str, Any] = {
+            "info": {**info, "split": {"method": "yolo", "name": split}},
+            "images": [],
+            "annotations": [],
+            "categories": categories,
+        }
         for image in _split_images(data["path"], data[split], yaml_path):
             try:
                 record, anns = _image_record(image, len(names), out)
@@ -182,11 +191,19 @@ def _image_record(image: Path, n_classes: int, out: Path) -> tuple[dict[str, Any
                 cls, x0, y0, x1, y1 = _parse_label_line(line, n_classes)
             except ValueError as e:
                 raise DataError(f"{labels} line {n}: {e}") from None
-            box = [round(x0 * width, 3), round(y0 * height, 3), round((x1 - x0) * width, 3),
-                   round((y1 - y0) * height, 3)]
+            box = [
+                round(x0 * width, 3),
+                round(y0 * height, 3),
+                round((x1 - x0) * width, 3),
+                round((y1 - y0) * height, 3),
+            ]
             anns.append({"category_id": cls + 1, "bbox": box, "area": round(box[2] * box[3], 3), "iscrowd": 0})
-    record = {"file_name": Path(os.path.relpath(image.resolve(), out.resolve())).as_posix(), "height": height,
-              "width": width, "source": image.name}
+    record = {
+        "file_name": Path(os.path.relpath(image.resolve(), out.resolve())).as_posix(),
+        "height": height,
+        "width": width,
+        "source": image.name,
+    }
     return record, anns
 
 
@@ -248,8 +265,9 @@ def coco_to_yolo(
             lines = []
             for a in by_image.get(im["id"], []):
                 x, y, bw, bh = (float(v) for v in a["bbox"])
-                lines.append(f"{index[a['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} "
-                             f"{bw / w:.6f} {bh / h:.6f}")
+                lines.append(
+                    f"{index[a['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
+                )
             label = out / "labels" / split / f"{stem}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

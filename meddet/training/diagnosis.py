@@ -5,6 +5,7 @@ bottleneck, each with its evidence and a suggested change.
 >>> findings = diagnose("output/run/metrics.json")
 >>> print(format_findings(findings))
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meddet.engine.events import read_metrics
 from meddet.errors import DataError
+from meddet.training.events import read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +73,22 @@ def _overfitting(train: Sequence[Mapping], evals: Sequence[Mapping], patience: i
         run = _rising_run(values)
         if run < patience:
             continue
-        window = points[-(run + 1):]
+        window = points[-(run + 1) :]
         its = [it for it, _ in window]
         train_loss = [_train_loss_at(train, it) for it in its]
         if not all(math.isfinite(v) for v in train_loss) or not train_loss[-1] < train_loss[0]:
             continue
         best_it = min(points, key=lambda p: sign * p[1])[0]
         shown = ", ".join(f"{v:.4g}" for _, v in window)
-        return [Finding(
-            "overfitting",
-            f"{label} for {run} evaluations in a row (iterations {its[0]}..{its[-1]}: {shown}) while the "
-            f"training loss fell from {train_loss[0]:.4g} to {train_loss[-1]:.4g}.",
-            f"keep the checkpoint of iteration {best_it} (best validation), stop earlier (early stopping), add "
-            "augmentation or weight decay, or train on more data.",
-        )]
+        return [
+            Finding(
+                "overfitting",
+                f"{label} for {run} evaluations in a row (iterations {its[0]}..{its[-1]}: {shown}) while the "
+                f"training loss fell from {train_loss[0]:.4g} to {train_loss[-1]:.4g}.",
+                f"keep the checkpoint of iteration {best_it} (best validation), stop earlier (early stopping), add "
+                "augmentation or weight decay, or train on more data.",
+            )
+        ]
     return []
 
 
@@ -94,12 +97,15 @@ def _lr_findings(train: Sequence[Mapping]) -> list[Finding]:
     loss = np.array([float(x["total_loss"]) for x in train])
     bad = ~np.isfinite(loss)
     if bad.any():
-        return [Finding(
-            "divergence",
-            f"total_loss became {loss[bad][0]} at iteration {its[bad][0]}.",
-            "lower SOLVER.BASE_LR (e.g. by 10x), lengthen SOLVER.WARMUP_ITERS, enable SOLVER.CLIP_GRADIENTS.ENABLED, and "
-            "check MODEL.PIXEL_STD and trainable normalization (MODEL.RESNETS.NORM BN/GN) when training from scratch.",
-        )]
+        return [
+            Finding(
+                "divergence",
+                f"total_loss became {loss[bad][0]} at iteration {its[bad][0]}.",
+                "lower SOLVER.BASE_LR (e.g. by 10x), lengthen SOLVER.WARMUP_ITERS, enable "
+                "SOLVER.CLIP_GRADIENTS.ENABLED, and check MODEL.PIXEL_STD and trainable normalization "
+                "(MODEL.RESNETS.NORM BN/GN) when training from scratch.",
+            )
+        ]
     if len(loss) < _MIN_TRAIN_LINES:
         return []
     q = max(2, len(loss) // 4)
@@ -113,25 +119,29 @@ def _lr_findings(train: Sequence[Mapping]) -> list[Finding]:
     )
     if last > 1.5 * first:
         return [rising]
-    half = loss[len(loss) // 2:]
+    half = loss[len(loss) // 2 :]
     rel_swing = float(np.median(np.abs(np.diff(half))) / max(float(np.mean(half)), 1e-12))
     if rel_swing > 0.5 and last > 0.8 * first:
-        return [Finding(
-            "oscillation",
-            f"the training loss swings by a median {rel_swing:.0%} of its level from one log line to the next in the "
-            f"second half of training and barely fell (mean {first:.4g} -> {last:.4g}).",
-            "lower SOLVER.BASE_LR (e.g. by 3x) or raise SOLVER.IMS_PER_BATCH.",
-        )]
+        return [
+            Finding(
+                "oscillation",
+                f"the training loss swings by a median {rel_swing:.0%} of its level from one log line to the next "
+                f"in the second half of training and barely fell (mean {first:.4g} -> {last:.4g}).",
+                "lower SOLVER.BASE_LR (e.g. by 3x) or raise SOLVER.IMS_PER_BATCH.",
+            )
+        ]
     if last > 3.0 * lowest and last > first:
         return [rising]
     if last > 0.95 * first:
-        return [Finding(
-            "plateau",
-            f"the training loss did not fall: mean {first:.4g} over the first quarter, {last:.4g} over the last "
-            f"quarter (iterations {its[0]}..{its[-1]}).",
-            "raise SOLVER.BASE_LR (e.g. by 3-10x) if warm-up is over; otherwise check the data: boxes on the "
-            "right objects (`convert_dataset.py --check`), class ids, and INPUT.* pixel normalization.",
-        )]
+        return [
+            Finding(
+                "plateau",
+                f"the training loss did not fall: mean {first:.4g} over the first quarter, {last:.4g} over the last "
+                f"quarter (iterations {its[0]}..{its[-1]}).",
+                "raise SOLVER.BASE_LR (e.g. by 3-10x) if warm-up is over; otherwise check the data: boxes on the "
+                "right objects (`convert_dataset.py --check`), class ids, and INPUT.* pixel normalization.",
+            )
+        ]
     return []
 
 
@@ -144,13 +154,16 @@ def _loading(train: Sequence[Mapping], max_ratio: float) -> list[Finding]:
     ratio = data / total
     if ratio <= max_ratio:
         return []
-    return [Finding(
-        "loading_bottleneck",
-        f"data loading takes {ratio:.0%} of each iteration ({data / len(pairs):.3g} s of {total / len(pairs):.3g} s "
-        f"on average over {len(pairs)} log lines; over {max_ratio:.0%} means the accelerator waits for data).",
-        "raise DATALOADER.NUM_WORKERS, convert DICOMs to PNG once (convert_dataset.py) instead of decoding them "
-        "every epoch, or store images on a faster disk.",
-    )]
+    return [
+        Finding(
+            "loading_bottleneck",
+            f"data loading takes {ratio:.0%} of each iteration "
+            f"({data / len(pairs):.3g} s of {total / len(pairs):.3g} s on average over {len(pairs)} log lines; "
+            f"over {max_ratio:.0%} means the accelerator waits for data).",
+            "raise DATALOADER.NUM_WORKERS, convert DICOMs to PNG once (convert_dataset.py) instead of decoding them "
+            "every epoch, or store images on a faster disk.",
+        )
+    ]
 
 
 def diagnose(

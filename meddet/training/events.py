@@ -1,4 +1,5 @@
 """Training events: a small metric store and its writers (detectron2-compatible metrics.json, TensorBoard)."""
+
 from __future__ import annotations
 
 import json

@@ -2,14 +2,24 @@
 
 import pytest
 import torch
-
 from conftest import seeded
-from meddet.config import load_config
-from meddet.engine import Trainer, last_checkpoint_path
-from meddet.engine.events import read_metrics
-from meddet.errors import ConfigError
 
-D2_KEYS = {"iteration", "total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "lr", "time", "data_time"}
+from meddet.config import load_config
+from meddet.errors import ConfigError
+from meddet.training import Trainer, last_checkpoint_path
+from meddet.training.events import read_metrics
+
+D2_KEYS = {
+    "iteration",
+    "total_loss",
+    "loss_cls",
+    "loss_box_reg",
+    "loss_rpn_cls",
+    "loss_rpn_loc",
+    "lr",
+    "time",
+    "data_time",
+}
 
 
 def _train(cfg, resume=False, **over):
@@ -51,8 +61,12 @@ def test_resume_continues_from_last_checkpoint(tiny_cfg):
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path):
     """Same seed: stopping at a checkpoint and resuming gives the same weights as one straight run."""
-    a = tiny_cfg.clone(); a.defrost(); a.OUTPUT_DIR = str(tmp_path / "a")
-    b = tiny_cfg.clone(); b.defrost(); b.OUTPUT_DIR = str(tmp_path / "b")
+    a = tiny_cfg.clone()
+    a.defrost()
+    a.OUTPUT_DIR = str(tmp_path / "a")
+    b = tiny_cfg.clone()
+    b.defrost()
+    b.OUTPUT_DIR = str(tmp_path / "b")
     straight = _train(a, SOLVER__MAX_ITER=6, SOLVER__CHECKPOINT_PERIOD=100)
     _train(b, SOLVER__MAX_ITER=3, SOLVER__CHECKPOINT_PERIOD=100)
     resumed = _train(b, resume=True, SOLVER__MAX_ITER=6, SOLVER__CHECKPOINT_PERIOD=100)
@@ -76,10 +90,23 @@ def test_nan_loss_is_reported_clearly(tiny_cfg):
 
 
 def test_lr_schedule_warmup_then_steps():
-    from meddet.engine.solver import lr_factor
+    from meddet.training.solver import lr_factor
 
-    cfg = load_config(None, ["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1", "SOLVER.STEPS", "(20, 30)",
-                             "SOLVER.GAMMA", "0.5", "SOLVER.MAX_ITER", "40"])
+    cfg = load_config(
+        None,
+        [
+            "SOLVER.WARMUP_ITERS",
+            "10",
+            "SOLVER.WARMUP_FACTOR",
+            "0.1",
+            "SOLVER.STEPS",
+            "(20, 30)",
+            "SOLVER.GAMMA",
+            "0.5",
+            "SOLVER.MAX_ITER",
+            "40",
+        ],
+    )
     assert lr_factor(cfg, 0) == pytest.approx(0.1)
     assert lr_factor(cfg, 10) == 1.0 and lr_factor(cfg, 25) == 0.5 and lr_factor(cfg, 35) == 0.25
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"

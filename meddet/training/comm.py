@@ -1,4 +1,5 @@
 """Process-group helpers (single process when torch.distributed is not initialised)."""
+
 from __future__ import annotations
 
 import torch.distributed as dist

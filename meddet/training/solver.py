@@ -1,4 +1,5 @@
 """Optimizer and learning-rate schedule from SOLVER.* (detectron2 semantics)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,16 @@ from torch import nn
 from meddet.errors import ConfigError
 
 _NORM_TYPES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
 )
 # SOLVER.CLIP_GRADIENTS.CLIP_TYPE: detectron2's "value" and "norm" clip each parameter's gradient on its own;
 # "full_model" (the name detectron2-based projects such as Mask2Former use) clips the norm of all gradients
@@ -100,8 +109,7 @@ def lr_factor(cfg, it: int) -> float:
         base = end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
     else:
         raise ConfigError(
-            "SOLVER.LR_SCHEDULER_NAME: expected 'WarmupMultiStepLR' or 'WarmupCosineLR', "
-            f"found {sched!r}"
+            f"SOLVER.LR_SCHEDULER_NAME: expected 'WarmupMultiStepLR' or 'WarmupCosineLR', found {sched!r}"
         )
     warm = cfg.SOLVER.WARMUP_ITERS
     if it < warm:

@@ -13,6 +13,7 @@ an error listing each file and its fault: training again from iteration 0 would 
 validation, ``model_best.pth``, final metrics) all finished; a resumed run whose loop had already ended
 but which has no such mark (killed during the final validation) repeats only those steps.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -113,7 +114,7 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> ResumePoint | None:
             return probed[p]
         except (ModelError, OSError) as e:
             msg = str(e)
-            msg = msg[len(str(p)) + 2:] if msg.startswith(f"{p}: ") else _first_sentence(msg)
+            msg = msg[len(str(p)) + 2 :] if msg.startswith(f"{p}: ") else _first_sentence(msg)
             unreadable = re.match(r"cannot be read as a PyTorch checkpoint.*? \((.*)\); expected", msg)
             faults[p] = f"unreadable as a PyTorch checkpoint: {unreadable.group(1)}" if unreadable else msg
             return None

@@ -4,12 +4,13 @@ Run folder (ARCHITECTURE.md): config.yaml, metrics.json (detectron2 JSON lines),
 model_XXXXXXX.pth every SOLVER.CHECKPOINT_PERIOD, last_checkpoint, model_final.pth, model_best.pth,
 training_done.json (the end-of-training steps finished).
 
-Resume (meddet.engine.resume): from the newest checkpoint that loads, whatever last_checkpoint says; a run
+Resume (meddet.training.resume): from the newest checkpoint that loads, whatever last_checkpoint says; a run
 whose loop ended but whose final validation was killed repeats only the end-of-training steps. A checkpoint
 is written after the iteration's evaluation and metrics line, so metrics.json after kills and resumes equals
 an uninterrupted run's (the smoothing windows travel in the checkpoint; only the wall-clock `time`,
 `data_time` and `eta_seconds` differ).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -24,10 +25,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meddet.config import save_config
-from meddet.engine import comm
-from meddet.engine.events import EventStorage, JSONWriter, TensorboardWriter, truncate_metrics
-from meddet.engine.resume import (
+from meddet.config import get_cfg, save_config
+from meddet.data.coco import load_coco
+from meddet.data.dataset import build_test_loader, build_train_loader, load_records
+from meddet.data.tiling import TilingParams, tile_coco
+from meddet.errors import ConfigError, MeddetError
+from meddet.evaluation import evaluate, evaluation_kwargs
+from meddet.inference import inference_on_dataset
+from meddet.io.recipe import adopt_dataset_recipe
+from meddet.modeling import build_model, load_model_weights, resolve_device
+from meddet.modeling.build import resolve_engine
+from meddet.modeling.checkpoint import load_checkpoint_for_resume, save_checkpoint
+from meddet.modeling.summary import model_summary
+from meddet.training import comm
+from meddet.training.diagnosis import diagnose, format_findings
+from meddet.training.events import EventStorage, JSONWriter, TensorboardWriter, truncate_metrics
+from meddet.training.resume import (
     DONE_FILE,
     LAST_CHECKPOINT,
     checkpoint_files,
@@ -38,20 +51,7 @@ from meddet.engine.resume import (
     set_aside,
     write_done,
 )
-from meddet.engine.solver import build_lr_scheduler, build_optimizer, clip_gradients
-from meddet.errors import ConfigError, MeddetError
-from meddet.config import get_cfg
-from meddet.data.coco import load_coco
-from meddet.data.dataset import build_test_loader, build_train_loader, load_records
-from meddet.data.tiling import TilingParams, tile_coco
-from meddet.engine.diagnosis import diagnose, format_findings
-from meddet.evaluation import evaluate, evaluation_kwargs
-from meddet.inference import inference_on_dataset
-from meddet.io.recipe import adopt_dataset_recipe
-from meddet.modeling import build_model, load_model_weights, resolve_device
-from meddet.modeling.build import resolve_engine
-from meddet.modeling.checkpoint import load_checkpoint_for_resume, save_checkpoint
-from meddet.modeling.summary import model_summary
+from meddet.training.solver import build_lr_scheduler, build_optimizer, clip_gradients
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def last_checkpoint_path(output_dir: str | os.PathLike) -> Path | None:
 class HookBase:
     """Called by the trainer around the loop. `self.trainer` is set when registered."""
 
-    trainer: "Trainer"
+    trainer: Trainer
 
     def before_train(self) -> None:
         """Before the first iteration (a no-op unless overridden)."""
@@ -184,8 +184,11 @@ class EvalHook(HookBase):
         value = results.get(self.best_metric)
         if value is None or not math.isfinite(value):
             self.trainer.flush_writers()  # every evaluation gets its own metrics.json line
-            logger.warning("TEST.BEST_METRIC %r is not among the validation results (%s); no model_best.pth",
-                           self.best_metric, ", ".join(sorted(results)[:12]))
+            logger.warning(
+                "TEST.BEST_METRIC %r is not among the validation results (%s); no model_best.pth",
+                self.best_metric,
+                ", ".join(sorted(results)[:12]),
+            )
             return
         self._judge(value)
         # after model_best.pth: a resumed run that finds this line in metrics.json has the checkpoint too
@@ -195,15 +198,21 @@ class EvalHook(HookBase):
         if self._improved(value):
             self.best, self.bad_evals = value, 0
             if comm.is_main_process():
-                self.trainer.save("model_best.pth", update_last=False,
-                                  extra={"best_metric": self.best_metric, "best_value": value})
-            logger.info("New best %s = %.4f at iteration %d (model_best.pth)", self.best_metric, value,
-                        self.trainer.iter)
+                self.trainer.save(
+                    "model_best.pth", update_last=False, extra={"best_metric": self.best_metric, "best_value": value}
+                )
+            logger.info(
+                "New best %s = %.4f at iteration %d (model_best.pth)", self.best_metric, value, self.trainer.iter
+            )
         else:
             self.bad_evals += 1
             if self.patience and self.bad_evals >= self.patience:
-                logger.info("Early stopping: %s has not improved on %.4f for %d evaluations",
-                            self.best_metric, self.best, self.bad_evals)
+                logger.info(
+                    "Early stopping: %s has not improved on %.4f for %d evaluations",
+                    self.best_metric,
+                    self.best,
+                    self.bad_evals,
+                )
                 self.trainer.stop_requested = True
 
     def after_step(self) -> None:
@@ -230,8 +239,11 @@ class Trainer:
         ckpt = point.path if point is not None else None
         if resume and ckpt is None:
             _, problem = read_pointer(self.output_dir)
-            logger.warning("--resume: no checkpoint in %s%s; starting from iteration 0", self.output_dir,
-                           f" ({problem})" if problem else "")
+            logger.warning(
+                "--resume: no checkpoint in %s%s; starting from iteration 0",
+                self.output_dir,
+                f" ({problem})" if problem else "",
+            )
         if not resume:
             metrics = self.output_dir / "metrics.json"
             held = [p.name for p in checkpoint_files(self.output_dir)]
@@ -254,8 +266,9 @@ class Trainer:
         # Class names from the training data when the config has none (saved with the run).
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN: no training COCO file given")
-        train_records, names = load_records(list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT,
-                                            bool(cfg.DATASETS.STRICT_BOXES))
+        train_records, names = load_records(
+            list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT, bool(cfg.DATASETS.STRICT_BOXES)
+        )
         if cfg.DATASETS.CLASS_NAMES and list(cfg.DATASETS.CLASS_NAMES) != names:
             raise ConfigError(
                 f"DATASETS.CLASS_NAMES {list(cfg.DATASETS.CLASS_NAMES)} differ from the training data's "
@@ -280,8 +293,10 @@ class Trainer:
         if self.device.type == "cuda":  # detectron2 sets it for training (default_setup)
             torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
         if cfg.VIS_PERIOD > 0:
-            raise ConfigError(f"VIS_PERIOD: {cfg.VIS_PERIOD}; meddet draws no training visualizations, expected 0 "
-                              "(see the run's predictions with -c predict / -c evaluate's error galleries)")
+            raise ConfigError(
+                f"VIS_PERIOD: {cfg.VIS_PERIOD}; meddet draws no training visualizations, expected 0 "
+                "(see the run's predictions with -c predict / -c evaluate's error galleries)"
+            )
         self.model = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -306,8 +321,13 @@ class Trainer:
                         logger.warning("%s is damaged (%s); renamed to %s", bad, why, set_aside(bad).name)
                 remove_stale_temporaries(self.output_dir)
                 dropped = truncate_metrics(self.output_dir / "metrics.json", last)
-            logger.info("Resuming from %s at iteration %d (%s)%s", ckpt, self.start_iter, point.reason,
-                        f"; {dropped} metrics lines after it dropped: they are re-run" if dropped else "")
+            logger.info(
+                "Resuming from %s at iteration %d (%s)%s",
+                ckpt,
+                self.start_iter,
+                point.reason,
+                f"; {dropped} metrics lines after it dropped: they are re-run" if dropped else "",
+            )
             # The loop ended in that run (last iteration or early stop): only the end-of-training steps remain,
             # unless training_done.json says they finished too.
             self._loop_done = bool(point.meta.get("stopped_early")) or self.start_iter >= self.max_iter
@@ -324,8 +344,9 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.train_loader, _ = build_train_loader(cfg, self.start_iter, self.rank, self.world_size,
-                                                  records=train_records)
+        self.train_loader, _ = build_train_loader(
+            cfg, self.start_iter, self.rank, self.world_size, records=train_records
+        )
         self.storage = EventStorage(self.start_iter)
         self.storage.load_history(self._resume_meta.get("storage_hist") or {})
         self.iter = self.start_iter
@@ -338,11 +359,19 @@ class Trainer:
     def _build_hooks(self) -> None:
         cfg = self.cfg
         if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.VAL:
-            self.register(EvalHook(int(cfg.TEST.EVAL_PERIOD), self.evaluate_val, cfg.TEST.BEST_METRIC,
-                                   cfg.TEST.BEST_MODE, int(cfg.TEST.EARLY_STOP_PATIENCE)))
+            self.register(
+                EvalHook(
+                    int(cfg.TEST.EVAL_PERIOD),
+                    self.evaluate_val,
+                    cfg.TEST.BEST_METRIC,
+                    cfg.TEST.BEST_MODE,
+                    int(cfg.TEST.EARLY_STOP_PATIENCE),
+                )
+            )
         if comm.is_main_process():
-            self.register(PeriodicWriter([JSONWriter(self.output_dir / "metrics.json"),
-                                          TensorboardWriter(self.output_dir)]))
+            self.register(
+                PeriodicWriter([JSONWriter(self.output_dir / "metrics.json"), TensorboardWriter(self.output_dir)])
+            )
             # last: a checkpoint of iteration i is written after i's evaluation and metrics line
             self.register(PeriodicCheckpointer(int(cfg.SOLVER.CHECKPOINT_PERIOD)))
 
@@ -363,8 +392,9 @@ class Trainer:
         # A model trained on tiles is validated on every tile of the validation images (what it sees).
         tiled = bool(self.cfg.TILING.ENABLED)
         for path in self.cfg.DATASETS.VAL:
-            loader, _, names = build_test_loader(self.cfg, path, with_boxes=True, rank=self.rank,
-                                                 world_size=self.world_size, tiles=tiled)
+            loader, _, names = build_test_loader(
+                self.cfg, path, with_boxes=True, rank=self.rank, world_size=self.world_size, tiles=tiled
+            )
             gt = load_coco(path)
             if tiled:
                 gt = tile_coco(gt, TilingParams.from_cfg(self.cfg, names).for_evaluation())
@@ -383,9 +413,14 @@ class Trainer:
                 if n:
                     keys = {k for _, l in gathered for k in l if k != "_images"}
                     out.update({k: sum(l.get(k, 0.0) * l["_images"] for _, l in gathered if l) / n for k in keys})
-                logger.info("Validation on %s at iteration %d: AP %.2f, AP50 %.2f, loss %.4f", path, self.iter,
-                            metrics.get("bbox/AP", float("nan")), metrics.get("bbox/AP50", float("nan")),
-                            out.get("val/total_loss", float("nan")))
+                logger.info(
+                    "Validation on %s at iteration %d: AP %.2f, AP50 %.2f, loss %.4f",
+                    path,
+                    self.iter,
+                    metrics.get("bbox/AP", float("nan")),
+                    metrics.get("bbox/AP50", float("nan")),
+                    out.get("val/total_loss", float("nan")),
+                )
         return comm.broadcast_object(out)
 
     @torch.no_grad()
@@ -422,13 +457,16 @@ class Trainer:
         """Checkpoint with model, optimizer, scheduler, scaler, iteration and the torch RNG state (so a
         resumed run draws the same proposals/samples as an uninterrupted one)."""
         path = self.output_dir / name
-        meta = {"class_names": list(self.cfg.DATASETS.CLASS_NAMES), "rng_torch": torch.get_rng_state(),
-                "storage_hist": self.storage.history(), "stopped_early": bool(self.stop_requested)}
+        meta = {
+            "class_names": list(self.cfg.DATASETS.CLASS_NAMES),
+            "rng_torch": torch.get_rng_state(),
+            "storage_hist": self.storage.history(),
+            "stopped_early": bool(self.stop_requested),
+        }
         if torch.cuda.is_available() and self.device.type == "cuda":
             meta["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         meta.update(extra or {})
-        save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, iteration=self.iter,
-                        extra=meta)
+        save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, iteration=self.iter, extra=meta)
         if update_last:
             tmp = self.output_dir / f".{LAST_CHECKPOINT}.tmp"
             tmp.write_text(name, encoding="utf-8")
@@ -457,7 +495,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         clip = self.cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED:  # detectron2's meaning of CLIP_TYPE (meddet.engine.solver.clip_gradients)
+        if clip.ENABLED:  # detectron2's meaning of CLIP_TYPE (meddet.training.solver.clip_gradients)
             self.scaler.unscale_(self.optimizer)
             clip_gradients(clip, self.optimizer)
         self.scaler.step(self.optimizer)
@@ -477,16 +515,18 @@ class Trainer:
         dt, t = self.storage.median("data_time"), self.storage.median("time")
         if dt is not None and t and dt / t > 0.2:
             self._warned_loading = True
-            logger.warning("Data loading takes %.0f%% of each iteration (data_time/time): raise "
-                           "DATALOADER.NUM_WORKERS or pre-convert images to smaller PNGs", 100 * dt / t)
+            logger.warning(
+                "Data loading takes %.0f%% of each iteration (data_time/time): raise "
+                "DATALOADER.NUM_WORKERS or pre-convert images to smaller PNGs",
+                100 * dt / t,
+            )
 
     def train(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if comm.is_main_process():
             save_config(self.cfg, self.output_dir / "config.yaml")
         if self._finished:
-            logger.info("Nothing to do: the run already finished at iteration %d (%s)", self.start_iter - 1,
-                        DONE_FILE)
+            logger.info("Nothing to do: the run already finished at iteration %d (%s)", self.start_iter - 1, DONE_FILE)
             return
         for h in self.hooks:
             h.before_train()
@@ -497,27 +537,46 @@ class Trainer:
                 self.save("model_final.pth", extra={"loop_done": True})
         else:
             self.iter = self.storage.iter = self.start_iter - 1
-            logger.info("The training loop of %s already ended at iteration %d%s; repeating the end-of-training "
-                        "steps that did not finish (final validation, model_best.pth, final metrics)",
-                        self.output_dir, self.iter, " (early stop)" if self._resume_meta.get("stopped_early") else "")
+            logger.info(
+                "The training loop of %s already ended at iteration %d%s; repeating the end-of-training "
+                "steps that did not finish (final validation, model_best.pth, final metrics)",
+                self.output_dir,
+                self.iter,
+                " (early stop)" if self._resume_meta.get("stopped_early") else "",
+            )
             if comm.is_main_process() and not self._resume_meta.get("loop_done"):
                 self.save("model_final.pth", extra={"loop_done": True})
         for h in self.hooks:
             h.after_train()
         if comm.is_main_process():
-            write_done(self.output_dir, {"iteration": self.iter, "checkpoint": "model_final.pth",
-                                         "stopped_early": bool(self.stop_requested
-                                                               or self._resume_meta.get("stopped_early"))})
+            write_done(
+                self.output_dir,
+                {
+                    "iteration": self.iter,
+                    "checkpoint": "model_final.pth",
+                    "stopped_early": bool(self.stop_requested or self._resume_meta.get("stopped_early")),
+                },
+            )
         elapsed = time.perf_counter() - start
         done = max(self.iter + 1 - self.start_iter, 0)
-        logger.info("Training finished: %d iterations in %s (%.3f s/it)", done,
-                    datetime.timedelta(seconds=int(elapsed)), elapsed / max(done, 1))
+        logger.info(
+            "Training finished: %d iterations in %s (%.3f s/it)",
+            done,
+            datetime.timedelta(seconds=int(elapsed)),
+            elapsed / max(done, 1),
+        )
         if comm.is_main_process() and (self.output_dir / "metrics.json").is_file():
             logger.info("Training diagnosis:\n%s", format_findings(diagnose(self.output_dir / "metrics.json")))
 
     def _loop(self) -> None:
-        logger.info("Training %s from iteration %d to %d on %s (output: %s)", self.cfg.MODEL.ENGINE,
-                    self.start_iter, self.max_iter, self.device, self.output_dir)
+        logger.info(
+            "Training %s from iteration %d to %d on %s (output: %s)",
+            self.cfg.MODEL.ENGINE,
+            self.start_iter,
+            self.max_iter,
+            self.device,
+            self.output_dir,
+        )
         if comm.is_main_process():
             logger.info("Model summary:\n%s", model_summary(self.model, self.cfg))
             (self.output_dir / DONE_FILE).unlink(missing_ok=True)  # an extended run is not finished
@@ -525,10 +584,16 @@ class Trainer:
         data_iter = iter(self.train_loader)  # draws a seed from the torch RNG, in a fresh run as on resume
         if self._resume_rng is not None:
             torch.set_rng_state(self._resume_rng)
-        bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
-                   mininterval=2, disable=not comm.is_main_process())
+        bar = tqdm(
+            total=self.max_iter,
+            initial=self.start_iter,
+            desc="train",
+            dynamic_ncols=True,
+            mininterval=2,
+            disable=not comm.is_main_process(),
+        )
         try:
-            for self.iter in range(self.start_iter, self.max_iter):
+            for self.iter in range(self.start_iter, self.max_iter):  # noqa: B020 (detectron2 style)
                 self.storage.iter = self.iter
                 self.run_step(data_iter)
                 for h in self.hooks:
@@ -537,8 +602,11 @@ class Trainer:
                     break
                 bar.update(1)
                 self._check_loading()
-                bar.set_postfix(loss=f"{self.storage.median('total_loss'):.3f}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{self.storage.median('total_loss'):.3f}",
+                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                    refresh=False,
+                )
         finally:
             bar.close()
 
