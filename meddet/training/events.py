@@ -1,4 +1,4 @@
-"""Training events: a small metric store and its writers (detectron2-compatible metrics.json, TensorBoard)."""
+"""Training events: the metric store (EventStorage) and its writers (EventWriter: metrics.json, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class EventStorage:
         self.window = window
         self._hist: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
         self._latest: dict[str, tuple[float, int, bool]] = {}
+        self.write_requested = False  # set by request_write(); cleared once written (clear_unsmoothed)
 
     def put_scalar(self, name: str, value: float, smooth: bool = True) -> None:
         value = float(value)
@@ -37,6 +38,18 @@ class EventStorage:
             out[k] = (median(self._hist[k]) if smooth else v, it)
         return out
 
+    def latest(self, name: str) -> tuple[float, int] | None:
+        """(last value put, its iteration) of one scalar, or None if none was put since it was last cleared."""
+        if name not in self._latest:
+            return None
+        value, it, _ = self._latest[name]
+        return value, it
+
+    def request_write(self) -> None:
+        """Ask the PeriodicWriter to write at the end of this iteration's hooks, whatever its period (every
+        evaluation gets its own metrics.json line)."""
+        self.write_requested = True
+
     def median(self, name: str) -> float | None:
         h = self._hist.get(name)
         return median(h) if h else None
@@ -52,9 +65,21 @@ class EventStorage:
     def clear_unsmoothed(self) -> None:
         """Forget one-off values (e.g. evaluation results) once they have been written."""
         self._latest = {k: v for k, v in self._latest.items() if v[2]}
+        self.write_requested = False
 
 
-class JSONWriter:
+class EventWriter:
+    """Writes what an EventStorage holds somewhere (detectron2's EventWriter). Subclass it and add it to
+    Trainer.build_writers() to send metrics elsewhere."""
+
+    def write(self, storage: EventStorage) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files or connections (a no-op unless overridden)."""
+
+
+class JSONWriter(EventWriter):
     """Append one JSON line per write to metrics.json with detectron2's keys."""
 
     def __init__(self, path: str | os.PathLike):
@@ -76,7 +101,9 @@ class JSONWriter:
             f.flush()
 
 
-class TensorboardWriter:
+class TensorboardWriter(EventWriter):
+    """TensorBoard event files in `log_dir`."""
+
     def __init__(self, log_dir: str | os.PathLike):
         from torch.utils.tensorboard import SummaryWriter
 

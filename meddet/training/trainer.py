@@ -1,48 +1,50 @@
-"""The training loop (one loop for both engines) and its hooks.
+"""Trainer: the setup of a training run around the loop (meddet.training.loop) and its hooks.
 
-Run folder (ARCHITECTURE.md): config.yaml, metrics.json (detectron2 JSON lines), TensorBoard events,
+Run folder (docs/ARCHITECTURE.md): config.yaml, metrics.json (detectron2 JSON lines), TensorBoard events,
 model_XXXXXXX.pth every SOLVER.CHECKPOINT_PERIOD, last_checkpoint, model_final.pth, model_best.pth,
 training_done.json (the end-of-training steps finished).
 
-Resume (meddet.training.resume): from the newest checkpoint that loads, whatever last_checkpoint says; a run
-whose loop ended but whose final validation was killed repeats only the end-of-training steps. A checkpoint
-is written after the iteration's evaluation and metrics line, so metrics.json after kills and resumes equals
-an uninterrupted run's (the smoothing windows travel in the checkpoint; only the wall-clock `time`,
-`data_time` and `eta_seconds` differ).
+Resume (meddet.training.resume): from the newest checkpoint that loads; a run whose loop ended but whose
+final validation was killed repeats only the end-of-training steps. A checkpoint is written after all of its
+iteration's hooks and holds their state, the RNG and the smoothing windows, so metrics.json after kills and
+resumes equals an uninterrupted run's (except the wall-clock `time`, `data_time` and `eta_seconds`).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from meddet import modeling
 from meddet.config import get_cfg, save_config
+from meddet.data import dataset
 from meddet.data.coco import load_coco
-from meddet.data.dataset import build_test_loader, build_train_loader, load_records
 from meddet.data.tiling import TilingParams, tile_coco
-from meddet.errors import ConfigError, MeddetError
+from meddet.errors import ConfigError
 from meddet.evaluation import evaluate, evaluation_kwargs
 from meddet.inference import inference_on_dataset
 from meddet.io.recipe import adopt_dataset_recipe
-from meddet.modeling import build_model, load_model_weights, resolve_device
 from meddet.modeling.build import resolve_engine
 from meddet.modeling.checkpoint import load_checkpoint_for_resume, save_checkpoint
 from meddet.modeling.summary import model_summary
-from meddet.training import comm
+from meddet.training import comm, solver
 from meddet.training.diagnosis import diagnose, format_findings
-from meddet.training.events import EventStorage, JSONWriter, TensorboardWriter, truncate_metrics
+from meddet.training.events import EventStorage, EventWriter, JSONWriter, TensorboardWriter, truncate_metrics
+from meddet.training.hooks import BestCheckpointer, EarlyStopping, EvalHook, PeriodicCheckpointer, PeriodicWriter
+from meddet.training.loop import HookBase, TrainerBase
 from meddet.training.resume import (
     DONE_FILE,
     LAST_CHECKPOINT,
+    ResumePoint,
     checkpoint_files,
     find_resume_checkpoint,
     read_done,
@@ -51,7 +53,7 @@ from meddet.training.resume import (
     set_aside,
     write_done,
 )
-from meddet.training.solver import build_lr_scheduler, build_optimizer, clip_gradients
+from meddet.training.step import AMPStep, SimpleStep
 
 logger = logging.getLogger(__name__)
 
@@ -75,175 +77,46 @@ def last_checkpoint_path(output_dir: str | os.PathLike) -> Path | None:
     return Path(output_dir) / name if name else None
 
 
-class HookBase:
-    """Called by the trainer around the loop. `self.trainer` is set when registered."""
+class Trainer(TrainerBase):
+    """meddet's trainer: the setup (resume point, seed, class checks, builders) around TrainerBase's loop.
 
-    trainer: Trainer
+    Subclass it and override a builder (build_model, build_optimizer, build_lr_scheduler, build_train_loader,
+    build_step, build_writers, build_hooks) to change one part; `hooks` are added after the default hooks
+    (before the periodic checkpointer, which stays last)."""
 
-    def before_train(self) -> None:
-        """Before the first iteration (a no-op unless overridden)."""
-
-    def after_step(self) -> None:
-        """After every iteration; `self.trainer.iter` is the iteration just done (no-op unless overridden)."""
-
-    def after_train(self) -> None:
-        """After the loop ended normally, at the last iteration or by early stopping (no-op unless overridden)."""
-
-
-class PeriodicWriter(HookBase):
-    """Write metrics.json / TensorBoard every `period` iterations and at the end."""
-
-    def __init__(self, writers: list, period: int = 20):
-        self.writers = writers
-        self.period = period
-
-    def _write(self) -> None:
-        for w in self.writers:
-            w.write(self.trainer.storage)
-        self.trainer.storage.clear_unsmoothed()
-
-    def after_step(self) -> None:
-        it = self.trainer.iter
-        if (it + 1) % self.period == 0 or it == self.trainer.max_iter - 1:
-            self._write()
-
-    def after_train(self) -> None:
-        self._write()
-        for w in self.writers:
-            if hasattr(w, "close"):
-                w.close()
-
-
-class PeriodicCheckpointer(HookBase):
-    """model_{iter:07d}.pth every SOLVER.CHECKPOINT_PERIOD iterations, after the iteration's other hooks
-    (evaluation, metrics line), so a checkpoint holds everything its iteration did. model_final.pth is
-    written by the trainer when the loop ends, before the end-of-training steps."""
-
-    def __init__(self, period: int):
-        self.period = period
-
-    def after_step(self) -> None:
-        it = self.trainer.iter
-        if self.period > 0 and (it + 1) % self.period == 0 and it < self.trainer.max_iter - 1:
-            self.trainer.save(f"model_{it:07d}.pth")
-
-
-class EvalHook(HookBase):
-    """Evaluate on DATASETS.VAL every TEST.EVAL_PERIOD iterations and at the end; results go to metrics.json.
-
-    Keeps `model_best.pth` for TEST.BEST_METRIC (TEST.BEST_MODE max|min) and, with
-    TEST.EARLY_STOP_PATIENCE > 0, stops training after that many evaluations without improvement."""
-
-    def __init__(self, period: int, eval_fn, best_metric: str = "bbox/AP50", mode: str = "max", patience: int = 0):
-        if mode not in ("max", "min"):
-            raise ConfigError(f"TEST.BEST_MODE: expected 'max' or 'min', found {mode!r}")
-        self.period = period
-        self.eval_fn = eval_fn
-        self.best_metric, self.mode, self.patience = best_metric, mode, patience
-        self.best: float | None = None
-        self.bad_evals = 0
-        self.last_eval_iter = -1
-
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
-
-    def before_train(self) -> None:
-        """On resume: the best value, the evaluations without improvement and the last evaluated iteration,
-        read back from metrics.json up to the iteration resumed from (as an uninterrupted run holds them)."""
-        import json
-
-        last = self.trainer.start_iter - 1
-        path = self.trainer.output_dir / "metrics.json"
-        if last < 0 or not path.is_file():
-            return
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            it = rec.get("iteration", -1) if isinstance(rec, dict) else -1
-            if not isinstance(it, int) or it > last:
-                continue
-            if any(str(k).startswith(("bbox/", "val/")) for k in rec):
-                self.last_eval_iter = max(self.last_eval_iter, it)
-            v = rec.get(self.best_metric)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                if self._improved(v):
-                    self.best, self.bad_evals = v, 0
-                else:
-                    self.bad_evals += 1
-
-    def _run(self) -> None:
-        self.last_eval_iter = self.trainer.iter
-        results = self.eval_fn()
-        for k, v in results.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self.trainer.storage.put_scalar(k, v, smooth=False)
-        value = results.get(self.best_metric)
-        if value is None or not math.isfinite(value):
-            self.trainer.flush_writers()  # every evaluation gets its own metrics.json line
-            logger.warning(
-                "TEST.BEST_METRIC %r is not among the validation results (%s); no model_best.pth",
-                self.best_metric,
-                ", ".join(sorted(results)[:12]),
-            )
-            return
-        self._judge(value)
-        # after model_best.pth: a resumed run that finds this line in metrics.json has the checkpoint too
-        self.trainer.flush_writers()
-
-    def _judge(self, value: float) -> None:
-        if self._improved(value):
-            self.best, self.bad_evals = value, 0
-            if comm.is_main_process():
-                self.trainer.save(
-                    "model_best.pth", update_last=False, extra={"best_metric": self.best_metric, "best_value": value}
-                )
-            logger.info(
-                "New best %s = %.4f at iteration %d (model_best.pth)", self.best_metric, value, self.trainer.iter
-            )
-        else:
-            self.bad_evals += 1
-            if self.patience and self.bad_evals >= self.patience:
-                logger.info(
-                    "Early stopping: %s has not improved on %.4f for %d evaluations",
-                    self.best_metric,
-                    self.best,
-                    self.bad_evals,
-                )
-                self.trainer.stop_requested = True
-
-    def after_step(self) -> None:
-        it = self.trainer.iter
-        if self.period > 0 and (it + 1) % self.period == 0 and it < self.trainer.max_iter - 1:
-            self._run()
-
-    def after_train(self) -> None:
-        if self.last_eval_iter != self.trainer.iter:
-            self._run()
-
-
-class Trainer:
-    """One loop: data → losses → backward (AMP on CUDA) → clip → step; hooks write, checkpoint, evaluate."""
-
-    def __init__(self, cfg, resume: bool = False):
-        cfg = cfg.clone()
-        cfg.defrost()
+    def __init__(self, cfg, resume: bool = False, hooks: Sequence[HookBase] = ()):
+        super().__init__()
         self.output_dir = Path(cfg.OUTPUT_DIR)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
-        # last_checkpoint is advisory: the newest checkpoint that loads (ModelError if some exist but none
-        # loads: starting again from iteration 0 would overwrite them).
-        point = find_resume_checkpoint(self.output_dir) if resume else None
-        ckpt = point.path if point is not None else None
-        if resume and ckpt is None:
-            _, problem = read_pointer(self.output_dir)
-            logger.warning(
-                "--resume: no checkpoint in %s%s; starting from iteration 0",
-                self.output_dir,
-                f" ({problem})" if problem else "",
+        self.resume_point = self._resume_point(resume)
+        self.cfg = self.setup_config(cfg, self.resume_point)
+        self.max_iter = int(self.cfg.SOLVER.MAX_ITER)
+        self.device = self._device()
+        self.model = self.build_model(self.cfg).to(self.device)
+        self.optimizer = self.build_optimizer(self.cfg, self.model)
+        self.scheduler = self.build_lr_scheduler(self.cfg, self.optimizer)
+        # One model object for checkpoints/evaluation; DistributedDataParallel only for the training step.
+        self.train_model = self.model
+        if self.world_size > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.step = self.build_step(self.cfg)
+        self._resume_or_load(resume)
+        self.train_loader = self.build_train_loader(self.cfg)
+        self.storage = EventStorage(self.start_iter)
+        self.storage.load_history(self._resume_meta.get("storage_hist") or {})
+        self.iter = self.start_iter
+        self.writers = self.build_writers()
+        self.register_hooks(self.build_hooks())
+        self.register_hooks(list(hooks))
+        self._bar: tqdm | None = None
+        self._warned_loading = False
+
+    # ------------------------------------------------------------------ setup
+    def _resume_point(self, resume: bool) -> ResumePoint | None:
+        """With resume: the newest checkpoint that loads (last_checkpoint is advisory; ModelError if some exist
+        but none loads: starting again from iteration 0 would overwrite them). Without: refuse a used folder."""
         if not resume:
             metrics = self.output_dir / "metrics.json"
             held = [p.name for p in checkpoint_files(self.output_dir)]
@@ -255,18 +128,32 @@ class Trainer:
                     f"OUTPUT_DIR {self.output_dir} already holds a run ({', '.join(sorted(held)[:4])}); pass "
                     "--resume to continue it, or choose another OUTPUT_DIR (nothing is overwritten)"
                 )
-        # On resume keep the seed of the run being continued, so the data order goes on unchanged.
-        if ckpt is not None and (self.output_dir / "config.yaml").is_file():
+            return None
+        point = find_resume_checkpoint(self.output_dir)
+        if point is None:
+            _, problem = read_pointer(self.output_dir)
+            logger.warning(
+                "--resume: no checkpoint in %s%s; starting from iteration 0",
+                self.output_dir,
+                f" ({problem})" if problem else "",
+            )
+        return point
+
+    def setup_config(self, cfg, point: ResumePoint | None):
+        """The run's frozen config: the seed (the resumed run's, so the data order goes on unchanged), class
+        names and preprocessing recipe from the training data (checked against the config), the engine.
+        Loads the training records (self.train_records)."""
+        cfg = cfg.clone()
+        cfg.defrost()
+        if point is not None and (self.output_dir / "config.yaml").is_file():
             prev = get_cfg()
             prev.merge_from_file(str(self.output_dir / "config.yaml"))
             if cfg.SEED < 0 or cfg.SEED != prev.SEED:
                 cfg.SEED = prev.SEED
-        cfg.SEED = seed_all(int(cfg.SEED) + 0)
-
-        # Class names from the training data when the config has none (saved with the run).
+        cfg.SEED = seed_all(int(cfg.SEED))
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN: no training COCO file given")
-        train_records, names = load_records(
+        self.train_records, names = dataset.load_records(
             list(cfg.DATASETS.TRAIN), cfg.DATASETS.IMAGE_ROOT, bool(cfg.DATASETS.STRICT_BOXES)
         )
         if cfg.DATASETS.CLASS_NAMES and list(cfg.DATASETS.CLASS_NAMES) != names:
@@ -282,108 +169,122 @@ class Trainer:
                 f"has {len(names)} categories {names}"
             )
         # The engine that trains, recorded in config.yaml (auto: the engine of the weights it starts from).
-        cfg.MODEL.ENGINE = resolve_engine(cfg.MODEL.ENGINE, ckpt or cfg.MODEL.WEIGHTS or None)
-        cfg.freeze()
-        self.cfg = cfg
-        self.max_iter = int(cfg.SOLVER.MAX_ITER)
-
-        self.device = resolve_device(cfg.MODEL.DEVICE)
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", comm.get_local_rank())
-        if self.device.type == "cuda":  # detectron2 sets it for training (default_setup)
-            torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+        cfg.MODEL.ENGINE = resolve_engine(
+            cfg.MODEL.ENGINE, (point.path if point else None) or cfg.MODEL.WEIGHTS or None
+        )
         if cfg.VIS_PERIOD > 0:
             raise ConfigError(
                 f"VIS_PERIOD: {cfg.VIS_PERIOD}; meddet draws no training visualizations, expected 0 "
                 "(see the run's predictions with -c predict / -c evaluate's error galleries)"
             )
-        self.model = build_model(cfg).to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
-        self.amp = bool(cfg.SOLVER.AMP.ENABLED) and self.device.type == "cuda"
-        if cfg.SOLVER.AMP.ENABLED and not self.amp:
-            logger.info("SOLVER.AMP.ENABLED is set but the device is %s: AMP runs only on CUDA", self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        cfg.freeze()
+        return cfg
 
+    def _device(self) -> torch.device:
+        device = modeling.resolve_device(self.cfg.MODEL.DEVICE)
+        if self.world_size > 1 and device.type == "cuda":
+            device = torch.device("cuda", comm.get_local_rank())
+        if device.type == "cuda":  # detectron2 sets it for training (default_setup)
+            torch.backends.cudnn.benchmark = bool(self.cfg.CUDNN_BENCHMARK)
+        return device
+
+    def _resume_or_load(self, resume: bool) -> None:
+        """Model, optimizer, scheduler, scaler, RNG and the loop's position from the resume checkpoint; else the
+        MODEL.WEIGHTS to start from."""
+        point = self.resume_point
         self.start_iter = 0
         self._resume_rng: torch.Tensor | None = None
         self._resume_meta: dict = {}
         self._loop_done = self._finished = False
-        if ckpt is not None:
-            last = load_checkpoint_for_resume(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
-            self._resume_rng = torch.get_rng_state()  # as saved; re-applied once the data iterator exists
-            self._resume_meta = point.meta
-            self.start_iter = last + 1
-            dropped = 0
-            if comm.is_main_process():
-                for bad, why in point.damaged:  # the resumed run must not overwrite them: kept aside
-                    if bad.exists():
-                        logger.warning("%s is damaged (%s); renamed to %s", bad, why, set_aside(bad).name)
-                remove_stale_temporaries(self.output_dir)
-                dropped = truncate_metrics(self.output_dir / "metrics.json", last)
-            logger.info(
-                "Resuming from %s at iteration %d (%s)%s",
-                ckpt,
-                self.start_iter,
-                point.reason,
-                f"; {dropped} metrics lines after it dropped: they are re-run" if dropped else "",
-            )
-            # The loop ended in that run (last iteration or early stop): only the end-of-training steps remain,
-            # unless training_done.json says they finished too.
-            self._loop_done = bool(point.meta.get("stopped_early")) or self.start_iter >= self.max_iter
-            done = read_done(self.output_dir)
-            self._finished = self._loop_done and bool(done) and done.get("iteration") == last
-        elif cfg.MODEL.WEIGHTS:
-            load_model_weights(self.model, cfg.MODEL.WEIGHTS, cfg)
-        if resume and ckpt is None and comm.is_main_process():
-            truncate_metrics(self.output_dir / "metrics.json", -1)  # lines of a run killed before its 1st checkpoint
-
-        # One model object for checkpoints/evaluation; DistributedDataParallel only for the training step.
-        self.train_model = self.model
-        if self.world_size > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.train_loader, _ = build_train_loader(
-            cfg, self.start_iter, self.rank, self.world_size, records=train_records
-        )
-        self.storage = EventStorage(self.start_iter)
-        self.storage.load_history(self._resume_meta.get("storage_hist") or {})
-        self.iter = self.start_iter
-        self.stop_requested = False
-        self._warned_loading = False
-        self.hooks: list[HookBase] = []
-        self._build_hooks()
-
-    # ------------------------------------------------------------------ hooks
-    def _build_hooks(self) -> None:
-        cfg = self.cfg
-        if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.VAL:
-            self.register(
-                EvalHook(
-                    int(cfg.TEST.EVAL_PERIOD),
-                    self.evaluate_val,
-                    cfg.TEST.BEST_METRIC,
-                    cfg.TEST.BEST_MODE,
-                    int(cfg.TEST.EARLY_STOP_PATIENCE),
-                )
-            )
+        if point is None:
+            if self.cfg.MODEL.WEIGHTS:
+                modeling.load_model_weights(self.model, self.cfg.MODEL.WEIGHTS, self.cfg)
+            if resume and comm.is_main_process():
+                truncate_metrics(
+                    self.output_dir / "metrics.json", -1
+                )  # lines of a run killed before its 1st checkpoint
+            return
+        last = load_checkpoint_for_resume(point.path, self.model, self.optimizer, self.scheduler, self.step.scaler)
+        self._resume_rng = torch.get_rng_state()  # as saved; re-applied once the data iterator exists
+        self._resume_meta = point.meta
+        self.start_iter = last + 1
+        dropped = 0
         if comm.is_main_process():
-            self.register(
-                PeriodicWriter([JSONWriter(self.output_dir / "metrics.json"), TensorboardWriter(self.output_dir)])
-            )
-            # last: a checkpoint of iteration i is written after i's evaluation and metrics line
-            self.register(PeriodicCheckpointer(int(cfg.SOLVER.CHECKPOINT_PERIOD)))
+            for bad, why in point.damaged:  # the resumed run must not overwrite them: kept aside
+                if bad.exists():
+                    logger.warning("%s is damaged (%s); renamed to %s", bad, why, set_aside(bad).name)
+            remove_stale_temporaries(self.output_dir)
+            dropped = truncate_metrics(self.output_dir / "metrics.json", last)
+        logger.info(
+            "Resuming from %s at iteration %d (%s)%s",
+            point.path,
+            self.start_iter,
+            point.reason,
+            f"; {dropped} metrics lines after it dropped: they are re-run" if dropped else "",
+        )
+        # The loop ended in that run (last iteration or early stop): only the end-of-training steps remain,
+        # unless training_done.json says they finished too.
+        self._loop_done = bool(point.meta.get("stopped_early")) or self.start_iter >= self.max_iter
+        done = read_done(self.output_dir)
+        self._finished = self._loop_done and bool(done) and done.get("iteration") == last
+
+    # ------------------------------------------------------------------ builders (override one in a subclass)
+    @classmethod
+    def build_model(cls, cfg) -> torch.nn.Module:
+        """The detector (meddet.modeling.build_model); the trainer moves it to its device."""
+        return modeling.build_model(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """SGD or AdamW over detectron2's parameter groups (meddet.training.solver.build_optimizer)."""
+        return solver.build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer):
+        """Warmup × multi-step or cosine, stepped once per iteration (meddet.training.solver)."""
+        return solver.build_lr_scheduler(cfg, optimizer)
+
+    def build_train_loader(self, cfg):
+        """An endless loader of training batches that starts at self.start_iter (this rank's share)."""
+        loader, _ = dataset.build_train_loader(
+            cfg, self.start_iter, self.rank, self.world_size, records=self.train_records
+        )
+        return loader
+
+    def build_step(self, cfg) -> SimpleStep:
+        """AMPStep with SOLVER.AMP.ENABLED on CUDA, else SimpleStep; SOLVER.CLIP_GRADIENTS when enabled."""
+        amp = bool(cfg.SOLVER.AMP.ENABLED) and self.device.type == "cuda"
+        if cfg.SOLVER.AMP.ENABLED and not amp:
+            logger.info("SOLVER.AMP.ENABLED is set but the device is %s: AMP runs only on CUDA", self.device)
+        clip = cfg.SOLVER.CLIP_GRADIENTS if cfg.SOLVER.CLIP_GRADIENTS.ENABLED else None
+        return (AMPStep if amp else SimpleStep)(self.train_model, self.optimizer, clip)
+
+    def build_writers(self) -> list[EventWriter]:
+        """metrics.json and TensorBoard on the main process; none on the others."""
+        if not comm.is_main_process():
+            return []
+        return [JSONWriter(self.output_dir / "metrics.json"), TensorboardWriter(self.output_dir)]
+
+    def build_hooks(self) -> list[HookBase]:
+        """The default hooks, in the order they run (meddet.training.hooks)."""
+        cfg = self.cfg
+        hooks: list[HookBase] = []
+        if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.VAL:
+            metric, mode = cfg.TEST.BEST_METRIC, cfg.TEST.BEST_MODE
+            hooks.append(EvalHook(int(cfg.TEST.EVAL_PERIOD), self.evaluate_val, expected=[metric]))
+            if cfg.TEST.EARLY_STOP_PATIENCE > 0:
+                hooks.append(EarlyStopping(metric, mode, int(cfg.TEST.EARLY_STOP_PATIENCE)))
+            hooks.append(BestCheckpointer(metric, mode))
+        if comm.is_main_process():
+            hooks.append(PeriodicWriter(self.writers))
+            hooks.append(PeriodicCheckpointer(int(cfg.SOLVER.CHECKPOINT_PERIOD)))
+        return hooks
 
     def flush_writers(self) -> None:
-        """Write pending metrics now (after an evaluation) instead of at the next write period."""
-        for h in self.hooks:
-            if isinstance(h, PeriodicWriter):
-                h._write()
-
-    def register(self, hook: HookBase) -> None:
-        hook.trainer = self
-        self.hooks.append(hook)
+        """Write pending metrics now instead of at the next write period."""
+        for w in self.writers:
+            w.write(self.storage)
+        self.storage.clear_unsmoothed()
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_val(self) -> dict:
@@ -392,7 +293,7 @@ class Trainer:
         # A model trained on tiles is validated on every tile of the validation images (what it sees).
         tiled = bool(self.cfg.TILING.ENABLED)
         for path in self.cfg.DATASETS.VAL:
-            loader, _, names = build_test_loader(
+            loader, _, names = dataset.build_test_loader(
                 self.cfg, path, with_boxes=True, rank=self.rank, world_size=self.world_size, tiles=tiled
             )
             gt = load_coco(path)
@@ -454,19 +355,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str, update_last: bool = True, extra: dict | None = None) -> Path:
-        """Checkpoint with model, optimizer, scheduler, scaler, iteration and the torch RNG state (so a
-        resumed run draws the same proposals/samples as an uninterrupted one)."""
+        """Checkpoint with model, optimizer, scheduler, scaler, iteration, the torch RNG state (so a resumed
+        run draws the same proposals/samples as an uninterrupted one), the smoothing windows and every hook's
+        state_dict()."""
         path = self.output_dir / name
         meta = {
             "class_names": list(self.cfg.DATASETS.CLASS_NAMES),
             "rng_torch": torch.get_rng_state(),
             "storage_hist": self.storage.history(),
             "stopped_early": bool(self.stop_requested),
+            "hooks": self.hooks_state_dict(),
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             meta["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         meta.update(extra or {})
-        save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, iteration=self.iter, extra=meta)
+        save_checkpoint(
+            path, self.model, self.optimizer, self.scheduler, self.step.scaler, iteration=self.iter, extra=meta
+        )
         if update_last:
             tmp = self.output_dir / f".{LAST_CHECKPOINT}.tmp"
             tmp.write_text(name, encoding="utf-8")
@@ -475,38 +380,34 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ loop
-    def run_step(self, data_iter) -> None:
+    def run_step(self) -> None:
+        """One iteration: the next batch, the step object (forward … optimizer step), the LR schedule, metrics."""
         t0 = time.perf_counter()
-        batch = next(data_iter)
+        batch = next(self._data_iter)
         data_time = time.perf_counter() - t0
         self.last_batch_files = [b["file_name"] for b in batch]
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            losses = self.train_model(batch)
-        total = sum(losses.values())
-        loss_values = comm.reduce_mean({k: float(v.detach()) for k, v in losses.items()})
+        loss_values = self.step(batch, self.iter, self.after_backward)
         # detectron2's training statistics (fast_rcnn/cls_accuracy, rpn/num_pos_anchors, ...), this process's
         stats = {k: float(v) for k, v in (getattr(self.model, "training_stats", None) or {}).items()}
-        total_value = sum(loss_values.values())
-        if not math.isfinite(total_value):
-            raise FloatingPointError(
-                f"loss became {total_value} at iteration {self.iter} (losses: {loss_values}); lower "
-                "SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS, or check MODEL.RESNETS.NORM / MODEL.PIXEL_STD"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        clip = self.cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED:  # detectron2's meaning of CLIP_TYPE (meddet.training.solver.clip_gradients)
-            self.scaler.unscale_(self.optimizer)
-            clip_gradients(clip, self.optimizer)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
         step_time = time.perf_counter() - t0
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.storage.put_scalars(total_loss=total_value, **loss_values, **stats, time=step_time, data_time=data_time)
+        total = sum(loss_values.values())
+        self.storage.put_scalars(total_loss=total, **loss_values, **stats, time=step_time, data_time=data_time)
         self.storage.put_scalar("lr", lr, smooth=False)
         remaining = self.max_iter - self.iter - 1
         self.storage.put_scalar("eta_seconds", remaining * (self.storage.median("time") or 0.0), smooth=False)
+
+    def after_step(self) -> None:
+        super().after_step()
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(
+                loss=f"{self.storage.median('total_loss'):.3f}",
+                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                refresh=False,
+            )
+        self._check_loading()
 
     def _check_loading(self) -> None:
         """Warn (once) when data loading takes over 20% of each iteration: the GPU/CPU waits for data."""
@@ -522,14 +423,17 @@ class Trainer:
             )
 
     def train(self) -> None:
+        """Run the loop from start_iter (or only the end-of-training steps a resumed run still lacks), then
+        write model_final.pth, the end-of-training hooks and training_done.json."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if comm.is_main_process():
             save_config(self.cfg, self.output_dir / "config.yaml")
         if self._finished:
             logger.info("Nothing to do: the run already finished at iteration %d (%s)", self.start_iter - 1, DONE_FILE)
             return
-        for h in self.hooks:
-            h.before_train()
+        if self.resume_point is not None:  # checkpoints written before hooks saved their state have none
+            self.load_hooks_state_dict(self._resume_meta.get("hooks") or {})
+        self.before_train()
         start = time.perf_counter()
         if not self._loop_done:
             self._loop()
@@ -546,8 +450,7 @@ class Trainer:
             )
             if comm.is_main_process() and not self._resume_meta.get("loop_done"):
                 self.save("model_final.pth", extra={"loop_done": True})
-        for h in self.hooks:
-            h.after_train()
+        self.after_train()
         if comm.is_main_process():
             write_done(
                 self.output_dir,
@@ -581,10 +484,10 @@ class Trainer:
             logger.info("Model summary:\n%s", model_summary(self.model, self.cfg))
             (self.output_dir / DONE_FILE).unlink(missing_ok=True)  # an extended run is not finished
         self.model.train()
-        data_iter = iter(self.train_loader)  # draws a seed from the torch RNG, in a fresh run as on resume
+        self._data_iter = iter(self.train_loader)  # draws a seed from the torch RNG, in a fresh run as on resume
         if self._resume_rng is not None:
             torch.set_rng_state(self._resume_rng)
-        bar = tqdm(
+        self._bar = tqdm(
             total=self.max_iter,
             initial=self.start_iter,
             desc="train",
@@ -593,29 +496,15 @@ class Trainer:
             disable=not comm.is_main_process(),
         )
         try:
-            for self.iter in range(self.start_iter, self.max_iter):  # noqa: B020 (detectron2 style)
-                self.storage.iter = self.iter
-                self.run_step(data_iter)
-                for h in self.hooks:
-                    h.after_step()
-                if self.stop_requested:
-                    break
-                bar.update(1)
-                self._check_loading()
-                bar.set_postfix(
-                    loss=f"{self.storage.median('total_loss'):.3f}",
-                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                    refresh=False,
-                )
+            self.run_loop()
         finally:
-            bar.close()
+            self._bar.close()
+            self._bar = None
 
 
-def train(cfg, resume: bool = False) -> Path:
-    """Train per `cfg`; returns the output folder. Raises MeddetError on bad config/data."""
-    trainer = Trainer(cfg, resume=resume)
+def train(cfg, resume: bool = False, hooks: Sequence[HookBase] = ()) -> Path:
+    """Train per `cfg`; returns the output folder. `hooks` run after the default hooks (before the periodic
+    checkpointer). Raises MeddetError on bad config/data."""
+    trainer = Trainer(cfg, resume=resume, hooks=hooks)
     trainer.train()
     return trainer.output_dir
-
-
-__all__ = ["Trainer", "HookBase", "train", "seed_all", "last_checkpoint_path", "MeddetError"]
