@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from meddet.training import (
+    AMPStep,
     BestCheckpointer,
     EarlyStopping,
     EvalHook,
@@ -13,6 +14,7 @@ from meddet.training import (
     HookBase,
     PeriodicCheckpointer,
     PeriodicWriter,
+    SimpleStep,
     Trainer,
     train,
 )
@@ -130,6 +132,7 @@ def test_user_hooks_run_after_the_defaults_and_before_the_checkpointer(tiny_cfg,
     assert t.hooks[4] is first and t.hooks[5] is later
 
 
+@pytest.mark.slow  # training runs, killed and resumed: make test runs it, test-fast does not
 def test_hook_state_is_saved_with_each_checkpoint_and_restored_on_resume(tiny_cfg, fake_validation):
     """Early stopping after 3 evaluations without improvement: 15 (5), 12 (7), 11 (9) after 20 (3). Killed at
     8 and resumed from the checkpoint of 7, the patience counter (2) and a user hook's counter go on from the
@@ -158,6 +161,7 @@ def test_hook_state_is_saved_with_each_checkpoint_and_restored_on_resume(tiny_cf
     assert torch.load(out / "model_best.pth", weights_only=True)["iteration"] == 3
 
 
+@pytest.mark.slow  # training runs, killed and resumed: make test runs it, test-fast does not
 def test_a_checkpoint_without_hook_state_is_resumed_from_metrics_json(tiny_cfg, fake_validation):
     """Checkpoints of earlier meddet versions hold no hook state: best value and patience counter are read
     back from metrics.json up to the resumed iteration."""
@@ -198,6 +202,7 @@ def test_a_subclass_overriding_build_optimizer_trains_with_it(tiny_cfg):
     assert len(saved["param_groups"]) == 1  # this optimizer's one group, not detectron2's bias/norm groups
 
 
+@pytest.mark.slow  # a training run of several seconds: make test runs it, test-fast does not
 def test_best_checkpoint_without_early_stopping(tiny_cfg, fake_validation):
     """TEST.EARLY_STOP_PATIENCE 0: model_best.pth follows the metric, the run goes on to MAX_ITER."""
     t = Trainer(_validated(tiny_cfg, SOLVER__MAX_ITER=10, TEST__EARLY_STOP_PATIENCE=0))
@@ -208,6 +213,7 @@ def test_best_checkpoint_without_early_stopping(tiny_cfg, fake_validation):
     assert best["iteration"] == 3 and best["meddet"]["best_value"] == 20.0
 
 
+@pytest.mark.slow  # a training run of several seconds: make test runs it, test-fast does not
 def test_early_stopping_without_best_checkpoint(tiny_cfg, fake_validation):
     class NoBest(Trainer):
         def build_hooks(self):
@@ -221,6 +227,7 @@ def test_early_stopping_without_best_checkpoint(tiny_cfg, fake_validation):
     assert evaluated == [1, 3, 5, 7]  # every evaluation has its line
 
 
+@pytest.mark.slow  # a training run of several seconds: make test runs it, test-fast does not
 def test_writers_are_public_and_closed(tiny_cfg):
     class ListWriter(EventWriter):
         def __init__(self):
@@ -244,3 +251,55 @@ def test_writers_are_public_and_closed(tiny_cfg):
     t.train()
     assert mine.iterations[0] == 2 and mine.closed  # the last iteration, then the end of training
     assert len(read_metrics(t.output_dir / "metrics.json")) >= 1  # the default writers still write
+
+
+# ---------------------------------------------------------------------------------------------- the step object
+class TwoLosses(torch.nn.Module):
+    """Losses of a batch of numbers: (w·x)² and |b|, so the gradients are known in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        self.b = torch.nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, batch):
+        x = torch.stack([b["x"] for b in batch])
+        return {"loss_a": ((x @ self.w) ** 2).mean(), "loss_b": self.b.abs() * batch[0]["scale"]}
+
+
+def _batch(scale=1.0):
+    return [{"x": torch.tensor([1.0, 1.0]), "scale": scale}, {"x": torch.tensor([2.0, 0.0]), "scale": scale}]
+
+
+def test_step_guards_against_a_non_finite_loss_before_stepping():
+    model = TwoLosses()
+    step = SimpleStep(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match=r"loss became inf at iteration 7 \(losses: .*loss_b.*BASE_LR"):
+        step(_batch(scale=float("inf")), 7)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("clip_type", ["full_model", "value"])
+def test_amp_step_unscales_before_the_hooks_and_clipping(clip_type):
+    """after_backward sees the true gradients (not multiplied by the loss scale), clipping applies to them,
+    and the parameters move as in float32 (CPU autocast stands in for CUDA's)."""
+    from meddet.config import get_cfg
+
+    clip = get_cfg().SOLVER.CLIP_GRADIENTS.clone()
+    clip.defrost()
+    clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE = True, clip_type, 1.0
+    seen = {}
+    moved = {}
+    for name, cls, kw in (("fp32", SimpleStep, {}), ("amp", AMPStep, {"device_type": "cpu", "dtype": torch.bfloat16})):
+        model = TwoLosses()
+        step = cls(model, torch.optim.SGD(model.parameters(), lr=0.1), clip, **kw)
+        w0 = model.w.detach().clone()
+        step(_batch(), 0, after_backward=lambda m=model, n=name: seen.setdefault(n, m.w.grad.clone()))
+        moved[name] = model.w.detach() - w0
+    # d/dw mean((x·w)²) = mean(2 (x·w) x) = ((-1)·2·[1,1] + 2·2·[2,0]) / 2 = [3, -1]
+    torch.testing.assert_close(seen["fp32"], torch.tensor([3.0, -1.0]))
+    torch.testing.assert_close(seen["amp"], seen["fp32"], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(moved["amp"], moved["fp32"], rtol=2e-2, atol=2e-2)
+    assert moved["fp32"].abs().max() <= 0.1 * 1.0 + 1e-6  # clipped to 1 before the step of lr 0.1

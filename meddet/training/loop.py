@@ -12,6 +12,7 @@ hook.after_train()                            only when the loop ended normally 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from meddet.training.events import EventStorage
@@ -64,7 +65,7 @@ class TrainerBase:
         self.storage = EventStorage(0)
         self.stop_requested = False
 
-    def register_hooks(self, hooks: list[HookBase | None]) -> None:
+    def register_hooks(self, hooks: Sequence[HookBase | None]) -> None:
         """Add hooks (None is skipped). They run in the order added, except that a hook with `runs_last`
         stays after those added later."""
         for h in hooks:
@@ -119,7 +120,8 @@ class TrainerBase:
     # hook state, saved with each checkpoint
     def _hook_keys(self) -> list[str]:
         """One key per hook: its class name, with #2, #3, ... for the second, third hook of a class."""
-        keys, seen = [], {}
+        keys: list[str] = []
+        seen: dict[str, int] = {}
         for h in self.hooks:
             name = type(h).__qualname__
             seen[name] = seen.get(name, 0) + 1

@@ -55,15 +55,23 @@ class SimpleStep:
 
 
 class AMPStep(SimpleStep):
-    """Mixed precision on CUDA: float16 autocast, a GradScaler; gradients are unscaled right after the
-    backward pass, so after_backward hooks and clipping see their true values."""
+    """Mixed precision (the trainer uses it on CUDA only): float16 autocast and a GradScaler; gradients are
+    unscaled right after the backward pass, so after_backward hooks and clipping see their true values."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip=None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        clip=None,
+        device_type: str = "cuda",
+        dtype: torch.dtype = torch.float16,
+    ):
         super().__init__(model, optimizer, clip)
-        self.scaler = torch.amp.GradScaler("cuda")
+        self.device_type, self.dtype = device_type, dtype
+        self.scaler = torch.amp.GradScaler(device_type)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, total: torch.Tensor) -> None:
         assert self.scaler is not None

@@ -109,7 +109,7 @@ class Trainer(TrainerBase):
         self.iter = self.start_iter
         self.writers = self.build_writers()
         self.register_hooks(self.build_hooks())
-        self.register_hooks(list(hooks))
+        self.register_hooks(hooks)
         self._bar: tqdm | None = None
         self._warned_loading = False
 
@@ -226,7 +226,7 @@ class Trainer(TrainerBase):
         # unless training_done.json says they finished too.
         self._loop_done = bool(point.meta.get("stopped_early")) or self.start_iter >= self.max_iter
         done = read_done(self.output_dir)
-        self._finished = self._loop_done and bool(done) and done.get("iteration") == last
+        self._finished = self._loop_done and done is not None and done.get("iteration") == last
 
     # ------------------------------------------------------------------ builders (override one in a subclass)
     @classmethod
@@ -272,6 +272,11 @@ class Trainer(TrainerBase):
         if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.VAL:
             metric, mode = cfg.TEST.BEST_METRIC, cfg.TEST.BEST_MODE
             hooks.append(EvalHook(int(cfg.TEST.EVAL_PERIOD), self.evaluate_val, expected=[metric]))
+            if cfg.TEST.EARLY_STOP_PATIENCE < 0:
+                raise ConfigError(
+                    f"TEST.EARLY_STOP_PATIENCE: {cfg.TEST.EARLY_STOP_PATIENCE}; expected 0 (no early stopping) "
+                    "or the number of evaluations without improvement that stop training"
+                )
             if cfg.TEST.EARLY_STOP_PATIENCE > 0:
                 hooks.append(EarlyStopping(metric, mode, int(cfg.TEST.EARLY_STOP_PATIENCE)))
             hooks.append(BestCheckpointer(metric, mode))
@@ -393,7 +398,9 @@ class Trainer(TrainerBase):
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         total = sum(loss_values.values())
-        self.storage.put_scalars(total_loss=total, **loss_values, **stats, time=step_time, data_time=data_time)
+        scalars = {"total_loss": total, **loss_values, **stats, "time": step_time, "data_time": data_time}
+        for name, value in scalars.items():
+            self.storage.put_scalar(name, value)
         self.storage.put_scalar("lr", lr, smooth=False)
         remaining = self.max_iter - self.iter - 1
         self.storage.put_scalar("eta_seconds", remaining * (self.storage.median("time") or 0.0), smooth=False)
