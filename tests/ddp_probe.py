@@ -24,8 +24,7 @@ class RecordImages(HookBase):
 if __name__ == "__main__":
     comm.init_from_torchrun()
     cfg = load_config(sys.argv[1], sys.argv[2:])
-    t = Trainer(cfg)
-    t.register(RecordImages())
+    t = Trainer(cfg, hooks=[RecordImages()])
     try:
         t.train()
     finally:
