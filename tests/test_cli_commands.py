@@ -128,6 +128,7 @@ def test_an_evaluation_reads_its_ground_truth_once(tiny_cfg, tmp_path, monkeypat
     the model that was evaluated (no second model is built)."""
     import builtins
 
+    import meddet.inference.predictor
     import meddet.modeling
     from meddet.apps.evaluate import evaluate_model
     from meddet.modeling import build_model
@@ -156,7 +157,9 @@ def test_an_evaluation_reads_its_ground_truth_once(tiny_cfg, tmp_path, monkeypat
         return real_build(*a, **k)
 
     monkeypatch.setattr(builtins, "open", counting_open)
+    # every way to the builder: the package's name (looked up when called) and the Predictor's own binding
     monkeypatch.setattr(meddet.modeling, "build_model", counting_build)
+    monkeypatch.setattr(meddet.inference.predictor, "build_model", counting_build)
     metrics = evaluate_model(cfg, out_dir=tmp_path / "eval", views=["coco", "report"])
     assert "bbox/AP" in metrics
     assert len(opened) == 1, opened

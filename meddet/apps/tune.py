@@ -23,7 +23,7 @@ def tune_model(
     default DATASETS.VAL[0]) without retraining; writes tune.csv and tuned_config.yaml (default in
     OUTPUT_DIR/tune, with `ensemble` members OUTPUT_DIR/tune_ensemble), which predict / evaluate /
     export of the run then use (see `meddet.config.tuned.load_run_config`, meddet.hub)."""
-    from meddet.evaluation import tune, tune_kwargs
+    from meddet.evaluation.tune import tune, tune_kwargs
 
     split = split_or_default(cfg, gt, cfg.DATASETS.VAL, "tune", "DATASETS.VAL")
     out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / (TUNE_ENSEMBLE_DIR if ensemble else TUNE_DIR))

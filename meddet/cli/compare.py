@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from meddet.errors import ConfigError
-    from meddet.evaluation import compare, format_comparison, write_comparison
+    from meddet.evaluation.compare import compare, format_comparison, write_comparison
 
     runs = list(args.runs) + list(args.runs_opt)
     if not runs:

@@ -437,9 +437,9 @@ def run(args: argparse.Namespace) -> int:
     if args.convert_command == "yolo2coco":
         from meddet.data.formats.yolo import yolo_to_coco
 
-        report = yolo_to_coco(args.data, args.out)
-        print(report.summary())
-        return 0 if report.ok else 1
+        converted = yolo_to_coco(args.data, args.out)
+        print(converted.summary())
+        return 0 if converted.ok else 1
     if args.convert_command == "coco2yolo":
         from meddet.data.formats.yolo import coco_to_yolo
 

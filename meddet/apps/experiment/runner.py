@@ -252,11 +252,10 @@ def run_experiment(yaml_path: str | Path, resume: bool = True, only: list[str] |
             done += 1
             logger.info("Experiment run %d/%d: %s", done, todo, key)
             try:
-                if spec.kfold:
-                    kf = spec.kfold
-                    write_fold(
-                        pooled, kf.k, kf.by, kf.seed if kf.seed is not None else key.seed, key.fold, run_dir / "data"
-                    )
+                kf = spec.kfold
+                if kf is not None and pooled is not None and key.fold is not None:
+                    seed = kf.seed if kf.seed is not None else key.seed
+                    write_fold(pooled, kf.k, kf.by, seed, key.fold, run_dir / "data")
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / RUN_CONFIG).write_text(cfg.dump(), encoding="utf-8")
                 record = _execute(cfg, key, run_dir, cfg.DATASETS.TEST[0])
@@ -304,7 +303,11 @@ def _pooled(cfg: CfgNode, spec: ExperimentSpec) -> dict[str, Any]:
     if not files:
         raise ConfigError(f"{spec.path}: kfold: the base config {spec.base} has no DATASETS.TRAIN/VAL to split")
     pooled = pool_coco(files, cfg.DATASETS.IMAGE_ROOT)
-    if spec.kfold.by == "patient" and not any(im.get("patient_id") not in (None, "") for im in pooled["images"]):
+    if (
+        spec.kfold is not None
+        and spec.kfold.by == "patient"
+        and not any(im.get("patient_id") not in (None, "") for im in pooled["images"])
+    ):
         logger.warning(
             "kfold by patient: no image of %s has a patient_id; every image is its own patient", ", ".join(files)
         )

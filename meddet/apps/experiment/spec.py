@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -114,7 +114,7 @@ def _err(path: Path, fld: str, found: Any, expected: str) -> ConfigError:
     return ConfigError(f"{path}: {fld}: found {found!r}; expected {expected}")
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -192,7 +192,7 @@ def _parse_rules(path: Path, data: Any, metrics: Sequence[str]) -> tuple[Rule, .
         on = r.get("on", "mean")
         if on not in RULE_ON:
             raise _err(path, f"{fld}.on", on, f"one of {list(RULE_ON)}")
-        rules.append(Rule(metric, kind, float(value), on))
+        rules.append(Rule(str(metric), kind, float(value), on))
     return tuple(rules)
 
 
