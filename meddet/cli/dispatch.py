@@ -9,6 +9,7 @@ import logging
 import sys
 from types import ModuleType
 
+from meddet import __version__
 from meddet.cli import (
     compare,
     convert,
@@ -72,8 +73,6 @@ def _build(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
         epilog="detectron.py -c COMMAND ... runs the same commands (except convert and web: convert_dataset.py, "
         "webapp/web.py).",
     )
-    from meddet import __version__
-
     p.add_argument("--version", action="version", version=f"meddet {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parsers = {}
