@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from meddet.cli import run_cli, setup_logging
 
-from meddet.cli import run_cli, setup_logging  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the configs and output/ of this checkout (meddet is installed)
 
 logger = logging.getLogger("meddet.demo")
 
@@ -27,11 +26,12 @@ logger = logging.getLogger("meddet.demo")
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from meddet.apps.evaluate import evaluate_model
+    from meddet.apps.predict import predict
     from meddet.config import load_config
     from meddet.data.formats.cbis_ddsm import convert_cbis_ddsm
     from meddet.evaluation import format_per_class_table
     from meddet.synth import make_cbis_ddsm
-    from meddet.tasks import evaluate_model, predict
     from meddet.training import train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

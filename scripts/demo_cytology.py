@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from meddet.cli import run_cli, setup_logging
 
-from meddet.cli import run_cli, setup_logging  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the configs and output/ of this checkout (meddet is installed)
 
 logger = logging.getLogger("meddet.demo_cytology")
 CONFIG = REPO / "configs" / "cyto_demo_R18_FPN.yaml"
@@ -29,9 +28,10 @@ CONFIG = REPO / "configs" / "cyto_demo_R18_FPN.yaml"
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from meddet.apps.evaluate import evaluate_model
+    from meddet.apps.predict import predict
     from meddet.config import load_config
     from meddet.synth import make_cytology
-    from meddet.tasks import evaluate_model, predict
     from meddet.training import train
 
     out = Path(args.output)

@@ -110,7 +110,7 @@ def test_member_class_missing_from_the_ensemble_is_a_config_error():
 def test_tuned_thresholds_follow_classes_by_name_when_a_member_adds_a_class():
     """Three tuned per-class thresholds (no names: the first member's classes, in order) and a member
     that adds a fourth class: no "expected one per class" error; the added class gets TEST.SCORE_THRESH."""
-    from meddet.tasks import class_thresholds
+    from meddet.inference.base import score_thresholds as class_thresholds
 
     first = FakePredictor(["mass", "calc", "arch"], _set([]))
     extra = FakePredictor(["calc", "node"], _set([]))

@@ -114,7 +114,7 @@ def test_ensemble_of_a_model_with_itself_is_the_model(runs):
     """Fusing a model with a copy of itself changes nothing: the model's own NMS left no same-class pair
     overlapping by more than its NMS IoU (0.5), below the fusion IoU, so each fused cluster is one box and
     its copy (NMS keeps one; WBF averages two equal boxes with equal scores)."""
-    from meddet.tasks import build_predictor
+    from meddet.apps.predictors import build_predictor
 
     image = np.asarray(__import__("cv2").imread(str(runs["coco"].parent / "images" / "img_000.png"), 0))
     single = build_predictor(_cfg(runs["a"]))
@@ -128,9 +128,9 @@ def test_ensemble_of_a_model_with_itself_is_the_model(runs):
 
 
 def test_one_predictor_interface(runs):
+    from meddet.apps.predictors import build_predictor
     from meddet.hub import export_bundle, load_predictor
     from meddet.inference import DetectorLike
-    from meddet.tasks import build_predictor
 
     single = build_predictor(_cfg(runs["a"]))
     tiled = build_predictor(_cfg(runs["a"], "TILING.ENABLED", True, "TILING.SIZE", 64))
@@ -200,9 +200,9 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
     assert by_name["blob"] == pytest.approx(tuned["SCORE_THRESH"])  # the added class: the default threshold
 
     # Loaded back (load_predictor / from_pretrained): the same detections as built from the runs.
+    from meddet.apps.predictors import build_predictor
     from meddet.hub import from_pretrained
     from meddet.inference import EnsemblePredictor
-    from meddet.tasks import build_predictor
 
     loaded = from_pretrained(out, device="cpu")
     assert isinstance(loaded, EnsemblePredictor) and loaded.class_names == ["square", "disc", "blob"]
@@ -243,8 +243,8 @@ def test_evaluate_tune_export_and_serve_an_ensemble(runs, tmp_path, capsys):
 def test_tuned_thresholds_reach_predict_evaluate_bundle_and_web_app(runs, tmp_path, caplog):
     import logging
 
+    from meddet.config.tuned import load_run_config
     from meddet.hub import load_predictor
-    from meddet.tasks import load_run_config
     from webapp import create_app
 
     src = runs["a"]
@@ -329,8 +329,8 @@ def test_tuned_thresholds_reach_predict_evaluate_bundle_and_web_app(runs, tmp_pa
     info = create_app(load_predictor(tmp_path / "bundle", device="cpu")).test_client().get("/api/v1/model").get_json()
     assert {cl["name"]: cl["score_thresh"] for cl in info["classes"]} == pytest.approx(tuned)
     assert info["score_thresh"] == pytest.approx(frag["TEST"]["SCORE_THRESH"])
-    # The bundle evaluates at them too (any predictor evaluates: meddet.tasks.evaluate_predictor).
-    from meddet.tasks import evaluate_predictor
+    # The bundle evaluates at them too (any predictor evaluates: meddet.apps.evaluate.evaluate_predictor).
+    from meddet.apps.evaluate import evaluate_predictor
 
     m = evaluate_predictor(load_predictor(tmp_path / "bundle", device="cpu"), runs["coco"], tmp_path / "bundle_eval")
     assert [m["prf1/score_thresh-square"], m["prf1/score_thresh-disc"]] == pytest.approx(list(tuned.values()))
@@ -344,9 +344,10 @@ def test_tuned_thresholds_reach_predict_evaluate_bundle_and_web_app(runs, tmp_pa
 def test_any_predictor_saves_as_a_bundle_and_loads_back(runs, tmp_path):
     """save_predictor: a single, a tiled and an ensemble predictor built in Python become bundles that
     load_predictor loads back to the same detections, thresholds and kind."""
+    from meddet.apps.predictors import build_predictor
     from meddet.hub import load_predictor, save_predictor
     from meddet.inference import EnsemblePredictor
-    from meddet.tasks import build_predictor, class_thresholds
+    from meddet.inference.base import score_thresholds as class_thresholds
 
     image = np.asarray(__import__("cv2").imread(str(runs["coco"].parent / "images" / "img_002.png"), 0))
     cases = {

@@ -10,10 +10,10 @@ import re
 import pytest
 from test_evaluation import det, make_gt
 
+from meddet.apps.evaluate import evaluate_predictions
 from meddet.config import get_cfg
 from meddet.errors import DataError
 from meddet.evaluation import evaluate, run_evaluation
-from meddet.tasks import evaluate_predictions
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from conftest import REPO, TINY_MODEL_OPTS, make_tiny_coco
 
+from meddet.apps.experiment import load_experiment, run_experiment
+from meddet.data.splits import kfold_split
 from meddet.errors import ConfigError, DataError
-from meddet.experiment import kfold_split, load_experiment, run_experiment
 
 T975_DF2 = 4.302652729911275  # Student t 97.5% quantile, 2 degrees of freedom (tables)
 
@@ -28,7 +29,8 @@ SHIFT = {"plain": (0.0, [0.0, 0.0, 0.0]), "better": (5.0, [0.10, 0.12, 0.14]), "
 
 
 class Fakes:
-    """Stand-ins for meddet.training.train and meddet.tasks.evaluate_model that record their calls."""
+    """Stand-ins for meddet.training.train and meddet.apps.evaluate.evaluate_model (as the experiment runner
+    calls it) that record their calls."""
 
     def __init__(self, fail: set[tuple[str, int]] = frozenset()):
         self.train_calls: list[tuple[str, bool]] = []
@@ -64,12 +66,12 @@ class Fakes:
 
 @pytest.fixture
 def fakes(monkeypatch):
-    import meddet.tasks
+    import meddet.apps.experiment.runner
     import meddet.training
 
     f = Fakes()
     monkeypatch.setattr(meddet.training, "train", f.train)
-    monkeypatch.setattr(meddet.tasks, "evaluate_model", f.evaluate)
+    monkeypatch.setattr(meddet.apps.experiment.runner, "evaluate_model", f.evaluate)
     return f
 
 
@@ -397,12 +399,12 @@ def test_real_experiment_two_variants_two_seeds(tmp_path):
 
 
 def _documented_example() -> str:
-    """The experiment YAML of meddet.experiment's docstring, as text."""
+    """The experiment YAML of meddet.apps.experiment's docstring, as text."""
     import textwrap
 
-    import meddet.experiment
+    import meddet.apps.experiment
 
-    doc = meddet.experiment.__doc__
+    doc = meddet.apps.experiment.__doc__
     block = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
     return textwrap.dedent(block)
 
@@ -427,7 +429,7 @@ def test_documented_example_yaml_reads_as_written(tmp_path):
 
 @pytest.mark.parametrize("key", ["on", "On", "ON", "off", "yes", "no", "y", "n", "Y", "true"])
 def test_boolean_looking_keys_are_the_strings_written(key):
-    from meddet.experiment import read_spec_yaml
+    from meddet.apps.experiment import read_spec_yaml
 
     data = read_spec_yaml(f"{key}: ci_low\nnested: {{{key}: 1}}\nvalue: yes\n")
     assert data == {key: "ci_low", "nested": {key: 1}, "value": True}  # values keep YAML's reading

@@ -46,9 +46,9 @@ def _copy_with(tmp_path: Path, module: str, added: str) -> Path:
 
 def test_an_upward_import_breaks_the_contract(tmp_path):
     # The pixel reader reaching up to the applications.
-    done = _lint_imports(_copy_with(tmp_path, "meddet.io.image", "from meddet.tasks import predict"))
+    done = _lint_imports(_copy_with(tmp_path, "meddet.io.image", "from meddet.apps.predict import predict"))
     assert done.returncode != 0
-    assert "meddet.io.image -> meddet.tasks" in done.stdout
+    assert "meddet.io.image -> meddet.apps.predict" in done.stdout
 
 
 def test_a_cycle_inside_a_layer_breaks_the_contract(tmp_path):

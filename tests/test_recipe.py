@@ -232,9 +232,9 @@ def test_explanations_of_a_flip_crop_model_are_in_original_pixels(tmp_path):
 def test_loaders_replay_the_recipe_on_raw_records(tmp_path):
     """A COCO file listing original DICOMs (boxes in their pixels): the training mapper flips / crops image
     and boxes together; evaluation predictions come back in the original pixels."""
+    from meddet.apps.predictors import predict_dataset
     from meddet.data.coco import coco_to_records
     from meddet.data.dataset import DatasetMapper
-    from meddet.tasks import predict_dataset
 
     breast_dicom(tmp_path / "a.dcm")
     x, y, r = DISC

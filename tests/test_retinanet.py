@@ -212,9 +212,9 @@ def test_trains_and_resumes(tiny_cfg):
 
 
 def test_evaluate_and_bundle_round_trip(tiny_cfg, tmp_path):
+    from meddet.apps.evaluate import evaluate_model
     from meddet.hub import export_bundle, from_pretrained
     from meddet.inference import Predictor
-    from meddet.tasks import evaluate_model
     from meddet.training import Trainer
 
     cfg = tiny_cfg.clone()

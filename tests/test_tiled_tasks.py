@@ -89,8 +89,8 @@ def test_training_on_tiles_validates_on_tiles(tiled_run):
 
 
 def test_evaluation_of_a_tiled_model_reports_both_levels(tiled_run, cyto):
+    from meddet.apps.evaluate import evaluate_model
     from meddet.config import load_config
-    from meddet.tasks import evaluate_model
 
     cfg = load_config(tiled_run / "config.yaml")
     metrics = evaluate_model(cfg)
@@ -118,8 +118,8 @@ def test_evaluation_of_a_tiled_model_reports_both_levels(tiled_run, cyto):
 
 
 def test_predict_slices_and_ensembles_by_class_name(tiled_run, tmp_path):
+    from meddet.apps.predict import predict
     from meddet.config import load_config
-    from meddet.tasks import predict
     from meddet.training import train
 
     # A second model with other classes (squares and discs) as ensemble member.

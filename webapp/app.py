@@ -293,7 +293,7 @@ class ModelService:
 
     def _explain(self, image: np.ndarray, out: dict, method: str, threshold: float | None) -> dict[str, Any]:
         """Heat maps of the top findings: {"summary": response entry, "maps": {detection index: (png, layer)}}."""
-        from meddet.tasks import class_thresholds
+        from meddet.inference.base import score_thresholds
         from meddet.xai import explain_detections, heatmap_rgba
 
         if not hasattr(self.predictor, "model") or not hasattr(self.predictor, "prepare"):
@@ -303,7 +303,7 @@ class ModelService:
                 "model's layers; explain a member's bundle instead)",
             )
         scores, classes = np.asarray(out["scores"]), np.asarray(out["classes"], dtype=np.int64)
-        thr = class_thresholds(self.predictor.cfg, self.predictor.class_names, threshold)
+        thr = score_thresholds(self.predictor.cfg, self.predictor.class_names, threshold)
         order = np.argsort(-scores, kind="stable")
         candidates = order[scores[order] >= thr[classes[order]]]
         chosen = candidates[: self.explain_max_detections]
@@ -416,12 +416,12 @@ def model_info(predictor) -> dict[str, Any]:
     """Classes (name, colour, default threshold: the tuned one when the bundle was tuned), engine, input
     and metrics of the served model (any meddet.inference.DetectorLike); for an ensemble, its fusion
     settings and members."""
-    from meddet.tasks import class_thresholds
+    from meddet.inference.base import score_thresholds
     from meddet.visualize import class_color
 
     meta = getattr(predictor, "bundle", None) or {}
     cfg = predictor.cfg
-    thr = class_thresholds(cfg, predictor.class_names)
+    thr = score_thresholds(cfg, predictor.class_names)
     members = getattr(predictor, "members", None)
     extra: dict[str, Any] = {}
     if members is not None:

@@ -1,63 +1,12 @@
-"""Serve the meddet web app with waitress: `python webapp/web.py --model PATH_OR_REPO_ID [--port 8000]`."""
+"""Serve the meddet web app with waitress: `python webapp/web.py --model PATH_OR_REPO_ID [--port 8000]`.
+
+The script form of `meddet web` / `meddet-web` (meddet.cli.web); meddet must be installed (`pip install -e .`)."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, load the model once, serve until interrupted."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True, help="model bundle folder or Hugging Face repo id (ORG/NAME)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--threads", type=int, default=4, help="waitress worker threads")
-    ap.add_argument("--max-upload-mb", type=float, default=64)
-    ap.add_argument("--max-pixels", type=int, default=80_000_000)
-    ap.add_argument("--max-queue", type=int, default=4, help="requests waiting or running before 503")
-    ap.add_argument(
-        "--max-memory",
-        type=float,
-        default=None,
-        metavar="MB",
-        help="memory budget of the requests in flight, in MB (default: half the machine's memory); "
-        "each reserves its decoded size plus the model's working set, 503 when full",
-    )
-    ap.add_argument("--cors-origin", action="append", default=[], help="origin allowed to call the API (repeat)")
-    ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: the bundle's, auto)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from meddet.errors import MeddetError
-    from meddet.hub import load_predictor
-    from webapp.app import create_app
-    from webapp.server import private_tmp, serve_app
-
-    private_tmp()  # before anything may write a temporary file; stale ones of crashed runs removed
-
-    try:
-        predictor = load_predictor(args.model, device=args.device)
-    except MeddetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    app = create_app(
-        predictor,
-        max_upload_mb=args.max_upload_mb,
-        max_pixels=args.max_pixels,
-        max_queue=args.max_queue,
-        cors_origins=args.cors_origin,
-        max_memory_mb=args.max_memory,
-    )
-    budget = app.config["MEDDET_SERVICE"].budget.capacity
-    print(f"serving http://{args.host}:{args.port}/ (request memory budget {budget / 2**20:,.0f} MiB)", file=sys.stderr)
-    serve_app(app, host=args.host, port=args.port, threads=args.threads, max_upload_mb=args.max_upload_mb)
-    return 0
-
+from meddet.cli.web import main
 
 if __name__ == "__main__":
     sys.exit(main())

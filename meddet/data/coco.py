@@ -132,6 +132,54 @@ def coco_to_records(coco: dict, json_path: str | os.PathLike, image_root: str | 
     return records
 
 
+class DatasetSplit:
+    """One COCO split, read and checked once and handed down through an application (evaluate, tune,
+    predict on a split) instead of its path: the COCO dict, its class names and category ids in
+    category-id order (model class index k is the k-th), and its records (`coco_to_records` of the
+    ground truth clipped to the images, as the loaders see it; made on first use).
+
+    `image_root` (DATASETS.IMAGE_ROOT; empty: the file's folder) resolves the images; `strict_boxes`
+    (DATASETS.STRICT_BOXES) makes a box outside its image an error when the records are made."""
+
+    def __init__(self, path: str | os.PathLike, coco: dict, image_root: str | os.PathLike = "", strict_boxes=False):
+        self.path = Path(path)
+        self.coco = coco
+        self.image_root = str(image_root or "")
+        self.strict_boxes = bool(strict_boxes)
+        self._records: list[dict] | None = None
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, image_root: str | os.PathLike = "", strict_boxes: bool = False
+    ) -> DatasetSplit:
+        """Read and check the COCO file `path` (`load_coco`)."""
+        return cls(path, load_coco(path), image_root, strict_boxes)
+
+    @property
+    def categories(self) -> list[dict]:
+        """The categories sorted by id."""
+        return sorted(self.coco["categories"], key=lambda c: c["id"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.categories]
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [c["id"] for c in self.categories]
+
+    @property
+    def records(self) -> list[dict]:
+        """detectron2-style records of the images (boxes clipped to them; see `clip_coco_boxes`)."""
+        if self._records is None:
+            clipped, _ = clip_coco_boxes(self.coco, str(self.path), strict=self.strict_boxes)
+            self._records = coco_to_records(clipped, self.path, self.image_root)
+        return self._records
+
+    def __repr__(self) -> str:
+        return f"DatasetSplit({str(self.path)!r}, {len(self.coco['images'])} images, classes {self.class_names})"
+
+
 @dataclass
 class BoxFixes:
     """What clip_coco_boxes did: boxes clipped to their image, boxes dropped (nothing left inside),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from meddet.data.coco import class_names, clip_coco_boxes, coco_to_records, load_coco
+from meddet.data.coco import DatasetSplit, class_names, clip_coco_boxes, coco_to_records, load_coco
 from meddet.data.tiling import TilingParams, clip_boxes_to_window, tile_records
 from meddet.data.transforms import (
     apply_augmentation,
@@ -581,7 +581,7 @@ def build_train_loader(
 
 def build_test_loader(
     cfg,
-    json_path: str,
+    json_path: str | DatasetSplit,
     batch_size: int = 1,
     with_boxes: bool = False,
     rank: int = 0,
@@ -593,8 +593,14 @@ def build_test_loader(
 
     `tiles` yields the tiles of the images instead (TILING.SIZE/OVERLAP/MIN_VISIBLE; every tile, the
     KEEP_CLASSES/NEGATIVE_FRACTION training filters do not apply) and returns the tile records, whose
-    image ids are those of meddet.data.tiling.tile_coco on the same COCO (tile-level evaluation)."""
-    records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT, bool(cfg.DATASETS.STRICT_BOXES))
+    image ids are those of meddet.data.tiling.tile_coco on the same COCO (tile-level evaluation).
+
+    `json_path` may be a loaded :class:`~meddet.data.coco.DatasetSplit`: its records are used as they are
+    (the file is not read again)."""
+    if isinstance(json_path, DatasetSplit):
+        records, names = json_path.records, json_path.class_names
+    else:
+        records, names = load_records([json_path], cfg.DATASETS.IMAGE_ROOT, bool(cfg.DATASETS.STRICT_BOXES))
     if tiles:
         params = TilingParams.from_cfg(cfg, names).for_evaluation()
         records = tile_records(records, params, names)

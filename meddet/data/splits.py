@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from meddet.errors import ConfigError
+from meddet.data.coco import load_coco, resolve_image_path, save_json_atomic
+from meddet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +163,77 @@ def subset_coco(coco: dict[str, Any], image_ids: Sequence[Any]) -> dict[str, Any
     sub["images"] = [im for im in coco["images"] if im["id"] in keep]
     sub["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
     return sub
+
+
+KFOLD_BY = ("patient", "image")
+
+
+def kfold_split(images: Sequence[dict[str, Any]], k: int, by: str = "patient", seed: int = 0) -> list[list[Any]]:
+    """Image ids of each of `k` folds (input order kept within a fold).
+
+    Groups: the image's patient (`meddet.data.splits.patient_key`) for `by` "patient", else the image
+    itself (a tile's ``parent_id`` when it has one). Groups are shuffled with `seed` and each goes to the
+    fold holding the fewest images so far, so folds are disjoint by group, cover every image and differ
+    in size by at most one group. Deterministic for the same images (in any order), k, by and seed.
+    """
+    if by not in KFOLD_BY:
+        raise ConfigError(f"kfold.by: found {by!r}; expected one of {list(KFOLD_BY)}")
+    groups: dict[str, list[Any]] = {}
+    for im in images:
+        key = patient_key(im) if by == "patient" else f"image:{im.get('parent_id', im['id'])}"
+        groups.setdefault(key, []).append(im["id"])
+    if len(groups) < k:
+        raise DataError(f"kfold: {len(groups)} {by} group(s) in {len(images)} images are too few for k={k} folds")
+    keys = sorted(groups)
+    sizes = np.zeros(k, dtype=np.int64)
+    fold_of: dict[str, int] = {}
+    for idx in np.random.default_rng(seed).permutation(len(keys)):
+        f = int(np.argmin(sizes))
+        fold_of[keys[idx]] = f
+        sizes[f] += len(groups[keys[idx]])
+    folds: list[list[Any]] = [[] for _ in range(k)]
+    for key in keys:
+        folds[fold_of[key]].extend(groups[key])
+    position = {im["id"]: pos for pos, im in enumerate(images)}
+    return [sorted(f, key=position.__getitem__) for f in folds]
+
+
+def pool_coco(files: Sequence[str | os.PathLike], image_root: str | os.PathLike = "") -> dict[str, Any]:
+    """COCO files (e.g. DATASETS.TRAIN + DATASETS.VAL) as one COCO dict to deal into folds: image and box
+    ids renumbered, file names made absolute (resolved by `image_root`, else each file's folder). The files
+    must share their categories (DataError naming the file otherwise)."""
+    pooled: dict[str, Any] = {"images": [], "annotations": [], "categories": None}
+    cats_of = None
+    for f in files:
+        coco = load_coco(f)
+        cats = sorted((c["id"], c["name"]) for c in coco["categories"])
+        if cats_of is not None and cats != cats_of[1]:
+            raise DataError(
+                f"{f}: categories {cats} differ from those of {cats_of[0]} ({cats_of[1]}); "
+                "kfold pools the files, they must share categories"
+            )
+        if cats_of is None:
+            cats_of = (f, cats)
+            pooled["categories"] = coco["categories"]
+        new_id = {}
+        for im in coco["images"]:
+            new_id[im["id"]] = len(pooled["images"]) + 1
+            path = resolve_image_path(im["file_name"], f, image_root).absolute()
+            pooled["images"].append({**im, "id": new_id[im["id"]], "file_name": str(path)})
+        for a in coco["annotations"]:
+            pooled["annotations"].append({**a, "id": len(pooled["annotations"]) + 1, "image_id": new_id[a["image_id"]]})
+    return pooled
+
+
+def write_fold(
+    pooled: dict[str, Any], k: int, by: str, seed: int, fold: int, out_dir: str | os.PathLike
+) -> tuple[Path, Path]:
+    """Fold `fold` of `kfold_split(pooled images, k, by, seed)` as `out_dir/test.json` and the other folds
+    as `out_dir/train.json`; returns their paths."""
+    test_ids = kfold_split(pooled["images"], k, by, seed)[fold]
+    held = set(test_ids)
+    train_ids = [im["id"] for im in pooled["images"] if im["id"] not in held]
+    train_p, test_p = Path(out_dir) / "train.json", Path(out_dir) / "test.json"
+    save_json_atomic(subset_coco(pooled, train_ids), train_p)
+    save_json_atomic(subset_coco(pooled, test_ids), test_p)
+    return train_p, test_p

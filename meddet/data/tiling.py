@@ -343,18 +343,21 @@ def write_tile_dataset(
     *,
     image_root: str | os.PathLike = "",
     dicom_kwargs: dict | None = None,
+    coco: dict | None = None,
 ) -> Path:
     """Cut the images of a COCO file into tile PNGs (lossless; 16-bit stays 16-bit) under out_dir/tiles/
     and write their COCO as out_dir/<name of coco_path>; returns that path.
 
     Parent images are resolved as meddet.data.coco does (`image_root`, else the COCO's folder) and read
     with meddet.io.read_image (`dicom_kwargs` for DICOM files); tile images record the resolved parent
-    path as `parent_file_name`. Refuses (ConfigError) to overwrite an existing output COCO."""
+    path as `parent_file_name`. Refuses (ConfigError) to overwrite an existing output COCO. `coco`: the
+    content of `coco_path` when the caller already loaded it (the file is then not read again)."""
     out_dir = Path(out_dir)
     out_json = out_dir / Path(coco_path).name
     if out_json.exists():
         raise ConfigError(f"{out_json}: a tile COCO is already there; remove it or choose another output folder")
-    coco = load_coco(coco_path)
+    if coco is None:
+        coco = load_coco(coco_path)
     tiled = tile_coco(coco, params)
     parents = {im["id"]: im for im in coco["images"]}
     by_parent: dict = {}
