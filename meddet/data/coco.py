@@ -84,13 +84,24 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int | None = Non
     os.replace(tmp, path)
 
 
+def categories_by_id(coco: dict) -> list[dict]:
+    """The categories ordered by id: model class index k is the k-th of these (meddet's one class order)."""
+    return sorted(coco["categories"], key=lambda c: c["id"])
+
+
 def class_names(coco: dict) -> list[str]:
     """Category names ordered by id; model class index k is the k-th of these."""
-    return [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    return [c["name"] for c in categories_by_id(coco)]
+
+
+def category_ids(coco: dict) -> list[int]:
+    """Category ids ordered by id: the COCO id of model class index k is the k-th of these."""
+    return [c["id"] for c in categories_by_id(coco)]
 
 
 def category_id_to_index(coco: dict) -> dict[int, int]:
-    return {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+    """COCO category id -> model class index."""
+    return {c: i for i, c in enumerate(category_ids(coco))}
 
 
 def resolve_image_path(file_name: str, json_path: str | os.PathLike, image_root: str | os.PathLike = "") -> Path:

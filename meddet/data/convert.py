@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from meddet import __version__
-from meddet.data.coco import save_json_atomic
+from meddet.data.coco import class_names, save_json_atomic
 from meddet.data.splits import SPLIT_NAMES, split_by_patient, subset_coco
 from meddet.errors import DataError
 
@@ -248,7 +248,7 @@ def write_coco_splits(
         write_changes(out, report)
     report.n_images = len(coco["images"])
     report.n_annotations = len(coco["annotations"])
-    report.categories = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    report.categories = class_names(coco)
     return report
 
 
