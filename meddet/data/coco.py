@@ -172,6 +172,9 @@ def clip_coco_boxes(coco: dict, source: str, strict: bool = False) -> tuple[dict
     anns = []
     for i, a in enumerate(coco.get("annotations", [])):
         im = images.get(a.get("image_id")) if isinstance(a, dict) else None
+        if im is None:
+            anns.append(a)
+            continue
         try:
             x, y, w, h = (float(v) for v in a["bbox"])
             W, H = float(im["width"]), float(im["height"])
