@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from meddet.data.tiling import tile_windows
 from meddet.data.transforms import prepare_image
 from meddet.errors import ConfigError
 from meddet.inference.merge import merge_detections
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ def default_workers(model: torch.nn.Module) -> int:
     return max(1, min(torch.get_num_threads(), MAX_CPU_WORKERS))
 
 
-def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg, workers: int) -> list[list[dict]]:
+def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg: CfgNode, workers: int) -> list[list[dict]]:
     """model(batch) for each list of image crops (views; each is prepared by prepare_image only when its
     batch runs, so memory holds `workers` batches, not the whole image's tiles), in order; with
     workers > 1 on a thread pool, each thread running torch with get_num_threads() // workers intra-op
@@ -92,7 +96,7 @@ def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg, wor
 def sliced_predict(
     model: torch.nn.Module,
     image: np.ndarray,
-    cfg,
+    cfg: CfgNode,
     batch_size: int | None = None,
     full_image_pass: bool | None = None,
     max_detections: int | None = None,
@@ -136,7 +140,8 @@ def sliced_predict(
         model.train(was_training)
     boxes, scores, classes = (torch.cat(collected[k]) for k in ("boxes", "scores", "classes"))
     n_raw = len(boxes)
-    boxes, scores, classes = merge_detections(
+    # tensors in, tensors out (merge_detections returns the type of `boxes`)
+    merged = merge_detections(
         boxes,
         scores,
         classes,
@@ -146,6 +151,7 @@ def sliced_predict(
         class_agnostic=bool(t.CLASS_AGNOSTIC),
         sigma=float(t.SOFT_NMS_SIGMA),
     )
+    boxes, scores, classes = cast("tuple[torch.Tensor, torch.Tensor, torch.Tensor]", merged)
     if max_detections is not None:
         boxes, scores, classes = boxes[:max_detections], scores[:max_detections], classes[:max_detections]
     logger.debug(
