@@ -1,6 +1,6 @@
 """COCO JSON: loading with validation, writing atomically, and turning it into records.
 
-The meddet COCO contract (ARCHITECTURE.md): category ids 1..K with names; each image may carry
+The meddet COCO contract (docs/ARCHITECTURE.md, "Contracts"): category ids 1..K with names; each image may carry
 `patient_id`, `source`, and for tiles `parent_id` and `offset`; boxes are [x, y, w, h] in the
 image's own pixels. `file_name` is resolved against an explicit image root, else the JSON's folder.
 """

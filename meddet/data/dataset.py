@@ -1,4 +1,4 @@
-"""Training/test data: COCO records → model batches (the model interface of ARCHITECTURE.md)."""
+"""Training/test data: COCO records → model batches (the model interface of docs/ARCHITECTURE.md, "Contracts")."""
 
 from __future__ import annotations
 

@@ -8,15 +8,10 @@ whole image, downscaled the same way, adds its detections (large objects); then 
 meddet.inference.merge.merge_detections with TILING.MERGE / MATCH_METRIC / MATCH_THRESH / CLASS_AGNOSTIC /
 SOFT_NMS_SIGMA.
 
-Speed on the CPU: tiles are independent, so on a model on the CPU `workers` threads each run the model
-on their own batches of tiles with torch's intra-op threads divided between them (2 workers x 1 thread
-on 2 cores instead of 1 x 2). Tile-level parallelism scales better than op-level parallelism here: the
-detector's proposal and box post-processing and the Python between ops are serial, and one thread's
-waits are filled by the other's convolutions. Each tile's result does not depend on the schedule (only on
-the intra-op thread count), and results are gathered in tile order, so a run is reproducible. Batching
-tiles does not make CPU convolutions cheaper (TILING.BATCH_SIZE 1 is as fast or faster per tile there);
-on CUDA the model runs in one thread and batches are what pays. For the fastest CPU prediction pass an
-inference-optimised model (meddet.inference.predictor.optimize_for_inference, which the Predictor uses).
+On the CPU, `workers` threads each run the model on their own batches of tiles, torch's intra-op threads
+divided between them (why: docs/ARCHITECTURE.md, "Performance notes"); results are gathered in tile order, so
+a run is reproducible. On CUDA the model runs in one thread and TILING.BATCH_SIZE is what pays. The Predictor
+passes its inference-optimised model (meddet.inference.predictor.optimize_for_inference).
 
 How many detections: the model applies ROI_HEADS.SCORE_THRESH_TEST and TEST.DETECTIONS_PER_IMAGE to each
 tile (and to the full-image pass), so an image yields at most (tiles + 1) x DETECTIONS_PER_IMAGE boxes

@@ -11,7 +11,7 @@ What is drawn (all sizes scale with the image; the numbers are for the default 1
 - calcifications (BI-RADS 2-5): clusters of 1-3 px bright specks, ~20-60 px per cluster; about a
   third of the calcification abnormalities have two clusters (a two-region ROI mask).
 
-How it is stored (as the release, see ARCHITECTURE.md "CBIS-DDSM facts"):
+How it is stored (as the release, see docs/ARCHITECTURE.md "CBIS-DDSM facts"):
 
 - ``<root>/Mass-Training_P_00001_LEFT_CC/<StudyUID>/<SeriesUID>/000000.dcm`` (or ``1-1.dcm``)
   full mammograms, written under each prefix (Mass-/Calc-, Training/Test) that references them;
