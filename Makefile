@@ -55,11 +55,13 @@ $(PEER_EXTRAS)/.installed: $(STAMP) Makefile
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --target $(PEER_EXTRAS) $(PEER_SPEC)
 	@touch $@
 
-# Style (ruff: lint + format, [tool.ruff]) and the layers contract (pyproject.toml [tool.importlinter]): lower
+# Style (ruff: lint + format, [tool.ruff]), types (mypy on meddet/ and webapp/, [tool.mypy]; its cache in
+# .mypy_cache makes a re-run take seconds) and the layers contract (pyproject.toml [tool.importlinter]): lower
 # layers never import higher ones, no cycles. `make format` rewrites the files ruff would change.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 format: $(STAMP)

@@ -244,10 +244,10 @@ class Dataset:
 
 
 def _coco_stats(coco_path: Path) -> tuple[list[str], int]:
-    from meddet.data.coco import load_coco
+    from meddet.data.coco import class_names, load_coco
 
     coco = load_coco(coco_path)
-    names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    names = class_names(coco)
     side = max(max(int(im["height"]), int(im["width"])) for im in coco["images"])
     return names, side
 
@@ -528,12 +528,12 @@ def train_meddet(ds: Dataset, model: str, out: Path, budget: float, device: str,
 
 
 def predict_meddet(trained: dict, ds: Dataset) -> tuple[list[dict], float]:
-    from meddet.data.coco import load_coco, resolve_image_path
+    from meddet.data.coco import category_ids, load_coco, resolve_image_path
     from meddet.inference import Predictor
     from meddet.inference.predictor import detections_to_coco_results
 
     gt = load_coco(ds.splits["test"])
-    cat_ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+    cat_ids = category_ids(gt)
     predictor = Predictor(trained["cfg"], weights=trained["weights"], class_names=ds.class_names)
     results, times = [], []
     for k, im in enumerate(gt["images"]):
@@ -642,12 +642,12 @@ def train_yolo(
 def predict_yolo(trained: dict, ds: Dataset, device: str, threads: int) -> tuple[list[dict], float]:
     import cv2
 
-    from meddet.data.coco import load_coco, resolve_image_path
+    from meddet.data.coco import category_ids, load_coco, resolve_image_path
 
     YOLO = _ultralytics(threads)
     net = YOLO(str(trained["weights"]))
     gt = load_coco(ds.splits["test"])
-    cat_ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+    cat_ids = category_ids(gt)
     kw = dict(conf=CONF, max_det=MAX_DET, imgsz=ds.imgsz, device=_yolo_device(device), verbose=False)
     results, times = [], []
     for k, im in enumerate(gt["images"]):

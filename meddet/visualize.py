@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -55,7 +57,13 @@ def _overlaps(a: list[int], b: list[int]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def layout_labels(boxes, scores, sizes, width: int, height: int) -> list[tuple[int, list[int]]]:
+def layout_labels(
+    boxes: Sequence[Sequence[float]] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    sizes: Sequence[tuple[int, int]],
+    width: int,
+    height: int,
+) -> list[tuple[int, list[int]]]:
     """Where each detection's label goes, and the order to draw: ``[(index, [x, y, w, h]), ...]`` from the
     lowest score to the highest, so the highest-scoring box and label are drawn last (on top).
 
@@ -76,14 +84,8 @@ def layout_labels(boxes, scores, sizes, width: int, height: int) -> list[tuple[i
         spots = [(x1, y1 - h), (x2 - w, y1 - h), (x1, y2), (x2 - w, y2), (x1, y1)]
         for k in range(1, 9):
             spots += [(x1, y1 - h - k * h), (x1, y2 + k * h)]
-        chosen = None
-        for sx, sy in spots:
-            rect = [min(max(0, sx), max(0, W - w)), min(max(0, sy), max(0, H - h)), w, h]
-            if chosen is None:
-                chosen = rect
-            if not any(_overlaps(rect, p) for p in placed):
-                chosen = rect
-                break
+        candidates = [[min(max(0, sx), max(0, W - w)), min(max(0, sy), max(0, H - h)), w, h] for sx, sy in spots]
+        chosen = next((r for r in candidates if not any(_overlaps(r, p) for p in placed)), candidates[0])
         placed.append(chosen)
         rects[i] = chosen
     return [(i, rects[i]) for i in reversed(order)]

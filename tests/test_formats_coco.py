@@ -11,7 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from meddet.data.coco import load_coco, resolve_image_path
+from meddet.data.coco import (
+    categories_by_id,
+    category_id_to_index,
+    category_ids,
+    class_names,
+    load_coco,
+    resolve_image_path,
+)
 from meddet.data.formats import filter_coco, merge_coco
 from meddet.errors import ConfigError, DataError
 
@@ -116,3 +123,12 @@ def test_cli_subset_writes_a_file_whose_images_resolve(tmp_path):
     sub = load_coco(out)
     assert [im["patient_id"] for im in sub["images"]] == ["a0", "a2"]
     assert all(resolve_image_path(im["file_name"], out).is_file() for im in sub["images"])
+
+
+def test_class_order_is_category_id_order_whatever_the_file_order():
+    coco = {"categories": [{"id": 9, "name": "zeta"}, {"id": 2, "name": "alpha"}, {"id": 5, "name": "mid"}]}
+    assert [c["name"] for c in categories_by_id(coco)] == ["alpha", "mid", "zeta"]
+    assert class_names(coco) == ["alpha", "mid", "zeta"]
+    assert category_ids(coco) == [2, 5, 9]
+    assert category_id_to_index(coco) == {2: 0, 5: 1, 9: 2}
+    assert [c["id"] for c in coco["categories"]] == [9, 2, 5]  # the input is left as it was

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
@@ -29,6 +29,14 @@ from werkzeug.exceptions import HTTPException
 
 from meddet.errors import DataError, DicomError, ImageTooLargeError, MeddetError, ModelError
 from meddet.xai.cam import METHODS
+
+if TYPE_CHECKING:
+    from flask.typing import ResponseReturnValue
+
+    from meddet.inference.base import DetectorLike
+    from meddet.inference.predictor import Predictor
+    from meddet.io import ImageHeader
+    from webapp.display import ImageStore
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +150,13 @@ class InMemoryRequest(Request):
     """Uploaded files stay in memory (werkzeug spools files over 500 KB to a temporary file on disk);
     the body is bounded by MAX_CONTENT_LENGTH, the number of parts by MAX_FORM_PARTS."""
 
-    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
         import io
 
         return io.BytesIO()
@@ -168,7 +182,7 @@ class ModelService:
 
     def __init__(
         self,
-        predictor,
+        predictor: DetectorLike,
         max_queue: int = 4,
         max_pixels: int = 80_000_000,
         explain_timeout_s: float = 30.0,
@@ -176,7 +190,7 @@ class ModelService:
         explain_max_side: int = 2048,
         max_memory: int | None = None,
         model_memory: int | None = None,
-    ):
+    ) -> None:
         self.predictor = predictor
         self.max_pixels = int(max_pixels)
         self.budget = MemoryBudget(default_max_memory_bytes() if max_memory is None else int(max_memory))
@@ -188,7 +202,9 @@ class ModelService:
         self._lock = threading.Lock()
         self.started = time.time()
         self.served = 0
-        self.store = None  # webapp.display.ImageStore: decoded images kept in memory for crops (create_app)
+        self.store: ImageStore | None = (
+            None  # webapp.display.ImageStore: decoded images kept in memory for crops (create_app)
+        )
 
     def _check_pixels(self, h: int, w: int) -> None:
         if h <= 0 or w <= 0:
@@ -239,40 +255,42 @@ class ModelService:
                     info = dicom_info(data)
                     facts = {k: info.get(k) for k in DICOM_FACTS}
                 try:
-                    image = self.predictor.read(data, max_bytes=self.budget.capacity)
+                    decoded = self.predictor.read(data, max_bytes=self.budget.capacity)
                 except ImageTooLargeError as e:
                     raise UploadError(413, _strip_name(str(e))) from None
                 except DicomError as e:
                     raise UploadError(422, f"DICOM cannot be decoded: {_strip_name(str(e))}") from None
                 except DataError as e:
                     raise UploadError(422, f"image cannot be decoded: {_strip_name(str(e))}") from None
-                h, w = image.shape[:2]
+                h, w = decoded.shape[:2]
                 self._check_pixels(h, w)
                 t0 = time.perf_counter()
                 explanation = None
                 with self._lock:
-                    out = self.predictor(image)
+                    out = self.predictor(decoded)
                     elapsed = time.perf_counter() - t0
                     if explain is not None:
-                        explanation = self._explain(image, out, explain, explain_threshold)
+                        explanation = self._explain(decoded, out, explain, explain_threshold)
                     self.served += 1
-                if not include_image and display_max_side is None:
-                    del image
-                    image = None
+                # kept only when answered or stored for crops; otherwise released here
+                image = decoded if include_image or display_max_side is not None else None
+                del decoded
             finally:
                 self._slots.release()
         finally:
             self.budget.release(need)
         logger.info("predicted a %s image of %dx%d: %d detections in %.3f s", fmt, w, h, len(out["scores"]), elapsed)
         resp = self._response(out, fmt, h, w, facts, elapsed, image if include_image else None, explanation)
-        if display_max_side is not None:
+        if display_max_side is not None and image is not None:
             from webapp.display import display_entry
 
             image_id = self.store.put(image) if self.store is not None else None
             resp["image"]["display"] = display_entry(image, display_max_side, display_format, image_id)
         return resp
 
-    def estimate_bytes(self, header, upload_bytes: int, include_image: bool = False, explain: bool = False) -> int:
+    def estimate_bytes(
+        self, header: ImageHeader, upload_bytes: int, include_image: bool = False, explain: bool = False
+    ) -> int:
         """Memory one request may take, from the image's header: the upload and its parsed copy; the
         decoder (OpenCV's and pydicom's decoders peak at twice their output, measured) and then its output
         with the display array made from it; then the display array with the model's input (one float32
@@ -310,7 +328,7 @@ class ModelService:
         t0 = time.perf_counter()
         try:
             cams = explain_detections(
-                self.predictor,
+                cast("Predictor", self.predictor),  # a single model (checked above)
                 image,
                 np.asarray(out["boxes"])[chosen],
                 classes[chosen],
@@ -348,13 +366,23 @@ class ModelService:
         }
         return {"summary": summary, "maps": maps}
 
-    def _response(self, out, fmt, h, w, facts, elapsed, image, explanation=None) -> dict[str, Any]:
+    def _response(
+        self,
+        out: dict,
+        fmt: str,
+        h: int,
+        w: int,
+        facts: dict[str, Any] | None,
+        elapsed: float,
+        image: np.ndarray | None,
+        explanation: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         from meddet.visualize import class_color
 
         names = self.predictor.class_names
-        dets = []
+        dets: list[dict[str, Any]] = []
         for i, (b, s, c) in enumerate(zip(out["boxes"], out["scores"], out["classes"])):
-            d = {
+            d: dict[str, Any] = {
                 "box": [round(float(v), 2) for v in b],
                 "score": round(float(s), 5),
                 "class": int(c),
@@ -386,7 +414,7 @@ def _strip_name(message: str, name: str = "upload") -> str:
     return message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
 
 
-def model_working_set(predictor) -> int:
+def model_working_set(predictor: DetectorLike) -> int:
     """A rough estimate of the memory one prediction takes beyond its image: the activations of a
     Faster R-CNN with FPN on the largest test input (about 600 bytes per input pixel), at least 64 MiB."""
     try:
@@ -412,7 +440,7 @@ def _hex(bgr: Sequence[int]) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def model_info(predictor) -> dict[str, Any]:
+def model_info(predictor: DetectorLike) -> dict[str, Any]:
     """Classes (name, colour, default threshold: the tuned one when the bundle was tuned), engine, input
     and metrics of the served model (any meddet.inference.DetectorLike); for an ensemble, its fusion
     settings and members."""
@@ -425,11 +453,12 @@ def model_info(predictor) -> dict[str, Any]:
     members = getattr(predictor, "members", None)
     extra: dict[str, Any] = {}
     if members is not None:
+        ensemble: Any = predictor  # an EnsemblePredictor (it has members)
         extra["ensemble"] = meta.get("ensemble") or {
-            "method": predictor.method,
-            "iou_thresh": predictor.iou_thresh,
-            "weights": predictor.weights or [],
-            "skip_box_thresh": predictor.skip_box_thresh,
+            "method": ensemble.method,
+            "iou_thresh": ensemble.iou_thresh,
+            "weights": ensemble.weights or [],
+            "skip_box_thresh": ensemble.skip_box_thresh,
         }
         extra["members"] = [
             {
@@ -483,16 +512,16 @@ def _flag(name: str, value: str) -> bool:
     raise UploadError(400, f"{name}: expected 1 or 0 (true or false), found {value!r}")
 
 
-def _load_model(model):
+def _load_model(model: DetectorLike | str | os.PathLike) -> DetectorLike:
     if hasattr(model, "predict_batch") and hasattr(model, "class_names"):
-        return model
+        return cast("DetectorLike", model)
     from meddet.hub import load_predictor
 
     return load_predictor(model)
 
 
 def create_app(
-    model,
+    model: DetectorLike | str | os.PathLike,
     max_upload_mb: float = 64,
     max_pixels: int = 80_000_000,
     max_queue: int = 4,
@@ -602,23 +631,23 @@ def create_app(
         return error(422, "the image cannot be processed by the model")
 
     @app.get("/")
-    def index():
+    def index() -> ResponseReturnValue:
         return render_template("index.html", info=info)
 
     @app.get("/model")
-    def model_page():
+    def model_page() -> ResponseReturnValue:
         return render_template("model.html", info=info, card=card)
 
     @app.get(f"{API}/health")
-    def health():
+    def health() -> ResponseReturnValue:
         return jsonify({"status": "ok", "served": service.served, "uptime_s": round(time.time() - service.started, 1)})
 
     @app.get(f"{API}/model")
-    def model_api():
+    def model_api() -> ResponseReturnValue:
         return jsonify(info)
 
     @app.get(f"{API}/openapi.json")
-    def openapi():
+    def openapi() -> ResponseReturnValue:
         from webapp.openapi import openapi_spec
 
         return jsonify(
@@ -632,7 +661,7 @@ def create_app(
         )
 
     @app.post(f"{API}/predict")
-    def predict():
+    def predict() -> ResponseReturnValue:
         f = request.files.get("file")
         if f is None:
             raise UploadError(400, "no file: send the image as multipart/form-data field 'file'")

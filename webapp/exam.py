@@ -24,9 +24,14 @@ import io
 import logging
 import zipfile
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from webapp.app import UploadError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from webapp.app import ModelService
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +112,7 @@ def slot_of(keys: dict[str, Any]) -> tuple[str | None, str]:
     return f"{side}-{view}", ""
 
 
-def mirror_of(keys: dict[str, Any], image=None) -> bool | None:
+def mirror_of(keys: dict[str, Any], image: np.ndarray | None = None) -> bool | None:
     """Whether to flip the image left-right so its chest wall faces the other breast (R: chest wall on
     the right; L: on the left): from Patient Orientation, else the pixels; None when the side is unknown."""
     side = keys.get("laterality", "")
@@ -196,7 +201,11 @@ def _letters(k: int) -> str:
 
 
 def read_exam(
-    service, uploads: list[tuple[int, bytes]], max_bytes: int, threshold: float | None, display: dict[str, Any]
+    service: ModelService,
+    uploads: list[tuple[int, bytes]],
+    max_bytes: int,
+    threshold: float | None,
+    display: dict[str, Any],
 ) -> dict[str, Any]:
     """Predict every image of the uploads (see module doc); a file that fails is listed in ``errors``
     (source, status, message) and the rest are still read."""

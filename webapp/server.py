@@ -13,8 +13,12 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddet.data.parallel import process_alive
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def private_tmp(root: str | os.PathLike | None = None) -> Path:
     return d
 
 
-def _json_error_channel(max_upload_mb: float):
+def _json_error_channel(max_upload_mb: float) -> type:
     from waitress.channel import HTTPChannel
     from waitress.task import ErrorTask
 
@@ -73,7 +77,7 @@ def _json_error_channel(max_upload_mb: float):
         """waitress's own error answers (413 over its body limit, 400 malformed, 431 headers too large) as
         the app's JSON error body with its security headers."""
 
-        def execute(self):
+        def execute(self) -> None:
             e = self.request.error
             code = int(getattr(e, "code", 400))
             if code == 413:
@@ -99,7 +103,7 @@ def _json_error_channel(max_upload_mb: float):
     return JsonErrorChannel
 
 
-def serve_app(app, host: str, port: int, threads: int, max_upload_mb: float) -> None:
+def serve_app(app: Flask, host: str, port: int, threads: int, max_upload_mb: float) -> None:
     """Serve `app` until interrupted. waitress's body limit is a little above the app's, so Flask answers
     most oversize uploads; larger declared bodies are answered by waitress, in the same JSON form."""
     from waitress.server import BaseWSGIServer, create_server

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from flask import Flask, Response, jsonify, request, send_from_directory
+from flask import Flask, Request, Response, jsonify, request, send_from_directory
 
-from webapp.app import UploadError, _flag, _score
+from webapp.app import ModelService, UploadError, _flag, _score
 from webapp.display import DEFAULT_MAX_SIDE, FORMATS, MAX_CROP_SIDE, crop_region, encode
 
 
@@ -26,7 +26,7 @@ def _param(name: str, default: str | None = None) -> str | None:
     return request.form.get(name, request.args.get(name, default))
 
 
-def display_options(req=None) -> dict[str, Any]:
+def display_options(req: Request | None = None) -> dict[str, Any]:
     """predict_bytes keywords from ``display`` (1: answer a display image, keep the image for crops),
     ``display_max_side`` (pixels, default 2048) and ``display_format`` (jpeg or webp)."""
     if not _flag("display", _param("display", "0") or "0"):
@@ -38,20 +38,20 @@ def display_options(req=None) -> dict[str, Any]:
     return {"display_max_side": side, "display_format": fmt}
 
 
-def register_views(app: Flask, service, api: str) -> None:
+def register_views(app: Flask, service: ModelService, api: str) -> None:
     """Add the crop, exam and favicon routes to `app` (made by webapp.app.create_app)."""
 
     @app.context_processor
-    def zoom_keep():
+    def zoom_keep() -> dict[str, str]:
         ttl = service.store.ttl_s if service.store is not None and service.store.max_items else 0
         return {"zoom_keep_minutes": f"{ttl / 60:g}"}
 
     @app.get("/favicon.ico")
-    def favicon():
-        return send_from_directory(app.static_folder, "favicon.svg", mimetype="image/svg+xml", max_age=86400)
+    def favicon() -> Response:
+        return send_from_directory(cast(str, app.static_folder), "favicon.svg", mimetype="image/svg+xml", max_age=86400)
 
     @app.get(f"{api}/images/<image_id>/crop")
-    def crop(image_id: str):
+    def crop(image_id: str) -> Response:
         image = service.store.get(image_id) if service.store is not None else None
         if image is None:
             raise UploadError(404, "image not found: it expired or was never kept (upload it again)")
@@ -71,7 +71,7 @@ def register_views(app: Flask, service, api: str) -> None:
         return resp
 
     @app.post(f"{api}/exam")
-    def exam():
+    def exam() -> Response:
         from webapp.exam import read_exam
 
         files = request.files.getlist("files") or request.files.getlist("file")

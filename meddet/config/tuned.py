@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from meddet.config import load_config, merge_overrides, merge_yaml
+from meddet.config import CfgNode, load_config, merge_overrides, merge_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def tuned_config_path(run_dir: str | os.PathLike, ensemble: bool = False) -> Pat
     return None
 
 
-def apply_tuned(cfg, run_dir: str | os.PathLike | None = None, ensemble: bool = False) -> Path | None:
+def apply_tuned(cfg: CfgNode, run_dir: str | os.PathLike | None = None, ensemble: bool = False) -> Path | None:
     """Merge the run's tuned thresholds (see `tuned_config_path`; `run_dir` default cfg.OUTPUT_DIR) into
     `cfg` (not frozen) and log it; returns the file used, or None (cfg unchanged)."""
     path = tuned_config_path(run_dir if run_dir is not None else cfg.OUTPUT_DIR, ensemble=ensemble)
@@ -52,7 +52,7 @@ def apply_tuned(cfg, run_dir: str | os.PathLike | None = None, ensemble: bool = 
 
 def load_run_config(
     path: str | os.PathLike | None, opts: Sequence[str] = (), tuned: bool = True, ensemble: bool = False
-):
+) -> CfgNode:
     """A run's config as predict / evaluate use it: the YAML, then the run's tuned thresholds (when
     `tuned` and OUTPUT_DIR holds `-c tune` output; see `apply_tuned`), then the `KEY VALUE` overrides,
     which win over both."""

@@ -364,10 +364,7 @@ def _check_images(
         status, digest, message = (
             ("unreadable", None, f"{task[2]}: {result}") if isinstance(result, Exception) else result
         )
-        if status != "ok":
-            check, text = messages[status]
-            findings.add("error", check, text, f"{split}: {message}")
-        else:
+        if status == "ok" and digest is not None:  # an "ok" always carries the content hash
             by_hash[digest].append((split, name))
             depths = bit_depths.setdefault(split, {})
             depths[message] = depths.get(message, 0) + 1
@@ -378,6 +375,9 @@ def _check_images(
                     "16-bit images whose values use fewer bits (read normalized by their effective depth)",
                     f"{split}: {name} ({message} bits)",
                 )
+        else:
+            check, text = messages[status]
+            findings.add("error", check, text, f"{split}: {message}")
     for members in by_hash.values():
         if len(members) < 2:
             continue

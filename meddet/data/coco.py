@@ -1,6 +1,6 @@
 """COCO JSON: loading with validation, writing atomically, and turning it into records.
 
-The meddet COCO contract (ARCHITECTURE.md): category ids 1..K with names; each image may carry
+The meddet COCO contract (docs/ARCHITECTURE.md, "Contracts"): category ids 1..K with names; each image may carry
 `patient_id`, `source`, and for tiles `parent_id` and `offset`; boxes are [x, y, w, h] in the
 image's own pixels. `file_name` is resolved against an explicit image root, else the JSON's folder.
 """
@@ -84,13 +84,24 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int | None = Non
     os.replace(tmp, path)
 
 
+def categories_by_id(coco: dict) -> list[dict]:
+    """The categories ordered by id: model class index k is the k-th of these (meddet's one class order)."""
+    return sorted(coco["categories"], key=lambda c: c["id"])
+
+
 def class_names(coco: dict) -> list[str]:
     """Category names ordered by id; model class index k is the k-th of these."""
-    return [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    return [c["name"] for c in categories_by_id(coco)]
+
+
+def category_ids(coco: dict) -> list[int]:
+    """Category ids ordered by id: the COCO id of model class index k is the k-th of these."""
+    return [c["id"] for c in categories_by_id(coco)]
 
 
 def category_id_to_index(coco: dict) -> dict[int, int]:
-    return {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+    """COCO category id -> model class index."""
+    return {c: i for i, c in enumerate(category_ids(coco))}
 
 
 def resolve_image_path(file_name: str, json_path: str | os.PathLike, image_root: str | os.PathLike = "") -> Path:
@@ -209,6 +220,9 @@ def clip_coco_boxes(coco: dict, source: str, strict: bool = False) -> tuple[dict
     anns = []
     for i, a in enumerate(coco.get("annotations", [])):
         im = images.get(a.get("image_id")) if isinstance(a, dict) else None
+        if im is None:
+            anns.append(a)
+            continue
         try:
             x, y, w, h = (float(v) for v in a["bbox"])
             W, H = float(im["width"]), float(im["height"])

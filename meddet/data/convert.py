@@ -20,12 +20,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meddet import __version__
-from meddet.data.coco import save_json_atomic
+from meddet.data.coco import class_names, save_json_atomic
 from meddet.data.splits import SPLIT_NAMES, split_by_patient, subset_coco
 from meddet.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ def _load_id_map(path: Path | None) -> dict[str, dict[str, Any]]:
         return {"images": {}, "annotations": {}}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        ids = {
+        ids: dict[str, dict[str, Any]] = {
             "images": {str(k): int(v) for k, v in data["images"].items()},
             "annotations": {str(k): [int(i) for i in v] for k, v in data["annotations"].items()},
         }
@@ -248,7 +251,7 @@ def write_coco_splits(
         write_changes(out, report)
     report.n_images = len(coco["images"])
     report.n_annotations = len(coco["annotations"])
-    report.categories = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    report.categories = class_names(coco)
     return report
 
 
@@ -267,7 +270,7 @@ def write_changes(out_dir: str | os.PathLike, report: ConversionReport) -> None:
     report.files["changes"] = path
 
 
-def read_csv_strings(path: str | os.PathLike, what: str = "CSV file", sep: str = ","):
+def read_csv_strings(path: str | os.PathLike, what: str = "CSV file", sep: str = ",") -> pd.DataFrame:
     """A CSV as a DataFrame of strings (empty cells stay ""), column names stripped; a missing or
     unreadable file is a DataError naming it."""
     import pandas as pd

@@ -1,4 +1,4 @@
-"""Training/test data: COCO records → model batches (the model interface of ARCHITECTURE.md)."""
+"""Training/test data: COCO records → model batches (the model interface of docs/ARCHITECTURE.md, "Contracts")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -24,9 +24,12 @@ from meddet.data.transforms import (
     to_unit_float,
 )
 from meddet.errors import ConfigError, DataError
-from meddet.io import read_image
+from meddet.io import Geometry, read_image
 from meddet.io.dicom import PixelOptions
 from meddet.io.recipe import PreprocessRecipe, read_for_recipe
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class DatasetMapper:
     its boxes (same seed), then cuts the window (moved inside the image if augmentation changed its
     size) and clips the augmented boxes to it with TILING.MIN_VISIBLE."""
 
-    def __init__(self, cfg, is_train: bool, with_boxes: bool | None = None):
+    def __init__(self, cfg: CfgNode, is_train: bool, with_boxes: bool | None = None) -> None:
         self._read = read_image
         self.cfg = cfg
         self.is_train = is_train
@@ -122,7 +125,7 @@ class DatasetMapper:
             raise DataError(f"{file_name}: image is {w0}x{h0} but its COCO record says {width}x{height}")
         return image
 
-    def _raw(self, record: dict):
+    def _raw(self, record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
         """An original file flipped / cropped by the preprocessing recipe, with its boxes:
         (image, boxes xyxy, classes, meddet.io.Geometry)."""
         image = read_for_recipe(record["file_name"], self.recipe.pixels)
@@ -208,7 +211,7 @@ class DatasetMapper:
         return out
 
 
-def dicom_kwargs(cfg) -> dict:
+def dicom_kwargs(cfg: CfgNode) -> dict:
     """Pixel-reading options of the DICOM section, as keyword arguments of meddet.io.read_image."""
     return PixelOptions.from_cfg(cfg).as_kwargs()
 
@@ -224,7 +227,7 @@ class _MappedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
         if isinstance(key, tuple):
             pos, idx = key
         else:
@@ -394,7 +397,7 @@ def _log_class_shares(records: Sequence[dict], weights: np.ndarray, names: Seque
     )
 
 
-def build_epoch_order(cfg, records: Sequence[dict], names: Sequence[str] = ()) -> EpochOrder:
+def build_epoch_order(cfg: CfgNode, records: Sequence[dict], names: Sequence[str] = ()) -> EpochOrder:
     """The sampling strategy of DATALOADER.SAMPLER_TRAIN over `records`; logs each class's share of
     the images drawn per epoch against its share of the dataset."""
     name = str(cfg.DATALOADER.SAMPLER_TRAIN)
@@ -464,9 +467,9 @@ class TrainingBatchSampler:
             yield from idx[skip:]
             skip = 0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         per_rank = self.batch_size // self.world_size
-        for batch in self._grouped() if self.groups is not None else self._plain():
+        for batch in self._grouped(self.groups) if self.groups is not None else self._plain():
             yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def _plain(self) -> Iterator[list[tuple[int, int]]]:
@@ -477,11 +480,11 @@ class TrainingBatchSampler:
             pos += self.batch_size
             yield batch
 
-    def _grouped(self) -> Iterator[list[tuple[int, int]]]:
+    def _grouped(self, groups: list[bool]) -> Iterator[list[tuple[int, int]]]:
         buckets: dict[bool, list[tuple[int, int]]] = {False: [], True: []}
         done = 0
         for pos, idx in enumerate(self._indices(0)):
-            bucket = buckets[self.groups[idx]]
+            bucket = buckets[groups[idx]]
             bucket.append((pos, idx))
             if len(bucket) == self.batch_size:
                 if done >= self.start_iter:
@@ -490,12 +493,12 @@ class TrainingBatchSampler:
                 bucket.clear()
 
 
-def _collate(batch):
+def _collate(batch: list[dict]) -> list[dict]:
     return batch
 
 
 def build_train_loader(
-    cfg, start_iter: int = 0, rank: int = 0, world_size: int = 1, records: list[dict] | None = None
+    cfg: CfgNode, start_iter: int = 0, rank: int = 0, world_size: int = 1, records: list[dict] | None = None
 ) -> tuple[DataLoader, list[str]]:
     """The infinite training loader over DATASETS.TRAIN (or `records` already loaded from it).
 
@@ -580,7 +583,7 @@ def build_train_loader(
 
 
 def build_test_loader(
-    cfg,
+    cfg: CfgNode,
     json_path: str | DatasetSplit,
     batch_size: int = 1,
     with_boxes: bool = False,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +19,9 @@ from tqdm import tqdm
 from meddet.data.coco import category_id_to_index, class_names, load_coco, resolve_image_path, save_json_atomic
 from meddet.errors import ConfigError, DataError
 from meddet.io import read_image, write_png
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def tile_windows(height: int, width: int, size: int | tuple[int, int], overlap: 
 
     `size` is the tile side (or (height, width)); `overlap` the fraction of a tile shared with its
     neighbour (0 <= overlap < 1). An image side shorter than the tile gives one window of that side."""
-    th, tw = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    th, tw = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list, np.ndarray)) else (int(size), int(size))
     if th <= 0 or tw <= 0:
         raise ConfigError(f"TILING.SIZE: expected a positive tile size, found {size!r}")
     if not 0.0 <= float(overlap) < 1.0:
@@ -68,7 +72,9 @@ def _clip_many(boxes: np.ndarray, windows: np.ndarray, min_visible: float) -> tu
     return clipped, keep
 
 
-def clip_boxes_to_window(boxes_xyxy: np.ndarray, window, min_visible: float) -> tuple[np.ndarray, np.ndarray]:
+def clip_boxes_to_window(
+    boxes_xyxy: np.ndarray, window: Sequence[float] | np.ndarray, min_visible: float
+) -> tuple[np.ndarray, np.ndarray]:
     """XYXY boxes clipped to `window` [x0, y0, x1, y1] and shifted to its coordinates, and the keep mask.
 
     A box is kept when the part inside the window holds at least `min_visible` of its area and has a
@@ -112,13 +118,14 @@ class TilingParams:
         object.__setattr__(self, "minority_classes", tuple(str(c) for c in self.minority_classes))
 
     @classmethod
-    def from_cfg(cls, cfg, class_names: Sequence[str]) -> TilingParams:
+    def from_cfg(cls, cfg: CfgNode, class_names: Sequence[str]) -> TilingParams:
         """Parameters from cfg.TILING and cfg.SEED; class names are checked against `class_names`.
 
         A negative SEED (random) draws a seed for the tile selection and logs it."""
         seed = int(cfg.SEED)
         if seed < 0:
-            seed = int(np.random.SeedSequence().entropy % (2**31))
+            entropy = cast(int, np.random.SeedSequence().entropy)  # drawn (an int) when none is given
+            seed = int(entropy % (2**31))
             logger.info("SEED < 0: tile selection uses the random seed %d", seed)
         params = cls(
             size=int(cfg.TILING.SIZE),
@@ -188,7 +195,8 @@ def _plan(
                 n_keep_dropped += 1
                 continue
             idx = np.flatnonzero(keep[i])
-            tiles.append(_Tile(p, i, tid, tuple(int(v) for v in win), clipped[i, idx], idx))
+            x0, y0, x1, y1 = (int(v) for v in win)
+            tiles.append(_Tile(p, i, tid, (x0, y0, x1, y1), clipped[i, idx], idx))
             minority.append(bool(np.isin(cls_in, minority_idx).any()) if minority_idx is not None else len(cls_in) > 0)
     negatives = np.flatnonzero(~np.asarray(minority, dtype=bool))
     dropped: set[int] = set()
@@ -265,7 +273,7 @@ def tile_records(records: list[dict], params: TilingParams, class_names: Sequenc
     return out
 
 
-def _tile_file_name(parent_file_name: str, parent_id, window: tuple[int, int, int, int]) -> str:
+def _tile_file_name(parent_file_name: str, parent_id: Any, window: tuple[int, int, int, int]) -> str:
     """tiles/<parent path without suffix>_<x0>_<y0>_<x1>_<y1>.png (SAHI's naming); a parent given by an
     absolute path or one leaving its folder is named by its id and file name instead."""
     p = PurePosixPath(str(parent_file_name).replace("\\", "/"))
@@ -300,7 +308,8 @@ def tile_coco(coco: dict, params: TilingParams) -> dict:
     plan = _plan(
         [(int(im["height"]), int(im["width"])) for im in images], boxes, classes, params, keep_idx, minority_idx
     )
-    out_images, out_anns = [], []
+    out_images: list[dict] = []
+    out_anns: list[dict] = []
     for t in plan:
         im = images[t.parent]
         x0, y0, x1, y1 = t.window

@@ -6,16 +6,23 @@ same augmented images in the same order.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import albumentations as A
 import cv2
 import numpy as np
 
 from meddet.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+    from meddet.config import CfgNode
+
 _FLIPS = {"horizontal", "vertical", "both", "none"}
 
 
-def build_augmentation(cfg) -> A.Compose | None:
+def build_augmentation(cfg: CfgNode) -> A.Compose | None:
     """Training augmentation from INPUT.RANDOM_FLIP and the AUG section; None when nothing is enabled."""
     if not cfg.AUG.ENABLED:
         return None
@@ -97,7 +104,7 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_model_tensor(image_unit_bgr: np.ndarray, fmt: str):
+def to_model_tensor(image_unit_bgr: np.ndarray, fmt: str) -> torch.Tensor:
     """float32 HxWx3 BGR in [0, 1] → CHW float tensor on the 0..255 scale in `fmt` channel order."""
     import torch
 
@@ -110,7 +117,7 @@ def to_model_tensor(image_unit_bgr: np.ndarray, fmt: str):
     return torch.from_numpy(arr)
 
 
-def prepare_image(image: np.ndarray, cfg) -> dict:
+def prepare_image(image: np.ndarray, cfg: CfgNode) -> dict:
     """One image (HxW or HxWxC; uint8, uint16 or float in [0, 1]) as the model's test-time input dict:
     shortest edge resized to INPUT.MIN_SIZE_TEST (longest at most INPUT.MAX_SIZE_TEST), INPUT.FORMAT
     channel order; "height"/"width" are the input's own size, so detections come back in its pixels."""

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,10 @@ import pandas as pd
 from meddet.errors import ConfigError
 from meddet.evaluation.froc import FROCCurve, rate_label
 from meddet.evaluation.matching import EvalData, Matches, match_detections
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from scipy.sparse import csr_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +162,11 @@ def image_clusters(data: EvalData, unit: str = "patient") -> Clusters:
 
 
 def percentile_interval(
-    compute, clusters: Clusters, n_resamples: int, rng: np.random.Generator, level: float = 0.95
+    compute: Callable[[np.ndarray], ArrayLike],
+    clusters: Clusters,
+    n_resamples: int,
+    rng: np.random.Generator,
+    level: float = 0.95,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(estimate, low, high) of the statistics `compute` maps image weights ``[B x I]`` (float) to
     (``[B x M]``): the estimate at all weights 1, the `level` percentile interval over
@@ -186,7 +195,7 @@ def _row_searchsorted(sorted_cols: np.ndarray, queries: np.ndarray, big: float) 
     return pos.reshape(queries.shape) - np.arange(b)[:, None] * n
 
 
-def _block_counts(positions: np.ndarray, checkpoints: np.ndarray, images: np.ndarray, n_images: int):
+def _block_counts(positions: np.ndarray, checkpoints: np.ndarray, images: np.ndarray, n_images: int) -> csr_matrix:
     """Sparse ``[len(checkpoints) x n_images]`` counts: item at `positions` (with image
     `images`) goes to the first checkpoint at or after it; items after the last are dropped.
     Its product with ``weights.T`` summed cumulatively gives weighted counts up to each checkpoint."""
@@ -216,11 +225,11 @@ class APStats:
     tp_pos: list[list[np.ndarray]]
     ign_pos: list[list[np.ndarray]]
     checkpoints: np.ndarray
-    counts: object
+    counts: csr_matrix
 
     @classmethod
     def from_data(
-        cls, data: EvalData, iou_thresholds: Sequence[float] = COCO_IOUS, max_dets: int = MAX_DETS
+        cls, data: EvalData, iou_thresholds: Sequence[float] | np.ndarray = COCO_IOUS, max_dets: int = MAX_DETS
     ) -> APStats:
         """Match `data` at each IoU threshold and keep what AP needs."""
         I, K = data.num_images, data.num_classes
@@ -338,9 +347,9 @@ class _FROCStats:
     each preceded by the point just above its score, interpolated at x (`FROCCurve.polyline`)."""
 
     n_images: int
-    fp_counts: object
-    fp_above_counts: object
-    hit_counts: object
+    fp_counts: csr_matrix
+    fp_above_counts: csr_matrix
+    hit_counts: csr_matrix
     lesions: np.ndarray
     interpolation: str = "step"
 

@@ -20,6 +20,7 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def _coco_dicts(data: EvalData) -> tuple[dict, dict]:
     return gt, dt
 
 
-def _run_faster(gt: dict, dt: dict, max_dets: int):
+def _run_faster(gt: dict, dt: dict, max_dets: int) -> Any:
     from faster_coco_eval import COCO, COCOeval_faster
 
     coco_gt = COCO(gt, print_function=logger.debug)
@@ -134,7 +135,7 @@ def _run_faster(gt: dict, dt: dict, max_dets: int):
     return ev
 
 
-def _run_pycocotools(gt: dict, dt: dict, max_dets: int):
+def _run_pycocotools(gt: dict, dt: dict, max_dets: int) -> Any:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -27,9 +27,9 @@ __all__ = ["confusion_matrix", "normalize_columns", "confusion_frame", "plot_con
 BACKGROUND = "background"
 
 
-def confusion_matrix(matches: Matches, score_thresh: float) -> np.ndarray:
+def confusion_matrix(matches: Matches, score_thresh: float | np.ndarray) -> np.ndarray:
     """(K+1) x (K+1) int64 counts, rows = predicted class + background, columns = true class +
-    background, from class-agnostic `matches` at `score_thresh`."""
+    background, from class-agnostic `matches` at `score_thresh` (one, or one per class)."""
     if not matches.class_agnostic:
         raise ValueError("confusion_matrix needs class-agnostic matches (match_detections(..., class_agnostic=True))")
     data = matches.data

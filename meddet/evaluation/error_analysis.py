@@ -362,28 +362,28 @@ def write_galleries(
         on_image_gt = real & (data.gt_image == i)
         gts = data.gt_xywh[on_image_gt]
         for key, r in by_image[i]:
-            e = plans[key][r]
+            entry = plans[key][r]
             if key[0] == "fp":
-                dets = [e["det"]]
-                kind = e["type"]
+                dets = [entry["det"]]
+                kind = entry["type"]
                 if kind in ("confusion", "both"):
-                    kind += f" with {names[data.gt_class[e['gt']]]}"
+                    kind += f" with {names[data.gt_class[entry['gt']]]}"
                 caption = [
-                    f"image {data.image_ids[i]}  score {e['score']:.2f}",
-                    kind + (f"  IoU {e['iou']:.2f}" if e["type"] != "background" else ""),
+                    f"image {data.image_ids[i]}  score {entry['score']:.2f}",
+                    kind + (f"  IoU {entry['iou']:.2f}" if entry["type"] != "background" else ""),
                 ]
             else:
-                dets = [e["det"]] if e["det"] >= 0 else []
+                dets = [entry["det"]] if entry["det"] >= 0 else []
                 caption = [
                     f"image {data.image_ids[i]}  missed {names[key[1]]}",
                     "no overlapping detection"
                     if not dets
-                    else f"nearest: {names[data.det_class[e['det']]]} {e['score']:.2f}"
-                    + ("" if kept[e["det"]] else " (below thr)"),
+                    else f"nearest: {names[data.det_class[entry['det']]]} {entry['score']:.2f}"
+                    + ("" if kept[entry["det"]] else " (below thr)"),
                 ]
             d = np.asarray(dets, dtype=np.int64)
             tiles[key][r] = _tile(
-                image, e["focus"], gts, data.det_xywh[d], data.det_score[d], data.det_class[d], names, caption
+                image, entry["focus"], gts, data.det_xywh[d], data.det_score[d], data.det_class[d], names, caption
             )
     if len(failures) == len(needed):
         logger.warning(

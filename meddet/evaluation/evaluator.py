@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,11 @@ from meddet.errors import ConfigError
 from meddet.evaluation.coco_eval import check_backend
 from meddet.evaluation.matching import EvalData, Matches
 from meddet.evaluation.views import VIEWS, EvalContext, WriteOptions, resolve_views
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +97,7 @@ class EvaluationResult:
         """The result of view `name` (KeyError when it was not computed)."""
         return self.results[name]
 
-    def prf1_frame(self):
+    def prf1_frame(self) -> pd.DataFrame:
         """``prf1.csv``: the rows of `PRF1.to_frame` at the operating point (``point`` =
         ``threshold``), then at each class's F1-optimal threshold (``point`` = ``F1-optimal``)."""
         import pandas as pd
@@ -226,11 +231,11 @@ def run_evaluation(
     data = EvalData.from_coco(
         gt, predictions, gt_source=gt_source, predictions_source=predictions_source, strict_boxes=bool(strict_boxes)
     )
-    score_thresh = _check_score_thresh(score_thresh, data.class_names)
+    thresh = _check_score_thresh(score_thresh, data.class_names)
     max_dets = _check_count(max_dets, "EVAL.MAX_DETS (max_dets)")
     ctx = EvalContext(
         data,
-        score_thresh=score_thresh,
+        score_thresh=thresh,
         iou_thresh=iou_thresh,
         backend=backend,
         max_dets=max_dets,
@@ -258,7 +263,7 @@ def run_evaluation(
         per_class=r.get("per_class"),
         confusion=r.get("confusion"),
         metrics=metrics,
-        score_thresh=score_thresh,
+        score_thresh=thresh,
         iou_thresh=iou_thresh,
         backend=backend,
         f1_optimal=prf1.f1_optimal if prf1 else None,
@@ -305,7 +310,7 @@ def evaluate(
     return run_evaluation(gt, predictions, out_dir, **kwargs).metrics
 
 
-def evaluation_kwargs(cfg, views: Iterable[str] | str | None = None) -> dict[str, Any]:
+def evaluation_kwargs(cfg: CfgNode, views: Iterable[str] | str | None = None) -> dict[str, Any]:
     """The keyword arguments of `run_evaluation` / `evaluate` from a config: TEST.SCORE_THRESH
     (or TEST.CLASS_SCORE_THRESH when set), EVAL.*, DATASETS.IMAGE_ROOT (None when empty),
     DATASETS.STRICT_BOXES and the DICOM pixel options (None when `views` are given without the

@@ -70,7 +70,7 @@ def _present(v: object) -> bool:
 def unit_index(data: EvalData, level: str) -> tuple[np.ndarray, np.ndarray]:
     """(unit of each image, patient of each unit), both 0-based, for `level` ``breast`` or ``exam``
     (see the module docstring)."""
-    unit_of: dict = {}
+    unit_of: dict[tuple, int] = {}
     patient_of: dict = {}
     units = np.empty(data.num_images, dtype=np.int64)
     images = data.images or [{} for _ in range(data.num_images)]
@@ -78,6 +78,7 @@ def unit_index(data: EvalData, level: str) -> tuple[np.ndarray, np.ndarray]:
         pid = im.get("patient_id")
         study = next((im.get(f) for f in STUDY_FIELDS if _present(im.get(f))), None)
         side = im.get("laterality")
+        key: tuple[str | int | None, ...]
         if not _present(pid) or (level == "breast" and not _present(side)):
             key = ("image", i)
             patient = ("patient", str(pid)) if _present(pid) else ("image", i)

@@ -91,16 +91,17 @@ def _float_array(
     such as ``"0.9"`` or a boolean is not a number); else a DataError naming the item."""
     if not len(values):
         return np.zeros((0,) + shape_tail)
+    arr: np.ndarray | None = None
     try:
         raw = np.asarray(values)
         ok_type = raw.dtype.kind in "iuf" and raw.shape == (len(values),) + shape_tail
         if ok_type and not shape_tail:  # NumPy turns [0.9, True] into floats silently
             ok_type = not any(isinstance(v, (bool, np.bool_)) for v in values)
-        arr = raw.astype(np.float64).reshape((len(values),) + shape_tail) if ok_type else None
-        ok = np.isfinite(arr).all(axis=tuple(range(1, arr.ndim))) if ok_type else None
+        if ok_type:
+            arr = raw.astype(np.float64).reshape((len(values),) + shape_tail)
     except (ValueError, TypeError):
-        ok = None
-    if ok is not None and ok.all():
+        arr = None
+    if arr is not None and np.isfinite(arr).all():
         return arr
     for i, v in enumerate(values):
         items = v if isinstance(v, (list, tuple)) and shape_tail else [v]

@@ -103,7 +103,8 @@ class PRF1:
         if not has.any():
             return float("nan"), float("nan"), float("nan")
         w = n[has] / n[has].sum() if weighted else np.full(int(has.sum()), 1.0 / has.sum())
-        return tuple(float(np.dot(w, v[has])) for v in (self.precision, self.recall, self.f1))
+        p, r, f1 = (float(np.dot(w, v[has])) for v in (self.precision, self.recall, self.f1))
+        return p, r, f1
 
     def to_frame(self) -> pd.DataFrame:
         """One row per class, then ``micro``, ``macro`` and ``weighted`` rows (counts left empty

@@ -84,7 +84,7 @@ def headline(result: EvaluationResult) -> pd.DataFrame:
     nan = float("nan")
     at = _thresh_text(result)
     rate = 1.0 if 1.0 in result.froc.fp_rates else result.froc.fp_rates[0]
-    rows = [
+    rows: list[tuple] = [
         ("mAP50-95 (COCO)", m.get("bbox/AP", nan) / 100, *_ci(result, "bbox/AP", 0.01)),
         ("mAP50 (COCO)", m.get("bbox/AP50", nan) / 100, *_ci(result, "bbox/AP50", 0.01)),
         ("mAP75 (COCO)", m.get("bbox/AP75", nan) / 100, nan, nan),
@@ -174,11 +174,14 @@ def summary_row(result: EvaluationResult) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def _sections(result: EvaluationResult, files: Sequence[str], galleries: Sequence[Path]) -> list[tuple]:
+_Section = tuple[str, str, list, list[tuple[str, str | None]]]  # title, intro, tables, [(caption, png or None)]
+
+
+def _sections(result: EvaluationResult, files: Sequence[str], galleries: Sequence[Path]) -> list[_Section]:
     """(title, intro text, [tables], [(caption, png)]) for both reports."""
     d = result.data
     froc = result.froc
-    sections = [
+    sections: list[_Section] = [
         (
             "Headline",
             f"{d.num_images} images, {int(d.instances_per_class().sum())} ground-truth boxes, "
@@ -227,6 +230,7 @@ def _sections(result: EvaluationResult, files: Sequence[str], galleries: Sequenc
     ]
     exam = result.exam
     if exam is not None:
+        plots: list[tuple[str, str | None]]
         if exam.levels:
             text = (
                 "Breast = patient_id + laterality, exam = patient_id (+ study when the images carry one). "
@@ -335,7 +339,7 @@ def write_reports(
             txt += [f"  {f}" for f in files] + [""]
             continue
         for caption, png in images:
-            if (out / png).is_file():
+            if png is not None and (out / png).is_file():
                 md += [f"![{caption}]({png})", ""]
                 txt += [f"  plot: {png} ({caption})"]
         if images:

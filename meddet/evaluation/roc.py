@@ -182,5 +182,6 @@ def image_roc(matches: Matches, score_thresh: float | np.ndarray) -> ImageROC:
     labels = np.zeros((I, K), dtype=bool)
     labels[data.gt_image[real], data.gt_class[real]] = True
     curves = [_curve(n, labels[:, k], scores[:, k], called[:, k]) for k, n in enumerate(data.class_names)]
-    curves.append(_curve(ANY, labels.any(axis=1), scores.max(axis=1) if K else np.full(I, -np.inf), called.any(axis=1)))
+    any_label, any_called = np.asarray(labels.any(axis=1)), np.asarray(called.any(axis=1))
+    curves.append(_curve(ANY, any_label, scores.max(axis=1) if K else np.full(I, -np.inf), any_called))
     return ImageROC(curves, score_thresh)

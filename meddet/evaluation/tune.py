@@ -37,7 +37,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,9 @@ from meddet.evaluation.curves import score_curves
 from meddet.evaluation.froc import froc
 from meddet.evaluation.matching import EvalData, match_detections
 from meddet.evaluation.prf1 import f1_optimal
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class TuneResult:
     class_score_thresh: list[float]
     table: pd.DataFrame
 
-    def _macro_row(self):
+    def _macro_row(self) -> pd.Series:
         rows = self.table[(self.table["nms_thresh"] == self.nms_thresh) & (self.table["Class"] == "macro")]
         return rows.iloc[0]
 
@@ -208,19 +211,21 @@ def tune(
                 glob, macro_glob = np.nan, np.nan
         else:
             fr = froc(sub, froc_hit, froc_iou, (target_fpi,))
-            thr, value, fpi = [], [], []
+            thr_at: list[float] = []
+            value_at: list[float] = []
+            fpi: list[float] = []
             for c in fr.curves:
                 i = int(np.searchsorted(c.fp, target_fpi * c.n_images + 1e-9, side="right") - 1)
-                thr.append(c.score_thresh[i] if i > 0 else np.nan)
-                value.append(c.found[i] / c.n_lesions if c.n_lesions else np.nan)
+                thr_at.append(c.score_thresh[i] if i > 0 else np.nan)
+                value_at.append(c.found[i] / c.n_lesions if c.n_lesions else np.nan)
                 fpi.append(c.fp[i] / c.n_images if c.n_images else np.nan)
-            glob = float(thr[-1])
+            glob = float(thr_at[-1])
             g = glob if np.isfinite(glob) else 1.0
             sens_glob = np.array(
                 [np.sum(c.lesion_scores >= g) / c.n_lesions if c.n_lesions else np.nan for c in fr.curves[:-1]]
             )
             macro_glob = _macro(np.nan_to_num(sens_glob, nan=0.0), has_gt)
-            thr, value = np.array(thr[:-1]), np.nan_to_num(np.array(value[:-1]), nan=0.0)
+            thr, value = np.array(thr_at[:-1]), np.nan_to_num(np.array(value_at[:-1]), nan=0.0)
             extra = {"sensitivity": value, "fp_per_image": np.array(fpi[:-1])}
         macro = _macro(value, has_gt)
         per_nms.append((nms, macro, thr, glob))
@@ -258,7 +263,7 @@ def tune(
     return result
 
 
-def tune_kwargs(cfg) -> dict[str, Any]:
+def tune_kwargs(cfg: CfgNode) -> dict[str, Any]:
     """The keyword arguments of `tune` from a config (EVAL.TUNE_*, EVAL.IOU_THRESH, EVAL.FROC_*)."""
     return {
         "nms_thresholds": tuple(cfg.EVAL.TUNE_NMS_THRESHOLDS),

@@ -205,12 +205,12 @@ class CocoView(EvaluationView):
     name = "coco"
     metric_prefixes = ("bbox/",)
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.coco_eval import coco_evaluate
 
         return coco_evaluate(ctx.data, ctx.backend, ctx.max_dets)
 
-    def metrics(self, result, ctx):
+    def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return result.to_metrics(ctx.data.class_names)
 
 
@@ -228,15 +228,15 @@ class PRF1View(EvaluationView):
     metric_prefixes = ("prf1/", "prf1_opt/")
     files = ("prf1.csv",)
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.prf1 import f1_optimal, prf1_at
 
         return PRF1Result(prf1_at(ctx.matches, ctx.score_thresh), f1_optimal(ctx.matches))
 
-    def metrics(self, result, ctx):
+    def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return {**result.at_threshold.to_metrics(), **result.f1_optimal.to_metrics("prf1_opt")}
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         res.prf1_frame().to_csv(out / "prf1.csv", index=False, na_rep="NaN")
         return [out / "prf1.csv"]
 
@@ -249,12 +249,12 @@ class PerClassView(EvaluationView):
     requires = ("coco", "prf1")
     files = ("per_class.csv",)
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.tables import per_class_table
 
         return per_class_table({**ctx.metrics, **ctx.data.to_metrics()})
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         result.to_csv(out / "per_class.csv", index=False, na_rep="NaN")
         return [out / "per_class.csv"]
 
@@ -266,12 +266,12 @@ class ConfusionView(EvaluationView):
     name = "confusion"
     files = ("confusion_matrix.csv", "confusion_matrix_normalized.csv", "confusion_matrix.png")
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.confusion import confusion_matrix
 
         return confusion_matrix(ctx.agnostic_matches, ctx.score_thresh)
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         from meddet.evaluation.confusion import confusion_frame, normalize_columns, plot_confusion_matrix
 
         names = res.data.class_names
@@ -292,12 +292,12 @@ class CurvesView(EvaluationView):
     requires = ("coco",)
     files = ("pr_curve.png", "pr_curve.csv", "f1_curve.*", "p_curve.*", "r_curve.*")
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.curves import score_curves
 
         return score_curves(ctx.matches)
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         from meddet.evaluation.curves import write_pr_curve
 
         return [write_pr_curve(res.coco, res.data.class_names, out), *result.write(out)]
@@ -311,15 +311,15 @@ class FROCView(EvaluationView):
     metric_prefixes = ("froc/",)
     files = ("froc.png", "froc.csv", "froc_summary.csv")
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.froc import froc
 
         return froc(ctx.data, ctx.froc_hit, ctx.froc_iou, ctx.fp_rates, ctx.froc_interpolation)
 
-    def metrics(self, result, ctx):
+    def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return result.to_metrics()
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         return [result.write(out)]
 
 
@@ -331,15 +331,15 @@ class ImageROCView(EvaluationView):
     metric_prefixes = ("image/",)
     files = ("roc.png", "roc.csv", "roc_summary.csv")
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.roc import image_roc
 
         return image_roc(ctx.matches, ctx.score_thresh)
 
-    def metrics(self, result, ctx):
+    def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return result.to_metrics()
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         return [result.write(out)]
 
 
@@ -359,15 +359,15 @@ class ExamView(EvaluationView):
     )
     files = ("exam_level.csv", "exam_roc.png", "exam_roc.csv", "calibration.png", "calibration.csv")
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.exam import exam_level
 
         return exam_level(ctx.matches, ctx.bootstrap_samples, ctx.bootstrap_seed)
 
-    def metrics(self, result, ctx):
+    def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return result.to_metrics()
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         result.write(out)
         return [out / n for n in self.files if (out / n).is_file()]
 
@@ -381,7 +381,7 @@ class BootstrapView(EvaluationView):
     metric_prefixes = ("ci95_low/", "ci95_high/")
     files = ("bootstrap_ci.csv",)
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         if not ctx.bootstrap_samples:
             return None
         from meddet.evaluation.bootstrap import APStats, bootstrap_ci
@@ -400,10 +400,10 @@ class BootstrapView(EvaluationView):
             froc_interpolation=ctx.froc_interpolation,
         )
 
-    def metrics(self, result, ctx):
+    def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return result.to_metrics() if result is not None else {}
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         if result is None:
             (out / "bootstrap_ci.csv").unlink(missing_ok=True)  # not one of an earlier evaluation
             return []
@@ -419,15 +419,15 @@ class ErrorsView(EvaluationView):
     metric_prefixes = ("errors/",)
     files = ("errors.csv", "errors_detail.csv", "errors_fp_*", "errors_fn_*")
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         from meddet.evaluation.error_analysis import classify_errors
 
         return classify_errors(ctx.matches, ctx.score_thresh)
 
-    def metrics(self, result, ctx):
+    def metrics(self, result: Any, ctx: EvalContext) -> dict[str, float]:
         return result.to_metrics()
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         from meddet.evaluation.error_analysis import write_galleries
 
         result.to_frame().to_csv(out / "errors.csv", index=False, na_rep="NaN")
@@ -445,10 +445,10 @@ class ReportView(EvaluationView):
     requires = ("coco", "prf1", "per_class", "confusion", "curves", "froc", "roc", "exam", "bootstrap", "errors")
     files = ("report.md", "analysis_report.txt", "project_summary.csv")
 
-    def compute(self, ctx):
+    def compute(self, ctx: EvalContext) -> Any:
         return None
 
-    def write(self, result, res, out, opts):
+    def write(self, result: Any, res: EvaluationResult, out: Path, opts: WriteOptions) -> list[Path]:
         from meddet.evaluation.report import write_reports
 
         return write_reports(res, out, opts.written.get("galleries", []), extra_sections=opts.extra_sections)

@@ -24,11 +24,11 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from meddet.config import load_config, merge_yaml, save_config
+from meddet.config import CfgNode, load_config, merge_yaml, save_config
 from meddet.config.tuned import TUNE_DIR, TUNE_ENSEMBLE_DIR, TUNED_CONFIG, apply_tuned
 from meddet.errors import ConfigError, DataError
 from meddet.hub.remote import download_bundle, upload_bundle
@@ -76,7 +76,7 @@ def _hex(bgr: Sequence[int]) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _training_summary(cfg) -> dict[str, Any]:
+def _training_summary(cfg: CfgNode) -> dict[str, Any]:
     """Images, annotations and per-class annotation counts of the training COCO files (when present)."""
     files = []
     n_images = n_anns = 0
@@ -113,7 +113,7 @@ def _read_metrics(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def bundle_metadata(cfg, metrics: dict[str, float] | None = None, engine: str | None = None) -> dict[str, Any]:
+def bundle_metadata(cfg: CfgNode, metrics: dict[str, float] | None = None, engine: str | None = None) -> dict[str, Any]:
     """The content of meddet.json for a run's config (classes, engine, preprocessing, thresholds, data, metrics).
 
     ``engine``: the engine of the bundle's weights (export_bundle passes the checkpoint's); default the
@@ -183,14 +183,14 @@ _TILING_KEYS = {  # meddet.json "tiling" field -> TILING key
 }
 
 
-def tiling_metadata(cfg) -> dict[str, Any]:
+def tiling_metadata(cfg: CfgNode) -> dict[str, Any]:
     """The bundle's "tiling" field: {} for whole-image models, else the sliced-inference settings."""
     if not cfg.TILING.ENABLED:
         return {}
     return {name: cfg.TILING[key] for name, key in _TILING_KEYS.items()}
 
 
-def apply_tiling_metadata(cfg, tiling: dict[str, Any], source: str) -> None:
+def apply_tiling_metadata(cfg: CfgNode, tiling: dict[str, Any], source: str) -> None:
     """Set TILING.* from a bundle's "tiling" field (an empty field leaves whole-image prediction)."""
     if not tiling:
         cfg.TILING.ENABLED = False
@@ -463,7 +463,7 @@ def load_predictor(
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
     opts: Sequence = (),
-):
+) -> Predictor | EnsemblePredictor:
     """A predictor from a bundle folder or a Hub repo id: a Predictor, or for an ensemble bundle an
     EnsemblePredictor of its members (each a Predictor); `device` overrides MODEL.DEVICE (default auto),
     `opts` (KEY VALUE) are merged into the config (of each member and of the ensemble). Either way a
@@ -476,7 +476,7 @@ def load_predictor(
         cfg.merge_from_list(list(opts))
         if device:
             cfg.MODEL.DEVICE = device
-        predictor = EnsemblePredictor(members, [c["name"] for c in meta["classes"]], cfg)
+        predictor: Predictor | EnsemblePredictor = EnsemblePredictor(members, [c["name"] for c in meta["classes"]], cfg)
     else:
         apply_tiling_metadata(cfg, meta.get("input", {}).get("tiling", {}), str(folder / META_NAME))
         recipe = meta.get("input", {}).get("preprocess")
@@ -499,7 +499,7 @@ def from_pretrained(
     device: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
-):
+) -> Predictor | EnsemblePredictor:
     """A predictor from a model bundle folder or a Hugging Face Hub repo id (ORG/NAME): a
     :class:`~meddet.inference.predictor.Predictor` (whole-image or tiled, as the bundle says), or for an
     ensemble bundle an :class:`~meddet.inference.ensemble.EnsemblePredictor`. `revision`, `cache_dir` and
@@ -547,7 +547,8 @@ def export_ensemble(
         raise ConfigError(f"ensemble export: {len(members)} member(s) given; expected at least two")
     out = Path(out_dir)
     _prepare_out(out, overwrite)
-    entries, metas = [], []
+    entries: list[dict[str, Any]] = []
+    metas: list[dict[str, Any]] = []
     for k, spec in enumerate(members):
         folder = f"{MEMBER_PREFIX}{k}"
         p = Path(spec)
@@ -605,7 +606,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def _write_ensemble_top(
     out: Path,
-    cfg,
+    cfg: CfgNode,
     names: Sequence[str],
     first: Sequence[str],
     entries: list[dict],
@@ -659,7 +660,9 @@ def _write_ensemble_top(
     return meta
 
 
-def save_predictor(predictor, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_predictor(
+    predictor: Predictor | EnsemblePredictor, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Any predictor (a :class:`~meddet.inference.base.DetectorLike`) as a bundle `load_predictor` loads
     back: a Predictor (whole-image or tiled) as a model bundle of its loaded weights, config and
     thresholds; an EnsemblePredictor as an ensemble bundle of its members' bundles and its fusion settings
@@ -700,7 +703,8 @@ def save_predictor(predictor, out_dir: str | os.PathLike, overwrite: bool = Fals
     cfg = predictor.cfg.clone()
     cfg.defrost()
     cfg.DATASETS.CLASS_NAMES = list(predictor.class_names)
-    state = {k: v.detach().cpu() for k, v in predictor.model.state_dict().items()}
+    model = cast(Predictor, predictor).model  # no members: a single model
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"model": state}, out / WEIGHTS_NAME)
     meta = bundle_metadata(cfg, known.get("metrics"))
     if known.get("training_data"):

@@ -36,7 +36,11 @@ def download_bundle(
     try:
         return Path(
             snapshot_download(
-                repo_id, revision=revision, cache_dir=cache_dir, token=token, allow_patterns=list(patterns)
+                repo_id,
+                revision=revision,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+                token=token,
+                allow_patterns=list(patterns),
             )
         )
     except RepositoryNotFoundError:

@@ -11,14 +11,17 @@ order); a class of the predictor that is not named there uses ``TEST.SCORE_THRES
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm import tqdm
 
 from meddet.errors import ConfigError, DataError
 from meddet.io.recipe import TaggedImage
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 __all__ = ["DetectorLike", "score_thresholds", "threshold_names", "inference_on_records", "detections_to_coco_results"]
 
@@ -37,14 +40,14 @@ class DetectorLike(Protocol):
       "scores", "classes" (indices into ``class_names``), "labels"} per image, unfiltered by TEST.*.
     """
 
-    cfg: object
+    cfg: CfgNode
     class_names: list[str]
 
     @property
     def tiled(self) -> bool:
         """Whether it (or any ensemble member) predicts by sliced inference."""
 
-    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs: Any) -> np.ndarray:
         """An array as is; a path or a file's bytes read with the config's DICOM settings."""
 
     def predict_batch(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict]:
@@ -54,14 +57,14 @@ class DetectorLike(Protocol):
         """Detections of one image (see the class doc)."""
 
 
-def threshold_names(cfg) -> list[str]:
+def threshold_names(cfg: CfgNode) -> list[str]:
     """The class names TEST.CLASS_SCORE_THRESH is given for: TEST.CLASS_SCORE_THRESH_NAMES, else
     DATASETS.CLASS_NAMES (empty when neither is set)."""
     names = list(cfg.TEST.get("CLASS_SCORE_THRESH_NAMES", []) or [])
     return names or list(cfg.DATASETS.CLASS_NAMES)
 
 
-def score_thresholds(cfg, class_names: Sequence[str] | int, override: float | None = None) -> np.ndarray:
+def score_thresholds(cfg: CfgNode, class_names: Sequence[str] | int, override: float | None = None) -> np.ndarray:
     """One score threshold per class of `class_names` (or of `class_names` classes by index): `override`
     for all when given; else TEST.CLASS_SCORE_THRESH matched to the classes by name (see the module
     doc), TEST.SCORE_THRESH for a class it does not name; else TEST.SCORE_THRESH for every class."""
@@ -89,7 +92,7 @@ def score_thresholds(cfg, class_names: Sequence[str] | int, override: float | No
     return np.asarray([by_name.get(n, default) for n in class_names], dtype=float)
 
 
-def detections_to_coco_results(det: dict, image_id, category_ids: Sequence[int]) -> list[dict]:
+def detections_to_coco_results(det: dict, image_id: Any, category_ids: Sequence[int]) -> list[dict]:
     """One image's detections (numpy) → COCO results entries ([x, y, w, h], category ids of the dataset)."""
     out = []
     for (x1, y1, x2, y2), s, c in zip(det["boxes"], det["scores"], det["classes"]):
@@ -105,7 +108,11 @@ def detections_to_coco_results(det: dict, image_id, category_ids: Sequence[int])
 
 
 def inference_on_records(
-    predictor: DetectorLike, records: Sequence[dict], category_ids: Sequence[int], desc: str = "predict", predict=None
+    predictor: DetectorLike,
+    records: Sequence[dict],
+    category_ids: Sequence[int],
+    desc: str = "predict",
+    predict: Callable[[np.ndarray], dict] | None = None,
 ) -> list[dict]:
     """COCO results of any predictor called on each whole image of `records` (dataset dicts with
     "file_name", "image_id", "height", "width"); `category_ids[k]` is the dataset's category id of the

@@ -16,13 +16,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
 from meddet.errors import ConfigError
-from meddet.inference.base import score_thresholds, threshold_names
+from meddet.inference.base import DetectorLike, score_thresholds, threshold_names
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +100,7 @@ def fuse_detections(
     }
 
 
-def ensemble_config(cfg, class_names: Sequence[str], first_member_names: Sequence[str]):
+def ensemble_config(cfg: CfgNode, class_names: Sequence[str], first_member_names: Sequence[str]) -> CfgNode:
     """`cfg` (the first member's, possibly tuned, with ENSEMBLE.*) restated for an ensemble of classes
     `class_names` (frozen): DATASETS.CLASS_NAMES and MODEL.ROI_HEADS.NUM_CLASSES of the ensemble, and
     TEST.CLASS_SCORE_THRESH / TEST.CLASS_SCORE_THRESH_NAMES one per ensemble class, matched by name
@@ -133,7 +138,11 @@ class EnsemblePredictor:
     a member adds) gets TEST.SCORE_THRESH. `self.cfg` is that config restated for the ensemble's classes
     (DATASETS.CLASS_NAMES, TEST.CLASS_SCORE_THRESH[_NAMES] in `class_names` order)."""
 
-    def __init__(self, predictors: Sequence, class_names: Sequence[str], cfg):
+    # Set by meddet.hub.load_predictor: the bundle's meddet.json and folder (None when not loaded from a bundle).
+    bundle: dict[str, Any] | None = None
+    bundle_dir: Path | None = None
+
+    def __init__(self, predictors: Sequence[DetectorLike], class_names: Sequence[str], cfg: CfgNode) -> None:
         if not predictors:
             raise ConfigError("ensemble: no models given; expected at least one predictor")
         self.predictors = list(predictors)
@@ -174,7 +183,7 @@ class EnsemblePredictor:
         """True when any member predicts by sliced inference."""
         return any(bool(getattr(p, "tiled", False)) for p in self.predictors)
 
-    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs: Any) -> np.ndarray:
         """An array as is; a path or a file's bytes read by the first member (see Predictor.read)."""
         return self.predictors[0].read(image, **kwargs)
 

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +31,10 @@ from meddet.io.recipe import PreprocessRecipe, read_for_recipe
 from meddet.modeling import build_model, load_model_weights, resolve_device
 from meddet.modeling.build import resolve_engine
 
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
+    from meddet.io import Geometry
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,14 +46,15 @@ def _norm_statistics(module: nn.Module | None) -> tuple | None:
         if module.running_mean is None or module.running_var is None:
             return None
         return module.running_mean, module.running_var, module.eps, module.weight, module.bias
-    if type(module).__name__ == "FrozenBatchNorm2d" and all(
-        isinstance(getattr(module, k, None), torch.Tensor) for k in ("running_mean", "running_var", "weight", "bias")
-    ):
-        return module.running_mean, module.running_var, float(module.eps), module.weight, module.bias
+    if module is not None and type(module).__name__ == "FrozenBatchNorm2d":
+        mean, var, weight, bias = (getattr(module, k, None) for k in ("running_mean", "running_var", "weight", "bias"))
+        if all(isinstance(t, torch.Tensor) for t in (mean, var, weight, bias)):
+            eps: Any = module.eps
+            return mean, var, float(eps), weight, bias
     return None
 
 
-def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> bool:
+def _fold_into(conv: nn.Module, norm: nn.Module | None) -> bool:
     """Fold `norm` (which directly follows `conv`) into conv's weight and bias; False if it cannot be."""
     stats = _norm_statistics(norm)
     if stats is None or not isinstance(conv, nn.Conv2d):
@@ -82,7 +88,9 @@ def _fold_batchnorm(model: nn.Module) -> int:
                     setattr(module, name, nn.Identity())
                     folded += 1
         elif isinstance(module, nn.Conv2d) and _fold_into(module, getattr(module, "norm", None)):
-            module.norm = None  # detectron2.layers.Conv2d applies `norm` only when it is not None
+            # detectron2.layers.Conv2d applies `norm` only when it is not None (torch types a module attribute as
+            # Tensor | Module, but None is allowed)
+            module.norm = None  # type: ignore[assignment]
             folded += 1
     return folded
 
@@ -108,7 +116,7 @@ def optimize_for_inference(model: nn.Module, channels_last: bool | None = None) 
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
         applied.append("channels_last weights")
-    fast.inference_optimizations = tuple(applied)
+    fast.inference_optimizations = tuple(applied)  # type: ignore[assignment]  # a plain attribute (torch types Tensor | Module)
     logger.info("Inference model: %s", ", ".join(applied) or "no optimisation applies")
     return fast
 
@@ -122,7 +130,9 @@ def _to_numpy(det: dict) -> dict:
 
 
 @torch.no_grad()
-def inference_on_dataset(model, loader, category_ids: Sequence[int], desc: str = "inference") -> list[dict]:
+def inference_on_dataset(
+    model: nn.Module, loader: Iterable[list[dict]], category_ids: Sequence[int], desc: str = "inference"
+) -> list[dict]:
     """Run the model over a test loader (DatasetMapper is_train=False); returns COCO results."""
     was_training = model.training
     model.eval()
@@ -172,13 +182,17 @@ class Predictor:
     loaded into `model` later are not seen by `inference_model`: build a new Predictor instead.
     """
 
+    # Set by meddet.hub.load_predictor: the bundle's meddet.json and folder (None when not loaded from a bundle).
+    bundle: dict[str, Any] | None = None
+    bundle_dir: Path | None = None
+
     def __init__(
         self,
-        cfg,
+        cfg: CfgNode,
         weights: str | os.PathLike | None = None,
         class_names: Sequence[str] | None = None,
         optimize: bool = True,
-    ):
+    ) -> None:
         weights = weights if weights is not None else cfg.MODEL.WEIGHTS
         if not weights:
             raise ConfigError("MODEL.WEIGHTS: no checkpoint given to predict with (expected a .pth file)")
@@ -206,7 +220,7 @@ class Predictor:
         # The preprocessing recipe (DICOM.*, PREPROCESS.*, INPUT.*_TEST) replayed on every image.
         self.recipe = PreprocessRecipe.from_cfg(self.cfg)
 
-    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs) -> np.ndarray:
+    def read(self, image: str | os.PathLike | bytes | np.ndarray, **kwargs: Any) -> np.ndarray:
         """An array as is; a path or a file's bytes through meddet.io.read_image (DICOM, PNG, JPEG; decided by
         content; `kwargs` such as max_bytes and name go to it) as a meddet.io.TaggedImage carrying the header
         facts (laterality, orientation) the recipe's flip uses."""
@@ -215,7 +229,7 @@ class Predictor:
         src = image if isinstance(image, (bytes, bytearray, memoryview)) else Path(image)
         return read_for_recipe(src, self.recipe.pixels, **kwargs)
 
-    def preprocess(self, image: np.ndarray):
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Geometry | None]:
         """The image the model sees and how to map boxes back: (array, meddet.io.Geometry or None).
 
         PREPROCESS.FLIP_LEFT / CROP_BREAST are replayed on the original image (flip by tags uses the hints
@@ -265,7 +279,7 @@ class Predictor:
         return self.predict_batch([image])[0]
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args, **kwargs):
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *args: Any, **kwargs: Any) -> Predictor:
         """Moved to :func:`meddet.hub.from_pretrained` (same arguments): loading a bundle belongs to meddet.hub,
         which sits above meddet.inference. Raises an error that says so."""
         raise AttributeError(

@@ -8,15 +8,10 @@ whole image, downscaled the same way, adds its detections (large objects); then 
 meddet.inference.merge.merge_detections with TILING.MERGE / MATCH_METRIC / MATCH_THRESH / CLASS_AGNOSTIC /
 SOFT_NMS_SIGMA.
 
-Speed on the CPU: tiles are independent, so on a model on the CPU `workers` threads each run the model
-on their own batches of tiles with torch's intra-op threads divided between them (2 workers x 1 thread
-on 2 cores instead of 1 x 2). Tile-level parallelism scales better than op-level parallelism here: the
-detector's proposal and box post-processing and the Python between ops are serial, and one thread's
-waits are filled by the other's convolutions. Each tile's result does not depend on the schedule (only on
-the intra-op thread count), and results are gathered in tile order, so a run is reproducible. Batching
-tiles does not make CPU convolutions cheaper (TILING.BATCH_SIZE 1 is as fast or faster per tile there);
-on CUDA the model runs in one thread and batches are what pays. For the fastest CPU prediction pass an
-inference-optimised model (meddet.inference.predictor.optimize_for_inference, which the Predictor uses).
+On the CPU, `workers` threads each run the model on their own batches of tiles, torch's intra-op threads
+divided between them (why: docs/ARCHITECTURE.md, "Performance notes"); results are gathered in tile order, so
+a run is reproducible. On CUDA the model runs in one thread and TILING.BATCH_SIZE is what pays. The Predictor
+passes its inference-optimised model (meddet.inference.predictor.optimize_for_inference).
 
 How many detections: the model applies ROI_HEADS.SCORE_THRESH_TEST and TEST.DETECTIONS_PER_IMAGE to each
 tile (and to the full-image pass), so an image yields at most (tiles + 1) x DETECTIONS_PER_IMAGE boxes
@@ -28,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -36,6 +32,9 @@ from meddet.data.tiling import tile_windows
 from meddet.data.transforms import prepare_image
 from meddet.errors import ConfigError
 from meddet.inference.merge import merge_detections
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def default_workers(model: torch.nn.Module) -> int:
     return max(1, min(torch.get_num_threads(), MAX_CPU_WORKERS))
 
 
-def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg, workers: int) -> list[list[dict]]:
+def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg: CfgNode, workers: int) -> list[list[dict]]:
     """model(batch) for each list of image crops (views; each is prepared by prepare_image only when its
     batch runs, so memory holds `workers` batches, not the whole image's tiles), in order; with
     workers > 1 on a thread pool, each thread running torch with get_num_threads() // workers intra-op
@@ -92,7 +91,7 @@ def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg, wor
 def sliced_predict(
     model: torch.nn.Module,
     image: np.ndarray,
-    cfg,
+    cfg: CfgNode,
     batch_size: int | None = None,
     full_image_pass: bool | None = None,
     max_detections: int | None = None,
@@ -136,7 +135,8 @@ def sliced_predict(
         model.train(was_training)
     boxes, scores, classes = (torch.cat(collected[k]) for k in ("boxes", "scores", "classes"))
     n_raw = len(boxes)
-    boxes, scores, classes = merge_detections(
+    # tensors in, tensors out (merge_detections returns the type of `boxes`)
+    merged = merge_detections(
         boxes,
         scores,
         classes,
@@ -146,6 +146,7 @@ def sliced_predict(
         class_agnostic=bool(t.CLASS_AGNOSTIC),
         sigma=float(t.SOFT_NMS_SIGMA),
     )
+    boxes, scores, classes = cast("tuple[torch.Tensor, torch.Tensor, torch.Tensor]", merged)
     if max_detections is not None:
         boxes, scores, classes = boxes[:max_detections], scores[:max_detections], classes[:max_detections]
     logger.debug(

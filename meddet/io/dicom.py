@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, n
         if not data:
             raise DicomError(f"{path}: not a DICOM file (the file is empty; {_NOT_DICOM_HINT})")
 
-        def opener():
+        def opener() -> tuple[io.BytesIO | Path, str | None]:
             return io.BytesIO(data), None  # in memory already: nothing to defer
     else:
         path = Path(path)
@@ -196,9 +197,10 @@ def load_dicom(path: str | os.PathLike | bytes, *, headers_only: bool = False, n
         if path.stat().st_size == 0:
             raise DicomError(f"{path}: not a DICOM file (the file is empty; {_NOT_DICOM_HINT})")
 
-        def opener():
+        def opener() -> tuple[io.BytesIO | Path, str | None]:
             return path, "64 KB"
 
+    ds: Dataset
     try:
         src, defer = opener()
         ds = pydicom.dcmread(src, defer_size=defer, stop_before_pixels=headers_only)
@@ -240,7 +242,7 @@ def _has_pixel_tag(source: Path | bytes) -> bool:
     return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
-def _force_read(path: Path, opener, headers_only: bool) -> Dataset:
+def _force_read(path: Path, opener: Callable[[], tuple[io.BytesIO | Path, str | None]], headers_only: bool) -> Dataset:
     try:
         src, defer = opener()
         ds = pydicom.dcmread(src, force=True, defer_size=defer, stop_before_pixels=headers_only)
@@ -519,8 +521,10 @@ def dicom_to_array(
     elif normalize == "minmax":
         lo, hi = float(y[keep].min()), float(y[keep].max())
     elif normalize == "percentile":
-        lo, hi = _weighted_percentiles(y[keep], counts[keep], tuple(percentiles))
+        assert counts is not None  # _value_table counts pixels for every normalization but minmax / fixed
+        lo, hi = _weighted_percentiles(y[keep], counts[keep], (percentiles[0], percentiles[1]))
     elif normalize == "zscore":
+        assert counts is not None
         w = counts[keep].astype(np.float64)
         mean = float(np.dot(w, y[keep]) / w.sum())
         std = float(np.sqrt(np.dot(w, (y[keep] - mean) ** 2) / w.sum()))

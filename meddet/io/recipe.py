@@ -26,7 +26,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -122,8 +122,9 @@ class PreprocessRecipe:
                 apply_voi=bool(data["apply_voi"]),
                 window_index=int(data["window_index"]),
                 normalize=str(data["normalize"]),
-                percentiles=tuple(float(v) for v in data["percentiles"]),
-                fixed_range=tuple(float(v) for v in fixed) if fixed else None,
+                # lengths are checked by PixelOptions (a ConfigError naming the field)
+                percentiles=cast("tuple[float, float]", tuple(float(v) for v in data["percentiles"])),
+                fixed_range=cast("tuple[float, float]", tuple(float(v) for v in fixed)) if fixed else None,
                 gamma=float(data["gamma"]),
                 bit_depth=int(data["bit_depth"]),
             )
@@ -224,7 +225,7 @@ class TaggedImage(np.ndarray):
     def __array_finalize__(self, obj: Any) -> None:
         self.hints = dict(getattr(obj, "hints", None) or {})
 
-    def __reduce__(self):  # pickles (data loader workers) as a plain array plus its hints
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (data loader workers) as a plain array plus its hints
         return (TaggedImage, (np.asarray(self), self.hints))
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from meddet.modeling.retinanet import build_torchvision_retinanet
 from meddet.modeling.torchvision_engine import ENGINE_NAME as TORCHVISION
 from meddet.modeling.torchvision_engine import build_torchvision_model
 from meddet.modeling.weights_source import is_remote, resolve_and_load, source_engine
+
+if TYPE_CHECKING:
+    from meddet.modeling.d2_engine import Detectron2RCNN
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +240,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, cfg: CfgNode |
     if engine == DETECTRON2:
         from meddet.modeling.d2_engine import load_detectron2_weights
 
-        return load_detectron2_weights(inner, path)
+        return load_detectron2_weights(cast("Detectron2RCNN", inner), path)  # its engine says so
     return load_weights(model, path)
 
 

@@ -122,8 +122,9 @@ def save_checkpoint(
         "engine": getattr(model, "engine", None),
         "num_classes": getattr(model, "num_classes", None),
     }
-    if getattr(model, "architecture", None):
-        meta["architecture"] = dict(model.architecture)
+    architecture = getattr(model, "architecture", None)
+    if architecture:
+        meta["architecture"] = dict(architecture)
     meta.update(extra or {})
     names = meta.get("class_names")
     if names and meta["num_classes"] is not None and len(names) != meta["num_classes"]:
@@ -243,8 +244,9 @@ def load_model_state(
             del state[k]
         predictor = model.get_submodule(PREDICTOR_PREFIX.rstrip("."))
         for module in predictor.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if reset is not None:
+                reset()
     model.load_state_dict(state, strict=False)
 
 

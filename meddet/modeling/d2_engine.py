@@ -203,9 +203,7 @@ class Detectron2RCNN(GeneralizedRCNN):
         self.architecture = architecture_of(cfg)  # stored in every checkpoint (meddet.modeling.checkpoint)
         self.d2_cfg = d2_cfg
 
-    def forward(  # type: ignore[override]
-        self, batched_inputs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    def forward(self, batched_inputs: Sequence[Mapping[str, Any]]) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training mode) or detections in original-image pixels (eval mode); see the class doc."""
         return _meddet_forward(self, super().forward, batched_inputs)
 
@@ -262,9 +260,7 @@ class Detectron2RetinaNet(RetinaNet):
         self.architecture = architecture_of(cfg)
         self.d2_cfg = d2_cfg
 
-    def forward(  # type: ignore[override]
-        self, batched_inputs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    def forward(self, batched_inputs: Sequence[Mapping[str, Any]]) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training mode) or detections in original-image pixels (eval mode)."""
         return _meddet_forward(self, super().forward, batched_inputs)
 

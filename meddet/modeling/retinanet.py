@@ -210,9 +210,7 @@ class TorchvisionRetinaNet(RetinaNet):
         """The device of the model's parameters; inputs are moved there."""
         return next(self.parameters()).device
 
-    def forward(  # type: ignore[override]
-        self, batched_inputs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    def forward(self, batched_inputs: Sequence[Mapping[str, Any]]) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training mode) or detections in original-image pixels (eval mode)."""
         check_batch(batched_inputs)
         device = self.device
@@ -238,7 +236,7 @@ class TorchvisionRetinaNet(RetinaNet):
             results.append(self._postprocess(det, img.shape[-2:], x))
         return results
 
-    def compute_loss(  # type: ignore[override]
+    def compute_loss(
         self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor]
     ) -> dict[str, Tensor]:
         """detectron2's RetinaNet losses (see the module doc)."""

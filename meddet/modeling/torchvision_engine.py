@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 ENGINE_NAME = "torchvision"
 
 # depth -> (block, blocks per stage)
-_RESNET_LAYOUTS: dict[int, tuple[type[nn.Module], list[int]]] = {
+_RESNET_LAYOUTS: dict[int, tuple[type[resnet.BasicBlock | resnet.Bottleneck], list[int]]] = {
     18: (resnet.BasicBlock, [2, 2, 2, 2]),
     34: (resnet.BasicBlock, [3, 4, 6, 3]),
     50: (resnet.Bottleneck, [3, 4, 6, 3]),
@@ -311,7 +311,7 @@ class D2AnchorGenerator(AnchorGenerator):
         super().__init__(sizes=tuple(sizes), aspect_ratios=tuple(aspect_ratios))
         self.strides = list(strides)
 
-    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:  # type: ignore[override]
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
         """Anchors ``(sum over levels of H * W * A, 4)`` per image, level by level."""
         grid_sizes = [f.shape[-2:] for f in feature_maps]
         dtype, device = feature_maps[0].dtype, feature_maps[0].device
@@ -350,9 +350,7 @@ class D2MultiScaleRoIAlign(MultiScaleRoIAlign):
         self.aligned = aligned
         self.min_level = min_level  # the first feature map has stride 2**min_level (P2: 4)
 
-    def forward(  # type: ignore[override]
-        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
-    ) -> Tensor:
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         """Pooled features ``(sum of boxes, C, output, output)`` in the order of the concatenated boxes."""
         features = [x[name] for name in self.featmap_names]
         scales = [2.0 ** -(level + self.min_level) for level in range(len(features))]
@@ -391,7 +389,7 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         self.min_box_size = float(min_box_size)  # MODEL.PROPOSAL_GENERATOR.MIN_SIZE
         self.stats: dict[str, Any] = {}  # detectron2's RPN statistics of the last training step
 
-    def compute_loss(  # type: ignore[override]
+    def compute_loss(
         self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
     ) -> tuple[Tensor, Tensor]:
         """Objectness binary cross-entropy over the sampled anchors and box regression (smooth-L1 with
@@ -414,7 +412,7 @@ class D2RegionProposalNetwork(RegionProposalNetwork):
         )
         return objectness_loss, box_loss
 
-    def filter_proposals(  # type: ignore[override]
+    def filter_proposals(
         self,
         proposals: Tensor,
         objectness: Tensor,
@@ -483,7 +481,7 @@ class D2RoIHeads(RoIHeads):
         # not persistent: the weights come from the config, checkpoints stay torchvision's state dict
         self.register_buffer("class_weights", weights, persistent=False)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
@@ -522,7 +520,7 @@ class D2RoIHeads(RoIHeads):
         box_loss = box_regression_loss(deltas, targets[fg], self.smooth_l1_beta) / max(labels_all.numel(), 1)
         return {"loss_classifier": loss_cls, "loss_box_reg": box_loss}
 
-    def postprocess_detections(  # type: ignore[override]
+    def postprocess_detections(
         self,
         class_logits: Tensor,
         box_regression: Tensor,
@@ -699,6 +697,7 @@ class TorchvisionRCNN(FasterRCNN):
     """
 
     engine = ENGINE_NAME
+    roi_heads: RoIHeads  # torchvision's, replaced by D2RoIHeads in __init__
 
     def __init__(self, cfg: CfgNode) -> None:
         _check_unsupported(cfg)
@@ -795,9 +794,7 @@ class TorchvisionRCNN(FasterRCNN):
         """The device of the model's parameters; inputs are moved there."""
         return next(self.parameters()).device
 
-    def forward(  # type: ignore[override]
-        self, batched_inputs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    def forward(self, batched_inputs: Sequence[Mapping[str, Any]]) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training mode) or detections in original-image pixels (eval mode); see the class doc."""
         check_batch(batched_inputs)
         device = self.device

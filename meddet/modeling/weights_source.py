@@ -572,8 +572,9 @@ def conventions_of(source: WeightsSource, fmt: str | None) -> Conventions | None
     return None
 
 
-def _model_conventions(model: nn.Module) -> tuple[str, list[float], bool | None]:
+def _model_conventions(net: nn.Module) -> tuple[str, list[float], bool | None]:
     """(INPUT.FORMAT, MODEL.PIXEL_STD in config order, STRIDE_IN_1X1 or None) the model was built with."""
+    model: Any = net  # either engine's detector: its submodules are reached by name
     fmt = str(getattr(model, "input_format", "BGR"))
     stride: bool | None = None
     if getattr(model, "engine", None) == "detectron2":
@@ -622,7 +623,8 @@ def _tv_names(model: nn.Module) -> dict[str, str]:
     state = model.state_dict()
     rpn_convs = len([k for k in state if re.fullmatch(r"rpn\.head\.conv\.\d+\.0\.weight", k)])
     head_convs = len([k for k in state if re.fullmatch(r"roi_heads\.box_head\.\d+\.0\.weight", k)])
-    conv_fc = not isinstance(model.roi_heads.box_head, TwoMLPHead)
+    box_head: Any = model.get_submodule("roi_heads.box_head")
+    conv_fc = not isinstance(box_head, TwoMLPHead)
     rules = tv_to_d2_rules(max(rpn_convs, 1), head_convs)
     names = {}
     for k in state:
@@ -789,7 +791,11 @@ def load_pretrained(model: nn.Module, source: WeightsSource) -> dict[str, Any] |
 
 
 def _warn_trainable_norm(model: nn.Module, spec: str) -> None:
-    trainable = [n for n, m in model.backbone.body.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    trainable = [
+        n
+        for n, m in model.get_submodule("backbone.body").named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     if trainable:
         logger.warning(
             "%s: Caffe2 backbones fuse BatchNorm into an affine layer (no statistics); detectron2 loads them only "

@@ -524,7 +524,7 @@ def _compose(rng: np.random.Generator, od: np.ndarray, style: dict[str, Any]) ->
     normal deviates on a 4096² image, and added with saturation in uint8.
     """
     lamp = tuple(float(v) for v in style["lamp"]) + (0.0,)
-    out = np.empty(od.shape, np.uint8)
+    out: np.ndarray = np.empty(od.shape, np.uint8)
     for r0 in range(0, od.shape[0], _STRIP):
         strip = od[r0 : r0 + _STRIP]  # a view: the OD map is consumed in place
         np.negative(strip, out=strip)

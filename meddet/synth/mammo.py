@@ -11,7 +11,7 @@ What is drawn (all sizes scale with the image; the numbers are for the default 1
 - calcifications (BI-RADS 2-5): clusters of 1-3 px bright specks, ~20-60 px per cluster; about a
   third of the calcification abnormalities have two clusters (a two-region ROI mask).
 
-How it is stored (as the release, see ARCHITECTURE.md "CBIS-DDSM facts"):
+How it is stored (as the release, see docs/ARCHITECTURE.md "CBIS-DDSM facts"):
 
 - ``<root>/Mass-Training_P_00001_LEFT_CC/<StudyUID>/<SeriesUID>/000000.dcm`` (or ``1-1.dcm``)
   full mammograms, written under each prefix (Mass-/Calc-, Training/Test) that references them;
@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from meddet.data.formats.cbis_ddsm import CALC_HEADER, MASS_HEADER
 from meddet.errors import ConfigError
@@ -128,7 +128,7 @@ def encode_dicom(
 
     sop_uid = generate_uid(_UID_ROOT, entropy_srcs=["meddet-synth", *uid_entropy, "sop"])
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -338,7 +338,7 @@ def _draw_calc_cluster(rng: np.random.Generator, img: np.ndarray, x: float, y: f
         ix, iy = int(round(px - (sp - 1) / 2)), int(round(py - (sp - 1) / 2))
         specks[iy : iy + sp, ix : ix + sp] = rng.uniform(0.5, 0.6)
     hull = cv2.convexHull(np.rint(pts).astype(np.int32))
-    region = np.zeros((size, size), np.uint8)
+    region: np.ndarray = np.zeros((size, size), np.uint8)
     cv2.fillPoly(region, [hull], 1)
     region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dil + 1, 2 * dil + 1)))
     _paste_add(img, specks, x0, y0)

@@ -208,7 +208,7 @@ def gradcam(
                 f"in this image (expected 0..{n - 1}, or pass box= and class_index=)"
             )
         boxes = det["boxes"][detection_index : detection_index + 1].detach().cpu().float()
-        classes = [int(det["classes"][detection_index])]
+        classes: list[int | None] = [int(det["classes"][detection_index])]
     else:
         boxes = torch.as_tensor(box, dtype=torch.float32).reshape(1, -1)
         classes = [class_index]
@@ -239,27 +239,31 @@ def gradcams(
             f"Grad-CAM class_indices: {len(class_indices)} classes for {orig.shape[0]} boxes; "
             "expected one class per box"
         )
+    detector: Any = model  # a meddet model: it carries num_classes
+    num_classes = detector.num_classes
+    checked: list[int] = []
     for b, c in zip(orig.tolist(), class_indices):
-        if c is None or not 0 <= int(c) < model.num_classes:
-            raise DataError(f"Grad-CAM class_index: {c}; expected a class in 0..{model.num_classes - 1}")
+        if c is None or not 0 <= int(c) < num_classes:
+            raise DataError(f"Grad-CAM class_index: {c}; expected a class in 0..{num_classes - 1}")
         if not (b[2] > b[0] and b[3] > b[1]):
             raise DataError(f"Grad-CAM box: {b}; expected xyxy with x1 < x2 and y1 < y2")
+        checked.append(int(c))
     in_h, in_w = (int(v) for v in image.shape[-2:])
     out_h, out_w = int(inputs.get("height", in_h)), int(inputs.get("width", in_w))
     scale = torch.tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h])
     was_training = model.training
     model.eval()
     try:
-        raw = _cams(model, image, orig / scale, [int(c) for c in class_indices], layer, method, deadline)
+        raw = _cams(model, image, orig / scale, checked, layer, method, deadline)
     finally:
         model.train(was_training)
     cams = []
-    for (heat, score, lay), b, c in zip(raw, orig, class_indices):
+    for (heat, score, lay), b, c in zip(raw, orig, checked):
         heat = cv2.resize(heat[:in_h, :in_w], (out_w, out_h), interpolation=cv2.INTER_LINEAR)
         peak = float(heat.max())
         heat = heat / peak if peak > 0 else heat
         logger.debug("%s of class %d (score %.3f) at %s: box %s", method, c, score, lay, b.tolist())
-        cams.append(CAM(heat.astype(np.float32), b.numpy(), int(c), score, lay, method))
+        cams.append(CAM(heat.astype(np.float32), b.numpy(), c, score, lay, method))
     if len(cams) < orig.shape[0]:
         logger.info("%s: %d of %d detections explained before the deadline", method, len(cams), orig.shape[0])
     return cams
@@ -276,6 +280,7 @@ def _cams(
 ) -> list[tuple[np.ndarray, float, str]]:
     """Per box (xyxy in the pixels of ``image``): (map at the padded input tensor's size, softmax score
     of its class, layer used). Uses only the model's explanation interface (see the module doc)."""
+    detector: Any = model  # explain_inputs, feature_maps, box_class_logits (checked by _check_model)
     needs_grad = method not in _GRADIENT_FREE
     captured: list[Tensor] = []
     handle = None
@@ -302,10 +307,10 @@ def _cams(
     warned: set[str] = set()
     try:
         with torch.no_grad():
-            padded, (img_h, img_w) = model.explain_inputs(image)
+            padded, (img_h, img_w) = detector.explain_inputs(image)
         pad_h, pad_w = padded.shape[-2:]
         with torch.set_grad_enabled(needs_grad and handle is not None):
-            features = model.feature_maps(padded)
+            features = detector.feature_maps(padded)
         if handle is not None and len(captured) != 1:
             raise ModelError(
                 f"Grad-CAM layer: {layer!r} ran {len(captured)} times in the backbone pass; "
@@ -321,7 +326,7 @@ def _cams(
                 lay = min(features, key=lambda k: abs(int(k[1:]) - int(lay[1:])) if k[1:].isdigit() else 99)
             act = captured[0] if handle is not None else features[lay]
             with torch.set_grad_enabled(needs_grad):
-                logits = model.box_class_logits(features, tbox[None])  # (1, K + 1), background last
+                logits = detector.box_class_logits(features, tbox[None])  # (1, K + 1), background last
             score = float(torch.softmax(logits[0].detach(), dim=0)[cls])
             if method == "gradcam++" and lay not in warned and bool((act < 0).any()):
                 warned.add(lay)
@@ -367,7 +372,7 @@ def overlay(
 ) -> np.ndarray:
     """The image (HxW or HxWx3 BGR, any dtype) as uint8 BGR with the maps combined (pixel-wise maximum)
     as a JET heat map and each detection's box and label drawn on top."""
-    img = image.astype(np.float32)
+    img: np.ndarray = image.astype(np.float32)
     lo, hi = float(img.min()), float(img.max())
     img = ((img - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(img)).astype(np.uint8)
     if img.ndim == 2:

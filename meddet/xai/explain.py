@@ -15,6 +15,7 @@ from yacs.config import CfgNode
 
 from meddet.errors import DataError
 from meddet.inference.predictor import Predictor
+from meddet.io import Geometry
 from meddet.io.recipe import boxes_from_original, boxes_to_original, map_to_original
 from meddet.xai.cam import CAM, gradcams, overlay
 
@@ -24,10 +25,10 @@ __all__ = ["explain", "explain_detections"]
 
 
 def explain_detections(
-    predictor,
+    predictor: Predictor,
     image: np.ndarray,
     boxes: np.ndarray | Sequence[Sequence[float]],
-    classes: Sequence[int],
+    classes: Sequence[int] | np.ndarray,
     layer: str | None = None,
     method: str = "hirescam",
     max_side: int | None = None,
@@ -60,7 +61,7 @@ def explain_detections(
     return _cams_to_original(cams, geometry, (out_h, out_w))
 
 
-def _cams_to_original(cams: list[CAM], geometry, size: tuple[int, int]) -> list[CAM]:
+def _cams_to_original(cams: list[CAM], geometry: Geometry | None, size: tuple[int, int]) -> list[CAM]:
     """CAMs of the preprocessed image -> the original image's frame of `size` (rows, columns)."""
     if geometry is None:
         return cams

@@ -57,7 +57,7 @@ def _number(value: str, name: str) -> float:
     return v
 
 
-def _parse_box(rec: dict[str, str], allowed: set[str] | None) -> tuple[list[float], str] | None:
+def _parse_box(rec: dict[str, str], allowed: set[str] | None) -> tuple[tuple[float, float, float, float], str] | None:
     """``([x, y, w, h], class)``, or None for an image-without-objects row; ValueError if bad."""
     values = {k: str(rec.get(k, "")).strip() for k in _BOX_FIELDS}
     if not any(values.values()):
@@ -73,7 +73,8 @@ def _parse_box(rec: dict[str, str], allowed: set[str] | None) -> tuple[list[floa
     cls = values["class"]
     if allowed is not None and cls not in allowed:
         raise ValueError(f"class {cls!r} is not one of {sorted(allowed)}")
-    return [int(v) if float(v).is_integer() else v for v in box], cls
+    x, y, w, h = (int(v) if float(v).is_integer() else v for v in box)
+    return (x, y, w, h), cls
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ def _parse_rows(
         except ValueError as e:
             raise DataError(f"{csv_path} row {row_no}: {e}") from None
         if parsed is not None:
-            boxes.append((tuple(parsed[0]), parsed[1]))
+            boxes.append(parsed)
         if has_pid and str(rec.get("patient_id", "")).strip():
             pids.add(str(rec["patient_id"]).strip())
     if len(pids) > 1:

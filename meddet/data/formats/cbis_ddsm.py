@@ -611,7 +611,7 @@ def _convert_image(job: Job, out_dir: Path) -> Converted:
                 }
             )
     arr = dicom_to_array(ds, source=image_path, **p.pixels.as_kwargs()) if ds is not None else img
-    arr, boxes, geometry = orient_and_crop(
+    arr, moved, geometry = orient_and_crop(
         arr,
         boxes,
         flip_left=bool(p.flip_left),
@@ -621,7 +621,7 @@ def _convert_image(job: Job, out_dir: Path) -> Converted:
         source=str(image_path),
     )
     digest = write_png(out_dir / job.output, arr)
-    annotations = [{**f, "bbox": b, "area": b[2] * b[3]} for f, b in zip(fields, boxes)]
+    annotations = [{**f, "bbox": b, "area": b[2] * b[3]} for f, b in zip(fields, moved)]
     first = p.abns[0]
     densities = [a.breast_density for a in p.abns if a.breast_density is not None]
     record: dict[str, Any] = {
@@ -746,13 +746,14 @@ def convert_cbis_ddsm(
     run = run or RunOptions()
     if flip_left not in ("", "tags", "pixels"):
         raise ConfigError(f"flip_left: expected '', 'tags' or 'pixels', found {flip_left!r}")
+    fractions: tuple[float, ...] | None = None  # None: the official split
     if isinstance(split, str):
         if split != "official":
             raise ConfigError(f"split: expected 'official' or three fractions, found {split!r}")
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ConfigError(f"val_fraction: expected 0 <= value < 1, found {val_fraction}")
     else:
-        split = check_fractions(split)
+        fractions = check_fractions(split)
     root = Path(dicom_root)
     if not root.is_dir():
         raise DataError(
@@ -805,7 +806,7 @@ def convert_cbis_ddsm(
             continue
         payload = _ImageJob(
             abns=tuple(abns),
-            classes=tuple(cat_ids[n] for n in names),
+            classes=tuple(cat_ids[n] for n in names if n is not None),  # all: unmapped ones were excluded
             image=str(image),
             source=image.relative_to(root).as_posix(),
             rois=rois,
@@ -850,8 +851,8 @@ def convert_cbis_ddsm(
         info,
         id_map=out / ID_MAP,
     )
-    if split == "official":
+    if fractions is None:
         assignment = _official_assignment(coco["images"], float(val_fraction), seed, report)
         split_info = {"method": "official", "val_assignment": "hash", "val_fraction": float(val_fraction), "seed": seed}
         return write_coco_splits(coco, out, report, assignment=assignment, split_info=split_info)
-    return write_coco_splits(coco, out, report, split, seed)
+    return write_coco_splits(coco, out, report, fractions, seed)

@@ -116,7 +116,7 @@ def filter_coco(
         images = [images[i] for i in pick]
     new_cat = {c["id"]: keep_names.index(c["name"]) + 1 for c in coco["categories"] if c["name"] in keep_names}
     img_map = {im["id"]: i + 1 for i, im in enumerate(images)}
-    annotations = []
+    annotations: list[dict] = []
     for a in coco["annotations"]:
         if a["image_id"] in img_map and a["category_id"] in new_cat:
             annotations.append(

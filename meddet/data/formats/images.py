@@ -61,7 +61,8 @@ class _ImageJob:
 def _convert_image(job: Job, out_dir: Path) -> Converted:
     p: _ImageJob = job.payload
     record: dict[str, Any] = {"file_name": job.output, "source": p.source}
-    img = read_for_recipe(p.path, p.recipe.pixels)
+    tagged = read_for_recipe(p.path, p.recipe.pixels)
+    img: np.ndarray = tagged
     if is_dicom_file(p.path):
         ds = load_dicom(p.path, headers_only=True)
         laterality = str(ds.get("Laterality") or ds.get("ImageLaterality") or "")
@@ -71,7 +72,7 @@ def _convert_image(job: Job, out_dir: Path) -> Converted:
         if spacing:
             record["pixel_spacing"] = spacing
     else:
-        bits = img.hints.get("effective_bit_depth")
+        bits = tagged.hints.get("effective_bit_depth")
         if bits:
             record["effective_bit_depth"] = int(bits)
     if p.recipe.geometric:

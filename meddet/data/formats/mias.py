@@ -72,13 +72,13 @@ class MiasRow:
     radius: int | None
 
 
-def read_mias_info(path: str | os.PathLike) -> tuple[list[MiasRow], list[tuple[str, str | None, str]]]:
-    """Parse ``Info.txt``; returns the valid rows and the bad ones as ``(line, ref or None, reason)``."""
+def read_mias_info(path: str | os.PathLike) -> tuple[list[MiasRow], list[tuple[str, str, str]]]:
+    """Parse ``Info.txt``; returns the valid rows and the bad ones as ``(line, ref, reason)``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: MIAS Info.txt not found")
     rows: list[MiasRow] = []
-    bad: list[tuple[str, str | None, str]] = []
+    bad: list[tuple[str, str, str]] = []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         tokens = line.split()
         if not tokens or not _REF.match(tokens[0]):
@@ -133,7 +133,7 @@ class _ImageJob:
     source: str
     ref: str
     background: str
-    lesions: tuple[tuple[int, int, int, int, str, str], ...]  # x, y, r, category id, class, severity
+    lesions: tuple[tuple[int, int, int, int, str, str | None], ...]  # x, y, r, category id, class, severity
 
 
 def _convert_image(job: Job, out_dir: Path) -> Converted:
@@ -251,7 +251,11 @@ def convert_mias(
             groups[ref][0].source,
             ref,
             groups[ref][0].background,
-            tuple((r.x, r.y, r.radius, cat_ids[n], r.abnormality, r.severity) for r, n in zip(lesions, names)),
+            tuple(
+                (r.x, r.y, r.radius, cat_ids[n], r.abnormality, r.severity)
+                for r, n in zip(lesions, names)
+                if r.x is not None and r.y is not None and r.radius is not None and n is not None  # all, as checked
+            ),
         )
         jobs.append(Job(key=ref, output=f"images/{ref}.png", item=item, payload=payload))
     settings = {"converter": "mias", "scheme": scheme}

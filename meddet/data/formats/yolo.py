@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from meddet.data.coco import class_names, load_coco, resolve_image_path, save_json_atomic
+from meddet.data.coco import category_id_to_index, class_names, load_coco, resolve_image_path, save_json_atomic
 from meddet.data.convert import ConversionReport
 from meddet.errors import ConfigError, DataError
 
@@ -232,7 +232,7 @@ def coco_to_yolo(
             names = these
         elif these != names:
             raise DataError(f"{coco_path}: categories {these} differ from the other splits' {names}")
-        index = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+        index = category_id_to_index(coco)
         by_image: dict[Any, list[dict[str, Any]]] = {}
         crowd = 0
         for a in coco["annotations"]:
