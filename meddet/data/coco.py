@@ -152,7 +152,9 @@ class DatasetSplit:
     `image_root` (DATASETS.IMAGE_ROOT; empty: the file's folder) resolves the images; `strict_boxes`
     (DATASETS.STRICT_BOXES) makes a box outside its image an error when the records are made."""
 
-    def __init__(self, path: str | os.PathLike, coco: dict, image_root: str | os.PathLike = "", strict_boxes=False):
+    def __init__(
+        self, path: str | os.PathLike, coco: dict, image_root: str | os.PathLike = "", strict_boxes: bool = False
+    ) -> None:
         self.path = Path(path)
         self.coco = coco
         self.image_root = str(image_root or "")
@@ -169,7 +171,7 @@ class DatasetSplit:
     @property
     def categories(self) -> list[dict]:
         """The categories sorted by id."""
-        return sorted(self.coco["categories"], key=lambda c: c["id"])
+        return categories_by_id(self.coco)
 
     @property
     def class_names(self) -> list[str]:
