@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddet.data.coco import DatasetSplit
 from meddet.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
-def resolve_weights(cfg) -> str:
+
+def resolve_weights(cfg: CfgNode) -> str:
     """MODEL.WEIGHTS, else the run's model_final.pth, else its last checkpoint."""
     from meddet.training import last_checkpoint_path
 
@@ -54,7 +58,7 @@ def load_results(path: str | os.PathLike) -> list[dict]:
     return predictions
 
 
-def load_split(cfg, gt: str | os.PathLike | DatasetSplit) -> DatasetSplit:
+def load_split(cfg: CfgNode, gt: str | os.PathLike | DatasetSplit) -> DatasetSplit:
     """`gt` as a loaded split: a DatasetSplit as it is, a COCO file read once (images resolved by
     DATASETS.IMAGE_ROOT, boxes checked by DATASETS.STRICT_BOXES)."""
     if isinstance(gt, DatasetSplit):
@@ -63,7 +67,7 @@ def load_split(cfg, gt: str | os.PathLike | DatasetSplit) -> DatasetSplit:
 
 
 def split_or_default(
-    cfg, gt: str | os.PathLike | DatasetSplit | None, datasets: Sequence[str], what: str, key: str
+    cfg: CfgNode, gt: str | os.PathLike | DatasetSplit | None, datasets: Sequence[str], what: str, key: str
 ) -> DatasetSplit:
     """`gt` (a path or a split), else the first file of `datasets` (e.g. DATASETS.TEST), loaded once."""
     gt = gt or (datasets[0] if datasets else None)

@@ -7,23 +7,30 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddet.apps.common import check_out_dir, load_results, load_split, split_or_default
 from meddet.apps.predictors import build_predictor, predict_dataset, records_results
 from meddet.apps.report import run_sections
 from meddet.data.coco import DatasetSplit, save_json_atomic
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from meddet.config import CfgNode
+    from meddet.inference.base import DetectorLike
+
 HEADLINE_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "prf1/precision", "prf1/recall", "prf1/F1")
 
 
 def evaluate_predictions(
-    cfg,
+    cfg: CfgNode,
     gt: str | os.PathLike | DatasetSplit,
     predictions: list[dict] | str | os.PathLike,
     out_dir: str | os.PathLike,
-    extra_sections=(),
+    extra_sections: Sequence[tuple[str, str]] = (),
     predictions_source: str | os.PathLike | None = None,
-    views=None,
+    views: Sequence[str] | None = None,
 ) -> dict:
     """Score COCO-results predictions (a list or a JSON file, from any detector) against a split (a COCO
     file or a loaded DatasetSplit): every view of the evaluator (COCO AP, per-class table, P/R/F1,
@@ -57,12 +64,12 @@ def evaluate_predictions(
 
 
 def evaluate_model(
-    cfg,
+    cfg: CfgNode,
     gt: str | os.PathLike | DatasetSplit | None = None,
     out_dir: str | os.PathLike | None = None,
     overwrite: bool = True,
     ensemble: Sequence[str | os.PathLike] = (),
-    views=None,
+    views: Sequence[str] | None = None,
 ) -> dict:
     """Predict on a split (`gt`: a COCO file or a DatasetSplit; default DATASETS.TEST[0]) with the
     configured model (or an ensemble of it and `ensemble` members) and run the whole evaluator on it
@@ -72,12 +79,14 @@ def evaluate_model(
     into tiles (`out_dir/tiles/`, raw per-tile predictions) and whole image on predictions merged by
     sliced inference (`out_dir/`); the returned dict holds the whole-image metrics plus every tile-level
     one prefixed ``tiles/``, and `out_dir/hierarchical.csv` puts the headline metrics side by side."""
+    from meddet.inference import EnsemblePredictor
+
     split = split_or_default(cfg, gt, cfg.DATASETS.TEST, "evaluate", "DATASETS.TEST")
     out_dir = Path(out_dir or Path(cfg.OUTPUT_DIR) / "eval")
     check_out_dir(out_dir, ["metrics.json"], overwrite)
     eval_cfg = cfg
     predictor = build_predictor(cfg, ensemble, class_names=split.class_names)
-    if ensemble:
+    if isinstance(predictor, EnsemblePredictor):  # `ensemble` members given
         preds = records_results(predictor, split)
         eval_cfg = predictor.cfg  # thresholds restated for the ensemble's (the ground truth's) classes
         model = predictor.members[0].model  # the configured model, summarised in the report
@@ -108,7 +117,7 @@ def evaluate_model(
 
 
 def evaluate_predictor(
-    predictor, gt: str | os.PathLike | DatasetSplit, out_dir: str | os.PathLike, overwrite: bool = True
+    predictor: DetectorLike, gt: str | os.PathLike | DatasetSplit, out_dir: str | os.PathLike, overwrite: bool = True
 ) -> dict:
     """The whole evaluator on any predictor (a :class:`~meddet.inference.base.DetectorLike`: a
     Predictor, a tiled one, an ensemble, a loaded bundle) called on each image of a split; thresholds
@@ -122,7 +131,7 @@ def evaluate_predictor(
     return evaluate_predictions(predictor.cfg, split, preds, out_dir)
 
 
-def evaluate_tiles(cfg, gt: str | os.PathLike | DatasetSplit, out_dir: str | os.PathLike) -> dict:
+def evaluate_tiles(cfg: CfgNode, gt: str | os.PathLike | DatasetSplit, out_dir: str | os.PathLike) -> dict:
     """Tile-level evaluation: the split cut into TILING.SIZE tiles (every tile, no filtering or
     undersampling; boxes clipped by TILING.MIN_VISIBLE) written under `out_dir/data`, the model run on
     each tile as it was trained, and the whole evaluator on the result under `out_dir`."""
@@ -155,7 +164,7 @@ def evaluate_tiles(cfg, gt: str | os.PathLike | DatasetSplit, out_dir: str | os.
     )
 
 
-def hierarchical_table(tile_metrics: dict, image_metrics: dict):
+def hierarchical_table(tile_metrics: dict, image_metrics: dict) -> pd.DataFrame:
     """Headline metrics at tile level and whole-image level side by side (pandas DataFrame):
     COCO AP, P/R/F1 at the operating point, and per-class AP50, precision and recall."""
     import pandas as pd

@@ -7,11 +7,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddet.apps.common import check_out_dir
 from meddet.apps.predictors import build_predictor
 from meddet.data.coco import save_json_atomic
 from meddet.errors import DataError, MeddetError
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def predict(
-    cfg,
+    cfg: CfgNode,
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     score_thresh: float | None = None,

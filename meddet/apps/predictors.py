@@ -5,14 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddet.apps.common import load_split, resolve_weights
-from meddet.config import load_config
+from meddet.config import CfgNode, load_config
 from meddet.data.coco import DatasetSplit
 from meddet.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from meddet.inference import EnsemblePredictor, Predictor
+    from meddet.inference.base import DetectorLike
 
-def member_predictor(spec: str | os.PathLike, device: str, opts: Sequence = ()):
+
+def member_predictor(
+    spec: str | os.PathLike[str], device: str, opts: Sequence[str] = ()
+) -> Predictor | EnsemblePredictor:
     """One ensemble member: a run config YAML, a run folder (config.yaml), a bundle folder (meddet.json)
     or a Hugging Face repo id; `opts` (KEY VALUE) are merged into its config."""
     from meddet.hub import META_NAME, load_predictor
@@ -38,11 +45,11 @@ def member_predictor(spec: str | os.PathLike, device: str, opts: Sequence = ()):
 
 
 def build_predictor(
-    cfg,
+    cfg: CfgNode,
     ensemble: Sequence[str | os.PathLike] = (),
     class_names: Sequence[str] | None = None,
-    member_opts: Sequence = (),
-):
+    member_opts: Sequence[str] = (),
+) -> Predictor | EnsemblePredictor:
     """The configured model's Predictor or, with `ensemble` members (see `member_predictor`), an
     EnsemblePredictor of it and them fused by ENSEMBLE.*; members' classes are matched by name to
     `class_names` (default: the configured model's classes, then each member's new ones in order).
@@ -61,7 +68,9 @@ def build_predictor(
     return EnsemblePredictor(members, names, cfg)
 
 
-def predict_dataset(cfg, gt: str | os.PathLike | DatasetSplit, predictor=None) -> list[dict]:
+def predict_dataset(
+    cfg: CfgNode, gt: str | os.PathLike | DatasetSplit, predictor: Predictor | None = None
+) -> list[dict]:
     """COCO results of the configured model on every image of a split (a COCO file or a loaded
     DatasetSplit; whole images through the test loader; a model trained on tiles predicts each image by
     slicing). `predictor`: the configured model's Predictor when the caller already built it (with the
@@ -78,7 +87,7 @@ def predict_dataset(cfg, gt: str | os.PathLike | DatasetSplit, predictor=None) -
     return inference_on_dataset(predictor.inference_model, loader, split.category_ids, desc="predict")
 
 
-def records_results(predictor, split: DatasetSplit) -> list[dict]:
+def records_results(predictor: DetectorLike, split: DatasetSplit) -> list[dict]:
     """COCO results of any predictor (sliced, ensemble) called on each whole image of a split; the
     predictor's classes are matched to the split's categories by name."""
     from meddet.inference import inference_on_records

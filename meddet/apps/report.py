@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from meddet.config import CfgNode
 
 
-def run_sections(cfg, model) -> list[tuple[str, str]]:
+def run_sections(cfg: CfgNode, model: nn.Module) -> list[tuple[str, str]]:
     """Report sections about `model` (the model that was evaluated; never a second one built for it) and
     its training run (OUTPUT_DIR/metrics.json): model summary, training diagnosis."""
     from meddet.modeling.summary import model_summary

@@ -5,20 +5,25 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddet.apps.common import load_results, split_or_default
 from meddet.apps.predictors import build_predictor, predict_dataset, records_results
+from meddet.config import CfgNode
 from meddet.config.tuned import TUNE_DIR, TUNE_ENSEMBLE_DIR
 from meddet.data.coco import DatasetSplit
 
+if TYPE_CHECKING:
+    from meddet.evaluation.tune import TuneResult
+
 
 def tune_model(
-    cfg,
+    cfg: CfgNode,
     gt: str | os.PathLike | DatasetSplit | None = None,
     out_dir: str | os.PathLike | None = None,
     predictions: str | os.PathLike | None = None,
     ensemble: Sequence[str | os.PathLike] = (),
-):
+) -> TuneResult:
     """Sweep score and NMS thresholds on the validation split (`gt`: a COCO file or a DatasetSplit;
     default DATASETS.VAL[0]) without retraining; writes tune.csv and tuned_config.yaml (default in
     OUTPUT_DIR/tune, with `ensemble` members OUTPUT_DIR/tune_ensemble), which predict / evaluate /

@@ -8,8 +8,12 @@ import logging
 import re
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from meddet.errors import MeddetError
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 logger = logging.getLogger("meddet")
 
@@ -96,14 +100,14 @@ def split_ensemble(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def load_cfg(args: argparse.Namespace):
+def load_cfg(args: argparse.Namespace) -> CfgNode:
     """The config of --config-file with the KEY VALUE overrides."""
     from meddet.config import load_config
 
     return load_config(args.config_file or None, args.opts)
 
 
-def load_run_cfg(args: argparse.Namespace):
+def load_run_cfg(args: argparse.Namespace) -> CfgNode:
     """A run's config as predict and evaluate use it: with the run's tuned thresholds unless --untuned
     (`meddet.config.tuned.load_run_config`)."""
     from meddet.config.tuned import load_run_config

@@ -29,8 +29,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meddet.cli.base import run_cli, setup_logging
+
+if TYPE_CHECKING:
+    from meddet.data.convert import ConversionReport
+    from meddet.data.parallel import RunOptions
+    from meddet.io.dicom import PixelOptions
 
 HELP = "convert datasets to COCO, check them, or make a synthetic one"
 
@@ -302,7 +308,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_debug(p)
 
 
-def _pixels(args: argparse.Namespace):
+def _pixels(args: argparse.Namespace) -> PixelOptions:
     from meddet.io.dicom import PixelOptions
 
     return PixelOptions(
@@ -316,7 +322,7 @@ def _pixels(args: argparse.Namespace):
     )
 
 
-def _run(args: argparse.Namespace):
+def _run(args: argparse.Namespace) -> RunOptions:
     from meddet.data.parallel import RunOptions, parse_shard
 
     return RunOptions(
@@ -324,9 +330,9 @@ def _run(args: argparse.Namespace):
     )
 
 
-def _convert(args: argparse.Namespace):
+def _convert(args: argparse.Namespace) -> ConversionReport:
     """Run a conversion command; returns its ConversionReport."""
-    common = {"run": _run(args), "progress": not args.no_progress}
+    run_opts, progress = _run(args), not args.no_progress
     if args.convert_command == "cbis-ddsm":
         from meddet.data.formats.cbis_ddsm import ClassMapping, convert_cbis_ddsm
 
@@ -348,13 +354,21 @@ def _convert(args: argparse.Namespace):
             dicom_info=args.dicom_info,
             flip_left=args.flip_left,
             crop_breast=args.crop_breast,
-            **common,
+            run=run_opts,
+            progress=progress,
         )
     if args.convert_command == "mias":
         from meddet.data.formats.mias import convert_mias
 
         return convert_mias(
-            args.info, args.images, args.out, scheme=args.classes, split=args.split, seed=args.seed, **common
+            args.info,
+            args.images,
+            args.out,
+            scheme=args.classes,
+            split=args.split,
+            seed=args.seed,
+            run=run_opts,
+            progress=progress,
         )
     if args.convert_command == "inbreast":
         from meddet.data.formats.inbreast import convert_inbreast
@@ -367,7 +381,8 @@ def _convert(args: argparse.Namespace):
             pixels=_pixels(args),
             split=args.split,
             seed=args.seed,
-            **common,
+            run=run_opts,
+            progress=progress,
         )
     if args.convert_command == "boxes":
         from meddet.data.formats.box_csv import convert_box_csv
@@ -380,12 +395,19 @@ def _convert(args: argparse.Namespace):
             pixels=_pixels(args),
             split=args.split,
             seed=args.seed,
-            **common,
+            run=run_opts,
+            progress=progress,
         )
     from meddet.data.formats.images import convert_images
 
     return convert_images(
-        args.src, args.out, pixels=_pixels(args), flip_left=args.flip_left, crop_breast=args.crop_breast, **common
+        args.src,
+        args.out,
+        pixels=_pixels(args),
+        flip_left=args.flip_left,
+        crop_breast=args.crop_breast,
+        run=run_opts,
+        progress=progress,
     )
 
 
@@ -423,17 +445,17 @@ def run(args: argparse.Namespace) -> int:
     if args.convert_command == "check":
         from meddet.data.check import check_dataset
 
-        report = check_dataset(
+        checked = check_dataset(
             args.coco,
             image_root=args.image_root,
             check_images=not args.no_images,
             workers=args.workers,
             progress=not args.no_progress,
         )
-        print(report.table())
-        paths = report.write(args.report_dir or Path(args.coco[0]).parent)
+        print(checked.table())
+        paths = checked.write(args.report_dir or Path(args.coco[0]).parent)
         print(f"\nreport: {paths[0]} and {paths[1]}")
-        return 1 if report.errors else 0
+        return 1 if checked.errors else 0
     if args.convert_command == "yolo2coco":
         from meddet.data.formats.yolo import yolo_to_coco
 

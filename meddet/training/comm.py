@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def get_world_size() -> int:
@@ -45,16 +49,16 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def all_gather_object(obj) -> list:
+def all_gather_object(obj: T) -> list[T]:
     """Every rank's `obj`, in rank order (a one-item list in a single process)."""
     if get_world_size() == 1:
         return [obj]
-    out = [None] * get_world_size()
+    out: list = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
-def broadcast_object(obj, src: int = 0):
+def broadcast_object(obj: T, src: int = 0) -> T:
     """`obj` of rank `src` on every rank."""
     if get_world_size() == 1:
         return obj
@@ -63,7 +67,7 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def reduce_mean(values: dict) -> dict:
+def reduce_mean(values: dict[str, float]) -> dict[str, float]:
     """Mean over ranks of a dict of floats (for logging: every rank's losses count once)."""
     if get_world_size() == 1 or not values:
         return values

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from meddet.errors import ConfigError
 from meddet.training import comm
@@ -24,7 +25,7 @@ from meddet.training.loop import HookBase
 logger = logging.getLogger(__name__)
 
 
-def _metrics_before_resume(trainer) -> list[dict]:
+def _metrics_before_resume(trainer: Any) -> list[dict]:
     """metrics.json lines up to the iteration a run resumes from (checkpoints written before hooks saved
     their state: the hooks rebuild it from these lines, as an uninterrupted run holds it)."""
     last = trainer.start_iter - 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from meddet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 _NORM_TYPES = (
     nn.BatchNorm1d,
@@ -28,7 +31,7 @@ _NORM_TYPES = (
 CLIP_TYPES = ("value", "norm", "full_model")
 
 
-def optimizer_param_groups(cfg, model: nn.Module) -> list[dict[str, Any]]:
+def optimizer_param_groups(cfg: CfgNode, model: nn.Module) -> list[dict[str, Any]]:
     """detectron2's ``get_default_optimizer_params`` from SOLVER.*: every trainable parameter once, with
     ``lr`` SOLVER.BASE_LR and ``weight_decay`` SOLVER.WEIGHT_DECAY, except parameters of normalization layers
     (weight decay SOLVER.WEIGHT_DECAY_NORM) and biases (learning rate BASE_LR x SOLVER.BIAS_LR_FACTOR, weight
@@ -58,7 +61,7 @@ def optimizer_param_groups(cfg, model: nn.Module) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum (detectron2's) or AdamW over :func:`optimizer_param_groups`; the gradient clipping
     type is checked here (:func:`clip_gradients` applies it)."""
     clip = cfg.SOLVER.CLIP_GRADIENTS
@@ -76,7 +79,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     raise ConfigError(f"SOLVER.OPTIMIZER: expected 'SGD' or 'AdamW', found {cfg.SOLVER.OPTIMIZER!r}")
 
 
-def clip_gradients(clip, optimizer: torch.optim.Optimizer) -> None:
+def clip_gradients(clip: CfgNode, optimizer: torch.optim.Optimizer) -> None:
     """Clip the gradients of ``optimizer``'s parameters per SOLVER.CLIP_GRADIENTS (``clip``), as detectron2's
     ``maybe_add_gradient_clipping`` does before each step: ``value`` clamps every gradient element to
     +-CLIP_VALUE; ``norm`` scales EACH parameter's gradient to a NORM_TYPE-norm of at most CLIP_VALUE on its
@@ -96,7 +99,7 @@ def clip_gradients(clip, optimizer: torch.optim.Optimizer) -> None:
         )
 
 
-def lr_factor(cfg, it: int) -> float:
+def lr_factor(cfg: CfgNode, it: int) -> float:
     """Multiplier of SOLVER.BASE_LR at iteration `it`: warmup × (multi-step | cosine)."""
     max_iter = cfg.SOLVER.MAX_ITER
     sched = cfg.SOLVER.LR_SCHEDULER_NAME
@@ -124,6 +127,6 @@ def lr_factor(cfg, it: int) -> float:
     return base
 
 
-def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     lr_factor(cfg, 0)  # validate the names now, not at the first step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it))

@@ -7,11 +7,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 
 from meddet.training import comm
 from meddet.training.solver import clip_gradients
+
+if TYPE_CHECKING:
+    from meddet.config import CfgNode
 
 
 class SimpleStep:
@@ -20,10 +25,12 @@ class SimpleStep:
 
     scaler: torch.amp.GradScaler | None = None  # saved with each checkpoint when there is one
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip=None):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: CfgNode | None = None) -> None:
         self.model, self.optimizer, self.clip = model, optimizer, clip
 
-    def __call__(self, batch: list[dict], iteration: int, after_backward: Callable[[], None] = lambda: None):
+    def __call__(
+        self, batch: list[dict], iteration: int, after_backward: Callable[[], None] = lambda: None
+    ) -> dict[str, float]:
         """Train on `batch`; returns the losses as floats (mean over ranks). FloatingPointError when their
         sum is not finite (nothing is stepped then)."""
         with self.autocast():
@@ -44,7 +51,7 @@ class SimpleStep:
         self.optimizer_step()
         return values
 
-    def autocast(self):
+    def autocast(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
 
     def backward(self, total: torch.Tensor) -> None:
@@ -62,15 +69,15 @@ class AMPStep(SimpleStep):
         self,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        clip=None,
+        clip: CfgNode | None = None,
         device_type: str = "cuda",
         dtype: torch.dtype = torch.float16,
-    ):
+    ) -> None:
         super().__init__(model, optimizer, clip)
         self.device_type, self.dtype = device_type, dtype
         self.scaler = torch.amp.GradScaler(device_type)
 
-    def autocast(self):
+    def autocast(self) -> AbstractContextManager[object]:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, total: torch.Tensor) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 from meddet import modeling
-from meddet.config import get_cfg, save_config
+from meddet.config import CfgNode, get_cfg, save_config
 from meddet.data import dataset
-from meddet.data.coco import load_coco
+from meddet.data.coco import category_ids, load_coco
 from meddet.data.tiling import TilingParams, tile_coco
 from meddet.errors import ConfigError
 from meddet.evaluation import evaluate, evaluation_kwargs
@@ -84,7 +84,7 @@ class Trainer(TrainerBase):
     build_step, build_writers, build_hooks) to change one part; `hooks` are added after the default hooks
     (before the periodic checkpointer, which stays last)."""
 
-    def __init__(self, cfg, resume: bool = False, hooks: Sequence[HookBase] = ()):
+    def __init__(self, cfg: CfgNode, resume: bool = False, hooks: Sequence[HookBase] = ()) -> None:
         super().__init__()
         self.output_dir = Path(cfg.OUTPUT_DIR)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
@@ -139,7 +139,7 @@ class Trainer(TrainerBase):
             )
         return point
 
-    def setup_config(self, cfg, point: ResumePoint | None):
+    def setup_config(self, cfg: CfgNode, point: ResumePoint | None) -> CfgNode:
         """The run's frozen config: the seed (the resumed run's, so the data order goes on unchanged), class
         names and preprocessing recipe from the training data (checked against the config), the engine.
         Loads the training records (self.train_records)."""
@@ -230,28 +230,28 @@ class Trainer(TrainerBase):
 
     # ------------------------------------------------------------------ builders (override one in a subclass)
     @classmethod
-    def build_model(cls, cfg) -> torch.nn.Module:
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
         """The detector (meddet.modeling.build_model); the trainer moves it to its device."""
         return modeling.build_model(cfg)
 
     @classmethod
-    def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         """SGD or AdamW over detectron2's parameter groups (meddet.training.solver.build_optimizer)."""
         return solver.build_optimizer(cfg, model)
 
     @classmethod
-    def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer):
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         """Warmup × multi-step or cosine, stepped once per iteration (meddet.training.solver)."""
         return solver.build_lr_scheduler(cfg, optimizer)
 
-    def build_train_loader(self, cfg):
+    def build_train_loader(self, cfg: CfgNode) -> Iterable[list[dict]]:
         """An endless loader of training batches that starts at self.start_iter (this rank's share)."""
         loader, _ = dataset.build_train_loader(
             cfg, self.start_iter, self.rank, self.world_size, records=self.train_records
         )
         return loader
 
-    def build_step(self, cfg) -> SimpleStep:
+    def build_step(self, cfg: CfgNode) -> SimpleStep:
         """AMPStep with SOLVER.AMP.ENABLED on CUDA, else SimpleStep; SOLVER.CLIP_GRADIENTS when enabled."""
         amp = bool(cfg.SOLVER.AMP.ENABLED) and self.device.type == "cuda"
         if cfg.SOLVER.AMP.ENABLED and not amp:
@@ -304,7 +304,7 @@ class Trainer(TrainerBase):
             gt = load_coco(path)
             if tiled:
                 gt = tile_coco(gt, TilingParams.from_cfg(self.cfg, names).for_evaluation())
-            cat_ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+            cat_ids = category_ids(gt)
             preds = inference_on_dataset(self.model, loader, cat_ids, desc="validation")
             losses = self.validation_loss(loader)
             gathered = comm.all_gather_object((preds, losses))
@@ -330,7 +330,7 @@ class Trainer(TrainerBase):
         return comm.broadcast_object(out)
 
     @torch.no_grad()
-    def validation_loss(self, loader) -> dict:
+    def validation_loss(self, loader: Iterable[list[dict]]) -> dict:
         """Mean training losses on a loader, with normalization layers in eval mode (no statistics update)."""
         model = self.model
         was_training = model.training
@@ -509,7 +509,7 @@ class Trainer(TrainerBase):
             self._bar = None
 
 
-def train(cfg, resume: bool = False, hooks: Sequence[HookBase] = ()) -> Path:
+def train(cfg: CfgNode, resume: bool = False, hooks: Sequence[HookBase] = ()) -> Path:
     """Train per `cfg`; returns the output folder. `hooks` run after the default hooks (before the periodic
     checkpointer). Raises MeddetError on bad config/data."""
     trainer = Trainer(cfg, resume=resume, hooks=hooks)

@@ -41,14 +41,14 @@ class _SpecLoader(yaml.SafeLoader):
     ``yes:``, ``no:``, ``y:``, ``n:`` (any case) key is the string written, as the user means it (a
     rule's ``on: ci_low``). Values keep YAML's usual reading."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:bool":
                 key_node.tag = "tag:yaml.org,2002:str"
         return super().construct_mapping(node, deep=deep)
 
 
-def read_spec_yaml(text: str):
+def read_spec_yaml(text: str) -> Any:
     """An experiment YAML's content (see `_SpecLoader`: boolean-looking keys stay strings)."""
     return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
 
