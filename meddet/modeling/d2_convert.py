@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from yacs.config import CfgNode
 
-from meddet.config import get_cfg
+from meddet.config import get_fpn_cfg
 from meddet.errors import ConfigError, ModelError
 from meddet.modeling.checkpoint import format_listing, read_checkpoint, save_checkpoint
 from meddet.modeling.retinanet import TorchvisionRetinaNet
@@ -328,10 +328,10 @@ def convert_checkpoint(
     torchvision`` (loadable with ``MODEL.WEIGHTS``). ``tv-to-d2``: a meddet torchvision checkpoint -> a
     ``{"model": state_dict}`` file that detectron2's ``DetectionCheckpointer`` loads. ``cfg`` is the model's
     config (detectron2 keys: depth, classes, ``INPUT.FORMAT``, pixel statistics ...); the defaults
-    describe an 80-class R50-FPN."""
+    (:func:`~meddet.config.get_fpn_cfg`) describe an R50-FPN."""
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction: {direction!r}; expected one of {', '.join(DIRECTIONS)}")
-    cfg = cfg if cfg is not None else get_cfg()
+    cfg = cfg if cfg is not None else get_fpn_cfg()
     dst = Path(dst)
     if direction == "d2-to-tv":
         state = d2_to_tv_state_dict(load_d2_state_dict(src), cfg)
