@@ -399,3 +399,38 @@ def test_zoo_yaml_trains_and_predicts_on_both_engines_with_the_same_detections(n
         (ours,) = tv_model([{"image": image, "height": 128, "width": 160}])
     assert _same_detections(ref, ours) >= 10
     train_step(tv_model)
+
+
+@pytest.mark.slow  # two R50 trainings on the CPU: minutes on 2 cores
+@pytest.mark.detectron2
+@pytest.mark.parametrize(
+    "name", ["COCO-Detection/faster_rcnn_R_50_C4_1x.yaml", "COCO-Detection/retinanet_R_50_FPN_1x.yaml"]
+)
+def test_zoo_yaml_runs_meddets_training_and_its_checkpoint_loads_strictly(name, tiny_coco, tmp_path):
+    """`-c train --config-file <zoo yaml>` on meddet's data: the run records the detectron2 engine, and its
+    checkpoint fills every parameter of the model its config.yaml builds, which then predicts."""
+    from meddet.modeling import build_model
+    from meddet.training import Trainer
+
+    path = _zoo_file(name)
+    opts = [
+        "MODEL.ENGINE", "detectron2", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+        "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.RETINANET.NUM_CLASSES", "2",
+        "DATASETS.TRAIN", f"('{tiny_coco}',)", "DATASETS.TEST", f"('{tiny_coco}',)",
+        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
+        "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()", "SOLVER.MAX_ITER", "2",
+        "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0", "SEED", "3", "OUTPUT_DIR", str(tmp_path / "run"),
+    ]  # fmt: skip
+    cfg = load_config(path, opts)
+    Trainer(cfg).train()
+    run = tmp_path / "run"
+    saved = load_config(run / "config.yaml")
+    assert saved.MODEL.ENGINE == "detectron2" and saved.MODEL.META_ARCHITECTURE == cfg.MODEL.META_ARCHITECTURE
+    assert saved.MODEL.ROI_HEADS.NAME == cfg.MODEL.ROI_HEADS.NAME
+    model = build_model(saved, weights=run / "model_final.pth").eval()
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(2)) * 255
+    with torch.no_grad():
+        (det,) = model([{"image": image, "height": 96, "width": 128}])
+    assert set(det) == {"boxes", "scores", "classes"}
