@@ -286,11 +286,11 @@ def test_zoo_yaml_gives_the_model_detectron2_reads_from_it(name):
     """Every MODEL.*/INPUT.* value meddet passes to detectron2 equals detectron2's own reading of the file,
     except the device (meddet builds on the CPU, then moves), the class count (meddet's default: 3, checked
     against the data by the trainer) and the keys of the mask head, which meddet does not build."""
+    path = _zoo_file(name)
     from detectron2.config import get_cfg as d2_get_cfg
 
     from meddet.modeling.d2_engine import to_detectron2_cfg
 
-    path = _zoo_file(name)
     ref = d2_get_cfg()
     ref.merge_from_file(str(path))
     ours = to_detectron2_cfg(load_config(path))
@@ -434,3 +434,18 @@ def test_zoo_yaml_runs_meddets_training_and_its_checkpoint_loads_strictly(name, 
     with torch.no_grad():
         (det,) = model([{"image": image, "height": 96, "width": 128}])
     assert set(det) == {"boxes", "scores", "classes"}
+
+
+@pytest.mark.parametrize(
+    ("key", "match"),
+    [
+        ("roi_heads.res5.0.conv1.weight", "a C4 backbone"),
+        ("backbone.res5.0.conv2.weight", "a ResNet without FPN .*C4 or DC5"),
+    ],
+)
+def test_c4_and_dc5_checkpoints_are_refused_by_the_converter_naming_the_part(key, match):
+    from meddet.modeling.d2_convert import d2_to_tv_state_dict
+
+    state = {key: torch.zeros(1)}
+    with pytest.raises(ModelError, match=rf"detectron2 parameter '.*': belongs to {match}"):
+        d2_to_tv_state_dict(state, get_fpn_cfg())

@@ -54,6 +54,10 @@ UNSUPPORTED_PARTS: list[tuple[str, str]] = [
     (r"^roi_heads\.mask_head\.", "a mask head (Mask R-CNN); only Faster R-CNN converts"),
     (r"^roi_heads\.keypoint_head\.", "a keypoint head (Keypoint R-CNN); only Faster R-CNN converts"),
     (r"^roi_heads\.res5\.", "a C4 backbone (Res5ROIHeads); only ResNet-FPN converts"),
+    (
+        r"^backbone\.(stem|res\d)\.",
+        "a ResNet without FPN (MODEL.BACKBONE.NAME build_resnet_backbone: C4 or DC5); only ResNet-FPN converts",
+    ),
     (r"^backbone\.bottom_up\.stem\.conv1_\d", "a deep stem (DeepLab ResNet); expected one 7x7 stem conv"),
     (r"^backbone\.(top_block|fpn_(lateral|output)6)\.", "an FPN with extra convolutional levels (RetinaNet P6/P7)"),
 ]
