@@ -117,7 +117,8 @@ def _check_fpn(cfg: CfgNode) -> None:
         return
     raise ModelError(
         f"{what}, detectron2's meaning of these keys (C4 is detectron2's default when the FPN keys are unset); "
-        "the torchvision engine builds ResNet-FPN only: expected MODEL.ENGINE detectron2 for this architecture, "
+        "the torchvision engine builds ResNet-FPN only: expected MODEL.ENGINE detectron2 (with detectron2 installed) "
+        "for this architecture, "
         "or the FPN keys (_BASE_: configs/Base-RCNN-FPN.yaml or detectron2's Base-RCNN-FPN.yaml) for the "
         "torchvision engine"
     )
