@@ -20,14 +20,14 @@ import time
 
 import torch
 
-from meddet.config import get_cfg
+from meddet.config import get_fpn_cfg
 from meddet.modeling import build_model
 
 LIGHT = ["MODEL.RPN.POST_NMS_TOPK_TRAIN", 256, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 128]
 
 
 def make_cfg(depth: int, fpn: int, fc_dim: int, light: bool):
-    cfg = get_cfg()
+    cfg = get_fpn_cfg()
     cfg.merge_from_list(
         [
             "MODEL.DEVICE",

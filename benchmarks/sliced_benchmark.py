@@ -49,7 +49,7 @@ import time
 import numpy as np
 import torch
 
-from meddet.config import get_cfg
+from meddet.config import get_fpn_cfg
 from meddet.inference.merge import merge_detections
 from meddet.inference.predictor import optimize_for_inference, prepare_image
 from meddet.inference.sliced import default_workers, sliced_predict
@@ -59,7 +59,7 @@ CLASS_NAMES = ["cell", "cluster"]
 
 
 def make_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
+    cfg = get_fpn_cfg()
     cfg.merge_from_list(
         [
             "MODEL.DEVICE",

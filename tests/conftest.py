@@ -111,10 +111,10 @@ SMALL_MODEL_OPTS = [
 
 
 def small_model_cfg(engine: str, *opts):
-    """A default config with SMALL_MODEL_OPTS, the given MODEL.ENGINE and `opts` on top."""
-    from meddet.config import get_cfg
+    """The FPN defaults (get_fpn_cfg) with SMALL_MODEL_OPTS, the given MODEL.ENGINE and `opts` on top."""
+    from meddet.config import get_fpn_cfg
 
-    cfg = get_cfg()
+    cfg = get_fpn_cfg()
     cfg.merge_from_list([*SMALL_MODEL_OPTS, "MODEL.ENGINE", engine, *opts])
     return cfg
 

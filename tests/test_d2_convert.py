@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign
 
-from meddet.config import get_cfg
+from meddet.config import get_fpn_cfg
 from meddet.errors import ModelError
 from meddet.modeling import load_weights
 from meddet.modeling.d2_convert import (
@@ -30,7 +30,7 @@ _BLOCKS = {18: [2, 2, 2, 2], 50: [3, 4, 6, 3]}
 
 
 def _cfg(depth: int, num_classes: int = NUM_CLASSES):
-    cfg = get_cfg()
+    cfg = get_fpn_cfg()
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL_OPTS
 
-from meddet.config import get_cfg
+from meddet.config import get_fpn_cfg
 from meddet.errors import ConfigError, ModelError
 
 RETINA_OPTS = [
@@ -34,7 +34,7 @@ RETINA_OPTS = [
 
 
 def _cfg(*opts):
-    cfg = get_cfg()
+    cfg = get_fpn_cfg()
     cfg.merge_from_list([*TINY_MODEL_OPTS, *RETINA_OPTS, *opts])
     return cfg
 

@@ -252,10 +252,10 @@ def test_score_is_the_class_probability_of_the_box(trained_model):
 def test_explanation_interface_of_the_torchvision_engine():
     """The interface meddet.xai uses: padded normalised input with the image's size, FPN maps named
     p2..p6 as on the detectron2 engine, and (N, K + 1) box logits."""
-    from meddet.config import get_cfg
+    from meddet.config import get_fpn_cfg
     from meddet.modeling import build_model
 
-    cfg = get_cfg()
+    cfg = get_fpn_cfg()
     cfg.merge_from_list(TINY_MODEL_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "2"])
     model = build_model(cfg).eval()
     with torch.no_grad():

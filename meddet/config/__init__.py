@@ -3,7 +3,9 @@ and `KEY VALUE` overrides from the command line."""
 
 from __future__ import annotations
 
+import ast
 import logging
+import operator
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -11,15 +13,121 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
-from meddet.config.defaults import get_cfg
+from meddet.config.defaults import FPN_ARCHITECTURE, get_cfg, get_fpn_cfg
 from meddet.errors import ConfigError
 
-__all__ = ["CfgNode", "get_cfg", "load_config", "merge_yaml", "merge_overrides", "save_config"]
+__all__ = [
+    "CfgNode",
+    "FPN_ARCHITECTURE",
+    "get_cfg",
+    "get_fpn_cfg",
+    "load_config",
+    "merge_yaml",
+    "merge_overrides",
+    "save_config",
+]
 
 logger = logging.getLogger(__name__)
 
 BASE_KEY = "_BASE_"
 CONFIG_VERSION = 2  # detectron2's config VERSION whose key names meddet reads
+
+
+# detectron2's YAML files may compute a value with `!!python/object/apply:eval ["<expression>"]` (its
+# Base-RetinaNet.yaml: three anchor sizes per octave); detectron2 evaluates the string with Python's eval.
+# meddet's loader stays safe: it evaluates that one tag with _safe_eval (literals, arithmetic, list/tuple
+# displays and list comprehensions; no names but the comprehensions' own variables, no calls, no attributes).
+EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_MAX_ELEMENTS = 100_000  # a config value, not a computation: bounds comprehension sizes and powers
+
+
+def _safe_eval(expression: str) -> object:
+    """The value of ``expression`` if it uses only numbers/strings/booleans/None, + - * / // % **, unary +/-,
+    list and tuple displays and list comprehensions (``for`` over such a value, optional ``if``); ValueError
+    naming the first construct that is anything else."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"not a Python expression ({e.msg})") from None
+
+    def value(node: ast.AST, names: dict[str, object]) -> object:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
+            return node.value
+        if isinstance(node, ast.List):
+            return [value(e, names) for e in node.elts]
+        if isinstance(node, ast.Tuple):
+            return tuple(value(e, names) for e in node.elts)
+        if isinstance(node, ast.Name) and node.id in names:
+            return names[node.id]
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](value(node.operand, names))  # type: ignore[operator]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = value(node.left, names), value(node.right, names)
+            if isinstance(node.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > 64:
+                raise ValueError(f"exponent {right!r} is too large")
+            if isinstance(node.op, ast.Mult) and any(isinstance(v, (str, list, tuple)) for v in (left, right)):
+                raise ValueError("repeating a string or list with * is not allowed")
+            try:
+                return _BINARY[type(node.op)](left, right)  # type: ignore[operator]
+            except (TypeError, ZeroDivisionError, OverflowError) as e:
+                raise ValueError(str(e)) from None
+        if isinstance(node, ast.ListComp):
+            return comprehension(node, 0, names)
+        shown = ast.unparse(node) if hasattr(ast, "unparse") else type(node).__name__
+        raise ValueError(
+            f"{shown!r} ({type(node).__name__}) is not allowed: only literals, arithmetic and list comprehensions"
+        )
+
+    def comprehension(node: ast.ListComp, i: int, names: dict[str, object]) -> list:
+        if i == len(node.generators):
+            return [value(node.elt, names)]
+        gen = node.generators[i]
+        if gen.is_async or not isinstance(gen.target, ast.Name):
+            raise ValueError("a comprehension must bind one plain name (for x in ...)")
+        items = value(gen.iter, names)
+        if not isinstance(items, (list, tuple, str)):
+            raise ValueError(f"a comprehension iterates over a list or tuple, not {type(items).__name__}")
+        out: list = []
+        for item in items:
+            inner = {**names, gen.target.id: item}
+            if all(value(cond, inner) for cond in gen.ifs):
+                out.extend(comprehension(node, i + 1, inner))
+            if len(out) > _MAX_ELEMENTS:
+                raise ValueError(f"the comprehension makes more than {_MAX_ELEMENTS} values")
+        return out
+
+    return value(tree.body, {})
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader plus detectron2's ``!!python/object/apply:eval`` tag, evaluated by :func:`_safe_eval`."""
+
+
+def _construct_eval(loader: _ConfigLoader, node: yaml.Node) -> object:
+    args = loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else None
+    if not args or len(args) != 1 or not isinstance(args[0], str):
+        raise yaml.constructor.ConstructorError(
+            None, None, '!!python/object/apply:eval expects one string, as ["<expression>"]', node.start_mark
+        )
+    try:
+        return _safe_eval(args[0])
+    except ValueError as e:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"!!python/object/apply:eval [{args[0]!r}]: {e}", node.start_mark
+        ) from None
+
+
+_ConfigLoader.add_constructor(EVAL_TAG, _construct_eval)
 
 
 def _load_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -30,7 +138,7 @@ def _load_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: `_BASE_` inheritance loops back to itself")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            data = yaml.load(f, Loader=_ConfigLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):

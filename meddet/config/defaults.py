@@ -1,9 +1,15 @@
 """Default configuration: detectron2's key names where detectron2 has the concept, our own
 sections (AUG, EVAL, DICOM) for what it lacks.
 
-Values follow detectron2's defaults unless noted; `configs/Base-RCNN-FPN.yaml` sets what a
-from-scratch medical run needs (trainable norm, pixel std near the data's spread).
+Values follow detectron2's defaults unless noted, the architecture keys included: unset, they describe
+detectron2's default model, Faster R-CNN C4 (ResNet trunk to res4, RPN and ROIAlign on res4, res5 as the box
+head), so a detectron2 model-zoo YAML means in meddet what it means in detectron2. The ResNet-FPN architecture
+meddet's recipes use is set by their base, `configs/Base-RCNN-FPN.yaml` (as detectron2's Base-RCNN-FPN.yaml),
+which also sets what a from-scratch medical run needs (trainable norm, pixel std near the data's spread);
+in code, :func:`get_fpn_cfg` gives the defaults with the same FPN keys (FPN_ARCHITECTURE).
 """
+
+import copy
 
 from yacs.config import CfgNode as CN
 
@@ -30,13 +36,13 @@ _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 
 _C.MODEL.BACKBONE = CN()
-_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
 # Stages frozen: 0 none, 1 stem, 2 stem+res2, ... (detectron2 semantics)
 _C.MODEL.BACKBONE.FREEZE_AT = 2
 
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50
-_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.RESNETS.OUT_FEATURES = ["res4"]  # res4 for C4, res2..res5 for FPN
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 # FrozenBN | BN | GN | SyncBN ; from scratch needs BN or GN
 _C.MODEL.RESNETS.NORM = "FrozenBN"
@@ -48,15 +54,16 @@ _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
 _C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
 
 _C.MODEL.FPN = CN()
-_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.IN_FEATURES = []
 _C.MODEL.FPN.OUT_CHANNELS = 256
 _C.MODEL.FPN.NORM = ""
 _C.MODEL.FPN.FUSE_TYPE = "sum"
 
 _C.MODEL.ANCHOR_GENERATOR = CN()
 _C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
-# One list of sizes per FPN level (p2..p6).
-_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+# One list of sizes per feature map RPN reads, or one list for all of them (C4: 5 sizes on res4; FPN: one
+# size per level p2..p6).
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
 _C.MODEL.ANCHOR_GENERATOR.ANGLES = [[-90, 0, 90]]
 _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
@@ -67,7 +74,7 @@ _C.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = 0
 
 _C.MODEL.RPN = CN()
 _C.MODEL.RPN.HEAD_NAME = "StandardRPNHead"
-_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+_C.MODEL.RPN.IN_FEATURES = ["res4"]
 _C.MODEL.RPN.BOUNDARY_THRESH = -1
 _C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
 _C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
@@ -78,9 +85,10 @@ _C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
 _C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 _C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
 _C.MODEL.RPN.LOSS_WEIGHT = 1.0
-_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
-_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
-_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+# Per feature map before NMS; over the image after NMS (FPN recipes: 2000/1000 and 1000/1000).
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
 _C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
 _C.MODEL.RPN.NMS_THRESH = 0.7
 _C.MODEL.RPN.CONV_DIMS = [-1]
@@ -106,9 +114,10 @@ _C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.RETINANET.NORM = ""
 
 _C.MODEL.ROI_HEADS = CN()
-_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+# Res5ROIHeads (C4: res5 on 14x14 ROIAlign of res4 is the box head) | StandardROIHeads (FPN, DC5)
+_C.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
 _C.MODEL.ROI_HEADS.NUM_CLASSES = 3
-_C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
 _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
 _C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
 _C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
@@ -121,15 +130,15 @@ _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
 _C.MODEL.ROI_HEADS.CLASS_WEIGHTS = []
 
 _C.MODEL.ROI_BOX_HEAD = CN()
-_C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+_C.MODEL.ROI_BOX_HEAD.NAME = ""  # C4: none (res5); FPN, DC5: FastRCNNConvFCHead
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
-_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
 _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
 _C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
-_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 0
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
 _C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
 _C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
@@ -363,6 +372,39 @@ _C.CUDNN_BENCHMARK = False
 _C.VIS_PERIOD = 0
 
 
+# The keys (and values) of detectron2's Base-RCNN-FPN.yaml that turn the default C4 architecture into
+# ResNet-FPN Faster R-CNN; configs/Base-RCNN-FPN.yaml sets the same (tests/test_config.py checks it).
+FPN_ARCHITECTURE: dict[str, object] = {
+    "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
+    "MODEL.RESNETS.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
+    "MODEL.FPN.IN_FEATURES": ["res2", "res3", "res4", "res5"],
+    "MODEL.ANCHOR_GENERATOR.SIZES": [[32], [64], [128], [256], [512]],
+    "MODEL.RPN.IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"],
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
+    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+    "MODEL.ROI_HEADS.IN_FEATURES": ["p2", "p3", "p4", "p5"],
+    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
+    "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 7,
+}
+
+
 def get_cfg() -> CN:
-    """A fresh copy of the default config."""
+    """A fresh copy of the default config (detectron2's defaults: the C4 architecture)."""
     return _C.clone()
+
+
+def get_fpn_cfg() -> CN:
+    """The defaults with detectron2's Base-RCNN-FPN architecture keys (:data:`FPN_ARCHITECTURE`): ResNet-FPN
+    Faster R-CNN, the architecture both engines build; nothing else differs from :func:`get_cfg`."""
+    cfg = _C.clone()
+    for key, value in FPN_ARCHITECTURE.items():
+        *path, leaf = key.split(".")
+        node = cfg
+        for p in path:
+            node = node[p]
+        node[leaf] = copy.deepcopy(value)
+    return cfg

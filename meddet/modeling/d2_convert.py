@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from yacs.config import CfgNode
 
-from meddet.config import get_cfg
+from meddet.config import get_fpn_cfg
 from meddet.errors import ConfigError, ModelError
 from meddet.modeling.checkpoint import format_listing, read_checkpoint, save_checkpoint
 from meddet.modeling.retinanet import TorchvisionRetinaNet
@@ -54,6 +54,10 @@ UNSUPPORTED_PARTS: list[tuple[str, str]] = [
     (r"^roi_heads\.mask_head\.", "a mask head (Mask R-CNN); only Faster R-CNN converts"),
     (r"^roi_heads\.keypoint_head\.", "a keypoint head (Keypoint R-CNN); only Faster R-CNN converts"),
     (r"^roi_heads\.res5\.", "a C4 backbone (Res5ROIHeads); only ResNet-FPN converts"),
+    (
+        r"^backbone\.(stem|res\d)\.",
+        "a ResNet without FPN (MODEL.BACKBONE.NAME build_resnet_backbone: C4 or DC5); only ResNet-FPN converts",
+    ),
     (r"^backbone\.bottom_up\.stem\.conv1_\d", "a deep stem (DeepLab ResNet); expected one 7x7 stem conv"),
     (r"^backbone\.(top_block|fpn_(lateral|output)6)\.", "an FPN with extra convolutional levels (RetinaNet P6/P7)"),
 ]
@@ -328,10 +332,10 @@ def convert_checkpoint(
     torchvision`` (loadable with ``MODEL.WEIGHTS``). ``tv-to-d2``: a meddet torchvision checkpoint -> a
     ``{"model": state_dict}`` file that detectron2's ``DetectionCheckpointer`` loads. ``cfg`` is the model's
     config (detectron2 keys: depth, classes, ``INPUT.FORMAT``, pixel statistics ...); the defaults
-    describe an 80-class R50-FPN."""
+    (:func:`~meddet.config.get_fpn_cfg`) describe an R50-FPN."""
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction: {direction!r}; expected one of {', '.join(DIRECTIONS)}")
-    cfg = cfg if cfg is not None else get_cfg()
+    cfg = cfg if cfg is not None else get_fpn_cfg()
     dst = Path(dst)
     if direction == "d2-to-tv":
         state = d2_to_tv_state_dict(load_d2_state_dict(src), cfg)

@@ -101,10 +101,34 @@ def _expect(key: str, value: Any, allowed: Sequence[Any], why: str = "") -> None
         )
 
 
+def _check_fpn(cfg: CfgNode) -> None:
+    """Refuse detectron2's single-feature Faster R-CNN architectures (C4, the defaults; DC5) with one line
+    naming the key, the architecture and the alternatives: the torchvision engine builds ResNet-FPN."""
+    m = cfg.MODEL
+    if m.ROI_HEADS.NAME == "Res5ROIHeads":
+        what = "MODEL.ROI_HEADS.NAME: 'Res5ROIHeads' is detectron2's C4 architecture (res5 as the box head on res4)"
+    elif m.BACKBONE.NAME == "build_resnet_backbone":
+        dc5 = int(m.RESNETS.RES5_DILATION) == 2
+        what = (
+            f"MODEL.BACKBONE.NAME: 'build_resnet_backbone' (features {list(m.RESNETS.OUT_FEATURES)}) is detectron2's "
+            + ("DC5 architecture (dilated res5, one feature map)" if dc5 else "ResNet without FPN")
+        )
+    else:
+        return
+    raise ModelError(
+        f"{what}, detectron2's meaning of these keys (C4 is detectron2's default when the FPN keys are unset); "
+        "the torchvision engine builds ResNet-FPN only: expected MODEL.ENGINE detectron2 (with detectron2 installed) "
+        "for this architecture, "
+        "or the FPN keys (_BASE_: configs/Base-RCNN-FPN.yaml or detectron2's Base-RCNN-FPN.yaml) for the "
+        "torchvision engine"
+    )
+
+
 def _check_unsupported(cfg: CfgNode) -> None:
     """Refuse detectron2 options the torchvision Faster R-CNN cannot build."""
     m = cfg.MODEL
     _expect("MODEL.META_ARCHITECTURE", m.META_ARCHITECTURE, ["GeneralizedRCNN"])
+    _check_fpn(cfg)
     _expect("MODEL.BACKBONE.NAME", m.BACKBONE.NAME, ["build_resnet_fpn_backbone"])
     _expect("MODEL.PROPOSAL_GENERATOR.NAME", m.PROPOSAL_GENERATOR.NAME, ["RPN"])
     _expect("MODEL.RPN.HEAD_NAME", m.RPN.HEAD_NAME, ["StandardRPNHead"])
