@@ -78,7 +78,7 @@ def _safe_eval(expression: str) -> object:
             if isinstance(node.op, ast.Mult) and any(isinstance(v, (str, list, tuple)) for v in (left, right)):
                 raise ValueError("repeating a string or list with * is not allowed")
             try:
-                return _BINARY[type(node.op)](left, right)  # type: ignore[operator]
+                return _BINARY[type(node.op)](left, right)
             except (TypeError, ZeroDivisionError, OverflowError) as e:
                 raise ValueError(str(e)) from None
         if isinstance(node, ast.ListComp):
