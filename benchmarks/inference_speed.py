@@ -13,8 +13,11 @@ Ultralytics is importable: ``PYTHONPATH=.venv/peer-extras``, see ``make bench-pe
 (the Predictor's read, recipe and ``prepare_image``: resize, float, tensor), ``transform`` (normalise and pad),
 ``backbone`` (ResNet body), ``fpn``, then Faster R-CNN's ``rpn`` and ``roi_heads`` or RetinaNet's ``head``,
 ``anchors`` and ``decode+nms``; ``other`` is the rest of the call (box scaling, numpy conversion, labels).
+``--variants`` adds the median ms/image of the plain model (no inference optimisation), of the optimised copy
+under no_grad and under inference_mode, timed call by call in turn (so load from other processes hits each
+alike).
 
-    PYTHONPATH=.venv/peer-extras python benchmarks/inference_speed.py --profile
+    PYTHONPATH=.venv/peer-extras python benchmarks/inference_speed.py --profile --variants
     python benchmarks/inference_speed.py --datasets mammo --models frcnn_r18 --opts MODEL.RPN.POST_NMS_TOPK_TEST 1000
 """
 
@@ -151,6 +154,53 @@ def meddet_ms(ds_name: str, model: str, opts: list, args: argparse.Namespace, tm
     return ms, (timer.medians_ms() if timer else {}), n_boxes
 
 
+def variant_ms(ds_name: str, model: str, opts: list, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Median ms/image of the Predictor's call paths, timed in turn call by call (so a load change on a shared
+    machine hits each alike): ``plain`` the model as trained (no BatchNorm folding, no channels_last) under
+    no_grad; ``optimized, no_grad`` the inference copy (optimize_for_inference) under no_grad (meddet before
+    inference_mode); ``optimized, inference_mode`` what ``predictor(image)`` runs now."""
+    import torch
+
+    from meddet.inference import Predictor
+    from meddet.modeling import build_model
+    from meddet.modeling.checkpoint import save_checkpoint
+
+    ds = dataset(ds_name)
+    cfg = pb.meddet_config(ds, model, tmp / f"{ds_name}_{model}", "cpu", 0)
+    if opts:
+        cfg.defrost()
+        cfg.merge_from_list(opts)
+        cfg.freeze()
+    weights = save_checkpoint(tmp / f"{ds_name}_{model}_v.pth", build_model(cfg).eval())
+    fast = Predictor(cfg, weights=weights, class_names=ds.class_names)
+    plain = Predictor(cfg, weights=weights, class_names=ds.class_names, optimize=False)
+    raw = Predictor.predict_batch.__wrapped__  # predict_batch without its grad-mode decorator
+    img = image(ds_name)
+
+    def under(mode: Any, predictor: Any) -> Any:
+        def call() -> None:
+            with mode():
+                raw(predictor, [img])
+
+        return call
+
+    calls = {
+        "plain, no_grad": under(torch.no_grad, plain),
+        "optimized, no_grad": under(torch.no_grad, fast),
+        "optimized, inference_mode": under(torch.inference_mode, fast),
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(args.warmup):
+        for fn in calls.values():
+            fn()
+    for _ in range(args.repeats):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
 def yolo_ms(ds_name: str, model: str, args: argparse.Namespace, tmp: Path) -> tuple[float, int]:
     pb.setup_ultralytics_offline(tmp / "ultralytics_config")
     YOLO = pb._ultralytics(args.threads)
@@ -171,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--profile", action="store_true", help="median ms of each stage of meddet's call")
     p.add_argument("--no-optimize", action="store_true", help="Predictor(optimize=False): the plain model")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="also time, call by call in turn, the plain model, the optimised one under no_grad and under "
+        "inference_mode (what each inference optimisation buys)",
+    )
     p.add_argument("--opts", nargs="*", default=[], help="config overrides for every meddet model (KEY VALUE ...)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -202,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                 line = f"{ds_name:11s} {model:14s} {ms:8.1f} ms/image  ratio to yolo11n {ratio:>5s}  boxes {n}"
                 if stages:
                     line += "\n    " + "  ".join(f"{k} {v:.1f}" for k, v in stages.items())
+                if args.variants and model not in pb.YOLO_MODELS:
+                    variants = variant_ms(ds_name, model, args.opts, args, tmp)
+                    line += "\n    " + "  ".join(f"{k} {v:.1f}" for k, v in variants.items())
                 print(line, flush=True)
     return 0
 
