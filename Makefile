@@ -45,6 +45,8 @@ bench-sliced: $(STAMP)
 # meddet Faster R-CNN R18/R50 and RetinaNet R18 against Ultralytics YOLO11n/s, from scratch, the same split,
 # input size and wall-clock budget (10 min each on 2 CPU threads: about 3 h for 3 datasets x 5 models).
 # e.g. make bench-peer PEER_ARGS="--budget-seconds 60 --datasets mammo --models yolo11n,frcnn_r18"
+# On a machine other processes share, add --threads 1 (see README "Against Ultralytics YOLO"); from a git worktree
+# use the main checkout's venv: make bench-peer VENV=/path/to/main/.venv -o /path/to/main/.venv/.meddet-installed
 # It first runs its own end-to-end check (tests marked `peer`, which need these extras; `make test` leaves them out).
 bench-peer: $(PEER_EXTRAS)/.installed
 	PYTHONPATH=$(abspath $(PEER_EXTRAS)) $(VENV)/bin/python -m pytest -q -m peer tests/test_peer_benchmark.py

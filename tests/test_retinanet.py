@@ -322,3 +322,86 @@ def test_detectron2_retinanet_and_its_converted_twin_give_the_same_detections():
     assert len(a["boxes"]) == len(b["boxes"]) > 0
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["scores"], b["scores"], atol=1e-5)
     assert torch.equal(a["classes"], b["classes"])
+
+
+def _perturbed(model, seed):
+    """`model` with every float tensor of its state set to random values (so nothing equals a fresh build)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        k: (torch.rand(v.shape, generator=g) if v.is_floating_point() else v) for k, v in model.state_dict().items()
+    }
+    model.load_state_dict(state)
+    return model
+
+
+def _assert_fine_tuned(model, saved, prior):
+    """Every weight but the class conv equals `saved`; the class conv is detectron2's fresh one for 2 classes."""
+    cls = model.head.classification_head.cls_logits
+    for k, v in model.state_dict().items():
+        if not k.startswith("head.classification_head.cls_logits."):
+            assert torch.equal(v, saved[k]), k
+    assert cls.weight.shape[0] == 2 * model.anchor_generator.num_anchors_per_location()[0]
+    assert torch.allclose(cls.bias, torch.full_like(cls.bias, -math.log((1 - prior) / prior)))
+    w = cls.weight.detach()
+    assert 0.005 < float(w.std()) < 0.015 and abs(float(w.mean())) < 0.005
+    model.eval()
+    with torch.no_grad():
+        (det,) = model([_item()])
+    assert det["classes"].numel() == 0 or int(det["classes"].max()) <= 1
+
+
+def test_class_count_change_reinitialises_only_the_class_conv(tmp_path, caplog):
+    """Fine-tuning a 3-class RetinaNet checkpoint to 2 classes: everything loads but the classification conv,
+    which starts as a fresh one (N(0, 0.01), prior-probability bias), with a warning naming it."""
+    import logging
+
+    from meddet.modeling import load_weights
+    from meddet.modeling.checkpoint import save_checkpoint
+
+    three = ("MODEL.RETINANET.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES", "3")
+    path = save_checkpoint(tmp_path / "three.pth", _perturbed(_model(*three), 1))
+    saved = torch.load(path, weights_only=True)["model"]
+    two = _perturbed(_model("MODEL.RETINANET.PRIOR_PROB", "0.02"), 2)  # its class conv is not the fresh one either
+    with caplog.at_level(logging.WARNING, logger="meddet.modeling.checkpoint"):
+        load_weights(two, path)
+    assert "head.classification_head.cls_logits.weight" in caplog.text and "re-initialising" in caplog.text
+    _assert_fine_tuned(two, saved, 0.02)
+
+
+def test_class_change_from_detectron2_names_converts_and_reinitialises(tmp_path):
+    """A 3-class checkpoint in detectron2's names (head.cls_score) loads into a 2-class torchvision RetinaNet:
+    converted on the fly as 3 classes, then the class conv re-initialised."""
+    from meddet.modeling import load_model_weights
+    from meddet.modeling.checkpoint import save_checkpoint
+    from meddet.modeling.d2_convert import convert_checkpoint
+
+    three = ("MODEL.RETINANET.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES", "3")
+    save_checkpoint(tmp_path / "tv3.pth", _perturbed(_model(*three), 3))
+    saved = torch.load(tmp_path / "tv3.pth", weights_only=True)["model"]
+    convert_checkpoint(tmp_path / "tv3.pth", tmp_path / "d2_3.pth", "tv-to-d2", _cfg(*three))
+    assert "head.cls_score.weight" in torch.load(tmp_path / "d2_3.pth", weights_only=True)["model"]
+    two = _perturbed(_model(), 4)
+    meta = load_model_weights(two, tmp_path / "d2_3.pth", _cfg())
+    assert meta["converted_from"] == "detectron2"
+    _assert_fine_tuned(two, saved, 0.01)
+
+
+def test_other_mismatches_and_resume_are_still_refused(tmp_path):
+    """Only the class conv may differ: another anchor count (the box regression differs too) is refused, and
+    resuming never changes the class count; detectron2's loader check accepts only head.cls_score left out."""
+    from meddet.modeling import load_weights
+    from meddet.modeling.checkpoint import check_loaded, load_checkpoint_for_resume, save_checkpoint
+
+    path = save_checkpoint(
+        tmp_path / "three.pth", _model("MODEL.RETINANET.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES", "3")
+    )
+    more_anchors = _model("MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 20], [32, 40], [64, 80], [128, 160], [256, 320]]")
+    with pytest.raises(ModelError, match="shape mismatches.*head.regression_head.bbox_reg.weight"):
+        load_weights(more_anchors, path)
+    with pytest.raises(ModelError, match="shape mismatches.*cls_logits"):
+        load_checkpoint_for_resume(path, _model())
+    m = _model()
+    cls = ["head.cls_score.weight", "head.cls_score.bias"]
+    assert check_loaded(path, m, {"model": {}}, cls, cls) == "class_change"
+    with pytest.raises(ModelError, match="head.bbox_pred.weight"):
+        check_loaded(path, m, {"model": {}}, [*cls, "head.bbox_pred.weight"], [*cls, "head.bbox_pred.weight"])

@@ -77,7 +77,7 @@ def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg: Cfg
     def run_in_worker(batch: list[np.ndarray]) -> list[dict]:
         # Thread-local state: grad mode and the OpenMP/MKL thread count of this worker.
         torch.set_num_threads(intra)
-        with torch.no_grad():
+        with torch.inference_mode():
             return run(batch)
 
     try:
@@ -87,7 +87,7 @@ def _run_batches(model: torch.nn.Module, crops: list[list[np.ndarray]], cfg: Cfg
         torch.set_num_threads(threads)  # torch's shared thread pools follow the last set_num_threads
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sliced_predict(
     model: torch.nn.Module,
     image: np.ndarray,

@@ -23,6 +23,7 @@ from yacs.config import CfgNode
 from meddet.errors import EngineUnavailableError, MeddetError, ModelError
 from meddet.modeling.checkpoint import (
     CONVERT_COMMAND,
+    RETINANET_CLS_PREFIXES,
     checkpoint_engine,
     load_model_state,
     load_weights,
@@ -165,10 +166,21 @@ _BUILDERS: dict[str, Callable[[CfgNode], nn.Module]] = {
 _CONVERTED: set[str] = set()  # checkpoints already announced as converted on the fly (one warning each)
 
 
-def _class_count(state: Any) -> int | None:
-    """The number of classes a state dict's box predictor scores (background excluded), if it has one."""
-    w = state.get("roi_heads.box_predictor.cls_score.weight") if hasattr(state, "get") else None
-    return int(w.shape[0]) - 1 if w is not None and getattr(w, "ndim", 0) == 2 else None
+def _class_count(state: Any, cfg: CfgNode) -> int | None:
+    """The number of classes a state dict scores, if it says: its Faster R-CNN box predictor's (background
+    excluded), or its RetinaNet classification conv's outputs over the anchors per location of ``cfg``."""
+    if not hasattr(state, "get"):
+        return None
+    w = state.get("roi_heads.box_predictor.cls_score.weight")
+    if w is not None and getattr(w, "ndim", 0) == 2:
+        return int(w.shape[0]) - 1
+    a = cfg.MODEL.ANCHOR_GENERATOR
+    per_location = len(a.SIZES[0]) * len(a.ASPECT_RATIOS[0])
+    for key in RETINANET_CLS_PREFIXES:
+        w = state.get(key + "weight")
+        if w is not None and getattr(w, "ndim", 0) == 4 and per_location and w.shape[0] % per_location == 0:
+            return int(w.shape[0]) // per_location
+    return None
 
 
 def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | None) -> dict[str, Any]:
@@ -188,9 +200,10 @@ def _load_converted(model: nn.Module, path: Path, saved: str, cfg: CfgNode | Non
     # Convert as the checkpoint's class count (a fine-tuning run re-initialises the predictor below).
     conv_cfg = cfg.clone()
     conv_cfg.defrost()
-    classes = _class_count(ckpt["model"])
+    classes = _class_count(ckpt["model"], cfg)
     if classes is not None and classes != int(cfg.MODEL.ROI_HEADS.NUM_CLASSES):
         conv_cfg.MODEL.ROI_HEADS.NUM_CLASSES = classes
+        conv_cfg.MODEL.RETINANET.NUM_CLASSES = classes
         conv_cfg.MODEL.ROI_HEADS.CLASS_WEIGHTS = []
     try:
         state = (d2_to_tv_state_dict if saved == DETECTRON2 else tv_to_d2_state_dict)(ckpt["model"], conv_cfg)

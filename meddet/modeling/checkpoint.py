@@ -7,7 +7,8 @@
 
 - save_checkpoint writes atomically (temporary file in the same folder, then os.replace).
 - load_weights is strict: any missing or unexpected key or shape mismatch is an error listing the keys,
-  except a change in the number of classes, which re-initialises only the box predictor (fine-tuning).
+  except a change in the number of classes, which re-initialises only the class layer (fine-tuning): Faster
+  R-CNN's box predictor, RetinaNet's last classification conv (with its prior-probability bias).
 - load_checkpoint_for_resume restores model, optimizer, scheduler and AMP scaler and returns the iteration.
 - check_loaded is the same rule for loaders that fill a model non-strictly (detectron2's checkpointer):
   every parameter the model expects must have been filled.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import tempfile
@@ -31,8 +33,12 @@ from meddet.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-# The class-dependent layers (torchvision and detectron2 use the same name): skipped when only they differ.
+# The class-dependent layers, skipped when only they differ (another class count): Faster R-CNN's box predictor
+# (torchvision and detectron2 use the same name) and RetinaNet's last classification conv (torchvision's name,
+# detectron2's). RetinaNet's box regression is class-agnostic and always loads.
 PREDICTOR_PREFIX = "roi_heads.box_predictor."
+RETINANET_CLS_PREFIXES = ("head.classification_head.cls_logits.", "head.cls_score.")
+CLASS_LAYER_PREFIXES = (PREDICTOR_PREFIX, *RETINANET_CLS_PREFIXES)
 _RESERVED = ("model", "optimizer", "scheduler", "scaler", "iteration", "meddet")
 _SHOWN = 10
 TORCHVISION, DETECTRON2 = "torchvision", "detectron2"
@@ -196,6 +202,46 @@ def format_listing(what: str, items: Sequence[str]) -> str:
     return f"{len(items)} {what} ({shown}{more})"
 
 
+def is_class_layer(key: str) -> bool:
+    """True for a parameter of a class-dependent layer (:data:`CLASS_LAYER_PREFIXES`)."""
+    return key.startswith(CLASS_LAYER_PREFIXES)
+
+
+def reinit_class_layers(model: nn.Module) -> list[str]:
+    """Re-initialise, in place, the class-dependent layers ``model`` has, as its builder does, and return their
+    names: Faster R-CNN's box predictor by its layers' ``reset_parameters``; RetinaNet's classification conv
+    as detectron2 (weights N(0, 0.01), bias ``-log((1 - p) / p)`` with ``p`` the model's ``prior_prob``,
+    MODEL.RETINANET.PRIOR_PROB), so every anchor starts at score ``p`` and the focal loss starts stable."""
+    model = unwrap_model(model)
+    names = {n for n, _ in model.named_modules()}
+    done = []
+    for prefix in CLASS_LAYER_PREFIXES:
+        name = prefix.rstrip(".")
+        if name not in names:
+            continue
+        layer = model.get_submodule(name)
+        if prefix == PREDICTOR_PREFIX:
+            for module in layer.modules():
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+        else:
+            prior = getattr(model, "prior_prob", None)
+            if prior is None or not 0 < float(prior) < 1:
+                raise ModelError(
+                    f"{type(model).__name__}: no prior_prob in (0, 1) (found {prior!r}) to re-initialise {name} "
+                    "with; expected a RetinaNet built by meddet (MODEL.RETINANET.PRIOR_PROB)"
+                )
+            if not isinstance(layer, nn.Conv2d):
+                raise ModelError(f"{type(model).__name__}: {name} is a {type(layer).__name__}, expected a Conv2d")
+            with torch.no_grad():
+                nn.init.normal_(layer.weight, std=0.01)
+                if layer.bias is not None:
+                    nn.init.constant_(layer.bias, -math.log((1 - float(prior)) / float(prior)))
+        done.append(name)
+    return done
+
+
 def load_model_state(
     path: str | os.PathLike, model: nn.Module, ckpt: Mapping[str, Any], allow_class_change: bool
 ) -> None:
@@ -214,8 +260,9 @@ def load_model_state(
         and mismatched
         and not missing
         and not unexpected
-        and all(k.startswith(PREDICTOR_PREFIX) for k in mismatched)
+        and all(is_class_layer(k) for k in mismatched)
     )
+    shapes = {k: state[k].shape for k in mismatched}
     if (missing or unexpected or mismatched) and not class_change:
         parts = []
         if missing:
@@ -233,21 +280,18 @@ def load_model_state(
             f"{path}: checkpoint does not fit the model: {'; '.join(parts)}; {likely_cause(ckpt, model, path)}"
         )
     if class_change:
-        skipped = [k for k in state if k.startswith(PREDICTOR_PREFIX)]
-        logger.warning(
-            "%s: the number of classes differs from the model's (%s); not loading %s and re-initialising "
-            "the box predictor; all other weights are loaded",
-            path,
-            ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched),
-            ", ".join(skipped),
-        )
+        skipped = [k for k in state if is_class_layer(k)]
         for k in skipped:
             del state[k]
-        predictor = model.get_submodule(PREDICTOR_PREFIX.rstrip("."))
-        for module in predictor.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if reset is not None:
-                reset()
+        layers = reinit_class_layers(model)
+        logger.warning(
+            "%s: the number of classes differs from the model's (%s); not loading %s and re-initialising "
+            "the class layer (%s); all other weights are loaded",
+            path,
+            ", ".join(f"{k} {tuple(state_shape)} vs {tuple(own[k].shape)}" for k, state_shape in shapes.items()),
+            ", ".join(skipped),
+            ", ".join(layers),
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -308,8 +352,9 @@ def check_loaded(
 
     ``missing``: the model's keys the checkpoint did not fill (shape mismatches included);
     ``incorrect_shapes``: the keys skipped for their shape. Accepted, and returned as ``"full"``,
-    ``"class_change"`` or ``"backbone"``: everything filled; only the box predictor left out for its shape
-    (another class count: it keeps its fresh initialisation, a warning says so); with
+    ``"class_change"`` or ``"backbone"``: everything filled; only the class layer (:data:`CLASS_LAYER_PREFIXES`:
+    Faster R-CNN's box predictor, RetinaNet's ``head.cls_score``) left out for its shape (another class count:
+    it keeps the fresh initialisation of the model just built, a warning says so); with
     ``allow_backbone_only``, a checkpoint that holds exactly the backbone (``backbone.bottom_up.*``, an
     ImageNet-pretrained ResNet as detectron2 trains from). Anything else raises ModelError listing the
     missing keys and the likely cause (:func:`likely_cause`)."""
@@ -319,9 +364,9 @@ def check_loaded(
     if not missing:
         return "full"
     wrong_shape = set(incorrect_shapes)
-    if all(k.startswith(PREDICTOR_PREFIX) and k in wrong_shape for k in missing):
+    if all(is_class_layer(k) and k in wrong_shape for k in missing):
         logger.warning(
-            "%s: the number of classes differs from the model's; not loading %s (the box predictor "
+            "%s: the number of classes differs from the model's; not loading %s (the class layer "
             "keeps its fresh initialisation); all other weights are loaded",
             path,
             ", ".join(missing),
@@ -357,8 +402,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     """Load model weights from a meddet checkpoint or a bare state dict into ``model``.
 
     Strict: missing/unexpected keys or shape mismatches raise ModelError listing the keys, except when only
-    the box predictor's class-dependent layers differ (a different number of classes): then the predictor is
-    re-initialised, a warning names the skipped keys, and everything else is loaded.
+    the class-dependent layers differ (a different number of classes: Faster R-CNN's box predictor, RetinaNet's
+    classification conv): then they are re-initialised (:func:`reinit_class_layers`), a warning names the
+    skipped keys, and everything else is loaded.
     Returns the checkpoint's ``meddet`` metadata (engine, num_classes, class_names, ...; empty if none)."""
     ckpt = read_checkpoint(path)
     load_model_state(path, model, ckpt, allow_class_change=True)

@@ -257,6 +257,7 @@ class Detectron2RetinaNet(RetinaNet):
                 "MODEL.* values detectron2 accepts"
             ) from e
         self.num_classes = retinanet_num_classes(cfg)
+        self.prior_prob = float(cfg.MODEL.RETINANET.PRIOR_PROB)  # re-initialising head.cls_score (checkpoint.py)
         self.architecture = architecture_of(cfg)
         self.d2_cfg = d2_cfg
 

@@ -201,6 +201,7 @@ class TorchvisionRetinaNet(RetinaNet):
         self.focal_loss_gamma = float(r.FOCAL_LOSS_GAMMA)
         self.smooth_l1_beta = smooth_l1_beta("MODEL.RETINANET.SMOOTH_L1_LOSS_BETA", r.SMOOTH_L1_LOSS_BETA)
         self.num_convs = num_convs
+        self.prior_prob = float(r.PRIOR_PROB)  # the class conv's bias init, again on a class change (checkpoint.py)
         self.architecture = architecture_of(cfg)
         self.input_format = cfg.INPUT.FORMAT
         self.training_stats: dict[str, float] = {}
