@@ -457,7 +457,7 @@ def test_coco_detector_loads_all_but_the_predictor_for_other_classes(tmp_path, e
     model = _model(_cfg("INPUT.FORMAT", "BGR", "MODEL.ROI_HEADS.NUM_CLASSES", 2))
     with caplog.at_level(logging.WARNING):
         load_model_weights(model, tmp_path / "coco.pkl")
-    assert "re-initialising the box predictor" in caplog.text
+    assert "re-initialising the class layer (roi_heads.box_predictor)" in caplog.text
     got, want = model.state_dict(), source.state_dict()
     torch.testing.assert_close(got["roi_heads.box_head.fc6.weight"], want["roi_heads.box_head.fc6.weight"])
     fpn = "backbone.fpn.layer_blocks.0.0.weight"
