@@ -157,6 +157,7 @@ def test_retinanet_base_eval_tag_gives_detectron2s_anchor_sizes(tmp_path):
         ("(1).real", "Attribute"),
         ("[0] * 100000000", "repeating"),
         ("10 ** 100000", "too large"),
+        ("((10 ** 64) ** 64) ** 64", "more than 1024 bits"),
         ("lambda: 0", "Lambda"),
     ],
 )

@@ -78,9 +78,12 @@ def _safe_eval(expression: str) -> object:
             if isinstance(node.op, ast.Mult) and any(isinstance(v, (str, list, tuple)) for v in (left, right)):
                 raise ValueError("repeating a string or list with * is not allowed")
             try:
-                return _BINARY[type(node.op)](left, right)
+                result = _BINARY[type(node.op)](left, right)
             except (TypeError, ZeroDivisionError, OverflowError) as e:
                 raise ValueError(str(e)) from None
+            if isinstance(result, int) and result.bit_length() > 1024:
+                raise ValueError("an integer of more than 1024 bits is not a config value")
+            return result
         if isinstance(node, ast.ListComp):
             return comprehension(node, 0, names)
         shown = ast.unparse(node) if hasattr(ast, "unparse") else type(node).__name__
