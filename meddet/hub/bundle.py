@@ -219,21 +219,15 @@ def _tiling_text(tiling: dict[str, Any]) -> str:
     )
 
 
+def _card_front_matter(tags: list[str]) -> list[str]:
+    """The YAML front matter of a bundle's model card (Hugging Face reads library, pipeline and tags from it)."""
+    head = ["---", "library_name: meddet", "pipeline_tag: object-detection", "license: other", "tags:"]
+    return head + [f"- {t}" for t in ("object-detection", "medical-imaging", *tags)] + ["---", ""]
+
+
 def _model_card(meta: dict[str, Any], repo_name: str) -> str:
     names = [c["name"] for c in meta["classes"]]
-    header = [
-        "---",
-        "library_name: meddet",
-        "pipeline_tag: object-detection",
-        "license: other",
-        "tags:",
-        "- object-detection",
-        "- medical-imaging",
-        "- mammography",
-        f"- {meta['engine']}",
-        "---",
-        "",
-    ]
+    header = _card_front_matter(["mammography", meta["engine"]])
     body = [
         f"# {repo_name}",
         "",
@@ -726,15 +720,7 @@ def save_predictor(
 def _ensemble_card(meta: dict[str, Any], repo_name: str) -> str:
     ens = meta["ensemble"]
     lines = [
-        "---",
-        "library_name: meddet",
-        "pipeline_tag: object-detection",
-        "license: other",
-        "tags:",
-        "- object-detection",
-        "- medical-imaging",
-        "- ensemble",
-        "---",
+        *_card_front_matter(["ensemble"])[:-1],
         "",
         f"# {repo_name}",
         "",
