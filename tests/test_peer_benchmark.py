@@ -12,9 +12,11 @@ import math
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,3 +336,31 @@ def _tiny(pb, root: Path, data: Path):
             160,
         ],
     )
+
+
+def test_amp_check_stands_in_for_the_download_only_on_cuda():
+    """On the CPU the real check's answer (False) is kept: taking True there had Ultralytics train under CPU
+    bfloat16 autocast, about 6x slower per step. On CUDA the real check would download weights."""
+    calls = []
+
+    def real(model):
+        calls.append(model)
+        return False
+
+    check = pb._check_amp_offline(real)
+    cpu_model = torch.nn.Linear(2, 2)
+    assert check(cpu_model) is False and calls == [cpu_model]
+    cuda_like = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 0))]))
+    assert check(cuda_like) is True and calls == [cpu_model]  # the real (downloading) check is not called
+
+
+@pytest.mark.peer
+def test_ultralytics_trains_on_the_cpu_without_autocast(tmp_path, monkeypatch):
+    """The patched module-level check, as Ultralytics' trainer calls it, says no AMP for a CPU model."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics_config"))
+    pb._ultralytics(1)
+    pb._ultralytics(1)  # twice: the second call wraps the original again, not the wrapper
+    import ultralytics.engine.trainer as ul_trainer
+
+    assert ul_trainer.check_amp(torch.nn.Linear(2, 2)) is False
