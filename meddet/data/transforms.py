@@ -6,10 +6,15 @@ same augmented images in the same order.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
-import albumentations as A
-import cv2
+# albumentations asks PyPI for a newer version when imported (an HTTPS request with a 2 s timeout) unless this is
+# set: meddet runs on machines that must not reach the network, so the check is off unless the user asked for it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 import numpy as np
 
 from meddet.errors import ConfigError
