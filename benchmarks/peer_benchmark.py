@@ -62,7 +62,16 @@ goes, without dependencies like deepforest, into a folder put on PYTHONPATH, so 
 
 Ultralytics runs offline: YOLO_OFFLINE=1 (its is_online() is False: no downloads), YOLO_AUTOINSTALL=0 (no pip
 at run time), its settings in the output folder (YOLO_CONFIG_DIR) with sync and every logger integration off,
-plots off (no font download) and the AMP check (which downloads yolo26n.pt) replaced by "AMP on" on CUDA.
+plots off (no font download) and the AMP check (which downloads yolo26n.pt) replaced by "AMP on" on CUDA; on
+the CPU its own answer (off) is kept.
+
+Variants (a recipe change on one side, measured in the same harness): ``--opts`` adds meddet config overrides
+(``KEY VALUE`` pairs, as on meddet's command line) to every meddet model, ``--yolo-args`` adds Ultralytics
+``train()`` arguments (``nbs=16 warmup_epochs=0.5``; the ones the benchmark sets are refused), ``--tag`` names
+the variant in the table and its run folders:
+
+    PYTHONPATH=.venv/peer-extras python benchmarks/peer_benchmark.py --datasets deepforest --models frcnn_r18 \
+        --opts "SOLVER.BASE_LR 0.04" --tag +lr04
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ import csv
 import logging
 import math
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -462,7 +472,7 @@ def _time_budget_hook(budget: float, calibrate: float = 0.1):
     return TimeBudget()
 
 
-def meddet_config(ds: Dataset, model: str, out: Path, device: str, seed: int):
+def meddet_config(ds: Dataset, model: str, out: Path, device: str, seed: int, extra: Sequence[str] = ()):
     from meddet.config import load_config
 
     base = ds.configs["frcnn" if model.startswith("frcnn") else "retinanet"]
@@ -494,7 +504,8 @@ def meddet_config(ds: Dataset, model: str, out: Path, device: str, seed: int):
     ]
     if model == "frcnn_r50":
         opts += ["MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256]
-    cfg = load_config(REPO / base, [str(o) if isinstance(o, Path) else o for o in _flatten(opts)])
+    # `extra` (--opts: KEY VALUE pairs as on meddet's command line) last, so it overrides the benchmark's own
+    cfg = load_config(REPO / base, [str(o) if isinstance(o, Path) else o for o in _flatten(opts)] + list(extra))
     return cfg
 
 
@@ -503,12 +514,14 @@ def _flatten(opts: list) -> list:
     return [repr(o) if isinstance(o, (tuple, list)) else (str(o) if not isinstance(o, str) else o) for o in opts]
 
 
-def train_meddet(ds: Dataset, model: str, out: Path, budget: float, device: str, seed: int) -> dict:
+def train_meddet(
+    ds: Dataset, model: str, out: Path, budget: float, device: str, seed: int, extra: Sequence[str] = ()
+) -> dict:
     from meddet.training import Trainer
 
     if out.exists():
         shutil.rmtree(out)
-    cfg = meddet_config(ds, model, out, device, seed)
+    cfg = meddet_config(ds, model, out, device, seed, extra)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, hooks=[_time_budget_hook(budget)])
     trainer.train()
@@ -614,8 +627,39 @@ def _yolo_device(device: str) -> str:
     return "0" if device == "cuda" else device
 
 
+# train() arguments the benchmark sets itself (data, budget, run folder, what is measured): --yolo-args may not
+YOLO_FIXED_ARGS = ("data", "epochs", "time", "imgsz", "device", "project", "name", "exist_ok", "pretrained", "val")
+
+
+def parse_yolo_args(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` words (values read as YAML: ``nbs=16``, ``warmup_epochs=0.5``, ``mosaic=0``) for
+    Ultralytics' ``train()``; the keys the benchmark fixes (YOLO_FIXED_ARGS) are refused."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"--yolo-args: {item!r} is not key=value")
+        if key.strip() in YOLO_FIXED_ARGS:
+            raise BenchError(
+                f"--yolo-args: {key.strip()} is set by the benchmark (fixed: {', '.join(YOLO_FIXED_ARGS)})"
+            )
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def train_yolo(
-    ds: Dataset, model: str, data_yaml: Path, out: Path, budget: float, device: str, seed: int, batch: int, threads: int
+    ds: Dataset,
+    model: str,
+    data_yaml: Path,
+    out: Path,
+    budget: float,
+    device: str,
+    seed: int,
+    batch: int,
+    threads: int,
+    extra: dict[str, Any] | None = None,
 ) -> dict:
     YOLO = _ultralytics(threads)
     if out.exists():
@@ -624,7 +668,7 @@ def train_yolo(
     batches = [0]  # counted at the start: a batch begun is trained on (the time stop comes after its step)
     net.add_callback("on_train_batch_start", lambda trainer: batches.__setitem__(0, batches[0] + 1))
     t0 = time.perf_counter()
-    net.train(
+    train_kw: dict[str, Any] = dict(
         data=str(data_yaml),
         epochs=10_000,
         time=budget / 3600,
@@ -643,6 +687,8 @@ def train_yolo(
         verbose=False,
         patience=0,
     )
+    train_kw.update(extra or {})
+    net.train(**train_kw)
     train_s = time.perf_counter() - t0
     per_epoch = len(net.trainer.train_loader)
     return {
@@ -755,6 +801,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise BenchError(
             f"unknown model/dataset {unknown}; models: {YOLO_MODELS + MEDDET_MODELS}, datasets: {DATASETS}"
         )
+    yolo_extra = parse_yolo_args(shlex.split(args.yolo_args))
+    meddet_extra = shlex.split(args.opts)
+    if len(meddet_extra) % 2:
+        raise BenchError(f"--opts: KEY VALUE pairs expected, got {len(meddet_extra)} words: {meddet_extra}")
     if any(m in YOLO_MODELS for m in models):
         _ultralytics(args.threads)  # fail now, not after an hour of meddet training
     rows: list[dict] = []
@@ -775,8 +825,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         curves = {}
         for model in models:
             torch.set_num_threads(args.threads)
-            logger.info("== %s / %s: training for %.0f s", name, model, args.budget_seconds)
-            run_dir = root / model
+            label = model + args.tag  # the table's name of this run (a variant: --tag, with --opts / --yolo-args)
+            logger.info("== %s / %s: training for %.0f s", name, label, args.budget_seconds)
+            run_dir = root / label
             if model in YOLO_MODELS:
                 if data_yaml is None:
                     from meddet.data.formats.yolo import coco_to_yolo
@@ -792,13 +843,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                     args.seed,
                     args.yolo_batch,
                     args.threads,
+                    yolo_extra,
                 )
                 torch.set_num_threads(args.threads)
                 preds, ms = predict_yolo(trained, ds, args.device, args.threads)
             else:
-                trained = train_meddet(ds, model, run_dir / "train", args.budget_seconds, args.device, args.seed)
+                trained = train_meddet(
+                    ds, model, run_dir / "train", args.budget_seconds, args.device, args.seed, meddet_extra
+                )
                 preds, ms = predict_meddet(trained, ds)
-            row, curves[model] = score(ds, model, preds, run_dir / "eval")
+            row, curves[label] = score(ds, label, preds, run_dir / "eval")
             row.update(
                 iterations=trained["iterations"],
                 batch=trained["batch"],
@@ -825,6 +879,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (both sides)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of both sides")
     p.add_argument("--yolo-batch", type=int, default=16, help="Ultralytics' batch (its default)")
+    p.add_argument(
+        "--opts",
+        default="",
+        help="meddet config overrides for every meddet model, KEY VALUE pairs in one string "
+        "(\"MODEL.ANCHOR_GENERATOR.SIZES '[[16],[32],[64],[128],[256]]'\")",
+    )
+    p.add_argument(
+        "--yolo-args", default="", help='Ultralytics train() arguments in one string: "nbs=16 warmup_epochs=0.5"'
+    )
+    p.add_argument("--tag", default="", help="appended to every model's name in the table and its run folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="smaller synthetic datasets (smoke runs)")
     p.add_argument("--deepforest-data", default="", help="deepforest's data/ folder (default: the installed package's)")

@@ -364,3 +364,33 @@ def test_ultralytics_trains_on_the_cpu_without_autocast(tmp_path, monkeypatch):
     import ultralytics.engine.trainer as ul_trainer
 
     assert ul_trainer.check_amp(torch.nn.Linear(2, 2)) is False
+
+
+def test_yolo_args_are_read_as_yaml_and_the_fixed_ones_refused():
+    assert pb.parse_yolo_args(["nbs=16", "warmup_epochs=0.5", "mosaic=0", "optimizer=SGD"]) == {
+        "nbs": 16,
+        "warmup_epochs": 0.5,
+        "mosaic": 0,
+        "optimizer": "SGD",
+    }
+    with pytest.raises(pb.BenchError, match="time is set by the benchmark"):
+        pb.parse_yolo_args(["time=1"])
+    with pytest.raises(pb.BenchError, match="not key=value"):
+        pb.parse_yolo_args(["nbs"])
+
+
+def test_meddet_opts_override_the_benchmark_config(tmp_path):
+    ds = pb.Dataset(
+        "deepforest",
+        {s: tmp_path / f"{s}.json" for s in ("train", "val", "test")},
+        ["tree"],
+        384,
+        pb.CYTO_CONFIGS,
+        pb._tile_opts(384, ["tree"]),
+    )
+    cfg = pb.meddet_config(ds, "frcnn_r18", tmp_path / "run", "cpu", 0)
+    assert [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES] == [[8], [16], [32], [64], [128]]
+    extra = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]", "SOLVER.BASE_LR", "0.04"]
+    cfg = pb.meddet_config(ds, "frcnn_r18", tmp_path / "run", "cpu", 0, extra)
+    assert [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES] == [[16], [32], [64], [128], [256]]
+    assert cfg.SOLVER.BASE_LR == 0.04 and cfg.SOLVER.MAX_ITER == 10_000_000  # the benchmark's own keys stay
