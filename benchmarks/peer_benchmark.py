@@ -863,7 +863,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             rows.append(row)
             write_table(rows, out)
             logger.info(
-                "%s / %s: mAP50 %.1f, %d iterations, %.1f ms/image", name, model, row["mAP50"], row["iterations"], ms
+                "%s / %s: mAP50 %.1f, %d iterations, %.1f ms/image", name, label, row["mAP50"], row["iterations"], ms
             )
         if curves:
             plot_pr(curves, name, out, {r["model"]: r["mAP50"] for r in rows if r["dataset"] == name})
