@@ -119,6 +119,47 @@ def small_model_cfg(engine: str, *opts):
     return cfg
 
 
+def image(h: int, w: int, seed: int = 0):
+    """A seeded random 3xHxW float image in [0, 255) (a model's input tensor)."""
+    import torch
+
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def train_batch(second_class: int = 1) -> list[dict]:
+    """Two training inputs: a 64x96 image with two boxes (classes 0 and `second_class`) and an empty 64x64 one."""
+    import torch
+
+    return [
+        {
+            "image": image(64, 96),
+            "height": 64,
+            "width": 96,
+            "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
+            "classes": torch.tensor([0, second_class]),
+        },
+        {
+            "image": image(64, 64, 1),
+            "height": 64,
+            "width": 64,  # an image without objects
+            "boxes": torch.zeros(0, 4),
+            "classes": torch.zeros(0, dtype=torch.int64),
+        },
+    ]
+
+
+# detectron2's training statistics that meddet's metrics.json carries on both engines (issue 20)
+D2_STATS = {
+    "fast_rcnn/cls_accuracy",
+    "fast_rcnn/fg_cls_accuracy",
+    "fast_rcnn/false_negative",
+    "roi_head/num_fg_samples",
+    "roi_head/num_bg_samples",
+    "rpn/num_pos_anchors",
+    "rpn/num_neg_anchors",
+}
+
+
 TINY_MODEL_OPTS = [
     "MODEL.DEVICE",
     "cpu",

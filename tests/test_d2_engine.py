@@ -13,7 +13,7 @@ import torch
 pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2", reason="detectron2 is not installed (build it from source to run these tests)")
 
-from conftest import seeded, small_model_cfg  # noqa: E402
+from conftest import D2_STATS, image, seeded, small_model_cfg, train_batch  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
 from meddet.errors import ModelError  # noqa: E402
@@ -36,29 +36,6 @@ def small_cfg(*opts):
         1000,  # no top-k cut between near-equal scores in comparisons
         *opts,
     )
-
-
-def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
-
-
-def train_batch():
-    return [
-        {
-            "image": image(64, 96),
-            "height": 64,
-            "width": 96,
-            "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
-            "classes": torch.tensor([0, 1]),
-        },
-        {
-            "image": image(64, 64, 1),
-            "height": 64,
-            "width": 64,  # an image without objects
-            "boxes": torch.zeros(0, 4),
-            "classes": torch.zeros(0, dtype=torch.int64),
-        },
-    ]
 
 
 def predict(model, batch):
@@ -372,15 +349,6 @@ def test_both_engines_explain_a_box_the_same_for_the_same_weights():
 
 
 # ------------------------------------------------------------------------------------- issue 20
-D2_STATS = {
-    "fast_rcnn/cls_accuracy",
-    "fast_rcnn/fg_cls_accuracy",
-    "fast_rcnn/false_negative",
-    "roi_head/num_fg_samples",
-    "roi_head/num_bg_samples",
-    "rpn/num_pos_anchors",
-    "rpn/num_neg_anchors",
-}
 
 
 def test_training_step_keeps_detectron2s_statistics():

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_model_cfg
+from conftest import D2_STATS, small_model_cfg
 from torch import nn
 
 from meddet.config import get_cfg
@@ -312,15 +312,6 @@ def test_detectron2_parts_meddet_lacks_are_refused_when_switched_on(tmp_path, bo
 
 
 # ------------------------------------------------------------------------------------- training statistics
-D2_STATS = {
-    "fast_rcnn/cls_accuracy",
-    "fast_rcnn/fg_cls_accuracy",
-    "fast_rcnn/false_negative",
-    "roi_head/num_fg_samples",
-    "roi_head/num_bg_samples",
-    "rpn/num_pos_anchors",
-    "rpn/num_neg_anchors",
-}
 
 
 def test_classification_stats_are_detectron2s_with_background_first():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import seeded, small_model_cfg
+from conftest import image, seeded, small_model_cfg, train_batch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -35,30 +35,6 @@ def build(*opts, seed: int = 0):
     return build_model(tiny_cfg(*opts))
 
 
-def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(3, h, w, generator=g) * 255
-
-
-def train_batch():
-    return [
-        {
-            "image": image(64, 96),
-            "height": 64,
-            "width": 96,
-            "boxes": torch.tensor([[10.0, 12.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]),
-            "classes": torch.tensor([0, 2]),
-        },
-        {
-            "image": image(64, 64, 1),
-            "height": 64,
-            "width": 64,  # an image without objects
-            "boxes": torch.zeros(0, 4),
-            "classes": torch.zeros(0, dtype=torch.int64),
-        },
-    ]
-
-
 def sgd(model):
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
@@ -68,7 +44,7 @@ def trained(model, steps: int = 2, opt=None):
     opt = opt or sgd(model)
     model.train()
     for _ in range(steps):
-        losses = model(train_batch())
+        losses = model(train_batch(2))
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
@@ -85,7 +61,7 @@ def predict(model, batch):
 def test_training_returns_detectron2_losses_finite_with_an_empty_image():
     model = build()
     model.train()
-    losses = model(train_batch())
+    losses = model(train_batch(2))
     assert set(losses) == LOSSES
     for name, value in losses.items():
         assert value.dim() == 0 and torch.isfinite(value), name
@@ -93,7 +69,7 @@ def test_training_returns_detectron2_losses_finite_with_an_empty_image():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
-    only_empty = model([train_batch()[1]])
+    only_empty = model([train_batch(2)[1]])
     assert set(only_empty) == LOSSES and all(torch.isfinite(v) for v in only_empty.values())
     assert only_empty["loss_box_reg"].item() == 0.0  # nothing to regress on an image without objects
 
@@ -296,7 +272,7 @@ def test_class_count_change_loads_all_but_the_predictor(tmp_path, caplog):
             assert torch.equal(v, saved[k]), k
     assert fresh.roi_heads.box_predictor.cls_score.out_features == 6
     fresh.train()
-    assert set(fresh(train_batch())) == LOSSES
+    assert set(fresh(train_batch(2))) == LOSSES
 
 
 def test_shape_mismatch_outside_the_predictor_lists_the_keys(tmp_path):
@@ -365,11 +341,11 @@ def test_class_weights_scale_each_rois_cross_entropy():
 
 def test_class_weights_change_only_the_classification_loss():
     torch.manual_seed(seeded(3))
-    plain = build()(train_batch())
+    plain = build()(train_batch(2))
     torch.manual_seed(seeded(3))
-    ones = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [1.0, 1.0, 1.0])(train_batch())
+    ones = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [1.0, 1.0, 1.0])(train_batch(2))
     torch.manual_seed(seeded(3))
-    heavy = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [5.0, 5.0, 5.0])(train_batch())
+    heavy = build("MODEL.ROI_HEADS.CLASS_WEIGHTS", [5.0, 5.0, 5.0])(train_batch(2))
     for name in LOSSES:
         torch.testing.assert_close(ones[name], plain[name])  # all ones = unweighted
         if name != "loss_cls":
