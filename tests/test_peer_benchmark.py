@@ -394,3 +394,13 @@ def test_meddet_opts_override_the_benchmark_config(tmp_path):
     cfg = pb.meddet_config(ds, "frcnn_r18", tmp_path / "run", "cpu", 0, extra)
     assert [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES] == [[16], [32], [64], [128], [256]]
     assert cfg.SOLVER.BASE_LR == 0.04 and cfg.SOLVER.MAX_ITER == 10_000_000  # the benchmark's own keys stay
+
+
+def test_yolo_runs_with_ultralytics_default_epochs_so_auto_picks_its_usual_optimizer(tmp_path):
+    """Ultralytics' optimizer=auto reads `epochs` (AdamW up to 10,000 iterations, MuSGD above): a placeholder
+    epochs=10_000 made it choose MuSGD for a ~100-image set, which a user giving only `time=` would not get."""
+    ds = pb.Dataset("mammo", {}, ["a"], 384, pb.MAMMO_CONFIGS)
+    kw = pb.yolo_train_args(ds, tmp_path / "data.yaml", tmp_path / "run" / "train", 300.0, "cpu", 0, 16)
+    assert "epochs" not in kw and "optimizer" not in kw and "nbs" not in kw  # Ultralytics' own defaults
+    assert kw["time"] == pytest.approx(300 / 3600) and kw["imgsz"] == 384 and kw["batch"] == 16
+    assert kw["project"] == str(tmp_path / "run") and kw["name"] == "train"
