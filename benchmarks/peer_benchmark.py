@@ -627,7 +627,8 @@ def _yolo_device(device: str) -> str:
     return "0" if device == "cuda" else device
 
 
-# train() arguments the benchmark sets itself (data, budget, run folder, what is measured): --yolo-args may not
+# train() arguments --yolo-args may not set: the ones the benchmark sets (data, budget, run folder, what is
+# measured) and `epochs`, which the time budget decides (left at Ultralytics' default: see yolo_train_args)
 YOLO_FIXED_ARGS = ("data", "epochs", "time", "imgsz", "device", "project", "name", "exist_ok", "pretrained", "val")
 
 
